@@ -1,0 +1,214 @@
+"""Back-of-the-envelope arithmetic from a Config: parameters, FLOPs, KV cache, serving memory, Chinchilla.
+
+Everything here is closed-form; tests check the parameter formulas against models built on the meta
+device and against the published counts, and the cache formula against the course's Llama-2 figures.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .config import Config
+
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "int8": 1,
+               "float8": 1, "fp8": 1, "int4": 0.5, "nf4": 0.5}
+
+
+def dtype_bytes(dtype: str | torch.dtype) -> float:
+    """Bytes per element of a dtype name ('float16', 'bf16', 'int4' ...) or a torch.dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype.itemsize
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPE_BYTES)}")
+    return DTYPE_BYTES[dtype]
+
+
+# parameters ----------------------------------------------------------------------------------------
+def _linear(n_in: int, n_out: int, bias: bool) -> int:
+    return n_in * n_out + (n_out if bias else 0)
+
+
+def attention_params(cfg: Config) -> int:
+    """q, k, v, o projections of one layer."""
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    return (_linear(cfg.d_model, q, cfg.attn_bias) + 2 * _linear(cfg.d_model, kv, cfg.attn_bias)
+            + _linear(q, cfg.d_model, cfg.attn_out_bias))
+
+
+def ffn_params(cfg: Config) -> int:
+    """One dense FFN (one expert, for MoE)."""
+    n_in = 2 if cfg.gated else 1
+    return n_in * _linear(cfg.d_model, cfg.d_ff, cfg.mlp_bias) + _linear(cfg.d_ff, cfg.d_model, cfg.mlp_bias)
+
+
+def norm_params(cfg: Config) -> int:
+    """One norm layer."""
+    return cfg.d_model * (2 if cfg.norm == "layernorm" and cfg.norm_bias else 1)
+
+
+def param_breakdown(cfg: Config) -> dict[str, int]:
+    """Parameters by part: embeddings, attention, ffn (experts + routers), norms, head, total, active."""
+    emb = cfg.vocab_size * cfg.d_model
+    if cfg.pos == "learned":
+        emb += (cfg.max_seq_len + cfg.pos_offset) * cfg.d_model
+    L = cfg.n_layers
+    per_ffn = ffn_params(cfg)
+    if cfg.n_experts:
+        ffn = L * (cfg.n_experts * per_ffn + cfg.d_model * cfg.n_experts)
+        ffn_active = L * (cfg.top_k * per_ffn + cfg.d_model * cfg.n_experts)
+    else:
+        ffn = ffn_active = L * per_ffn
+    norms = L * norm_params(cfg) * (1 if cfg.shared_norm else 2) + (norm_params(cfg) if cfg.final_norm else 0)
+    head = (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model) + (cfg.vocab_size if cfg.lm_head_bias else 0)
+    attn = L * attention_params(cfg)
+    total = emb + attn + ffn + norms + head
+    return {"embeddings": emb, "attention": attn, "ffn": ffn, "norms": norms, "head": head,
+            "total": total, "active": total - ffn + ffn_active}
+
+
+def param_count(cfg: Config) -> int:
+    """Total parameters (tied embeddings counted once)."""
+    return param_breakdown(cfg)["total"]
+
+
+def active_param_count(cfg: Config) -> int:
+    """Parameters used for one token: for MoE only top_k experts of each layer."""
+    return param_breakdown(cfg)["active"]
+
+
+def lora_param_count(cfg: Config, r: int = 8, targets: Sequence[str] = ("q_proj", "v_proj")) -> int:
+    """Trainable parameters of LoRA (Hu et al., 2021): r * (in + out) for each targeted matrix."""
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    shapes = {"q_proj": (cfg.d_model, q), "k_proj": (cfg.d_model, kv), "v_proj": (cfg.d_model, kv),
+              "o_proj": (q, cfg.d_model), "up_proj": (cfg.d_model, cfg.d_ff), "down_proj": (cfg.d_ff, cfg.d_model)}
+    if cfg.gated:
+        shapes["gate_proj"] = (cfg.d_model, cfg.d_ff)
+    experts = max(cfg.n_experts, 1)
+    total = 0
+    for t in targets:
+        if t not in shapes:
+            raise ValueError(f"LoRA target {t!r} is not a matrix of this model; choose from {', '.join(shapes)}")
+        n_in, n_out = shapes[t]
+        copies = experts if t in ("gate_proj", "up_proj", "down_proj") else 1
+        total += copies * r * (n_in + n_out)
+    return cfg.n_layers * total
+
+
+# memory --------------------------------------------------------------------------------------------
+def kv_cache_bytes_per_token(cfg: Config, dtype: str | torch.dtype = "float16") -> float:
+    """2 (K and V) x layers x kv heads x head dim x bytes: only n_kv_heads are stored, so GQA/MQA shrink it."""
+    return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * dtype_bytes(dtype)
+
+
+def kv_cache_bytes(cfg: Config, batch: int = 1, seq_len: int = 4096, dtype: str | torch.dtype = "float16") -> float:
+    """KV cache of a batch at a sequence length; a sliding window caps the stored length."""
+    stored = min(seq_len, cfg.sliding_window) if cfg.sliding_window else seq_len
+    return batch * stored * kv_cache_bytes_per_token(cfg, dtype)
+
+
+def serving_memory(cfg: Config, batch: int = 1, seq_len: int = 4096, dtype: str = "float16",
+                   weight_dtype: str | None = None) -> dict[str, float]:
+    """Bytes to serve: all weights (every expert stays resident) plus the KV cache."""
+    weights = param_count(cfg) * dtype_bytes(weight_dtype or dtype)
+    cache = kv_cache_bytes(cfg, batch, seq_len, dtype)
+    return {"weights": weights, "kv_cache": cache, "total": weights + cache}
+
+
+# compute -------------------------------------------------------------------------------------------
+def matmul_params_per_token(cfg: Config) -> int:
+    """Weights multiplied per token: attention, active FFN/experts, routers and the lm_head.
+
+    Embedding lookups are excluded (no FLOPs); the lm_head counts even when tied.
+    """
+    b = param_breakdown(cfg)
+    ffn_active = b["ffn"] if not cfg.n_experts else cfg.n_layers * (cfg.top_k * ffn_params(cfg)
+                                                                        + cfg.d_model * cfg.n_experts)
+    return b["attention"] + ffn_active + cfg.vocab_size * cfg.d_model
+
+
+def flops_per_token(cfg: Config, seq_len: int | None = None, *, training: bool = False) -> float:
+    """Forward FLOPs per token, ~2N plus attention; training (forward + backward) is 3x that, ~6N.
+
+    The attention term follows Kaplan et al. (2020): 2 * layers * context * (heads * head_dim), i.e. the
+    score and value products over the average causal context of a length-``seq_len`` sequence (capped by
+    a sliding window). ``seq_len`` defaults to max_seq_len.
+    """
+    ctx = seq_len or cfg.max_seq_len
+    if cfg.sliding_window:
+        ctx = min(ctx, cfg.sliding_window)
+    fwd = 2 * matmul_params_per_token(cfg) + 2 * cfg.n_layers * ctx * cfg.n_heads * cfg.head_dim
+    return 3 * fwd if training else fwd
+
+
+# Chinchilla (Hoffmann et al., 2022, Table 3): compute-optimal training tokens for a parameter count.
+_CHINCHILLA_ROWS = [(400e6, 8.0e9), (1e9, 20.2e9), (10e9, 205.1e9), (67e9, 1.5e12), (175e9, 3.7e12),
+                    (280e9, 5.9e12), (520e9, 11.0e12), (1e12, 21.2e12), (10e12, 216.2e12)]
+
+
+def chinchilla_tokens(params: float) -> float:
+    """Compute-optimal training tokens for ``params`` parameters (~20 per parameter).
+
+    Reproduces the paper's Table 3 rows exactly; between rows it interpolates in log-log space and beyond
+    them it extrapolates the nearest segment.
+    """
+    if params <= 0:
+        raise ValueError(f"params={params} must be positive")
+    xs = [math.log(n) for n, _ in _CHINCHILLA_ROWS]
+    ys = [math.log(d) for _, d in _CHINCHILLA_ROWS]
+    x = math.log(params)
+    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    t = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+    return math.exp(ys[i - 1] + t * (ys[i] - ys[i - 1]))
+
+
+def chinchilla(params: float) -> dict[str, float]:
+    """Compute-optimal tokens and training FLOPs (C = 6 N D) for a model size."""
+    tokens = chinchilla_tokens(params)
+    return {"params": params, "tokens": tokens, "flops": 6.0 * params * tokens}
+
+
+# reporting -----------------------------------------------------------------------------------------
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'; bytes with unit='B' use binary prefixes (KiB, MiB, GiB)."""
+    if unit == "B":
+        for prefix in ("", "Ki", "Mi", "Gi", "Ti", "Pi"):
+            if abs(n) < 1024 or prefix == "Pi":
+                return f"{n:,.0f} B" if not prefix else f"{n:,.2f} {prefix}B"
+            n /= 1024
+    for prefix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{prefix}{unit}"
+    return f"{n:g}{unit}"
+
+
+def report(cfg: Config, *, batch: int = 1, seq_len: int | None = None, dtype: str = "float16") -> str:
+    """A plain-text table of every figure above for one config."""
+    T = seq_len or cfg.max_seq_len
+    b = param_breakdown(cfg)
+    rows = [(k, f"{v:,}", human(v)) for k, v in b.items()]
+    per_tok = kv_cache_bytes_per_token(cfg, dtype)
+    mem = serving_memory(cfg, batch, T, dtype)
+    ch = chinchilla(b["total"])
+    rows += [
+        (f"kv cache / token ({dtype})", f"{per_tok:,.0f} B", human(per_tok, "B")),
+        (f"kv cache (batch {batch} x {T})", f"{kv_cache_bytes(cfg, batch, T, dtype):,.0f} B",
+         human(kv_cache_bytes(cfg, batch, T, dtype), "B")),
+        (f"serving memory ({dtype})", f"{mem['total']:,.0f} B", human(mem["total"], "B")),
+        (f"forward FLOPs / token (ctx {T})", f"{flops_per_token(cfg, T):.3e}", human(flops_per_token(cfg, T))),
+        (f"training FLOPs / token (ctx {T})", f"{flops_per_token(cfg, T, training=True):.3e}",
+         human(flops_per_token(cfg, T, training=True))),
+        ("chinchilla tokens", f"{ch['tokens']:.3e}", human(ch["tokens"])),
+        ("chinchilla FLOPs (6ND)", f"{ch['flops']:.3e}", ""),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    title = cfg.name or "config"
+    lines = [f"{title}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads "
+             f"({cfg.n_kv_heads} kv), d_ff {cfg.d_ff}, vocab {cfg.vocab_size}, pos {cfg.pos}, ffn {cfg.ffn}"
+             + (f", {cfg.n_experts} experts top-{cfg.top_k}" if cfg.n_experts else "")]
+    lines += [f"  {a:<{w0}}  {b_:>{w1}}  {c}" for a, b_, c in rows]
+    return "\n".join(lines)

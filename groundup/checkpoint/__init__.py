@@ -1,0 +1,1 @@
+"""Checkpoint formats: safetensors folders and the Hugging Face layouts of each family."""

@@ -1,0 +1,207 @@
+"""Hugging Face folders in and out: config.json + safetensors <-> Config + groundup state dict.
+
+Local folders only (no hub, no network) and safetensors only (no pickle). Every failure names the file,
+tensor or field and says what would fix it, before any large allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config
+from ..models.causal_lm import CausalLM, meta_model
+from .families import FAMILIES, Family, UnsupportedConfig
+from .io import CheckpointError, atomic_folder, load_tensors, read_json, write_tensors
+
+QKV = "blocks.{i}.attn.qkv"
+PASSTHROUGH = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    return re.compile(re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{e\}", r"(?P<e>\d+)"))
+
+
+def _rename(key: str, pairs: list[tuple[re.Pattern[str], str]]) -> str | None:
+    module, _, leaf = key.rpartition(".")
+    for pat, target in pairs:
+        m = pat.fullmatch(module)
+        if m:
+            return target.format(**m.groupdict()) + "." + leaf
+    return None
+
+
+def _qkv_split(t: torch.Tensor, cfg: Config, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Fused rows are [groups, (H/g q heads, K/g k heads, K/g v heads), D]; returns q [H*D, ..], k, v [K*D, ..].
+    H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    rest = t.shape[1:]
+    g = t.reshape(groups, (H + 2 * K) // groups, D, *rest)
+    q, k, v = g.split([H // groups, K // groups, K // groups], dim=1)
+    return q.reshape(H * D, *rest), k.reshape(K * D, *rest), v.reshape(K * D, *rest)
+
+
+def _qkv_join(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: Config, groups: int) -> torch.Tensor:
+    H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    rest = q.shape[1:]
+    parts = [x.reshape(groups, n // groups, D, *rest) for x, n in ((q, H), (k, K), (v, K))]
+    return torch.cat(parts, dim=1).reshape((H + 2 * K) * D, *rest)
+
+
+def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> Config:
+    """The Config for an HF config.json dict (raises naming the unsupported field)."""
+    model_type = hf.get("model_type")
+    if model_type not in FAMILIES:
+        raise CheckpointError(f"{source}: model_type={model_type!r} is not supported by CausalLM; supported: "
+                              f"{', '.join(sorted(FAMILIES))}")
+    family = FAMILIES[model_type]
+    try:
+        kwargs = family.to_config(hf)
+    except UnsupportedConfig as err:
+        raise CheckpointError(f"{source} ({model_type}): {err}") from None
+    except KeyError as err:
+        raise CheckpointError(f"{source} ({model_type}): required field {err.args[0]!r} is missing") from None
+    extra = {k: hf[k] for k in PASSTHROUGH if k in hf}
+    try:
+        return Config(**kwargs, family=model_type, name=hf.get("_name_or_path", "") or "", extra=extra)
+    except ValueError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+
+
+def config_to_hf(cfg: Config, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """An HF config.json dict that rebuilds the same architecture in transformers."""
+    family = _family_of(cfg)
+    if cfg.family == "llama" and cfg.sliding_window:
+        raise CheckpointError("family='llama' has no sliding window in transformers; use family='mistral'")
+    try:
+        body = family.to_hf(cfg)
+    except UnsupportedConfig as err:
+        raise CheckpointError(f"cannot write this config as {cfg.family}: {err}") from None
+    return {"architectures": [family.architecture], "model_type": family.model_type, "vocab_size": cfg.vocab_size,
+            "tie_word_embeddings": cfg.tie_embeddings, "dtype": str(dtype).removeprefix("torch."),
+            **cfg.extra, **body}
+
+
+def _family_of(cfg: Config) -> Family:
+    if cfg.family not in FAMILIES:
+        raise CheckpointError(f"Config.family={cfg.family!r} has no HF layout; choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[cfg.family]
+
+
+def state_dict_from_hf(tensors: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
+    """Rename HF tensors to groundup names, split fused q/k/v, transpose GPT-2 Conv1D weights."""
+    family = _family_of(cfg)
+    pairs = [(_pattern(hf), gu) for gu, hf in family.keys(cfg)]
+    ignored = [re.compile(p) for p in family.ignored]
+    out: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for name, t in tensors.items():
+        gu = _rename(name, pairs)
+        if gu is None:
+            if not any(p.fullmatch(name) for p in ignored):
+                unexpected.append(name)
+            continue
+        if family.conv1d and t.dim() == 2 and gu.startswith("blocks."):
+            t = t.t()
+        out[gu] = t
+    if unexpected:
+        raise CheckpointError(f"checkpoint has {len(unexpected)} tensor(s) that a {cfg.family} model does not use: "
+                              f"{', '.join(sorted(unexpected)[:20])}")
+    if family.qkv_groups is not None:
+        groups = family.qkv_groups(cfg)
+        for name in [n for n in out if ".attn.qkv." in n]:
+            prefix, leaf = name.split(".attn.qkv.")
+            t = out.pop(name)
+            expected = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+            if t.shape[0] != expected:
+                raise CheckpointError(f"{name}: fused q/k/v has {t.shape[0]} rows, expected {expected} "
+                                      f"(= (n_heads + 2 n_kv_heads) x head_dim)")
+            for proj, part in zip(("q_proj", "k_proj", "v_proj"), _qkv_split(t, cfg, groups), strict=True):
+                out[f"{prefix}.attn.{proj}.{leaf}"] = part
+    if cfg.tie_embeddings:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
+    """groundup state dict -> HF tensor names (the inverse of state_dict_from_hf)."""
+    family = _family_of(cfg)
+    state = dict(state)
+    if cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    if family.qkv_groups is not None:
+        groups = family.qkv_groups(cfg)
+        for name in [n for n in state if ".attn.q_proj." in n]:
+            prefix, leaf = name.split(".attn.q_proj.")
+            q, k, v = (state.pop(f"{prefix}.attn.{p}.{leaf}") for p in ("q_proj", "k_proj", "v_proj"))
+            state[f"{prefix}.attn.qkv.{leaf}"] = _qkv_join(q, k, v, cfg, groups)
+    pairs = [(_pattern(gu), hf) for gu, hf in family.keys(cfg)]
+    out = {}
+    for name, t in state.items():
+        hf = _rename(name, pairs)
+        if hf is None:
+            raise CheckpointError(f"tensor {name} has no name in the {cfg.family} layout")
+        if family.conv1d and t.dim() == 2 and name.startswith("blocks."):
+            t = t.t()
+        out[hf] = t.contiguous()
+    return out
+
+
+def load_into(model: CausalLM, state: dict[str, torch.Tensor], source: str) -> CausalLM:
+    """Assign ``state`` to a (meta-device) model after checking names and shapes; re-ties embeddings."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:20])}")
+        if extra:
+            parts.append(f"unexpected {len(extra)} tensor(s): {', '.join(extra[:20])}")
+        raise CheckpointError(f"{source}: " + "; ".join(parts))
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != tuple(shape):
+            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, the config "
+                                  f"expects {tuple(shape)}")
+    if model.config.tie_embeddings:
+        state = {**state, "lm_head.weight": state["embed.weight"]}
+    model.load_state_dict(state, strict=True, assign=True)
+    if model.config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    return model
+
+
+def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> CausalLM:
+    """Load a local HF folder (config.json + safetensors) of a supported decoder family.
+
+    Weights keep the checkpoint's dtype unless ``dtype`` is given.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder; from_pretrained reads a local HF model folder "
+                              "(config.json + model.safetensors) and never downloads")
+    cfg = config_from_hf(read_json(folder / "config.json"), str(folder / "config.json"))
+    tensors = load_tensors(folder, dtype)
+    state = state_dict_from_hf(tensors, cfg)
+    model = load_into(meta_model(cfg), state, str(folder))
+    return model.eval()
+
+
+def save_pretrained(model: CausalLM, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write config.json + safetensors that transformers loads; atomic (temp folder, then rename)."""
+    cfg = model.config
+    params = model.state_dict()
+    dtype = params["embed.weight"].dtype
+    hf_config = config_to_hf(cfg, dtype)
+    tensors = state_dict_to_hf(params, cfg)
+
+    def write(tmp: Path) -> None:
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+        write_tensors(tmp, tensors, max_shard_bytes=max_shard_bytes)
+
+    return atomic_folder(folder, write)

@@ -1,0 +1,127 @@
+"""Reading and writing weight folders: safetensors only (single file or sharded index), atomic saves.
+
+Pickle-based checkpoints (.bin, .pt, .pth, .ckpt) are refused: unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or its contents cannot be used; the message says what and how to fix it."""
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file, with the file named in any error."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a folder, or a CheckpointError explaining why there are none."""
+    index = folder / INDEX_FILE
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no 'weight_map' object")
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index} lists shard(s) that are not in the folder: {', '.join(missing)}")
+        return files
+    if (folder / SINGLE_FILE).is_file():
+        return [folder / SINGLE_FILE]
+    others = sorted(folder.glob("*.safetensors"))
+    if others:
+        return others
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{folder} holds only pickle checkpoint(s) ({', '.join(pickles)}). groundup never unpickles "
+            "weights: loading a pickle can run arbitrary code. Convert it once, in a trusted environment, "
+            "e.g. `transformers.AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder, "
+            "safe_serialization=True)`, which writes model.safetensors."
+        )
+    raise CheckpointError(f"{folder} has no {SINGLE_FILE}, {INDEX_FILE} or other *.safetensors file")
+
+
+def load_tensors(folder: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a folder's safetensors file(s) by name, optionally cast to ``dtype``."""
+    out: dict[str, torch.Tensor] = {}
+    for path in weight_files(Path(folder)):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                out[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    return out
+
+
+def atomic_folder(folder: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` into a fresh temporary folder beside ``folder``, then swap it into place.
+
+    A crash at any moment leaves either the old folder or the new one complete, never a half-written mix.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        write(tmp)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def write_tensors(folder: Path, tensors: dict[str, torch.Tensor], *, max_shard_bytes: int = 5 * 2**30,
+                  metadata: dict[str, str] | None = None) -> None:
+    """Write safetensors into an existing folder: one model.safetensors, or shards plus an index."""
+    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    meta = {"format": "pt", **(metadata or {})}
+    if len(shards) == 1:
+        save_file(shards[0], str(folder / SINGLE_FILE), metadata=meta)
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / fname), metadata=meta)
+        weight_map.update(dict.fromkeys(shard, fname))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    (folder / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                indent=2))

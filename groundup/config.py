@@ -1,0 +1,215 @@
+"""Config: every architecture switch of the decoder families as one validated dataclass.
+
+House rule: every quirk is a named field with one Literal per choice; model code branches on these
+fields, never on a model's name. Validation happens in ``__post_init__`` and raises ValueError naming
+the field, its value and the rule, so a bad config fails before any weight is allocated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+Pos = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
+Ffn = Literal["relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "reglu"]
+Norm = Literal["layernorm", "rmsnorm"]
+NormPlacement = Literal["pre", "post"]
+Residual = Literal["sequential", "parallel"]
+RopeScaling = Literal["none", "linear", "ntk"]
+Router = Literal["topk_softmax", "softmax_topk"]
+Kernel = Literal["eager", "sdpa", "flash"]
+
+GATED_FFNS = ("swiglu", "geglu", "reglu")
+
+
+@dataclass
+class Config:
+    """Architecture of a transformer language model.
+
+    Derived fields (``n_kv_heads``, ``head_dim``, ``d_ff``) default to the usual choices when left None:
+    MHA, ``d_model // n_heads`` and ``4 * d_model``.
+    """
+
+    # sizes
+    vocab_size: int = 50257
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    n_kv_heads: int | None = None  # n_heads: MHA; a divisor of n_heads: GQA; 1: MQA
+    head_dim: int | None = None
+    d_ff: int | None = None
+    max_seq_len: int = 1024
+
+    # positions
+    pos: Pos = "learned"
+    pos_offset: int = 0  # learned table rows before position 0 (OPT keeps 2)
+    rope_theta: float = 10000.0
+    rotary_fraction: float = 1.0  # partial rotary (GPT-NeoX/Pythia rotate the first 25% of each head)
+    rope_scaling: RopeScaling = "none"
+    rope_scaling_factor: float = 1.0
+    alibi_max_bias: float = 8.0  # ALiBi slopes are 2^(-max_bias * h / n_heads)
+
+    # feed-forward
+    ffn: Ffn = "gelu"
+
+    # normalisation and residual wiring
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    norm_bias: bool = True
+    norm_placement: NormPlacement = "pre"
+    residual: Residual = "sequential"  # parallel: x + attn(norm(x)) + mlp(norm(x)) (GPT-J/NeoX/Falcon)
+    shared_norm: bool = False  # parallel residual with one norm feeding both branches (Falcon-7B)
+    final_norm: bool = True
+
+    # biases, embeddings, regularisation, masking
+    attn_bias: bool = True  # q/k/v projections
+    attn_out_bias: bool = True
+    mlp_bias: bool = True
+    lm_head_bias: bool = False
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    sliding_window: int | None = None  # each query sees at most this many keys, itself included
+    causal: bool = True
+
+    # mixture of experts on the FFN (n_experts == 0: dense FFN)
+    n_experts: int = 0
+    top_k: int = 2
+    router: Router = "topk_softmax"
+    router_aux_loss_coef: float = 0.01
+
+    # implementation
+    attn_kernel: Kernel = "sdpa"
+    flash_block_size: int = 64
+    init_std: float = 0.02
+
+    # bookkeeping: which HF layout save_pretrained writes; model code never reads it
+    family: str = "llama"
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # HF config fields carried through a round trip
+
+    def __post_init__(self) -> None:
+        self._check_literals()
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            if self.n_heads > 0 and self.d_model % self.n_heads != 0:
+                raise ValueError(
+                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                    "set head_dim explicitly or pick n_heads dividing d_model"
+                )
+            self.head_dim = self.d_model // max(self.n_heads, 1)
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+                    "max_seq_len", "flash_block_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(
+                f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}: "
+                "GQA needs each kv head shared by the same number of query heads"
+            )
+        if self.pos == "rope":
+            rot = self.rotary_dim
+            if not 0.0 < self.rotary_fraction <= 1.0:
+                raise ValueError(f"rotary_fraction={self.rotary_fraction} must be in (0, 1]")
+            if rot < 2 or rot % 2:
+                raise ValueError(
+                    f"rotary_fraction={self.rotary_fraction} x head_dim={self.head_dim} gives {rot} rotary "
+                    "dims; RoPE rotates pairs, so it must be an even number >= 2"
+                )
+            if self.head_dim % 2:
+                raise ValueError(f"head_dim={self.head_dim} must be even for pos='rope'")
+        if self.rope_scaling != "none" and self.rope_scaling_factor < 1.0:
+            raise ValueError(f"rope_scaling_factor={self.rope_scaling_factor} must be >= 1 to extend context")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta={self.rope_theta} must be positive")
+        if self.pos_offset < 0:
+            raise ValueError(f"pos_offset={self.pos_offset} must be >= 0")
+        if self.pos == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"d_model={self.d_model} must be even for pos='sinusoidal'")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps={self.norm_eps} must be positive")
+        if self.shared_norm and self.residual != "parallel":
+            raise ValueError("shared_norm=True needs residual='parallel' (one norm feeding both branches)")
+        if self.residual == "parallel" and self.norm_placement == "post":
+            raise ValueError("residual='parallel' needs norm_placement='pre'")
+        for name in ("dropout", "attn_dropout"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name}={p} must be in [0, 1)")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ValueError(f"sliding_window={self.sliding_window} must be a positive integer or None")
+        if self.sliding_window is not None and not self.causal:
+            raise ValueError("sliding_window needs causal=True")
+        if self.n_experts < 0:
+            raise ValueError(f"n_experts={self.n_experts} must be >= 0 (0 means a dense FFN)")
+        if self.n_experts and not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}")
+        if self.n_experts == 1:
+            raise ValueError("n_experts=1 is a dense FFN with a router; use n_experts=0")
+
+    def _check_literals(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            allowed = get_args(hints[f.name])
+            if allowed and all(isinstance(a, str) for a in allowed):
+                value = getattr(self, f.name)
+                if value not in allowed:
+                    raise ValueError(f"{f.name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+
+    # derived -------------------------------------------------------------------------------------
+    @property
+    def rotary_dim(self) -> int:
+        """Number of leading head dims rotated by RoPE."""
+        return int(self.head_dim * self.rotary_fraction)
+
+    @property
+    def gated(self) -> bool:
+        """True for GLU-family FFNs (three matrices: gate, up, down)."""
+        return self.ffn in GATED_FFNS
+
+    @property
+    def n_query_groups(self) -> int:
+        """Query heads per kv head (1 for MHA, n_heads for MQA)."""
+        return self.n_heads // self.n_kv_heads
+
+    # construction helpers ------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed, validated again."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> Config:
+        """A named preset (see ``groundup.presets.PRESETS``), optionally with fields overridden."""
+        from .presets import PRESETS
+
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+        kwargs = {**PRESETS[name], "name": name, **overrides}
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown Config field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, spec: str) -> Config:
+        """A preset name, or a path to a JSON file of Config fields."""
+        path = Path(spec)
+        if path.suffix == ".json" and path.is_file():
+            return cls.from_dict(json.loads(path.read_text()))
+        return cls.preset(spec)

@@ -1,0 +1,1 @@
+"""Building blocks: norms, positions, attention, feed-forward, mixture of experts, the block."""

@@ -1,0 +1,207 @@
+"""Multi-head attention with MHA/GQA/MQA, causal/bidirectional/sliding masks, RoPE and ALiBi.
+
+Shape notation used across groundup (declared once, here):
+    B batch, T query length, S key length, C d_model, H query heads, K kv heads, G = H/K query heads
+    per kv head, D head dim, V vocab, E experts.
+
+Three interchangeable kernels compute softmax(Q K^T / sqrt(D) + bias) V:
+    eager  explicit scores and probabilities (can return the weights for plotting);
+    sdpa   torch.nn.functional.scaled_dot_product_attention;
+    flash  the FlashAttention algorithm (Dao et al., 2022) in PyTorch: keys are visited in tiles and
+           the softmax is computed online (running max and normaliser, Milakov & Gimelshein, 2018), so
+           the T x S score matrix is never materialised; tiles that the mask hides entirely are skipped.
+GQA (Ainslie et al., 2023) and MQA (Shazeer, 2019) share each kv head among G query heads; eager and flash
+express that by viewing queries as [B, K, G, T, D] against keys [B, K, 1, S, D], so no kv copy is made.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config
+from .position import apply_rope
+
+
+@dataclass
+class MaskSpec:
+    """What each query may see, described without materialising a T x S matrix.
+
+    Queries sit at absolute positions q_offset .. q_offset + T - 1 and keys at 0 .. S - 1 (so a decode
+    step with a cache has q_offset = S - T). ``key_padding`` [B, S] is True on real tokens.
+    """
+
+    causal: bool
+    window: int | None = None
+    q_offset: int = 0
+    key_padding: torch.Tensor | None = None
+    alibi_slopes: torch.Tensor | None = None  # [H]
+
+    @property
+    def trivial(self) -> bool:
+        """True when the mask is plain causal (or nothing) with aligned queries: sdpa's fast path."""
+        return self.window is None and self.key_padding is None and self.alibi_slopes is None \
+            and self.q_offset == 0
+
+    def bias(self, q0: int, q1: int, k0: int, k1: int, dtype: torch.dtype,
+             device: torch.device) -> torch.Tensor | None:
+        """Additive bias for queries [q0, q1) and keys [k0, k1): [B|1, H|1, q1-q0, k1-k0] or None.
+
+        Hidden positions get the dtype's most negative finite value rather than -inf, so a row with no
+        visible key yields a uniform average instead of NaN, identically in every kernel.
+        """
+        qp = torch.arange(q0 + self.q_offset, q1 + self.q_offset, device=device)[:, None]  # [tq, 1]
+        kp = torch.arange(k0, k1, device=device)[None, :]  # [1, tk]
+        allowed = None
+        if self.causal:
+            allowed = kp <= qp
+            if self.window is not None:
+                allowed = allowed & (qp - kp < self.window)
+        if self.key_padding is not None:
+            pad = self.key_padding[:, None, None, k0:k1].bool()  # [B, 1, 1, tk]
+            allowed = pad if allowed is None else pad & allowed
+        if self.alibi_slopes is None:
+            if allowed is None:
+                return None
+            bias = torch.zeros((), dtype=dtype, device=device)
+        else:
+            # -slope * distance; bidirectional models penalise both directions.
+            dist = (qp - kp).abs().to(torch.float32)
+            bias = (-self.alibi_slopes.to(device)[:, None, None] * dist).to(dtype)  # [H, tq, tk]
+        if allowed is None:
+            return bias[None]
+        if allowed.dim() == 2:
+            allowed = allowed[None, None]  # [1, 1, tq, tk]
+        shape = torch.broadcast_shapes(bias.shape, allowed.shape)
+        return bias.expand(shape).masked_fill(~allowed, torch.finfo(dtype).min)
+
+    def hides_tile(self, q0: int, q1: int, k0: int, k1: int) -> bool:
+        """True when causality or the window hides every key of the tile from every query of it."""
+        if not self.causal:
+            return False
+        first_q, last_q = q0 + self.q_offset, q1 - 1 + self.q_offset
+        if k0 > last_q:  # all keys lie in the future of all queries
+            return True
+        return self.window is not None and first_q - (k1 - 1) >= self.window
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, *, scale: float,
+                    dropout: float = 0.0, return_weights: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(q k^T * scale + bias) v with explicit probabilities. q [B,H,T,D], k/v [B,K,S,D]."""
+    B, H, T, D = q.shape
+    K, S = k.shape[1], k.shape[2]
+    qg = q.view(B, K, H // K, T, D)  # [B, K, G, T, D]
+    scores = (qg @ k[:, :, None].transpose(-1, -2)).view(B, H, T, S) * scale  # [B, H, T, S]
+    bias = mask.bias(0, T, 0, S, scores.dtype, q.device)
+    if bias is not None:
+        scores = scores + bias
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    weights = probs if return_weights else None
+    if dropout:
+        probs = F.dropout(probs, dropout)
+    out = probs.view(B, K, H // K, T, S) @ v[:, :, None]  # [B, K, G, T, D]
+    return out.view(B, H, T, D), weights
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, *, scale: float,
+                   dropout: float = 0.0) -> torch.Tensor:
+    """torch's fused scaled_dot_product_attention; plain causal masks take its is_causal fast path."""
+    T, S = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if mask.trivial and (not mask.causal or T == S):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=mask.causal and T > 1,
+                                              scale=scale, enable_gqa=gqa)
+    bias = mask.bias(0, T, 0, S, q.dtype, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale,
+                                          enable_gqa=gqa)
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, *, scale: float,
+                    dropout: float = 0.0, block: int = 64) -> torch.Tensor:
+    """Tiled attention with an online softmax; never builds more than a block x block score tile."""
+    B, H, T, D = q.shape
+    K, S = k.shape[1], k.shape[2]
+    G = H // K
+    work = torch.float32  # accumulate in fp32 whatever the input dtype, as the CUDA kernels do
+    qg = q.view(B, K, G, T, D).to(work) * scale  # [B, K, G, T, D]
+    kt = k.to(work).transpose(-1, -2)[:, :, None]  # [B, K, 1, D, S]
+    vw = v.to(work)[:, :, None]  # [B, K, 1, S, D]
+    out = torch.empty(B, K, G, T, D, dtype=work, device=q.device)
+    for q0 in range(0, T, block):
+        q1 = min(q0 + block, T)
+        qb = qg[:, :, :, q0:q1]  # [B, K, G, tq, D]
+        m = torch.full((B, K, G, q1 - q0, 1), -math.inf, dtype=work, device=q.device)  # running max
+        denom = torch.zeros_like(m)  # running softmax normaliser
+        acc = torch.zeros(B, K, G, q1 - q0, D, dtype=work, device=q.device)
+        for k0 in range(0, S, block):
+            k1 = min(k0 + block, S)
+            if mask.hides_tile(q0, q1, k0, k1):
+                continue
+            s = qb @ kt[..., k0:k1]  # [B, K, G, tq, tk]
+            bias = mask.bias(q0, q1, k0, k1, work, q.device)
+            if bias is not None:
+                s = s + _group_heads(bias, K, G)
+            m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
+            p = torch.exp(s - m_new)
+            correction = torch.exp(m - m_new)  # rescales what was accumulated under the old max
+            denom = denom * correction + p.sum(dim=-1, keepdim=True)
+            if dropout:
+                p = F.dropout(p, dropout)
+            acc = acc * correction + p @ vw[:, :, :, k0:k1]
+            m = m_new
+        out[:, :, :, q0:q1] = acc / denom
+    return out.view(B, H, T, D).to(q.dtype)
+
+
+def _group_heads(bias: torch.Tensor, K: int, G: int) -> torch.Tensor:
+    # [B|1, H|1, tq, tk] -> [B|1, K|1, G|1, tq, tk] to broadcast against grouped scores.
+    b, h, tq, tk = bias.shape
+    if h == 1:
+        return bias[:, :, None]
+    return bias.view(b, K, G, tq, tk)
+
+
+class Attention(nn.Module):
+    """Self-attention with separate q/k/v/o projections (names equal the state-dict keys)."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self.kernel = cfg.attn_kernel
+        self.flash_block_size = cfg.flash_block_size
+        self.dropout = cfg.attn_dropout
+        q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, q_dim, bias=cfg.attn_bias)
+        self.k_proj = nn.Linear(cfg.d_model, kv_dim, bias=cfg.attn_bias)
+        self.v_proj = nn.Linear(cfg.d_model, kv_dim, bias=cfg.attn_bias)
+        self.o_proj = nn.Linear(q_dim, cfg.d_model, bias=cfg.attn_out_bias)
+
+    def forward(self, x: torch.Tensor, mask: MaskSpec, *, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x [B, T, C] -> ([B, T, C], attention weights [B, H, T, S] if asked, eager kernel only)."""
+        B, T, _ = x.shape
+        H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
+        k = self.k_proj(x).view(B, T, K, D).transpose(1, 2)  # [B, K, T, D]
+        v = self.v_proj(x).view(B, T, K, D).transpose(1, 2)  # [B, K, T, D]
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out, weights = self.attend(q, k, v, mask, return_weights=return_weights)
+        out = out.transpose(1, 2).reshape(B, T, H * D)  # [B, T, H*D]
+        return self.o_proj(out), weights
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, *,
+               return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the configured kernel on projected heads; weights only come from the eager kernel."""
+        p = self.dropout if self.training else 0.0
+        if return_weights or self.kernel == "eager":
+            return eager_attention(q, k, v, mask, scale=self.scale, dropout=p, return_weights=return_weights)
+        if self.kernel == "flash":
+            return flash_attention(q, k, v, mask, scale=self.scale, dropout=p, block=self.flash_block_size), None
+        return sdpa_attention(q, k, v, mask, scale=self.scale, dropout=p), None

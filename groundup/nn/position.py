@@ -1,0 +1,88 @@
+"""Position information: sinusoidal tables, rotary embeddings (RoPE) and ALiBi slopes.
+
+- Sinusoidal: Vaswani et al., 2017, "Attention Is All You Need".
+- RoPE: Su et al., 2021, "RoFormer". We use the half-split pairing (dim i pairs with i + rot/2), the
+  layout of the Hugging Face Llama/NeoX/Falcon checkpoints. Context extension: linear position
+  interpolation (Chen et al., 2023) divides positions by the factor; NTK-aware scaling (bloc97, 2023)
+  raises the base to theta * factor^(rot / (rot - 2)) so low frequencies stretch and high ones stay.
+- ALiBi: Press et al., 2022, "Train Short, Test Long": a per-head linear penalty on distance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import Config
+
+
+def sinusoidal_table(n_pos: int, dim: int, *, device: torch.device | None = None) -> torch.Tensor:
+    """[n_pos, dim] table: sin on even dims, cos on odd dims, wavelengths 2π .. 10000·2π."""
+    pos = torch.arange(n_pos, dtype=torch.float32, device=device)[:, None]
+    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n_pos, dim, device=device)
+    table[:, 0::2] = torch.sin(pos * inv)
+    table[:, 1::2] = torch.cos(pos * inv)
+    return table
+
+
+def rope_inv_freq(cfg: Config, *, scaling: str | None = None, factor: float | None = None,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """Inverse frequencies [rot/2] for the rotary dims, with NTK-aware base scaling applied if asked."""
+    rot = cfg.rotary_dim
+    scaling = cfg.rope_scaling if scaling is None else scaling
+    factor = cfg.rope_scaling_factor if factor is None else factor
+    theta = cfg.rope_theta
+    if scaling == "ntk":
+        theta = theta * factor ** (rot / (rot - 2))
+    exponents = torch.arange(0, rot, 2, dtype=torch.float32, device=device) / rot
+    return 1.0 / theta**exponents
+
+
+def rope_cos_sin(cfg: Config, positions: torch.Tensor, dtype: torch.dtype, *, scaling: str | None = None,
+                 factor: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for integer positions [..., T] -> two tensors [..., T, rot] in ``dtype``.
+
+    Angles are computed in fp32 (bf16 positions would round above 256) and cast once at the end.
+    """
+    scaling = cfg.rope_scaling if scaling is None else scaling
+    factor = cfg.rope_scaling_factor if factor is None else factor
+    inv = rope_inv_freq(cfg, scaling=scaling, factor=factor, device=positions.device)
+    pos = positions.to(torch.float32)
+    if scaling == "linear":
+        pos = pos / factor
+    angles = pos[..., None] * inv  # [..., T, rot/2]
+    angles = torch.cat((angles, angles), dim=-1)  # [..., T, rot]: the half-split layout
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``rot`` dims of x [B, H, T, D] by the angles in cos/sin [T, rot] or [B, 1, T, rot]."""
+    rot = cos.shape[-1]
+    if rot == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    # (x1, x2) -> (-x2, x1): multiplying by i in each complex pair (x1[j], x2[j]).
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def alibi_slopes(n_heads: int, max_bias: float = 8.0, *, device: torch.device | None = None) -> torch.Tensor:
+    """Per-head ALiBi slopes [H]: 2^(-max_bias·h/n) for h = 1..n when n is a power of two.
+
+    Otherwise (the paper's recipe) take the slopes of the nearest lower power of two, then fill the
+    remaining heads with every other slope of the next power of two.
+    """
+    def geometric(n: int) -> list[float]:
+        return [2.0 ** (-max_bias * h / n) for h in range(1, n + 1)]
+
+    lower = 2 ** math.floor(math.log2(n_heads))
+    slopes = geometric(lower)
+    if lower != n_heads:
+        slopes += geometric(2 * lower)[0::2][: n_heads - lower]
+    return torch.tensor(slopes, dtype=torch.float32, device=device)

@@ -1,0 +1,80 @@
+"""Named architectures as plain data: preset name -> Config keyword arguments.
+
+Families are presets, not classes. The numbers come from each model's paper or released config.json;
+tests check that a model built from each preset (on the meta device) has the published parameter count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_GPT2: dict[str, Any] = dict(
+    family="gpt2", vocab_size=50257, max_seq_len=1024, pos="learned", ffn="gelu_tanh",
+    norm="layernorm", norm_eps=1e-5, tie_embeddings=True,
+)
+_OPT: dict[str, Any] = dict(
+    family="opt", vocab_size=50272, max_seq_len=2048, pos="learned", pos_offset=2, ffn="relu",
+    norm="layernorm", tie_embeddings=True,
+)
+_LLAMA: dict[str, Any] = dict(
+    family="llama", vocab_size=32000, max_seq_len=4096, pos="rope", ffn="swiglu", norm="rmsnorm",
+    norm_eps=1e-5, attn_bias=False, attn_out_bias=False, mlp_bias=False, tie_embeddings=False,
+)
+_MISTRAL: dict[str, Any] = dict(
+    _LLAMA, family="mistral", d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
+    max_seq_len=32768, sliding_window=4096,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # GPT-2 (Radford et al., 2019) and GPT-3 175B (Brown et al., 2020; dense attention assumed)
+    "gpt2": dict(_GPT2, d_model=768, n_layers=12, n_heads=12),
+    "gpt2-medium": dict(_GPT2, d_model=1024, n_layers=24, n_heads=16),
+    "gpt2-large": dict(_GPT2, d_model=1280, n_layers=36, n_heads=20),
+    "gpt2-xl": dict(_GPT2, d_model=1600, n_layers=48, n_heads=25),
+    "gpt3-175b": dict(_GPT2, d_model=12288, n_layers=96, n_heads=96, max_seq_len=2048),
+    # OPT (Zhang et al., 2022)
+    "opt-125m": dict(_OPT, d_model=768, n_layers=12, n_heads=12),
+    "opt-175b": dict(_OPT, d_model=12288, n_layers=96, n_heads=96),
+    # GPT-NeoX / Pythia (Biderman et al., 2023); Dolly v2 12B is a fine-tuned pythia-12b
+    "pythia-12b": dict(
+        family="gpt_neox", vocab_size=50688, d_model=5120, n_layers=36, n_heads=40, max_seq_len=2048,
+        pos="rope", rotary_fraction=0.25, ffn="gelu", residual="parallel", tie_embeddings=False,
+    ),
+    # Falcon-7B (Almazrouei et al., 2023): multi-query, parallel attention+MLP with one shared norm
+    "falcon-7b": dict(
+        family="falcon", vocab_size=65024, d_model=4544, n_layers=32, n_heads=71, n_kv_heads=1,
+        max_seq_len=2048, pos="rope", ffn="gelu", residual="parallel", shared_norm=True,
+        attn_bias=False, attn_out_bias=False, mlp_bias=False, tie_embeddings=True,
+    ),
+    # MPT-7B (MosaicML, 2023): ALiBi, no biases anywhere, not even in LayerNorm
+    "mpt-7b": dict(
+        family="mpt", vocab_size=50432, d_model=4096, n_layers=32, n_heads=32, max_seq_len=2048,
+        pos="alibi", ffn="gelu", norm_bias=False, attn_bias=False, attn_out_bias=False, mlp_bias=False,
+        tie_embeddings=True,
+    ),
+    # Llama 2 (Touvron et al., 2023) and Llama 3
+    "llama-2-7b": dict(_LLAMA, d_model=4096, n_layers=32, n_heads=32, d_ff=11008),
+    "llama-2-13b": dict(_LLAMA, d_model=5120, n_layers=40, n_heads=40, d_ff=13824),
+    "llama-2-70b": dict(_LLAMA, d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8, d_ff=28672),
+    "llama-3-8b": dict(
+        _LLAMA, vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
+        max_seq_len=8192, rope_theta=500000.0,
+    ),
+    # Mistral 7B (Jiang et al., 2023) and Mixtral 8x7B (Jiang et al., 2024)
+    "mistral-7b": dict(_MISTRAL),
+    "mixtral-8x7b": dict(
+        _MISTRAL, family="mixtral", sliding_window=None, rope_theta=1e6, n_experts=8, top_k=2,
+        router="topk_softmax", router_aux_loss_coef=0.02,
+    ),
+    # A ~125M Llama-style GQA model (the benchmark's second config)
+    "llama-125m": dict(_LLAMA, d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=2048,
+                       max_seq_len=2048),
+    # tiny presets for tests and demos
+    "tiny-gpt2": dict(_GPT2, vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_seq_len=128),
+    "tiny-llama": dict(_LLAMA, vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
+                       max_seq_len=128),
+    "tiny-mistral": dict(_MISTRAL, vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                         d_ff=128, max_seq_len=128, sliding_window=16),
+    "tiny-mixtral": dict(_MISTRAL, family="mixtral", vocab_size=256, d_model=64, n_layers=2, n_heads=4,
+                         n_kv_heads=2, d_ff=96, max_seq_len=128, sliding_window=None, n_experts=4, top_k=2),
+}
