@@ -57,7 +57,8 @@ def _rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     if fraction is not None:
         out["rotary_fraction"] = float(fraction)
     if kind == "linear":
-        out.update(rope_scaling="linear", rope_scaling_factor=float(_get(params, "factor", default=legacy.get("factor"))))
+        factor = _get(params, "factor", default=legacy.get("factor"))
+        out.update(rope_scaling="linear", rope_scaling_factor=float(factor))
     else:
         _require(kind == "default", f"rope type {kind!r} is not supported (supported: default, linear)")
     return out
@@ -261,9 +262,9 @@ def _mpt_config(hf: dict[str, Any]) -> dict[str, Any]:
 def _mpt_to_hf(cfg: Config) -> dict[str, Any]:
     _require(cfg.pos == "alibi" and cfg.ffn == "gelu" and cfg.tie_embeddings and cfg.n_kv_heads == cfg.n_heads
              and cfg.d_ff % cfg.d_model == 0, "MPT layout needs alibi, gelu, tied embeddings, MHA, d_ff = k * d_model")
-    return dict(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, expansion_ratio=cfg.d_ff // cfg.d_model,
-                max_seq_len=cfg.max_seq_len, no_bias=not cfg.attn_bias, layer_norm_epsilon=cfg.norm_eps,
-                attn_config={"alibi": True, "alibi_bias_max": cfg.alibi_max_bias})
+    return dict(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                expansion_ratio=cfg.d_ff // cfg.d_model, max_seq_len=cfg.max_seq_len, no_bias=not cfg.attn_bias,
+                layer_norm_epsilon=cfg.norm_eps, attn_config={"alibi": True, "alibi_bias_max": cfg.alibi_max_bias})
 
 
 def _mpt_keys(cfg: Config) -> list[tuple[str, str]]:

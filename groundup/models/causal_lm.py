@@ -80,7 +80,7 @@ class CausalLM(nn.Module):
                  ) -> tuple[torch.Tensor, MaskSpec, tuple[torch.Tensor, torch.Tensor] | None]:
         cfg = self.config
         self._check_inputs(input_ids, attention_mask)
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         device = input_ids.device
         x = self.embed(input_ids)  # [B, T, C]
         if position_ids is None:
