@@ -1,0 +1,88 @@
+"""Shared helpers: tiny random transformers models saved to disk, with every parameter randomised."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+VOCAB = 97
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter random (norm weights and biases too), so a mis-mapped tensor cannot hide behind
+    the ones/zeros of a default init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+            else:
+                p.copy_(1.0 + torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def hf_configs() -> dict[str, object]:
+    """One tiny transformers config per family and variant the parity tests cover."""
+    import transformers as T
+
+    common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    llama = dict(common, hidden_size=32, num_hidden_layers=2, intermediate_size=48, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64)
+    return {
+        "gpt2": T.GPT2Config(**common, n_positions=64, n_embd=32, n_layer=2, n_head=4),
+        "opt": T.OPTConfig(**common, max_position_embeddings=64, hidden_size=32, num_hidden_layers=2, ffn_dim=48,
+                           num_attention_heads=4, word_embed_proj_dim=32),
+        "opt-postnorm": T.OPTConfig(**common, max_position_embeddings=64, hidden_size=32, num_hidden_layers=2,
+                                    ffn_dim=48, num_attention_heads=4, word_embed_proj_dim=32,
+                                    do_layer_norm_before=False),
+        "gpt_neox": T.GPTNeoXConfig(**common, max_position_embeddings=64, hidden_size=32, num_hidden_layers=2,
+                                    intermediate_size=48, num_attention_heads=4, rotary_pct=0.25),
+        "gpt_neox-sequential": T.GPTNeoXConfig(**common, max_position_embeddings=64, hidden_size=32,
+                                               num_hidden_layers=2, intermediate_size=48, num_attention_heads=4,
+                                               rotary_pct=0.5, use_parallel_residual=False),
+        "falcon": T.FalconConfig(**common, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 multi_query=True, parallel_attn=True, new_decoder_architecture=False),
+        "falcon-gqa": T.FalconConfig(**common, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     num_kv_heads=2, new_decoder_architecture=True, bias=True),
+        "mpt": T.MptConfig(**common, d_model=32, n_layers=2, n_heads=4, max_seq_len=64),
+        "llama": T.LlamaConfig(**llama),
+        "llama-tied-bias-linear": T.LlamaConfig(**llama, tie_word_embeddings=True, attention_bias=True,
+                                                mlp_bias=True,
+                                                rope_parameters={"rope_type": "linear", "factor": 2.0,
+                                                                 "rope_theta": 10000.0}),
+        "mistral": T.MistralConfig(**llama, sliding_window=4),
+        "mixtral": T.MixtralConfig(**llama, num_local_experts=4, num_experts_per_tok=2),
+    }
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory: pytest.TempPathFactory):
+    """hf_folder(name) -> (path to a saved tiny random transformers model, the model itself)."""
+    import transformers as T
+
+    cache: dict[str, tuple[Path, torch.nn.Module]] = {}
+    configs = hf_configs()
+
+    def make(name: str) -> tuple[Path, torch.nn.Module]:
+        if name not in cache:
+            torch.manual_seed(0)
+            model = T.AutoModelForCausalLM.from_config(configs[name], attn_implementation="eager")
+            randomize_(model, seed=zlib.crc32(name.encode()) % 1000)
+            if getattr(model.config, "tie_word_embeddings", False):
+                model.tie_weights()
+            path = tmp_path_factory.mktemp(name)
+            model.save_pretrained(path)
+            cache[name] = (path, model.eval())
+        return cache[name]
+
+    return make
