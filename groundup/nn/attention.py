@@ -51,8 +51,9 @@ class MaskSpec:
              device: torch.device) -> torch.Tensor | None:
         """Additive bias for queries [q0, q1) and keys [k0, k1): [B|1, H|1, q1-q0, k1-k0] or None.
 
-        Hidden positions get the dtype's most negative finite value rather than -inf, so a row with no
-        visible key yields a uniform average instead of NaN, identically in every kernel.
+        Hidden positions get the dtype's most negative finite value rather than -inf, so a query with no
+        visible key (a padding query under a causal mask) gets a finite output instead of NaN; that output
+        carries no meaning and may differ between kernels.
         """
         qp = torch.arange(q0 + self.q_offset, q1 + self.q_offset, device=device)[:, None]  # [tq, 1]
         kp = torch.arange(k0, k1, device=device)[None, :]  # [1, tk]
