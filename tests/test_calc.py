@@ -1,0 +1,95 @@
+"""Calculators against published figures and against models built on the meta device."""
+
+from __future__ import annotations
+
+import pytest
+
+import groundup as gu
+from groundup import calc
+from groundup.models import meta_model
+from groundup.presets import PRESETS
+
+PUBLISHED = {
+    "gpt2": 124_439_808, "gpt2-xl": 1_557_611_200, "llama-2-7b": 6_738_415_616, "llama-2-70b": 68_976_648_192,
+    "llama-3-8b": 8_030_261_248, "mistral-7b": 7_241_732_096, "mixtral-8x7b": 46_702_792_704,
+    "pythia-12b": 11_846_072_320, "falcon-7b": 6_921_720_704, "mpt-7b": 6_649_286_656,
+    "opt-175b": 174_604_468_224,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_meta_device_counts_equal_published(name):
+    model = meta_model(gu.Config.preset(name))
+    assert next(model.parameters()).is_meta
+    assert model.num_params() == PUBLISHED[name]
+
+
+def test_mixtral_active_parameters():
+    cfg = gu.Config.preset("mixtral-8x7b")
+    assert meta_model(cfg).num_params(active=True) == 12_879_925_248
+    assert calc.active_param_count(cfg) == 12_879_925_248
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_formula_equals_built_model(name):
+    cfg = gu.Config.preset(name)
+    model = meta_model(cfg)
+    b = calc.param_breakdown(cfg)
+    assert b["total"] == model.num_params()
+    assert b["active"] == model.num_params(active=True)
+    assert b["total"] == b["embeddings"] + b["attention"] + b["ffn"] + b["norms"] + b["head"]
+
+
+def test_course_kv_cache_figures():
+    kib, mib = 1024, 1024**2
+    assert calc.kv_cache_bytes_per_token(gu.Config.preset("llama-2-7b")) == 512 * kib
+    assert calc.kv_cache_bytes_per_token(gu.Config.preset("llama-2-13b")) == 800 * kib
+    l70 = gu.Config.preset("llama-2-70b")
+    assert calc.kv_cache_bytes_per_token(l70.replace(n_kv_heads=64)) == 2.5 * mib
+    assert calc.kv_cache_bytes_per_token(l70) == 320 * kib
+    # the course's follow-ups for 70B under MHA: bs=1, n=512 -> 1.25 GiB; bs=16, n=4096 -> 160 GiB
+    assert calc.kv_cache_bytes(l70.replace(n_kv_heads=64), 1, 512) == 1.25 * 1024**3
+    assert calc.kv_cache_bytes(l70.replace(n_kv_heads=64), 16, 4096) == 160 * 1024**3
+
+
+def test_sliding_window_caps_cache():
+    cfg = gu.Config.preset("mistral-7b")
+    assert calc.kv_cache_bytes(cfg, 1, 32768) == calc.kv_cache_bytes(cfg, 1, 4096)
+
+
+@pytest.mark.parametrize("params, tokens, flops", [
+    (400e6, "8.0B", "1.92e+19"), (1e9, "20.2B", "1.21e+20"), (10e9, "205.1B", "1.23e+22"),
+])
+def test_chinchilla_table_rows(params, tokens, flops):
+    out = calc.chinchilla(params)
+    assert f"{out['tokens'] / 1e9:.1f}B" == tokens
+    assert f"{out['flops']:.2e}" == flops
+
+
+def test_chinchilla_is_monotone_and_about_20_tokens_per_param():
+    sizes = [1e7, 1e8, 4e8, 7e8, 3e9, 5e10, 2e11, 5e12, 3e13]
+    tokens = [calc.chinchilla_tokens(n) for n in sizes]
+    assert tokens == sorted(tokens)
+    assert all(18 < t / n < 23 for t, n in zip(tokens, sizes, strict=True))
+
+
+def test_training_flops_are_about_6n():
+    cfg = gu.Config.preset("llama-2-7b")
+    n = calc.param_count(cfg)
+    per_token = calc.flops_per_token(cfg, 4096, training=True)
+    assert per_token == 3 * calc.flops_per_token(cfg, 4096)
+    # 6 x (N minus the input embedding, a lookup) plus the attention term 6 * L * T * d (Kaplan et al., 2020)
+    attention = 6 * 32 * 4096 * 4096
+    lookup = 32000 * 4096
+    assert per_token - attention == pytest.approx(6 * (n - lookup), rel=1e-4)
+    assert per_token - attention == pytest.approx(6 * n, rel=0.03)
+
+
+def test_serving_memory_and_lora_count():
+    cfg = gu.Config.preset("llama-2-7b")
+    mem = calc.serving_memory(cfg, batch=1, seq_len=4096, dtype="float16")
+    assert mem["weights"] == 2 * 6_738_415_616 and mem["kv_cache"] == 2 * 1024**3
+    # LoRA r=8 on q and v: 32 layers x 2 x 8 x (4096 + 4096) = 4,194,304 (the LoRA paper's 7B figure)
+    assert calc.lora_param_count(cfg, r=8, targets=("q_proj", "v_proj")) == 4_194_304
+    with pytest.raises(ValueError, match="LoRA target 'qkv'"):
+        calc.lora_param_count(cfg, targets=("qkv",))
