@@ -1,0 +1,125 @@
+"""Errors a user will hit: each is a clear message naming the thing at fault, raised before heavy work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import groundup as gu
+from groundup.checkpoint.io import CheckpointError
+
+
+def test_token_id_out_of_vocabulary():
+    model = gu.CausalLM(gu.Config.preset("tiny-llama"))
+    with pytest.raises(ValueError, match=r"token id 256, outside the vocabulary \[0, 256\)"):
+        model(torch.tensor([[1, 256]]))
+    with pytest.raises(ValueError, match="token id -1"):
+        model(torch.tensor([[-1, 3]]))
+    with pytest.raises(ValueError, match=r"shape \[batch, seq_len\]"):
+        model(torch.tensor([1, 2]))
+
+
+def test_sequence_longer_than_learned_positions():
+    model = gu.CausalLM(gu.Config.preset("tiny-gpt2"))
+    with pytest.raises(ValueError, match="sequence length 129 exceeds max_seq_len=128"):
+        model(torch.zeros(1, 129, dtype=torch.long))
+
+
+def test_rope_model_runs_past_max_seq_len():
+    model = gu.CausalLM(gu.Config.preset("tiny-llama", max_seq_len=16)).eval()
+    assert model(torch.zeros(1, 40, dtype=torch.long)).shape == (1, 40, 256)
+
+
+def _copy(hf_folder, name, tmp_path):
+    src, _ = hf_folder(name)
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_unknown_model_type_lists_supported(hf_folder, tmp_path):
+    path = _copy(hf_folder, "llama", tmp_path)
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "model_type": "rwkv"}))
+    with pytest.raises(CheckpointError, match="model_type='rwkv' is not supported.*falcon, gpt2, gpt_neox, llama"):
+        gu.from_pretrained(path)
+
+
+def test_missing_and_unexpected_tensors_are_listed(hf_folder, tmp_path):
+    path = _copy(hf_folder, "llama", tmp_path)
+    tensors = load_file(path / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    tensors["model.layers.0.mlp.extra.weight"] = torch.zeros(2)
+    save_file(tensors, path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.extra\.weight"):
+        gu.from_pretrained(path)
+    del tensors["model.layers.0.mlp.extra.weight"]
+    save_file(tensors, path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing 1 tensor\(s\): blocks\.1\.mlp\.up_proj\.weight"):
+        gu.from_pretrained(path)
+
+
+def test_shape_mismatch_names_tensor_expected_and_got(hf_folder, tmp_path):
+    path = _copy(hf_folder, "llama", tmp_path)
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 40}))
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.mlp\.gate_proj\.weight has shape \(48, 32\), the config "
+                                              r"expects \(40, 32\)"):
+        gu.from_pretrained(path)
+
+
+def test_pickle_checkpoint_is_refused_with_reason(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10, "hidden_size": 8,
+                                                      "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                      "intermediate_size": 16}))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(CheckpointError, match="never unpickles.*safetensors"):
+        gu.from_pretrained(tmp_path)
+
+
+def test_not_a_folder_and_bad_json(tmp_path):
+    with pytest.raises(CheckpointError, match="is not a folder"):
+        gu.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "config.json").write_text("{ nope")
+    with pytest.raises(CheckpointError, match=r"config\.json is not valid JSON: line 1"):
+        gu.from_pretrained(tmp_path)
+
+
+def test_unsupported_variant_names_field(hf_folder, tmp_path):
+    path = _copy(hf_folder, "gpt2", tmp_path)
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "scale_attn_by_inverse_layer_idx": True}))
+    with pytest.raises(CheckpointError, match="scale_attn_by_inverse_layer_idx=true is not supported"):
+        gu.from_pretrained(path)
+    (path / "config.json").write_text(json.dumps({**cfg, "n_head": 5}))
+    with pytest.raises(CheckpointError, match="d_model=32 is not divisible by n_heads=5"):
+        gu.from_pretrained(path)
+
+
+def test_failed_save_keeps_previous_folder(tmp_path, monkeypatch):
+    model = gu.CausalLM(gu.Config.preset("tiny-llama"))
+    out = tmp_path / "ckpt"
+    model.save_pretrained(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("groundup.checkpoint.hf.write_tensors", boom)
+    with pytest.raises(OSError, match="disk full"):
+        gu.CausalLM(gu.Config.preset("tiny-llama")).save_pretrained(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temp folder left behind
+
+
+def test_cannot_save_a_layout_transformers_lacks():
+    model = gu.CausalLM(gu.Config.preset("tiny-llama", sliding_window=8))
+    with pytest.raises(CheckpointError, match="use family='mistral'"):
+        model.save_pretrained("unused")
+    model = gu.CausalLM(gu.Config.preset("tiny-llama", family="nonesuch"))
+    with pytest.raises(CheckpointError, match="Config.family='nonesuch' has no HF layout"):
+        model.save_pretrained("unused")
