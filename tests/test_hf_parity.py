@@ -68,7 +68,7 @@ def test_padding_mask_matches_hf(name, hf_folder):
 def test_mixtral_balance_loss_matches_hf(hf_folder):
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
-    path, ref = hf_folder("mixtral")
+    path, _ref = hf_folder("mixtral")
     model = gu.from_pretrained(path)
     x = torch.randn(24, 32, generator=torch.Generator().manual_seed(0))
     moe = model.blocks[0].mlp

@@ -11,6 +11,7 @@ from torch import nn
 from ..config import Config
 from ..nn.attention import MaskSpec
 from ..nn.block import Block
+from ..nn.linear import Linear
 from ..nn.norm import make_norm
 from ..nn.position import alibi_slopes, rope_cos_sin, sinusoidal_table
 
@@ -26,7 +27,7 @@ class CausalLM(nn.Module):
             self.pos_embed = nn.Embedding(cfg.max_seq_len + cfg.pos_offset, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg) if cfg.final_norm else nn.Identity()
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         if not any(p.is_meta for p in self.parameters()):

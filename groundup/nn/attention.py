@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from .linear import Linear
 from .position import apply_rope
 
 
@@ -178,10 +179,10 @@ class Attention(nn.Module):
         self.flash_block_size = cfg.flash_block_size
         self.dropout = cfg.attn_dropout
         q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        self.q_proj = nn.Linear(cfg.d_model, q_dim, bias=cfg.attn_bias)
-        self.k_proj = nn.Linear(cfg.d_model, kv_dim, bias=cfg.attn_bias)
-        self.v_proj = nn.Linear(cfg.d_model, kv_dim, bias=cfg.attn_bias)
-        self.o_proj = nn.Linear(q_dim, cfg.d_model, bias=cfg.attn_out_bias)
+        self.q_proj = Linear(cfg.d_model, q_dim, bias=cfg.attn_bias)
+        self.k_proj = Linear(cfg.d_model, kv_dim, bias=cfg.attn_bias)
+        self.v_proj = Linear(cfg.d_model, kv_dim, bias=cfg.attn_bias)
+        self.o_proj = Linear(q_dim, cfg.d_model, bias=cfg.attn_out_bias)
 
     def forward(self, x: torch.Tensor, mask: MaskSpec, *, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

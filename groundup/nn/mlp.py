@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from .linear import Linear
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
@@ -32,8 +33,8 @@ class MLP(nn.Module):
         super().__init__()
         d_ff = d_ff or cfg.d_ff
         self.act = ACTIVATIONS[cfg.ffn]
-        self.up_proj = nn.Linear(cfg.d_model, d_ff, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(d_ff, cfg.d_model, bias=cfg.mlp_bias)
+        self.up_proj = Linear(cfg.d_model, d_ff, bias=cfg.mlp_bias)
+        self.down_proj = Linear(d_ff, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.up_proj(x)))
@@ -46,9 +47,9 @@ class GatedMLP(nn.Module):
         super().__init__()
         d_ff = d_ff or cfg.d_ff
         self.act = ACTIVATIONS[cfg.ffn]
-        self.gate_proj = nn.Linear(cfg.d_model, d_ff, bias=cfg.mlp_bias)
-        self.up_proj = nn.Linear(cfg.d_model, d_ff, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(d_ff, cfg.d_model, bias=cfg.mlp_bias)
+        self.gate_proj = Linear(cfg.d_model, d_ff, bias=cfg.mlp_bias)
+        self.up_proj = Linear(cfg.d_model, d_ff, bias=cfg.mlp_bias)
+        self.down_proj = Linear(d_ff, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

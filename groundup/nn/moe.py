@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from .linear import Linear
 from .mlp import make_ffn
 
 
@@ -23,7 +24,7 @@ class MoE(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.n_experts, self.top_k, self.router_kind = cfg.n_experts, cfg.top_k, cfg.router
-        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.router = Linear(cfg.d_model, cfg.n_experts, bias=False)
         self.experts = nn.ModuleList(make_ffn(cfg) for _ in range(cfg.n_experts))
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -34,7 +34,7 @@ def test_dispatch_equals_dense_reference(router, k):
 
 def test_router_weights():
     x = torch.randn(50, 16)
-    w, idx, probs = _moe("topk_softmax").route(x)
+    w, _idx, _probs = _moe("topk_softmax").route(x)
     torch.testing.assert_close(w.sum(-1), torch.ones(50))  # Mixtral: renormalised over the chosen k
     w2, idx2, probs2 = _moe("softmax_topk").route(x)
     assert (w2.sum(-1) < 1).all()  # Switch/GShard: the chosen probabilities as they are
