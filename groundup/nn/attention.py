@@ -17,7 +17,7 @@ express that by viewing queries as [B, K, G, T, D] against keys [B, K, 1, S, D],
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,15 @@ class MaskSpec:
     q_offset: int = 0
     key_padding: torch.Tensor | None = None
     alibi_slopes: torch.Tensor | None = None  # [H]
+    # The dense bias of eager/sdpa is the same for every layer of a forward pass: build it once.
+    _dense: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def dense_bias(self, T: int, S: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """bias(0, T, 0, S), memoised; the flash kernel's tiles are never cached (that would rebuild T x S)."""
+        key = (T, S, dtype, device)
+        if key not in self._dense:
+            self._dense[key] = self.bias(0, T, 0, S, dtype, device)
+        return self._dense[key]
 
     @property
     def trivial(self) -> bool:
@@ -99,7 +108,7 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mas
     K, S = k.shape[1], k.shape[2]
     qg = q.view(B, K, H // K, T, D)  # [B, K, G, T, D]
     scores = (qg @ k[:, :, None].transpose(-1, -2)).view(B, H, T, S) * scale  # [B, H, T, S]
-    bias = mask.bias(0, T, 0, S, scores.dtype, q.device)
+    bias = mask.dense_bias(T, S, scores.dtype, q.device)
     if bias is not None:
         scores = scores + bias
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
@@ -118,7 +127,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask
     if mask.trivial and (not mask.causal or T == S):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=mask.causal and T > 1,
                                               scale=scale, enable_gqa=gqa)
-    bias = mask.bias(0, T, 0, S, q.dtype, q.device)
+    bias = mask.dense_bias(T, S, q.dtype, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale,
                                           enable_gqa=gqa)
 

@@ -189,3 +189,19 @@ def test_rope_scaling_variants():
     torch.testing.assert_close(f1[0], f0[0])  # highest frequency untouched
     # lowest frequency stretched by exactly the factor: base theta * 4^(d/(d-2)) at exponent (d-2)/d
     torch.testing.assert_close(f1[-1], f0[-1] / 4.0)
+
+
+def test_dense_bias_built_once_per_forward(monkeypatch):
+    """All layers share one MaskSpec; eager/sdpa build its dense bias once, not once per layer."""
+    calls = []
+    original = MaskSpec.bias
+
+    def spy(self, *args):
+        calls.append(args[:4])
+        return original(self, *args)
+
+    monkeypatch.setattr(MaskSpec, "bias", spy)
+    model = gu.CausalLM(gu.Config(vocab_size=50, d_model=32, n_layers=3, n_heads=4, pos="alibi")).eval()
+    with torch.no_grad():
+        model(torch.randint(0, 50, (1, 9)))
+    assert calls == [(0, 9, 0, 9)]
