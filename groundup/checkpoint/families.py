@@ -334,25 +334,20 @@ def _llama_keys(cfg: Config) -> list[tuple[str, str]]:
     return keys
 
 
-def _family(model_type: str, architecture: str, to_config: Callable, to_hf: Callable, keys: Callable, **kw: Any
-            ) -> Family:
-    return Family(model_type, architecture, to_config, to_hf, keys, **kw)
-
-
 FAMILIES: dict[str, Family] = {
-    "gpt2": _family("gpt2", "GPT2LMHeadModel", _gpt2_config, _gpt2_to_hf, _gpt2_keys, qkv_groups=lambda c: 1,
+    "gpt2": Family("gpt2", "GPT2LMHeadModel", _gpt2_config, _gpt2_to_hf, _gpt2_keys, qkv_groups=lambda c: 1,
                     conv1d=True, ignored=(r".*\.attn\.bias", r".*\.attn\.masked_bias")),
-    "opt": _family("opt", "OPTForCausalLM", _opt_config, _opt_to_hf, _opt_keys),
-    "gpt_neox": _family("gpt_neox", "GPTNeoXForCausalLM", _neox_config, _neox_to_hf, _neox_keys,
+    "opt": Family("opt", "OPTForCausalLM", _opt_config, _opt_to_hf, _opt_keys),
+    "gpt_neox": Family("gpt_neox", "GPTNeoXForCausalLM", _neox_config, _neox_to_hf, _neox_keys,
                         qkv_groups=lambda c: c.n_heads,
                         ignored=(r".*\.attention\.(bias|masked_bias)", r".*rotary_emb\.inv_freq")),
-    "falcon": _family("falcon", "FalconForCausalLM", _falcon_config, _falcon_to_hf, _falcon_keys,
+    "falcon": Family("falcon", "FalconForCausalLM", _falcon_config, _falcon_to_hf, _falcon_keys,
                       qkv_groups=_falcon_groups, ignored=(r".*rotary_emb\.inv_freq",)),
-    "mpt": _family("mpt", "MptForCausalLM", _mpt_config, _mpt_to_hf, _mpt_keys, qkv_groups=lambda c: 1),
-    "llama": _family("llama", "LlamaForCausalLM", _llama_config, _llama_to_hf, _llama_keys,
+    "mpt": Family("mpt", "MptForCausalLM", _mpt_config, _mpt_to_hf, _mpt_keys, qkv_groups=lambda c: 1),
+    "llama": Family("llama", "LlamaForCausalLM", _llama_config, _llama_to_hf, _llama_keys,
                      ignored=(r".*rotary_emb\.inv_freq",)),
-    "mistral": _family("mistral", "MistralForCausalLM", _llama_config, _llama_to_hf, _llama_keys,
+    "mistral": Family("mistral", "MistralForCausalLM", _llama_config, _llama_to_hf, _llama_keys,
                        ignored=(r".*rotary_emb\.inv_freq",)),
-    "mixtral": _family("mixtral", "MixtralForCausalLM", _llama_config, _llama_to_hf, _llama_keys,
+    "mixtral": Family("mixtral", "MixtralForCausalLM", _llama_config, _llama_to_hf, _llama_keys,
                        ignored=(r".*rotary_emb\.inv_freq",)),
 }

@@ -18,7 +18,6 @@ from ..models.causal_lm import CausalLM, meta_model
 from .families import FAMILIES, Family, UnsupportedConfig
 from .io import CheckpointError, atomic_folder, load_tensors, read_json, write_tensors
 
-QKV = "blocks.{i}.attn.qkv"
 PASSTHROUGH = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
