@@ -50,21 +50,46 @@ def norm_params(cfg: Config) -> int:
     return cfg.d_model * (2 if cfg.norm == "layernorm" and cfg.norm_bias else 1)
 
 
+def _stacks(cfg: Config) -> list[tuple[int, bool]]:
+    """(layers, has cross-attention) for each stack of blocks."""
+    if cfg.arch == "seq2seq":
+        return [(cfg.n_layers, False), (cfg.n_decoder_layers, True)]
+    return [(cfg.n_layers, False)]
+
+
+def head_params(cfg: Config) -> int:
+    """Output heads: the lm_head (untied weight, bias) or, for an encoder, pooler/MLM/NSP/classifier."""
+    V, C = cfg.vocab_size, cfg.d_model
+    if cfg.arch != "encoder":
+        return (0 if cfg.tie_embeddings else V * C) + (V if cfg.lm_head_bias else 0)
+    n = _linear(C, C, True) if cfg.pooler else 0
+    if cfg.mlm_head:  # dense + norm + (untied) decoder + its bias
+        n += _linear(C, C, True) + norm_params(cfg) + (0 if cfg.tie_embeddings else V * C) + V
+    n += _linear(C, 2, True) if cfg.nsp_head else 0
+    return n + (_linear(C, cfg.num_labels, True) if cfg.num_labels else 0)
+
+
 def param_breakdown(cfg: Config) -> dict[str, int]:
-    """Parameters by part: embeddings, attention, ffn (experts + routers), norms, head, total, active."""
-    emb = cfg.vocab_size * cfg.d_model
-    if cfg.pos == "learned":
-        emb += (cfg.max_seq_len + cfg.pos_offset) * cfg.d_model
-    L = cfg.n_layers
+    """Parameters by part: embeddings (tokens, positions, segments, relative-bias tables), attention (self
+    and cross), ffn (experts + routers), norms, heads, total, and active (used per token under top-k MoE)."""
+    stacks = _stacks(cfg)
+    emb = cfg.vocab_size * cfg.d_model + cfg.type_vocab_size * cfg.d_model
+    for _ in stacks:  # each stack has its own position table
+        if cfg.pos == "learned":
+            emb += (cfg.max_seq_len + cfg.pos_offset) * cfg.d_model
+        elif cfg.pos == "relative":
+            emb += cfg.rel_buckets * cfg.n_heads
+    L = sum(n for n, _ in stacks)
     per_ffn = ffn_params(cfg)
     if cfg.n_experts:
         ffn = L * (cfg.n_experts * per_ffn + cfg.d_model * cfg.n_experts)
         ffn_active = L * (cfg.top_k * per_ffn + cfg.d_model * cfg.n_experts)
     else:
         ffn = ffn_active = L * per_ffn
-    norms = L * norm_params(cfg) * (1 if cfg.shared_norm else 2) + (norm_params(cfg) if cfg.final_norm else 0)
-    head = (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model) + (cfg.vocab_size if cfg.lm_head_bias else 0)
-    attn = L * attention_params(cfg)
+    attn = sum(n * attention_params(cfg) * (2 if cross else 1) for n, cross in stacks)
+    per_block = [n * ((1 if cfg.shared_norm else 2) + cross) for n, cross in stacks]
+    norms = norm_params(cfg) * (sum(per_block) + len(stacks) * cfg.final_norm + cfg.embed_norm)
+    head = head_params(cfg)
     total = emb + attn + ffn + norms + head
     return {"embeddings": emb, "attention": attn, "ffn": ffn, "norms": norms, "head": head,
             "total": total, "active": total - ffn + ffn_active}
@@ -99,9 +124,17 @@ def lora_param_count(cfg: Config, r: int = 8, targets: Sequence[str] = ("q_proj"
 
 
 # memory --------------------------------------------------------------------------------------------
+def cached_layers(cfg: Config) -> int:
+    """Layers whose self-attention keys/values a generating model caches: the decoder's (none for an encoder)."""
+    return {"causal_lm": cfg.n_layers, "seq2seq": cfg.n_decoder_layers or 0}.get(cfg.arch, 0)
+
+
 def kv_cache_bytes_per_token(cfg: Config, dtype: str | torch.dtype = "float16") -> float:
-    """2 (K and V) x layers x kv heads x head dim x bytes: only n_kv_heads are stored, so GQA/MQA shrink it."""
-    return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * dtype_bytes(dtype)
+    """2 (K and V) x layers x kv heads x head dim x bytes: only n_kv_heads are stored, so GQA/MQA shrink it.
+
+    For seq2seq this is per decoded token; the cross-attention cache costs the same per source token.
+    """
+    return 2 * cached_layers(cfg) * cfg.n_kv_heads * cfg.head_dim * dtype_bytes(dtype)
 
 
 def kv_cache_bytes(cfg: Config, batch: int = 1, seq_len: int = 4096, dtype: str | torch.dtype = "float16") -> float:
@@ -120,14 +153,17 @@ def serving_memory(cfg: Config, batch: int = 1, seq_len: int = 4096, dtype: str 
 
 # compute -------------------------------------------------------------------------------------------
 def matmul_params_per_token(cfg: Config) -> int:
-    """Weights multiplied per token: attention, active FFN/experts, routers and the lm_head.
+    """Weights multiplied per token: attention, active FFN/experts, routers and the vocabulary projection.
 
-    Embedding lookups are excluded (no FLOPs); the lm_head counts even when tied.
+    Embedding lookups are excluded (no FLOPs); the lm_head counts even when tied. An encoder without an
+    MLM head projects to no vocabulary. For seq2seq this is per token pair (one source and one target
+    token, the equal-length convention of Raffel et al., 2020).
     """
     b = param_breakdown(cfg)
     ffn_active = b["ffn"] if not cfg.n_experts else cfg.n_layers * (cfg.top_k * ffn_params(cfg)
                                                                         + cfg.d_model * cfg.n_experts)
-    return b["attention"] + ffn_active + cfg.vocab_size * cfg.d_model
+    vocab = cfg.arch != "encoder" or cfg.mlm_head
+    return b["attention"] + ffn_active + (cfg.vocab_size * cfg.d_model if vocab else 0)
 
 
 def flops_per_token(cfg: Config, seq_len: int | None = None, *, training: bool = False) -> float:
@@ -140,7 +176,8 @@ def flops_per_token(cfg: Config, seq_len: int | None = None, *, training: bool =
     ctx = seq_len or cfg.max_seq_len
     if cfg.sliding_window:
         ctx = min(ctx, cfg.sliding_window)
-    fwd = 2 * matmul_params_per_token(cfg) + 2 * cfg.n_layers * ctx * cfg.n_heads * cfg.head_dim
+    attn_layers = cfg.n_layers + 2 * (cfg.n_decoder_layers or 0)  # a decoder layer attends twice
+    fwd = 2 * matmul_params_per_token(cfg) + 2 * attn_layers * ctx * cfg.n_heads * cfg.head_dim
     return 3 * fwd if training else fwd
 
 
@@ -190,6 +227,9 @@ def report(cfg: Config, *, batch: int = 1, seq_len: int | None = None, dtype: st
     T = seq_len or cfg.max_seq_len
     b = param_breakdown(cfg)
     rows = [(k, f"{v:,}", human(v)) for k, v in b.items()]
+    rows[2:2] = [("  attention / layer", f"{attention_params(cfg):,}", human(attention_params(cfg))),
+                 ("  ffn / layer" + (" (one expert)" if cfg.n_experts else ""), f"{ffn_params(cfg):,}",
+                  human(ffn_params(cfg)))]
     per_tok = kv_cache_bytes_per_token(cfg, dtype)
     mem = serving_memory(cfg, batch, T, dtype)
     ch = chinchilla(b["total"])
@@ -207,7 +247,8 @@ def report(cfg: Config, *, batch: int = 1, seq_len: int | None = None, dtype: st
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     title = cfg.name or "config"
-    lines = [f"{title}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads "
+    layers = f"{cfg.n_layers}+{cfg.n_decoder_layers}" if cfg.arch == "seq2seq" else str(cfg.n_layers)
+    lines = [f"{title} ({cfg.arch}): {layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads "
              f"({cfg.n_kv_heads} kv), d_ff {cfg.d_ff}, vocab {cfg.vocab_size}, pos {cfg.pos}, ffn {cfg.ffn}"
              + (f", {cfg.n_experts} experts top-{cfg.top_k}" if cfg.n_experts else "")]
     lines += [f"  {a:<{w0}}  {b_:>{w1}}  {c}" for a, b_, c in rows]

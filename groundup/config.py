@@ -1,4 +1,4 @@
-"""Config: every architecture switch of the decoder families as one validated dataclass.
+"""Config: every architecture switch of the three transformer families as one validated dataclass.
 
 House rule: every quirk is a named field with one Literal per choice; model code branches on these
 fields, never on a model's name. Validation happens in ``__post_init__`` and raises ValueError naming
@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
-Pos = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
-Ffn = Literal["relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "reglu"]
+Arch = Literal["causal_lm", "encoder", "seq2seq"]
+Pos = Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"]
+SinusoidalLayout = Literal["interleaved", "split"]
+Scale = Literal["none", "sqrt_d", "inv_sqrt_d"]
+Ffn = Literal["relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "geglu_tanh", "reglu"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "post"]
 Residual = Literal["sequential", "parallel"]
@@ -22,16 +25,21 @@ RopeScaling = Literal["none", "linear", "ntk"]
 Router = Literal["topk_softmax", "softmax_topk"]
 Kernel = Literal["eager", "sdpa", "flash"]
 
-GATED_FFNS = ("swiglu", "geglu", "reglu")
+GATED_FFNS = ("swiglu", "geglu", "geglu_tanh", "reglu")
 
 
 @dataclass
 class Config:
     """Architecture of a transformer language model.
 
-    Derived fields (``n_kv_heads``, ``head_dim``, ``d_ff``) default to the usual choices when left None:
-    MHA, ``d_model // n_heads`` and ``4 * d_model``.
+    ``arch`` picks the family: ``causal_lm`` (decoder-only, CausalLM), ``encoder`` (encoder-only, BERT-style
+    Encoder) or ``seq2seq`` (encoder-decoder, Seq2Seq; ``n_layers`` encoder and ``n_decoder_layers`` decoder
+    layers). Derived fields default when left None: ``n_kv_heads`` (MHA), ``head_dim`` (``d_model //
+    n_heads``), ``d_ff`` (``4 * d_model``), ``n_decoder_layers`` (``n_layers``) and ``causal`` (True for
+    causal_lm, False for encoder; a seq2seq decoder is always causal and its encoder never is).
     """
+
+    arch: Arch = "causal_lm"
 
     # sizes
     vocab_size: int = 50257
@@ -42,6 +50,7 @@ class Config:
     head_dim: int | None = None
     d_ff: int | None = None
     max_seq_len: int = 1024
+    n_decoder_layers: int | None = None  # seq2seq only
 
     # positions
     pos: Pos = "learned"
@@ -51,6 +60,10 @@ class Config:
     rope_scaling: RopeScaling = "none"
     rope_scaling_factor: float = 1.0
     alibi_max_bias: float = 8.0  # ALiBi slopes are 2^(-max_bias * h / n_heads)
+    rel_buckets: int = 32  # T5 relative position buckets (pos='relative')
+    rel_max_distance: int = 128  # distances beyond this share the last bucket
+    sinusoidal_layout: SinusoidalLayout = "interleaved"  # sin/cos alternating (Vaswani) or halves (Marian)
+    embed_scale: Scale = "none"  # sqrt_d: token embeddings x sqrt(d_model) (Vaswani et al. 3.4, Marian)
 
     # feed-forward
     ffn: Ffn = "gelu"
@@ -73,7 +86,17 @@ class Config:
     dropout: float = 0.0
     attn_dropout: float = 0.0
     sliding_window: int | None = None  # each query sees at most this many keys, itself included
-    causal: bool = True
+    causal: bool | None = None
+    attn_scale: Scale = "inv_sqrt_d"  # scores x 1/sqrt(head_dim); T5 uses none (folded into its init)
+    lm_head_scale: Scale = "none"  # inv_sqrt_d: final hidden x d_model^-0.5 before a tied head (T5 v1.0)
+
+    # encoder-only (BERT): segment embeddings, a norm after the embeddings, and the task heads
+    type_vocab_size: int = 0  # token type (segment) embeddings; 0 = none
+    embed_norm: bool = False
+    pooler: bool = False  # dense + tanh on the first ([CLS]) token
+    mlm_head: bool = False  # masked-LM head: dense + act + norm, then the (tied) vocabulary projection
+    nsp_head: bool = False  # next-sentence prediction on the pooled output: 2 classes
+    num_labels: int = 0  # sequence classification on the pooled output; 0 = no classifier
 
     # mixture of experts on the FFN (n_experts == 0: dense FFN)
     n_experts: int = 0
@@ -93,6 +116,11 @@ class Config:
 
     def __post_init__(self) -> None:
         self._check_literals()
+        if self.causal is None:
+            self.causal = self.arch != "encoder"
+        if self.n_decoder_layers is None and self.arch == "seq2seq":
+            self.n_decoder_layers = self.n_layers
+        self._check_arch()
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None:
@@ -155,6 +183,38 @@ class Config:
         if self.n_experts == 1:
             raise ValueError("n_experts=1 is a dense FFN with a router; use n_experts=0")
 
+    def _check_arch(self) -> None:
+        if self.arch == "encoder" and self.causal:
+            raise ValueError("causal=True with arch='encoder': an encoder attends in both directions; "
+                             "use arch='causal_lm' for a decoder")
+        if self.arch != "causal_lm" and self.n_experts:
+            raise ValueError(f"n_experts={self.n_experts}: mixture-of-experts layers are implemented for "
+                             "arch='causal_lm' only")
+        if self.arch == "seq2seq" and self.residual == "parallel":
+            raise ValueError("residual='parallel' is not defined for arch='seq2seq' (no parallel cross-attention)")
+        if self.arch == "seq2seq" and not self.causal:
+            raise ValueError("causal=False with arch='seq2seq': the decoder of an encoder-decoder is causal")
+        if self.arch != "seq2seq" and self.n_decoder_layers is not None:
+            raise ValueError(f"n_decoder_layers={self.n_decoder_layers} needs arch='seq2seq'")
+        if self.arch == "seq2seq" and (not isinstance(self.n_decoder_layers, int) or self.n_decoder_layers <= 0):
+            raise ValueError(f"n_decoder_layers={self.n_decoder_layers!r} must be a positive integer")
+        encoder_only = dict(type_vocab_size=self.type_vocab_size, embed_norm=self.embed_norm, pooler=self.pooler,
+                            mlm_head=self.mlm_head, nsp_head=self.nsp_head, num_labels=self.num_labels)
+        for name, value in encoder_only.items():
+            if value and self.arch != "encoder":
+                raise ValueError(f"{name}={value!r} needs arch='encoder' (BERT-style heads and embeddings)")
+        for name in ("type_vocab_size", "num_labels"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if (self.nsp_head or self.num_labels) and not self.pooler:
+            raise ValueError("nsp_head/num_labels classify the pooled [CLS] output: they need pooler=True")
+        if self.pos == "relative" and (self.rel_buckets < 2 or self.rel_max_distance < self.rel_buckets // 2):
+            raise ValueError(f"rel_buckets={self.rel_buckets} must be >= 2 and rel_max_distance="
+                             f"{self.rel_max_distance} at least rel_buckets // 2")
+        if self.embed_scale == "inv_sqrt_d" or self.attn_scale == "sqrt_d" or self.lm_head_scale == "sqrt_d":
+            raise ValueError(f"embed_scale={self.embed_scale!r}, attn_scale={self.attn_scale!r}, lm_head_scale="
+                             f"{self.lm_head_scale!r}: embed_scale takes none|sqrt_d, the other two none|inv_sqrt_d")
+
     def _check_literals(self) -> None:
         hints = get_type_hints(type(self))
         for f in dataclasses.fields(self):
@@ -174,6 +234,11 @@ class Config:
     def gated(self) -> bool:
         """True for GLU-family FFNs (three matrices: gate, up, down)."""
         return self.ffn in GATED_FFNS
+
+    @property
+    def n_stack_layers(self) -> int:
+        """All transformer layers: encoder plus decoder for seq2seq."""
+        return self.n_layers + (self.n_decoder_layers or 0)
 
     @property
     def n_query_groups(self) -> int:

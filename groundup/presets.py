@@ -25,6 +25,29 @@ _MISTRAL: dict[str, Any] = dict(
     max_seq_len=32768, sliding_window=4096,
 )
 
+# BERT (Devlin et al., 2019): post-norm encoder, learned positions, segment embeddings, embedding LayerNorm.
+# The presets are BertModel with its pooler (the published counts); add mlm_head/nsp_head for pre-training.
+_BERT: dict[str, Any] = dict(
+    arch="encoder", family="bert", vocab_size=30522, max_seq_len=512, pos="learned", ffn="gelu",
+    norm="layernorm", norm_eps=1e-12, norm_placement="post", final_norm=False, type_vocab_size=2,
+    embed_norm=True, pooler=True, tie_embeddings=True,
+)
+# T5 (Raffel et al., 2020): pre-norm RMS-style norm without bias, relative position buckets shared per
+# stack, no biases, unscaled attention scores, tied head fed d_model^-0.5-scaled states (v1.0).
+_T5: dict[str, Any] = dict(
+    arch="seq2seq", family="t5", vocab_size=32128, max_seq_len=512, pos="relative", rel_buckets=32,
+    rel_max_distance=128, ffn="relu", norm="rmsnorm", norm_eps=1e-6, attn_bias=False, attn_out_bias=False,
+    mlp_bias=False, attn_scale="none", tie_embeddings=True, lm_head_scale="inv_sqrt_d",
+    extra={"pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0},
+)
+# The original Transformer (Vaswani et al., 2017) and Marian NMT: post-norm encoder-decoder with sinusoidal
+# positions and sqrt(d_model)-scaled embeddings shared by encoder, decoder and output projection.
+_TRANSFORMER: dict[str, Any] = dict(
+    arch="seq2seq", family="marian", d_model=512, n_layers=6, n_decoder_layers=6, n_heads=8, d_ff=2048,
+    max_seq_len=512, pos="sinusoidal", ffn="relu", norm="layernorm", norm_placement="post", final_norm=False,
+    embed_scale="sqrt_d", tie_embeddings=True,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # GPT-2 (Radford et al., 2019) and GPT-3 175B (Brown et al., 2020; dense attention assumed)
     "gpt2": dict(_GPT2, d_model=768, n_layers=12, n_heads=12),
@@ -69,6 +92,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A ~125M Llama-style GQA model (the benchmark's second config)
     "llama-125m": dict(_LLAMA, d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=2048,
                        max_seq_len=2048),
+    # encoder-only and encoder-decoder families
+    "bert-base": dict(_BERT, d_model=768, n_layers=12, n_heads=12),
+    "bert-large": dict(_BERT, d_model=1024, n_layers=24, n_heads=16),
+    "t5-small": dict(_T5, d_model=512, n_layers=6, n_heads=8, d_ff=2048),
+    "t5-base": dict(_T5, d_model=768, n_layers=12, n_heads=12, d_ff=3072),
+    # T5 v1.1: gated-GELU FFN (tanh approximation), untied head without the rescale
+    "t5-v1_1-small": dict(_T5, d_model=512, n_layers=8, n_heads=6, head_dim=64, d_ff=1024, ffn="geglu_tanh",
+                          tie_embeddings=False, lm_head_scale="none"),
+    # "Attention Is All You Need", base model: shared 37000-token BPE vocabulary (WMT'14 EN-DE)
+    "transformer-base": dict(_TRANSFORMER, vocab_size=37000),
+    # Helsinki-NLP opus-mt-en-de (Marian): SiLU FFN, split sin|cos table, a bias on the output logits
+    "opus-mt-en-de": dict(_TRANSFORMER, vocab_size=58101, ffn="silu", sinusoidal_layout="split", lm_head_bias=True,
+                          extra={"pad_token_id": 58100, "eos_token_id": 0, "decoder_start_token_id": 58100}),
     # tiny presets for tests and demos
     "tiny-gpt2": dict(_GPT2, vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_seq_len=128),
     "tiny-llama": dict(_LLAMA, vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
@@ -77,4 +113,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                          d_ff=128, max_seq_len=128, sliding_window=16),
     "tiny-mixtral": dict(_MISTRAL, family="mixtral", vocab_size=256, d_model=64, n_layers=2, n_heads=4,
                          n_kv_heads=2, d_ff=96, max_seq_len=128, sliding_window=None, n_experts=4, top_k=2),
+    "tiny-bert": dict(_BERT, vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_seq_len=128, mlm_head=True,
+                      nsp_head=True),
+    "tiny-t5": dict(_T5, vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128, rel_buckets=8,
+                    rel_max_distance=32),
+    "tiny-transformer": dict(_TRANSFORMER, vocab_size=256, d_model=64, n_layers=2, n_decoder_layers=2, n_heads=4,
+                             d_ff=128, extra={"pad_token_id": 0, "eos_token_id": 2, "decoder_start_token_id": 0}),
 }

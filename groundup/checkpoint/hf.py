@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from ..config import Config
-from ..models.causal_lm import CausalLM, meta_model
+from ..models import meta_model
+from ..models.causal_lm import CausalLM
 from .families import FAMILIES, Family, UnsupportedConfig
 from .io import CheckpointError, atomic_folder, load_tensors, read_json, write_tensors
 

@@ -13,7 +13,7 @@ from ..nn.attention import MaskSpec
 from ..nn.block import Block
 from ..nn.linear import Linear
 from ..nn.norm import make_norm
-from ..nn.position import alibi_slopes, rope_cos_sin, sinusoidal_table
+from .common import Rope, add_positions, check_ids, dropout, embed, init_weights, mask_spec, unique_params
 
 
 class CausalLM(nn.Module):
@@ -28,19 +28,18 @@ class CausalLM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg) if cfg.final_norm else nn.Identity()
         self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
+        self.tie_weights()
         if not any(p.is_meta for p in self.parameters()):
-            self.apply(self._init_weights)
+            self.apply(lambda m: init_weights(m, cfg.init_std))
 
-    def _init_weights(self, module: nn.Module) -> None:
-        # GPT-2 style: N(0, 0.02) for matrices and embeddings, zeros for biases; norms keep ones/zeros.
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=self.config.init_std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=self.config.init_std)
+    def tie_weights(self) -> None:
+        """Point the output projection at the token embedding again (after loading or moving)."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def tied_keys(self) -> dict[str, str]:
+        """State-dict keys that alias another key when embeddings are tied: {alias: source}."""
+        return {"lm_head.weight": "embed.weight"} if self.config.tie_embeddings else {}
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
@@ -58,7 +57,10 @@ class CausalLM(nn.Module):
             x, aux, _ = block(x, mask, rope=rope)
             if aux is not None:
                 aux_total = aux_total + aux
-        logits = self.lm_head(self.norm(x))
+        x = self.norm(x)
+        if self.config.lm_head_scale == "inv_sqrt_d":
+            x = x * self.config.d_model**-0.5
+        logits = self.lm_head(x)
         if return_aux_loss:
             n_moe = self.config.n_layers if self.config.n_experts else 1
             return logits, aux_total * (self.config.router_aux_loss_coef / n_moe)
@@ -77,55 +79,15 @@ class CausalLM(nn.Module):
         raise AssertionError("unreachable")
 
     def _prepare(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 position_ids: torch.Tensor | None
-                 ) -> tuple[torch.Tensor, MaskSpec, tuple[torch.Tensor, torch.Tensor] | None]:
+                 position_ids: torch.Tensor | None) -> tuple[torch.Tensor, MaskSpec, Rope | None]:
         cfg = self.config
-        self._check_inputs(input_ids, attention_mask)
-        T = input_ids.shape[1]
-        device = input_ids.device
-        x = self.embed(input_ids)  # [B, T, C]
+        check_ids(cfg, input_ids, attention_mask)
         if position_ids is None:
-            position_ids = torch.arange(T, device=device)
-        rope = None
-        if cfg.pos == "learned":
-            x = x + self.pos_embed(position_ids + cfg.pos_offset)
-        elif cfg.pos == "sinusoidal":
-            n = int(position_ids.max()) + 1
-            x = x + sinusoidal_table(n, cfg.d_model, device=device).to(x.dtype)[position_ids]
-        elif cfg.pos == "rope":
-            cos, sin = rope_cos_sin(cfg, position_ids, x.dtype)  # [T, rot] or [B, T, rot]
-            if cos.dim() == 3:
-                cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, rot]: broadcast over heads
-            rope = (cos, sin)
-        slopes = alibi_slopes(cfg.n_heads, cfg.alibi_max_bias, device=device) if cfg.pos == "alibi" else None
-        padding = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            padding = attention_mask.bool()
-        mask = MaskSpec(causal=cfg.causal, window=cfg.sliding_window, key_padding=padding, alibi_slopes=slopes)
-        if cfg.dropout and self.training:
-            x = nn.functional.dropout(x, cfg.dropout)
-        return x, mask, rope
-
-    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-        cfg = self.config
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape [batch, seq_len], got {tuple(input_ids.shape)}")
-        if input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
-        if input_ids.numel():
-            lo, hi = int(input_ids.min()), int(input_ids.max())
-            if lo < 0 or hi >= cfg.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"input_ids contain token id {bad}, outside the vocabulary [0, {cfg.vocab_size})")
-        T = input_ids.shape[1]
-        if cfg.pos == "learned" and T > cfg.max_seq_len:
-            raise ValueError(
-                f"sequence length {T} exceeds max_seq_len={cfg.max_seq_len}: learned position embeddings "
-                "have no row past it; truncate the input or use a model with rope/alibi positions"
-            )
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape "
-                             f"{tuple(input_ids.shape)}")
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = embed(cfg, self.embed, input_ids)  # [B, T, C]
+        x, rope = add_positions(cfg, x, position_ids, getattr(self, "pos_embed", None))
+        mask = mask_spec(cfg, causal=cfg.causal, attention_mask=attention_mask, device=input_ids.device)
+        return dropout(cfg, x, self.training), mask, rope
 
     # ---------------------------------------------------------------------------------------------
     def set_attn_kernel(self, kernel: str) -> CausalLM:
@@ -137,7 +99,7 @@ class CausalLM(nn.Module):
 
     def num_params(self, *, active: bool = False) -> int:
         """Unique parameters (tied weights counted once); ``active``: those used per token under top-k."""
-        total = sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+        total = unique_params(self)
         if active and self.config.n_experts:
             per_expert = sum(p.numel() for p in self.blocks[0].mlp.experts[0].parameters())
             unused = self.config.n_experts - self.config.top_k
@@ -156,10 +118,4 @@ class CausalLM(nn.Module):
         from ..checkpoint.hf import from_pretrained
 
         return from_pretrained(folder, dtype=dtype)
-
-
-def meta_model(cfg: Config) -> CausalLM:
-    """A CausalLM on the meta device: shapes without memory (for parameter counts of 175B models)."""
-    with torch.device("meta"):
-        return CausalLM(cfg)
 

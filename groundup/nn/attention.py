@@ -1,4 +1,4 @@
-"""Multi-head attention with MHA/GQA/MQA, causal/bidirectional/sliding masks, RoPE and ALiBi.
+"""Multi-head attention: self or cross, MHA/GQA/MQA, causal/bidirectional/sliding masks, RoPE, ALiBi, T5 buckets.
 
 Shape notation used across groundup (declared once, here):
     B batch, T query length, S key length, C d_model, H query heads, K kv heads, G = H/K query heads
@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from .kv_cache import KVCache
 from .linear import Linear
-from .position import apply_rope
+from .position import apply_rope, relative_bucket
 
 
 @dataclass
@@ -41,6 +42,10 @@ class MaskSpec:
     q_offset: int = 0
     key_padding: torch.Tensor | None = None
     alibi_slopes: torch.Tensor | None = None  # [H]
+    # T5 relative position bias: a learned table [n_buckets, H] looked up by relative_bucket(offset)
+    rel_table: torch.Tensor | None = None
+    rel_bidirectional: bool = True
+    rel_max_distance: int = 128
     # The dense bias of eager/sdpa is the same for every layer of a forward pass: build it once.
     _dense: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -55,7 +60,7 @@ class MaskSpec:
     def trivial(self) -> bool:
         """True when the mask is plain causal (or nothing) with aligned queries: sdpa's fast path."""
         return self.window is None and self.key_padding is None and self.alibi_slopes is None \
-            and self.q_offset == 0
+            and self.rel_table is None and self.q_offset == 0
 
     def bias(self, q0: int, q1: int, k0: int, k1: int, dtype: torch.dtype,
              device: torch.device) -> torch.Tensor | None:
@@ -75,14 +80,18 @@ class MaskSpec:
         if self.key_padding is not None:
             pad = self.key_padding[:, None, None, k0:k1].bool()  # [B, 1, 1, tk]
             allowed = pad if allowed is None else pad & allowed
-        if self.alibi_slopes is None:
-            if allowed is None:
-                return None
-            bias = torch.zeros((), dtype=dtype, device=device)
-        else:
+        if self.alibi_slopes is not None:
             # -slope * distance; bidirectional models penalise both directions.
             dist = (qp - kp).abs().to(torch.float32)
             bias = (-self.alibi_slopes.to(device)[:, None, None] * dist).to(dtype)  # [H, tq, tk]
+        elif self.rel_table is not None:
+            buckets = relative_bucket(kp - qp, bidirectional=self.rel_bidirectional,
+                                      n_buckets=self.rel_table.shape[0], max_distance=self.rel_max_distance)
+            bias = self.rel_table[buckets].permute(2, 0, 1).to(dtype)  # [tq, tk, H] -> [H, tq, tk]
+        elif allowed is None:
+            return None
+        else:
+            bias = torch.zeros((), dtype=dtype, device=device)
         if allowed is None:
             return bias[None]
         if allowed.dim() == 2:
@@ -178,12 +187,13 @@ def _group_heads(bias: torch.Tensor, K: int, G: int) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Self-attention with separate q/k/v/o projections (names equal the state-dict keys)."""
+    """Self- or cross-attention with separate q/k/v/o projections (names equal the state-dict keys)."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        # T5 leaves scores unscaled: its initialisation absorbs the 1/sqrt(D) (Raffel et al., 2020)
+        self.scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.attn_scale == "inv_sqrt_d" else 1.0
         self.kernel = cfg.attn_kernel
         self.flash_block_size = cfg.flash_block_size
         self.dropout = cfg.attn_dropout
@@ -194,15 +204,28 @@ class Attention(nn.Module):
         self.o_proj = Linear(q_dim, cfg.d_model, bias=cfg.attn_out_bias)
 
     def forward(self, x: torch.Tensor, mask: MaskSpec, *, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                memory: torch.Tensor | None = None, cache: KVCache | None = None,
                 return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x [B, T, C] -> ([B, T, C], attention weights [B, H, T, S] if asked, eager kernel only)."""
+        """x [B, T, C] -> ([B, T, C], attention weights [B, H, T, S] if asked, eager kernel only).
+
+        Self-attention takes keys and values from x; cross-attention from ``memory`` [B, S, C] (the
+        encoder output). With a ``cache``, self-attention appends this step's keys/values to it, and
+        cross-attention projects the memory once and reuses it on later steps.
+        """
         B, T, _ = x.shape
         H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_proj(x).view(B, T, K, D).transpose(1, 2)  # [B, K, T, D]
-        v = self.v_proj(x).view(B, T, K, D).transpose(1, 2)  # [B, K, T, D]
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if memory is not None and cache is not None and cache.k is not None:
+            k, v = cache.k, cache.v  # cross-attention on a later step: the memory does not change
+        else:
+            src = x if memory is None else memory
+            S = src.shape[1]
+            k = self.k_proj(src).view(B, S, K, D).transpose(1, 2)  # [B, K, S, D]
+            v = self.v_proj(src).view(B, S, K, D).transpose(1, 2)  # [B, K, S, D]
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            if cache is not None:
+                k, v = cache.append(k, v)
         out, weights = self.attend(q, k, v, mask, return_weights=return_weights)
         out = out.transpose(1, 2).reshape(B, T, H * D)  # [B, T, H*D]
         return self.o_proj(out), weights

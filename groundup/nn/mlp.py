@@ -1,7 +1,7 @@
 """Position-wise feed-forward networks: the classic two-layer MLP and the gated GLU family.
 
 GLU variants (Shazeer, 2020, "GLU Variants Improve Transformer"): down(act(gate(x)) * up(x)), with
-act = SiLU (SwiGLU, Llama/Mistral), GELU (GeGLU) or ReLU (ReGLU).
+act = SiLU (SwiGLU, Llama/Mistral), GELU (GeGLU; its tanh approximation in T5 v1.1) or ReLU (ReGLU).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "swiglu": F.silu,
     "geglu": F.gelu,
+    "geglu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "reglu": F.relu,
 }
 

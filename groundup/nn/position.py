@@ -6,6 +6,8 @@
   interpolation (Chen et al., 2023) divides positions by the factor; NTK-aware scaling (bloc97, 2023)
   raises the base to theta * factor^(rot / (rot - 2)) so low frequencies stretch and high ones stay.
 - ALiBi: Press et al., 2022, "Train Short, Test Long": a per-head linear penalty on distance.
+- Relative buckets: Raffel et al., 2020 (T5), after Shaw et al., 2018: a learned per-head scalar for each
+  bucket of the key-query offset; exact buckets for short offsets, logarithmic ones up to a max distance.
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ import torch
 from ..config import Config
 
 
-def sinusoidal_table(n_pos: int, dim: int, *, device: torch.device | None = None) -> torch.Tensor:
-    """[n_pos, dim] table: sin on even dims, cos on odd dims, wavelengths 2π .. 10000·2π."""
+def sinusoidal_table(n_pos: int, dim: int, *, layout: str = "interleaved",
+                     device: torch.device | None = None) -> torch.Tensor:
+    """[n_pos, dim] table with wavelengths 2π .. 10000·2π.
+
+    ``interleaved`` (the paper): sin on even dims, cos on odd dims. ``split`` (Marian checkpoints): the
+    same sines in the first half and the cosines in the second.
+    """
     pos = torch.arange(n_pos, dtype=torch.float32, device=device)[:, None]
     inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
+    if layout == "split":
+        return torch.cat((torch.sin(pos * inv), torch.cos(pos * inv)), dim=-1)
     table = torch.zeros(n_pos, dim, device=device)
     table[:, 0::2] = torch.sin(pos * inv)
     table[:, 1::2] = torch.cos(pos * inv)
@@ -86,3 +95,25 @@ def alibi_slopes(n_heads: int, max_bias: float = 8.0, *, device: torch.device | 
     if lower != n_heads:
         slopes += geometric(2 * lower)[0::2][: n_heads - lower]
     return torch.tensor(slopes, dtype=torch.float32, device=device)
+
+
+def relative_bucket(offset: torch.Tensor, *, bidirectional: bool, n_buckets: int, max_distance: int) -> torch.Tensor:
+    """T5 bucket ids in [0, n_buckets) for integer offsets ``key position - query position``.
+
+    Bidirectional (encoder): half the buckets for keys before the query, half for keys after. Causal
+    (decoder): all buckets for the past; future offsets fall in bucket 0 and are masked anyway. Within a
+    half, distances below n/2 get a bucket each; larger ones share buckets spaced logarithmically up to
+    ``max_distance``, beyond which everything lands in the last bucket.
+    """
+    if bidirectional:
+        n_buckets //= 2
+        base = (offset > 0).long() * n_buckets  # keys after the query use the upper half
+        dist = offset.abs()
+    else:
+        base = torch.zeros_like(offset)
+        dist = (-offset).clamp(min=0)
+    exact = n_buckets // 2
+    # clamp(min=1) only keeps log() finite for the short distances, which take the exact branch
+    log_ratio = torch.log(dist.float().clamp(min=1) / exact) / math.log(max_distance / exact)
+    far = (exact + (log_ratio * (n_buckets - exact)).long()).clamp(max=n_buckets - 1)
+    return base + torch.where(dist < exact, dist, far)

@@ -1,0 +1,100 @@
+"""What every model family does before its blocks: check the ids, embed them, add or prepare positions,
+and describe the attention mask. CausalLM, Encoder and Seq2Seq (both stacks) share these functions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..nn.attention import MaskSpec
+from ..nn.position import alibi_slopes, rope_cos_sin, sinusoidal_table
+
+Rope = tuple[torch.Tensor, torch.Tensor]
+
+
+def check_ids(cfg: Config, ids: torch.Tensor, attention_mask: torch.Tensor | None, *, name: str = "input_ids",
+              mask_name: str = "attention_mask", n_positions: int | None = None) -> None:
+    """Shape, dtype and range checks that fail with the argument named, before any compute.
+
+    ``n_positions`` is the highest position the input reaches (default: its length), checked against a
+    learned position table.
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"{name} must be a tensor of shape [batch, seq_len], got {shape}")
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name} must be an integer tensor, got dtype {ids.dtype}")
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} contain token id {bad}, outside the vocabulary [0, {cfg.vocab_size})")
+    T = n_positions or ids.shape[1]
+    if cfg.pos == "learned" and T > cfg.max_seq_len:
+        raise ValueError(
+            f"sequence length {T} exceeds max_seq_len={cfg.max_seq_len} ({name}): learned position embeddings "
+            "have no row past it; truncate the input or use a model with rope/alibi/relative positions"
+        )
+    if attention_mask is not None and attention_mask.shape != ids.shape:
+        raise ValueError(f"{mask_name} shape {tuple(attention_mask.shape)} must equal {name} shape "
+                         f"{tuple(ids.shape)}")
+
+
+def embed(cfg: Config, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """Token embeddings [B, T, C], scaled by sqrt(d_model) when the config asks (Vaswani et al. 3.4)."""
+    x = table(ids)
+    return x * math.sqrt(cfg.d_model) if cfg.embed_scale == "sqrt_d" else x
+
+
+def add_positions(cfg: Config, x: torch.Tensor, position_ids: torch.Tensor,
+                  pos_embed: nn.Embedding | None) -> tuple[torch.Tensor, Rope | None]:
+    """Add absolute positions (learned, sinusoidal) to x [B, T, C], or return RoPE's cos/sin for attention.
+
+    ALiBi and relative buckets act on the scores instead and are described by ``mask_spec``.
+    """
+    if cfg.pos == "learned":
+        return x + pos_embed(position_ids + cfg.pos_offset), None
+    if cfg.pos == "sinusoidal":
+        n = int(position_ids.max()) + 1
+        table = sinusoidal_table(n, cfg.d_model, layout=cfg.sinusoidal_layout, device=x.device)
+        return x + table.to(x.dtype)[position_ids], None
+    if cfg.pos == "rope":
+        cos, sin = rope_cos_sin(cfg, position_ids, x.dtype)  # [T, rot] or [B, T, rot]
+        if cos.dim() == 3:
+            cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, rot]: broadcast over heads
+        return x, (cos, sin)
+    return x, None
+
+
+def mask_spec(cfg: Config, *, causal: bool, attention_mask: torch.Tensor | None, device: torch.device,
+              q_offset: int = 0, rel_table: torch.Tensor | None = None) -> MaskSpec:
+    """The MaskSpec of one stack: causality, window, key padding, ALiBi slopes or T5 relative bias."""
+    padding = None
+    if attention_mask is not None and not bool(attention_mask.all()):
+        padding = attention_mask.bool()
+    slopes = alibi_slopes(cfg.n_heads, cfg.alibi_max_bias, device=device) if cfg.pos == "alibi" else None
+    return MaskSpec(causal=causal, window=cfg.sliding_window if causal else None, q_offset=q_offset,
+                    key_padding=padding, alibi_slopes=slopes, rel_table=rel_table, rel_bidirectional=not causal,
+                    rel_max_distance=cfg.rel_max_distance)
+
+
+def dropout(cfg: Config, x: torch.Tensor, training: bool) -> torch.Tensor:
+    return nn.functional.dropout(x, cfg.dropout) if cfg.dropout and training else x
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """GPT-2 style: N(0, std) for matrices and embeddings, zeros for biases; norms keep ones/zeros."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+
+
+def unique_params(module: nn.Module) -> int:
+    """Parameter count with tied tensors counted once."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())

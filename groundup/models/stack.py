@@ -1,0 +1,66 @@
+"""Stack: a run of blocks with its own positions and final norm. An Encoder is one bidirectional stack
+with embeddings and heads; a Seq2Seq model is a bidirectional encoder stack plus a causal decoder stack
+whose blocks cross-attend to the encoder output."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..nn.attention import MaskSpec
+from ..nn.block import Block
+from ..nn.kv_cache import DecoderCache
+from ..nn.norm import make_norm
+from .common import Rope, add_positions, mask_spec
+
+
+class Stack(nn.Module):
+    """``n_layers`` blocks; ``causal`` picks decoder or encoder masking, ``cross`` adds cross-attention.
+
+    T5 keeps one relative-bias table per stack (``rel_bias``, [n_buckets, H]), shared by all its layers.
+    """
+
+    def __init__(self, cfg: Config, n_layers: int, *, causal: bool, cross: bool = False) -> None:
+        super().__init__()
+        self.config, self.causal = cfg, causal
+        if cfg.pos == "learned":
+            self.pos_embed = nn.Embedding(cfg.max_seq_len + cfg.pos_offset, cfg.d_model)
+        if cfg.pos == "relative":
+            self.rel_bias = nn.Embedding(cfg.rel_buckets, cfg.n_heads)
+        self.blocks = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layers))
+        self.norm = make_norm(cfg) if cfg.final_norm else nn.Identity()
+
+    def positions(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, Rope | None]:
+        """Add this stack's absolute positions to x [B, T, C], or return RoPE cos/sin for its attention."""
+        return add_positions(self.config, x, position_ids, getattr(self, "pos_embed", None))
+
+    def run(self, x: torch.Tensor, *, rope: Rope | None = None, attention_mask: torch.Tensor | None = None,
+            memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
+            cache: DecoderCache | None = None, weights_of: int | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Positioned inputs x [B, T, C] -> (normed hidden states [B, T, C], attention weights of layer
+        ``weights_of`` or None).
+
+        ``attention_mask`` [B, S] marks real tokens among this stack's keys (with a cache: the cached and
+        the new positions); ``memory`` [B, S_enc, C] with ``memory_mask`` [B, S_enc] is the encoder output
+        a decoder cross-attends to. Queries sit after the cached positions.
+        """
+        cfg = self.config
+        offset = cache.length if cache is not None else 0
+        rel = self.rel_bias.weight if cfg.pos == "relative" else None
+        mask = mask_spec(cfg, causal=self.causal, attention_mask=attention_mask, device=x.device, q_offset=offset,
+                         rel_table=rel)
+        cross_mask = None
+        if memory is not None:
+            # cross-attention sees every real encoder token: no causality, no position bias
+            padding = None if memory_mask is None or bool(memory_mask.all()) else memory_mask.bool()
+            cross_mask = MaskSpec(causal=False, key_padding=padding)
+        weights = None
+        for i, block in enumerate(self.blocks):
+            layer_cache = cache.layers[i] if cache is not None else None
+            x, _, w = block(x, mask, rope=rope, memory=memory, memory_mask=cross_mask, cache=layer_cache,
+                            return_weights=i == weights_of)
+            if i == weights_of:
+                weights = w
+        return self.norm(x), weights

@@ -1,0 +1,65 @@
+"""Key/value caches for incremental decoding.
+
+Self-attention keys and values grow by one step per generated token; cross-attention keys and values are
+computed once from the encoder output and reused at every step (Vaswani et al., 2017, decoding). Beam
+search reorders both along the batch axis when beams are re-ranked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class KVCache:
+    """Keys and values [B, K, S, D] of one attention layer (None until the first step fills them)."""
+
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add new steps [B, K, t, D]; returns everything cached so far [B, K, S + t, D]."""
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k, self.v = torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2)
+        return self.k, self.v
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows ``index`` [B'] (beam search re-ranking)."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+@dataclass
+class BlockCache:
+    """The caches of one decoder block: its self-attention and, in a seq2seq decoder, its cross-attention."""
+
+    self_kv: KVCache = field(default_factory=KVCache)
+    cross_kv: KVCache = field(default_factory=KVCache)
+
+
+@dataclass
+class DecoderCache:
+    """Per-layer caches of a decoder stack; ``length`` is the number of decoded positions cached."""
+
+    layers: list[BlockCache]
+
+    @classmethod
+    def empty(cls, n_layers: int) -> DecoderCache:
+        return cls([BlockCache() for _ in range(n_layers)])
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].self_kv.length if self.layers else 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        for layer in self.layers:
+            layer.self_kv.reorder(index)
+            layer.cross_kv.reorder(index)
