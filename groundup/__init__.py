@@ -3,7 +3,7 @@
 from . import calc
 from .checkpoint.hf import from_pretrained
 from .config import Config
-from .models.causal_lm import CausalLM
+from .models import CausalLM, Encoder, Seq2Seq
 
-__all__ = ["CausalLM", "Config", "calc", "from_pretrained"]
+__all__ = ["CausalLM", "Config", "Encoder", "Seq2Seq", "calc", "from_pretrained"]
 __version__ = "0.1.0"

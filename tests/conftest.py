@@ -86,3 +86,69 @@ def hf_folder(tmp_path_factory: pytest.TempPathFactory):
         return cache[name]
 
     return make
+
+
+def hf_encdec_configs() -> dict[str, tuple[object, str]]:
+    """Tiny encoder / encoder-decoder configs: name -> (transformers config, model class name)."""
+    import transformers as T
+
+    bert = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                max_position_embeddings=64, pad_token_id=0)
+    t5 = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
+              relative_attention_num_buckets=8, relative_attention_max_distance=20, pad_token_id=0, eos_token_id=1,
+              decoder_start_token_id=0)
+    marian = dict(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64,
+                  pad_token_id=0, eos_token_id=2, decoder_start_token_id=0, forced_eos_token_id=None)
+    return {
+        "bert-pretraining": (T.BertConfig(**bert), "BertForPreTraining"),
+        "bert-classifier": (T.BertConfig(**bert, num_labels=3), "BertForSequenceClassification"),
+        "bert-model": (T.BertConfig(**bert), "BertModel"),
+        "bert-mlm": (T.BertConfig(**bert, hidden_act="relu"), "BertForMaskedLM"),
+        "t5": (T.T5Config(**t5), "T5ForConditionalGeneration"),
+        "t5-v1_1": (T.T5Config(**t5, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+                    "T5ForConditionalGeneration"),
+        "marian": (T.MarianConfig(**marian, scale_embedding=True, activation_function="swish"), "MarianMTModel"),
+    }
+
+
+def _untie_t5_head(path: Path, seed: int) -> None:
+    """Turn a saved transformers-5 T5 v1.1 folder into the published v1.1 layout: a separate lm_head
+    tensor and tie_word_embeddings=false in config.json."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path / "model.safetensors")
+    g = torch.Generator().manual_seed(seed)
+    tensors["lm_head.weight"] = torch.randn(tensors["shared.weight"].shape, generator=g) * 0.15
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["tie_word_embeddings"] = False
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.fixture(scope="session")
+def hf_encdec_folder(tmp_path_factory: pytest.TempPathFactory):
+    """hf_encdec_folder(name) -> (path, the transformers model loaded back from that path)."""
+    import transformers as T
+
+    cache: dict[str, tuple[Path, torch.nn.Module]] = {}
+    configs = hf_encdec_configs()
+
+    def make(name: str) -> tuple[Path, torch.nn.Module]:
+        if name not in cache:
+            config, cls_name = configs[name]
+            cls = getattr(T, cls_name)
+            torch.manual_seed(0)
+            model = cls(config)
+            randomize_(model, seed=zlib.crc32(name.encode()) % 1000)
+            path = tmp_path_factory.mktemp(name)
+            model.save_pretrained(path)
+            if name == "t5-v1_1":
+                _untie_t5_head(path, seed=5)
+            ref = cls.from_pretrained(path, attn_implementation="eager").eval()
+            cache[name] = (path, ref)
+        return cache[name]
+
+    return make

@@ -24,14 +24,20 @@ class Family:
     """How one HF model_type maps onto Config and groundup tensor names."""
 
     model_type: str
-    architecture: str
+    architecture: str | Callable[[Config], str]  # the HF class name, or a function of the config
     to_config: Callable[[dict[str, Any]], dict[str, Any]]
     to_hf: Callable[[Config], dict[str, Any]]
     keys: Callable[[Config], list[tuple[str, str]]]
     # Fused qkv row layout: number of row groups; each group holds (H/g q, K/g k, K/g v) heads of D rows.
     qkv_groups: Callable[[Config], int] | None = None
     conv1d: bool = False  # GPT-2 stores linear weights as [in, out]
-    ignored: tuple[str, ...] = ()  # HF buffers that may appear in old checkpoints and carry no weights
+    ignored: tuple[str, ...] = ()  # HF tensors that carry nothing new (buffers, tied copies): regexes
+    arch: str = "causal_lm"  # the Config.arch this layout holds
+    exact: tuple[tuple[str, str], ...] = ()  # whole tensor names (groundup, HF), matched before the templates
+    row_vectors: tuple[str, ...] = ()  # HF tensors stored [1, N] that groundup keeps as [N]
+
+    def architecture_of(self, cfg: Config) -> str:
+        return self.architecture if isinstance(self.architecture, str) else self.architecture(cfg)
 
 
 def _get(hf: dict[str, Any], *names: str, default: Any = None) -> Any:

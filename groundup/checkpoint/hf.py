@@ -15,11 +15,16 @@ import torch
 
 from ..config import Config
 from ..models import meta_model
-from ..models.causal_lm import CausalLM
-from .families import FAMILIES, Family, UnsupportedConfig
+from .encdec import ENCDEC_FAMILIES
+from .families import FAMILIES as DECODER_FAMILIES
+from .families import Family, UnsupportedConfig
 from .io import CheckpointError, atomic_folder, load_tensors, read_json, write_tensors
 
-PASSTHROUGH = ("bos_token_id", "eos_token_id", "pad_token_id")
+FAMILIES: dict[str, Family] = {**DECODER_FAMILIES, **ENCDEC_FAMILIES}
+# config.json fields carried through a round trip in Config.extra (token ids, label names)
+PASSTHROUGH = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "forced_eos_token_id",
+               "id2label")
+Model = torch.nn.Module  # CausalLM | Encoder | Seq2Seq
 
 
 def _pattern(template: str) -> re.Pattern[str]:
@@ -55,7 +60,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> Config:
     """The Config for an HF config.json dict (raises naming the unsupported field)."""
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
-        raise CheckpointError(f"{source}: model_type={model_type!r} is not supported by CausalLM; supported: "
+        raise CheckpointError(f"{source}: model_type={model_type!r} is not a supported family; supported: "
                               f"{', '.join(sorted(FAMILIES))}")
     family = FAMILIES[model_type]
     try:
@@ -80,7 +85,14 @@ def config_to_hf(cfg: Config, dtype: torch.dtype = torch.float32) -> dict[str, A
         body = family.to_hf(cfg)
     except UnsupportedConfig as err:
         raise CheckpointError(f"cannot write this config as {cfg.family}: {err}") from None
-    return {"architectures": [family.architecture], "model_type": family.model_type, "vocab_size": cfg.vocab_size,
+    if cfg.arch != family.arch:
+        raise CheckpointError(f"Config.family={cfg.family!r} holds arch={family.arch!r} models, but the config has "
+                              f"arch={cfg.arch!r}; pick a family of that arch")
+    try:
+        architecture = family.architecture_of(cfg)
+    except UnsupportedConfig as err:
+        raise CheckpointError(f"cannot write this config as {cfg.family}: {err}") from None
+    return {"architectures": [architecture], "model_type": family.model_type, "vocab_size": cfg.vocab_size,
             "tie_word_embeddings": cfg.tie_embeddings, "dtype": str(dtype).removeprefix("torch."),
             **cfg.extra, **body}
 
@@ -95,11 +107,14 @@ def state_dict_from_hf(tensors: dict[str, torch.Tensor], cfg: Config) -> dict[st
     """Rename HF tensors to groundup names, split fused q/k/v, transpose GPT-2 Conv1D weights."""
     family = _family_of(cfg)
     pairs = [(_pattern(hf), gu) for gu, hf in family.keys(cfg)]
+    exact = {hf: gu for gu, hf in family.exact}
     ignored = [re.compile(p) for p in family.ignored]
     out: dict[str, torch.Tensor] = {}
     unexpected = []
     for name, t in tensors.items():
-        gu = _rename(name, pairs)
+        if name in family.row_vectors:
+            t = t.reshape(-1)  # [1, N] -> [N]
+        gu = exact.get(name) or _rename(name, pairs)
         if gu is None:
             if not any(p.fullmatch(name) for p in ignored):
                 unexpected.append(name)
@@ -121,8 +136,6 @@ def state_dict_from_hf(tensors: dict[str, torch.Tensor], cfg: Config) -> dict[st
                                       f"(= (n_heads + 2 n_kv_heads) x head_dim)")
             for proj, part in zip(("q_proj", "k_proj", "v_proj"), _qkv_split(t, cfg, groups), strict=True):
                 out[f"{prefix}.attn.{proj}.{leaf}"] = part
-    if cfg.tie_embeddings:
-        out.pop("lm_head.weight", None)
     return out
 
 
@@ -130,8 +143,6 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, t
     """groundup state dict -> HF tensor names (the inverse of state_dict_from_hf)."""
     family = _family_of(cfg)
     state = dict(state)
-    if cfg.tie_embeddings:
-        state.pop("lm_head.weight", None)
     if family.qkv_groups is not None:
         groups = family.qkv_groups(cfg)
         for name in [n for n in state if ".attn.q_proj." in n]:
@@ -139,22 +150,28 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, t
             q, k, v = (state.pop(f"{prefix}.attn.{p}.{leaf}") for p in ("q_proj", "k_proj", "v_proj"))
             state[f"{prefix}.attn.qkv.{leaf}"] = _qkv_join(q, k, v, cfg, groups)
     pairs = [(_pattern(gu), hf) for gu, hf in family.keys(cfg)]
+    exact = dict(family.exact)
     out = {}
     for name, t in state.items():
-        hf = _rename(name, pairs)
+        hf = exact.get(name) or _rename(name, pairs)
         if hf is None:
             raise CheckpointError(f"tensor {name} has no name in the {cfg.family} layout")
         if family.conv1d and t.dim() == 2 and name.startswith("blocks."):
             t = t.t()
+        if hf in family.row_vectors:
+            t = t[None]  # [N] -> [1, N]
         out[hf] = t.contiguous()
     return out
 
 
-def load_into(model: CausalLM, state: dict[str, torch.Tensor], source: str) -> CausalLM:
-    """Assign ``state`` to a (meta-device) model after checking names and shapes; re-ties embeddings."""
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
-        expected.pop("lm_head.weight", None)
+def load_into(model: Model, state: dict[str, torch.Tensor], source: str) -> Model:
+    """Assign ``state`` to a (meta-device) model after checking names and shapes; re-ties embeddings.
+
+    Tied aliases (``model.tied_keys()``) may be absent from ``state`` or equal to their source.
+    """
+    tied = model.tied_keys()
+    state = {k: v for k, v in state.items() if k not in tied}
+    expected = {k: v.shape for k, v in model.state_dict().items() if k not in tied}
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
@@ -168,18 +185,28 @@ def load_into(model: CausalLM, state: dict[str, torch.Tensor], source: str) -> C
         if tuple(state[name].shape) != tuple(shape):
             raise CheckpointError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, the config "
                                   f"expects {tuple(shape)}")
-    if model.config.tie_embeddings:
-        state = {**state, "lm_head.weight": state["embed.weight"]}
+    state.update({alias: state[src] for alias, src in tied.items()})
     model.load_state_dict(state, strict=True, assign=True)
-    if model.config.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
+    model.tie_weights()
     return model
 
 
-def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> CausalLM:
-    """Load a local HF folder (config.json + safetensors) of a supported decoder family.
+def _untie_if_distinct(cfg: Config, state: dict[str, torch.Tensor]) -> Config:
+    """A config that says "tied" while the checkpoint holds a different head keeps both (transformers does
+    the same); e.g. T5 v1.1 files whose config.json leaves tie_word_embeddings unset."""
+    if not cfg.tie_embeddings:
+        return cfg
+    for alias, src in meta_model(cfg).tied_keys().items():
+        if alias in state and src in state and not torch.equal(state[alias], state[src]):
+            return cfg.replace(tie_embeddings=False)
+    return cfg
 
-    Weights keep the checkpoint's dtype unless ``dtype`` is given.
+
+def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> Model:
+    """Load a local HF folder (config.json + safetensors) of a supported family.
+
+    Returns a CausalLM, Encoder or Seq2Seq by the folder's architecture. Weights keep the checkpoint's
+    dtype unless ``dtype`` is given.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -188,14 +215,15 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
     cfg = config_from_hf(read_json(folder / "config.json"), str(folder / "config.json"))
     tensors = load_tensors(folder, dtype)
     state = state_dict_from_hf(tensors, cfg)
+    cfg = _untie_if_distinct(cfg, state)
     model = load_into(meta_model(cfg), state, str(folder))
     return model.eval()
 
 
-def save_pretrained(model: CausalLM, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
+def save_pretrained(model: Model, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write config.json + safetensors that transformers loads; atomic (temp folder, then rename)."""
     cfg = model.config
-    params = model.state_dict()
+    params = {k: v for k, v in model.state_dict().items() if k not in model.tied_keys()}
     dtype = params["embed.weight"].dtype
     hf_config = config_to_hf(cfg, dtype)
     tensors = state_dict_to_hf(params, cfg)
