@@ -100,6 +100,19 @@ class Seq2Seq(nn.Module):
             h = h * cfg.d_model**-0.5  # T5 v1.0 rescales before its tied head
         return self.lm_head(h)
 
+    def generate(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+                 max_new_tokens: int = 32, num_beams: int = 1, length_penalty: float = 1.0,
+                 early_stopping: bool | str = False, eos_token_id: int | None = None) -> torch.Tensor:
+        """Greedy (num_beams=1) or beam-search decoding: source [B, S] -> target ids [B, 1 + n]."""
+        from ..generate.seq2seq import beam_search, greedy
+
+        if num_beams == 1:
+            return greedy(self, input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                          eos_token_id=eos_token_id)
+        return beam_search(self, input_ids, attention_mask=attention_mask, num_beams=num_beams,
+                           max_new_tokens=max_new_tokens, length_penalty=length_penalty,
+                           early_stopping=early_stopping, eos_token_id=eos_token_id)
+
     def new_cache(self) -> DecoderCache:
         """An empty decoder cache for incremental decoding."""
         return DecoderCache.empty(len(self.decoder.blocks))

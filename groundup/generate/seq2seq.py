@@ -1,0 +1,152 @@
+"""Greedy and beam-search decoding for Seq2Seq models.
+
+The encoder runs once; every decoder step feeds only the newest token and a DecoderCache supplies the
+self-attention keys/values of earlier steps and the cross-attention keys/values projected on the first.
+
+Beam search keeps ``num_beams`` live hypotheses per input. Each step scores every (beam, token)
+continuation by its summed log-probability, looks at the best 2 x num_beams, moves those that end (EOS,
+or the length limit) into a per-input pool of finished hypotheses ranked by
+``sum log p / generated_length ** length_penalty`` (Wu et al., 2016, simplified), and continues with the
+best num_beams that did not end. An input is done when no live beam can still beat the worst of a full
+pool (``early_stopping=False``, judged at the current length; ``"never"`` judges a positive length penalty
+at the maximum length) or, with ``early_stopping=True``, as soon as its pool is full. These rules, and the
+2 x num_beams candidate width, are the ones transformers' ``generate(num_beams=...)`` uses, so both return
+the same sequences on the same weights.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from ..models.seq2seq import Seq2Seq
+
+NEG = -1.0e9  # score of an impossible hypothesis (finite, so sums and divisions stay ordered)
+
+
+def _special_ids(model: Seq2Seq, eos_token_id: int | None, pad_token_id: int | None) -> tuple[int | None, int]:
+    extra = model.config.extra
+    eos = eos_token_id if eos_token_id is not None else extra.get("eos_token_id")
+    if isinstance(eos, list):
+        eos = eos[0]
+    pad = pad_token_id if pad_token_id is not None else extra.get("pad_token_id")
+    return eos, int(pad if pad is not None else (eos if eos is not None else 0))
+
+
+def _check(model: Seq2Seq, input_ids: torch.Tensor, max_new_tokens: int, num_beams: int) -> None:
+    if model.config.arch != "seq2seq":
+        raise ValueError(f"encoder-decoder decoding needs a Seq2Seq model, got arch={model.config.arch!r}")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError("input_ids must be a [batch, seq_len] tensor of source token ids")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if num_beams < 1:
+        raise ValueError(f"num_beams={num_beams} must be >= 1")
+
+
+@torch.no_grad()
+def greedy(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+           max_new_tokens: int = 32, eos_token_id: int | None = None, pad_token_id: int | None = None
+           ) -> torch.Tensor:
+    """Argmax decoding: [B, S] source ids -> [B, 1 + n] target ids starting with the decoder start token.
+
+    A sequence that has produced EOS is padded from then on; decoding stops when all have, or after
+    ``max_new_tokens``.
+    """
+    _check(model, input_ids, max_new_tokens, 1)
+    eos, pad = _special_ids(model, eos_token_id, pad_token_id)
+    memory = model.encode(input_ids, attention_mask=attention_mask)
+    cache = model.new_cache()
+    out = torch.full((input_ids.shape[0], 1), model.decoder_start_token_id, dtype=torch.long, device=input_ids.device)
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for _ in range(max_new_tokens):
+        logits = model.decode(out[:, -1:], memory, memory_mask=attention_mask, cache=cache)[:, -1]
+        nxt = logits.argmax(dim=-1).masked_fill(finished, pad)
+        out = torch.cat((out, nxt[:, None]), dim=1)
+        if eos is not None:
+            finished |= nxt == eos
+            if bool(finished.all()):
+                break
+    return out
+
+
+def _pick(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` [B, k] of t [B, n, ...] along dim 1 -> [B, k, ...]."""
+    shape = index.shape + t.shape[2:]
+    return t.gather(1, index.view(*index.shape, *([1] * (t.dim() - 2))).expand(shape))
+
+
+@torch.no_grad()
+def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+                num_beams: int = 4, max_new_tokens: int = 32, length_penalty: float = 1.0,
+                early_stopping: bool | Literal["never"] = False, eos_token_id: int | None = None,
+                pad_token_id: int | None = None) -> torch.Tensor:
+    """Beam search: [B, S] source ids -> [B, 1 + n] best target ids (start token first, padded after EOS).
+
+    ``length_penalty`` > 0 favours longer outputs, < 0 shorter ones; see the module docstring for the
+    stopping rules.
+    """
+    _check(model, input_ids, max_new_tokens, num_beams)
+    eos, pad = _special_ids(model, eos_token_id, pad_token_id)
+    B, N, dev = input_ids.shape[0], num_beams, input_ids.device
+    K = 2 * N  # candidates examined per step: enough that N survive even if N of them end
+    max_len = 1 + max_new_tokens
+
+    memory = model.encode(input_ids, attention_mask=attention_mask).repeat_interleave(N, dim=0)  # [B*N, S, C]
+    mem_mask = attention_mask.repeat_interleave(N, dim=0) if attention_mask is not None else None
+    cache = model.new_cache()
+
+    seqs = torch.full((B, N, max_len), pad, dtype=torch.long, device=dev)  # live hypotheses
+    seqs[:, :, 0] = model.decoder_start_token_id
+    scores = torch.zeros(B, N, device=dev)
+    scores[:, 1:] = NEG  # all beams start identical: only the first may expand on step 1
+    done_seqs, done_scores = seqs.clone(), torch.full((B, N), NEG, device=dev)  # pool of finished hypotheses
+    done_len = torch.zeros(B, N, dtype=torch.long, device=dev)
+    done_flag = torch.zeros(B, N, dtype=torch.bool, device=dev)
+    improvable = torch.ones(B, 1, dtype=torch.bool, device=dev)
+    first_n = torch.arange(K, device=dev) < N  # only the best N candidates may enter the pool
+    batch_base = torch.arange(B, device=dev)[:, None] * N
+
+    for t in range(1, max_len):  # t = position being generated = tokens generated after this step
+        logits = model.decode(seqs[:, :, t - 1].reshape(B * N, 1), memory, memory_mask=mem_mask, cache=cache)
+        logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # [B*N, V]
+        V = logp.shape[-1]
+        total = logp.view(B, N, V) + scores[:, :, None]
+        top, flat = total.view(B, N * V).topk(K)  # [B, K]
+        beam, token = flat // V, flat % V
+        cand = _pick(seqs, beam).clone()  # [B, K, max_len]
+        cand[:, :, t] = token
+        ends = torch.full_like(token, t + 1 >= max_len, dtype=torch.bool)
+        if eos is not None:
+            ends |= token == eos
+
+        # continue with the best N candidates that did not end
+        live = top + ends.float() * NEG
+        keep = live.topk(N).indices  # [B, N]
+        seqs, scores = _pick(cand, keep), live.gather(1, keep)
+        src = beam.gather(1, keep)  # which previous beam each survivor extends
+
+        # candidates that ended enter the pool with their length-normalised score
+        norm = top / (t**length_penalty)
+        pool_full = done_flag.all(dim=1, keepdim=True) & (early_stopping is True)
+        norm = norm + pool_full.float() * NEG + (~improvable).float() * NEG + (~(ends & first_n)).float() * NEG
+        merged = torch.cat((done_scores, norm), dim=1)
+        best = merged.topk(N).indices
+        done_scores = merged.gather(1, best)
+        done_seqs = _pick(torch.cat((done_seqs, cand), dim=1), best)
+        done_len = torch.cat((done_len, torch.full_like(token, t)), dim=1).gather(1, best)
+        done_flag = torch.cat((done_flag, ends & first_n), dim=1).gather(1, best)
+
+        cache.reorder((src + batch_base).view(-1))
+        # can a live beam still beat the worst finished one? (judged at the current length unless "never")
+        length = (max_len - 1) if (early_stopping == "never" and length_penalty > 0) else t
+        best_possible = scores[:, :1] / (length**length_penalty)
+        worst = torch.where(done_flag, done_scores.min(dim=1, keepdim=True).values, NEG)
+        improvable = improvable & (best_possible > worst).any(dim=1, keepdim=True)
+        if not bool(improvable.any()) or bool(ends.all()) or (early_stopping is True and bool(done_flag.all())):
+            break
+
+    n = int(done_len[:, 0].max())
+    return done_seqs[:, 0, : 1 + n]
