@@ -14,6 +14,9 @@ PUBLISHED = {
     "llama-3-8b": 8_030_261_248, "mistral-7b": 7_241_732_096, "mixtral-8x7b": 46_702_792_704,
     "pythia-12b": 11_846_072_320, "falcon-7b": 6_921_720_704, "mpt-7b": 6_649_286_656,
     "opt-175b": 174_604_468_224,
+    # encoder-only (BertModel with pooler) and encoder-decoder (T5ForConditionalGeneration)
+    "bert-base": 109_482_240, "bert-large": 335_141_888, "t5-small": 60_506_624, "t5-base": 222_903_552,
+    "t5-v1_1-small": 76_961_152,
 }
 
 
@@ -93,3 +96,37 @@ def test_serving_memory_and_lora_count():
     assert calc.lora_param_count(cfg, r=8, targets=("q_proj", "v_proj")) == 4_194_304
     with pytest.raises(ValueError, match="LoRA target 'qkv'"):
         calc.lora_param_count(cfg, targets=("qkv",))
+
+
+def test_course_embedding_exercise():
+    """V = 30000, d = 768, 512 learned positions, no bias: the course's embedding and per-layer figures."""
+    cfg = gu.Config(arch="encoder", vocab_size=30000, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
+                    max_seq_len=512, attn_bias=False, attn_out_bias=False, mlp_bias=False, norm_placement="post",
+                    final_norm=False)
+    b = calc.param_breakdown(cfg)
+    assert b["embeddings"] == 23_433_216
+    assert calc.attention_params(cfg) == 4 * 768 * 64 * 12 == 2_359_296
+    assert calc.ffn_params(cfg) == 2 * 768 * 3072 == 4_718_592
+    # "Total = 12 (attention + layer norm + ff)", with the course's 768 x 2 per layer norm (two per layer)
+    assert b["attention"] + b["ffn"] + b["norms"] == 12 * (2_359_296 + 2 * 768 * 2 + 4_718_592)
+    report = calc.report(cfg)
+    assert "23,433,216" in report and "2,359,296" in report and "4,718,592" in report
+
+
+def test_transformer_base_is_explained():
+    """The original Transformer: parts add up, cross-attention doubles decoder attention, no head (tied)."""
+    cfg = gu.Config.preset("transformer-base")
+    b = calc.param_breakdown(cfg)
+    attn = calc.attention_params(cfg)
+    assert attn == 4 * (512 * 512 + 512)
+    assert b["attention"] == 6 * attn + 6 * 2 * attn
+    assert b["ffn"] == 12 * (2 * 512 * 2048 + 2048 + 512)
+    assert b["embeddings"] == 37000 * 512 and b["head"] == 0  # sinusoidal positions have no parameters
+    assert b["norms"] == (6 * 2 + 6 * 3) * 2 * 512  # post-norm: one per sub-layer, no final norm
+    assert 60e6 < b["total"] < 66e6  # the paper's Table 3 says 65M for the base model
+
+
+def test_seq2seq_kv_cache_counts_decoder_layers():
+    cfg = gu.Config.preset("t5-small")
+    assert calc.kv_cache_bytes_per_token(cfg, "float32") == 2 * 6 * 8 * 64 * 4
+    assert calc.kv_cache_bytes_per_token(gu.Config.preset("bert-base")) == 0

@@ -31,6 +31,18 @@ from groundup.presets import PRESETS
     (dict(n_experts=1), "n_experts=1"),
     (dict(shared_norm=True), "shared_norm=True needs residual='parallel'"),
     (dict(residual="parallel", norm_placement="post"), "residual='parallel' needs norm_placement='pre'"),
+    (dict(arch="decoder"), "arch='decoder' is not one of"),
+    (dict(arch="encoder", causal=True), "causal=True with arch='encoder'"),
+    (dict(arch="seq2seq", causal=False), "causal=False with arch='seq2seq'"),
+    (dict(n_decoder_layers=2), "n_decoder_layers=2 needs arch='seq2seq'"),
+    (dict(arch="seq2seq", n_decoder_layers=0), "n_decoder_layers=0 must be a positive integer"),
+    (dict(type_vocab_size=2), "type_vocab_size=2 needs arch='encoder'"),
+    (dict(arch="encoder", nsp_head=True), "need pooler=True"),
+    (dict(arch="encoder", num_labels=-1), "num_labels=-1 must be >= 0"),
+    (dict(arch="seq2seq", n_experts=4), "n_experts=4: mixture-of-experts"),
+    (dict(pos="relative", rel_buckets=1), "rel_buckets=1 must be >= 2"),
+    (dict(embed_scale="inv_sqrt_d"), "embed_scale takes none|sqrt_d"),
+    (dict(sinusoidal_layout="zigzag"), "sinusoidal_layout='zigzag'"),
 ])
 def test_bad_values_name_field_and_rule(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -40,6 +52,8 @@ def test_bad_values_name_field_and_rule(kwargs, message):
 def test_derived_defaults():
     cfg = gu.Config(d_model=64, n_heads=8)
     assert (cfg.n_kv_heads, cfg.head_dim, cfg.d_ff) == (8, 8, 256)
+    assert (cfg.causal, gu.Config(arch="encoder").causal, gu.Config(arch="seq2seq").causal) == (True, False, True)
+    assert gu.Config(arch="seq2seq", n_layers=3).n_decoder_layers == 3
     assert gu.Config(d_model=64, n_heads=8, n_kv_heads=1).n_query_groups == 8
 
 

@@ -124,3 +124,42 @@ def test_cannot_save_a_layout_transformers_lacks():
     model = gu.CausalLM(gu.Config.preset("tiny-llama", family="nonesuch"))
     with pytest.raises(CheckpointError, match="Config.family='nonesuch' has no HF layout"):
         model.save_pretrained("unused")
+
+
+def test_seq2seq_without_encoder_inputs():
+    model = gu.Seq2Seq(gu.Config.preset("tiny-t5"))
+    tgt = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="Seq2Seq needs encoder inputs: pass input_ids"):
+        model(decoder_input_ids=tgt)
+    with pytest.raises(ValueError, match="Seq2Seq needs decoder_input_ids"):
+        model(tgt)
+    with pytest.raises(ValueError, match="decoder_input_ids contain token id 999"):
+        model(tgt, decoder_input_ids=torch.full((1, 2), 999))
+
+
+def test_token_type_ids_out_of_range():
+    model = gu.Encoder(gu.Config.preset("tiny-bert"))
+    ids = torch.ones(2, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"token_type_ids contain 2, outside \[0, 2\) \(type_vocab_size=2\)"):
+        model(ids, token_type_ids=torch.full_like(ids, 2))
+    no_types = gu.Encoder(gu.Config.preset("tiny-bert", type_vocab_size=0))
+    with pytest.raises(ValueError, match="no segment embeddings"):
+        no_types(ids, token_type_ids=torch.zeros_like(ids))
+
+
+def test_encoder_head_that_is_not_there():
+    model = gu.Encoder(gu.Config.preset("bert-base", n_layers=1, vocab_size=50))
+    with pytest.raises(ValueError, match="has no mlm_head"):
+        model(torch.ones(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="Encoder needs arch='encoder'"):
+        gu.Encoder(gu.Config.preset("tiny-gpt2"))
+
+
+def test_family_of_another_arch_cannot_be_saved(tmp_path):
+    cfg = gu.Config.preset("tiny-t5", family="bert")
+    with pytest.raises(CheckpointError, match="family='bert' holds arch='encoder' models"):
+        gu.Seq2Seq(cfg).save_pretrained(tmp_path / "x")
+    with pytest.raises(CheckpointError, match="Marian layout needs split sinusoidal positions"):
+        gu.Seq2Seq(gu.Config.preset("transformer-base", n_layers=1, n_decoder_layers=1, vocab_size=50)
+                   ).save_pretrained(tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

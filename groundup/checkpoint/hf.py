@@ -81,14 +81,11 @@ def config_to_hf(cfg: Config, dtype: torch.dtype = torch.float32) -> dict[str, A
     family = _family_of(cfg)
     if cfg.family == "llama" and cfg.sliding_window:
         raise CheckpointError("family='llama' has no sliding window in transformers; use family='mistral'")
-    try:
-        body = family.to_hf(cfg)
-    except UnsupportedConfig as err:
-        raise CheckpointError(f"cannot write this config as {cfg.family}: {err}") from None
     if cfg.arch != family.arch:
         raise CheckpointError(f"Config.family={cfg.family!r} holds arch={family.arch!r} models, but the config has "
                               f"arch={cfg.arch!r}; pick a family of that arch")
     try:
+        body = family.to_hf(cfg)
         architecture = family.architecture_of(cfg)
     except UnsupportedConfig as err:
         raise CheckpointError(f"cannot write this config as {cfg.family}: {err}") from None
