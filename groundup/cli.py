@@ -66,6 +66,78 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model_and_tokenizer(folder: str, arch: str):
+    """A model folder's groundup model (of the given arch) and its tokenizer.json."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    from .checkpoint.hf import from_pretrained
+
+    model = from_pretrained(folder)
+    if model.config.arch != arch:
+        kind = {"encoder": "an encoder (BERT-style)", "seq2seq": "an encoder-decoder (T5/Marian)"}[arch]
+        raise ValueError(f"{folder} holds a {model.config.arch} model; this command needs {kind} model")
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: the model folder needs its tokenizer.json")
+    return model, Tokenizer.from_file(str(path))
+
+
+def _special_id(tok, names: tuple[str, ...], what: str) -> int:
+    for name in names:
+        i = tok.token_to_id(name)
+        if i is not None:
+            return i
+    raise ValueError(f"the tokenizer has no {what} token (looked for {', '.join(names)})")
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    """Top-k predictions for each [MASK] of each text."""
+    model, tok = _load_model_and_tokenizer(args.model, "encoder")
+    mask_id = _special_id(tok, ("[MASK]", "<mask>"), "mask")
+    mask_text = tok.id_to_token(mask_id)
+    for text in args.text:
+        enc = tok.encode(text)
+        ids = torch.tensor([enc.ids])
+        types = torch.tensor([enc.type_ids]) if model.config.type_vocab_size else None
+        (preds,) = model.fill_mask(ids, mask_token_id=mask_id, top_k=args.top_k, token_type_ids=types)
+        print(text)
+        for pos, cands in preds:
+            print(f"  {mask_text} at token {pos}:")
+            for token_id, p in cands:
+                print(f"    {p:7.4f}  {tok.id_to_token(token_id)}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Sentence vectors from an encoder and their cosine similarities."""
+    model, tok = _load_model_and_tokenizer(args.model, "encoder")
+    encs = [tok.encode(t) for t in args.text]
+    width = max(len(e.ids) for e in encs)
+    pad = tok.token_to_id("[PAD]") or 0
+    ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in encs])
+    mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encs])
+    with torch.no_grad():
+        vecs = model.features(ids, attention_mask=mask, pooling=args.pooling)
+    sims = torch.nn.functional.normalize(vecs, dim=-1) @ torch.nn.functional.normalize(vecs, dim=-1).T
+    print(f"{len(args.text)} sentence(s) -> vectors of {vecs.shape[1]} ({args.pooling} pooling); cosine similarity:")
+    for i, text in enumerate(args.text):
+        print("  " + " ".join(f"{v:6.3f}" for v in sims[i].tolist()) + f"  {text}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Encoder-decoder generation (greedy or beam search) from source texts."""
+    model, tok = _load_model_and_tokenizer(args.model, "seq2seq")
+    for text in args.text:
+        ids = torch.tensor([tok.encode(text).ids])
+        out = model.generate(ids, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                             length_penalty=args.length_penalty, early_stopping=args.early_stopping)
+        print(tok.decode(out[0, 1:].tolist(), skip_special_tokens=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="groundup", description="Large language models from the ground up.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -86,6 +158,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch", type=int, default=1)
     d.add_argument("--seq-len", type=int, default=128)
     d.set_defaults(func=cmd_demo)
+
+    f = sub.add_parser("fill-mask", help="top-k predictions for each [MASK] (encoder folder with tokenizer.json)")
+    f.add_argument("model", help="HF folder of a BERT-style model with an MLM head")
+    f.add_argument("text", nargs="+", help="text(s) containing [MASK]")
+    f.add_argument("--top-k", type=int, default=5)
+    f.set_defaults(func=cmd_fill_mask)
+
+    e = sub.add_parser("embed", help="sentence vectors from an encoder and their cosine similarities")
+    e.add_argument("model", help="HF folder of a BERT-style model")
+    e.add_argument("text", nargs="+")
+    e.add_argument("--pooling", choices=("mean", "cls", "pooler"), default="mean")
+    e.set_defaults(func=cmd_embed)
+
+    g = sub.add_parser("generate", help="encoder-decoder generation: greedy or beam search (T5/Marian folder)")
+    g.add_argument("model", help="HF folder of an encoder-decoder model with tokenizer.json")
+    g.add_argument("text", nargs="+", help="source text(s)")
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--num-beams", type=int, default=1, help="1: greedy")
+    g.add_argument("--length-penalty", type=float, default=1.0)
+    g.add_argument("--early-stopping", action="store_true")
+    g.set_defaults(func=cmd_generate)
     return p
 
 

@@ -172,6 +172,26 @@ class Encoder(Stack):
         return (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
 
     @torch.no_grad()
+    def fill_mask(self, input_ids: torch.Tensor, *, mask_token_id: int, top_k: int = 5,
+                  token_type_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+                  ) -> list[list[tuple[int, list[tuple[int, float]]]]]:
+        """Top-k predictions at every [MASK]: for each row, [(position, [(token id, probability), ...])]."""
+        if top_k < 1:
+            raise ValueError(f"top_k={top_k} must be >= 1")
+        if not (input_ids == mask_token_id).any():
+            raise ValueError(f"no mask token (id {mask_token_id}) in the input: put [MASK] where a word should be "
+                             "predicted")
+        probs = self(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask).float().softmax(-1)
+        out = []
+        for b, row in enumerate(input_ids):
+            preds = []
+            for pos in (row == mask_token_id).nonzero().flatten().tolist():
+                p, ids = probs[b, pos].topk(min(top_k, probs.shape[-1]))
+                preds.append((pos, list(zip(ids.tolist(), p.tolist(), strict=True))))
+            out.append(preds)
+        return out
+
+    @torch.no_grad()
     def attention_weights(self, input_ids: torch.Tensor, layer: int, *, token_type_ids: torch.Tensor | None = None,
                           attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention probabilities [B, H, T, T] of one layer (eager kernel), for heatmaps."""
