@@ -1,9 +1,9 @@
 """groundup: large language models from the ground up."""
 
-from . import calc
+from . import calc, data
 from .checkpoint.hf import from_pretrained
 from .config import Config
 from .models import CausalLM, Encoder, Seq2Seq
 
-__all__ = ["CausalLM", "Config", "Encoder", "Seq2Seq", "calc", "from_pretrained"]
+__all__ = ["CausalLM", "Config", "Encoder", "Seq2Seq", "calc", "data", "from_pretrained"]
 __version__ = "0.1.0"
