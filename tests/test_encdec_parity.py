@@ -62,21 +62,28 @@ def test_bert_hf_to_groundup(name, hf_encdec_folder):
                 torch.testing.assert_close(got, want, atol=TOL, rtol=0, msg=f"{name} {head} {kernel}")
 
 
-@pytest.mark.parametrize("name", BERTS)
-def test_bert_groundup_to_hf(name, hf_encdec_folder, tmp_path):
+def _export(name: str, hf_encdec_folder, out) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A random groundup model with the folder's config, saved to ``out`` and loaded back by transformers;
+    also checks that groundup reloads the saved folder tensor for tensor."""
     import transformers as T
 
     path, ref = hf_encdec_folder(name)
     cfg = gu.from_pretrained(path).config
-    model = randomize_(gu.Encoder(cfg), seed=11).eval()
-    model.save_pretrained(tmp_path / "out")
-    back = getattr(T, type(ref).__name__).from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    model = randomize_(type(gu.from_pretrained(path))(cfg), seed=11).eval()
+    model.save_pretrained(out)
+    again = gu.from_pretrained(out)
+    assert again.config.tie_embeddings == cfg.tie_embeddings
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    return model, getattr(T, type(ref).__name__).from_pretrained(out, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("name", BERTS)
+def test_bert_groundup_to_hf(name, hf_encdec_folder, tmp_path):
+    model, back = _export(name, hf_encdec_folder, tmp_path / "out")
     with torch.no_grad():
         for head, got, want in _bert_outputs(model, back, _batch(seed=1)):
             torch.testing.assert_close(got, want, atol=TOL, rtol=0, msg=head)
-    again = gu.from_pretrained(tmp_path / "out")
-    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
-        assert torch.equal(a, b), k
 
 
 def _s2s_batch(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -103,17 +110,7 @@ def test_seq2seq_hf_to_groundup(name, hf_encdec_folder):
 
 @pytest.mark.parametrize("name", SEQ2SEQ)
 def test_seq2seq_groundup_to_hf(name, hf_encdec_folder, tmp_path):
-    import transformers as T
-
-    path, ref = hf_encdec_folder(name)
-    cfg = gu.from_pretrained(path).config
-    model = randomize_(gu.Seq2Seq(cfg), seed=13).eval()
-    model.save_pretrained(tmp_path / "out")
-    back = getattr(T, type(ref).__name__).from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    model, back = _export(name, hf_encdec_folder, tmp_path / "out")
     batch = _s2s_batch(seed=2)
     with torch.no_grad():
         torch.testing.assert_close(model(**batch), back(**batch).logits, atol=TOL, rtol=0)
-    again = gu.from_pretrained(tmp_path / "out")
-    assert again.config.tie_embeddings == cfg.tie_embeddings
-    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
-        assert torch.equal(a, b), k

@@ -13,10 +13,10 @@ from ..nn.attention import MaskSpec
 from ..nn.block import Block
 from ..nn.linear import Linear
 from ..nn.norm import make_norm
-from .common import Rope, add_positions, check_ids, dropout, embed, init_weights, mask_spec, unique_params
+from .common import Rope, TiedHead, add_positions, check_ids, dropout, embed, init_weights, mask_spec, unique_params
 
 
-class CausalLM(nn.Module):
+class CausalLM(TiedHead, nn.Module):
     """Token embedding -> n_layers blocks -> final norm -> lm_head. forward(input_ids) -> logits [B, T, V]."""
 
     def __init__(self, cfg: Config) -> None:
@@ -32,14 +32,6 @@ class CausalLM(nn.Module):
         if not any(p.is_meta for p in self.parameters()):
             self.apply(lambda m: init_weights(m, cfg.init_std))
 
-    def tie_weights(self) -> None:
-        """Point the output projection at the token embedding again (after loading or moving)."""
-        if self.config.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
-
-    def tied_keys(self) -> dict[str, str]:
-        """State-dict keys that alias another key when embeddings are tied: {alias: source}."""
-        return {"lm_head.weight": "embed.weight"} if self.config.tie_embeddings else {}
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,

@@ -98,3 +98,20 @@ def init_weights(module: nn.Module, std: float) -> None:
 def unique_params(module: nn.Module) -> int:
     """Parameter count with tied tensors counted once."""
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+
+
+class TiedHead:
+    """tie_weights / tied_keys for models whose ``lm_head`` may share the token embedding ``embed``."""
+
+    config: Config
+    embed: nn.Embedding
+    lm_head: nn.Linear
+
+    def tie_weights(self) -> None:
+        """Point the output projection at the token embedding again (after loading or moving)."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def tied_keys(self) -> dict[str, str]:
+        """State-dict keys that alias another key when embeddings are tied: {alias: source}."""
+        return {"lm_head.weight": "embed.weight"} if self.config.tie_embeddings else {}

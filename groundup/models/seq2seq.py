@@ -16,11 +16,11 @@ from torch import nn
 from ..config import Config
 from ..nn.kv_cache import DecoderCache
 from ..nn.linear import Linear
-from .common import check_ids, dropout, embed, init_weights, unique_params
+from .common import TiedHead, check_ids, dropout, embed, init_weights, unique_params
 from .stack import Stack
 
 
-class Seq2Seq(nn.Module):
+class Seq2Seq(TiedHead, nn.Module):
     """forward(input_ids, decoder_input_ids=...) -> decoder logits [B, T_dec, V]."""
 
     def __init__(self, cfg: Config) -> None:
@@ -36,13 +36,6 @@ class Seq2Seq(nn.Module):
         if not any(p.is_meta for p in self.parameters()):
             self.apply(lambda m: init_weights(m, cfg.init_std))
 
-    def tie_weights(self) -> None:
-        """Share the output projection with the token embedding when tied."""
-        if self.config.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
-
-    def tied_keys(self) -> dict[str, str]:
-        return {"lm_head.weight": "embed.weight"} if self.config.tie_embeddings else {}
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None, *, decoder_input_ids: torch.Tensor | None = None,
