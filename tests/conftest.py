@@ -65,27 +65,39 @@ def hf_configs() -> dict[str, object]:
     }
 
 
-@pytest.fixture(scope="session")
-def hf_folder(tmp_path_factory: pytest.TempPathFactory):
-    """hf_folder(name) -> (path to a saved tiny random transformers model, the model itself)."""
-    import transformers as T
+def _saved_models(tmp_path_factory: pytest.TempPathFactory, build, *, reload: bool):
+    """make(name) -> (folder of the saved tiny model, the transformers model), built once per session.
 
+    ``build(name)`` makes the model; every parameter is then randomised with a per-name seed. With
+    ``reload`` the returned model is the one transformers loads back from the folder."""
     cache: dict[str, tuple[Path, torch.nn.Module]] = {}
-    configs = hf_configs()
 
     def make(name: str) -> tuple[Path, torch.nn.Module]:
         if name not in cache:
             torch.manual_seed(0)
-            model = T.AutoModelForCausalLM.from_config(configs[name], attn_implementation="eager")
-            randomize_(model, seed=zlib.crc32(name.encode()) % 1000)
+            model = randomize_(build(name), seed=zlib.crc32(name.encode()) % 1000)
             if getattr(model.config, "tie_word_embeddings", False):
                 model.tie_weights()
             path = tmp_path_factory.mktemp(name)
             model.save_pretrained(path)
+            if name == "t5-v1_1":
+                _untie_t5_head(path, seed=5)
+            if reload:
+                model = type(model).from_pretrained(path, attn_implementation="eager")
             cache[name] = (path, model.eval())
         return cache[name]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory: pytest.TempPathFactory):
+    """hf_folder(name) -> (path to a saved tiny random transformers decoder, the model itself)."""
+    import transformers as T
+
+    configs = hf_configs()
+    return _saved_models(tmp_path_factory, lambda name: T.AutoModelForCausalLM.from_config(
+        configs[name], attn_implementation="eager"), reload=False)
 
 
 def hf_encdec_configs() -> dict[str, tuple[object, str]]:
@@ -133,22 +145,10 @@ def hf_encdec_folder(tmp_path_factory: pytest.TempPathFactory):
     """hf_encdec_folder(name) -> (path, the transformers model loaded back from that path)."""
     import transformers as T
 
-    cache: dict[str, tuple[Path, torch.nn.Module]] = {}
     configs = hf_encdec_configs()
 
-    def make(name: str) -> tuple[Path, torch.nn.Module]:
-        if name not in cache:
-            config, cls_name = configs[name]
-            cls = getattr(T, cls_name)
-            torch.manual_seed(0)
-            model = cls(config)
-            randomize_(model, seed=zlib.crc32(name.encode()) % 1000)
-            path = tmp_path_factory.mktemp(name)
-            model.save_pretrained(path)
-            if name == "t5-v1_1":
-                _untie_t5_head(path, seed=5)
-            ref = cls.from_pretrained(path, attn_implementation="eager").eval()
-            cache[name] = (path, ref)
-        return cache[name]
+    def build(name: str) -> torch.nn.Module:
+        config, cls_name = configs[name]
+        return getattr(T, cls_name)(config)
 
-    return make
+    return _saved_models(tmp_path_factory, build, reload=True)

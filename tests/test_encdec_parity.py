@@ -7,7 +7,6 @@ import torch
 from conftest import VOCAB, hf_encdec_configs, randomize_
 
 import groundup as gu
-from groundup.nn.attention import Attention
 
 TOL = 1e-4
 KERNELS = ("eager", "sdpa", "flash")
@@ -24,12 +23,6 @@ def _batch(seed: int = 0, batch: int = 2, seq: int = 11) -> dict[str, torch.Tens
     mask = torch.ones_like(ids)
     mask[0, -4:] = 0
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
-
-
-def _set_kernel(model: torch.nn.Module, kernel: str) -> None:
-    for m in model.modules():
-        if isinstance(m, Attention):
-            m.kernel = kernel
 
 
 def _bert_outputs(model, ref, batch) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -56,7 +49,7 @@ def test_bert_hf_to_groundup(name, hf_encdec_folder):
     batch = _batch()
     with torch.no_grad():
         for kernel in KERNELS:
-            _set_kernel(model, kernel)
+            model.set_attn_kernel(kernel)
             for head, got, want in _bert_outputs(model, ref, batch):
                 assert want.abs().max() > 0.3, f"{head}: outputs too small for the tolerance to mean anything"
                 torch.testing.assert_close(got, want, atol=TOL, rtol=0, msg=f"{name} {head} {kernel}")
@@ -104,7 +97,7 @@ def test_seq2seq_hf_to_groundup(name, hf_encdec_folder):
         want = ref(**batch).logits
         assert want.abs().max() > 0.3
         for kernel in KERNELS:
-            _set_kernel(model, kernel)
+            model.set_attn_kernel(kernel)
             torch.testing.assert_close(model(**batch), want, atol=TOL, rtol=0, msg=f"{name} {kernel}")
 
 

@@ -188,17 +188,6 @@ def load_into(model: Model, state: dict[str, torch.Tensor], source: str) -> Mode
     return model
 
 
-def _untie_if_distinct(cfg: Config, state: dict[str, torch.Tensor]) -> Config:
-    """A config that says "tied" while the checkpoint holds a different head keeps both (transformers does
-    the same); e.g. T5 v1.1 files whose config.json leaves tie_word_embeddings unset."""
-    if not cfg.tie_embeddings:
-        return cfg
-    for alias, src in meta_model(cfg).tied_keys().items():
-        if alias in state and src in state and not torch.equal(state[alias], state[src]):
-            return cfg.replace(tie_embeddings=False)
-    return cfg
-
-
 def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> Model:
     """Load a local HF folder (config.json + safetensors) of a supported family.
 
@@ -212,9 +201,12 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
     cfg = config_from_hf(read_json(folder / "config.json"), str(folder / "config.json"))
     tensors = load_tensors(folder, dtype)
     state = state_dict_from_hf(tensors, cfg)
-    cfg = _untie_if_distinct(cfg, state)
-    model = load_into(meta_model(cfg), state, str(folder))
-    return model.eval()
+    model = meta_model(cfg)
+    # A config that says "tied" while the file holds a different head keeps both, as transformers does
+    # (T5 v1.1 files whose config.json leaves tie_word_embeddings unset).
+    if any(a in state and s in state and not torch.equal(state[a], state[s]) for a, s in model.tied_keys().items()):
+        model = meta_model(cfg.replace(tie_embeddings=False))
+    return load_into(model, state, str(folder)).eval()
 
 
 def save_pretrained(model: Model, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:

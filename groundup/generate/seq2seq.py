@@ -139,7 +139,8 @@ def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torc
         done_len = torch.cat((done_len, torch.full_like(token, t)), dim=1).gather(1, best)
         done_flag = torch.cat((done_flag, ends & first_n), dim=1).gather(1, best)
 
-        cache.reorder((src + batch_base).view(-1))
+        # beams of one input share its encoder output, so only the self-attention cache moves
+        cache.reorder((src + batch_base).view(-1), cross=False)
         # can a live beam still beat the worst finished one? (judged at the current length unless "never")
         length = (max_len - 1) if (early_stopping == "never" and length_penalty > 0) else t
         best_possible = scores[:, :1] / (length**length_penalty)

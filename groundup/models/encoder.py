@@ -20,7 +20,7 @@ from ..config import Config
 from ..nn.linear import Linear
 from ..nn.mlp import ACTIVATIONS
 from ..nn.norm import make_norm
-from .common import check_ids, dropout, embed, init_weights, unique_params
+from .common import check_ids, init_weights, unique_params
 from .stack import Stack
 
 
@@ -88,18 +88,15 @@ class Encoder(Stack):
     def _run(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
              attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None,
              weights_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        cfg = self.config
-        check_ids(cfg, input_ids, attention_mask)
-        x = embed(cfg, self.embed, input_ids)  # [B, T, C]
-        if token_type_ids is not None or cfg.type_vocab_size:
-            x = x + self._segments(input_ids, token_type_ids)
-        if position_ids is None:
-            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x, rope = self.positions(x, position_ids)
-        if self.embed_norm is not None:
-            x = self.embed_norm(x)  # BERT normalises the summed token + position + segment embeddings
-        x = dropout(cfg, x, self.training)
-        return self.run(x, rope=rope, attention_mask=attention_mask, weights_of=weights_of)
+        check_ids(self.config, input_ids, attention_mask)
+        segments = None
+        if token_type_ids is not None or self.config.type_vocab_size:
+            segments = self._segments(input_ids, token_type_ids)
+        # BERT normalises the summed token + position + segment embeddings
+        x, rope = self.inputs(self.embed, input_ids, position_ids=position_ids, segments=segments,
+                              norm=self.embed_norm)
+        h, _, weights = self.run(x, rope=rope, attention_mask=attention_mask, weights_of=weights_of)
+        return h, weights
 
     def _segments(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         n = self.config.type_vocab_size
@@ -181,14 +178,14 @@ class Encoder(Stack):
         if not (input_ids == mask_token_id).any():
             raise ValueError(f"no mask token (id {mask_token_id}) in the input: put [MASK] where a word should be "
                              "predicted")
-        probs = self(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask).float().softmax(-1)
-        out = []
-        for b, row in enumerate(input_ids):
-            preds = []
-            for pos in (row == mask_token_id).nonzero().flatten().tolist():
-                p, ids = probs[b, pos].topk(min(top_k, probs.shape[-1]))
-                preds.append((pos, list(zip(ids.tolist(), p.tolist(), strict=True))))
-            out.append(preds)
+        self._need("mlm_head", "a model with an MLM head (BertForPreTraining / BertForMaskedLM)")
+        h = self.encode(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+        where = (input_ids == mask_token_id).nonzero()  # [M, 2] (row, position), row-major order
+        probs = self.mlm_head(h[where[:, 0], where[:, 1]]).float().softmax(-1)  # only the masked rows: [M, V]
+        top_p, top_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        out: list[list[tuple[int, list[tuple[int, float]]]]] = [[] for _ in range(input_ids.shape[0])]
+        for (b, pos), ids, p in zip(where.tolist(), top_ids.tolist(), top_p.tolist(), strict=True):
+            out[b].append((pos, list(zip(ids, p, strict=True))))
         return out
 
     @torch.no_grad()

@@ -16,8 +16,8 @@ from torch import nn
 from ..config import Config
 from ..nn.kv_cache import DecoderCache
 from ..nn.linear import Linear
-from .common import TiedHead, check_ids, dropout, embed, init_weights, unique_params
-from .stack import Stack
+from .common import TiedHead, check_ids, init_weights, unique_params
+from .stack import Stack, set_attn_kernel
 
 
 class Seq2Seq(TiedHead, nn.Module):
@@ -58,11 +58,8 @@ class Seq2Seq(TiedHead, nn.Module):
 
     def encode(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output [B, S, C] for source ids [B, S]."""
-        cfg = self.config
-        check_ids(cfg, input_ids, attention_mask)
-        x = embed(cfg, self.embed, input_ids)
-        x, rope = self.encoder.positions(x, torch.arange(input_ids.shape[1], device=input_ids.device))
-        x = dropout(cfg, x, self.training)
+        check_ids(self.config, input_ids, attention_mask)
+        x, rope = self.encoder.inputs(self.embed, input_ids)
         return self.encoder.run(x, rope=rope, attention_mask=attention_mask)[0]
 
     def decode(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor, *,
@@ -83,15 +80,17 @@ class Seq2Seq(TiedHead, nn.Module):
         if memory_mask is not None and memory_mask.shape != memory.shape[:2]:
             raise ValueError(f"attention_mask shape {tuple(memory_mask.shape)} must match the encoder output "
                              f"{tuple(memory.shape[:2])}")
-        T = decoder_input_ids.shape[1]
-        x = embed(cfg, self.embed, decoder_input_ids)
-        x, rope = self.decoder.positions(x, torch.arange(offset, offset + T, device=x.device))
-        x = dropout(cfg, x, self.training)
-        h, _ = self.decoder.run(x, rope=rope, attention_mask=decoder_attention_mask, memory=memory,
+        x, rope = self.decoder.inputs(self.embed, decoder_input_ids, offset=offset)
+        h, _, _ = self.decoder.run(x, rope=rope, attention_mask=decoder_attention_mask, memory=memory,
                                 memory_mask=memory_mask, cache=cache)
         if cfg.lm_head_scale == "inv_sqrt_d":
             h = h * cfg.d_model**-0.5  # T5 v1.0 rescales before its tied head
         return self.lm_head(h)
+
+    def set_attn_kernel(self, kernel: str) -> Seq2Seq:
+        """Switch every attention layer (both stacks) to the 'eager', 'sdpa' or 'flash' kernel."""
+        set_attn_kernel(self, kernel)
+        return self
 
     def generate(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                  max_new_tokens: int = 32, num_beams: int = 1, length_penalty: float = 1.0,

@@ -1,6 +1,7 @@
-"""Stack: a run of blocks with its own positions and final norm. An Encoder is one bidirectional stack
-with embeddings and heads; a Seq2Seq model is a bidirectional encoder stack plus a causal decoder stack
-whose blocks cross-attend to the encoder output."""
+"""Stack: a run of blocks with its own positions and final norm. A CausalLM is one causal stack with an
+embedding and an lm_head; an Encoder is one bidirectional stack with embeddings and heads; a Seq2Seq model
+is a bidirectional encoder stack plus a causal decoder stack whose blocks cross-attend to the encoder
+output."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..nn.attention import MaskSpec
+from ..nn.attention import Attention, MaskSpec
 from ..nn.block import Block
 from ..nn.kv_cache import DecoderCache
 from ..nn.norm import make_norm
-from .common import Rope, add_positions, mask_spec
+from .common import Rope, add_positions, dropout, embed, mask_spec
 
 
 class Stack(nn.Module):
@@ -31,16 +32,31 @@ class Stack(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layers))
         self.norm = make_norm(cfg) if cfg.final_norm else nn.Identity()
 
-    def positions(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, Rope | None]:
-        """Add this stack's absolute positions to x [B, T, C], or return RoPE cos/sin for its attention."""
-        return add_positions(self.config, x, position_ids, getattr(self, "pos_embed", None))
+    def inputs(self, table: nn.Embedding, ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
+               offset: int = 0, segments: torch.Tensor | None = None, norm: nn.Module | None = None
+               ) -> tuple[torch.Tensor, Rope | None]:
+        """Token ids [B, T] -> (the stack's input [B, T, C], RoPE cos/sin or None).
+
+        Embeds (scaled if configured), adds ``segments`` (BERT token types), adds absolute positions
+        (``offset``.. by default, i.e. after a cache) or prepares RoPE, applies ``norm`` (BERT's embedding
+        LayerNorm) and dropout.
+        """
+        x = embed(self.config, table, ids)  # [B, T, C]
+        if segments is not None:
+            x = x + segments
+        if position_ids is None:
+            position_ids = torch.arange(offset, offset + ids.shape[1], device=ids.device)
+        x, rope = add_positions(self.config, x, position_ids, getattr(self, "pos_embed", None))
+        if norm is not None:
+            x = norm(x)
+        return dropout(self.config, x, self.training), rope
 
     def run(self, x: torch.Tensor, *, rope: Rope | None = None, attention_mask: torch.Tensor | None = None,
             memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
             cache: DecoderCache | None = None, weights_of: int | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Positioned inputs x [B, T, C] -> (normed hidden states [B, T, C], attention weights of layer
-        ``weights_of`` or None).
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Stack inputs x [B, T, C] -> (normed hidden states [B, T, C], summed MoE balance loss (a zero
+        scalar for dense layers), attention weights of layer ``weights_of`` or None).
 
         ``attention_mask`` [B, S] marks real tokens among this stack's keys (with a cache: the cached and
         the new positions); ``memory`` [B, S_enc, C] with ``memory_mask`` [B, S_enc] is the encoder output
@@ -57,10 +73,26 @@ class Stack(nn.Module):
             padding = None if memory_mask is None or bool(memory_mask.all()) else memory_mask.bool()
             cross_mask = MaskSpec(causal=False, key_padding=padding)
         weights = None
+        aux_total = x.new_zeros((), dtype=torch.float32)
         for i, block in enumerate(self.blocks):
             layer_cache = cache.layers[i] if cache is not None else None
-            x, _, w = block(x, mask, rope=rope, memory=memory, memory_mask=cross_mask, cache=layer_cache,
-                            return_weights=i == weights_of)
+            x, aux, w = block(x, mask, rope=rope, memory=memory, memory_mask=cross_mask, cache=layer_cache,
+                              return_weights=i == weights_of)
+            if aux is not None:
+                aux_total = aux_total + aux
             if i == weights_of:
                 weights = w
-        return self.norm(x), weights
+        return self.norm(x), aux_total, weights
+
+    def set_attn_kernel(self, kernel: str) -> Stack:
+        """Switch every attention layer to the 'eager', 'sdpa' or 'flash' kernel (same weights, same results)."""
+        set_attn_kernel(self, kernel)
+        return self
+
+
+def set_attn_kernel(model: nn.Module, kernel: str) -> None:
+    """Set the kernel of every Attention in ``model`` and record it in ``model.config``."""
+    model.config = model.config.replace(attn_kernel=kernel)  # validates the name
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.kernel = kernel

@@ -59,7 +59,11 @@ class DecoderCache:
     def length(self) -> int:
         return self.layers[0].self_kv.length if self.layers else 0
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, *, cross: bool = True) -> None:
+        """Keep batch rows ``index``. ``cross=False`` leaves the cross-attention cache alone: right when
+        rows are only permuted among copies of the same source (beam search), whose encoder keys/values
+        are identical, so the per-step copy of [B, K, S, D] per layer is saved."""
         for layer in self.layers:
             layer.self_kv.reorder(index)
-            layer.cross_kv.reorder(index)
+            if cross:
+                layer.cross_kv.reorder(index)
