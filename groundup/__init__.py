@@ -4,6 +4,7 @@ from . import calc, data
 from .checkpoint.hf import from_pretrained
 from .config import Config
 from .models import CausalLM, Encoder, Seq2Seq
+from .tokenizer import Tokenizer
 
-__all__ = ["CausalLM", "Config", "Encoder", "Seq2Seq", "calc", "data", "from_pretrained"]
+__all__ = ["CausalLM", "Config", "Encoder", "Seq2Seq", "Tokenizer", "calc", "data", "from_pretrained"]
 __version__ = "0.1.0"

@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--length-penalty", type=float, default=1.0)
     g.add_argument("--early-stopping", action="store_true")
     g.set_defaults(func=cmd_generate)
+
+    from .cli_tokenizer import add_parser
+
+    add_parser(sub)
     return p
 
 
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as err:  # bad input: one clear line, no stack trace
+    except (ValueError, OSError) as err:  # bad input: one clear line, no stack trace
         print(f"groundup {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,113 @@
+"""Corpora and reference tokenizers built offline with HF `tokenizers` for the parity tests."""
+
+from __future__ import annotations
+
+import json
+import random
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+# Words from many scripts, with combining marks, emoji (and ZWJ sequences), digits and odd whitespace.
+WORDS = ("the quick brown fox jumps over lazy dogs Grüße naïve café Zürich ñandú façade coöperate "
+         "東京 は 晴れ です 日本語 中文 汉字 한국어 문장 русский язык Ελληνικά עברית العربية हिन्दी ไทย "
+         "e\u0301 a\u0308 o\u0303 🙂 🎉 👩‍💻 🇩🇪 ❤️ 3.14159 2026 1,000,000 0x1F $100 50% "
+         "don't it's we're I've you'll he'd can't O'Neil").split()
+SEPARATORS = [" ", " ", " ", "  ", ", ", ". ", "\n", "\n\n", "\t", " - ", "\u00a0", "\u3000", "!", "? ", "\r\n"]
+
+
+def stdlib_text(n_bytes: int) -> str:
+    """The Python standard library's source, file after file in a fixed order, cut at ~n_bytes."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts, size = [], 0
+    for path in sorted(root.rglob("*.py")):
+        if "site-packages" in path.parts or "test" in path.parts:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        parts.append(text)
+        size += len(text.encode())
+        if size >= n_bytes:
+            break
+    return "".join(parts)
+
+
+def unicode_text(n_words: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n_words):
+        w = rng.choice(WORDS)
+        if rng.random() < 0.1:
+            w = w.upper() if rng.random() < 0.5 else w.capitalize()
+        out.append(w)
+        out.append(rng.choice(SEPARATORS))
+    return "".join(out)
+
+
+def chunks(text: str, size: int = 1 << 16) -> list[str]:
+    """Pieces of ~size characters cut at line ends (so both libraries see the same units)."""
+    out, start = [], 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end == -1 else end + 1
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus() -> str:
+    """~2 MB: 1.6 MB of stdlib source and ~0.4 MB of multilingual text."""
+    return stdlib_text(1_600_000) + unicode_text(60_000)
+
+
+@pytest.fixture(scope="session")
+def hf_bytelevel(tmp_path_factory, corpus) -> Path:
+    """A GPT-2 style byte-level BPE (2k vocab) trained by `tokenizers` on a slice of the corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=2000, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(chunks(corpus[::7] + unicode_text(5000, seed=1), 4096), trainer)
+    path = tmp_path_factory.mktemp("hf_bytelevel") / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+def sentencepiece_style(folder: Path, corpus: str, variant: str) -> Path:
+    """A Llama-2 style tokenizer.json: <unk> <s> </s>, 256 <0x..> byte tokens, then merges learned by
+    `tokenizers` on metaspace words; byte fallback for everything else. variant 'legacy' writes the
+    metaspace with normalizers (Llama-2's original file), 'metaspace' with the Metaspace pre-tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    learner = Tokenizer(models.BPE(unk_token="<unk>"))
+    learner.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+                                  limit_alphabet=120)
+    learner.train_from_iterator(chunks(corpus[::5], 4096), trainer)
+    learned = json.loads(learner.to_str())["model"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for token, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(token, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m) for m in learned["merges"]], unk_token="<unk>",
+                               byte_fallback=True, fuse_unk=True))
+    if variant == "legacy":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    path = folder / f"sp_{variant}.json"
+    tok.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session", params=["legacy", "metaspace"])
+def hf_sentencepiece(request, tmp_path_factory, corpus) -> Path:
+    return sentencepiece_style(tmp_path_factory.mktemp("sp"), corpus, request.param)
