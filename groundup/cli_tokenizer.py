@@ -40,8 +40,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     tok = _load(args.tokenizer)
     allowed = "all" if args.allow_special else ()
-    ids = tok.encode(_text_arg(args), allowed_special=allowed, disallowed_special="all" if not args.plain else (),
-                     add_special_tokens=not args.no_special)
+    try:
+        ids = tok.encode(_text_arg(args), allowed_special=allowed, disallowed_special="all" if not args.plain else (),
+                         add_special_tokens=not args.no_special)
+    except ValueError as e:
+        if "special token" not in str(e):
+            raise
+        raise ValueError(f"{e} (on the command line: --allow-special or --plain)") from None
     if args.tokens:
         print(json.dumps([tok.id_to_token(i) for i in ids], ensure_ascii=False))
     else:

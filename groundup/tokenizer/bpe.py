@@ -136,7 +136,7 @@ class BPE:
             return _merge_heap(ids, self.merge_map)
         get = self.merge_map.get
         # ranks[i] is the merge of (ids[i], ids[i+1]) or None; only neighbours of a merge change.
-        ranks = [get(p) for p in zip(ids, ids[1:])]
+        ranks = [get(p) for p in itertools.pairwise(ids)]
         while True:
             best, pos = None, -1
             for i, m in enumerate(ranks):
@@ -169,7 +169,7 @@ def _merge_heap(ids: list[int], merge_map: dict[tuple[int, int], tuple[int, int]
     heap = [(m[0], i, m[1]) for i in range(n - 1) if (m := get((sym[i], sym[i + 1]))) is not None]
     heapq.heapify(heap)
     while heap:
-        rank, i, new = heapq.heappop(heap)
+        _rank, i, new = heapq.heappop(heap)
         j = nxt[i]
         if not alive[i] or j >= n:
             continue
@@ -187,7 +187,7 @@ def _merge_heap(ids: list[int], merge_map: dict[tuple[int, int], tuple[int, int]
         k = nxt[i]
         if k < n and (m := get((sym[i], sym[k]))) is not None:
             heapq.heappush(heap, (m[0], i, m[1]))
-    return [s for s, a in zip(sym, alive) if a]
+    return [s for s, a in zip(sym, alive, strict=False) if a]
 
 
 def merges_cross(model: BPE, mark: str) -> bool:

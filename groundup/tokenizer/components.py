@@ -211,7 +211,7 @@ class PreStep:
     def __call__(self, words: list[str], first: bool, map_bytes: bool = True) -> list[str]:
         kind, out = self.kind, []
         if kind == "ByteLevel":
-            for i, w in enumerate(words):
+            for w in words:
                 if self.add_prefix_space and not w.startswith(" "):
                     w = " " + w
                 out.extend(self.regex.findall(w) if self.regex is not None else [w])

@@ -22,7 +22,7 @@ from typing import Any
 import regex
 
 from .bpe import BPE, merges_cross, to_byte_level
-from .components import Decoder, Normalizer, PostProcessor, PreTokenizer, decode_utf8
+from .components import Decoder, Normalizer, PostProcessor, PreTokenizer
 
 
 @dataclass

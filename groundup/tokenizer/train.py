@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import heapq
+import itertools
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -135,8 +136,8 @@ def learn_merges(word_counts: dict[str, int], vocab_size: int, special_tokens: l
 
     pair_counts: dict[tuple[int, int], int] = {}
     where: dict[tuple[int, int], set[int]] = {}
-    for i, (w, n) in enumerate(zip(words, counts)):
-        for pair in zip(w, w[1:]):
+    for i, (w, n) in enumerate(zip(words, counts, strict=False)):
+        for pair in itertools.pairwise(w):
             pair_counts[pair] = pair_counts.get(pair, 0) + n
             where.setdefault(pair, set()).add(i)
     seq = 0  # insertion order: keeps heap entries comparable when count and pair tie

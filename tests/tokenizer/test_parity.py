@@ -15,13 +15,13 @@ from .conftest import chunks, unicode_text
 def assert_same_ids(gu: Tokenizer, hf: HFTokenizer, texts: list[str], skip_special: bool = True) -> None:
     mine = gu.encode_batch(texts, allowed_special="all")
     theirs = [e.ids for e in hf.encode_batch(texts)]
-    for k, (a, b) in enumerate(zip(mine, theirs)):
+    for k, (a, b) in enumerate(zip(mine, theirs, strict=False)):
         if a != b:
-            i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
             pytest.fail(f"text {k}: first difference at token {i}: groundup {a[i:i + 6]} "
                         f"({[gu.id_to_token(x) for x in a[i:i + 6]]}) vs tokenizers {b[i:i + 6]} "
                         f"({[gu.id_to_token(x) for x in b[i:i + 6]]}); text {texts[k][:80]!r}")
-    for a, b in zip(mine[:50], theirs[:50]):
+    for a, b in zip(mine[:50], theirs[:50], strict=False):
         assert gu.decode(a, skip_special_tokens=skip_special) == hf.decode(b, skip_special_tokens=skip_special)
 
 
@@ -31,7 +31,7 @@ def test_tokenizers_trained_bytelevel_loads_and_encodes_identically(hf_bytelevel
     assert sum(len(t.encode()) for t in texts) > 2_000_000
     assert_same_ids(gu, hf, texts)
     # every text decodes back exactly (byte-level BPE is lossless)
-    assert all(gu.decode(ids) == t for ids, t in zip(gu.encode_batch(texts[:8]), texts[:8]))
+    assert all(gu.decode(ids) == t for ids, t in zip(gu.encode_batch(texts[:8]), texts[:8], strict=False))
     assert gu.vocab_size == hf.get_vocab_size() and gu.get_vocab() == hf.get_vocab()
 
 
@@ -40,7 +40,7 @@ def test_groundup_trained_tokenizer_loads_in_tokenizers_and_transformers(tmp_pat
                           eos_token="<|endoftext|>", pad_token="<pad>")
     tok.save_pretrained(tmp_path)
     hf = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
-    texts = chunks(corpus[:400_000]) + [unicode_text(3000, seed=3), "x <|endoftext|> y<pad>"]
+    texts = [*chunks(corpus[:400000]), unicode_text(3000, seed=3), "x <|endoftext|> y<pad>"]
     assert_same_ids(tok, hf, texts, skip_special=False)
 
     from transformers import PreTrainedTokenizerFast
@@ -57,8 +57,8 @@ def test_groundup_trained_tokenizer_loads_in_tokenizers_and_transformers(tmp_pat
 def test_sentencepiece_style_metaspace_byte_fallback(hf_sentencepiece, corpus):
     gu, hf = Tokenizer.from_file(hf_sentencepiece), HFTokenizer.from_file(str(hf_sentencepiece))
     assert gu._cut_metaspace, "merges never join '▁' to a previous character, so the text may be cut"
-    texts = chunks(corpus[:600_000]) + [unicode_text(3000, seed=4), "  two  spaces ", " ", "", "x<s>y </s>z",
-                                        "日本\x00\U0001F600 ‽ \u0378", "\n\n\t", "a" * 500]
+    texts = [*chunks(corpus[:600_000]), unicode_text(3000, seed=4), "  two  spaces ", " ", "", "x<s>y </s>z",
+             "日本\x00\U0001F600 ‽ \u0378", "\n\n\t", "a" * 500]
     assert_same_ids(gu, hf, texts)
     assert_same_ids(gu, hf, texts[-8:], skip_special=False)
     # characters outside the vocabulary fall back to bytes, not <unk>
@@ -104,7 +104,7 @@ def test_llama3_style_split_regex_and_ignore_merges(tmp_path, corpus):
     obj["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
     (tmp_path / "tokenizer.json").write_text(json.dumps(obj), encoding="utf-8")
     hf, gu = HFTokenizer.from_file(str(tmp_path / "tokenizer.json")), Tokenizer.from_file(tmp_path)
-    texts = chunks(corpus[:300_000]) + [unicode_text(2000, seed=5), "12345678 1,234 ABC's <|eot_id|>"]
+    texts = [*chunks(corpus[:300000]), unicode_text(2000, seed=5), "12345678 1,234 ABC's <|eot_id|>"]
     assert_same_ids(gu, hf, texts)
     assert gu.encode("hi")[0] == 0  # BOS from the template
 
