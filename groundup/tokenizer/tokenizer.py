@@ -63,6 +63,7 @@ class _WordIds(dict):
 
 
 Special = Collection[str] | str
+Names = Collection[str]
 
 
 class Tokenizer:
@@ -96,11 +97,18 @@ class Tokenizer:
         mark = "▁"
         whole = all(s.kind == "Metaspace" and not s.split for s in pre.steps)
         self._cut_metaspace = whole and mark in self.model.vocab and not merges_cross(self.model, mark)
+        # GPT-2 style (one ByteLevel regex step, no prefix space): the words are the regex's matches.
+        steps = pre.steps
+        self._findall = None
+        if (len(steps) == 1 and steps[0].kind == "ByteLevel" and steps[0].regex is not None
+                and not steps[0].add_prefix_space):
+            self._findall = steps[0].regex.findall
 
     def _set_added(self, tokens: list[AddedToken]) -> None:
         self.added = sorted(tokens, key=lambda t: t.id)
         self.added_by_id = {t.id: t for t in self.added}
         self.added_by_content = {t.content: t for t in self.added}
+        self._specials = frozenset(t.content for t in self.added if t.special)
         self._matchers: dict[tuple[bool, bool], regex.Pattern | None] = {}
         for normalized in (False, True):
             group = sorted({t.content for t in self.added if t.normalized == normalized and t.content},
@@ -187,8 +195,10 @@ class Tokenizer:
         return None if self.pad_token is None else self.token_to_id(self.pad_token)
 
     # --------------------------------------------------------------------------------------- encode
-    def _allowed(self, allowed_special: Special, disallowed_special: Special) -> tuple[set[str], set[str]]:
-        specials = set(self.special_tokens)
+    def _allowed(self, allowed_special: Special, disallowed_special: Special) -> tuple[Names, Names]:
+        specials = self._specials
+        if allowed_special == "all" and disallowed_special == "all":
+            return specials, frozenset()
         allowed = specials if allowed_special == "all" else set(allowed_special)
         unknown = allowed - specials
         if unknown:
@@ -197,11 +207,11 @@ class Tokenizer:
         disallowed = specials - allowed if disallowed_special == "all" else set(disallowed_special)
         return allowed, disallowed
 
-    def _split_added(self, text: str, normalized: bool, offset0: bool, allowed: set[str], disallowed: set[str],
+    def _split_added(self, text: str, normalized: bool, offset0: bool, allowed: Names, disallowed: Names,
                      out: list[tuple[str, int | None, bool]]) -> None:
         """Append (text piece, None, starts the text) and (token text, token id, _) items to `out`."""
         matcher = self._matchers[normalized]
-        if matcher is None:
+        if matcher is None or matcher.search(text) is None:
             out.append((text, None, offset0))
             return
         pos = 0
@@ -235,12 +245,14 @@ class Tokenizer:
 
     def _words_of(self, text: str, first: bool) -> list[str]:
         """Normalized text -> the words BPE sees (raw text when the byte mapping is deferred)."""
+        if self._findall is not None:
+            return self._findall(text)
         words = self.pre_tokenizer(text, first, defer_bytes=self._defer_bytes)
         if self._cut_metaspace:
             words = [w for piece in words for w in _cut_before_mark(piece)]
         return words
 
-    def _encode_one(self, text: str, allowed: set[str], disallowed: set[str], raw: bool) -> list[int]:
+    def _encode_one(self, text: str, allowed: Names, disallowed: Names, raw: bool) -> list[int]:
         pieces: list[tuple[str, int | None, bool]] = []
         self._split_added(text, False, True, allowed, disallowed, pieces)
         if self.normalizer is not None or self._matchers[True] is not None:
@@ -289,9 +301,16 @@ class Tokenizer:
             return self.post_processor(ids, pair)
         return ids + (pair or [])
 
-    def encode_batch(self, texts: Sequence[str], **kwargs: Any) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str], *, allowed_special: Special = (), disallowed_special: Special = "all",
+                     add_special_tokens: bool = True) -> list[list[int]]:
         """`encode` for each text (same keyword arguments)."""
-        return [self.encode(t, **kwargs) for t in texts]
+        allowed, disallowed = self._allowed(allowed_special, disallowed_special)
+        out = []
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"encode_batch takes str texts, got {type(t).__name__}")
+            out.append(self._post(self._encode_one(t, allowed, disallowed, raw=False), None, add_special_tokens))
+        return out
 
     def tokenize(self, text: str, **kwargs: Any) -> list[str]:
         """The token strings of `encode(text)`."""

@@ -1,0 +1,197 @@
+"""Tokenizer speed and memory: groundup vs HF `tokenizers` (Rust) on 10 MB of the Python standard library.
+
+    python bench/tokenizer.py [--mb 10] [--repeats 3] [--out docs/bench_tokenizer.md]
+
+Rows: training a byte-level BPE with an 8k vocabulary from the file; encoding the whole text in one call
+(a fresh tokenizer each time, so groundup's word cache starts empty); encoding it as a batch of lines
+(tokenizers uses both cores there, groundup one); and encoding with a Llama-2 style tokenizer (metaspace +
+byte fallback, no pre-tokenizer). Both sides run on the same file and the same tokenizer.json, alternate
+after a warm-up, and the median is reported with the ratio (>1: groundup faster). Ids are checked to be
+identical before timing. Peak memory is the rise of the resident set's high-water mark in a separate
+process doing only that task (Linux: reset through /proc/self/clear_refs just before the task).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from groundup import Tokenizer
+
+
+def corpus(n_bytes: int) -> str:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts, size = [], 0
+    for path in sorted(root.rglob("*.py")):
+        if "site-packages" in path.parts:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        parts.append(text)
+        size += len(text.encode())
+        if size >= n_bytes:
+            break
+    return "".join(parts)[:n_bytes]
+
+
+def hf_train(path: str, vocab: int):
+    from tokenizers import Tokenizer as HF
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = HF(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train([path], trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"], show_progress=False,
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+def gu_train(path: str, vocab: int) -> Tokenizer:
+    return Tokenizer.train(Path(path), vocab, special_tokens=["<|endoftext|>"])
+
+
+def sentencepiece_json(text: str, out: Path) -> Path:
+    """A Llama-2 style tokenizer.json (byte tokens + merges learned by tokenizers on metaspace words)."""
+    from tokenizers import Tokenizer as HF
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+    learner = HF(models.BPE(unk_token="<unk>"))
+    learner.pre_tokenizer = pre_tokenizers.Metaspace()
+    learner.train_from_iterator([text[i:i + 8192] for i in range(0, len(text), 8192)],
+                                trainers.BpeTrainer(vocab_size=8000, special_tokens=["<unk>", "<s>", "</s>"],
+                                                    show_progress=False, limit_alphabet=200))
+    learned = json.loads(learner.to_str())["model"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for token, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(token, len(vocab))
+    tok = HF(models.BPE(vocab=vocab, merges=[tuple(m) for m in learned["merges"]], unk_token="<unk>",
+                        byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tok.save(str(out))
+    return out
+
+
+def timed_pair(fa, fb, repeats: int, setup_a=None, setup_b=None) -> tuple[float, float]:
+    """Median seconds of fa and fb, alternating; setup_* (untimed) builds each call's argument."""
+    ta, tb = [], []
+    for _ in range(repeats):
+        for f, setup, ts in ((fa, setup_a, ta), (fb, setup_b, tb)):
+            arg = setup() if setup else None
+            t0 = time.perf_counter()
+            f(arg)
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_child(task: str, side: str, path: str, tok_json: str, vocab: int, q) -> None:
+    text = Path(path).read_text(encoding="utf-8")
+    if task == "encode":
+        if side == "gu":
+            tok = Tokenizer.from_file(tok_json)
+            f = lambda: tok.encode(text, allowed_special="all")
+        else:
+            from tokenizers import Tokenizer as HF
+
+            tok = HF.from_file(tok_json)
+            f = lambda: tok.encode(text).ids
+    else:
+        f = (lambda: gu_train(path, vocab)) if side == "gu" else (lambda: hf_train(path, vocab))
+    before = _status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as c:  # reset the high-water mark (VmHWM) to the current RSS
+        c.write("5")
+    f()
+    q.put(_status_mb("VmHWM") - before)
+
+
+def peak_mb(task: str, side: str, path: str, tok_json: str, vocab: int) -> float:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_peak_child, args=(task, side, path, tok_json, vocab, q))
+    p.start()
+    value = q.get()
+    p.join()
+    return value
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=float, default=10)
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=None, help="write the markdown table here")
+    args = ap.parse_args()
+    from tokenizers import Tokenizer as HF
+
+    text = corpus(int(args.mb * 1e6))
+    n_mb = len(text.encode()) / 1e6
+    tmp = Path(tempfile.mkdtemp())
+    path = tmp / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    rows = []
+
+    # --- training
+    g, h = timed_pair(lambda _: gu_train(str(path), args.vocab), lambda _: hf_train(str(path), args.vocab),
+                      args.repeats)
+    mine, theirs = gu_train(str(path), args.vocab), hf_train(str(path), args.vocab)
+    theirs.save(str(tmp / "hf.json"))
+    same = json.loads(theirs.to_str())["model"]["merges"] == [list(m) for m in mine.model.merges]
+    rows.append((f"train {args.vocab} vocab ({'identical' if same else 'DIFFERENT'} merges)", g, h,
+                 peak_mb("train", "gu", str(path), "", args.vocab), peak_mb("train", "hf", str(path), "", args.vocab)))
+
+    # --- encoding with the same tokenizer.json
+    hf_json = str(tmp / "hf.json")
+    sp_json = str(sentencepiece_json(text, tmp / "sp.json"))
+    lines = text.splitlines(keepends=True)
+    for name, tj in (("byte-level", hf_json), ("Llama-2 style", sp_json)):
+        gu_tok, hf_tok = Tokenizer.from_file(tj), HF.from_file(tj)
+        assert gu_tok.encode(text, allowed_special="all") == hf_tok.encode(text).ids, f"{name}: ids differ"
+        g, h = timed_pair(lambda t: t.encode(text, allowed_special="all"), lambda t: t.encode(text).ids,
+                          args.repeats, setup_a=lambda tj=tj: Tokenizer.from_file(tj),
+                          setup_b=lambda tj=tj: HF.from_file(tj))
+        rows.append((f"encode {name}, one call", g, h, peak_mb("encode", "gu", str(path), tj, 0),
+                     peak_mb("encode", "hf", str(path), tj, 0)))
+        if name == "byte-level":
+            g, h = timed_pair(lambda t: t.encode_batch(lines, allowed_special="all"),
+                              lambda t: t.encode_batch(lines), args.repeats,
+                              setup_a=lambda tj=tj: Tokenizer.from_file(tj), setup_b=lambda tj=tj: HF.from_file(tj))
+            rows.append((f"encode {name}, batch of {len(lines):,} lines", g, h, float("nan"), float("nan")))
+
+    cmd = "python bench/tokenizer.py " + " ".join(sys.argv[1:])
+    out = [f"Command: `{cmd.strip()}` ({n_mb:.1f} MB of Python stdlib source, {os.cpu_count()} cores, "
+           f"tokenizers {__import__('tokenizers').__version__})", "",
+           "| task | groundup s | tokenizers s | ratio (>1: groundup faster) | groundup MB/s | tokenizers MB/s "
+           "| peak MB groundup | peak MB tokenizers |",
+           "|---|---|---|---|---|---|---|---|"]
+    for name, g, h, pg, ph in rows:
+        mem = f"{pg:.0f} | {ph:.0f}" if pg == pg else "- | -"
+        out.append(f"| {name} | {g:.2f} | {h:.2f} | {h / g:.2f} | {n_mb / g:.2f} | {n_mb / h:.2f} | {mem} |")
+    table = "\n".join(out)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(f"# Tokenizer benchmark\n\n{table}\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
