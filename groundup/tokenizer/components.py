@@ -241,6 +241,8 @@ class PreStep:
 
 
 _BYTE_TABLE = dict(enumerate(BYTE_CHARS))
+_BYTE_CHAR_SET = frozenset(BYTE_CHARS)
+_TO_LATIN1 = {ord(c): b for c, b in CHAR_TO_BYTE.items()}  # byte-level character -> the byte's latin-1 char
 _LITERALS: dict[str, regex.Pattern] = {}
 
 
@@ -293,6 +295,7 @@ class Decoder:
             self.scheme = obj.get("prepend_scheme", "always" if obj.get("add_prefix_space", True) else "never")
         elif kind == "Replace":
             text, is_re = _pattern(_need(obj, "pattern", where), where)
+            self.literal = None if is_re else text
             self.regex = _compile(text, is_re, where)
             self.content = _need(obj, "content", where)
         elif kind == "Strip":
@@ -310,6 +313,9 @@ class Decoder:
                 tokens = p(tokens)
             return tokens
         if kind == "ByteLevel":
+            text = "".join(tokens)
+            if not set(text) - _BYTE_CHAR_SET:  # all byte-level characters: one C-level translate
+                return [decode_utf8(text.translate(_TO_LATIN1).encode("latin-1"))]
             data = bytearray()
             for t in tokens:
                 try:
@@ -344,6 +350,9 @@ class Decoder:
                 out.append(t)
             return out
         if kind == "Replace":
+            if self.literal is not None:
+                old, new = self.literal, self.content
+                return [t.replace(old, new) for t in tokens]
             return [self.regex.sub(lambda _: self.content, t) for t in tokens]
         if kind == "Strip":
             return [_strip_chars(t, self.content, self.start, self.stop) for t in tokens]

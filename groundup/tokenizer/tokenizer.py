@@ -109,6 +109,8 @@ class Tokenizer:
         self.added_by_id = {t.id: t for t in self.added}
         self.added_by_content = {t.content: t for t in self.added}
         self._specials = frozenset(t.content for t in self.added if t.special)
+        self._special_ids = frozenset(t.id for t in self.added if t.special)
+        self._id_to_str = {**self.model.id_to_token, **{t.id: t.content for t in self.added}}
         self._matchers: dict[tuple[bool, bool], regex.Pattern | None] = {}
         for normalized in (False, True):
             group = sorted({t.content for t in self.added if t.normalized == normalized and t.content},
@@ -318,21 +320,17 @@ class Tokenizer:
 
     # --------------------------------------------------------------------------------------- decode
     def _tokens(self, ids: Iterable[int], skip_special_tokens: bool) -> list[str]:
-        out = []
-        added, model = self.added_by_id, self.model.id_to_token
-        for i in ids:
-            i = int(i)
-            t = added.get(i)
-            if t is not None:
-                if not (skip_special_tokens and t.special):
-                    out.append(t.content)
-                continue
-            s = model.get(i)
-            if s is None:
-                raise ValueError(f"token id {i} is not in the vocabulary (ids run 0..{self.vocab_size - 1}); "
-                                 "were these ids made by another tokenizer?")
-            out.append(s)
-        return out
+        if hasattr(ids, "tolist"):  # a tensor or an array
+            ids = ids.tolist()
+        ids = ids if isinstance(ids, list) else list(ids)
+        if skip_special_tokens and self._special_ids:
+            ids = [i for i in ids if i not in self._special_ids]
+        try:
+            return list(map(self._id_to_str.__getitem__, ids))
+        except (KeyError, TypeError):
+            bad = next(i for i in ids if getattr(i, "__hash__", None) is None or i not in self._id_to_str)
+            raise ValueError(f"token id {bad!r} is not in the vocabulary (ids run 0..{self.vocab_size - 1}); "
+                             "were these ids made by another tokenizer?") from None
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
         """Token ids -> text. Raises ValueError for an id outside the vocabulary."""

@@ -30,7 +30,8 @@ from .tokenizer import AddedToken, Tokenizer
 
 
 def _sources(data: Any) -> tuple[list[Path], Iterable[str]]:
-    """Files and texts in `data`: a path or glob (str/Path), an iterable of Paths, or an iterable of texts."""
+    """Files and texts in `data`: a path or glob (str/Path), an iterable of Paths (a list, Path.glob ...),
+    or an iterable of texts (streamed: a generator is never materialized)."""
     if isinstance(data, (str, os.PathLike)):
         spec = str(data)
         files = sorted(glob.glob(spec, recursive=True)) if not Path(spec).is_file() else [spec]
@@ -40,13 +41,18 @@ def _sources(data: Any) -> tuple[list[Path], Iterable[str]]:
                 f"no file matches {spec[:80]!r}; a str is read as a path or glob pattern; to train on the string "
                 "itself pass a list of texts, e.g. Tokenizer.train([text], ...)")
         return [Path(f) for f in files], []
-    items = list(data) if not isinstance(data, Iterator) else None
-    if items is not None and items and all(isinstance(x, os.PathLike) for x in items):
-        missing = [str(p) for p in items if not Path(p).is_file()]
+    it = iter(data)
+    first = next(it, None)
+    if first is None:
+        raise ValueError("the training data is empty")
+    items = itertools.chain([first], it)
+    if isinstance(first, os.PathLike):
+        paths = [Path(p) for p in items]
+        missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"training files not found: {missing[:5]}")
-        return [Path(p) for p in items], []
-    return [], (items if items is not None else data)
+        return paths, []
+    return [], items
 
 
 def _file_lines(files: list[Path], progress: Any) -> Iterator[str]:
@@ -64,10 +70,13 @@ def count_words(data: Any, pattern: str, show_progress: bool = False) -> Counter
     files, texts = _sources(data)
     split = regex.compile(pattern).findall
     progress = None
-    if show_progress and files:
+    if show_progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, desc="count words")
+        if files:
+            progress = tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, desc="count words")
+        else:
+            texts = tqdm(texts, unit=" texts", desc="count words")
     counts: Counter[str] = Counter()
     for source, errors in ((_file_lines(files, progress), "surrogateescape"), (texts, "surrogatepass")):
         raw: Counter[str] = Counter()

@@ -107,3 +107,23 @@ def test_heap_merge_equals_scan_merge():
             assert scan == heap, (trial, word, merges)
         hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
         assert hf.encode(word).ids == heap, (trial, word, merges)
+
+
+def test_any_iterable_of_paths_or_texts_streams(tmp_path):
+    (tmp_path / "a.txt").write_text("low lower lowest\n" * 50, encoding="utf-8")
+    (tmp_path / "b.txt").write_text("new newer newest\n" * 50, encoding="utf-8")
+    from_glob = Tokenizer.train(tmp_path.glob("*.txt"), 300)  # a generator of Paths
+    from_gen = Tokenizer.train((line for p in sorted(tmp_path.glob("*.txt"))
+                                for line in p.read_text().splitlines(keepends=True)), 300)
+    assert from_glob.model.merges == from_gen.model.merges and len(from_glob.model.merges) > 10
+    with pytest.raises(ValueError, match="empty"):
+        Tokenizer.train(iter([]), 300)
+
+
+def test_decode_takes_tensors_and_arrays():
+    import numpy as np
+    import torch
+
+    tok = Tokenizer.train(["hello world"], 270)
+    ids = tok.encode("hello world")
+    assert tok.decode(torch.tensor(ids)) == tok.decode(np.array(ids)) == tok.decode(ids) == "hello world"
