@@ -3,12 +3,13 @@
     python bench/tokenizer.py [--mb 10] [--repeats 3] [--out docs/bench_tokenizer.md]
 
 Rows: training a byte-level BPE with an 8k vocabulary from the file; encoding the whole text in one call
-(a fresh tokenizer each time, so groundup's word cache starts empty); encoding it as a batch of lines
-(tokenizers uses both cores there, groundup one); and encoding with a Llama-2 style tokenizer (metaspace +
-byte fallback, no pre-tokenizer). Both sides run on the same file and the same tokenizer.json, alternate
-after a warm-up, and the median is reported with the ratio (>1: groundup faster). Ids are checked to be
-identical before timing. Peak memory is the rise of the resident set's high-water mark in a separate
-process doing only that task (Linux: reset through /proc/self/clear_refs just before the task).
+(a fresh tokenizer each time, so groundup's word cache starts empty) and decoding it back; encoding it as a
+batch of lines (tokenizers uses both cores there, groundup one); and the same one-call encode and decode
+with a Llama-2 style tokenizer (metaspace + byte fallback, no pre-tokenizer). Both sides run on the same
+file and the same tokenizer.json, alternate, and the median of the repeats is reported with the ratio
+(>1: groundup faster). Ids and decoded text are checked to be identical before timing. Peak memory is
+the rise of the resident set's high-water mark in a separate process doing only that task (Linux: reset
+through /proc/self/clear_refs just before the task).
 """
 
 from __future__ import annotations
@@ -172,6 +173,11 @@ def main() -> None:
                           setup_b=lambda tj=tj: HF.from_file(tj))
         rows.append((f"encode {name}, one call", g, h, peak_mb("encode", "gu", str(path), tj, 0),
                      peak_mb("encode", "hf", str(path), tj, 0)))
+        ids = hf_tok.encode(text).ids
+        assert gu_tok.decode(ids) == hf_tok.decode(ids, skip_special_tokens=False), f"{name}: text differs"
+        g, h = timed_pair(lambda _, t=gu_tok, i=ids: t.decode(i),
+                          lambda _, t=hf_tok, i=ids: t.decode(i, skip_special_tokens=False), args.repeats)
+        rows.append((f"decode {name}, one call", g, h, float("nan"), float("nan")))
         if name == "byte-level":
             g, h = timed_pair(lambda t: t.encode_batch(lines, allowed_special="all"),
                               lambda t: t.encode_batch(lines), args.repeats,

@@ -405,11 +405,11 @@ codecs.register_error("groundup.surrogates", _replace_or_surrogate)
 class PostProcessor:
     """ids -> ids with the special tokens a model expects (Llama's <s>, RoBERTa's <s> ... </s>)."""
 
-    def __init__(self, obj: dict, where: str, token_id):
+    def __init__(self, obj: dict, where: str):
         self.json = obj
         kind = self.kind = obj.get("type")
         if kind == "Sequence":
-            self.parts = [PostProcessor(o, f"{where}.processors[{i}]", token_id)
+            self.parts = [PostProcessor(o, f"{where}.processors[{i}]")
                           for i, o in enumerate(_need(obj, "processors", where))]
         elif kind == "ByteLevel":
             pass  # it only trims offsets, ids are untouched
@@ -443,7 +443,7 @@ class PostProcessor:
         return out
 
     def __call__(self, a: list[int], b: list[int] | None = None) -> list[int]:
-        if self.kind == "Sequence":
+        if self.kind == "Sequence":  # in practice ByteLevel (offsets only) plus at most one template
             for p in self.parts:
                 if p.kind != "ByteLevel":
                     return p(a, b)

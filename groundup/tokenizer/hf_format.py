@@ -94,12 +94,10 @@ def from_json(obj: Any, where: str = "tokenizer.json", config: dict | None = Non
     def where_(field: str) -> str:
         return f"{where}: {field}"
 
-    tok_ids = {t.content: t.id for t in added} | model.vocab
     try:
         norm = Normalizer(obj["normalizer"], where_("normalizer")) if obj.get("normalizer") else None
         pre = PreTokenizer(obj.get("pre_tokenizer"), where_("pre_tokenizer"))
-        post = (PostProcessor(obj["post_processor"], where_("post_processor"), tok_ids.get)
-                if obj.get("post_processor") else None)
+        post = PostProcessor(obj["post_processor"], where_("post_processor")) if obj.get("post_processor") else None
         dec = Decoder(obj["decoder"], where_("decoder")) if obj.get("decoder") else None
     except (KeyError, TypeError, IndexError) as e:
         raise UnsupportedTokenizer(f"{where}: malformed pipeline entry ({type(e).__name__}: {e})") from None

@@ -1,0 +1,93 @@
+"""Every supported normalizer / pre-tokenizer / decoder, checked against tokenizers on random text."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from groundup import Tokenizer
+
+from .conftest import chunks, unicode_text
+
+PIECES = st.lists(st.sampled_from([" ", "  ", "\n", "\t", "-", "--", " - ", "a-b", "Ab", "ÉCOLE", "é", "e\u0301",
+                                   "１２３", "123", "4.5", "ﬁ", "'s", "hello", "World!", "日本", "🙂", "(x)", "_",
+                                   "\u00a0", "ß", "İ"]), max_size=16).map("".join)
+# Assigned characters only: unassigned code points are classified by each regex engine's own Unicode
+# tables, which differ between versions (see docs/tokenizer.md).
+TEXT = st.one_of(PIECES, st.text(st.characters(exclude_categories=("Cs", "Cn")), max_size=30))
+
+
+def byte_alphabet_trainer(vocab: int, **kw) -> trainers.BpeTrainer:
+    return trainers.BpeTrainer(vocab_size=vocab, show_progress=False,
+                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), **kw)
+
+
+def build(kind: str, corpus: str) -> HFTokenizer:
+    texts = [*chunks(corpus[::23], 1024), unicode_text(1500, seed=7)]
+    if kind == "normalized-bytelevel":
+        tok = HFTokenizer(models.BPE())
+        tok.normalizer = normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents(), normalizers.Lowercase(),
+                                               normalizers.Strip(), normalizers.NFC(),
+                                               normalizers.Replace(Regex(r"\d+"), "0")])
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=True)])
+        tok.decoder = decoders.ByteLevel()
+        tok.train_from_iterator(texts, byte_alphabet_trainer(600))
+    elif kind == "clip-like":  # word-level pieces with an end-of-word suffix, characters outside -> <unk>
+        tok = HFTokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"))
+        tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.decoder = decoders.BPEDecoder(suffix="</w>")
+        tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=500, special_tokens=["<unk>"],
+                                                           end_of_word_suffix="</w>", limit_alphabet=60,
+                                                           show_progress=False))
+    elif kind.startswith("split-"):
+        behavior = kind.removeprefix("split-")
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Split("-", behavior=behavior, invert=behavior == "removed"),
+            pre_tokenizers.Punctuation(behavior="merged_with_next" if behavior == "isolated" else "isolated"),
+            pre_tokenizers.Digits(individual_digits=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.decoder = decoders.ByteLevel()
+        tok.train_from_iterator(texts, byte_alphabet_trainer(500))
+    else:  # metaspace with split=True and prepend always, char-level with unk and fused unks
+        tok = HFTokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
+        tok.decoder = decoders.Metaspace(prepend_scheme="always", split=True)
+        tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>"], limit_alphabet=50,
+                                                           show_progress=False))
+    return tok
+
+
+KINDS = ["normalized-bytelevel", "clip-like", "split-removed", "split-isolated", "split-merged_with_previous",
+         "split-merged_with_next", "split-contiguous", "metaspace-unk"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def pair(request, tmp_path_factory, corpus):
+    hf = build(request.param, corpus)
+    path = tmp_path_factory.mktemp("components") / "tokenizer.json"
+    hf.save(str(path))
+    return Tokenizer.from_file(path), HFTokenizer.from_file(str(path))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=TEXT)
+def test_pipeline_matches_tokenizers(pair, text):
+    gu, hf = pair
+    ids = gu.encode(text)
+    assert ids == hf.encode(text).ids
+    assert gu.decode(ids, skip_special_tokens=True) == hf.decode(ids)
+    assert gu.decode(ids) == hf.decode(ids, skip_special_tokens=False)
+
+
+def test_the_pipelines_do_what_they_say(pair):
+    gu, hf = pair
+    text = "Ünïcode 2026-11-22 ﬁne--tuned (a-b) DONE"
+    assert gu.encode(text) == hf.encode(text).ids
+    assert gu.tokenize(text) == hf.encode(text).tokens
