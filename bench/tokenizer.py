@@ -20,30 +20,19 @@ import multiprocessing as mp
 import os
 import statistics
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' reference-tokenizer builders
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tokenizer.conftest import sentencepiece_style  # tests/tokenizer/conftest.py
+
 from groundup import Tokenizer
-
-
-def corpus(n_bytes: int) -> str:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    parts, size = [], 0
-    for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.parts:
-            continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        parts.append(text)
-        size += len(text.encode())
-        if size >= n_bytes:
-            break
-    return "".join(parts)[:n_bytes]
+from groundup.data import python_stdlib
 
 
 def hf_train(path: str, vocab: int):
@@ -60,30 +49,6 @@ def hf_train(path: str, vocab: int):
 
 def gu_train(path: str, vocab: int) -> Tokenizer:
     return Tokenizer.train(Path(path), vocab, special_tokens=["<|endoftext|>"])
-
-
-def sentencepiece_json(text: str, out: Path) -> Path:
-    """A Llama-2 style tokenizer.json (byte tokens + merges learned by tokenizers on metaspace words)."""
-    from tokenizers import Tokenizer as HF
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
-
-    learner = HF(models.BPE(unk_token="<unk>"))
-    learner.pre_tokenizer = pre_tokenizers.Metaspace()
-    learner.train_from_iterator([text[i:i + 8192] for i in range(0, len(text), 8192)],
-                                trainers.BpeTrainer(vocab_size=8000, special_tokens=["<unk>", "<s>", "</s>"],
-                                                    show_progress=False, limit_alphabet=200))
-    learned = json.loads(learner.to_str())["model"]
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
-    for token, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
-        vocab.setdefault(token, len(vocab))
-    tok = HF(models.BPE(vocab=vocab, merges=[tuple(m) for m in learned["merges"]], unk_token="<unk>",
-                        byte_fallback=True, fuse_unk=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
-    tok.save(str(out))
-    return out
 
 
 def timed_pair(fa, fb, repeats: int, setup_a=None, setup_b=None) -> tuple[float, float]:
@@ -145,7 +110,7 @@ def main() -> None:
     args = ap.parse_args()
     from tokenizers import Tokenizer as HF
 
-    text = corpus(int(args.mb * 1e6))
+    text = python_stdlib(int(args.mb * 1e6))
     n_mb = len(text.encode()) / 1e6
     tmp = Path(tempfile.mkdtemp())
     path = tmp / "corpus.txt"
@@ -163,7 +128,7 @@ def main() -> None:
 
     # --- encoding with the same tokenizer.json
     hf_json = str(tmp / "hf.json")
-    sp_json = str(sentencepiece_json(text, tmp / "sp.json"))
+    sp_json = str(sentencepiece_style(tmp, text, "legacy", vocab_size=8000))
     lines = text.splitlines(keepends=True)
     for name, tj in (("byte-level", hf_json), ("Llama-2 style", sp_json)):
         gu_tok, hf_tok = Tokenizer.from_file(tj), HF.from_file(tj)

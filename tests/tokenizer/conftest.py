@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-import sysconfig
 from pathlib import Path
 
 import pytest
+
+from groundup.data import python_stdlib
 
 # Words from many scripts, with combining marks, emoji (and ZWJ sequences), digits and odd whitespace.
 WORDS = ("the quick brown fox jumps over lazy dogs Grüße naïve café Zürich ñandú façade coöperate "
@@ -15,21 +16,6 @@ WORDS = ("the quick brown fox jumps over lazy dogs Grüße naïve café Zürich 
          "e\u0301 a\u0308 o\u0303 🙂 🎉 👩‍💻 🇩🇪 ❤️ 3.14159 2026 1,000,000 0x1F $100 50% "
          "don't it's we're I've you'll he'd can't O'Neil").split()
 SEPARATORS = [" ", " ", " ", "  ", ", ", ". ", "\n", "\n\n", "\t", " - ", "\u00a0", "\u3000", "!", "? ", "\r\n"]
-
-
-def stdlib_text(n_bytes: int) -> str:
-    """The Python standard library's source, file after file in a fixed order, cut at ~n_bytes."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    parts, size = [], 0
-    for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.parts or "test" in path.parts:
-            continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        parts.append(text)
-        size += len(text.encode())
-        if size >= n_bytes:
-            break
-    return "".join(parts)
 
 
 def unicode_text(n_words: int, seed: int = 0) -> str:
@@ -58,7 +44,7 @@ def chunks(text: str, size: int = 1 << 16) -> list[str]:
 @pytest.fixture(scope="session")
 def corpus() -> str:
     """~2 MB: 1.6 MB of stdlib source and ~0.4 MB of multilingual text."""
-    return stdlib_text(1_600_000) + unicode_text(60_000)
+    return python_stdlib(1_600_000, include_tests=False) + unicode_text(60_000)
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +63,7 @@ def hf_bytelevel(tmp_path_factory, corpus) -> Path:
     return path
 
 
-def sentencepiece_style(folder: Path, corpus: str, variant: str) -> Path:
+def sentencepiece_style(folder: Path, corpus: str, variant: str, vocab_size: int = 1500) -> Path:
     """A Llama-2 style tokenizer.json: <unk> <s> </s>, 256 <0x..> byte tokens, then merges learned by
     `tokenizers` on metaspace words; byte fallback for everything else. variant 'legacy' writes the
     metaspace with normalizers (Llama-2's original file), 'metaspace' with the Metaspace pre-tokenizer."""
@@ -85,7 +71,7 @@ def sentencepiece_style(folder: Path, corpus: str, variant: str) -> Path:
 
     learner = Tokenizer(models.BPE(unk_token="<unk>"))
     learner.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
                                   limit_alphabet=120)
     learner.train_from_iterator(chunks(corpus[::5], 4096), trainer)
     learned = json.loads(learner.to_str())["model"]
