@@ -12,6 +12,7 @@ time and with a sentence from another document (NotNext, label 1) otherwise, pac
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Sequence
 
@@ -109,3 +110,52 @@ def nsp_pairs(documents: Sequence[Sequence[Sequence[int]]], *, cls_id: int, sep_
             ids, types = bert_pair(doc[i], b, cls_id=cls_id, sep_id=sep_id, max_len=max_len)
             out.append({"input_ids": ids, "token_type_ids": types, "label": label})
     return out
+
+
+def _segments(total: int, parts: int, generator: torch.Generator | None) -> list[int]:
+    """`total` items cut at random into `parts` non-empty runs (their lengths)."""
+    cuts = (torch.randperm(total - 1, generator=generator)[: parts - 1] + 1).sort().values.tolist()
+    edges = [0, *cuts, total]
+    return [b - a for a, b in itertools.pairwise(edges)]
+
+
+def span_corruption_lengths(length: int, noise_density: float = 0.15, mean_span: float = 3.0) -> tuple[int, int, int]:
+    """(noise tokens, noise spans, ...) for a sequence of `length`: the same for every row, so corrupted
+    batches stack. Returns (n_noise, n_spans, input length incl. EOS) ; targets are n_noise + n_spans + 1."""
+    n_noise = min(max(round(length * noise_density), 1), length - 1)
+    n_spans = max(min(round(n_noise / mean_span), n_noise, length - n_noise), 1)
+    return n_noise, n_spans, length - n_noise + n_spans + 1
+
+
+def span_corruption(input_ids: torch.Tensor, *, sentinel_ids: Sequence[int], eos_id: int,
+                    noise_density: float = 0.15, mean_span: float = 3.0,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5's pre-training objective (Raffel et al., 2020, section 3.1.4): (inputs, labels) from ids [B, T].
+
+    About `noise_density` of each row's tokens, in spans of mean length `mean_span`, are dropped from the
+    input and each span is replaced by one sentinel (<extra_id_0>, <extra_id_1>, ... = sentinel_ids in
+    order); the labels list each sentinel followed by the tokens it hides, and EOS. Spans alternate with
+    kept runs, the row starting with a kept run, as in T5's random_spans_noise_mask.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[1] < 2:
+        raise ValueError(f"span_corruption needs ids [B, T] with T >= 2, got {tuple(input_ids.shape)}")
+    if not 0.0 < noise_density < 1.0 or mean_span < 1:
+        raise ValueError(f"noise_density={noise_density} must be in (0, 1) and mean_span={mean_span} >= 1")
+    length = input_ids.shape[1]
+    n_noise, n_spans, _ = span_corruption_lengths(length, noise_density, mean_span)
+    if len(sentinel_ids) < n_spans:
+        raise ValueError(f"{n_spans} noise spans per row need {n_spans} sentinel ids, got {len(sentinel_ids)}")
+    inputs, labels = [], []
+    for row in input_ids.tolist():
+        noise = _segments(n_noise, n_spans, generator)
+        keep = _segments(length - n_noise, n_spans, generator)
+        src, tgt, pos = [], [], 0
+        for k, (kept, hidden) in enumerate(zip(keep, noise, strict=False)):
+            src += row[pos : pos + kept]
+            pos += kept
+            src.append(sentinel_ids[k])
+            tgt += [sentinel_ids[k], *row[pos : pos + hidden]]
+            pos += hidden
+        inputs.append([*src, eos_id])
+        labels.append([*tgt, eos_id])
+    return torch.tensor(inputs, dtype=input_ids.dtype), torch.tensor(labels, dtype=input_ids.dtype)
