@@ -209,16 +209,15 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
     return load_into(model, state, str(folder)).eval()
 
 
-def save_pretrained(model: Model, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Write config.json + safetensors that transformers loads; atomic (temp folder, then rename)."""
+def write_model(model: Model, folder: Path, *, max_shard_bytes: int = 5 * 2**30) -> None:
+    """config.json + safetensors into an existing folder (no atomicity: see save_pretrained)."""
     cfg = model.config
     params = {k: v for k, v in model.state_dict().items() if k not in model.tied_keys()}
     dtype = params["embed.weight"].dtype
-    hf_config = config_to_hf(cfg, dtype)
-    tensors = state_dict_to_hf(params, cfg)
+    (folder / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype), indent=2, sort_keys=True) + "\n")
+    write_tensors(folder, state_dict_to_hf(params, cfg), max_shard_bytes=max_shard_bytes)
 
-    def write(tmp: Path) -> None:
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
-        write_tensors(tmp, tensors, max_shard_bytes=max_shard_bytes)
 
-    return atomic_folder(folder, write)
+def save_pretrained(model: Model, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write config.json + safetensors that transformers loads; atomic (temp folder, then rename)."""
+    return atomic_folder(folder, lambda tmp: write_model(model, tmp, max_shard_bytes=max_shard_bytes))

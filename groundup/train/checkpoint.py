@@ -1,0 +1,83 @@
+"""Training checkpoints: an HF model folder plus everything needed to continue exactly.
+
+    checkpoint/
+      config.json, model.safetensors     the model (groundup.from_pretrained and transformers load it)
+      tokenizer.json, tokenizer_config.json
+      optimizer.safetensors + .json      AdamW moments (tensors) and param groups (JSON)
+      rng.safetensors                    torch CPU (and CUDA) generator states
+      trainer_state.json                 step, tokens seen, data-mixture position, the run's settings
+
+No pickle anywhere: tensors are safetensors and the rest is JSON, so loading a checkpoint cannot run code.
+The folder is written under a temporary name and swapped in, so a crash mid-write keeps the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..checkpoint.hf import write_model
+from ..checkpoint.io import atomic_folder
+
+STATE = "trainer_state.json"
+
+
+def _optimizer_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}/{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}/{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def save_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+                    tokenizer: Any = None) -> Path:
+    """Write the checkpoint folder atomically (see the module docstring)."""
+    tensors, meta = _optimizer_files(optimizer)
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+
+    def write(tmp: Path) -> None:
+        write_model(model, tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(meta))
+        save_file(rng, str(tmp / "rng.safetensors"))
+        (tmp / STATE).write_text(json.dumps(state, indent=2))
+
+    return atomic_folder(folder, write)
+
+
+def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore model weights, optimizer and RNG state in place; return the trainer state."""
+    from ..checkpoint.hf import from_pretrained
+
+    folder = Path(folder)
+    if not (folder / STATE).is_file():
+        raise FileNotFoundError(f"{folder} is not a training checkpoint (no {STATE}); nothing to resume")
+    loaded = from_pretrained(folder)
+    model.load_state_dict(loaded.state_dict())
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    meta = json.loads((folder / "optimizer.json").read_text())
+    state: dict[int, dict] = {}
+    for key, v in [*tensors.items(), *meta["scalars"].items()]:
+        idx, name = key.split("/", 1)
+        state.setdefault(int(idx), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    rng = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(rng["cpu"])
+    if torch.cuda.is_available():
+        cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    return json.loads((folder / STATE).read_text())

@@ -1,0 +1,225 @@
+"""The one training loop: causal LM pretraining on a data mixture, on one process or many (DDP).
+
+Per optimizer step: set the scheduled learning rate, accumulate gradients over micro-batches (each a
+slice of the global batch, so a run's result depends on the global batch only), clip, step. The loss is
+the mean next-token cross-entropy plus the MoE load-balancing loss when the model has experts. A
+non-finite loss stops the run before the optimizer touches the weights, naming the step; the last
+checkpoint on disk stays as it was. Only rank 0 writes checkpoints, metrics and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .optim import lr_at, make_optimizer
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says where and what is kept."""
+
+
+@dataclass
+class TrainArgs:
+    """Settings of a pretraining run (every field has a default a tiny run can use)."""
+
+    out_dir: str = "out"
+    steps: int = 200
+    batch_size: int = 16  # sequences per optimizer step, over all processes
+    micro_batch: int | None = None  # sequences per forward on one process (default: batch_size / world)
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup: int = 20
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    dtype: str = "float32"  # float32 | bfloat16 (autocast)
+    eval_every: int = 50
+    eval_batches: int = 8
+    save_every: int = 100
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "save_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype={self.dtype!r} must be 'float32' or 'bfloat16'")
+        if not self.lr > 0 or self.min_lr < 0:
+            raise ValueError(f"lr={self.lr} must be > 0 and min_lr={self.min_lr} >= 0")
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (+ the MoE auxiliary loss)."""
+    logits, aux = model(x, return_aux_loss=True)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1)) + aux
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, mixture, micro_batch: int, max_batches: int, dtype: str) -> float:
+    """Mean validation loss over the mixture's fixed validation batches (nan when it has none)."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    device = next(model.parameters()).device
+    for x, y in mixture.val_batches(micro_batch, max_batches):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            logits = model(x.to(device))
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
+                               reduction="sum")
+        total += loss.item()
+        n += y.numel()
+    model.train(was_training)
+    return total / n if n else float("nan")
+
+
+def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = None, resume: bool = False,
+          log=print) -> dict:
+    """Train `model` (a CausalLM, optionally DDP-wrapped by the caller through torch.distributed being
+    initialized) on `mixture`; return a summary dict. Writes <out_dir>/checkpoint, metrics.jsonl, loss.png."""
+    rank, world = _dist()
+    micro = args.micro_batch or args.batch_size // world
+    if args.batch_size % (micro * world):
+        raise ValueError(f"batch_size={args.batch_size} must be a multiple of micro_batch x processes "
+                         f"({micro} x {world})")
+    accum = args.batch_size // (micro * world)
+    out = Path(args.out_dir)
+    ckpt = out / "checkpoint"
+    core = model
+    device = next(core.parameters()).device
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(core)
+    optimizer = make_optimizer(core, lr=args.lr, weight_decay=args.weight_decay)
+    step, tokens_seen = 0, 0
+    if resume:
+        state = load_checkpoint(ckpt, core, optimizer)
+        step, tokens_seen = state["step"], state["tokens"]
+        mixture.load_state_dict(state["data"])
+        if step >= args.steps:
+            raise ValueError(f"the checkpoint is at step {step}, not before --steps {args.steps}: raise --steps")
+    else:
+        torch.manual_seed(args.seed)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (out / "metrics.jsonl").write_text("")
+    metrics = out / "metrics.jsonl"
+
+    def record(row: dict) -> None:
+        if rank == 0:
+            with open(metrics, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def save() -> None:
+        if rank == 0:
+            save_checkpoint(ckpt, core, optimizer, {"step": step, "tokens": tokens_seen, "data": mixture.state_dict(),
+                                                    "args": asdict(args)}, tokenizer)
+
+    val_start = evaluate(core, mixture, micro, args.eval_batches, args.dtype)
+    record({"step": step, "val_loss": val_start, "val_ppl": math.exp(val_start)})
+    log(f"validation at step {step}: loss {val_start:.3f}, perplexity {math.exp(val_start):,.1f}")
+    bar = None
+    if args.progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
+    model.train()
+    t_start, tokens_start = time.perf_counter(), tokens_seen
+    val_loss = val_start
+    while step < args.steps:
+        lr = lr_at(step, lr=args.lr, warmup=args.warmup, max_steps=args.steps, min_lr=args.min_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for k in range(accum):
+            x, y = mixture.next_batch(micro * world, rank=rank, world=world)
+            x, y = x.to(device), y.to(device)
+            sync = world == 1 or k == accum - 1  # DDP: all-reduce gradients on the last micro-batch only
+            ctx = model.no_sync() if not sync else _null()
+            with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+                loss = lm_loss(model, x, y) / accum
+            if not torch.isfinite(loss):
+                raise TrainingError(f"step {step + 1}: the loss is {loss.item() * accum} (not finite); stopped "
+                                    f"before updating the weights. The last good checkpoint is kept in {ckpt}; "
+                                    "try a lower --lr or float32")
+            with ctx:
+                loss.backward()
+            loss_sum += loss.detach()
+        if world > 1:
+            torch.distributed.all_reduce(loss_sum)
+            loss_sum /= world
+        grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += args.batch_size * mixture.block_size
+        elapsed = time.perf_counter() - t_start
+        tok_s = (tokens_seen - tokens_start) / max(elapsed, 1e-9)
+        train_loss = loss_sum.item()
+        record({"step": step, "loss": train_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_seen,
+                "tok_per_s": tok_s, "seconds": elapsed})
+        if bar is not None:
+            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+            bar.update(1)
+        if step % args.eval_every == 0 or step == args.steps:
+            val_loss = evaluate(core, mixture, micro, args.eval_batches, args.dtype)
+            record({"step": step, "val_loss": val_loss, "val_ppl": math.exp(val_loss)})
+        if step % args.save_every == 0 or step == args.steps:
+            save()
+    if bar is not None:
+        bar.close()
+    if rank == 0:
+        plot_losses(metrics, out / "loss.png")
+    return {"parameters": sum(p.numel() for p in {id(p): p for p in core.parameters()}.values()),
+            "steps": step, "tokens": tokens_seen, "seconds": time.perf_counter() - t_start,
+            "val_loss_start": val_start, "val_ppl_start": math.exp(val_start), "val_loss": val_loss,
+            "val_ppl": math.exp(val_loss), "checkpoint": str(ckpt), "metrics": str(metrics),
+            "plot": str(out / "loss.png")}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def plot_losses(metrics: Path, png: Path) -> None:
+    """Training and validation loss against step, from metrics.jsonl (matplotlib, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train, strict=False), label="train", lw=1)
+    if val:
+        ax.plot(*zip(*val, strict=False), "o-", label="validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(png)
