@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/groundup demo
+	$(BIN)/groundup pretrain --config configs/pretrain-stdlib.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -188,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_tokenizer import add_parser
 
     add_parser(sub)
+
+    from .cli_pretrain import add_arguments, main_pretrain
+
+    pt = sub.add_parser("pretrain", help="train a tokenizer and a causal LM on text (default: the Python stdlib)")
+    add_arguments(pt)
+    pt.set_defaults(func=main_pretrain)
     return p
 
 
