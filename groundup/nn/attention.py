@@ -133,6 +133,10 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask
     """torch's fused scaled_dot_product_attention; plain causal masks take its is_causal fast path."""
     T, S = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
+    if q.requires_grad and q.stride(-1) != 1:
+        # Head dims not contiguous (the transposed CPU projections of nn/linear.py) send torch's CPU SDPA
+        # to its slow math path, whose backward costs far more than these three copies.
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     if mask.trivial and (not mask.causal or T == S):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=mask.causal and T > 1,
                                               scale=scale, enable_gqa=gqa)

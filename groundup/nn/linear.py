@@ -34,4 +34,6 @@ class Linear(nn.Linear):
     def _weight_major(self, x: torch.Tensor) -> bool:
         if x.device.type != "cpu" or x.dim() < 2 or x.shape[-2] == 1:
             return False
-        return x.dtype == torch.float32 or self.out_features >= 8 * self.in_features
+        # Under autocast the product runs in the autocast dtype, whatever x's dtype is.
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        return dtype == torch.float32 or self.out_features >= 8 * self.in_features

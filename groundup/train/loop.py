@@ -63,10 +63,23 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Token cross-entropy in fp32 of logits [.., V] against targets [..].
+
+    groundup's CPU lm_head returns logits as a transposed view of a contiguous [V, N] matrix (see
+    nn/linear.py); flattening that to [N, V] would copy the largest tensor of the step, cache-unfriendly.
+    Cross-entropy takes the class dimension second, so [1, V, N] is used as it lies.
+    """
+    flat = logits.reshape(-1, logits.shape[-1])  # [N, V], a view whenever possible
+    if flat.t().is_contiguous() and not flat.is_contiguous():
+        return F.cross_entropy(flat.t().float().unsqueeze(0), targets.reshape(1, -1), reduction=reduction)
+    return F.cross_entropy(flat.float(), targets.reshape(-1), reduction=reduction)
+
+
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy (+ the MoE auxiliary loss)."""
     logits, aux = model(x, return_aux_loss=True)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1)) + aux
+    return cross_entropy(logits, y) + aux
 
 
 @torch.no_grad()
@@ -79,8 +92,7 @@ def evaluate(model: torch.nn.Module, mixture, micro_batch: int, max_batches: int
     for x, y in mixture.val_batches(micro_batch, max_batches):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
             logits = model(x.to(device))
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
-                               reduction="sum")
+        loss = cross_entropy(logits, y.to(device), reduction="sum")
         total += loss.item()
         n += y.numel()
     model.train(was_training)
