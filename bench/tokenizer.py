@@ -29,6 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' reference-tokenizer builders
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from report import command, emit
 from tokenizer.conftest import sentencepiece_style  # tests/tokenizer/conftest.py
 
 from groundup import Tokenizer
@@ -149,8 +150,7 @@ def main() -> None:
                               setup_a=lambda tj=tj: Tokenizer.from_file(tj), setup_b=lambda tj=tj: HF.from_file(tj))
             rows.append((f"encode {name}, batch of {len(lines):,} lines", g, h, float("nan"), float("nan")))
 
-    cmd = "python bench/tokenizer.py " + " ".join(sys.argv[1:])
-    out = [f"Command: `{cmd.strip()}` ({n_mb:.1f} MB of Python stdlib source, {os.cpu_count()} cores, "
+    out = [f"Command: `{command()}` ({n_mb:.1f} MB of Python stdlib source, {os.cpu_count()} cores, "
            f"tokenizers {__import__('tokenizers').__version__})", "",
            "| task | groundup s | tokenizers s | ratio (>1: groundup faster) | groundup MB/s | tokenizers MB/s "
            "| peak MB groundup | peak MB tokenizers |",
@@ -158,10 +158,7 @@ def main() -> None:
     for name, g, h, pg, ph in rows:
         mem = f"{pg:.0f} | {ph:.0f}" if pg == pg else "- | -"
         out.append(f"| {name} | {g:.2f} | {h:.2f} | {h / g:.2f} | {n_mb / g:.2f} | {n_mb / h:.2f} | {mem} |")
-    table = "\n".join(out)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(f"# Tokenizer benchmark\n\n{table}\n", encoding="utf-8")
+    emit("Tokenizer benchmark", out, args.out)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 import torch.nn.functional as F
 from forward import matmul_peak
+from report import command, emit
 
 import groundup as gu
 from groundup import calc
@@ -111,7 +112,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     import transformers
 
-    lines = [f"Command: `python bench/train.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
+    lines = [f"Command: `{command()}`",
              "", f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} "
              f"threads; matmul peak in this run: fp32 {peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 "
              f"{peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s. One step = forward + backward + AdamW.", "",
@@ -121,10 +122,7 @@ def main() -> None:
         lines.append(f"| {r['model']} | {r['dtype']} (autocast) | {r['batch']} | {r['ours']:,.0f} | {r['ref']:,.0f} "
                      f"| {r['ratio']:.2f} | {100 * r['peak']:.0f}% | {r['loss_diff']:.1e} |".replace(
                          "float32 (autocast)", "float32"))
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(f"# Training step benchmark\n\n{table}\n", encoding="utf-8")
+    emit("Training step benchmark", lines, args.out)
 
 
 if __name__ == "__main__":
