@@ -18,7 +18,7 @@ DEFAULTS: dict[str, Any] = {
     "block_size": 128, "batch_size": 16, "micro_batch": None, "steps": 200, "lr": 3e-3, "min_lr": 3e-4,
     "warmup": 20, "weight_decay": 0.1, "grad_clip": 1.0, "dtype": "float32", "eval_every": 50, "eval_batches": 8,
     "save_every": 100, "seed": 0, "val_fraction": 0.01, "out": "out", "resume": False, "prompt": "def ",
-    "sample_tokens": 48, "quiet": False,
+    "sample_tokens": 48, "quiet": False, "activation_checkpointing": False, "compile": False,
 }
 
 
@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_const", const=True, help="continue from <out>/checkpoint")
     p.add_argument("--prompt", help="text to continue at the end (default 'def ')")
     p.add_argument("--quiet", action="store_const", const=True, help="no progress bars")
+    p.add_argument("--activation-checkpointing", dest="activation_checkpointing", action="store_const", const=True,
+                   help="recompute activations in backward (less memory, more compute)")
+    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,6 +109,7 @@ def run(s: dict[str, Any], log=print) -> dict:
                       lr=s["lr"], min_lr=s["min_lr"], warmup=s["warmup"], weight_decay=s["weight_decay"],
                       grad_clip=s["grad_clip"], dtype=s["dtype"], eval_every=s["eval_every"],
                       eval_batches=s["eval_batches"], save_every=s["save_every"], seed=s["seed"],
+                      activation_checkpointing=bool(s["activation_checkpointing"]), compile=bool(s["compile"]),
                       progress=not s["quiet"])
     cfg = Config.load(s["model"])
     overrides = {k: s[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff") if s[k] is not None}

@@ -60,7 +60,7 @@ class Source:
 
     def __post_init__(self) -> None:
         if self.name is None:
-            self.name = Path(self.spec).stem if self.spec != STDLIB else STDLIB
+            self.name = _default_name(self.spec)
         if not self.weight > 0:
             raise ValueError(f"source {self.name!r}: weight must be > 0, got {self.weight}")
 
@@ -104,6 +104,17 @@ class Source:
                 yield from _parquet(path, self.text_field)
             else:
                 yield path.read_bytes().decode("utf-8", "replace")
+
+
+def _default_name(spec: str) -> str:
+    """python-stdlib; a file's stem; a glob's last folder without wildcards ('data/web/*.jsonl' -> 'web')."""
+    if spec == STDLIB:
+        return STDLIB
+    parts = Path(spec).parts
+    plain = [p for p in parts if not any(c in p for c in "*?[")]
+    if len(plain) == len(parts):
+        return Path(spec).stem
+    return plain[-1] if plain and plain[-1] not in (".", "..", "/") else "data"
 
 
 def _jsonl(path: Path, field: str) -> Iterator[str]:

@@ -87,6 +87,13 @@ class Seq2Seq(TiedHead, nn.Module):
             h = h * cfg.d_model**-0.5  # T5 v1.0 rescales before its tied head
         return self.lm_head(h)
 
+    def set_activation_checkpointing(self, on: bool = True) -> Seq2Seq:
+        """Recompute block activations in backward, in the encoder and the decoder."""
+        from .stack import set_activation_checkpointing
+
+        set_activation_checkpointing(self, on)
+        return self
+
     def set_attn_kernel(self, kernel: str) -> Seq2Seq:
         """Switch every attention layer (both stacks) to the 'eager', 'sdpa' or 'flash' kernel."""
         set_attn_kernel(self, kernel)

@@ -5,7 +5,10 @@ output."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..config import Config
@@ -74,20 +77,49 @@ class Stack(nn.Module):
             cross_mask = MaskSpec(causal=False, key_padding=padding)
         weights = None
         aux_total = x.new_zeros((), dtype=torch.float32)
+        recompute = (getattr(self, "activation_checkpointing", False) and self.training and cache is None
+                     and torch.is_grad_enabled())
         for i, block in enumerate(self.blocks):
             layer_cache = cache.layers[i] if cache is not None else None
-            x, aux, w = block(x, mask, rope=rope, memory=memory, memory_mask=cross_mask, cache=layer_cache,
-                              return_weights=i == weights_of)
+            if recompute and i != weights_of:
+                # Keep only each block's input; rebuild its activations during backward (Chen et al., 2016).
+                # The RNG state is replayed, so dropout masks, and therefore gradients, are unchanged.
+                x, aux, w = torch.utils.checkpoint.checkpoint(_fresh_mask_block, block, x, mask, rope=rope,
+                                                              memory=memory, memory_mask=cross_mask,
+                                                              use_reentrant=False)
+            else:
+                x, aux, w = block(x, mask, rope=rope, memory=memory, memory_mask=cross_mask, cache=layer_cache,
+                                  return_weights=i == weights_of)
             if aux is not None:
                 aux_total = aux_total + aux
             if i == weights_of:
                 weights = w
         return self.norm(x), aux_total, weights
 
+    def set_activation_checkpointing(self, on: bool = True) -> Stack:
+        """Trade compute for memory in training: recompute each block's activations in backward."""
+        set_activation_checkpointing(self, on)
+        return self
+
     def set_attn_kernel(self, kernel: str) -> Stack:
         """Switch every attention layer to the 'eager', 'sdpa' or 'flash' kernel (same weights, same results)."""
         set_attn_kernel(self, kernel)
         return self
+
+
+def _fresh_mask_block(block: Block, x: torch.Tensor, mask: MaskSpec, **kwargs):
+    """A block call whose mask memo starts empty, so the forward and its recomputation build (and save)
+    the same tensors (a memoised T5 relative bias would otherwise be skipped in the recomputation)."""
+    if isinstance(kwargs.get("memory_mask"), MaskSpec):
+        kwargs["memory_mask"] = dataclasses.replace(kwargs["memory_mask"], _dense={})
+    return block(x, dataclasses.replace(mask, _dense={}), **kwargs)
+
+
+def set_activation_checkpointing(model: nn.Module, on: bool = True) -> None:
+    """Switch activation checkpointing for every Stack in ``model`` (an encoder-decoder has two)."""
+    for m in model.modules():
+        if isinstance(m, Stack):
+            m.activation_checkpointing = on
 
 
 def set_attn_kernel(model: nn.Module, kernel: str) -> None:

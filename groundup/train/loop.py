@@ -45,6 +45,8 @@ class TrainArgs:
     eval_batches: int = 8
     save_every: int = 100
     seed: int = 0
+    activation_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1.3x compute
+    compile: bool = False  # torch.compile the model (inductor; needs a C++ compiler on CPU)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -113,8 +115,12 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
     ckpt = out / "checkpoint"
     core = model
     device = next(core.parameters()).device
+    if args.activation_checkpointing:
+        core.set_activation_checkpointing(True)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(core)
+    if args.compile:
+        model = torch.compile(model)
     optimizer = make_optimizer(core, lr=args.lr, weight_decay=args.weight_decay)
     step, tokens_seen = 0, 0
     if resume:
