@@ -1,5 +1,8 @@
 """`groundup pretrain` (and `torchrun ... -m groundup.train`): tokenizer, data, model, training, a sample.
 
+The objective follows the model: next-token prediction for decoders (--model llama-125m ...), masked LM
+for encoders (--model tiny-bert ...), span corruption for encoder-decoders (--model tiny-t5 ...).
+
 Settings come from defaults, then an optional YAML file (--config, keys = the flag names with
 underscores), then the flags given on the command line. Everything that can be checked is checked before
 training starts: sources exist and hold text, the block fits the model's context, the batch splits.
@@ -97,9 +100,10 @@ def sources(s: dict[str, Any]):
 def run(s: dict[str, Any], log=print) -> dict:
     import torch
 
-    from . import CausalLM, Config, Tokenizer
+    from . import Config, Tokenizer
     from .data import Mixture
     from .generate import generate
+    from .models import build_model
     from .train import TrainArgs, train
 
     rank = int(os.environ.get("RANK", "0"))
@@ -131,7 +135,12 @@ def run(s: dict[str, Any], log=print) -> dict:
             raise ValueError("with several processes, train the tokenizer first (one process) or pass --tokenizer")
         log(f"tokenizer: training a byte-level BPE with {s['vocab_size']} tokens on {[x.name for x in srcs]}")
         docs = (d for src in srcs for d in src.documents())
-        tok = Tokenizer.train(docs, s["vocab_size"], special_tokens=["<|endoftext|>"], eos_token="<|endoftext|>",
+        specials = ["<|endoftext|>"]  # + what the architecture's objective needs: [MASK], T5 sentinels
+        if cfg.arch == "encoder":
+            specials.append("[MASK]")
+        elif cfg.arch == "seq2seq":
+            specials += [f"<extra_id_{i}>" for i in range(100)]
+        tok = Tokenizer.train(docs, s["vocab_size"], special_tokens=specials, eos_token="<|endoftext|>",
                               show_progress=not s["quiet"])
         tok.save_pretrained(tok_dir)
     if tok.eos_token_id is None:
@@ -144,10 +153,10 @@ def run(s: dict[str, Any], log=print) -> dict:
         log(f"data: {row['source']}: {row['documents']:,} documents, {row['train_tokens']:,} train / "
             f"{row['val_tokens']:,} validation tokens, weight {row['weight']:.2f}")
     torch.manual_seed(s["seed"])
-    model = CausalLM(cfg.replace(vocab_size=tok.vocab_size))
+    model = build_model(cfg.replace(vocab_size=tok.vocab_size))
     log(f"model: {s['model']} {overrides or ''} -> {model.num_params():,} parameters")
     summary = train(model, mix, targs, tokenizer=tok, resume=bool(s["resume"]), log=log)
-    if rank == 0 and s["sample_tokens"] > 0:
+    if rank == 0 and s["sample_tokens"] > 0 and cfg.arch == "causal_lm":
         prompt = tok.encode(s["prompt"], add_special_tokens=False) or [tok.eos_token_id]
         ids = generate(model, torch.tensor([prompt]), s["sample_tokens"], temperature=0.8, top_k=40,
                        generator=torch.Generator().manual_seed(s["seed"]))

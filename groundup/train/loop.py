@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .objective import Objective
 from .optim import lr_at, make_optimizer
 
 
@@ -78,25 +79,27 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = 
     return F.cross_entropy(flat.float(), targets.reshape(-1), reduction=reduction)
 
 
-def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy (+ the MoE auxiliary loss)."""
-    logits, aux = model(x, return_aux_loss=True)
-    return cross_entropy(logits, y) + aux
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective, index: int
+            ) -> torch.Tensor:
+    """The mean training loss of one micro-batch (with the MoE auxiliary loss for causal models)."""
+    return objective.loss(model, x, y, index)[0]
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, mixture, micro_batch: int, max_batches: int, dtype: str) -> float:
-    """Mean validation loss over the mixture's fixed validation batches (nan when it has none)."""
+def evaluate(model: torch.nn.Module, mixture, micro_batch: int, max_batches: int, dtype: str,
+             objective: Objective | None = None) -> float:
+    """Mean validation loss per predicted token over the mixture's fixed validation batches (nan when it
+    has none). Masks and spans are seeded by batch index, so every evaluation scores the same task."""
+    objective = objective or Objective("causal_lm", None, mixture.block_size, 0)
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
     device = next(model.parameters()).device
-    for x, y in mixture.val_batches(micro_batch, max_batches):
+    for i, (x, y) in enumerate(mixture.val_batches(micro_batch, max_batches)):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            logits = model(x.to(device))
-        loss = cross_entropy(logits, y.to(device), reduction="sum")
+            loss, count = objective.loss(model, x.to(device), y.to(device), (1 << 40) + i, reduction="sum")
         total += loss.item()
-        n += y.numel()
+        n += count
     model.train(was_training)
     return total / n if n else float("nan")
 
@@ -121,6 +124,8 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
         model = torch.nn.parallel.DistributedDataParallel(core)
     if args.compile:
         model = torch.compile(model)
+    arch = getattr(getattr(core, "config", None), "arch", "causal_lm")
+    objective = Objective(arch, tokenizer, mixture.block_size, core.config.vocab_size, args.seed)
     optimizer = make_optimizer(core, lr=args.lr, weight_decay=args.weight_decay)
     step, tokens_seen = 0, 0
     if resume:
@@ -147,7 +152,7 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
             save_checkpoint(ckpt, core, optimizer, {"step": step, "tokens": tokens_seen, "data": mixture.state_dict(),
                                                     "args": asdict(args)}, tokenizer)
 
-    val_start = evaluate(core, mixture, micro, args.eval_batches, args.dtype)
+    val_start = evaluate(core, mixture, micro, args.eval_batches, args.dtype, objective)
     record({"step": step, "val_loss": val_start, "val_ppl": math.exp(val_start)})
     log(f"validation at step {step}: loss {val_start:.3f}, perplexity {math.exp(val_start):,.1f}")
     bar = None
@@ -169,7 +174,7 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
             sync = world == 1 or k == accum - 1  # DDP: all-reduce gradients on the last micro-batch only
             ctx = model.no_sync() if not sync else _null()
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
-                loss = lm_loss(model, x, y) / accum
+                loss = lm_loss(model, x, y, objective, (step * accum + k) * world + rank) / accum
             if not torch.isfinite(loss):
                 raise TrainingError(f"step {step + 1}: the loss is {loss.item() * accum} (not finite); stopped "
                                     f"before updating the weights. The last good checkpoint is kept in {ckpt}; "
@@ -194,7 +199,7 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
             bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
             bar.update(1)
         if step % args.eval_every == 0 or step == args.steps:
-            val_loss = evaluate(core, mixture, micro, args.eval_batches, args.dtype)
+            val_loss = evaluate(core, mixture, micro, args.eval_batches, args.dtype, objective)
             record({"step": step, "val_loss": val_loss, "val_ppl": math.exp(val_loss)})
         if step % args.save_every == 0 or step == args.steps:
             save()

@@ -35,6 +35,21 @@ def make(root, tok, dropout=0.1):
     return model, mix
 
 
+def killed_at(monkeypatch, step: int, accum: int = 1):
+    """Make the next run die (like a kill) when it starts optimizer step `step` (1-based)."""
+    from groundup.train import loop
+
+    calls, real = {"n": 0}, loop.lm_loss
+
+    def lm_loss(*a):
+        calls["n"] += 1
+        if calls["n"] > (step - 1) * accum:
+            raise KeyboardInterrupt("killed")
+        return real(*a)
+
+    monkeypatch.setattr(loop, "lm_loss", lm_loss)
+
+
 def losses(out) -> dict[int, float]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
@@ -59,13 +74,16 @@ def test_it_learns_and_leaves_a_loadable_folder(setup, tmp_path):
     torch.testing.assert_close(hf(x).logits, model(x), atol=1e-4, rtol=0)
 
 
-def test_resume_continues_exactly(setup, tmp_path):
+def test_resume_continues_exactly(setup, tmp_path, monkeypatch):
     root, tok = setup
     common = dict(batch_size=8, micro_batch=4, lr=5e-3, warmup=2, eval_every=3, save_every=3, progress=False)
     model, mix = make(root, tok)
     train(model, mix, TrainArgs(out_dir=str(tmp_path / "a"), steps=6, **common), log=lambda *_: None)
     model, mix = make(root, tok)
-    train(model, mix, TrainArgs(out_dir=str(tmp_path / "b"), steps=3, **common), log=lambda *_: None)
+    with monkeypatch.context() as m:
+        killed_at(m, 5, accum=2)  # dies during step 5; the last checkpoint is step 3's
+        with pytest.raises(KeyboardInterrupt):
+            train(model, mix, TrainArgs(out_dir=str(tmp_path / "b"), steps=6, **common), log=lambda *_: None)
     model, mix = make(root, tok)  # fresh objects, as after a restart; the checkpoint brings the state back
     train(model, mix, TrainArgs(out_dir=str(tmp_path / "b"), steps=6, **common), resume=True, log=lambda *_: None)
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
@@ -144,3 +162,43 @@ def test_activation_checkpointing_gives_the_same_gradients(preset):
     assert len(plain) == len(recomputed) > 0
     for a, b in zip(plain, recomputed, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["tiny-bert", "tiny-t5"])
+def test_encoder_mlm_and_seq2seq_span_corruption_train_and_resume(setup, tmp_path, preset, monkeypatch):
+    root, _ = setup
+    specials = ["<|endoftext|>", "[MASK]", *(f"<extra_id_{i}>" for i in range(8))]
+    tok = gu.Tokenizer.train([" ".join(TEXT)], 320, special_tokens=specials, eos_token="<|endoftext|>")
+
+    def make_model():
+        torch.manual_seed(0)
+        cfg = gu.Config.preset(preset).replace(vocab_size=tok.vocab_size, max_seq_len=64)
+        mix = Mixture([Source(str(root / "docs" / "*.txt"), name="docs")], tok, 16, cache_dir=tmp_path / "cache",
+                      val_fraction=0.2, seed=1)
+        return build_model(cfg), mix
+
+    common = dict(batch_size=8, lr=5e-3, warmup=2, eval_every=4, save_every=4, progress=False)
+    model, mix = make_model()
+    summary = train(model, mix, TrainArgs(out_dir=str(tmp_path / "a"), steps=8, **common), tokenizer=tok,
+                    log=lambda *_: None)
+    assert summary["val_loss"] < summary["val_loss_start"]
+    model, mix = make_model()
+    with monkeypatch.context() as m:
+        killed_at(m, 6)  # dies during step 6; the last checkpoint is step 4's
+        with pytest.raises(KeyboardInterrupt):
+            train(model, mix, TrainArgs(out_dir=str(tmp_path / "b"), steps=8, **common), tokenizer=tok,
+                  log=lambda *_: None)
+    model, mix = make_model()
+    train(model, mix, TrainArgs(out_dir=str(tmp_path / "b"), steps=8, **common), tokenizer=tok, resume=True,
+          log=lambda *_: None)
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert [a[s] for s in range(1, 9)] == [b[s] for s in range(1, 9)]  # masks and spans replay exactly
+
+
+def test_objectives_need_their_special_tokens(setup, tmp_path):
+    root, tok = setup  # no [MASK], no sentinels
+    cfg = gu.Config.preset("tiny-bert").replace(vocab_size=tok.vocab_size, max_seq_len=64)
+    mix = Mixture([Source(str(root / "docs" / "*.txt"), name="docs")], tok, 16, cache_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match=r"masked-LM objective needs a \[MASK\] token"):
+        train(build_model(cfg), mix, TrainArgs(out_dir=str(tmp_path / "o"), steps=2, batch_size=4, progress=False),
+              tokenizer=tok, log=lambda *_: None)

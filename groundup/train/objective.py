@@ -1,0 +1,60 @@
+"""What the model is trained to predict, by architecture (the course's three pre-training objectives):
+
+- causal_lm (GPT/Llama): the next token of every position (Radford et al., 2018).
+- encoder (BERT): masked tokens, 15% chosen, 80/10/10 (Devlin et al., 2019).
+- seq2seq (T5): corrupted spans, 15% noise in spans of mean 3, sentinels (Raffel et al., 2020).
+
+Each takes a packed block batch (x, y) from the data mixture. The random choices of masking and span
+corruption come from a generator seeded by (seed, call index), so a resumed run masks exactly as the
+uninterrupted one and the validation loss always uses the same masks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.objectives import mask_tokens, span_corruption, span_corruption_lengths
+
+
+def _token(tokenizer, names: tuple[str, ...], what: str) -> int:
+    for name in names:
+        tid = tokenizer.token_to_id(name) if tokenizer is not None else None
+        if tid is not None:
+            return tid
+    raise ValueError(f"the {what} objective needs a {names[0]} token in the tokenizer (looked for {names}); "
+                     f"train the tokenizer with special_tokens including it")
+
+
+class Objective:
+    """loss(model, x, y, index) for the model's architecture; built (and checked) before training."""
+
+    def __init__(self, arch: str, tokenizer, block_size: int, vocab_size: int, seed: int = 0):
+        self.arch, self.seed, self.vocab_size = arch, seed, vocab_size
+        if arch == "encoder":
+            self.mask_id = _token(tokenizer, ("[MASK]", "<mask>"), "masked-LM")
+            self.special = [t.id for t in tokenizer.added if t.special]
+        elif arch == "seq2seq":
+            _, spans, _ = span_corruption_lengths(block_size)
+            self.sentinels = [_token(tokenizer, (f"<extra_id_{i}>",), "span-corruption") for i in range(spans)]
+            self.eos = tokenizer.eos_token_id
+
+    def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, index: int,
+             reduction: str = "mean") -> tuple[torch.Tensor, int]:
+        """(loss, number of predicted tokens) on one micro-batch; `index` seeds the random choices."""
+        from .loop import cross_entropy
+
+        if self.arch == "causal_lm":
+            logits, aux = model(x, return_aux_loss=True)
+            return cross_entropy(logits, y, reduction) + (aux if reduction == "mean" else 0), y.numel()
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        if self.arch == "encoder":
+            inputs, labels = mask_tokens(x.cpu(), mask_token_id=self.mask_id, vocab_size=self.vocab_size,
+                                         special_ids=self.special, generator=g)
+            logits = model(inputs.to(x.device))
+            labels = labels.to(x.device)
+        else:
+            inputs, labels = span_corruption(x.cpu(), sentinel_ids=self.sentinels, eos_id=self.eos, generator=g)
+            inputs, labels = inputs.to(x.device), labels.to(x.device)
+            core = getattr(model, "module", model)  # DDP wraps the model
+            logits = model(inputs, decoder_input_ids=core.shift_right(labels))
+        return cross_entropy(logits, labels, reduction), int((labels != -100).sum())
