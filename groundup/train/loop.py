@@ -79,10 +79,10 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = 
     return F.cross_entropy(flat.float(), targets.reshape(-1), reduction=reduction)
 
 
-def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective, index: int
-            ) -> torch.Tensor:
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective, index: int,
+            rows: list[int] | None = None) -> torch.Tensor:
     """The mean training loss of one micro-batch (with the MoE auxiliary loss for causal models)."""
-    return objective.loss(model, x, y, index)[0]
+    return objective.loss(model, x, y, index, rows=rows)[0]
 
 
 @torch.no_grad()
@@ -121,7 +121,9 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
     if args.activation_checkpointing:
         core.set_activation_checkpointing(True)
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(core)
+        # BERT's pooler/NSP head get no gradient from masked LM, and an MoE expert may get no token.
+        unused = getattr(core.config, "arch", "causal_lm") != "causal_lm" or bool(getattr(core.config, "n_experts", 0))
+        model = torch.nn.parallel.DistributedDataParallel(core, find_unused_parameters=unused)
     if args.compile:
         model = torch.compile(model)
     arch = getattr(getattr(core, "config", None), "arch", "causal_lm")
@@ -174,7 +176,16 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
             sync = world == 1 or k == accum - 1  # DDP: all-reduce gradients on the last micro-batch only
             ctx = model.no_sync() if not sync else _null()
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
-                loss = lm_loss(model, x, y, objective, (step * accum + k) * world + rank) / accum
+                rows = [rank + world * i for i in range(x.shape[0])]  # this rank's rows of the global batch
+                if world > 1 and objective.arch != "causal_lm":
+                    # Masked tokens per rank vary: divide the rank's sum by the global count (times world,
+                    # as DDP averages gradients), so the gradient is the one-process mean over all of them.
+                    total, count = objective.loss(model, x, y, step * accum + k, reduction="sum", rows=rows)
+                    n = torch.tensor(float(count), device=device)
+                    torch.distributed.all_reduce(n)
+                    loss = total * world / n.clamp(min=1) / accum
+                else:
+                    loss = lm_loss(model, x, y, objective, step * accum + k, rows) / accum
             if not torch.isfinite(loss):
                 raise TrainingError(f"step {step + 1}: the loss is {loss.item() * accum} (not finite); stopped "
                                     f"before updating the weights. The last good checkpoint is kept in {ckpt}; "

@@ -5,8 +5,9 @@
 - seq2seq (T5): corrupted spans, 15% noise in spans of mean 3, sentinels (Raffel et al., 2020).
 
 Each takes a packed block batch (x, y) from the data mixture. The random choices of masking and span
-corruption come from a generator seeded by (seed, call index), so a resumed run masks exactly as the
-uninterrupted one and the validation loss always uses the same masks.
+corruption come from a generator per row seeded by (seed, micro-batch index, global row), so a resumed run
+masks exactly as the uninterrupted one, data-parallel ranks mask their rows as one process would, and the
+validation loss always uses the same masks.
 """
 
 from __future__ import annotations
@@ -38,23 +39,30 @@ class Objective:
             self.sentinels = [_token(tokenizer, (f"<extra_id_{i}>",), "span-corruption") for i in range(spans)]
             self.eos = tokenizer.eos_token_id
 
+    def _rows(self, x: torch.Tensor, index: int, rows: list[int] | None, corrupt) -> tuple[torch.Tensor, ...]:
+        """Apply `corrupt(row [1, T], generator)` to each row with its own seeded generator."""
+        rows = rows if rows is not None else list(range(x.shape[0]))
+        outs = [corrupt(x[i : i + 1].cpu(), torch.Generator().manual_seed((self.seed * 1_000_003 + index) * 65_537
+                                                                           + r))
+                for i, r in enumerate(rows)]
+        return tuple(torch.cat(parts).to(x.device) for parts in zip(*outs, strict=True))
+
     def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, index: int,
-             reduction: str = "mean") -> tuple[torch.Tensor, int]:
-        """(loss, number of predicted tokens) on one micro-batch; `index` seeds the random choices."""
+             reduction: str = "mean", rows: list[int] | None = None) -> tuple[torch.Tensor, int]:
+        """(loss, number of predicted tokens) on one micro-batch. `index` numbers the global micro-batch and
+        `rows` gives each row's place in it (default 0..B-1); together they seed the random choices."""
         from .loop import cross_entropy
 
         if self.arch == "causal_lm":
             logits, aux = model(x, return_aux_loss=True)
             return cross_entropy(logits, y, reduction) + (aux if reduction == "mean" else 0), y.numel()
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         if self.arch == "encoder":
-            inputs, labels = mask_tokens(x.cpu(), mask_token_id=self.mask_id, vocab_size=self.vocab_size,
-                                         special_ids=self.special, generator=g)
-            logits = model(inputs.to(x.device))
-            labels = labels.to(x.device)
+            inputs, labels = self._rows(x, index, rows, lambda r, g: mask_tokens(
+                r, mask_token_id=self.mask_id, vocab_size=self.vocab_size, special_ids=self.special, generator=g))
+            logits = model(inputs)
         else:
-            inputs, labels = span_corruption(x.cpu(), sentinel_ids=self.sentinels, eos_id=self.eos, generator=g)
-            inputs, labels = inputs.to(x.device), labels.to(x.device)
+            inputs, labels = self._rows(x, index, rows, lambda r, g: span_corruption(
+                r, sentinel_ids=self.sentinels, eos_id=self.eos, generator=g))
             core = getattr(model, "module", model)  # DDP wraps the model
             logits = model(inputs, decoder_input_ids=core.shift_right(labels))
         return cross_entropy(logits, labels, reduction), int((labels != -100).sum())

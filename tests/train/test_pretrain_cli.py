@@ -29,6 +29,9 @@ def corpus(tmp_path_factory):
     (root / "rows.jsonl").write_text('{"text": "alpha beta"}\n{"content": "no text"}\n', encoding="utf-8")
     tok = gu.Tokenizer.train(root.glob("*.txt"), 300, special_tokens=["<|endoftext|>"], eos_token="<|endoftext|>")
     tok.save_pretrained(root / "tok")
+    tok = gu.Tokenizer.train(root.glob("*.txt"), 300, special_tokens=["<|endoftext|>", "[MASK]"],
+                             eos_token="<|endoftext|>")
+    tok.save_pretrained(root / "tok_mlm")
     return root
 
 
@@ -69,9 +72,12 @@ def test_yaml_config_and_a_tiny_run(corpus, tmp_path, capsys):
     assert code == 2 and "unknown settings ['stepz']" in cap.err
 
 
-def test_torchrun_two_processes_equal_one(corpus, tmp_path):
-    """DDP with 2 gloo processes and the same global batch: the same losses and weights as 1 process."""
-    common = [*TINY, "--data", str(corpus / "*.txt"), "--tokenizer", str(corpus / "tok"), "--steps", "4",
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-bert"])
+def test_torchrun_two_processes_equal_one(corpus, tmp_path, model):
+    """DDP with 2 gloo processes and the same global batch: the same losses and weights as 1 process
+    (for masked LM too: each row's mask depends on its place in the global batch, not on the rank)."""
+    tok = corpus / ("tok_mlm" if model == "tiny-bert" else "tok")
+    common = [*TINY, "--model", model, "--data", str(corpus / "*.txt"), "--tokenizer", str(tok), "--steps", "4",
               "--eval-every", "2", "--save-every", "2", "--sample-tokens", "0", "--lr", "0.01"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "groundup.train", *common, "--out", str(tmp_path / "one")],
