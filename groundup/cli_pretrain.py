@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+SETTINGS = "settings.json"  # the run's resolved settings, written into --out; --resume starts from them
 DEFAULTS: dict[str, Any] = {
     "model": "tiny-llama", "d_model": None, "n_layers": None, "n_heads": None, "n_kv_heads": None, "d_ff": None,
     "data": ["python-stdlib"], "text_field": "text", "max_bytes": None, "tokenizer": None, "vocab_size": 4096,
@@ -66,7 +67,14 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         if unknown:
             raise ValueError(f"{path}: unknown settings {unknown} (known: {sorted(DEFAULTS)})")
         s.update(loaded)
-    s.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
+    given = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+    s.update(given)
+    saved = Path(s["out"]) / SETTINGS
+    if s["resume"] and saved.is_file():
+        # --resume continues the run as it was set up (data, model, schedule); flags given now still win.
+        import json
+
+        s = {**DEFAULTS, **json.loads(saved.read_text()), **given, "resume": True}
     return s
 
 
@@ -109,6 +117,11 @@ def run(s: dict[str, Any], log=print) -> dict:
     rank = int(os.environ.get("RANK", "0"))
     out = Path(s["out"])
     srcs = sources(s)
+    if rank == 0:
+        import json
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SETTINGS).write_text(json.dumps({k: v for k, v in s.items() if k != "resume"}, indent=2))
     targs = TrainArgs(out_dir=str(out), steps=s["steps"], batch_size=s["batch_size"], micro_batch=s["micro_batch"],
                       lr=s["lr"], min_lr=s["min_lr"], warmup=s["warmup"], weight_decay=s["weight_decay"],
                       grad_clip=s["grad_clip"], dtype=s["dtype"], eval_every=s["eval_every"],

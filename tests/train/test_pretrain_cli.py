@@ -67,6 +67,11 @@ def test_yaml_config_and_a_tiny_run(corpus, tmp_path, capsys):
     assert "validation ppl" in cap.out and "sample" in cap.out
     rows = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in rows) == 6
+    # --resume picks up the run's own settings (data, model, schedule) from <out>/settings.json
+    code, cap = run_cli(["--out", str(tmp_path / "o"), "--resume", "--steps", "8", "--quiet"], capsys)
+    assert code == 0, cap.err
+    rows = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
     (tmp_path / "bad.yaml").write_text("stepz: 3\n", encoding="utf-8")
     code, cap = run_cli(["--config", str(tmp_path / "bad.yaml")], capsys)
     assert code == 2 and "unknown settings ['stepz']" in cap.err
