@@ -104,4 +104,4 @@ def test_torchrun_two_processes_equal_one(corpus, tmp_path, model):
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     leftovers = [p.name for p in (tmp_path / "two").iterdir()]
-    assert sorted(leftovers) == ["checkpoint", "loss.png", "metrics.jsonl", "token_cache"]
+    assert sorted(leftovers) == ["checkpoint", "loss.png", "metrics.jsonl", "settings.json", "token_cache"]
