@@ -12,29 +12,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from report import alternate
 
 import groundup as gu
 
 
 def _median_pair(fa, fb, repeats: int) -> tuple[float, float]:
     fa(), fb()  # warm-up
-    ta, tb = [], []
-    for _ in range(repeats):
-        for f, ts in ((fa, ta), (fb, tb)):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb)
+    return alternate(fa, fb, repeats)
 
 
 def _load(ref: torch.nn.Module):

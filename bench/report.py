@@ -1,10 +1,29 @@
-"""What every benchmark ends with: the command that made the table, the table printed, and (with --out)
-the same page written to docs/."""
+"""What the benchmarks share: timing two candidates alternately, and ending with the command that made the
+table, the table printed, and (with --out) the same page written to docs/."""
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+
+def alternate(fa: Callable, fb: Callable, repeats: int, *, setup_a: Callable | None = None,
+              setup_b: Callable | None = None) -> tuple[float, float]:
+    """Median seconds of fa() and fb() over `repeats` rounds, alternating so that drift in the machine's
+    speed hits both alike. With setup_*, each call gets a fresh argument built (untimed) by it. No warm-up:
+    callers run their own."""
+    ta: list[float] = []
+    tb: list[float] = []
+    for _ in range(repeats):
+        for f, setup, ts in ((fa, setup_a, ta), (fb, setup_b, tb)):
+            args = (setup(),) if setup is not None else ()
+            t0 = time.perf_counter()
+            f(*args)
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def command() -> str:

@@ -18,10 +18,8 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
@@ -29,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' reference-tokenizer builders
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from report import command, emit
+from report import alternate, command, emit
 from tokenizer.conftest import sentencepiece_style  # tests/tokenizer/conftest.py
 
 from groundup import Tokenizer
@@ -50,18 +48,6 @@ def hf_train(path: str, vocab: int):
 
 def gu_train(path: str, vocab: int) -> Tokenizer:
     return Tokenizer.train(Path(path), vocab, special_tokens=["<|endoftext|>"])
-
-
-def timed_pair(fa, fb, repeats: int, setup_a=None, setup_b=None) -> tuple[float, float]:
-    """Median seconds of fa and fb, alternating; setup_* (untimed) builds each call's argument."""
-    ta, tb = [], []
-    for _ in range(repeats):
-        for f, setup, ts in ((fa, setup_a, ta), (fb, setup_b, tb)):
-            arg = setup() if setup else None
-            t0 = time.perf_counter()
-            f(arg)
-            ts.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb)
 
 
 def _status_mb(field: str) -> float:
@@ -119,7 +105,7 @@ def main() -> None:
     rows = []
 
     # --- training
-    g, h = timed_pair(lambda _: gu_train(str(path), args.vocab), lambda _: hf_train(str(path), args.vocab),
+    g, h = alternate(lambda: gu_train(str(path), args.vocab), lambda: hf_train(str(path), args.vocab),
                       args.repeats)
     mine, theirs = gu_train(str(path), args.vocab), hf_train(str(path), args.vocab)
     theirs.save(str(tmp / "hf.json"))
@@ -134,18 +120,18 @@ def main() -> None:
     for name, tj in (("byte-level", hf_json), ("Llama-2 style", sp_json)):
         gu_tok, hf_tok = Tokenizer.from_file(tj), HF.from_file(tj)
         assert gu_tok.encode(text, allowed_special="all") == hf_tok.encode(text).ids, f"{name}: ids differ"
-        g, h = timed_pair(lambda t: t.encode(text, allowed_special="all"), lambda t: t.encode(text).ids,
+        g, h = alternate(lambda t: t.encode(text, allowed_special="all"), lambda t: t.encode(text).ids,
                           args.repeats, setup_a=lambda tj=tj: Tokenizer.from_file(tj),
                           setup_b=lambda tj=tj: HF.from_file(tj))
         rows.append((f"encode {name}, one call", g, h, peak_mb("encode", "gu", str(path), tj, 0),
                      peak_mb("encode", "hf", str(path), tj, 0)))
         ids = hf_tok.encode(text).ids
         assert gu_tok.decode(ids) == hf_tok.decode(ids, skip_special_tokens=False), f"{name}: text differs"
-        g, h = timed_pair(lambda _, t=gu_tok, i=ids: t.decode(i),
-                          lambda _, t=hf_tok, i=ids: t.decode(i, skip_special_tokens=False), args.repeats)
+        g, h = alternate(lambda t=gu_tok, i=ids: t.decode(i),
+                         lambda t=hf_tok, i=ids: t.decode(i, skip_special_tokens=False), args.repeats)
         rows.append((f"decode {name}, one call", g, h, float("nan"), float("nan")))
         if name == "byte-level":
-            g, h = timed_pair(lambda t: t.encode_batch(lines, allowed_special="all"),
+            g, h = alternate(lambda t: t.encode_batch(lines, allowed_special="all"),
                               lambda t: t.encode_batch(lines), args.repeats,
                               setup_a=lambda tj=tj: Tokenizer.from_file(tj), setup_b=lambda tj=tj: HF.from_file(tj))
             rows.append((f"encode {name}, batch of {len(lines):,} lines", g, h, float("nan"), float("nan")))

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -27,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 import torch.nn.functional as F
 from forward import matmul_peak
-from report import command, emit
+from report import alternate, command, emit
 
 import groundup as gu
 from groundup import calc
@@ -84,13 +82,7 @@ def bench(name: str, dtype: torch.dtype, repeats: int, peak: float) -> dict:
     ids = torch.randint(0, ours.config.vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(0))
     fo, fr = step_fns(ours, ref, ids, dtype)
     lo, lr_ = fo(), fr()  # first steps: same weights, same batch -> same loss; also the warm-up
-    to, tr = [], []
-    for _ in range(repeats):
-        for f, ts in ((fo, to), (fr, tr)):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-    mo, mr = statistics.median(to), statistics.median(tr)
+    mo, mr = alternate(fo, fr, repeats)
     n = batch * seq
     flops = calc.flops_per_token(ours.config, seq, training=True) * n
     return dict(model=name, dtype=str(dtype).removeprefix("torch."), batch=f"{batch} x {seq}", ours=n / mo,

@@ -11,6 +11,7 @@ training starts: sources exist and hold text, the block fits the model's context
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,6 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     saved = Path(s["out"]) / SETTINGS
     if s["resume"] and saved.is_file():
         # --resume continues the run as it was set up (data, model, schedule); flags given now still win.
-        import json
-
         s = {**DEFAULTS, **json.loads(saved.read_text()), **given, "resume": True}
     return s
 
@@ -118,8 +117,6 @@ def run(s: dict[str, Any], log=print) -> dict:
     out = Path(s["out"])
     srcs = sources(s)
     if rank == 0:
-        import json
-
         out.mkdir(parents=True, exist_ok=True)
         (out / SETTINGS).write_text(json.dumps({k: v for k, v in s.items() if k != "resume"}, indent=2))
     targs = TrainArgs(out_dir=str(out), steps=s["steps"], batch_size=s["batch_size"], micro_batch=s["micro_batch"],

@@ -77,6 +77,23 @@ def load_tensors(folder: str | Path, dtype: torch.dtype | None = None) -> dict[s
     return out
 
 
+def atomic_file(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` on a temporary file beside ``path`` (same suffix, so writers that go by the
+    extension still work), then rename it into place: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def atomic_folder(folder: str | Path, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp)`` into a fresh temporary folder beside ``folder``, then swap it into place.
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint.io import atomic_file
 from .sources import Source
 
 
@@ -87,22 +87,19 @@ def _build(source: Source, tokenizer, eos_id: int, dtype, bin_path: Path, idx_pa
         from tqdm import tqdm
 
         docs = tqdm(docs, desc=f"tokenize {source.name}", unit=" docs")
-    tmp_bin = bin_path.with_name(f".{bin_path.name}.{os.getpid()}.tmp")
-    tmp_idx = idx_path.with_name(f".{idx_path.name}.{os.getpid()}.tmp.npy")
     starts = [0]
-    try:
-        with open(tmp_bin, "wb") as f:
+
+    def write_tokens(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             for doc in docs:
                 ids = tokenizer.encode(doc, disallowed_special=(), add_special_tokens=False)
                 ids.append(eos_id)
                 np.asarray(ids, dtype=dtype).tofile(f)
                 starts.append(starts[-1] + len(ids))
-        np.save(tmp_idx, np.asarray(starts, dtype=np.int64))
-        os.replace(tmp_bin, bin_path)
-        os.replace(tmp_idx, idx_path)
-    finally:
-        tmp_bin.unlink(missing_ok=True)
-        tmp_idx.unlink(missing_ok=True)
+
+    # The index goes last: its presence is what marks a complete cache.
+    atomic_file(bin_path, write_tokens)
+    atomic_file(idx_path, lambda tmp: np.save(tmp, np.asarray(starts, dtype=np.int64)))
 
 
 def pack(stream: np.ndarray, block_size: int) -> np.ndarray:

@@ -151,9 +151,6 @@ class BPE:
             if pos > 0:
                 ranks[pos - 1] = get((ids[pos - 1], ids[pos]))
 
-    def token(self, tid: int) -> str:
-        return self.id_to_token[tid]
-
 
 def _merge_heap(ids: list[int], merge_map: dict[tuple[int, int], tuple[int, int]]) -> list[int]:
     """`BPE.merge` for long words: a linked list of symbols and a heap of (rank, position) candidates.

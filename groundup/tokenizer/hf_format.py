@@ -8,11 +8,10 @@ half a tokenizer behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint.io import atomic_file
 from .bpe import BPE
 from .components import Decoder, Normalizer, PostProcessor, PreTokenizer, UnsupportedTokenizer
 from .tokenizer import AddedToken, Tokenizer
@@ -151,16 +150,7 @@ def to_json(tok: Tokenizer) -> dict:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def save_json(tok: Tokenizer, path: str | Path) -> None:

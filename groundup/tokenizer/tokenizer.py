@@ -213,7 +213,7 @@ class Tokenizer:
                      out: list[tuple[str, int | None, bool]]) -> None:
         """Append (text piece, None, starts the text) and (token text, token id, _) items to `out`."""
         matcher = self._matchers[normalized]
-        if matcher is None or matcher.search(text) is None:
+        if matcher is None:
             out.append((text, None, offset0))
             return
         pos = 0

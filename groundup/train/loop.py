@@ -9,6 +9,7 @@ checkpoint on disk stays as it was. Only rank 0 writes checkpoints, metrics and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint.io import atomic_file
 from .checkpoint import load_checkpoint, save_checkpoint
 from .objective import Objective
 from .optim import lr_at, make_optimizer
@@ -174,7 +176,7 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
             x, y = mixture.next_batch(micro * world, rank=rank, world=world)
             x, y = x.to(device), y.to(device)
             sync = world == 1 or k == accum - 1  # DDP: all-reduce gradients on the last micro-batch only
-            ctx = model.no_sync() if not sync else _null()
+            ctx = model.no_sync() if not sync else contextlib.nullcontext()
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
                 rows = [rank + world * i for i in range(x.shape[0])]  # this rank's rows of the global batch
                 if world > 1 and objective.arch != "causal_lm":
@@ -225,14 +227,6 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
             "plot": str(out / "loss.png")}
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def plot_losses(metrics: Path, png: Path) -> None:
     """Training and validation loss against step, from metrics.jsonl (matplotlib, no display needed)."""
     import matplotlib
@@ -253,7 +247,5 @@ def plot_losses(metrics: Path, png: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_file(png, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
-    tmp.replace(png)
