@@ -29,7 +29,6 @@ from report import alternate, command, emit
 
 import groundup as gu
 from groundup import calc
-from groundup.train.loop import cross_entropy
 
 CONFIGS = {
     "small": dict(n_layer=6, n_embd=384, n_head=6, n_positions=256, vocab_size=8192, batch=16, seq=256),
@@ -58,8 +57,7 @@ def step_fns(ours, ref, ids, dtype):
 
     def ours_step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = ours(ids[:, :-1])
-        loss = cross_entropy(logits, ids[:, 1:])  # the trainer's loss
+            loss = ours(ids[:, :-1], targets=ids[:, 1:])  # the trainer's loss: fused lm_head + cross-entropy
         loss.backward()
         opt_o.step()
         opt_o.zero_grad(set_to_none=True)

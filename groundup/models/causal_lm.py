@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..nn.cross_entropy import cross_entropy, linear_cross_entropy
 from ..nn.linear import Linear
 from .common import TiedHead, check_ids, init_weights, unique_params
 from .stack import Stack
@@ -27,24 +28,35 @@ class CausalLM(TiedHead, Stack):
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, return_aux_loss: bool = False
+                position_ids: torch.Tensor | None = None, return_aux_loss: bool = False,
+                targets: torch.Tensor | None = None, reduction: str = "mean"
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """input_ids [B, T] -> logits [B, T, V].
+        """input_ids [B, T] -> logits [B, T, V], or with ``targets`` the cross-entropy loss.
 
         attention_mask [B, T] (1 = token, 0 = padding) hides padded keys; position_ids [B, T] or [T]
         default to 0..T-1. With ``return_aux_loss`` the MoE load-balancing loss (mean over layers, already
         multiplied by ``router_aux_loss_coef``; zero for dense models) is returned as well.
+
+        targets [B, T] (token ids aligned with the positions, -100 = no target) makes the forward return
+        the fp32 cross-entropy ("mean" over targets or "sum") in place of the logits. It is computed by
+        nn.cross_entropy.linear_cross_entropy, which never holds all B x T x V logits: faster and far
+        smaller than logits followed by F.cross_entropy, with the same value and gradients.
         """
         check_ids(self.config, input_ids, attention_mask)
         x, rope = self.inputs(self.embed, input_ids, position_ids=position_ids)
         x, aux_total, _ = self.run(x, rope=rope, attention_mask=attention_mask)
         if self.config.lm_head_scale == "inv_sqrt_d":
             x = x * self.config.d_model**-0.5
-        logits = self.lm_head(x)
+        if targets is None:
+            out = self.lm_head(x)
+        elif type(self.lm_head) in (Linear, nn.Linear):
+            out = linear_cross_entropy(x, self.lm_head.weight, targets, self.lm_head.bias, reduction=reduction)
+        else:  # a wrapped head (adapters, quantization): its own forward, then the loss
+            out = cross_entropy(self.lm_head(x), targets, reduction)
         if return_aux_loss:
             n_moe = self.config.n_layers if self.config.n_experts else 1
-            return logits, aux_total * (self.config.router_aux_loss_coef / n_moe)
-        return logits
+            return out, aux_total * (self.config.router_aux_loss_coef / n_moe)
+        return out
 
     @torch.no_grad()
     def attention_weights(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor:

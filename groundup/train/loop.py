@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..checkpoint.io import atomic_file
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -66,19 +65,6 @@ def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Token cross-entropy in fp32 of logits [.., V] against targets [..].
-
-    groundup's CPU lm_head returns logits as a transposed view of a contiguous [V, N] matrix (see
-    nn/linear.py); flattening that to [N, V] would copy the largest tensor of the step, cache-unfriendly.
-    Cross-entropy takes the class dimension second, so [1, V, N] is used as it lies.
-    """
-    flat = logits.reshape(-1, logits.shape[-1])  # [N, V], a view whenever possible
-    if flat.t().is_contiguous() and not flat.is_contiguous():
-        return F.cross_entropy(flat.t().float().unsqueeze(0), targets.reshape(1, -1), reduction=reduction)
-    return F.cross_entropy(flat.float(), targets.reshape(-1), reduction=reduction)
 
 
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective, index: int,

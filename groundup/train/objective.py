@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..data.objectives import mask_tokens, span_corruption, span_corruption_lengths
+from ..nn.cross_entropy import cross_entropy
 
 
 def _token(tokenizer, names: tuple[str, ...], what: str) -> int:
@@ -51,11 +52,9 @@ class Objective:
              reduction: str = "mean", rows: list[int] | None = None) -> tuple[torch.Tensor, int]:
         """(loss, number of predicted tokens) on one micro-batch. `index` numbers the global micro-batch and
         `rows` gives each row's place in it (default 0..B-1); together they seed the random choices."""
-        from .loop import cross_entropy
-
-        if self.arch == "causal_lm":
-            logits, aux = model(x, return_aux_loss=True)
-            return cross_entropy(logits, y, reduction) + (aux if reduction == "mean" else 0), y.numel()
+        if self.arch == "causal_lm":  # the fused lm_head + loss: no B x T x V logits
+            loss, aux = model(x, targets=y, reduction=reduction, return_aux_loss=True)
+            return loss + (aux if reduction == "mean" else 0), y.numel()
         if self.arch == "encoder":
             inputs, labels = self._rows(x, index, rows, lambda r, g: mask_tokens(
                 r, mask_token_id=self.mask_id, vocab_size=self.vocab_size, special_ids=self.special, generator=g))

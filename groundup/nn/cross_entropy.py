@@ -1,0 +1,125 @@
+"""Fused lm_head + cross-entropy: the loss of next-token prediction without the [N, V] logits in memory.
+
+The last projection of a language model produces N x V logits (4,096 tokens x a 50k vocabulary = 800 MB
+in fp32), and the usual loss then reads and writes that matrix several times: the fp32 copy, log-softmax,
+its backward, the gradient cast. Here the tokens are taken a chunk at a time; for each chunk the logits
+are formed, reduced to the loss, and turned at once into the gradient of the loss with respect to them
+(softmax - one-hot), which is multiplied back into the gradients of the hidden states and of the
+weight while the chunk is still in cache. The backward pass then only scales the stored gradients. The
+idea is that of Liger Kernel's fused linear cross-entropy (Hsu et al., 2024) and of Cut Cross-Entropy
+(Wijmans et al., 2024), written here for plain PyTorch ops.
+
+Numerics follow the unfused path under autocast: the matmuls run in the autocast dtype (bf16 products,
+as F.linear would), the softmax and the loss in fp32, the gradient of the logits is cast back to the
+matmul dtype, and weight-gradient partial sums are accumulated in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Token cross-entropy in fp32 of logits [.., V] against targets [..].
+
+    groundup's CPU lm_head returns logits as a transposed view of a contiguous [V, N] matrix (see
+    nn/linear.py); flattening that to [N, V] would copy the largest tensor of the step, cache-unfriendly.
+    Cross-entropy takes the class dimension second, so [1, V, N] is used as it lies.
+    """
+    flat = logits.reshape(-1, logits.shape[-1])  # [N, V], a view whenever possible
+    if flat.t().is_contiguous() and not flat.is_contiguous():
+        return F.cross_entropy(flat.t().float().unsqueeze(0), targets.reshape(1, -1), reduction=reduction)
+    return F.cross_entropy(flat.float(), targets.reshape(-1), reduction=reduction)
+
+
+def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def _chunk_logits(xc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """[c, D] x [V, D] -> fp32 logits [c, V] (the product in the operands' dtype, as F.linear)."""
+    out = xc @ w.t() if b is None else torch.addmm(b, xc, w.t())
+    return out.float()
+
+
+def _loss_and_grad(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, targets: torch.Tensor,
+                   ignore_index: int, scale: float, chunk: int, need_grad: bool):
+    """Sum of token losses, and (when need_grad) the gradients of `scale` x that sum w.r.t. x, w, b."""
+    n = x.shape[0]
+    total = torch.zeros((), dtype=torch.float32, device=x.device)
+    gx = torch.empty_like(x) if need_grad else None
+    gw = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_grad else None
+    gb = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device) if need_grad and b is not None else None
+    for s in range(0, n, chunk):
+        xc, tc = x[s : s + chunk], targets[s : s + chunk]
+        logits = _chunk_logits(xc, w, b)  # [c, V] fp32
+        valid = tc != ignore_index
+        safe = torch.where(valid, tc, 0).unsqueeze(1)  # [c, 1]
+        lse = torch.logsumexp(logits, dim=1, keepdim=True)  # [c, 1]
+        picked = logits.gather(1, safe)
+        total += ((lse - picked).squeeze(1) * valid).sum()
+        if not need_grad:
+            continue
+        # d(sum of losses)/d logits = softmax - one_hot, zero on ignored rows; computed in place.
+        probs = logits.sub_(lse).exp_()
+        probs.scatter_add_(1, safe, torch.full_like(picked, -1.0))
+        probs.mul_((valid.to(probs.dtype) * scale).unsqueeze(1))
+        g = probs.to(w.dtype)  # [c, V] in the matmul dtype, as the cast's backward would give
+        torch.mm(g, w, out=gx[s : s + chunk])  # [c, D]
+        gw.add_(g.t() @ xc)  # [V, D] partial sum, accumulated in fp32
+        if gb is not None:
+            gb.add_(probs.sum(0))
+    return total, gx, gw, gb
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, ignore_index, scale, chunk, dtype):
+        w = weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        with torch.autocast(x.device.type, enabled=False):
+            total, gx, gw, gb = _loss_and_grad(x.to(dtype), w, b, targets, ignore_index, scale, chunk, True)
+        ctx.save_for_backward(gx, gw, gb if gb is not None else torch.empty(0))
+        ctx.meta = (x.dtype, weight.dtype, bias is not None)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        gx, gw, gb = ctx.saved_tensors
+        x_dtype, w_dtype, has_bias = ctx.meta
+        return ((gx * grad_out).to(x_dtype), (gw * grad_out).to(w_dtype),
+                (gb * grad_out).to(w_dtype) if has_bias else None, None, None, None, None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         bias: torch.Tensor | None = None, *, ignore_index: int = -100, reduction: str = "mean",
+                         chunk_size: int = 1024) -> torch.Tensor:
+    """Cross-entropy of logits = hidden @ weight.T + bias against targets, never forming all the logits.
+
+    hidden [..., D], weight [V, D], targets [...] (ignore_index marks positions without a target).
+    reduction "mean" (over counted targets; 0 when there are none) or "sum". Equal to
+    ``F.cross_entropy(F.linear(hidden, weight, bias).float().flatten(0, -2), targets.flatten())`` in value
+    and gradients, under autocast as well, with memory O(chunk_size x V) instead of O(N x V).
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction={reduction!r} must be 'mean' or 'sum'")
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} disagree: hidden must "
+                         "be targets' shape plus the model dimension")
+    x = hidden.reshape(-1, hidden.shape[-1])  # [N, D]
+    t = targets.reshape(-1)  # [N]
+    dtype = _matmul_dtype(x)
+    scale = 1.0
+    if reduction == "mean":
+        scale = 1.0 / max(int((t != ignore_index).sum()), 1)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _LinearCrossEntropy.apply(x, weight, bias, t, ignore_index, scale, chunk_size, dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        b = bias.to(dtype) if bias is not None else None
+        total = _loss_and_grad(x.to(dtype), weight.to(dtype), b, t, ignore_index, scale, chunk_size, False)[0]
+    return total * scale
