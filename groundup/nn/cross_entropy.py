@@ -40,37 +40,53 @@ def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _chunk_logits(xc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """[c, D] x [V, D] -> fp32 logits [c, V] (the product in the operands' dtype, as F.linear)."""
-    out = xc @ w.t() if b is None else torch.addmm(b, xc, w.t())
-    return out.float()
-
-
 def _loss_and_grad(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, targets: torch.Tensor,
                    ignore_index: int, scale: float, chunk: int, need_grad: bool):
-    """Sum of token losses, and (when need_grad) the gradients of `scale` x that sum w.r.t. x, w, b."""
-    n = x.shape[0]
+    """Sum of token losses, and (when need_grad) the gradients of `scale` x that sum w.r.t. x, w, b.
+
+    x [N, D] and w [V, D] (b [V]) are in the matmul dtype. The chunk buffers are allocated once: on CPU a
+    fresh tens-of-megabytes tensor per chunk costs more in page faults than the arithmetic on it.
+    """
+    n, v = x.shape[0], w.shape[0]
+    low = w.dtype != torch.float32
+    c_max = min(chunk, n)
+    buf32 = torch.empty(c_max, v, dtype=torch.float32, device=x.device)
+    buf_low = torch.empty(c_max, v, dtype=w.dtype, device=x.device) if low else None
     total = torch.zeros((), dtype=torch.float32, device=x.device)
     gx = torch.empty_like(x) if need_grad else None
     gw = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_grad else None
-    gb = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device) if need_grad and b is not None else None
+    gw_part = torch.empty_like(w) if need_grad and low else None
+    gb = torch.zeros(v, dtype=torch.float32, device=w.device) if need_grad and b is not None else None
     for s in range(0, n, chunk):
         xc, tc = x[s : s + chunk], targets[s : s + chunk]
-        logits = _chunk_logits(xc, w, b)  # [c, V] fp32
+        c = xc.shape[0]
+        logits = buf32[:c]  # [c, V] fp32
+        prod = buf_low[:c] if low else logits  # the product in the operands' dtype, as F.linear
+        if b is None:
+            torch.mm(xc, w.t(), out=prod)
+        else:
+            torch.addmm(b, xc, w.t(), out=prod)
+        if low:
+            logits.copy_(prod)
         valid = tc != ignore_index
         safe = torch.where(valid, tc, 0).unsqueeze(1)  # [c, 1]
-        lse = torch.logsumexp(logits, dim=1, keepdim=True)  # [c, 1]
-        picked = logits.gather(1, safe)
-        total += ((lse - picked).squeeze(1) * valid).sum()
+        picked = logits.gather(1, safe)  # [c, 1]
+        # log-sum-exp with the max subtracted, in place: logits becomes exp(logits - max).
+        top = logits.amax(dim=1, keepdim=True)  # [c, 1]
+        denom = logits.sub_(top).exp_().sum(dim=1, keepdim=True)  # [c, 1]
+        total += ((top + denom.log() - picked).squeeze(1) * valid).sum()
         if not need_grad:
             continue
-        # d(sum of losses)/d logits = softmax - one_hot, zero on ignored rows; computed in place.
-        probs = logits.sub_(lse).exp_()
-        probs.scatter_add_(1, safe, torch.full_like(picked, -1.0))
-        probs.mul_((valid.to(probs.dtype) * scale).unsqueeze(1))
-        g = probs.to(w.dtype)  # [c, V] in the matmul dtype, as the cast's backward would give
+        # d(scale x sum of losses)/d logits = scale x (softmax - one_hot), zero on ignored rows; in place.
+        row_scale = (valid.to(torch.float32) * scale).unsqueeze(1)  # [c, 1]
+        probs = logits.mul_(row_scale / denom)
+        probs.scatter_add_(1, safe, -row_scale)
+        g = buf_low[:c].copy_(probs) if low else probs  # the matmul dtype, as the cast's backward gives
         torch.mm(g, w, out=gx[s : s + chunk])  # [c, D]
-        gw.add_(g.t() @ xc)  # [V, D] partial sum, accumulated in fp32
+        if low:
+            gw.add_(torch.mm(g.t(), xc, out=gw_part))  # [V, D] partial sums accumulated in fp32
+        else:
+            gw.addmm_(g.t(), xc)
         if gb is not None:
             gb.add_(probs.sum(0))
     return total, gx, gw, gb
@@ -97,7 +113,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          bias: torch.Tensor | None = None, *, ignore_index: int = -100, reduction: str = "mean",
-                         chunk_size: int = 1024) -> torch.Tensor:
+                         chunk_size: int = 512) -> torch.Tensor:
     """Cross-entropy of logits = hidden @ weight.T + bias against targets, never forming all the logits.
 
     hidden [..., D], weight [V, D], targets [...] (ignore_index marks positions without a target).
