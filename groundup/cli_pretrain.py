@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup": 20, "weight_decay": 0.1, "grad_clip": 1.0, "dtype": "float32", "eval_every": 50, "eval_batches": 8,
     "save_every": 100, "seed": 0, "val_fraction": 0.01, "out": "out", "resume": False, "prompt": "def ",
     "sample_tokens": 48, "quiet": False, "activation_checkpointing": False, "compile": False,
+    "fsdp": False,
 }
 
 
@@ -51,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation-checkpointing", dest="activation_checkpointing", action="store_const", const=True,
                    help="recompute activations in backward (less memory, more compute)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    p.add_argument("--fsdp", action="store_const", const=True,
+                   help="under torchrun: shard parameters, gradients and optimizer state over the processes "
+                   "(for models that do not fit one device) instead of replicating them (DDP)")
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -124,7 +128,7 @@ def run(s: dict[str, Any], log=print) -> dict:
                       grad_clip=s["grad_clip"], dtype=s["dtype"], eval_every=s["eval_every"],
                       eval_batches=s["eval_batches"], save_every=s["save_every"], seed=s["seed"],
                       activation_checkpointing=bool(s["activation_checkpointing"]), compile=bool(s["compile"]),
-                      progress=not s["quiet"])
+                      fsdp=bool(s["fsdp"]), progress=not s["quiet"])
     cfg = Config.load(s["model"])
     overrides = {k: s[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff") if s[k] is not None}
     if "n_heads" in overrides and "n_kv_heads" not in overrides and (cfg.n_kv_heads or 0) > overrides["n_heads"]:
@@ -167,6 +171,10 @@ def run(s: dict[str, Any], log=print) -> dict:
     log(f"model: {s['model']} {overrides or ''} -> {model.num_params():,} parameters")
     summary = train(model, mix, targs, tokenizer=tok, resume=bool(s["resume"]), log=log)
     if rank == 0 and s["sample_tokens"] > 0 and cfg.arch == "causal_lm":
+        if s["fsdp"] and torch.distributed.is_initialized():  # rank 0 holds a shard: sample the saved model
+            from .checkpoint.hf import from_pretrained
+
+            model = from_pretrained(summary["checkpoint"])
         prompt = tok.encode(s["prompt"], add_special_tokens=False) or [tok.eos_token_id]
         ids = generate(model, torch.tensor([prompt]), s["sample_tokens"], temperature=0.8, top_k=40,
                        generator=torch.Generator().manual_seed(s["seed"]))

@@ -209,10 +209,13 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
     return load_into(model, state, str(folder)).eval()
 
 
-def write_model(model: Model, folder: Path, *, max_shard_bytes: int = 5 * 2**30) -> None:
-    """config.json + safetensors into an existing folder (no atomicity: see save_pretrained)."""
+def write_model(model: Model, folder: Path, *, max_shard_bytes: int = 5 * 2**30,
+                state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """config.json + safetensors into an existing folder (no atomicity: see save_pretrained). `state_dict`
+    replaces model.state_dict() (e.g. the full tensors gathered from a sharded model)."""
     cfg = model.config
-    params = {k: v for k, v in model.state_dict().items() if k not in model.tied_keys()}
+    state_dict = model.state_dict() if state_dict is None else state_dict
+    params = {k: v for k, v in state_dict.items() if k not in model.tied_keys()}
     dtype = params["embed.weight"].dtype
     (folder / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype), indent=2, sort_keys=True) + "\n")
     write_tensors(folder, state_dict_to_hf(params, cfg), max_shard_bytes=max_shard_bytes)

@@ -9,6 +9,10 @@
 
 No pickle anywhere: tensors are safetensors and the rest is JSON, so loading a checkpoint cannot run code.
 The folder is written under a temporary name and swapped in, so a crash mid-write keeps the previous one.
+
+A model sharded with FSDP (its parameters and AdamW moments are DTensors) is saved in the same format:
+every rank takes part in gathering the full tensors, rank 0 writes them; on loading, each rank keeps its
+shard of the full tensors. So a checkpoint does not depend on how many processes wrote or read it.
 """
 
 from __future__ import annotations
@@ -20,10 +24,29 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+try:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # a torch build without torch.distributed: nothing can be sharded
+    DTensor = ()  # type: ignore[assignment,misc]
+
 from ..checkpoint.hf import write_model
 from ..checkpoint.io import atomic_folder
 
 STATE = "trainer_state.json"
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on CPU; for a DTensor shard this is a collective (all ranks must call it)."""
+    if isinstance(t, DTensor):
+        t = t.full_tensor()
+    return t.detach().cpu().contiguous()
+
+
+def _like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """`full` laid out as `ref`: this rank's shard when ref is a DTensor, else full itself."""
+    if isinstance(ref, DTensor):
+        return distribute_tensor(full.to(ref.dtype), ref.device_mesh, ref.placements)
+    return full
 
 
 def _optimizer_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -32,22 +55,27 @@ def _optimizer_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor
     for idx, st in sd["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"{idx}/{k}"] = v.detach().cpu().contiguous()
+                tensors[f"{idx}/{k}"] = _full(v)
             else:
                 scalars[f"{idx}/{k}"] = v
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-                    tokenizer: Any = None) -> Path:
-    """Write the checkpoint folder atomically (see the module docstring)."""
+                    tokenizer: Any = None, *, write: bool = True) -> Path:
+    """Write the checkpoint folder atomically (see the module docstring). With a sharded model every rank
+    calls this (gathering is collective) and only the one with ``write`` writes."""
+    sharded = any(isinstance(p, DTensor) for p in model.parameters())
+    model_state = {k: _full(v) for k, v in model.state_dict().items()} if sharded else None
     tensors, meta = _optimizer_files(optimizer)
+    if not write:
+        return Path(folder)
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
 
     def write(tmp: Path) -> None:
-        write_model(model, tmp)
+        write_model(model, tmp, state_dict=model_state)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -66,12 +94,16 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
     if not (folder / STATE).is_file():
         raise FileNotFoundError(f"{folder} is not a training checkpoint (no {STATE}); nothing to resume")
     loaded = from_pretrained(folder)
-    model.load_state_dict(loaded.state_dict())
+    own = model.state_dict()
+    model.load_state_dict({k: _like(v, own[k]) for k, v in loaded.state_dict().items()})
     tensors = load_file(str(folder / "optimizer.safetensors"))
     meta = json.loads((folder / "optimizer.json").read_text())
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # the state_dict's numbering
     state: dict[int, dict] = {}
     for key, v in [*tensors.items(), *meta["scalars"].items()]:
         idx, name = key.split("/", 1)
+        if torch.is_tensor(v) and v.dim() > 0:  # moments are shaped like their parameter (step is a scalar)
+            v = _like(v, params[int(idx)])
         state.setdefault(int(idx), {})[name] = v
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     rng = load_file(str(folder / "rng.safetensors"))

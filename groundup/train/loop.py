@@ -1,4 +1,4 @@
-"""The one training loop: causal LM pretraining on a data mixture, on one process or many (DDP).
+"""The one training loop: pretraining on a data mixture, on one process or many (DDP, or FSDP sharding).
 
 Per optimizer step: set the scheduled learning rate, accumulate gradients over micro-batches (each a
 slice of the global batch, so a run's result depends on the global batch only), clip, step. The loss is
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..checkpoint.io import atomic_file
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import DTensor, load_checkpoint, save_checkpoint
 from .objective import Objective
 from .optim import lr_at, make_optimizer
 
@@ -49,6 +49,7 @@ class TrainArgs:
     seed: int = 0
     activation_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1.3x compute
     compile: bool = False  # torch.compile the model (inductor; needs a C++ compiler on CPU)
+    fsdp: bool = False  # with several processes: shard parameters, gradients and AdamW state (FSDP2) over them
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -65,6 +66,21 @@ def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def shard_model(model: torch.nn.Module) -> int:
+    """FSDP (Zhao et al., 2023; PyTorch's fully_shard): each transformer block, then the rest, becomes a unit
+    whose parameters, gradients and optimizer state are split over the processes and gathered only while
+    the unit runs. Memory per process falls with the number of processes; the arithmetic is DDP's."""
+    from torch.distributed.fsdp import fully_shard
+
+    from ..nn.block import Block
+
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)  # embeddings, final norm, head (tied weights stay together in this unit)
+    return len(blocks) + 1
 
 
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective, index: int,
@@ -94,8 +110,9 @@ def evaluate(model: torch.nn.Module, mixture, micro_batch: int, max_batches: int
 
 def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = None, resume: bool = False,
           log=print) -> dict:
-    """Train `model` (a CausalLM, optionally DDP-wrapped by the caller through torch.distributed being
-    initialized) on `mixture`; return a summary dict. Writes <out_dir>/checkpoint, metrics.jsonl, loss.png."""
+    """Train `model` (a CausalLM, Encoder or Seq2Seq) on `mixture`; return a summary dict. When
+    torch.distributed is initialized the model is wrapped in DDP, or sharded in place with ``args.fsdp``.
+    Writes <out_dir>/checkpoint, metrics.jsonl, loss.png."""
     rank, world = _dist()
     micro = args.micro_batch or args.batch_size // world
     if args.batch_size % (micro * world):
@@ -108,7 +125,13 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
     device = next(core.parameters()).device
     if args.activation_checkpointing:
         core.set_activation_checkpointing(True)
-    if world > 1:
+    sharded = world > 1 and args.fsdp
+    if args.fsdp and world == 1:
+        log("fsdp: one process, nothing to shard over; training unsharded")
+    if sharded:
+        units = shard_model(core)
+        log(f"fsdp: {units} units sharded over {world} processes")
+    elif world > 1:
         # BERT's pooler/NSP head get no gradient from masked LM, and an MoE expert may get no token.
         unused = getattr(core.config, "arch", "causal_lm") != "causal_lm" or bool(getattr(core.config, "n_experts", 0))
         model = torch.nn.parallel.DistributedDataParallel(core, find_unused_parameters=unused)
@@ -138,9 +161,9 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
                 f.write(json.dumps(row) + "\n")
 
     def save() -> None:
-        if rank == 0:
+        if rank == 0 or sharded:  # gathering a sharded model takes every rank; rank 0 writes
             save_checkpoint(ckpt, core, optimizer, {"step": step, "tokens": tokens_seen, "data": mixture.state_dict(),
-                                                    "args": asdict(args)}, tokenizer)
+                                                    "args": asdict(args)}, tokenizer, write=rank == 0)
 
     val_start = evaluate(core, mixture, micro, args.eval_batches, args.dtype, objective)
     record({"step": step, "val_loss": val_start, "val_ppl": math.exp(val_start)})
@@ -161,8 +184,10 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
         for k in range(accum):
             x, y = mixture.next_batch(micro * world, rank=rank, world=world)
             x, y = x.to(device), y.to(device)
-            sync = world == 1 or k == accum - 1  # DDP: all-reduce gradients on the last micro-batch only
-            ctx = model.no_sync() if not sync else contextlib.nullcontext()
+            sync = world == 1 or k == accum - 1  # reduce gradients over processes on the last micro-batch only
+            ctx = model.no_sync() if not sync and not sharded else contextlib.nullcontext()
+            if sharded:
+                core.set_requires_gradient_sync(sync)
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
                 rows = [rank + world * i for i in range(x.shape[0])]  # this rank's rows of the global batch
                 if world > 1 and objective.arch != "causal_lm":
@@ -185,6 +210,8 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
             torch.distributed.all_reduce(loss_sum)
             loss_sum /= world
         grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), args.grad_clip)
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1

@@ -77,10 +77,22 @@ def test_yaml_config_and_a_tiny_run(corpus, tmp_path, capsys):
     assert code == 2 and "unknown settings ['stepz']" in cap.err
 
 
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-bert"])
-def test_torchrun_two_processes_equal_one(corpus, tmp_path, model):
-    """DDP with 2 gloo processes and the same global batch: the same losses and weights as 1 process
-    (for masked LM too: each row's mask depends on its place in the global batch, not on the rank)."""
+def _torchrun(args, out, env, nproc=2):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           "-m", "groundup.train", *args, "--out", str(out)], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def _losses(folder):
+    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+@pytest.mark.parametrize("model,extra", [("tiny-llama", []), ("tiny-bert", []), ("tiny-llama", ["--fsdp"])],
+                         ids=["llama-ddp", "bert-ddp", "llama-fsdp"])
+def test_torchrun_two_processes_equal_one(corpus, tmp_path, model, extra):
+    """DDP (or FSDP) with 2 gloo processes and the same global batch: the same losses and weights as 1
+    process (for masked LM too: each row's mask depends on its place in the global batch, not on the rank)."""
     tok = corpus / ("tok_mlm" if model == "tiny-bert" else "tok")
     common = [*TINY, "--model", model, "--data", str(corpus / "*.txt"), "--tokenizer", str(tok), "--steps", "4",
               "--eval-every", "2", "--save-every", "2", "--sample-tokens", "0", "--lr", "0.01"]
@@ -88,20 +100,29 @@ def test_torchrun_two_processes_equal_one(corpus, tmp_path, model):
     one = subprocess.run([sys.executable, "-m", "groundup.train", *common, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "groundup.train", *common, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    two = _torchrun([*common, *extra], tmp_path / "two", env)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("validation ppl") == 1  # only rank 0 reports
-
-    def losses(folder):
-        rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-        return [r["loss"] for r in rows if "loss" in r]
-
-    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5, abs=1e-6)
+    assert ("fsdp: 2 units sharded over 2 processes" in two.stdout) == bool(extra)
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-5, abs=1e-6)
     a = gu.from_pretrained(tmp_path / "one" / "checkpoint").state_dict()
     b = gu.from_pretrained(tmp_path / "two" / "checkpoint").state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     leftovers = [p.name for p in (tmp_path / "two").iterdir()]
     assert sorted(leftovers) == ["checkpoint", "loss.png", "metrics.jsonl", "settings.json", "token_cache"]
+    if extra:
+        # The sharded AdamW moments were gathered whole; resuming re-shards them: steps 5-6 match again.
+        from safetensors.torch import load_file
+
+        ma, mb = (load_file(str(tmp_path / d / "checkpoint" / "optimizer.safetensors")) for d in ("one", "two"))
+        assert ma.keys() == mb.keys()
+        for k in ma:
+            torch.testing.assert_close(ma[k], mb[k], atol=1e-5, rtol=1e-4)
+        one = subprocess.run([sys.executable, "-m", "groundup.train", "--out", str(tmp_path / "one"), "--resume",
+                              "--steps", "6"], capture_output=True, text=True, env=env, timeout=300)
+        assert one.returncode == 0, one.stderr
+        two = _torchrun(["--resume", "--steps", "6"], tmp_path / "two", env)
+        assert two.returncode == 0, two.stderr[-3000:]
+        assert len(_losses(tmp_path / "two")) == 6
+        assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-5, abs=1e-6)
