@@ -1,6 +1,7 @@
-"""Decoding: plain decoder-only generation; greedy and beam search for encoder-decoder models."""
+"""Decoding: KV-cached decoder-only generation and streaming (sampling.py holds the token choice);
+greedy and beam search for encoder-decoder models."""
 
-from .causal import generate
+from .causal import generate, generate_uncached, stream
 from .seq2seq import beam_search, greedy
 
-__all__ = ["beam_search", "generate", "greedy"]
+__all__ = ["beam_search", "generate", "generate_uncached", "greedy", "stream"]

@@ -1,37 +1,228 @@
-"""Decoder-only generation, the plain way: re-run the whole prefix for every new token.
+"""Decoder-only generation with a KV cache: one prefill over the prompt, then one position per step.
 
-Greedy when temperature == 0, else sampling from softmax(logits / temperature) restricted to the top_k
-most likely tokens. This is the reference the KV-cached generator (inference issue) must match; it is
-quadratic in length and meant for short continuations of small models.
+The prompt runs once, filling a preallocated cache (nn/kv_cache.StaticKVCache) with every layer's keys
+and values; each later step feeds only the newest token, whose query attends to the cached keys. Prompts
+of different lengths are left-padded: the attention mask hides the pads, and positions count real
+tokens only (a row's first real token is position 0), so every row decodes as it would alone. A row
+stops at a stop token or stop string and is padded from then on; generation ends when all rows have
+stopped or after max_new_tokens.
+
+``generate`` returns the ids; ``stream`` yields each step's tokens (or, with a tokenizer, the new text of
+each row) as they are chosen. ``generate_uncached`` re-runs the whole prefix for every token: slow, but
+free of cache logic, and the reference the tests hold the cached path to.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import Any
+
 import torch
+
+from .sampling import apply_repetition_penalty, check_sampling, next_token
+
+Prompts = torch.Tensor | Sequence[Sequence[int]]
+
+
+def _left_pad(input_ids: Prompts, attention_mask: torch.Tensor | None, pad: int, device) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+    """Prompts as a left-padded [B, T] tensor and its mask (1 = token)."""
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device)
+        if mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(mask.shape)} must equal input_ids shape "
+                             f"{tuple(input_ids.shape)}")
+        if input_ids.shape[1] and bool((mask[:, 1:] < mask[:, :-1]).any()):
+            raise ValueError("attention_mask has padding after a token: pad prompts on the left for generation")
+        return input_ids, mask
+    rows = [list(r) for r in input_ids]
+    if not rows:
+        raise ValueError("input_ids is empty: give at least one prompt")
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), T), dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, T - len(r):] = 1
+    return ids, mask
+
+
+def _stop_ids(model, eos_token_id) -> list[int]:
+    if eos_token_id is None:
+        return []
+    return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(t) for t in eos_token_id]
+
+
+def _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos):
+    cfg = model.config
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    device = next(model.parameters()).device
+    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    ids, mask = _left_pad(input_ids, attention_mask, pad, device)
+    if ids.shape[1] == 0 or not bool(mask.sum(1).all()):
+        raise ValueError("every prompt needs at least one token (a BOS token if there is no text)")
+    limit = cfg.max_seq_len
+    if ids.shape[1] > limit and not truncate:
+        raise ValueError(f"the prompt has {ids.shape[1]} tokens, more than the model's context of {limit} "
+                         "(max_seq_len): shorten it, or pass truncate=True to keep its last tokens")
+    keep = limit - max_new_tokens if cfg.pos == "learned" else limit  # learned positions end at max_seq_len
+    if ids.shape[1] > keep:
+        if not truncate:
+            raise ValueError(f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len="
+                             f"{limit}, and learned positions have no row past it: lower max_new_tokens, shorten "
+                             "the prompt or pass truncate=True")
+        if keep < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in max_seq_len={limit}")
+        ids, mask = ids[:, -keep:], mask[:, -keep:]
+    return ids, mask, pad
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32, *, temperature: float = 0.0,
-             top_k: int | None = None, eos_token_id: int | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """input_ids [B, T] -> [B, T + n] with n <= max_new_tokens (stops early when every row hit EOS)."""
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0")
-    limit = getattr(getattr(model, "config", None), "max_seq_len", None)
+def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *, temperature: float,
+           top_k: int | None, top_p: float | None, repetition_penalty: float, eos: list[int], pad: int,
+           stop_strings: Sequence[str], tokenizer: Any, generator: torch.Generator | None
+           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (tokens [B], finished-before-this-step [B]) per step; the loop behind generate and stream."""
+    B, T = ids.shape
+    cache = model.new_cache(T + max_new_tokens)
+    full_mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)  # [B, T + n]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]: real tokens count from 0
+    padded = not bool(mask.all())
+    seen, seen_mask = ids, mask
+    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+    texts = [""] * B
+    eos_t = torch.tensor(eos, device=ids.device) if eos else None
+    step_ids, pos = ids, positions
+    for i in range(max_new_tokens):
+        # The prompt first, then one token per step; the mask covers cached + new positions: [B, T + i].
+        step_mask = full_mask[:, : T + i] if padded else None
+        logits = model(step_ids, attention_mask=step_mask, position_ids=pos, cache=cache,
+                       last_only=True)[:, -1].float()  # [B, V]
+        if repetition_penalty != 1.0:
+            logits = apply_repetition_penalty(logits, seen, repetition_penalty, seen_mask)
+        tok = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        tok = torch.where(done, torch.full_like(tok, pad), tok)
+        finished_before = done.clone()
+        if eos_t is not None:
+            done |= torch.isin(tok, eos_t)
+        if stop_strings:
+            for b in range(B):
+                if not finished_before[b]:
+                    texts[b] += tokenizer.decode([int(tok[b])])
+                    if any(s in texts[b][-(len(s) + 32):] for s in stop_strings):
+                        done[b] = True
+        yield tok, finished_before
+        if bool(done.all()):
+            return
+        seen = torch.cat([seen, tok[:, None]], dim=1)
+        seen_mask = torch.cat([seen_mask, (~finished_before).long()[:, None]], dim=1)
+        step_ids, pos = tok[:, None], pos[:, -1:] + 1
+
+
+def _setup(model, input_ids, max_new_tokens, *, attention_mask, temperature, top_k, top_p, repetition_penalty,
+           eos_token_id, pad_token_id, stop_strings, tokenizer, seed, generator, truncate):
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    if getattr(getattr(model, "config", None), "arch", None) != "causal_lm":
+        raise ValueError("generate() here is for decoder-only models; a Seq2Seq model has model.generate "
+                         "(greedy or beam search)")
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need the tokenizer (tokenizer=...) to read the generated text")
+    eos = _stop_ids(model, eos_token_id)
+    ids, mask, pad = _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos)
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=ids.device).manual_seed(seed)
+    return ids, mask, dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                           eos=eos, pad=pad, stop_strings=list(stop_strings or []), tokenizer=tokenizer,
+                           generator=generator)
+
+
+def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 32, *,
+             attention_mask: torch.Tensor | None = None, temperature: float = 0.0, top_k: int | None = None,
+             top_p: float | None = None, repetition_penalty: float = 1.0,
+             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
+             stop_strings: Sequence[str] | None = None, tokenizer: Any = None,
+             seed: int | None = None, generator: torch.Generator | None = None, truncate: bool = False
+             ) -> torch.Tensor:
+    """Continue each prompt: input_ids [B, T] (left-padded, with attention_mask) or a list of token-id
+    lists of any lengths -> ids [B, T' + n], the (left-padded) prompts followed by n <= max_new_tokens
+    new tokens; a row that stopped early is filled with pad_token_id (default: the first stop id).
+
+    temperature 0 is greedy; otherwise sampling with optional top_k, top_p and repetition_penalty, seeded
+    by ``seed`` or a ``generator``. A row stops at any of ``eos_token_id`` or when its text (decoded with
+    ``tokenizer``) contains one of ``stop_strings``. A prompt longer than the model's context is an error,
+    or is cut to its last max_seq_len tokens with ``truncate=True``.
+    """
+    ids, mask, opts = _setup(model, input_ids, max_new_tokens, attention_mask=attention_mask,
+                             temperature=temperature, top_k=top_k, top_p=top_p,
+                             repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
+                             pad_token_id=pad_token_id, stop_strings=stop_strings, tokenizer=tokenizer, seed=seed,
+                             generator=generator, truncate=truncate)
+    was_training = model.training
+    model.eval()
+    try:
+        new = [tok for tok, _ in _steps(model, ids, mask, max_new_tokens, **opts)]
+    finally:
+        model.train(was_training)
+    return torch.cat([ids, torch.stack(new, dim=1)], dim=1)
+
+
+def stream(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 32, *, tokenizer: Any = None,
+           **kwargs) -> Iterator[torch.Tensor | list[str]]:
+    """Like generate, one step at a time: yields the step's token ids [B], or with a ``tokenizer`` each
+    row's new text (a list of B strings; "" for a row that has stopped, or whose last token ends inside
+    a multi-byte character that the next token completes)."""
+    ids, mask, opts = _setup(model, input_ids, max_new_tokens, tokenizer=tokenizer,
+                             **{k: kwargs.pop(k, d) for k, d in _DEFAULTS.items()})
+    if kwargs:
+        raise TypeError(f"stream() got unexpected arguments {sorted(kwargs)}")
+    was_training = model.training
+    model.eval()
+    rows: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    shown = [""] * ids.shape[0]
+    try:
+        for tok, finished in _steps(model, ids, mask, max_new_tokens, **opts):
+            if tokenizer is None:
+                yield tok
+                continue
+            pieces = []
+            for b, t in enumerate(tok.tolist()):
+                if finished[b]:
+                    pieces.append("")
+                    continue
+                rows[b].append(t)
+                text = tokenizer.decode(rows[b], skip_special_tokens=True)
+                if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+                    pieces.append("")
+                    continue
+                pieces.append(text[len(shown[b]):])
+                shown[b] = text
+            yield pieces
+    finally:
+        model.train(was_training)
+
+
+_DEFAULTS: dict[str, Any] = dict(attention_mask=None, temperature=0.0, top_k=None, top_p=None, repetition_penalty=1.0,
+                                 eos_token_id=None, pad_token_id=None, stop_strings=None, seed=None, generator=None,
+                                 truncate=False)
+
+
+@torch.no_grad()
+def generate_uncached(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32, *,
+                      temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                      eos_token_id: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The plain way, one full forward over the whole prefix per token (no cache, no padding): the
+    reference for tests. input_ids [B, T] -> [B, T + n]."""
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=1.0)
     was_training = model.training
     model.eval()
     ids, done = input_ids, torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     for _ in range(max_new_tokens):
-        context = ids if limit is None else ids[:, -limit:]
-        logits = model(context)[:, -1].float()  # [B, V]
-        if temperature == 0:
-            nxt = logits.argmax(-1)
-        else:
-            logits = logits / temperature
-            if top_k is not None and top_k < logits.shape[-1]:
-                kth = logits.topk(top_k, dim=-1).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+        logits = model(ids)[:, -1].float()  # [B, V]
+        nxt = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         if eos_token_id is not None:
             nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
             done |= nxt == eos_token_id

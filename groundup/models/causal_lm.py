@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import Config
 from ..nn.cross_entropy import cross_entropy, linear_cross_entropy
+from ..nn.kv_cache import DecoderCache
 from ..nn.linear import Linear
 from .common import TiedHead, check_ids, init_weights, unique_params
 from .stack import Stack
@@ -29,8 +30,8 @@ class CausalLM(TiedHead, Stack):
     # ---------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, return_aux_loss: bool = False,
-                targets: torch.Tensor | None = None, reduction: str = "mean"
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                targets: torch.Tensor | None = None, reduction: str = "mean", cache: DecoderCache | None = None,
+                last_only: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """input_ids [B, T] -> logits [B, T, V], or with ``targets`` the cross-entropy loss.
 
         attention_mask [B, T] (1 = token, 0 = padding) hides padded keys; position_ids [B, T] or [T]
@@ -41,10 +42,21 @@ class CausalLM(TiedHead, Stack):
         the fp32 cross-entropy ("mean" over targets or "sum") in place of the logits. It is computed by
         nn.cross_entropy.linear_cross_entropy, which never holds all B x T x V logits: faster and far
         smaller than logits followed by F.cross_entropy, with the same value and gradients.
+
+        Incremental decoding: with a ``cache`` (``new_cache``) the ids are the new positions only; they
+        follow the cached ones, and ``attention_mask`` [B, cached + T] covers both. ``last_only`` returns
+        the logits of the last position only, [B, 1, V] (what generation needs after a prompt).
         """
-        check_ids(self.config, input_ids, attention_mask)
-        x, rope = self.inputs(self.embed, input_ids, position_ids=position_ids)
-        x, aux_total, _ = self.run(x, rope=rope, attention_mask=attention_mask)
+        offset = cache.length if cache is not None else 0
+        check_ids(self.config, input_ids, None, offset=offset)
+        want = (input_ids.shape[0], offset + input_ids.shape[1])
+        if attention_mask is not None and tuple(attention_mask.shape) != want:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be [batch, cached + new] = "
+                             f"{want}")
+        x, rope = self.inputs(self.embed, input_ids, position_ids=position_ids, offset=offset)
+        x, aux_total, _ = self.run(x, rope=rope, attention_mask=attention_mask, cache=cache)
+        if last_only:
+            x = x[:, -1:]
         if self.config.lm_head_scale == "inv_sqrt_d":
             x = x * self.config.d_model**-0.5
         if targets is None:
@@ -57,6 +69,17 @@ class CausalLM(TiedHead, Stack):
             n_moe = self.config.n_layers if self.config.n_experts else 1
             return out, aux_total * (self.config.router_aux_loss_coef / n_moe)
         return out
+
+    def new_cache(self, capacity: int | None = None) -> DecoderCache:
+        """An empty KV cache: preallocated for `capacity` positions (prompt + new tokens), else growing."""
+        n = self.config.n_layers
+        return DecoderCache.empty(n) if capacity is None else DecoderCache.static(n, capacity)
+
+    def generate(self, input_ids, max_new_tokens: int = 32, **kwargs) -> torch.Tensor:
+        """KV-cached generation; see groundup.generate.causal.generate for the options."""
+        from ..generate.causal import generate
+
+        return generate(self, input_ids, max_new_tokens, **kwargs)
 
     @torch.no_grad()
     def attention_weights(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor:

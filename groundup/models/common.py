@@ -16,11 +16,11 @@ Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 def check_ids(cfg: Config, ids: torch.Tensor, attention_mask: torch.Tensor | None, *, name: str = "input_ids",
-              mask_name: str = "attention_mask", n_positions: int | None = None) -> None:
+              mask_name: str = "attention_mask", n_positions: int | None = None, offset: int = 0) -> None:
     """Shape, dtype and range checks that fail with the argument named, before any compute.
 
     ``n_positions`` is the highest position the input reaches (default: its length), checked against a
-    learned position table.
+    learned position table; ``offset`` is the number of positions before the input (a KV cache's).
     """
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
         shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
@@ -32,7 +32,7 @@ def check_ids(cfg: Config, ids: torch.Tensor, attention_mask: torch.Tensor | Non
         if lo < 0 or hi >= cfg.vocab_size:
             bad = lo if lo < 0 else hi
             raise ValueError(f"{name} contain token id {bad}, outside the vocabulary [0, {cfg.vocab_size})")
-    T = n_positions or ids.shape[1]
+    T = n_positions or offset + ids.shape[1]
     if cfg.pos == "learned" and T > cfg.max_seq_len:
         raise ValueError(
             f"sequence length {T} exceeds max_seq_len={cfg.max_seq_len} ({name}): learned position embeddings "

@@ -37,6 +37,47 @@ class KVCache:
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
 
+class StaticKVCache(KVCache):
+    """Keys and values in buffers [B, K, capacity, D] allocated on the first step: appending writes in
+    place (no per-step copy of everything cached so far, no allocation) and returns views of the filled
+    part. Only the n_kv_heads are stored, so GQA/MQA shrink it by n_heads / n_kv_heads."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity, self.n = capacity, 0
+        self.k_buf: torch.Tensor | None = None
+        self.v_buf: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return self.n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the buffers (0 before the first step)."""
+        return 0 if self.k_buf is None else self.k_buf.nbytes + self.v_buf.nbytes
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = k.shape[2]
+        if self.k_buf is None:
+            B, K, _, D = k.shape
+            self.k_buf = k.new_empty(B, K, self.capacity, D)
+            self.v_buf = v.new_empty(B, K, self.capacity, D)
+        if self.n + t > self.capacity:
+            raise ValueError(f"the KV cache holds {self.capacity} positions; {self.n} + {t} do not fit "
+                             "(allocate a larger cache: prompt length + max_new_tokens)")
+        self.k_buf[:, :, self.n : self.n + t] = k
+        self.v_buf[:, :, self.n : self.n + t] = v
+        self.n += t
+        self.k, self.v = self.k_buf[:, :, : self.n], self.v_buf[:, :, : self.n]  # [B, K, n, D] views
+        return self.k, self.v
+
+    def reorder(self, index: torch.Tensor) -> None:
+        if self.k_buf is not None:
+            self.k_buf, self.v_buf = self.k_buf.index_select(0, index), self.v_buf.index_select(0, index)
+            self.k, self.v = self.k_buf[:, :, : self.n], self.v_buf[:, :, : self.n]
+
+
 @dataclass
 class BlockCache:
     """The caches of one decoder block: its self-attention and, in a seq2seq decoder, its cross-attention."""
@@ -54,6 +95,23 @@ class DecoderCache:
     @classmethod
     def empty(cls, n_layers: int) -> DecoderCache:
         return cls([BlockCache() for _ in range(n_layers)])
+
+    @classmethod
+    def static(cls, n_layers: int, capacity: int) -> DecoderCache:
+        """Preallocated self-attention caches of `capacity` positions (see StaticKVCache)."""
+        return cls([BlockCache(self_kv=StaticKVCache(capacity)) for _ in range(n_layers)])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all the keys and values."""
+        total = 0
+        for layer in self.layers:
+            for kv in (layer.self_kv, layer.cross_kv):
+                if isinstance(kv, StaticKVCache):
+                    total += kv.nbytes
+                elif kv.k is not None:
+                    total += kv.k.nbytes + kv.v.nbytes
+        return total
 
     @property
     def length(self) -> int:

@@ -1,0 +1,168 @@
+"""KV-cached generation: identical greedy tokens to transformers, to the uncached reference, per row of an
+uneven batch; sampling filters against transformers' warpers; cache size; streaming; errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import VOCAB
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import groundup as gu
+from groundup import calc
+from groundup.generate import generate_uncached, stream
+from groundup.generate.sampling import apply_repetition_penalty, top_k_filter, top_p_filter
+
+NEW = 10
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three left-padded prompts of lengths 7, 3 and 5 (pad id 0)."""
+    g = torch.Generator().manual_seed(4)
+    lengths = [7, 3, 5]
+    ids = torch.zeros(3, 7, dtype=torch.long)
+    mask = torch.zeros(3, 7, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        ids[b, 7 - n:] = torch.randint(3, VOCAB, (n,), generator=g)
+        mask[b, 7 - n:] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "mixtral", "gpt_neox", "mpt", "falcon-gqa"])
+def test_greedy_matches_transformers_on_an_uneven_batch(name, hf_folder):
+    """Mistral's window (4) is far shorter than prompt + 10 new tokens."""
+    path, ref = hf_folder(name)
+    model = gu.from_pretrained(path)
+    ids, mask = _batch()
+    with torch.no_grad():
+        want = ref.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, eos_token_id=2,
+                            pad_token_id=0)
+    got = model.generate(ids, NEW, attention_mask=mask, eos_token_id=2, pad_token_id=0)
+    assert torch.equal(got, want[:, : got.shape[1]]), f"{name}\n{got}\n{want}"
+    assert got.shape[1] == want.shape[1] or bool((want[:, got.shape[1]:] == 0).all())
+    assert got.shape[1] > ids.shape[1] + 5  # the random models do not stop at once: a real comparison
+
+
+@pytest.mark.parametrize("extra", [dict(pos="rope", n_kv_heads=2), dict(pos="learned"), dict(pos="alibi"),
+                                   dict(pos="rope", sliding_window=3), dict(pos="sinusoidal", n_kv_heads=1)])
+def test_each_row_decodes_as_it_would_alone(extra):
+    """The cached, padded batch gives each prompt the uncached single-prompt continuation."""
+    torch.manual_seed(0)
+    model = gu.CausalLM(gu.Config(vocab_size=61, d_model=32, n_layers=2, n_heads=4, d_ff=48, max_seq_len=64,
+                                  **extra))
+    prompts = [[3, 4, 5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15]]
+    out = gu.generate(model, prompts, 12)
+    assert out.shape == (3, 7 + 12)
+    for b, p in enumerate(prompts):
+        alone = generate_uncached(model, torch.tensor([p]), 12)[0, len(p):]
+        assert torch.equal(out[b, 7:], alone), b
+
+
+def test_sampling_with_a_seed_matches_the_uncached_reference():
+    torch.manual_seed(1)
+    model = gu.CausalLM(gu.Config(vocab_size=61, d_model=32, n_layers=2, n_heads=4, d_ff=48, max_seq_len=64))
+    ids = torch.tensor([[5, 6, 7]])
+    opts = dict(temperature=0.9, top_k=20, top_p=0.9)
+    got = gu.generate(model, ids, 15, seed=3, **opts)
+    want = generate_uncached(model, ids, 15, generator=torch.Generator().manual_seed(3), **opts)
+    assert torch.equal(got, want)
+    assert not torch.equal(got, gu.generate(model, ids, 15, seed=4, **opts))  # the seed matters
+
+
+def test_repetition_penalty_matches_transformers(hf_folder):
+    path, ref = hf_folder("llama")
+    model = gu.from_pretrained(path)
+    ids = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = ref.generate(ids, max_new_tokens=NEW, do_sample=False, repetition_penalty=1.8, eos_token_id=None,
+                            pad_token_id=0)
+    got = model.generate(ids, NEW, repetition_penalty=1.8)
+    assert torch.equal(got, want)
+    assert not torch.equal(got, model.generate(ids, NEW))  # the penalty changed something
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 40), p=st.floats(0.05, 1.0))
+def test_filters_match_transformers_warpers(seed, k, p):
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 37, generator=g) * 3
+    seen = torch.randint(0, 37, (3, 5), generator=g)
+    assert torch.equal(top_k_filter(logits, k), TopKLogitsWarper(k)(seen, logits.clone()))
+    ours, theirs = top_p_filter(logits, p), TopPLogitsWarper(p)(seen, logits.clone())
+    assert torch.equal(ours.isinf(), theirs.isinf())
+    torch.testing.assert_close(apply_repetition_penalty(logits, seen, 1.5),
+                               RepetitionPenaltyLogitsProcessor(1.5)(seen, logits.clone()))
+
+
+def test_stop_ids_stop_rows_independently():
+    torch.manual_seed(0)
+    model = gu.CausalLM(gu.Config(vocab_size=61, d_model=32, n_layers=2, n_heads=4, d_ff=48, max_seq_len=64))
+    prompts = [[3, 4, 5], [9, 8, 7, 6]]
+    free = gu.generate(model, prompts, 12)
+    stop = int(free[0, 4 + 2])  # the third token row 0 generates
+    out = gu.generate(model, prompts, 12, eos_token_id=[stop, 60], pad_token_id=1)
+    row0 = out[0, 4:].tolist()
+    cut = row0.index(stop)
+    assert row0[: cut + 1] == free[0, 4 : 4 + cut + 1].tolist() and set(row0[cut + 1:]) <= {1}
+    if stop not in free[1, 4:].tolist() and 60 not in free[1, 4:].tolist():
+        assert torch.equal(out[1, 4:], free[1, 4:])  # the other row goes on untouched
+
+
+def test_static_cache_bytes_match_the_calculator():
+    for kv in (4, 2, 1):  # MHA, GQA, MQA: only n_kv_heads are stored
+        cfg = gu.Config(vocab_size=61, d_model=32, n_layers=3, n_heads=4, n_kv_heads=kv, d_ff=48, max_seq_len=64)
+        model = gu.CausalLM(cfg).eval()
+        cache = model.new_cache(40)
+        with torch.no_grad():
+            model(torch.randint(0, 61, (2, 9)), cache=cache)
+        assert cache.length == 9
+        assert cache.nbytes == calc.kv_cache_bytes(cfg, batch=2, seq_len=40, dtype=torch.float32)
+
+
+def test_stream_yields_what_generate_returns():
+    tok = gu.Tokenizer.train(["the cat sat on the mat. the dog ran after the cat. " * 20], 300,
+                             special_tokens=["<|endoftext|>"])
+    torch.manual_seed(0)
+    model = gu.CausalLM(gu.Config(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4, d_ff=48,
+                                  max_seq_len=64))
+    prompt = [tok.encode("the cat"), tok.encode("a dog ran")]
+    full = gu.generate(model, prompt, 8)
+    steps = list(stream(model, prompt, 8))
+    assert torch.equal(torch.stack(steps, 1), full[:, -8:])
+    pieces = list(stream(model, prompt, 8, tokenizer=tok))
+    for b in range(2):
+        assert "".join(p[b] for p in pieces) == tok.decode(full[b, -8:].tolist())
+    # stop strings: the first time the text contains the string, the row stops
+    new = full[0, len(prompt[0]):].tolist()
+    first3 = tok.decode(new[:3])
+    stop = first3[-2:]
+    assert stop
+    out = gu.generate(model, prompt[:1], 8, stop_strings=[stop], tokenizer=tok)[0, len(prompt[0]):].tolist()
+    assert new[: len(out)] == out
+    assert stop in tok.decode(out) and stop not in tok.decode(out[:-1])
+
+
+def test_bad_arguments_fail_before_any_compute():
+    model = gu.CausalLM(gu.Config(vocab_size=61, d_model=32, n_layers=1, n_heads=4, d_ff=48, max_seq_len=16,
+                                  pos="learned"))
+    ids = torch.tensor([[1, 2, 3]])
+    for kwargs, match in [(dict(max_new_tokens=0), "max_new_tokens=0"), (dict(top_p=0.0), "top_p=0.0"),
+                          (dict(top_p=1.5), "top_p=1.5"), (dict(temperature=-1.0), "temperature=-1.0"),
+                          (dict(top_k=0), "top_k=0"), (dict(repetition_penalty=0.0), "repetition_penalty"),
+                          (dict(stop_strings=["x"]), "tokenizer"), (dict(max_new_tokens=14), "max_seq_len=16")]:
+        with pytest.raises(ValueError, match=match):
+            gu.generate(model, ids, **{"max_new_tokens": 4, **kwargs})
+    long = torch.randint(0, 61, (1, 20))
+    with pytest.raises(ValueError, match="more than the model's context of 16"):
+        gu.generate(model, long, 2)
+    out = gu.generate(model, long, 2, truncate=True)  # learned positions: keep 14 so that 2 more fit
+    assert out.shape == (1, 16) and torch.equal(out[:, :14], long[:, -14:])
+    with pytest.raises(ValueError, match="left"):
+        gu.generate(model, ids, 2, attention_mask=torch.tensor([[1, 1, 0]]))
