@@ -166,3 +166,35 @@ def test_bad_arguments_fail_before_any_compute():
     assert out.shape == (1, 16) and torch.equal(out[:, :14], long[:, -14:])
     with pytest.raises(ValueError, match="left"):
         gu.generate(model, ids, 2, attention_mask=torch.tensor([[1, 1, 0]]))
+
+
+def test_rolling_cache_stays_at_the_window_and_decodes_like_a_full_cache():
+    """Sliding window 4: the ring holds 4 positions however long the decoding, and every step's logits
+    equal those computed with a full (static) cache, for a left-padded row too."""
+    from groundup.nn.kv_cache import DecoderCache
+
+    torch.manual_seed(0)
+    cfg = gu.Config(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48, max_seq_len=256,
+                    pos="rope", sliding_window=4)
+    model = gu.CausalLM(cfg).eval()
+    ids = torch.randint(1, 61, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    rolling, full = model.new_cache(200), DecoderCache.static(cfg.n_layers, 200)
+    assert type(rolling.layers[0].self_kv).__name__ == "RollingKVCache"
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    sizes = []
+    with torch.no_grad():
+        step, m = ids, mask
+        for _ in range(60):
+            a = model(step, attention_mask=m, position_ids=pos, cache=rolling, last_only=True)
+            b = model(step, attention_mask=m, position_ids=pos, cache=full, last_only=True)
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+            sizes.append(rolling.nbytes)
+            step = a[:, -1].argmax(-1, keepdim=True)
+            m = torch.cat([m, torch.ones_like(step)], dim=1)
+            pos = pos[:, -1:] + 1
+    assert len(set(sizes)) == 1  # flat from the first step on
+    assert sizes[0] == calc.kv_cache_bytes(cfg, batch=2, seq_len=66, dtype=torch.float32)
+    assert full.nbytes == calc.kv_cache_bytes(cfg.replace(sliding_window=None), batch=2, seq_len=200,
+                                              dtype=torch.float32)

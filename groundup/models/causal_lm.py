@@ -71,9 +71,15 @@ class CausalLM(TiedHead, Stack):
         return out
 
     def new_cache(self, capacity: int | None = None) -> DecoderCache:
-        """An empty KV cache: preallocated for `capacity` positions (prompt + new tokens), else growing."""
-        n = self.config.n_layers
-        return DecoderCache.empty(n) if capacity is None else DecoderCache.static(n, capacity)
+        """An empty KV cache for `capacity` positions (prompt + new tokens): a ring of the window's size for
+        sliding-window attention when the window is the smaller, else preallocated; growing if None."""
+        cfg = self.config
+        if capacity is None:
+            return DecoderCache.empty(cfg.n_layers)
+        # ALiBi's bias needs key positions, which the ring's reordering does not keep: preallocate instead.
+        if cfg.sliding_window and cfg.sliding_window < capacity and cfg.pos != "alibi":
+            return DecoderCache.rolling(cfg.n_layers, cfg.sliding_window)
+        return DecoderCache.static(cfg.n_layers, capacity)
 
     def generate(self, input_ids, max_new_tokens: int = 32, **kwargs) -> torch.Tensor:
         """KV-cached generation; see groundup.generate.causal.generate for the options."""

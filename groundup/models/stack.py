@@ -66,7 +66,10 @@ class Stack(nn.Module):
         a decoder cross-attends to. Queries sit after the cached positions.
         """
         cfg = self.config
-        offset = cache.length if cache is not None else 0
+        # Queries follow the cached keys the attention will see: all of them, or a rolling cache's last ones.
+        offset = cache.kept if cache is not None else 0
+        if attention_mask is not None and cache is not None:
+            attention_mask = attention_mask[:, attention_mask.shape[1] - offset - x.shape[1]:]  # [B, kept + T]
         rel = self.rel_bias.weight if cfg.pos == "relative" else None
         mask = mask_spec(cfg, causal=self.causal, attention_mask=attention_mask, device=x.device, q_offset=offset,
                          rel_table=rel)

@@ -21,7 +21,13 @@ class KVCache:
 
     @property
     def length(self) -> int:
+        """Positions seen so far."""
         return 0 if self.k is None else self.k.shape[2]
+
+    @property
+    def kept(self) -> int:
+        """Positions whose keys are still held: the keys append() returns start with these (then the new)."""
+        return self.length
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add new steps [B, K, t, D]; returns everything cached so far [B, K, S + t, D]."""
@@ -78,6 +84,63 @@ class StaticKVCache(KVCache):
             self.k, self.v = self.k_buf[:, :, : self.n], self.v_buf[:, :, : self.n]
 
 
+class RollingKVCache(KVCache):
+    """Sliding-window attention's cache: a ring of `window` positions, so memory stays bounded however long
+    the generation (Beltagy et al., 2020; Jiang et al., 2023, Mistral's rolling buffer cache).
+
+    append() returns the kept keys in order, oldest first, followed by the new ones: position-wise the
+    same layout as a full cache cut to its last `kept` positions, so the causal + window mask applies
+    with the query offset `kept` (positions that fell out of the window are gone, and the mask would
+    have hidden them anyway). RoPE is applied before caching, so keys carry their positions with them.
+    """
+
+    def __init__(self, window: int) -> None:
+        super().__init__()
+        self.window, self.n = window, 0
+        self.k_buf: torch.Tensor | None = None
+        self.v_buf: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return self.n
+
+    @property
+    def kept(self) -> int:
+        return min(self.n, self.window)
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.k_buf is None else self.k_buf.nbytes + self.v_buf.nbytes
+
+    def _ordered(self, buf: torch.Tensor) -> torch.Tensor:
+        if self.n <= self.window:
+            return buf[:, :, : self.n]
+        start = self.n % self.window  # the oldest kept position's slot
+        return torch.cat((buf[:, :, start:], buf[:, :, :start]), dim=2)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = k.shape[2]
+        if self.k_buf is None:
+            B, K, _, D = k.shape
+            self.k_buf = k.new_empty(B, K, self.window, D)
+            self.v_buf = v.new_empty(B, K, self.window, D)
+        if self.n:
+            out_k = torch.cat((self._ordered(self.k_buf), k), dim=2)  # [B, K, kept + t, D]
+            out_v = torch.cat((self._ordered(self.v_buf), v), dim=2)
+        else:
+            out_k, out_v = k, v
+        m = min(t, self.window)  # only the newest `window` positions are kept
+        slots = torch.arange(self.n + t - m, self.n + t, device=k.device) % self.window
+        self.k_buf.index_copy_(2, slots, k[:, :, t - m:])
+        self.v_buf.index_copy_(2, slots, v[:, :, t - m:])
+        self.n += t
+        return out_k, out_v
+
+    def reorder(self, index: torch.Tensor) -> None:
+        if self.k_buf is not None:
+            self.k_buf, self.v_buf = self.k_buf.index_select(0, index), self.v_buf.index_select(0, index)
+
+
 @dataclass
 class BlockCache:
     """The caches of one decoder block: its self-attention and, in a seq2seq decoder, its cross-attention."""
@@ -101,13 +164,23 @@ class DecoderCache:
         """Preallocated self-attention caches of `capacity` positions (see StaticKVCache)."""
         return cls([BlockCache(self_kv=StaticKVCache(capacity)) for _ in range(n_layers)])
 
+    @classmethod
+    def rolling(cls, n_layers: int, window: int) -> DecoderCache:
+        """Ring-buffer self-attention caches for sliding-window attention (see RollingKVCache)."""
+        return cls([BlockCache(self_kv=RollingKVCache(window)) for _ in range(n_layers)])
+
+    @property
+    def kept(self) -> int:
+        """Positions whose keys are still held (all of them, except in a rolling cache)."""
+        return self.layers[0].self_kv.kept if self.layers else 0
+
     @property
     def nbytes(self) -> int:
         """Bytes held by all the keys and values."""
         total = 0
         for layer in self.layers:
             for kv in (layer.self_kv, layer.cross_kv):
-                if isinstance(kv, StaticKVCache):
+                if isinstance(kv, StaticKVCache | RollingKVCache):
                     total += kv.nbytes
                 elif kv.k is not None:
                     total += kv.k.nbytes + kv.v.nbytes
