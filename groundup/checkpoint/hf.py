@@ -182,6 +182,9 @@ def load_into(model: Model, state: dict[str, torch.Tensor], source: str) -> Mode
         if tuple(state[name].shape) != tuple(shape):
             raise CheckpointError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, the config "
                                   f"expects {tuple(shape)}")
+    # Row-major weights: transposed Conv1D matrices and q/k/v slices are views until copied here, and the
+    # CPU matmul paths of nn/linear.py read W's rows in order.
+    state = {k: v.contiguous() for k, v in state.items()}
     state.update({alias: state[src] for alias, src in tied.items()})
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()
