@@ -6,25 +6,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from groundup.nn.linear import GEMV_TOKENS, Linear, split_gemv
+from groundup.nn.linear import GEMV_TOKENS, Linear, split_linear
 
 
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("out_f", [7, 64, 97])
-@pytest.mark.parametrize("m", [1, 3, GEMV_TOKENS])
-def test_split_gemv_equals_linear(threads, out_f, m):
+@pytest.mark.parametrize("m", [1, 3, 4, 5, GEMV_TOKENS])
+def test_split_linear_equals_linear(threads, out_f, m):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         g = torch.Generator().manual_seed(out_f * 10 + m)
         w, b, x = torch.randn(out_f, 33, generator=g), torch.randn(out_f, generator=g), torch.randn(m, 33, generator=g)
-        torch.testing.assert_close(split_gemv(w, x, b), F.linear(x, w, b).t(), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(split_gemv(w, x), F.linear(x, w).t(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(split_linear(w, x, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(split_linear(w, x), F.linear(x, w), rtol=1e-5, atol=1e-5)
     finally:
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 16), (2, 1, 16), (1, 5, 16), (3, 16), (2, 9, 16)])
+@pytest.mark.parametrize("shape", [(1, 1, 16), (2, 1, 16), (1, 5, 16), (3, 16), (2, 9, 16), (3, 11, 16)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_paths_equal_f_linear(shape, bias):
     """Decode-sized inputs (split rows), prefill-sized (weight-major), under autocast too."""
