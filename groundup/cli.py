@@ -9,6 +9,7 @@ import time
 import torch
 
 from . import calc
+from .cli_generate import add_chat_parser, add_sampling_arguments
 from .config import Config
 from .presets import PRESETS
 
@@ -133,7 +134,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Encoder-decoder generation (greedy or beam search) from source texts."""
+    """Decoder-only continuation (streamed) or encoder-decoder generation (greedy or beam search)."""
+    from pathlib import Path
+
+    from .checkpoint.hf import config_from_hf
+    from .checkpoint.io import read_json
+
+    config = Path(args.model) / "config.json"
+    if config.is_file() and config_from_hf(read_json(config), str(config)).arch == "causal_lm":
+        from .cli_generate import cmd_generate_causal
+
+        return cmd_generate_causal(args)
     model, tok = _load_model_and_tokenizer(args.model, "seq2seq")
     for text in args.text:
         ids = torch.tensor([tok.encode(text).ids])
@@ -176,14 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pooling", choices=("mean", "cls", "pooler"), default="mean")
     e.set_defaults(func=cmd_embed)
 
-    g = sub.add_parser("generate", help="encoder-decoder generation: greedy or beam search (T5/Marian folder)")
-    g.add_argument("model", help="HF folder of an encoder-decoder model with tokenizer.json")
-    g.add_argument("text", nargs="+", help="source text(s)")
-    g.add_argument("--max-new-tokens", type=int, default=32)
-    g.add_argument("--num-beams", type=int, default=1, help="1: greedy")
-    g.add_argument("--length-penalty", type=float, default=1.0)
-    g.add_argument("--early-stopping", action="store_true")
+    g = sub.add_parser("generate", help="continue a prompt (decoder-only, streamed) or generate from a source "
+                       "text (encoder-decoder: greedy or beam search)")
+    g.add_argument("model", help="HF model folder with tokenizer.json")
+    g.add_argument("text", nargs="+", help="prompt(s), or source text(s) for an encoder-decoder")
+    add_sampling_arguments(g)
+    g.add_argument("--stop", nargs="+", default=None, help="decoder-only: stop strings")
+    g.add_argument("--num-beams", type=int, default=1, help="encoder-decoder: 1 = greedy")
+    g.add_argument("--length-penalty", type=float, default=1.0, help="encoder-decoder beam search")
+    g.add_argument("--early-stopping", action="store_true", help="encoder-decoder beam search")
     g.set_defaults(func=cmd_generate)
+    add_chat_parser(sub)
 
     from .cli_tokenizer import add_parser
 

@@ -198,3 +198,50 @@ def test_rolling_cache_stays_at_the_window_and_decodes_like_a_full_cache():
     assert sizes[0] == calc.kv_cache_bytes(cfg, batch=2, seq_len=66, dtype=torch.float32)
     assert full.nbytes == calc.kv_cache_bytes(cfg.replace(sliding_window=None), batch=2, seq_len=200,
                                               dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def chat_folder(tmp_path_factory):
+    tok = gu.Tokenizer.train(["the cat sat on the mat. the dog ran after the cat. " * 20], 300,
+                             special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = gu.Config.preset("tiny-llama").replace(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4,
+                                                 n_kv_heads=2, d_ff=48)
+    folder = tmp_path_factory.mktemp("chat")
+    gu.CausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder, tok
+
+
+def test_generate_cli_streams_the_greedy_continuation(chat_folder, capsys):
+    from groundup.cli import main
+
+    folder, tok = chat_folder
+    assert main(["generate", str(folder), "the cat", "--max-new-tokens", "8"]) == 0
+    model = gu.from_pretrained(folder)
+    ids = tok.encode("the cat")
+    want = model.generate([ids], 8, eos_token_id=tok.eos_token_id)[0, len(ids):].tolist()
+    want = [t for t in want if t != tok.eos_token_id]
+    assert capsys.readouterr().out == "the cat" + tok.decode(want, skip_special_tokens=True) + "\n"
+    assert main(["generate", str(folder / "missing"), "x"]) == 2
+    assert main(["generate", str(folder), "x", "--top-p", "1.5"]) == 2
+    assert "top_p=1.5" in capsys.readouterr().err
+
+
+def test_chat_cli_uses_the_template_and_keeps_the_history(chat_folder, monkeypatch, capsys):
+    import io
+
+    from groundup.cli import main
+
+    folder, tok = chat_folder
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\nand again\n\n"))
+    assert main(["chat", str(folder), "--max-new-tokens", "4", "--system", "be brief"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("> ") == 3  # two turns, then the empty line ends the chat
+    model = gu.from_pretrained(folder)
+    first = tok.apply_chat_template([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
+                                    add_generation_prompt=True)
+    stops = [tok.eos_token_id, tok.token_to_id("<|im_end|>")]
+    reply = model.generate([first], 4, eos_token_id=stops)[0, len(first):].tolist()
+    reply = tok.decode([t for t in reply if t not in stops], skip_special_tokens=True)
+    assert out.startswith("> " + reply + "\n> ")

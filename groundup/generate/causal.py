@@ -174,7 +174,8 @@ def stream(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 32,
            **kwargs) -> Iterator[torch.Tensor | list[str]]:
     """Like generate, one step at a time: yields the step's token ids [B], or with a ``tokenizer`` each
     row's new text (a list of B strings; "" for a row that has stopped, or whose last token ends inside
-    a multi-byte character that the next token completes)."""
+    a multi-byte character that the next token completes; what never completes comes in one last list),
+    so that joining a row's pieces gives the decoded continuation."""
     ids, mask, opts = _setup(model, input_ids, max_new_tokens, tokenizer=tokenizer,
                              **{k: kwargs.pop(k, d) for k, d in _DEFAULTS.items()})
     if kwargs:
@@ -201,6 +202,10 @@ def stream(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 32,
                 pieces.append(text[len(shown[b]):])
                 shown[b] = text
             yield pieces
+        if tokenizer is not None:  # text held back for a character that never completed
+            rest = [tokenizer.decode(r, skip_special_tokens=True)[len(s):] for r, s in zip(rows, shown, strict=True)]
+            if any(rest):
+                yield rest
     finally:
         model.train(was_training)
 

@@ -1,0 +1,111 @@
+"""`groundup generate` for decoder-only folders (streamed to the terminal) and `groundup chat`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+
+def load_causal(folder: str):
+    """A decoder-only model folder's model and tokenizer (config.json checked before any weight is read)."""
+    from .checkpoint.hf import config_from_hf, from_pretrained
+    from .checkpoint.io import read_json
+    from .tokenizer import Tokenizer
+
+    if not Path(folder).is_dir():
+        raise ValueError(f"{folder} is not a folder: give a local HF model folder (config.json, safetensors, "
+                         "tokenizer.json)")
+    cfg = config_from_hf(read_json(Path(folder) / "config.json"), str(Path(folder) / "config.json"))
+    if cfg.arch != "causal_lm":
+        raise ValueError(f"{folder} holds a {cfg.arch} model; this command needs a decoder-only model")
+    if not (Path(folder) / "tokenizer.json").is_file():
+        raise ValueError(f"{Path(folder) / 'tokenizer.json'} does not exist: the model folder needs its tokenizer")
+    return from_pretrained(folder), Tokenizer.from_pretrained(folder)
+
+
+def stop_ids(model, tok) -> list[int]:
+    """End-of-text ids: the config's eos_token_id (one or a list) and the tokenizer's eos token."""
+    ids: list[int] = []
+    eos = model.config.extra.get("eos_token_id")
+    for i in eos if isinstance(eos, list) else [eos]:
+        if i is not None:
+            ids.append(int(i))
+    if tok.eos_token_id is not None and tok.eos_token_id not in ids:
+        ids.append(tok.eos_token_id)
+    return ids
+
+
+def sampling(args: argparse.Namespace) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def stream_text(model, tok, ids: list[int], args: argparse.Namespace, out: TextIO, stop: list[int],
+                stop_strings: list[str] | None = None) -> str:
+    """Stream one continuation of `ids` to `out` as it is generated; return the text."""
+    from .generate import stream
+
+    text = []
+    for pieces in stream(model, [ids], args.max_new_tokens, tokenizer=tok, eos_token_id=stop or None,
+                         stop_strings=stop_strings, truncate=True, **sampling(args)):
+        out.write(pieces[0])
+        out.flush()
+        text.append(pieces[0])
+    return "".join(text)
+
+
+def cmd_generate_causal(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    model, tok = load_causal(args.model)
+    stop = stop_ids(model, tok)
+    for text in args.text:
+        ids = tok.encode(text) or ([tok.bos_token_id] if tok.bos_token_id is not None else stop[:1])
+        if not ids:
+            raise ValueError("the prompt is empty and the tokenizer has no bos/eos token to start from")
+        out.write(text)
+        stream_text(model, tok, ids, args, out, stop, args.stop)
+        out.write("\n")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | None = None) -> int:
+    """Read user turns line by line (empty line or EOF ends), answer each with the chat template."""
+    inp, out = inp or sys.stdin, out or sys.stdout
+    model, tok = load_causal(args.model)
+    stop = stop_ids(model, tok)
+    for name in ("<|im_end|>", "<|eot_id|>", "</s>", "<|end|>"):
+        tid = tok.token_to_id(name)
+        if tid is not None and tid not in stop:
+            stop.append(tid)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    while True:
+        out.write("> ")
+        out.flush()
+        line = inp.readline()
+        if not line or not line.strip():
+            out.write("\n")
+            return 0
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True)
+        reply = stream_text(model, tok, ids, args, out, stop)
+        out.write("\n")
+        messages.append({"role": "assistant", "content": reply})
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def add_chat_parser(sub) -> None:
+    c = sub.add_parser("chat", help="interactive chat with a decoder-only folder, through its chat template")
+    c.add_argument("model", help="HF folder of a decoder-only model with tokenizer.json")
+    c.add_argument("--system", default=None, help="system message")
+    add_sampling_arguments(c)
+    c.set_defaults(func=cmd_chat)
