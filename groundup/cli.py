@@ -9,7 +9,7 @@ import time
 import torch
 
 from . import calc
-from .cli_generate import add_chat_parser, add_sampling_arguments
+from .cli_generate import add_attention_parser, add_chat_parser, add_sampling_arguments
 from .config import Config
 from .presets import PRESETS
 
@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--early-stopping", action="store_true", help="encoder-decoder beam search")
     g.set_defaults(func=cmd_generate)
     add_chat_parser(sub)
+    add_attention_parser(sub)
 
     from .cli_tokenizer import add_parser
 

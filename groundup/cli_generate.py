@@ -1,4 +1,5 @@
-"""`groundup generate` for decoder-only folders (streamed to the terminal) and `groundup chat`."""
+"""`groundup generate` for decoder-only folders (streamed to the terminal), `groundup chat`, and
+`groundup attention` (a heatmap of one head's attention weights)."""
 
 from __future__ import annotations
 
@@ -109,3 +110,52 @@ def add_chat_parser(sub) -> None:
     c.add_argument("--system", default=None, help="system message")
     add_sampling_arguments(c)
     c.set_defaults(func=cmd_chat)
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    """Write a PNG heatmap of layer `layer`, head `head` attention probabilities over the text's tokens."""
+    import torch
+
+    model, tok = load_causal(args.model)
+    cfg = model.config
+    if not 0 <= args.head < cfg.n_heads:
+        raise ValueError(f"--head {args.head} is out of range: the model has {cfg.n_heads} heads")
+    ids = tok.encode(args.text)
+    if not ids:
+        raise ValueError("--text encodes to no tokens")
+    if len(ids) > cfg.max_seq_len:
+        raise ValueError(f"--text has {len(ids)} tokens, more than the model's context of {cfg.max_seq_len}")
+    weights = model.attention_weights(torch.tensor([ids]), args.layer)[0, args.head]  # [T, T]
+    labels = [tok.decode([i]) for i in ids]
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .checkpoint.io import atomic_file
+
+    size = max(4.0, 0.35 * len(ids) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(weights.float().numpy(), cmap="viridis", vmin=0.0)
+    ax.set_xticks(range(len(ids)), [repr(t)[1:-1] for t in labels], rotation=90, fontsize=8)
+    ax.set_yticks(range(len(ids)), [repr(t)[1:-1] for t in labels], fontsize=8)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    ax.set_title(f"layer {args.layer}, head {args.head}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    atomic_file(Path(args.out), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    print(f"wrote {args.out}: {len(ids)} x {len(ids)} attention weights of layer {args.layer}, head {args.head}")
+    return 0
+
+
+def add_attention_parser(sub) -> None:
+    a = sub.add_parser("attention", help="heatmap PNG of one attention head over a text (eager kernel)")
+    a.add_argument("model", help="HF folder of a decoder-only model with tokenizer.json")
+    a.add_argument("--text", required=True)
+    a.add_argument("--layer", type=int, default=0)
+    a.add_argument("--head", type=int, default=0)
+    a.add_argument("--out", default="attention.png")
+    a.set_defaults(func=cmd_attention)

@@ -245,3 +245,29 @@ def test_chat_cli_uses_the_template_and_keeps_the_history(chat_folder, monkeypat
     reply = model.generate([first], 4, eos_token_id=stops)[0, len(first):].tolist()
     reply = tok.decode([t for t in reply if t not in stops], skip_special_tokens=True)
     assert out.startswith("> " + reply + "\n> ")
+
+
+def test_attention_cli_writes_the_heatmap_of_the_eager_weights(chat_folder, tmp_path, monkeypatch, capsys):
+    from groundup.cli import main
+
+    folder, tok = chat_folder
+    shown = {}
+    import matplotlib.axes
+
+    real_imshow = matplotlib.axes.Axes.imshow
+
+    def spy(self, data, *args, **kwargs):
+        shown["data"] = data
+        return real_imshow(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
+    png = tmp_path / "maps" / "a.png"
+    assert main(["attention", str(folder), "--text", "the cat sat", "--layer", "1", "--head", "3",
+                 "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ids = tok.encode("the cat sat")
+    want = gu.from_pretrained(folder).attention_weights(torch.tensor([ids]), 1)[0, 3]
+    torch.testing.assert_close(torch.as_tensor(shown["data"]), want)
+    assert torch.allclose(want.sum(-1), torch.ones(len(ids))) and not want.triu(1).any()  # rows sum to 1, causal
+    assert main(["attention", str(folder), "--text", "x", "--head", "9"]) == 2
+    assert "--head 9" in capsys.readouterr().err
