@@ -96,7 +96,8 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
     texts = [""] * B
     eos_t = torch.tensor(eos, device=ids.device) if eos else None
-    step_ids, pos = ids, positions
+    # Unpadded rows take the default positions (after the cache): one shared RoPE table, not one per row.
+    step_ids, pos = ids, positions if padded else None
     for i in range(max_new_tokens):
         # The prompt first, then one token per step; the mask covers cached + new positions: [B, T + i].
         step_mask = full_mask[:, : T + i] if padded else None
@@ -120,7 +121,7 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
             return
         seen = torch.cat([seen, tok[:, None]], dim=1)
         seen_mask = torch.cat([seen_mask, (~finished_before).long()[:, None]], dim=1)
-        step_ids, pos = tok[:, None], pos[:, -1:] + 1
+        step_ids, pos = tok[:, None], (pos[:, -1:] + 1 if padded else None)
 
 
 def _setup(model, input_ids, max_new_tokens, *, attention_mask, temperature, top_k, top_p, repetition_penalty,
