@@ -9,7 +9,7 @@ import time
 import torch
 
 from . import calc
-from .cli_generate import add_attention_parser, add_chat_parser, add_sampling_arguments
+from .cli_generate import add_attention_parser, add_chat_parser, add_sampling_arguments, check_model_folder
 from .config import Config
 from .presets import PRESETS
 
@@ -73,20 +73,11 @@ def _load_model_and_tokenizer(folder: str, arch: str):
 
     from tokenizers import Tokenizer
 
-    from .checkpoint.hf import config_from_hf, from_pretrained
-    from .checkpoint.io import read_json
+    from .checkpoint.hf import from_pretrained
 
-    if not Path(folder).is_dir():
-        raise ValueError(f"{folder} is not a folder: give a local HF model folder (config.json, safetensors, "
-                         "tokenizer.json)")
-    # config.json only: refuse the wrong kind of model before reading any weight
-    cfg = config_from_hf(read_json(Path(folder) / "config.json"), str(Path(folder) / "config.json"))
-    if cfg.arch != arch:
-        kind = {"encoder": "an encoder (BERT-style)", "seq2seq": "an encoder-decoder (T5/Marian)"}[arch]
-        raise ValueError(f"{folder} holds a {cfg.arch} model; this command needs {kind} model")
+    kind = {"encoder": "an encoder (BERT-style)", "seq2seq": "an encoder-decoder (T5/Marian)"}[arch]
+    check_model_folder(folder, arch, kind)
     path = Path(folder) / "tokenizer.json"
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist: the model folder needs its tokenizer.json")
     return from_pretrained(folder), Tokenizer.from_file(str(path))
 
 

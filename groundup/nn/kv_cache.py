@@ -43,14 +43,12 @@ class KVCache:
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
 
-class StaticKVCache(KVCache):
-    """Keys and values in buffers [B, K, capacity, D] allocated on the first step: appending writes in
-    place (no per-step copy of everything cached so far, no allocation) and returns views of the filled
-    part. Only the n_kv_heads are stored, so GQA/MQA shrink it by n_heads / n_kv_heads."""
+class _BufferedKVCache(KVCache):
+    """Keys and values in buffers [B, K, slots, D] allocated on the first append; `n` positions seen."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, slots: int) -> None:
         super().__init__()
-        self.capacity, self.n = capacity, 0
+        self.slots, self.n = slots, 0
         self.k_buf: torch.Tensor | None = None
         self.v_buf: torch.Tensor | None = None
 
@@ -63,14 +61,27 @@ class StaticKVCache(KVCache):
         """Bytes held by the buffers (0 before the first step)."""
         return 0 if self.k_buf is None else self.k_buf.nbytes + self.v_buf.nbytes
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = k.shape[2]
+    def _allocate(self, k: torch.Tensor, v: torch.Tensor) -> None:
         if self.k_buf is None:
             B, K, _, D = k.shape
-            self.k_buf = k.new_empty(B, K, self.capacity, D)
-            self.v_buf = v.new_empty(B, K, self.capacity, D)
-        if self.n + t > self.capacity:
-            raise ValueError(f"the KV cache holds {self.capacity} positions; {self.n} + {t} do not fit "
+            self.k_buf = k.new_empty(B, K, self.slots, D)
+            self.v_buf = v.new_empty(B, K, self.slots, D)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        if self.k_buf is not None:
+            self.k_buf, self.v_buf = self.k_buf.index_select(0, index), self.v_buf.index_select(0, index)
+
+
+class StaticKVCache(_BufferedKVCache):
+    """Keys and values in buffers [B, K, capacity, D] allocated on the first step: appending writes in
+    place (no per-step copy of everything cached so far, no allocation) and returns views of the filled
+    part. Only the n_kv_heads are stored, so GQA/MQA shrink it by n_heads / n_kv_heads."""
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = k.shape[2]
+        self._allocate(k, v)
+        if self.n + t > self.slots:
+            raise ValueError(f"the KV cache holds {self.slots} positions; {self.n} + {t} do not fit "
                              "(allocate a larger cache: prompt length + max_new_tokens)")
         self.k_buf[:, :, self.n : self.n + t] = k
         self.v_buf[:, :, self.n : self.n + t] = v
@@ -79,12 +90,12 @@ class StaticKVCache(KVCache):
         return self.k, self.v
 
     def reorder(self, index: torch.Tensor) -> None:
+        super().reorder(index)
         if self.k_buf is not None:
-            self.k_buf, self.v_buf = self.k_buf.index_select(0, index), self.v_buf.index_select(0, index)
             self.k, self.v = self.k_buf[:, :, : self.n], self.v_buf[:, :, : self.n]
 
 
-class RollingKVCache(KVCache):
+class RollingKVCache(_BufferedKVCache):
     """Sliding-window attention's cache: a ring of `window` positions, so memory stays bounded however long
     the generation (Beltagy et al., 2020; Jiang et al., 2023, Mistral's rolling buffer cache).
 
@@ -94,51 +105,30 @@ class RollingKVCache(KVCache):
     have hidden them anyway). RoPE is applied before caching, so keys carry their positions with them.
     """
 
-    def __init__(self, window: int) -> None:
-        super().__init__()
-        self.window, self.n = window, 0
-        self.k_buf: torch.Tensor | None = None
-        self.v_buf: torch.Tensor | None = None
-
-    @property
-    def length(self) -> int:
-        return self.n
-
     @property
     def kept(self) -> int:
-        return min(self.n, self.window)
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.k_buf is None else self.k_buf.nbytes + self.v_buf.nbytes
+        return min(self.n, self.slots)
 
     def _ordered(self, buf: torch.Tensor) -> torch.Tensor:
-        if self.n <= self.window:
+        if self.n <= self.slots:
             return buf[:, :, : self.n]
-        start = self.n % self.window  # the oldest kept position's slot
+        start = self.n % self.slots  # the oldest kept position's slot
         return torch.cat((buf[:, :, start:], buf[:, :, :start]), dim=2)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = k.shape[2]
-        if self.k_buf is None:
-            B, K, _, D = k.shape
-            self.k_buf = k.new_empty(B, K, self.window, D)
-            self.v_buf = v.new_empty(B, K, self.window, D)
+        self._allocate(k, v)
         if self.n:
             out_k = torch.cat((self._ordered(self.k_buf), k), dim=2)  # [B, K, kept + t, D]
             out_v = torch.cat((self._ordered(self.v_buf), v), dim=2)
         else:
             out_k, out_v = k, v
-        m = min(t, self.window)  # only the newest `window` positions are kept
-        slots = torch.arange(self.n + t - m, self.n + t, device=k.device) % self.window
+        m = min(t, self.slots)  # only the newest `window` positions are kept
+        slots = torch.arange(self.n + t - m, self.n + t, device=k.device) % self.slots
         self.k_buf.index_copy_(2, slots, k[:, :, t - m:])
         self.v_buf.index_copy_(2, slots, v[:, :, t - m:])
         self.n += t
         return out_k, out_v
-
-    def reorder(self, index: torch.Tensor) -> None:
-        if self.k_buf is not None:
-            self.k_buf, self.v_buf = self.k_buf.index_select(0, index), self.v_buf.index_select(0, index)
 
 
 @dataclass
@@ -180,7 +170,7 @@ class DecoderCache:
         total = 0
         for layer in self.layers:
             for kv in (layer.self_kv, layer.cross_kv):
-                if isinstance(kv, StaticKVCache | RollingKVCache):
+                if isinstance(kv, _BufferedKVCache):
                     total += kv.nbytes
                 elif kv.k is not None:
                     total += kv.k.nbytes + kv.v.nbytes
