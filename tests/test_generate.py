@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB
+from conftest import VOCAB, randomize_
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -271,3 +271,36 @@ def test_attention_cli_writes_the_heatmap_of_the_eager_weights(chat_folder, tmp_
     assert torch.allclose(want.sum(-1), torch.ones(len(ids))) and not want.triu(1).any()  # rows sum to 1, causal
     assert main(["attention", str(folder), "--text", "x", "--head", "9"]) == 2
     assert "--head 9" in capsys.readouterr().err
+
+
+def test_context_extension_per_call_and_alibi_past_its_length():
+    """A RoPE model trained to 16 positions takes a 24-token prompt only with a RoPE scaling, per call
+    exactly as if the scaling were in its Config; an ALiBi model runs at 2.5x its length."""
+    torch.manual_seed(0)
+    cfg = gu.Config(vocab_size=61, d_model=32, n_layers=2, n_heads=4, d_ff=48, max_seq_len=16, pos="rope")
+    model = randomize_(gu.CausalLM(cfg))  # large weights: positions visibly matter
+    prompt = torch.randint(1, 61, (1, 24), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="rope_scaling"):
+        gu.generate(model, prompt, 8)
+    from groundup.generate.causal import decoding
+
+    logits = {}
+    for kind in ("linear", "ntk"):
+        got = gu.generate(model, prompt, 8, rope_scaling=(kind, 2.0))
+        assert model.config == cfg  # the call's scaling is gone afterwards
+        scaled = gu.CausalLM(cfg.replace(rope_scaling=kind, rope_scaling_factor=2.0))
+        scaled.load_state_dict(model.state_dict())
+        assert torch.equal(got, gu.generate(scaled, prompt, 8))
+        assert torch.equal(got, generate_uncached(scaled, prompt, 8))
+        with torch.no_grad():
+            with decoding(model, (kind, 2.0)):
+                logits[kind] = model(prompt)
+            torch.testing.assert_close(logits[kind], scaled.eval()(prompt), rtol=0, atol=1e-6)
+    assert not torch.allclose(logits["linear"], logits["ntk"], atol=1e-3)  # the two scalings do differ
+    with pytest.raises(ValueError, match="rope_scaling_factor"):
+        gu.generate(model, prompt, 8, rope_scaling=("linear", 0.5))
+    alibi = gu.CausalLM(cfg.replace(pos="alibi"))
+    long = torch.randint(1, 61, (2, 40), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(gu.generate(alibi, long, 8), generate_uncached(alibi, long, 8))
+    with pytest.raises(ValueError, match="needs a RoPE model"):
+        gu.generate(alibi, long, 2, rope_scaling=("linear", 2.0))

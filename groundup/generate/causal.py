@@ -14,6 +14,7 @@ free of cache logic, and the reference the tests hold the cached path to.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -56,6 +57,34 @@ def _stop_ids(model, eos_token_id) -> list[int]:
     return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(t) for t in eos_token_id]
 
 
+def context_length(cfg) -> float:
+    """Longest prompt generation accepts: max_seq_len, times the factor of a RoPE scaling (position
+    interpolation, Chen et al., 2023; NTK-aware scaling, bloc97, 2023), unbounded for ALiBi, whose linear
+    biases extrapolate (Press et al., 2022, "train short, test long")."""
+    if cfg.pos == "alibi":
+        return float("inf")
+    if cfg.pos == "rope" and cfg.rope_scaling != "none":
+        return int(cfg.max_seq_len * cfg.rope_scaling_factor)
+    return cfg.max_seq_len
+
+
+@contextlib.contextmanager
+def decoding(model: torch.nn.Module, rope_scaling: tuple[str, float] | None = None) -> Iterator[None]:
+    """Eval mode, and optionally a RoPE scaling for this call only; both restored afterwards."""
+    was_training, cfg = model.training, model.config
+    if rope_scaling is not None:
+        if cfg.pos != "rope":
+            raise ValueError(f"rope_scaling={rope_scaling!r} needs a RoPE model; this one has pos={cfg.pos!r}")
+        kind, factor = rope_scaling
+        model.config = cfg.replace(rope_scaling=kind, rope_scaling_factor=float(factor))  # validates both
+    model.eval()
+    try:
+        yield
+    finally:
+        model.config = cfg
+        model.train(was_training)
+
+
 def _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos):
     cfg = model.config
     if max_new_tokens < 1:
@@ -65,10 +94,11 @@ def _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_tok
     ids, mask = _left_pad(input_ids, attention_mask, pad, device)
     if ids.shape[1] == 0 or not bool(mask.sum(1).all()):
         raise ValueError("every prompt needs at least one token (a BOS token if there is no text)")
-    limit = cfg.max_seq_len
+    limit = context_length(cfg)
     if ids.shape[1] > limit and not truncate:
-        raise ValueError(f"the prompt has {ids.shape[1]} tokens, more than the model's context of {limit} "
-                         "(max_seq_len): shorten it, or pass truncate=True to keep its last tokens")
+        hint = ", or extend it: rope_scaling=('linear' or 'ntk', factor)" if cfg.pos == "rope" else ""
+        raise ValueError(f"the prompt has {ids.shape[1]} tokens, more than the model's context of {limit}: "
+                         f"shorten it, or pass truncate=True to keep its last tokens{hint}")
     keep = limit - max_new_tokens if cfg.pos == "learned" else limit  # learned positions end at max_seq_len
     if ids.shape[1] > keep:
         if not truncate:
@@ -146,28 +176,25 @@ def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 3
              top_p: float | None = None, repetition_penalty: float = 1.0,
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
              stop_strings: Sequence[str] | None = None, tokenizer: Any = None,
-             seed: int | None = None, generator: torch.Generator | None = None, truncate: bool = False
-             ) -> torch.Tensor:
+             seed: int | None = None, generator: torch.Generator | None = None, truncate: bool = False,
+             rope_scaling: tuple[str, float] | None = None) -> torch.Tensor:
     """Continue each prompt: input_ids [B, T] (left-padded, with attention_mask) or a list of token-id
     lists of any lengths -> ids [B, T' + n], the (left-padded) prompts followed by n <= max_new_tokens
     new tokens; a row that stopped early is filled with pad_token_id (default: the first stop id).
 
     temperature 0 is greedy; otherwise sampling with optional top_k, top_p and repetition_penalty, seeded
     by ``seed`` or a ``generator``. A row stops at any of ``eos_token_id`` or when its text (decoded with
-    ``tokenizer``) contains one of ``stop_strings``. A prompt longer than the model's context is an error,
-    or is cut to its last max_seq_len tokens with ``truncate=True``.
+    ``tokenizer``) contains one of ``stop_strings``. A prompt longer than the model's context
+    (context_length) is an error, or is cut to its last tokens with ``truncate=True``. ``rope_scaling``
+    ("linear" or "ntk", factor) extends a RoPE model's context for this call only.
     """
-    ids, mask, opts = _setup(model, input_ids, max_new_tokens, attention_mask=attention_mask,
-                             temperature=temperature, top_k=top_k, top_p=top_p,
-                             repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
-                             pad_token_id=pad_token_id, stop_strings=stop_strings, tokenizer=tokenizer, seed=seed,
-                             generator=generator, truncate=truncate)
-    was_training = model.training
-    model.eval()
-    try:
+    with decoding(model, rope_scaling):
+        ids, mask, opts = _setup(model, input_ids, max_new_tokens, attention_mask=attention_mask,
+                                 temperature=temperature, top_k=top_k, top_p=top_p,
+                                 repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
+                                 pad_token_id=pad_token_id, stop_strings=stop_strings, tokenizer=tokenizer,
+                                 seed=seed, generator=generator, truncate=truncate)
         new = [tok for tok, _ in _steps(model, ids, mask, max_new_tokens, **opts)]
-    finally:
-        model.train(was_training)
     return torch.cat([ids, torch.stack(new, dim=1)], dim=1)
 
 
@@ -177,15 +204,14 @@ def stream(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 32,
     row's new text (a list of B strings; "" for a row that has stopped, or whose last token ends inside
     a multi-byte character that the next token completes; what never completes comes in one last list),
     so that joining a row's pieces gives the decoded continuation."""
-    ids, mask, opts = _setup(model, input_ids, max_new_tokens, tokenizer=tokenizer,
-                             **{k: kwargs.pop(k, d) for k, d in _DEFAULTS.items()})
+    rope_scaling = kwargs.pop("rope_scaling", None)
+    settings = {k: kwargs.pop(k, d) for k, d in _DEFAULTS.items()}
     if kwargs:
         raise TypeError(f"stream() got unexpected arguments {sorted(kwargs)}")
-    was_training = model.training
-    model.eval()
-    rows: list[list[int]] = [[] for _ in range(ids.shape[0])]
-    shown = [""] * ids.shape[0]
-    try:
+    with decoding(model, rope_scaling):
+        ids, mask, opts = _setup(model, input_ids, max_new_tokens, tokenizer=tokenizer, **settings)
+        rows: list[list[int]] = [[] for _ in range(ids.shape[0])]
+        shown = [""] * ids.shape[0]
         for tok, finished in _steps(model, ids, mask, max_new_tokens, **opts):
             if tokenizer is None:
                 yield tok
@@ -207,8 +233,6 @@ def stream(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 32,
             rest = [tokenizer.decode(r, skip_special_tokens=True)[len(s):] for r, s in zip(rows, shown, strict=True)]
             if any(rest):
                 yield rest
-    finally:
-        model.train(was_training)
 
 
 _DEFAULTS: dict[str, Any] = dict(attention_mask=None, temperature=0.0, top_k=None, top_p=None, repetition_penalty=1.0,
