@@ -149,8 +149,9 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
         yield tok, finished_before
         if bool(done.all()):
             return
-        seen = torch.cat([seen, tok[:, None]], dim=1)
-        seen_mask = torch.cat([seen_mask, (~finished_before).long()[:, None]], dim=1)
+        if repetition_penalty != 1.0:  # the history is only read by the penalty
+            seen = torch.cat([seen, tok[:, None]], dim=1)
+            seen_mask = torch.cat([seen_mask, (~finished_before).long()[:, None]], dim=1)
         step_ids, pos = tok[:, None], (pos[:, -1:] + 1 if padded else None)
 
 
