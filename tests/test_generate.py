@@ -304,3 +304,34 @@ def test_context_extension_per_call_and_alibi_past_its_length():
     assert torch.equal(gu.generate(alibi, long, 8), generate_uncached(alibi, long, 8))
     with pytest.raises(ValueError, match="needs a RoPE model"):
         gu.generate(alibi, long, 2, rope_scaling=("linear", 2.0))
+
+
+@pytest.fixture(scope="module")
+def detok_tokenizers(tmp_path_factory):
+    from tokenizer.conftest import sentencepiece_style, unicode_text
+
+    text = unicode_text(4000, seed=3)
+    byte_level = gu.Tokenizer.train([text], 400, special_tokens=["<|endoftext|>"])
+    folder = tmp_path_factory.mktemp("sp")
+    sp = gu.Tokenizer.from_file(sentencepiece_style(folder, text * 3, "metaspace", vocab_size=600))
+    return {"byte-level": byte_level, "sentencepiece": sp}
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), name=st.sampled_from(["byte-level", "sentencepiece"]))
+def test_detokenizer_pieces_join_to_the_decoded_text(detok_tokenizers, seed, name):
+    """One token at a time, across newlines, multi-byte characters and byte-fallback tokens, the pieces
+    join to decode(all ids); decoding restarts at newlines, so no piece depends on the whole history."""
+    from tokenizer.conftest import unicode_text
+
+    from groundup.generate.causal import Detokenizer
+
+    tok = detok_tokenizers[name]
+    ids = tok.encode(unicode_text(60, seed=seed), add_special_tokens=False)
+    if name == "byte-level":  # arbitrary tokens too (byte fallback, below, judges a run of bytes as a whole)
+        ids += torch.randint(0, tok.vocab_size, (20,), generator=torch.Generator().manual_seed(seed)).tolist()
+    d = Detokenizer(tok)
+    pieces = [d.push(t) for t in ids]
+    assert "".join(pieces) + d.flush() == tok.decode(ids, skip_special_tokens=True)
+    if "\n" in tok.decode(ids[:-3]):
+        assert len(d.ids) < len(ids)  # the window restarted

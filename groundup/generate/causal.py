@@ -124,7 +124,11 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
     padded = not bool(mask.all())
     seen, seen_mask = ids, mask
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    texts = [""] * B
+    generated: list[list[int]] = [[] for _ in range(B)]
+    # A stop string of n bytes lies within the last n + 1 tokens (a token carries at least one byte; one
+    # more covers a decoder that drops the first token's leading space). Decoding that tail, not each
+    # token alone, keeps multi-byte characters whole and the work per step bounded.
+    tail = max((len(x.encode("utf-8")) for x in stop_strings), default=0) + 1
     eos_t = torch.tensor(eos, device=ids.device) if eos else None
     # Unpadded rows take the default positions (after the cache): one shared RoPE table, not one per row.
     step_ids, pos = ids, positions if padded else None
@@ -143,8 +147,9 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
         if stop_strings:
             for b in range(B):
                 if not finished_before[b]:
-                    texts[b] += tokenizer.decode([int(tok[b])])
-                    if any(s in texts[b][-(len(s) + 32):] for s in stop_strings):
+                    generated[b].append(int(tok[b]))
+                    text = tokenizer.decode(generated[b][-tail:])
+                    if any(x in text for x in stop_strings):
                         done[b] = True
         yield tok, finished_before
         if bool(done.all()):
@@ -155,8 +160,9 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
         step_ids, pos = tok[:, None], (pos[:, -1:] + 1 if padded else None)
 
 
-def _setup(model, input_ids, max_new_tokens, *, attention_mask, temperature, top_k, top_p, repetition_penalty,
-           eos_token_id, pad_token_id, stop_strings, tokenizer, seed, generator, truncate):
+def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=0.0, top_k=None, top_p=None,
+           repetition_penalty=1.0, eos_token_id=None, pad_token_id=None, stop_strings=None, tokenizer=None,
+           seed=None, generator=None, truncate=False):
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     if getattr(getattr(model, "config", None), "arch", None) != "causal_lm":
         raise ValueError("generate() here is for decoder-only models; a Seq2Seq model has model.generate "
@@ -199,46 +205,60 @@ def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 3
     return torch.cat([ids, torch.stack(new, dim=1)], dim=1)
 
 
+class Detokenizer:
+    """Token ids in, the new text out, one token at a time, such that the pieces join to the decoded whole.
+
+    Text ending inside a multi-byte character is held until a later token completes it. Each step decodes
+    only the tokens since the last newline token, so the work per token stays bounded however long the
+    text: a token that decodes to text ending in a newline (and not starting with a space, which some
+    decoders strip at the start) starts the next window.
+
+    One case cannot be streamed exactly: a byte-fallback decoder (Llama-2 style) judges a run of byte
+    tokens as a whole, so a character already shown turns into replacement characters when invalid bytes
+    follow it in the same run. Valid text streams exactly.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self._decode(self.ids)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return ""
+        piece, self.shown = text[len(self.shown):], text
+        last = self._decode([token])
+        if last.endswith("\n") and not last.startswith(" "):
+            self.ids, self.shown = [token], last  # the next window starts at this newline
+        return piece
+
+    def flush(self) -> str:
+        """Whatever is still held back (a character that never completed)."""
+        rest = self._decode(self.ids)[len(self.shown):]
+        self.shown += rest
+        return rest
+
+
 def stream(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 32, *, tokenizer: Any = None,
-           **kwargs) -> Iterator[torch.Tensor | list[str]]:
-    """Like generate, one step at a time: yields the step's token ids [B], or with a ``tokenizer`` each
-    row's new text (a list of B strings; "" for a row that has stopped, or whose last token ends inside
-    a multi-byte character that the next token completes; what never completes comes in one last list),
-    so that joining a row's pieces gives the decoded continuation."""
-    rope_scaling = kwargs.pop("rope_scaling", None)
-    settings = {k: kwargs.pop(k, d) for k, d in _DEFAULTS.items()}
-    if kwargs:
-        raise TypeError(f"stream() got unexpected arguments {sorted(kwargs)}")
+           rope_scaling: tuple[str, float] | None = None, **kwargs) -> Iterator[torch.Tensor | list[str]]:
+    """Like generate (same keyword arguments), one step at a time: yields the step's token ids [B], or
+    with a ``tokenizer`` each row's new text (a list of B strings; "" for a row that has stopped, or whose
+    last token ends inside a multi-byte character that a later token completes; what never completes
+    comes in one last list), so that joining a row's pieces gives the decoded continuation."""
     with decoding(model, rope_scaling):
-        ids, mask, opts = _setup(model, input_ids, max_new_tokens, tokenizer=tokenizer, **settings)
-        rows: list[list[int]] = [[] for _ in range(ids.shape[0])]
-        shown = [""] * ids.shape[0]
+        ids, mask, opts = _setup(model, input_ids, max_new_tokens, tokenizer=tokenizer, **kwargs)
+        rows = [Detokenizer(tokenizer) for _ in range(ids.shape[0])] if tokenizer is not None else []
         for tok, finished in _steps(model, ids, mask, max_new_tokens, **opts):
             if tokenizer is None:
                 yield tok
                 continue
-            pieces = []
-            for b, t in enumerate(tok.tolist()):
-                if finished[b]:
-                    pieces.append("")
-                    continue
-                rows[b].append(t)
-                text = tokenizer.decode(rows[b], skip_special_tokens=True)
-                if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
-                    pieces.append("")
-                    continue
-                pieces.append(text[len(shown[b]):])
-                shown[b] = text
-            yield pieces
-        if tokenizer is not None:  # text held back for a character that never completed
-            rest = [tokenizer.decode(r, skip_special_tokens=True)[len(s):] for r, s in zip(rows, shown, strict=True)]
-            if any(rest):
-                yield rest
-
-
-_DEFAULTS: dict[str, Any] = dict(attention_mask=None, temperature=0.0, top_k=None, top_p=None, repetition_penalty=1.0,
-                                 eos_token_id=None, pad_token_id=None, stop_strings=None, seed=None, generator=None,
-                                 truncate=False)
+            yield ["" if finished[b] else rows[b].push(t) for b, t in enumerate(tok.tolist())]
+        rest = [row.flush() for row in rows]
+        if any(rest):
+            yield rest
 
 
 @torch.no_grad()
@@ -248,17 +268,15 @@ def generate_uncached(model: torch.nn.Module, input_ids: torch.Tensor, max_new_t
     """The plain way, one full forward over the whole prefix per token (no cache, no padding): the
     reference for tests. input_ids [B, T] -> [B, T + n]."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=1.0)
-    was_training = model.training
-    model.eval()
     ids, done = input_ids, torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    for _ in range(max_new_tokens):
-        logits = model(ids)[:, -1].float()  # [B, V]
-        nxt = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-        if eos_token_id is not None:
-            nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
-            done |= nxt == eos_token_id
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        if eos_token_id is not None and bool(done.all()):
-            break
-    model.train(was_training)
+    with decoding(model):
+        for _ in range(max_new_tokens):
+            logits = model(ids)[:, -1].float()  # [B, V]
+            nxt = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            if eos_token_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+                done |= nxt == eos_token_id
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            if eos_token_id is not None and bool(done.all()):
+                break
     return ids
