@@ -247,7 +247,17 @@ class Config:
 
     # construction helpers ------------------------------------------------------------------------
     def replace(self, **changes: Any) -> Config:
-        """A copy with some fields changed, validated again."""
+        """A copy with some fields changed, validated again. A derived field that holds its default
+        (head_dim = d_model // n_heads, n_kv_heads = n_heads, d_ff = 4 d_model, n_decoder_layers =
+        n_layers) follows its inputs when they change, unless it is changed too: overriding d_model and
+        n_heads of a preset must not keep the preset's head size."""
+        follows = {"head_dim": (("d_model", "n_heads"), self.head_dim == self.d_model // max(self.n_heads, 1)),
+                   "n_kv_heads": (("n_heads",), self.n_kv_heads == self.n_heads),
+                   "d_ff": (("d_model",), self.d_ff == 4 * self.d_model),
+                   "n_decoder_layers": (("n_layers",), self.n_decoder_layers == self.n_layers)}
+        for name, (inputs, is_default) in follows.items():
+            if name not in changes and is_default and any(k in changes for k in inputs):
+                changes[name] = None
         return dataclasses.replace(self, **changes)
 
     @classmethod

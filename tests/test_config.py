@@ -64,6 +64,21 @@ def test_replace_revalidates():
         cfg.replace(n_kv_heads=3)
 
 
+def test_replace_rederives_defaulted_fields():
+    """Overriding a preset's size (the pretrain CLI's --d-model/--n-heads) recomputes the head size; an
+    explicit head_dim, or one given with the change, stays."""
+    cfg = gu.Config.preset("tiny-llama")  # d_model 64, 4 heads of 16
+    assert cfg.replace(d_model=256, n_heads=8).head_dim == 32
+    assert cfg.replace(d_model=256, n_heads=8, head_dim=16).head_dim == 16
+    explicit = gu.Config(vocab_size=32, d_model=64, n_heads=4, head_dim=8)
+    assert explicit.replace(d_model=128).head_dim == 8
+    mha = gu.Config(vocab_size=32, d_model=64, n_heads=4)
+    assert mha.replace(n_heads=8).n_kv_heads == 8 and mha.replace(d_model=96).d_ff == 384
+    assert cfg.replace(n_heads=8).n_kv_heads == 2  # GQA stays as set
+    t5 = gu.Config(arch="seq2seq", vocab_size=32, d_model=64, n_heads=4, n_layers=2, pos="relative")
+    assert t5.replace(n_layers=3).n_decoder_layers == 3
+
+
 def test_unknown_preset_lists_choices():
     with pytest.raises(ValueError, match="unknown preset 'gpt5'.*llama-2-7b"):
         gu.Config.preset("gpt5")
