@@ -187,8 +187,8 @@ def test_rolling_cache_stays_at_the_window_and_decodes_like_a_full_cache():
     with torch.no_grad():
         step, m = ids, mask
         for _ in range(60):
-            a = model(step, attention_mask=m, position_ids=pos, cache=rolling, last_only=True)
-            b = model(step, attention_mask=m, position_ids=pos, cache=full, last_only=True)
+            a = model(step, attention_mask=m, position_ids=pos, cache=rolling, logits_to_keep=1)
+            b = model(step, attention_mask=m, position_ids=pos, cache=full, logits_to_keep=1)
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
             sizes.append(rolling.nbytes)
             step = a[:, -1].argmax(-1, keepdim=True)

@@ -15,12 +15,15 @@ free of cache logic, and the reference the tests hold the cached path to.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 
 from .sampling import apply_repetition_penalty, check_sampling, next_token
+from .speculative import SpeculativeStats, check_draft, speculative_steps
+from .stopping import Stopper
 
 Prompts = torch.Tensor | Sequence[Sequence[int]]
 
@@ -69,8 +72,12 @@ def context_length(cfg) -> float:
 
 
 @contextlib.contextmanager
-def decoding(model: torch.nn.Module, rope_scaling: tuple[str, float] | None = None) -> Iterator[None]:
-    """Eval mode, and optionally a RoPE scaling for this call only; both restored afterwards."""
+def decoding(model: torch.nn.Module | None, rope_scaling: tuple[str, float] | None = None) -> Iterator[None]:
+    """Eval mode, and optionally a RoPE scaling for this call only; both restored afterwards (nothing
+    for model None)."""
+    if model is None:
+        yield
+        return
     was_training, cfg = model.training, model.config
     if rope_scaling is not None:
         if cfg.pos != "rope":
@@ -113,9 +120,8 @@ def _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_tok
 
 @torch.no_grad()
 def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *, temperature: float,
-           top_k: int | None, top_p: float | None, repetition_penalty: float, eos: list[int], pad: int,
-           stop_strings: Sequence[str], tokenizer: Any, generator: torch.Generator | None
-           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+           top_k: int | None, top_p: float | None, repetition_penalty: float, generator: torch.Generator | None,
+           stopper: Stopper) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (tokens [B], finished-before-this-step [B]) per step; the loop behind generate and stream."""
     B, T = ids.shape
     cache = model.new_cache(T + max_new_tokens)
@@ -123,36 +129,19 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]: real tokens count from 0
     padded = not bool(mask.all())
     seen, seen_mask = ids, mask
-    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    generated: list[list[int]] = [[] for _ in range(B)]
-    # A stop string of n bytes lies within the last n + 1 tokens (a token carries at least one byte; one
-    # more covers a decoder that drops the first token's leading space). Decoding that tail, not each
-    # token alone, keeps multi-byte characters whole and the work per step bounded.
-    tail = max((len(x.encode("utf-8")) for x in stop_strings), default=0) + 1
-    eos_t = torch.tensor(eos, device=ids.device) if eos else None
     # Unpadded rows take the default positions (after the cache): one shared RoPE table, not one per row.
     step_ids, pos = ids, positions if padded else None
     for i in range(max_new_tokens):
         # The prompt first, then one token per step; the mask covers cached + new positions: [B, T + i].
         step_mask = full_mask[:, : T + i] if padded else None
         logits = model(step_ids, attention_mask=step_mask, position_ids=pos, cache=cache,
-                       last_only=True)[:, -1].float()  # [B, V]
+                       logits_to_keep=1)[:, -1].float()  # [B, V]
         if repetition_penalty != 1.0:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty, seen_mask)
         tok = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-        tok = torch.where(done, torch.full_like(tok, pad), tok)
-        finished_before = done.clone()
-        if eos_t is not None:
-            done |= torch.isin(tok, eos_t)
-        if stop_strings:
-            for b in range(B):
-                if not finished_before[b]:
-                    generated[b].append(int(tok[b]))
-                    text = tokenizer.decode(generated[b][-tail:])
-                    if any(x in text for x in stop_strings):
-                        done[b] = True
+        tok, finished_before = stopper.push(tok)
         yield tok, finished_before
-        if bool(done.all()):
+        if stopper.all_done:
             return
         if repetition_penalty != 1.0:  # the history is only read by the penalty
             seen = torch.cat([seen, tok[:, None]], dim=1)
@@ -162,20 +151,33 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
 
 def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=0.0, top_k=None, top_p=None,
            repetition_penalty=1.0, eos_token_id=None, pad_token_id=None, stop_strings=None, tokenizer=None,
-           seed=None, generator=None, truncate=False):
+           seed=None, generator=None, truncate=False, draft_model=None, num_draft_tokens=4, stats=None
+           ) -> tuple[torch.Tensor, Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]]:
+    """Check everything, then return the left-padded prompts [B, T] and the decoding loop to run."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     if getattr(getattr(model, "config", None), "arch", None) != "causal_lm":
         raise ValueError("generate() here is for decoder-only models; a Seq2Seq model has model.generate "
                          "(greedy or beam search)")
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings need the tokenizer (tokenizer=...) to read the generated text")
+    if draft_model is not None:
+        check_draft(model, draft_model, num_draft_tokens, repetition_penalty)
     eos = _stop_ids(model, eos_token_id)
     ids, mask, pad = _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos)
+    if draft_model is not None:
+        try:  # the draft reads the same positions: it must have room for them too
+            _prepare(draft_model, ids, max_new_tokens, mask, False, pad, eos)
+        except ValueError as e:
+            raise ValueError(f"draft_model: {e}") from None
     if generator is None and seed is not None:
         generator = torch.Generator(device=ids.device).manual_seed(seed)
-    return ids, mask, dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                           eos=eos, pad=pad, stop_strings=list(stop_strings or []), tokenizer=tokenizer,
-                           generator=generator)
+    stopper = Stopper(ids.shape[0], eos=eos, pad=pad, stop_strings=stop_strings or [], tokenizer=tokenizer,
+                      device=ids.device)
+    opts = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, stopper=stopper)
+    if draft_model is None:
+        return ids, partial(_steps, model, ids, mask, max_new_tokens, repetition_penalty=repetition_penalty, **opts)
+    return ids, partial(speculative_steps, model, draft_model, ids, mask, max_new_tokens,
+                        num_draft=num_draft_tokens, stats=stats, **opts)
 
 
 def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 32, *,
@@ -184,7 +186,8 @@ def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 3
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
              stop_strings: Sequence[str] | None = None, tokenizer: Any = None,
              seed: int | None = None, generator: torch.Generator | None = None, truncate: bool = False,
-             rope_scaling: tuple[str, float] | None = None) -> torch.Tensor:
+             rope_scaling: tuple[str, float] | None = None, draft_model: torch.nn.Module | None = None,
+             num_draft_tokens: int = 4, stats: SpeculativeStats | None = None) -> torch.Tensor:
     """Continue each prompt: input_ids [B, T] (left-padded, with attention_mask) or a list of token-id
     lists of any lengths -> ids [B, T' + n], the (left-padded) prompts followed by n <= max_new_tokens
     new tokens; a row that stopped early is filled with pad_token_id (default: the first stop id).
@@ -194,14 +197,20 @@ def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 3
     ``tokenizer``) contains one of ``stop_strings``. A prompt longer than the model's context
     (context_length) is an error, or is cut to its last tokens with ``truncate=True``. ``rope_scaling``
     ("linear" or "ntk", factor) extends a RoPE model's context for this call only.
+
+    ``draft_model`` (a smaller CausalLM with the same tokenizer) turns on speculative decoding: it guesses
+    ``num_draft_tokens`` tokens per round and this model verifies them in one pass; greedy output is
+    identical and sampled output identically distributed (see generate.speculative). Pass a
+    SpeculativeStats as ``stats`` to read the acceptance rate afterwards.
     """
-    with decoding(model, rope_scaling):
-        ids, mask, opts = _setup(model, input_ids, max_new_tokens, attention_mask=attention_mask,
-                                 temperature=temperature, top_k=top_k, top_p=top_p,
-                                 repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
-                                 pad_token_id=pad_token_id, stop_strings=stop_strings, tokenizer=tokenizer,
-                                 seed=seed, generator=generator, truncate=truncate)
-        new = [tok for tok, _ in _steps(model, ids, mask, max_new_tokens, **opts)]
+    with decoding(model, rope_scaling), decoding(draft_model):
+        ids, steps = _setup(model, input_ids, max_new_tokens, attention_mask=attention_mask,
+                            temperature=temperature, top_k=top_k, top_p=top_p,
+                            repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
+                            pad_token_id=pad_token_id, stop_strings=stop_strings, tokenizer=tokenizer,
+                            seed=seed, generator=generator, truncate=truncate, draft_model=draft_model,
+                            num_draft_tokens=num_draft_tokens, stats=stats)
+        new = [tok for tok, _ in steps()]
     return torch.cat([ids, torch.stack(new, dim=1)], dim=1)
 
 
@@ -248,10 +257,10 @@ def stream(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 32,
     with a ``tokenizer`` each row's new text (a list of B strings; "" for a row that has stopped, or whose
     last token ends inside a multi-byte character that a later token completes; what never completes
     comes in one last list), so that joining a row's pieces gives the decoded continuation."""
-    with decoding(model, rope_scaling):
-        ids, mask, opts = _setup(model, input_ids, max_new_tokens, tokenizer=tokenizer, **kwargs)
+    with decoding(model, rope_scaling), decoding(kwargs.get("draft_model")):
+        ids, steps = _setup(model, input_ids, max_new_tokens, tokenizer=tokenizer, **kwargs)
         rows = [Detokenizer(tokenizer) for _ in range(ids.shape[0])] if tokenizer is not None else []
-        for tok, finished in _steps(model, ids, mask, max_new_tokens, **opts):
+        for tok, finished in steps():
             if tokenizer is None:
                 yield tok
                 continue

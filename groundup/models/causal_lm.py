@@ -31,7 +31,7 @@ class CausalLM(TiedHead, Stack):
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, return_aux_loss: bool = False,
                 targets: torch.Tensor | None = None, reduction: str = "mean", cache: DecoderCache | None = None,
-                last_only: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                logits_to_keep: int = 0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """input_ids [B, T] -> logits [B, T, V], or with ``targets`` the cross-entropy loss.
 
         attention_mask [B, T] (1 = token, 0 = padding) hides padded keys; position_ids [B, T] or [T]
@@ -44,8 +44,9 @@ class CausalLM(TiedHead, Stack):
         smaller than logits followed by F.cross_entropy, with the same value and gradients.
 
         Incremental decoding: with a ``cache`` (``new_cache``) the ids are the new positions only; they
-        follow the cached ones, and ``attention_mask`` [B, cached + T] covers both. ``last_only`` returns
-        the logits of the last position only, [B, 1, V] (what generation needs after a prompt).
+        follow the cached ones, and ``attention_mask`` [B, cached + T] covers both. ``logits_to_keep``
+        = n > 0 returns the logits of the last n positions only, [B, n, V]: generation needs the last
+        one after a prompt, speculative decoding the verified drafts.
         """
         offset = cache.length if cache is not None else 0
         check_ids(self.config, input_ids, None, offset=offset)
@@ -55,8 +56,8 @@ class CausalLM(TiedHead, Stack):
                              f"{want}")
         x, rope = self.inputs(self.embed, input_ids, position_ids=position_ids, offset=offset)
         x, aux_total, _ = self.run(x, rope=rope, attention_mask=attention_mask, cache=cache)
-        if last_only:
-            x = x[:, -1:]
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         if self.config.lm_head_scale == "inv_sqrt_d":
             x = x * self.config.d_model**-0.5
         if targets is None:

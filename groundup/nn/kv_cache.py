@@ -42,6 +42,13 @@ class KVCache:
         if self.k is not None:
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
+    def crop(self, length: int) -> None:
+        """Forget every position from ``length`` on (speculative decoding drops rejected drafts)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot crop a cache of {self.length} positions to {length}")
+        if self.k is not None:
+            self.k, self.v = self.k[:, :, :length], self.v[:, :, :length]
+
 
 class _BufferedKVCache(KVCache):
     """Keys and values in buffers [B, K, slots, D] allocated on the first append; `n` positions seen."""
@@ -94,6 +101,13 @@ class StaticKVCache(_BufferedKVCache):
         if self.k_buf is not None:
             self.k, self.v = self.k_buf[:, :, : self.n], self.v_buf[:, :, : self.n]
 
+    def crop(self, length: int) -> None:
+        if not 0 <= length <= self.n:
+            raise ValueError(f"cannot crop a cache of {self.n} positions to {length}")
+        self.n = length  # the buffers stay; later appends overwrite the dropped slots
+        if self.k_buf is not None:
+            self.k, self.v = self.k_buf[:, :, : self.n], self.v_buf[:, :, : self.n]
+
 
 class RollingKVCache(_BufferedKVCache):
     """Sliding-window attention's cache: a ring of `window` positions, so memory stays bounded however long
@@ -108,6 +122,10 @@ class RollingKVCache(_BufferedKVCache):
     @property
     def kept(self) -> int:
         return min(self.n, self.slots)
+
+    def crop(self, length: int) -> None:
+        raise NotImplementedError("a rolling cache has overwritten old positions and cannot be cropped; use a "
+                                  "static cache (DecoderCache.static) where positions must be taken back")
 
     def _ordered(self, buf: torch.Tensor) -> torch.Tensor:
         if self.n <= self.slots:
@@ -179,6 +197,11 @@ class DecoderCache:
     @property
     def length(self) -> int:
         return self.layers[0].self_kv.length if self.layers else 0
+
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` self-attention positions of every layer."""
+        for layer in self.layers:
+            layer.self_kv.crop(length)
 
     def reorder(self, index: torch.Tensor, *, cross: bool = True) -> None:
         """Keep batch rows ``index``. ``cross=False`` leaves the cross-attention cache alone: right when

@@ -1,0 +1,166 @@
+"""Speculative decoding: a small draft model proposes tokens, the target model checks them all in one pass.
+
+Decoding a large model is bound by reading its weights once per token. Here a cheap draft model guesses
+the next k tokens one by one; the target then runs once over all k (plus the token before them) and so
+gets its own next-token distribution at each of the k + 1 places for about the price of one step. The
+longest prefix of guesses the target agrees with is kept, plus one token from the target itself, so
+every round yields between 1 and k + 1 tokens (Leviathan et al., 2023; Chen et al., 2023).
+
+Greedy: a guess is kept when it is the target's argmax, so the output is exactly the target's greedy
+output. Sampling: guess d drawn from the draft's q is kept with probability min(1, p(d) / q(d)); at the
+first rejection a token is drawn from the leftover distribution max(p - q, 0) (normalised), and after k
+acceptances from the target's next distribution. Each token is then distributed exactly as the target
+would sample it (the papers' theorem), under the same temperature / top-k / top-p, applied to both models.
+
+A batch advances in lockstep: each round keeps as many guesses as the row that accepted the fewest (rows
+that accepted more keep their next guess, which the target also picked or accepted), so a round's
+output is valid for every row while the caches stay rectangular; the acceptance rate is that of the
+worst row, which is why a batch of 1 gains the most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..nn.kv_cache import DecoderCache
+from .sampling import probabilities
+from .stopping import Stopper
+
+
+@dataclass
+class SpeculativeStats:
+    """Counts of a speculative generation, filled in when passed to generate(..., stats=...)."""
+
+    rounds: int = 0  # target forward passes (each verifies one round of guesses)
+    drafted: int = 0  # guesses proposed by the draft model
+    accepted: int = 0  # guesses kept
+    tokens: int = 0  # tokens produced
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Fraction of the draft's guesses the target kept."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        """Tokens produced per target forward (1.0 is plain decoding)."""
+        return self.tokens / self.rounds if self.rounds else 0.0
+
+
+def check_draft(target: torch.nn.Module, draft: torch.nn.Module, num_draft_tokens: int,
+                repetition_penalty: float) -> None:
+    """Raise ValueError when the draft model cannot propose tokens for this target."""
+    if getattr(getattr(draft, "config", None), "arch", None) != "causal_lm":
+        raise ValueError("draft_model must be a decoder-only model (a gu.CausalLM)")
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise ValueError(f"draft_model has vocab_size={draft.config.vocab_size} but the target has "
+                         f"{target.config.vocab_size}: the two must share one tokenizer")
+    if num_draft_tokens < 1:
+        raise ValueError(f"num_draft_tokens={num_draft_tokens} must be >= 1")
+    if repetition_penalty != 1.0:
+        raise ValueError("repetition_penalty is not supported with a draft model: drop one of the two")
+    if next(draft.parameters()).device != next(target.parameters()).device:
+        raise ValueError("draft_model and the target model must be on the same device")
+
+
+class _Runner:
+    """One model with its static cache, fed the tokens it has not seen yet."""
+
+    def __init__(self, model: torch.nn.Module, capacity: int, full_mask: torch.Tensor | None,
+                 full_pos: torch.Tensor | None) -> None:
+        # A rolling cache cannot take rejected positions back: always a static one (the window still
+        # applies through the attention mask).
+        self.model, self.cache = model, DecoderCache.static(model.config.n_layers, capacity)
+        self.full_mask, self.full_pos = full_mask, full_pos
+
+    def feed(self, seq: torch.Tensor, keep: int) -> torch.Tensor:
+        """Run the positions of seq [B, L] after the cached ones; logits of the last ``keep`` [B, keep, V]."""
+        a = self.cache.length
+        new = seq[:, a:]  # [B, t]
+        mask = self.full_mask[:, : seq.shape[1]] if self.full_mask is not None else None
+        pos = self.full_pos[:, a: seq.shape[1]] if self.full_pos is not None else None
+        return self.model(new, attention_mask=mask, position_ids=pos, cache=self.cache,
+                          logits_to_keep=keep).float()
+
+
+@torch.no_grad()
+def speculative_steps(target: torch.nn.Module, draft: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                      max_new_tokens: int, *, num_draft: int, temperature: float, top_k: int | None,
+                      top_p: float | None, generator: torch.Generator | None, stopper: Stopper,
+                      stats: SpeculativeStats | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (tokens [B], finished-before-this-token [B]) one token at a time, like causal._steps."""
+    B, T = ids.shape
+    stats = stats if stats is not None else SpeculativeStats()
+    capacity = T + max_new_tokens + num_draft
+    full_mask = full_pos = None
+    if not bool(mask.all()):  # left padding: explicit mask and positions counting real tokens from 0
+        full_mask = torch.cat([mask, mask.new_ones(B, max_new_tokens + num_draft)], dim=1)  # [B, capacity]
+        full_pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    tgt = _Runner(target, capacity, full_mask, full_pos)
+    drf = _Runner(draft, capacity, full_mask, full_pos)
+    sample = temperature > 0
+
+    def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """logits [B, V] -> (token [B], its distribution [B, V] when sampling)."""
+        if not sample:
+            return logits.argmax(-1), None
+        p = probabilities(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        return torch.multinomial(p, 1, generator=generator).squeeze(-1), p
+
+    seq, produced = ids, 0
+    while True:
+        L = seq.shape[1]
+        # Never guess past what is still wanted: the round's own target token is the last one.
+        k = min(num_draft, max_new_tokens - produced - 1)
+        guesses, q = [], []
+        for _ in range(k):
+            tok, dist = pick(drf.feed(seq if not guesses else torch.cat([seq, torch.stack(guesses, 1)], 1),
+                                      1)[:, -1])
+            guesses.append(tok)
+            q.append(dist)
+        drafts = torch.stack(guesses, 1) if k else seq.new_zeros(B, 0)  # [B, k]
+        logits = tgt.feed(torch.cat([seq, drafts], 1), k + 1)  # [B, k + 1, V]
+        if not sample:
+            best = logits.argmax(-1)  # [B, k + 1]
+            ok = drafts == best[:, :k]  # [B, k]
+        else:
+            p = probabilities(logits, temperature=temperature, top_k=top_k, top_p=top_p)  # [B, k + 1, V]
+            if k:
+                qs = torch.stack(q, 1)  # [B, k, V]
+                p_d = p[:, :k].gather(-1, drafts[..., None]).squeeze(-1)  # [B, k]
+                q_d = qs.gather(-1, drafts[..., None]).squeeze(-1)
+                u = torch.rand(p_d.shape, generator=generator, device=p_d.device)
+                ok = u * q_d < p_d  # accept with probability min(1, p/q)
+            else:
+                ok = drafts.bool()
+        accepted = ok.long().cumprod(1).sum(1)  # [B]: each row's run of accepted guesses
+        accepted = torch.where(stopper.done, torch.full_like(accepted, k), accepted)  # stopped rows agree
+        n = int(accepted.min())
+        if not sample:
+            last = best[:, n]  # rows that accepted more: their guess n, which equals the target's argmax
+        elif n == k:
+            last = torch.multinomial(p[:, k], 1, generator=generator).squeeze(-1)
+        else:
+            residual = (p[:, n] - qs[:, n]).clamp(min=0)  # [B, V]
+            empty = residual.sum(-1, keepdim=True) == 0  # only where the guess was accepted anyway
+            residual = torch.where(empty, p[:, n], residual)
+            redraw = torch.multinomial(residual, 1, generator=generator).squeeze(-1)
+            last = torch.where(accepted > n, drafts[:, n], redraw)
+        new = torch.cat([drafts[:, :n], last[:, None]], 1)  # [B, n + 1]
+        stats.rounds, stats.drafted, stats.accepted = stats.rounds + 1, stats.drafted + k, stats.accepted + n
+        # The target cached seq + all k guesses, the draft seq + k - 1: both keep seq + the n accepted.
+        tgt.cache.crop(L + n)
+        drf.cache.crop(min(drf.cache.length, L + n))
+        out = []
+        for j in range(n + 1):
+            tok, finished_before = stopper.push(new[:, j])
+            out.append(tok)
+            produced += 1
+            stats.tokens += 1
+            yield tok, finished_before
+            if stopper.all_done or produced == max_new_tokens:
+                return
+        seq = torch.cat([seq, torch.stack(out, 1)], 1)
