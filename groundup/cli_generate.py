@@ -46,19 +46,33 @@ def stop_ids(model, tok) -> list[int]:
     return ids
 
 
-def sampling(args: argparse.Namespace) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+def decoding_options(args: argparse.Namespace) -> dict:
+    """generate()'s keyword arguments from the command line; loads the --draft model (checked first)."""
+    opts = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                 repetition_penalty=args.repetition_penalty, seed=args.seed)
+    if args.rope_scaling:
+        kind, _, factor = args.rope_scaling.partition(":")
+        try:
+            opts["rope_scaling"] = (kind, float(factor))
+        except ValueError:
+            raise ValueError(f"--rope-scaling {args.rope_scaling!r}: write KIND:FACTOR, e.g. linear:2 or ntk:2"
+                             ) from None
+    if args.draft:
+        from .checkpoint.hf import from_pretrained
+
+        check_model_folder(args.draft, "causal_lm", "a decoder-only (draft)")
+        opts.update(draft_model=from_pretrained(args.draft), num_draft_tokens=args.num_draft_tokens)
+    return opts
 
 
 def stream_text(model, tok, ids: list[int], args: argparse.Namespace, out: TextIO, stop: list[int],
-                stop_strings: list[str] | None = None) -> str:
+                opts: dict, stop_strings: list[str] | None = None) -> str:
     """Stream one continuation of `ids` to `out` as it is generated; return the text."""
     from .generate import stream
 
     text = []
     for pieces in stream(model, [ids], args.max_new_tokens, tokenizer=tok, eos_token_id=stop or None,
-                         stop_strings=stop_strings, truncate=True, **sampling(args)):
+                         stop_strings=stop_strings, truncate=True, **opts):
         out.write(pieces[0])
         out.flush()
         text.append(pieces[0])
@@ -68,13 +82,13 @@ def stream_text(model, tok, ids: list[int], args: argparse.Namespace, out: TextI
 def cmd_generate_causal(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     model, tok = load_causal(args.model)
-    stop = stop_ids(model, tok)
+    stop, opts = stop_ids(model, tok), decoding_options(args)
     for text in args.text:
         ids = tok.encode(text) or ([tok.bos_token_id] if tok.bos_token_id is not None else stop[:1])
         if not ids:
             raise ValueError("the prompt is empty and the tokenizer has no bos/eos token to start from")
         out.write(text)
-        stream_text(model, tok, ids, args, out, stop, args.stop)
+        stream_text(model, tok, ids, args, out, stop, opts, args.stop)
         out.write("\n")
     return 0
 
@@ -83,7 +97,7 @@ def cmd_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | 
     """Read user turns line by line (empty line or EOF ends), answer each with the chat template."""
     inp, out = inp or sys.stdin, out or sys.stdout
     model, tok = load_causal(args.model)
-    stop = stop_ids(model, tok)
+    stop, opts = stop_ids(model, tok), decoding_options(args)
     for name in ("<|im_end|>", "<|eot_id|>", "</s>", "<|end|>"):
         tid = tok.token_to_id(name)
         if tid is not None and tid not in stop:
@@ -98,7 +112,7 @@ def cmd_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | 
             return 0
         messages.append({"role": "user", "content": line.rstrip("\n")})
         ids = tok.apply_chat_template(messages, add_generation_prompt=True)
-        reply = stream_text(model, tok, ids, args, out, stop)
+        reply = stream_text(model, tok, ids, args, out, stop, opts)
         out.write("\n")
         messages.append({"role": "assistant", "content": reply})
 
@@ -110,6 +124,11 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--draft", default=None, metavar="DIR", help="decoder-only: a smaller model folder with the "
+                   "same tokenizer, for speculative decoding (same greedy output, faster)")
+    p.add_argument("--num-draft-tokens", type=int, default=4, help="guesses per round with --draft")
+    p.add_argument("--rope-scaling", default=None, metavar="KIND:FACTOR",
+                   help="decoder-only RoPE models: longer context, linear:F (interpolation) or ntk:F")
 
 
 def add_chat_parser(sub) -> None:

@@ -226,6 +226,12 @@ def test_generate_cli_streams_the_greedy_continuation(chat_folder, capsys):
     assert main(["generate", str(folder / "missing"), "x"]) == 2
     assert main(["generate", str(folder), "x", "--top-p", "1.5"]) == 2
     assert "top_p=1.5" in capsys.readouterr().err
+    # speculative decoding and a context extension give the same text here (greedy; short prompt)
+    assert main(["generate", str(folder), "the cat", "--max-new-tokens", "8", "--draft", str(folder),
+                 "--num-draft-tokens", "3", "--rope-scaling", "linear:2"]) == 0
+    assert capsys.readouterr().out == "the cat" + tok.decode(want, skip_special_tokens=True) + "\n"
+    assert main(["generate", str(folder), "x", "--rope-scaling", "linear"]) == 2
+    assert "KIND:FACTOR" in capsys.readouterr().err
 
 
 def test_chat_cli_uses_the_template_and_keeps_the_history(chat_folder, monkeypatch, capsys):
