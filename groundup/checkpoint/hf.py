@@ -161,6 +161,30 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, t
     return out
 
 
+def module_name_to_hf(cfg: Config, name: str) -> str:
+    """groundup module name (``blocks.3.attn.q_proj``) -> the HF module holding the same weight
+    (``model.layers.3.self_attn.q_proj``); adapters (LoRA) are named after it. A q/k/v projection of a
+    family that fuses them into one HF matrix has no HF module of its own: CheckpointError."""
+    family = _family_of(cfg)
+    if family.qkv_groups is not None and re.search(r"\.attn\.[qkv]_proj$", name):
+        raise CheckpointError(f"{name}: {cfg.family} stores q, k and v as one fused matrix, so an adapter on "
+                              "it alone has no HF name; adapt the other projections (e.g. o_proj, the MLP)")
+    for gu, hf in family.keys(cfg):
+        m = _pattern(gu).fullmatch(name)
+        if m:
+            return hf.format(**m.groupdict())
+    raise CheckpointError(f"module {name} has no name in the {cfg.family} layout")
+
+
+def module_name_from_hf(cfg: Config, name: str) -> str | None:
+    """The inverse of module_name_to_hf; None for an HF module groundup does not have."""
+    for gu, hf in _family_of(cfg).keys(cfg):
+        m = _pattern(hf).fullmatch(name)
+        if m:
+            return gu.format(**m.groupdict())
+    return None
+
+
 def load_into(model: Model, state: dict[str, torch.Tensor], source: str) -> Model:
     """Assign ``state`` to a (meta-device) model after checking names and shapes; re-ties embeddings.
 

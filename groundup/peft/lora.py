@@ -1,0 +1,194 @@
+"""LoRA: a frozen weight plus a trainable low-rank update (Hu et al., 2021, "LoRA: Low-Rank Adaptation").
+
+A chosen linear layer W (out x in) becomes  y = W x + (alpha / r) B A x,  with A (r x in) and B (out x r),
+r much smaller than in and out. B starts at zero, so training starts from the base model exactly; only A
+and B get gradients, so the optimizer keeps state for r (in + out) numbers per layer instead of in x out.
+After training the update can be merged into W (W + (alpha / r) B A): the merged model has the base
+model's shape and speed. Unmerging subtracts it again.
+
+The wrapped layer is any module with a ``weight`` of shape [out, in] (a groundup Linear, nn.Linear, or
+later a quantized linear for QLoRA, which dequantizes for merging); LoRA only adds to its output.
+Parameter names follow the peft library (``base_layer``, ``lora_A.weight``, ``lora_B.weight``) so
+adapters translate to its format by renaming modules only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LoraConfig:
+    """Which layers get an adapter and its size. ``target_modules``: a list of module-name suffixes
+    (``"q_proj"`` matches ``blocks.3.attn.q_proj``) or one regular expression that must match the whole
+    module name, as in peft."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: Sequence[str] | str = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"LoRA rank r={self.r!r} must be a positive integer")
+        if not self.alpha > 0:
+            raise ValueError(f"LoRA alpha={self.alpha} must be > 0")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"LoRA dropout={self.dropout} must be in [0, 1)")
+        if not isinstance(self.target_modules, str):
+            self.target_modules = list(self.target_modules)
+            if not self.target_modules:
+                raise ValueError("target_modules is empty: name at least one module, e.g. ['q_proj', 'v_proj']")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+    def matches(self, name: str) -> bool:
+        """Whether the module called ``name`` is a target."""
+        if isinstance(self.target_modules, str):
+            return re.fullmatch(self.target_modules, name) is not None
+        return any(name == t or name.endswith("." + t) for t in self.target_modules)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LoraLinear(nn.Module):
+    """base_layer(x) + scaling * lora_B(lora_A(dropout(x))); see the module docstring."""
+
+    def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        out_f, in_f = base_layer.weight.shape
+        self.base_layer = base_layer
+        w = base_layer.weight
+        dtype = w.dtype if w.dtype.is_floating_point else torch.float32
+        self.lora_A = nn.Linear(in_f, r, bias=False, device=w.device, dtype=dtype)  # weight [r, in]
+        self.lora_B = nn.Linear(r, out_f, bias=False, device=w.device, dtype=dtype)  # weight [out, r]
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        self.merged = False
+        self.reset_lora()
+
+    @property
+    def in_features(self) -> int:
+        return self.lora_A.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.lora_B.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight (so code reading ``.weight`` of a projection still works)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base_layer, "bias", None)
+
+    def reset_lora(self) -> None:
+        """A as nn.Linear initialises it (Kaiming uniform, as peft does), B = 0: the update starts at zero."""
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def delta_weight(self) -> torch.Tensor:
+        """scaling * B A  [out, in], in fp32."""
+        return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if self.merged:
+            return y
+        a = self.lora_A.weight
+        return y + self.lora_B(self.lora_A(self.lora_dropout(x.to(a.dtype)))).to(y.dtype) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into the base weight: same outputs, no extra work per token."""
+        if not self.merged:
+            w = self.base_layer.weight
+            w.copy_((w.float() + self.delta_weight()).to(w.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Take the update out of the base weight again (to keep training, or switch adapters)."""
+        if self.merged:
+            w = self.base_layer.weight
+            w.copy_((w.float() - self.delta_weight()).to(w.dtype))
+            self.merged = False
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, LoraLinear)]
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def apply_lora(model: nn.Module, config: LoraConfig | None = None, **kwargs) -> nn.Module:
+    """Freeze every weight of ``model`` and wrap each target linear layer in a LoraLinear (in place);
+    returns the model, whose only trainable parameters are then the A and B matrices.
+
+    ``apply_lora(model, r=8, alpha=16, target_modules=["q_proj", "v_proj"])`` or with a LoraConfig.
+    Raises ValueError, before changing anything, when no module matches the targets or a match is not
+    a linear layer.
+    """
+    config = config or LoraConfig(**kwargs)
+    names = [n for n, _ in model.named_modules() if n and config.matches(n)]
+    linears = set(_linear_names(model))
+    if not names:
+        suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
+        raise ValueError(f"target_modules={config.target_modules!r} matches no module of this model; its linear "
+                         f"layers end in: {', '.join(suffixes)}")
+    wrong = [n for n in names if n not in linears]
+    if wrong:
+        raise ValueError(f"target_modules={config.target_modules!r} matches {wrong[0]!r}, which is a "
+                         f"{type(model.get_submodule(wrong[0])).__name__}, not a linear layer")
+    if getattr(model, "lm_head", None) is not None and "lm_head" in names and getattr(model.config, "tie_embeddings",
+                                                                                        False):
+        raise ValueError("lm_head is tied to the input embeddings: a LoRA on it would change both; leave it out")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        _set_module(model, name, LoraLinear(model.get_submodule(name), config.r, config.alpha, config.dropout))
+    model.lora_config = config
+    return model
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
+    """The model's LoRA-wrapped layers by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Merge every adapter into its base weight (outputs unchanged, no per-token cost)."""
+    for layer in lora_layers(model).values():
+        layer.merge()
+    return model
+
+
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    for layer in lora_layers(model).values():
+        layer.unmerge()
+    return model
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge, then put the plain base layers back: the model is an ordinary one again (saveable with
+    save_pretrained, loadable by transformers)."""
+    for name, layer in lora_layers(model).items():
+        layer.merge()
+        _set_module(model, name, layer.base_layer)
+    if hasattr(model, "lora_config"):
+        del model.lora_config
+    return model
