@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="train a tokenizer and a causal LM on text (default: the Python stdlib)")
     add_arguments(pt)
     pt.set_defaults(func=main_pretrain)
+    from .cli_finetune import add_finetune_parser
+
+    add_finetune_parser(sub)
     return p
 
 

@@ -46,8 +46,8 @@ def _hf_targets(model: nn.Module, hf_names: list[str]) -> list[str]:
     return leaves if chosen <= set(hf_names) else sorted(hf_names)
 
 
-def save_adapter(model: nn.Module, folder: str | Path) -> Path:
-    """Write the model's LoRA adapter (not the base weights) as a peft folder; atomic."""
+def write_adapter(model: nn.Module, folder: Path) -> None:
+    """adapter_config.json + adapter_model.safetensors into an existing folder (not atomic: see save_adapter)."""
     layers = lora_layers(model)
     if not layers:
         raise AdapterError("the model has no LoRA layers: apply_lora(model, ...) first")
@@ -69,11 +69,18 @@ def save_adapter(model: nn.Module, folder: str | Path) -> Path:
             "use_dora": False, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
             "init_lora_weights": True, "layers_to_transform": None, "base_model_name_or_path": None}
 
-    def write(tmp: Path) -> None:
-        (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
 
-    return atomic_folder(folder, write)
+
+def save_adapter(model: nn.Module, folder: str | Path) -> Path:
+    """Write the model's LoRA adapter (not the base weights) as a peft folder; atomic (temp folder, then
+    rename), so an existing adapter survives a failed write."""
+    return atomic_folder(folder, lambda tmp: write_adapter(model, tmp))
+
+
+def has_adapter(folder: str | Path) -> bool:
+    return (Path(folder) / CONFIG).is_file()
 
 
 def _check_config(meta: dict, path: Path) -> None:
@@ -90,12 +97,13 @@ def _check_config(meta: dict, path: Path) -> None:
                            "not supported")
 
 
-def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
+def load_adapter(model: nn.Module, folder: str | Path, *, into_existing: bool = False) -> nn.Module:
     """Wrap ``model``'s layers named in a peft LoRA folder and load the adapter weights (in place).
 
     Everything is checked before the model changes: the folder's files, the config's options, that every
     adapted module exists in this model, and that each A [r, in] and B [out, r] fits its layer (an adapter
-    trained on a different base model fails here, naming the tensor)."""
+    trained on a different base model fails here, naming the tensor). ``into_existing`` copies the
+    weights into LoRA layers the model already has (resuming a run) instead of adding layers."""
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG, folder / WEIGHTS
     if not cfg_path.is_file() or not w_path.is_file():
@@ -132,8 +140,12 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
                 raise AdapterError(f"{w_path}: {name}.lora_{part} has shape {tuple(pair[part].shape)}; this model "
                                    f"needs {want} (r={r}): it was trained on a different base model")
     names = sorted(weights)
-    apply_lora(model, LoraConfig(r=r, alpha=scale_alpha, dropout=float(meta.get("lora_dropout", 0.0)),
-                                 target_modules="|".join(re.escape(n) for n in names)))
+    if into_existing:
+        if sorted(lora_layers(model)) != names:
+            raise AdapterError(f"{w_path}: adapts {len(names)} layers, not the model's {len(lora_layers(model))}")
+    else:
+        apply_lora(model, LoraConfig(r=r, alpha=scale_alpha, dropout=float(meta.get("lora_dropout", 0.0)),
+                                     target_modules="|".join(re.escape(n) for n in names)))
     layers = lora_layers(model)
     with torch.no_grad():
         for name, pair in weights.items():

@@ -1,7 +1,8 @@
 """Training checkpoints: an HF model folder plus everything needed to continue exactly.
 
     checkpoint/
-      config.json, model.safetensors     the model (groundup.from_pretrained and transformers load it)
+      config.json, model.safetensors     the model (groundup.from_pretrained and transformers load it), or
+      adapter_config.json + adapter_model.safetensors   for a LoRA run: the adapter only (peft's format)
       tokenizer.json, tokenizer_config.json
       optimizer.safetensors + .json      AdamW moments (tensors) and param groups (JSON)
       rng.safetensors                    torch CPU (and CUDA) generator states
@@ -31,6 +32,7 @@ except ImportError:  # a torch build without torch.distributed: nothing can be s
 
 from ..checkpoint.hf import write_model
 from ..checkpoint.io import atomic_folder
+from ..peft import has_adapter, load_adapter, lora_layers, write_adapter
 
 STATE = "trainer_state.json"
 
@@ -75,7 +77,10 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
         rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
 
     def write(tmp: Path) -> None:
-        write_model(model, tmp, state_dict=model_state)
+        if lora_layers(model):  # a frozen base: only the adapter changes, in peft's format
+            write_adapter(model, tmp)
+        else:
+            write_model(model, tmp, state_dict=model_state)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -93,9 +98,12 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
     folder = Path(folder)
     if not (folder / STATE).is_file():
         raise FileNotFoundError(f"{folder} is not a training checkpoint (no {STATE}); nothing to resume")
-    loaded = from_pretrained(folder)
-    own = model.state_dict()
-    model.load_state_dict({k: _like(v, own[k]) for k, v in loaded.state_dict().items()})
+    if has_adapter(folder):
+        load_adapter(model, folder, into_existing=True)
+    else:
+        loaded = from_pretrained(folder)
+        own = model.state_dict()
+        model.load_state_dict({k: _like(v, own[k]) for k, v in loaded.state_dict().items()})
     tensors = load_file(str(folder / "optimizer.safetensors"))
     meta = json.loads((folder / "optimizer.json").read_text())
     params = [p for group in optimizer.param_groups for p in group["params"]]  # the state_dict's numbering

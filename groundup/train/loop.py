@@ -51,6 +51,7 @@ class TrainArgs:
     compile: bool = False  # torch.compile the model (inductor; needs a C++ compiler on CPU)
     fsdp: bool = False  # with several processes: shard parameters, gradients and AdamW state (FSDP2) over them
     progress: bool = True
+    name: str = "pretrain"  # the progress bar's label
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "save_every", "eval_batches"):
@@ -172,7 +173,7 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
     if args.progress and rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=args.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=args.steps, initial=step, desc=args.name, unit="step", dynamic_ncols=True)
     model.train()
     t_start, tokens_start = time.perf_counter(), tokens_seen
     val_loss = val_start

@@ -54,7 +54,7 @@ class Objective:
         `rows` gives each row's place in it (default 0..B-1); together they seed the random choices."""
         if self.arch == "causal_lm":  # the fused lm_head + loss: no B x T x V logits
             loss, aux = model(x, targets=y, reduction=reduction, return_aux_loss=True)
-            return loss + (aux if reduction == "mean" else 0), y.numel()
+            return loss + (aux if reduction == "mean" else 0), int((y != -100).sum())  # -100: no target
         if self.arch == "encoder":
             inputs, labels = self._rows(x, index, rows, lambda r, g: mask_tokens(
                 r, mask_token_id=self.mask_id, vocab_size=self.vocab_size, special_ids=self.special, generator=g))

@@ -1,0 +1,99 @@
+"""`groundup finetune`: LoRA and full fine-tuning from the command line; the base stays frozen under LoRA,
+the adapter and merged folders reproduce the trained model, a run resumes, bad input fails first."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+import groundup as gu
+from groundup.cli import main
+from groundup.peft import load_adapter
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny llama folder with a tokenizer, and a JSONL of 'repeat' instructions."""
+    rng = random.Random(0)
+    words = "cat dog sun red blue tree fish bird".split()
+    rows = []
+    for _ in range(120):
+        w = " ".join(rng.choice(words) for _ in range(3))
+        rows.append({"prompt": f"repeat: {w}", "completion": f" {w} {w}"})
+    tok = gu.Tokenizer.train([json.dumps(r) for r in rows] * 3, 300, special_tokens=["<|endoftext|>"],
+                             eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = gu.Config.preset("tiny-llama").replace(vocab_size=tok.vocab_size, d_model=48, n_heads=4, n_kv_heads=2,
+                                                 d_ff=96)
+    folder = tmp_path_factory.mktemp("base")
+    model = gu.CausalLM(cfg)
+    with torch.no_grad():  # a head of a trained model's scale, so that the adapted layers can move the logits
+        model.lm_head.weight.normal_(0, 0.5)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    data = folder / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder, data
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids]))
+
+
+def test_lora_trains_the_adapter_only_and_its_folders_reproduce_the_model(base, tmp_path, capsys):
+    folder, data = base
+    out = tmp_path / "run"
+    assert main(["finetune", str(folder), "--data", str(data), "--method", "lora", "--r", "4", "--alpha", "8",
+                 "--target-modules", "q_proj", "v_proj", "o_proj", "up_proj", "down_proj", "--steps", "40",
+                 "--batch-size", "8",
+                 "--lr", "2e-2", "--eval-every", "20", "--save-every", "20", "--out", str(out), "--merge",
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "trainable of" in text
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert val[-1] < val[0] - 0.5  # it learnt the task
+    assert (out / "checkpoint" / "adapter_config.json").is_file()
+    assert not (out / "checkpoint" / "model.safetensors").exists()  # the frozen base is not copied
+    ids = gu.Tokenizer.from_pretrained(folder).encode("repeat: cat dog sun")
+    tuned = load_adapter(gu.from_pretrained(folder), out / "adapter")
+    merged = gu.from_pretrained(out / "merged")
+    torch.testing.assert_close(_logits(merged, ids), _logits(tuned, ids), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(_logits(gu.from_pretrained(folder), ids), _logits(tuned, ids), atol=1e-3)
+    # resume: 20 more steps from the adapter checkpoint
+    assert main(["finetune", str(folder), "--data", str(data), "--method", "lora", "--r", "4", "--alpha", "8",
+                 "--target-modules", "q_proj", "v_proj", "o_proj", "up_proj", "down_proj", "--steps", "60",
+                 "--batch-size", "8",
+                 "--lr", "2e-2", "--eval-every", "20", "--save-every", "20", "--out", str(out), "--resume",
+                 "--quiet"]) == 0
+    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 60
+
+
+def test_full_finetuning_writes_a_model_checkpoint(base, tmp_path):
+    folder, data = base
+    out = tmp_path / "full"
+    assert main(["finetune", str(folder), "--data", str(data), "--method", "full", "--steps", "4",
+                 "--batch-size", "4", "--out", str(out), "--quiet"]) == 0
+    model = gu.from_pretrained(out / "checkpoint")
+    before = gu.from_pretrained(folder)
+    assert not torch.equal(model.blocks[0].attn.q_proj.weight, before.blocks[0].attn.q_proj.weight)
+
+
+def test_bad_input_fails_before_training(base, tmp_path, capsys):
+    folder, data = base
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(data.read_text().splitlines()[0] + "\n{\"prompt\": \"x\"}\n")
+    out = tmp_path / "never"
+    assert main(["finetune", str(folder), "--data", str(bad), "--out", str(out), "--quiet"]) == 2
+    assert "bad.jsonl:2: missing field 'completion'" in capsys.readouterr().err
+    assert main(["finetune", str(folder), "--data", str(data), "--target-modules", "c_attn", "--out", str(out),
+                 "--quiet"]) == 2
+    assert "matches no module" in capsys.readouterr().err
+    assert main(["finetune", str(folder), "--data", str(data), "--r", "0", "--out", str(out), "--quiet"]) == 2
+    assert "rank r=0" in capsys.readouterr().err
+    assert not (out / "checkpoint").exists()
