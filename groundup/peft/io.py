@@ -1,4 +1,4 @@
-"""Adapters in the peft library's folder format: adapter_config.json + adapter_model.safetensors.
+"""Adapters (LoRA, IA3) in the peft library's folder format: adapter_config.json + adapter_model.safetensors.
 
 The tensors are named after the transformers module that carries them, e.g.
 ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``; groundup's module names translate
@@ -20,6 +20,7 @@ from torch import nn
 from ..checkpoint.families import FAMILIES
 from ..checkpoint.hf import module_name_from_hf, module_name_to_hf
 from ..checkpoint.io import atomic_folder, read_json
+from .ia3 import IA3Config, apply_ia3, ia3_layers
 from .lora import LoraConfig, apply_lora, lora_layers
 
 PREFIX = "base_model.model."
@@ -46,29 +47,49 @@ def _hf_targets(model: nn.Module, hf_names: list[str]) -> list[str]:
     return leaves if chosen <= set(hf_names) else sorted(hf_names)
 
 
+def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every LoRA and IA3 layer of the model by name (empty for a plain model)."""
+    return {**lora_layers(model), **ia3_layers(model)}
+
+
+def _adapted(model: nn.Module) -> tuple[str, dict[str, nn.Module]]:
+    """("LORA" or "IA3", the wrapped layers by name)."""
+    lora, ia3 = lora_layers(model), ia3_layers(model)
+    if lora and ia3:
+        raise AdapterError("the model has both LoRA and IA3 layers; one adapter type per folder")
+    if not lora and not ia3:
+        raise AdapterError("the model has no adapter layers: apply_lora(model, ...) or apply_ia3(model, ...) first")
+    return ("LORA", lora) if lora else ("IA3", ia3)
+
+
 def write_adapter(model: nn.Module, folder: Path) -> None:
     """adapter_config.json + adapter_model.safetensors into an existing folder (not atomic: see save_adapter)."""
-    layers = lora_layers(model)
-    if not layers:
-        raise AdapterError("the model has no LoRA layers: apply_lora(model, ...) first")
+    kind, layers = _adapted(model)
     if any(layer.merged for layer in layers.values()):
-        raise AdapterError("the adapter is merged into the base weights: unmerge_lora(model) before saving it")
-    cfg, lcfg = model.config, model.lora_config
-    tensors, hf_names = {}, []
-    # A and B keep their [r, in] / [out, r] shapes even on GPT-2's Conv1D layers; peft's fan_in_fan_out
-    # only says the base weight is stored [in, out] (it transposes the update when merging).
+        raise AdapterError("the adapter is merged into the base weights: unmerge it before saving")
+    cfg = model.config
+    hf = {name: module_name_to_hf(cfg, name) for name in layers}
+    tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
-        hf = module_name_to_hf(cfg, name)
-        hf_names.append(hf)
-        tensors[f"{PREFIX}{hf}.lora_A.weight"] = layer.lora_A.weight.detach().contiguous()
-        tensors[f"{PREFIX}{hf}.lora_B.weight"] = layer.lora_B.weight.detach().contiguous()
+        if kind == "LORA":
+            tensors[f"{PREFIX}{hf[name]}.lora_A.weight"] = layer.lora_A.weight.detach().contiguous()
+            tensors[f"{PREFIX}{hf[name]}.lora_B.weight"] = layer.lora_B.weight.detach().contiguous()
+        else:
+            tensors[f"{PREFIX}{hf[name]}.ia3_l"] = layer.ia3_l.detach().contiguous()
     task = {"causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}.get(cfg.arch, "FEATURE_EXTRACTION")
-    meta = {"peft_type": "LORA", "task_type": task, "r": lcfg.r, "lora_alpha": lcfg.alpha,
-            "lora_dropout": lcfg.dropout, "target_modules": _hf_targets(model, hf_names), "bias": "none",
-            "fan_in_fan_out": FAMILIES[cfg.family].conv1d, "inference_mode": True, "use_rslora": False,
-            "use_dora": False, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
-            "init_lora_weights": True, "layers_to_transform": None, "base_model_name_or_path": None}
-
+    # A and B keep their [r, in] / [out, r] shapes even on GPT-2's Conv1D layers; peft's fan_in_fan_out
+    # only says the base weight is stored [in, out] (it transposes when merging).
+    meta = {"peft_type": kind, "task_type": task, "target_modules": _hf_targets(model, list(hf.values())),
+            "fan_in_fan_out": FAMILIES[cfg.family].conv1d, "inference_mode": True, "modules_to_save": None,
+            "base_model_name_or_path": None}
+    if kind == "LORA":
+        lcfg = model.lora_config
+        meta.update({"r": lcfg.r, "lora_alpha": lcfg.alpha, "lora_dropout": lcfg.dropout, "bias": "none",
+                     "use_rslora": False, "use_dora": False, "rank_pattern": {}, "alpha_pattern": {},
+                     "init_lora_weights": True, "layers_to_transform": None})
+    else:
+        ff = [hf[n] for n, layer in layers.items() if layer.feedforward]
+        meta.update({"feedforward_modules": _hf_targets(model, ff) if ff else [], "init_ia3_weights": True})
     (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
 
@@ -84,8 +105,8 @@ def has_adapter(folder: str | Path) -> bool:
 
 
 def _check_config(meta: dict, path: Path) -> None:
-    if meta.get("peft_type") != "LORA":
-        raise AdapterError(f"{path}: peft_type={meta.get('peft_type')!r}; this loader reads LORA adapters")
+    if meta.get("peft_type") not in ("LORA", "IA3"):
+        raise AdapterError(f"{path}: peft_type={meta.get('peft_type')!r}; this loader reads LORA and IA3 adapters")
     for key, ok in (("use_dora", False), ("bias", "none")):
         if meta.get(key, ok) != ok:
             raise AdapterError(f"{path}: {key}={meta[key]!r} is not supported (only {key}={ok!r})")
@@ -97,58 +118,81 @@ def _check_config(meta: dict, path: Path) -> None:
                            "not supported")
 
 
+def _matches_peft(targets: list[str] | str | None, hf_name: str) -> bool:
+    """peft's rule: a string is a regex over the whole name, a list holds name suffixes."""
+    if not targets:
+        return False
+    if isinstance(targets, str):
+        return re.fullmatch(targets, hf_name) is not None
+    return any(hf_name == t or hf_name.endswith("." + t) for t in targets)
+
+
+def _regex(names: list[str]) -> str:
+    return "|".join(re.escape(n) for n in names)
+
+
 def load_adapter(model: nn.Module, folder: str | Path, *, into_existing: bool = False) -> nn.Module:
-    """Wrap ``model``'s layers named in a peft LoRA folder and load the adapter weights (in place).
+    """Wrap ``model``'s layers named in a peft LoRA or IA3 folder and load the adapter weights (in place).
 
     Everything is checked before the model changes: the folder's files, the config's options, that every
-    adapted module exists in this model, and that each A [r, in] and B [out, r] fits its layer (an adapter
-    trained on a different base model fails here, naming the tensor). ``into_existing`` copies the
-    weights into LoRA layers the model already has (resuming a run) instead of adding layers."""
+    adapted module exists in this model, and that each tensor (LoRA's A [r, in] and B [out, r], IA3's
+    [out, 1] or [1, in]) fits its layer: an adapter trained on a different base model fails here, naming
+    the tensor. ``into_existing`` copies the weights into the adapter layers the model already has
+    (resuming a run) instead of adding layers."""
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG, folder / WEIGHTS
     if not cfg_path.is_file() or not w_path.is_file():
         raise AdapterError(f"{folder}: a peft adapter folder holds {CONFIG} and {WEIGHTS}")
     meta = read_json(cfg_path)
     _check_config(meta, cfg_path)
-    tensors = load_file(str(w_path))
-    r = int(meta["r"])
-    scale_alpha = float(meta["lora_alpha"])
-    if meta.get("use_rslora"):  # rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski, 2023)
-        scale_alpha = scale_alpha / r**0.5 * r  # LoraLinear divides by r
+    kind = meta["peft_type"]
     cfg = model.config
-    weights: dict[str, dict[str, torch.Tensor]] = {}
-    pat = re.compile(rf"{re.escape(PREFIX)}(.+)\.lora_([AB])(?:\.[^.]+)?\.weight")
-    for key, t in tensors.items():
+    pat = re.compile(rf"{re.escape(PREFIX)}(.+)\.(lora_A|lora_B|ia3_l)(?:\.[^.]+)?(?:\.weight)?")
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    hf_of: dict[str, str] = {}
+    for key, t in load_file(str(w_path)).items():
         m = pat.fullmatch(key)
-        if m is None:
-            raise AdapterError(f"{w_path}: tensor {key} is not a LoRA A/B weight")
+        if m is None or (m.group(2) == "ia3_l") != (kind == "IA3"):
+            raise AdapterError(f"{w_path}: tensor {key} is not a {kind} weight")
         name = module_name_from_hf(cfg, m.group(1))
         if name is None or ".attn.qkv" in name:
             what = "a fused q/k/v matrix, which groundup keeps as three" if name else "no module of this model"
             raise AdapterError(f"{w_path}: {key} adapts {m.group(1)}: {what}")
-        weights.setdefault(name, {})[m.group(2)] = t
+        parts.setdefault(name, {})[m.group(2)] = t
+        hf_of[name] = m.group(1)
     modules = dict(model.named_modules())
-    for name, pair in weights.items():
+    r = int(meta.get("r", 0))
+    ff = {n for n in parts if kind == "IA3" and _matches_peft(meta.get("feedforward_modules"), hf_of[n])}
+    for name, pair in parts.items():
         if name not in modules:
             raise AdapterError(f"{w_path}: the adapter has layer {name}, which this model ({cfg.n_layers} layers) "
                                "lacks: it was trained on a different base model")
-        if set(pair) != {"A", "B"}:
-            raise AdapterError(f"{w_path}: {name} has lora_{'A' if 'A' in pair else 'B'} without its partner")
         out_f, in_f = modules[name].weight.shape
-        for part, want in (("A", (r, in_f)), ("B", (out_f, r))):
-            if tuple(pair[part].shape) != want:
-                raise AdapterError(f"{w_path}: {name}.lora_{part} has shape {tuple(pair[part].shape)}; this model "
-                                   f"needs {want} (r={r}): it was trained on a different base model")
-    names = sorted(weights)
+        want = ({"lora_A": (r, in_f), "lora_B": (out_f, r)} if kind == "LORA"
+                else {"ia3_l": (1, in_f) if name in ff else (out_f, 1)})
+        if set(pair) != set(want):
+            raise AdapterError(f"{w_path}: {name} has {sorted(pair)}, expected {sorted(want)}")
+        for part, shape in want.items():
+            if tuple(pair[part].shape) != shape:
+                raise AdapterError(f"{w_path}: {name}.{part} has shape {tuple(pair[part].shape)}; this model needs "
+                                   f"{shape}: it was trained on a different base model")
+    names = sorted(parts)
+    existing = lora_layers(model) if kind == "LORA" else ia3_layers(model)
     if into_existing:
-        if sorted(lora_layers(model)) != names:
-            raise AdapterError(f"{w_path}: adapts {len(names)} layers, not the model's {len(lora_layers(model))}")
+        if sorted(existing) != names:
+            raise AdapterError(f"{w_path}: adapts {len(names)} layers, not the model's {len(existing)}")
+    elif kind == "LORA":
+        alpha = float(meta["lora_alpha"])
+        if meta.get("use_rslora"):  # rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski, 2023)
+            alpha = alpha * r**0.5  # LoraLinear scales by alpha / r
+        apply_lora(model, LoraConfig(r=r, alpha=alpha, dropout=float(meta.get("lora_dropout", 0.0)),
+                                     target_modules=_regex(names)))
     else:
-        apply_lora(model, LoraConfig(r=r, alpha=scale_alpha, dropout=float(meta.get("lora_dropout", 0.0)),
-                                     target_modules="|".join(re.escape(n) for n in names)))
-    layers = lora_layers(model)
+        apply_ia3(model, IA3Config(target_modules=_regex(names), feedforward_modules=_regex(sorted(ff))))
+    layers = lora_layers(model) if kind == "LORA" else ia3_layers(model)
     with torch.no_grad():
-        for name, pair in weights.items():
-            layers[name].lora_A.weight.copy_(pair["A"])
-            layers[name].lora_B.weight.copy_(pair["B"])
+        for name, pair in parts.items():
+            for part, t in pair.items():
+                target = getattr(layers[name], part)
+                (target.weight if isinstance(target, nn.Linear) else target).copy_(t)
     return model

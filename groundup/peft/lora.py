@@ -126,26 +126,18 @@ class LoraLinear(nn.Module):
             self.merged = False
 
 
-def _linear_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, LoraLinear)]
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted path ``name`` of ``model``."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def apply_lora(model: nn.Module, config: LoraConfig | None = None, **kwargs) -> nn.Module:
-    """Freeze every weight of ``model`` and wrap each target linear layer in a LoraLinear (in place);
-    returns the model, whose only trainable parameters are then the A and B matrices.
-
-    ``apply_lora(model, r=8, alpha=16, target_modules=["q_proj", "v_proj"])`` or with a LoraConfig.
-    Raises ValueError, before changing anything, when no module matches the targets or a match is not
-    a linear layer.
-    """
-    config = config or LoraConfig(**kwargs)
+def wrap_targets(model: nn.Module, config) -> list[str]:
+    """The names of the linear layers ``config.matches``, after checking them all, then every parameter of
+    the model frozen. Raises ValueError, before changing anything, when nothing matches, a match is not a
+    plain linear layer (or already wrapped), or the target is a head tied to the embeddings."""
     names = [n for n, _ in model.named_modules() if n and config.matches(n)]
-    linears = set(_linear_names(model))
+    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     if not names:
         suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
         raise ValueError(f"target_modules={config.target_modules!r} matches no module of this model; its linear "
@@ -159,8 +151,20 @@ def apply_lora(model: nn.Module, config: LoraConfig | None = None, **kwargs) -> 
         raise ValueError("lm_head is tied to the input embeddings: a LoRA on it would change both; leave it out")
     for p in model.parameters():
         p.requires_grad_(False)
-    for name in names:
-        _set_module(model, name, LoraLinear(model.get_submodule(name), config.r, config.alpha, config.dropout))
+    return names
+
+
+def apply_lora(model: nn.Module, config: LoraConfig | None = None, **kwargs) -> nn.Module:
+    """Freeze every weight of ``model`` and wrap each target linear layer in a LoraLinear (in place);
+    returns the model, whose only trainable parameters are then the A and B matrices.
+
+    ``apply_lora(model, r=8, alpha=16, target_modules=["q_proj", "v_proj"])`` or with a LoraConfig.
+    Raises ValueError, before changing anything, when no module matches the targets or a match is not
+    a linear layer.
+    """
+    config = config or LoraConfig(**kwargs)
+    for name in wrap_targets(model, config):
+        set_module(model, name, LoraLinear(model.get_submodule(name), config.r, config.alpha, config.dropout))
     model.lora_config = config
     return model
 
@@ -170,15 +174,21 @@ def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
 
 
+def _wrappers(model: nn.Module) -> dict[str, nn.Module]:
+    """Adapter layers of any kind (LoRA, IA3): modules wrapping a ``base_layer`` that can merge into it."""
+    return {n: m for n, m in model.named_modules() if hasattr(m, "base_layer") and hasattr(m, "merge")}
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Merge every adapter into its base weight (outputs unchanged, no per-token cost)."""
-    for layer in lora_layers(model).values():
+    """Merge every adapter (LoRA or IA3) into its base weight: outputs unchanged, no per-token cost."""
+    for layer in _wrappers(model).values():
         layer.merge()
     return model
 
 
 def unmerge_lora(model: nn.Module) -> nn.Module:
-    for layer in lora_layers(model).values():
+    """Take every merged adapter out of its base weight again."""
+    for layer in _wrappers(model).values():
         layer.unmerge()
     return model
 
@@ -186,9 +196,10 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge, then put the plain base layers back: the model is an ordinary one again (saveable with
     save_pretrained, loadable by transformers)."""
-    for name, layer in lora_layers(model).items():
+    for name, layer in _wrappers(model).items():
         layer.merge()
-        _set_module(model, name, layer.base_layer)
-    if hasattr(model, "lora_config"):
-        del model.lora_config
+        set_module(model, name, layer.base_layer)
+    for attr in ("lora_config", "ia3_config"):
+        if hasattr(model, attr):
+            delattr(model, attr)
     return model

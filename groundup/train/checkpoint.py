@@ -32,7 +32,7 @@ except ImportError:  # a torch build without torch.distributed: nothing can be s
 
 from ..checkpoint.hf import write_model
 from ..checkpoint.io import atomic_folder
-from ..peft import has_adapter, load_adapter, lora_layers, write_adapter
+from ..peft import adapter_layers, has_adapter, load_adapter, write_adapter
 
 STATE = "trainer_state.json"
 
@@ -77,7 +77,7 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
         rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
 
     def write(tmp: Path) -> None:
-        if lora_layers(model):  # a frozen base: only the adapter changes, in peft's format
+        if adapter_layers(model):  # a frozen base: only the adapter changes, in peft's format
             write_adapter(model, tmp)
         else:
             write_model(model, tmp, state_dict=model_state)
