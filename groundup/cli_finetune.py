@@ -1,12 +1,13 @@
-"""`groundup finetune`: instruction fine-tuning of a decoder-only model folder, fully or with LoRA.
+"""`groundup finetune`: instruction fine-tuning of a decoder-only model folder: full, LoRA, IA3 or BitFit.
 
     groundup finetune MODEL_DIR --data train.jsonl --method lora --r 8 --alpha 16 --steps 300 --out out/ft
 
 The data (data/instruct.py: prompt/completion, instruction/response or conversation records) is read and
 checked in full before the model is loaded; the loss covers answer tokens only. ``--method full`` trains
-every weight; ``--method lora`` freezes the base and trains low-rank adapters on ``--target-modules``.
-The run writes <out>/checkpoint (resumable: the full model, or for LoRA only the adapter), and at the end
-<out>/adapter (a peft folder) and, with --merge, <out>/merged (the adapter folded into a plain model).
+every weight; ``lora`` low-rank updates of ``--target-modules``; ``ia3`` rescaling vectors; ``bitfit``
+the biases only. The run writes <out>/checkpoint (resumable: the model, or for LoRA/IA3 only the
+adapter), and at the end <out>/adapter (a peft folder) and, with --merge, <out>/merged (the adapter
+folded into a plain model).
 """
 
 from __future__ import annotations
@@ -18,21 +19,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-METHODS = ("full", "lora")
-LR = {"full": 1e-4, "lora": 1e-3}
+METHODS = ("full", "lora", "ia3", "bitfit")
+LR = {"full": 1e-4, "lora": 1e-3, "ia3": 3e-3, "bitfit": 1e-3}
 
 
 def add_finetune_parser(sub) -> None:
-    p = sub.add_parser("finetune", help="instruction fine-tuning of a decoder-only model folder (full or LoRA)")
+    p = sub.add_parser("finetune", help="instruction fine-tuning of a decoder-only model folder (full, LoRA, IA3, "
+                       "BitFit)")
     p.add_argument("model", help="HF folder of a decoder-only model with tokenizer.json")
     p.add_argument("--data", nargs="+", required=True, help="JSONL files of instruction records")
     p.add_argument("--method", choices=METHODS, default="lora")
     p.add_argument("--r", type=int, default=8, help="LoRA rank")
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (the update is scaled by alpha / r)")
     p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--target-modules", nargs="+", default=["q_proj", "v_proj"],
-                   help="LoRA: module-name suffixes to adapt (default q_proj v_proj)")
-    p.add_argument("--target-regex", default=None, help="LoRA: a regex matching whole module names, in place of "
+    p.add_argument("--target-modules", nargs="+", default=None,
+                   help="module-name suffixes to adapt (LoRA default q_proj v_proj; IA3 k_proj v_proj down_proj)")
+    p.add_argument("--feedforward-modules", nargs="+", default=["down_proj"],
+                   help="IA3: targets rescaled on their input (the FFN activation), default down_proj")
+    p.add_argument("--target-regex", default=None, help="a regex matching whole module names, in place of "
                    "--target-modules (e.g. 'blocks\\.[0-3]\\.attn\\.(q|v)_proj')")
     p.add_argument("--separator", default=None, help="prompt/completion separator (default '\\n\\n###\\n\\n')")
     p.add_argument("--steps", type=int, default=200)
@@ -49,7 +53,7 @@ def add_finetune_parser(sub) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--out", default="out/finetune")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
-    p.add_argument("--merge", action="store_true", help="LoRA: also write <out>/merged, a plain model folder")
+    p.add_argument("--merge", action="store_true", help="LoRA/IA3: also write <out>/merged, a plain model folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=main_finetune)
 
@@ -61,14 +65,19 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     from .checkpoint.io import read_json
     from .cli_generate import check_model_folder
     from .data.instruct import SEPARATOR, InstructionData, load_examples
-    from .peft import LoraConfig, apply_lora, merge_and_unload, save_adapter
+    from .peft import IA3Config, LoraConfig, apply_bitfit, apply_ia3, apply_lora, merge_and_unload, save_adapter
     from .tokenizer import Tokenizer
     from .train import TrainArgs, train
 
     check_model_folder(args.model, "causal_lm", "a decoder-only")
-    lora = LoraConfig(r=args.r, alpha=args.alpha, dropout=args.lora_dropout,
-                      target_modules=args.target_regex or args.target_modules
-                      ) if args.method == "lora" else None  # checks r, alpha, dropout now
+    adapter = None  # built now, so that its settings are checked before any data or weight is read
+    if args.method == "lora":
+        adapter = LoraConfig(r=args.r, alpha=args.alpha, dropout=args.lora_dropout,
+                             target_modules=args.target_regex or args.target_modules or ["q_proj", "v_proj"])
+    elif args.method == "ia3":
+        adapter = IA3Config(target_modules=args.target_regex or args.target_modules or ["k_proj", "v_proj",
+                                                                                      "down_proj"],
+                            feedforward_modules=args.feedforward_modules)
     lr = args.lr if args.lr is not None else LR[args.method]
     targs = TrainArgs(out_dir=args.out, steps=args.steps, batch_size=args.batch_size, micro_batch=args.micro_batch,
                       lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr / 10, warmup=args.warmup,
@@ -85,8 +94,12 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
     model = from_pretrained(args.model, dtype=torch.float32)
     total = sum(p.numel() for p in model.parameters())
-    if lora is not None:
-        apply_lora(model, lora)
+    if args.method == "lora":
+        apply_lora(model, adapter)
+    elif args.method == "ia3":
+        apply_ia3(model, adapter)
+    elif args.method == "bitfit":
+        apply_bitfit(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"method: {args.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
     out = Path(args.out)
@@ -96,7 +109,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     summary = train(model, data, targs, tokenizer=tok, resume=args.resume, log=log)
     summary.update(method=args.method, trainable=trainable, total=total, seconds=time.perf_counter() - t0,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    if lora is not None:
+    if adapter is not None:
         save_adapter(model, out / "adapter")
         tok.save_pretrained(out / "adapter")
         summary["adapter"] = str(out / "adapter")

@@ -1,10 +1,11 @@
-"""Parameter-efficient fine-tuning on a frozen base model: LoRA (lora.py), IA3 (ia3.py), in the peft
-library's adapter format (io.py)."""
+"""Parameter-efficient fine-tuning on a frozen base model: LoRA (lora.py), IA3 (ia3.py), BitFit
+(bitfit.py), adapters in the peft library's folder format (io.py)."""
 
+from .bitfit import apply_bitfit
 from .ia3 import IA3Config, IA3Linear, apply_ia3, ia3_layers
 from .io import AdapterError, adapter_layers, has_adapter, load_adapter, save_adapter, write_adapter
 from .lora import LoraConfig, LoraLinear, apply_lora, lora_layers, merge_and_unload, merge_lora, unmerge_lora
 
-__all__ = ["AdapterError", "IA3Config", "IA3Linear", "LoraConfig", "LoraLinear", "adapter_layers", "apply_ia3",
-           "apply_lora", "has_adapter", "ia3_layers", "load_adapter", "lora_layers", "merge_and_unload",
+__all__ = ["AdapterError", "IA3Config", "IA3Linear", "LoraConfig", "LoraLinear", "adapter_layers", "apply_bitfit",
+           "apply_ia3", "apply_lora", "has_adapter", "ia3_layers", "load_adapter", "lora_layers", "merge_and_unload",
            "merge_lora", "save_adapter", "unmerge_lora", "write_adapter"]

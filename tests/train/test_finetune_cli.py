@@ -84,6 +84,19 @@ def test_full_finetuning_writes_a_model_checkpoint(base, tmp_path):
     assert not torch.equal(model.blocks[0].attn.q_proj.weight, before.blocks[0].attn.q_proj.weight)
 
 
+def test_ia3_writes_a_peft_ia3_adapter_and_bitfit_needs_biases(base, tmp_path, capsys):
+    folder, data = base
+    out = tmp_path / "ia3"
+    assert main(["finetune", str(folder), "--data", str(data), "--method", "ia3", "--steps", "3",
+                 "--batch-size", "4", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["peft_type"] == "IA3"
+    tuned = load_adapter(gu.from_pretrained(folder), out / "adapter")
+    assert not torch.equal(tuned.blocks[0].mlp.down_proj.ia3_l, torch.ones_like(tuned.blocks[0].mlp.down_proj.ia3_l))
+    assert main(["finetune", str(folder), "--data", str(data), "--method", "bitfit", "--out", str(tmp_path / "b"),
+                 "--quiet"]) == 2
+    assert "has none" in capsys.readouterr().err
+
+
 def test_bad_input_fails_before_training(base, tmp_path, capsys):
     folder, data = base
     bad = tmp_path / "bad.jsonl"
