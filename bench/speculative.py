@@ -67,6 +67,9 @@ def main() -> None:
     ap.add_argument("--target", default="out/spec/target/checkpoint")
     ap.add_argument("--draft", default="out/run/checkpoint")
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 6])
+    ap.add_argument("--confidences", type=float, nargs="+", default=[0.0, 0.4],
+                    help="stop a round's drafting below this draft probability (0: always k; 0.4 is transformers' "
+                    "default)")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new", type=int, default=64)
@@ -87,9 +90,9 @@ def main() -> None:
     rows = prompts(tok, args.prompts, args.prompt_tokens)
     n_tokens = len(rows) * args.new
 
-    def ours(draft_model=None, k=4, stats=None):
-        return [gu.generate(target, [p], args.new, draft_model=draft_model, num_draft_tokens=k, stats=stats)
-                for p in rows]
+    def ours(draft_model=None, k=4, stats=None, confidence=0.0):
+        return [gu.generate(target, [p], args.new, draft_model=draft_model, num_draft_tokens=k, stats=stats,
+                            draft_confidence=confidence) for p in rows]
 
     def theirs(assistant=None):
         with torch.no_grad():
@@ -102,16 +105,18 @@ def main() -> None:
     t_theirs = best_time(theirs, args.repeats)
     same_ref = all(torch.equal(a, b) for a, b in zip(plain, theirs(), strict=True))
     table = []
-    for k in args.ks:
-        stats = SpeculativeStats()
-        same = all(torch.equal(a, b) for a, b in zip(plain, ours(draft, k, stats), strict=True))
-        hf_draft.generation_config.update(num_assistant_tokens=k, num_assistant_tokens_schedule="constant",
-                                          assistant_confidence_threshold=0.0)
-        same_hf = all(torch.equal(a, b) for a, b in zip(plain, theirs(hf_draft), strict=True))
-        t_spec = best_time(lambda k=k: ours(draft, k), args.repeats)
-        t_assist = best_time(lambda: theirs(hf_draft), args.repeats)
-        table.append((k, stats, t_spec, t_assist, same and same_hf))
-        print(k, stats, f"ours {n_tokens / t_spec:.1f} tok/s, transformers {n_tokens / t_assist:.1f} tok/s", flush=True)
+    for conf in args.confidences:
+        for k in args.ks:
+            stats = SpeculativeStats()
+            same = all(torch.equal(a, b) for a, b in zip(plain, ours(draft, k, stats, conf), strict=True))
+            hf_draft.generation_config.update(num_assistant_tokens=k, num_assistant_tokens_schedule="constant",
+                                              assistant_confidence_threshold=conf)
+            same_hf = all(torch.equal(a, b) for a, b in zip(plain, theirs(hf_draft), strict=True))
+            t_spec = best_time(lambda k=k, conf=conf: ours(draft, k, None, conf), args.repeats)
+            t_assist = best_time(lambda: theirs(hf_draft), args.repeats)
+            table.append((k, conf, stats, t_spec, t_assist, same and same_hf))
+            print(k, conf, stats, f"ours {n_tokens / t_spec:.1f} tok/s, transformers {n_tokens / t_assist:.1f} tok/s",
+                  flush=True)
 
     def n_params(m) -> float:
         return sum(p.numel() for p in m.parameters()) / 1e6
@@ -123,11 +128,12 @@ def main() -> None:
              f"standard-library `def` lines, {args.new} new tokens each, greedy.", "",
              f"Plain greedy: groundup {n_tokens / t_ours:.1f} tok/s, transformers {n_tokens / t_theirs:.1f} tok/s "
              f"(same tokens: {'yes' if same_ref else 'NO'}).", "",
-             "| k guesses | accepted | tokens / target pass | groundup tok/s | speed-up vs plain | transformers "
-             "assisted tok/s | its speed-up | groundup / transformers | same tokens |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for k, stats, t_spec, t_assist, same in table:
-        lines.append(f"| {k} | {stats.acceptance_rate:.0%} | {stats.tokens_per_round:.2f} | {n_tokens / t_spec:.1f} | "
+             "| k guesses | confidence cut | accepted | tokens / target pass | groundup tok/s | speed-up vs plain "
+             "| transformers assisted tok/s | its speed-up | groundup / transformers | same tokens |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for k, conf, stats, t_spec, t_assist, same in table:
+        lines.append(f"| {k} | {conf:g} | {stats.acceptance_rate:.0%} | {stats.tokens_per_round:.2f} | "
+                     f"{n_tokens / t_spec:.1f} | "
                      f"{t_ours / t_spec:.2f}x | {n_tokens / t_assist:.1f} | {t_theirs / t_assist:.2f}x | "
                      f"{t_assist / t_spec:.2f}x | {'yes' if same else 'NO'} |")
     emit("Speculative decoding benchmark", lines, args.out)

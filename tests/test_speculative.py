@@ -56,6 +56,8 @@ def test_greedy_equals_the_targets_greedy(name, k):
         stats = SpeculativeStats()
         got = gu.generate(target, PROMPTS, 24, draft_model=draft, num_draft_tokens=k, stats=stats)
         assert torch.equal(got, want), (name, k)
+        doubtful = gu.generate(target, PROMPTS, 24, draft_model=draft, num_draft_tokens=k, draft_confidence=0.5)
+        assert torch.equal(doubtful, want), (name, k)
         assert stats.tokens == 24 and stats.rounds <= 24
         assert stats.accepted <= stats.drafted
         for b, prompt in enumerate(PROMPTS):
@@ -103,7 +105,8 @@ def _tv(counts: torch.Tensor, p: torch.Tensor) -> float:
 SAMPLING = dict(temperature=0.9, top_k=6)
 
 
-def test_sampled_tokens_follow_the_target_distribution():
+@pytest.mark.parametrize("confidence", [0.0, 0.4])
+def test_sampled_tokens_follow_the_target_distribution(confidence):
     """One row at a time (so whole runs of guesses are kept), 600 seeds: each position's tokens are
     distributed as the target's, not the draft's (a nudged copy that the target half agrees with)."""
     cfg = gu.Config(vocab_size=8, d_model=16, n_layers=2, n_heads=2, d_ff=24, max_seq_len=32)
@@ -116,9 +119,9 @@ def test_sampled_tokens_follow_the_target_distribution():
     stats = SpeculativeStats()
     for seed in range(600):
         out = gu.generate(target, [prompt], steps, draft_model=draft, num_draft_tokens=3, seed=seed, stats=stats,
-                          **SAMPLING)
+                          draft_confidence=confidence, **SAMPLING)
         counts[torch.arange(steps), out[0, 3:]] += 1
-    assert 0.3 < stats.acceptance_rate < 0.7 and stats.tokens_per_round > 1.3
+    assert 0.3 < stats.acceptance_rate < 0.8 and stats.tokens_per_round > 1.3
     for i in range(steps):
         assert _tv(counts[i], want[i]) < 0.08, (i, counts[i], want[i])
     assert max(_tv(counts[i], other[i]) for i in range(steps)) > 0.2  # the test tells the two apart
@@ -144,6 +147,8 @@ def test_draft_errors():
         gu.generate(target, PROMPTS, 4, draft_model=gu.CausalLM(cfg.replace(vocab_size=62)))
     with pytest.raises(ValueError, match="num_draft_tokens=0"):
         gu.generate(target, PROMPTS, 4, draft_model=target, num_draft_tokens=0)
+    with pytest.raises(ValueError, match="draft_confidence=1"):
+        gu.generate(target, PROMPTS, 4, draft_model=target, draft_confidence=1)
     with pytest.raises(ValueError, match="repetition_penalty"):
         gu.generate(target, PROMPTS, 4, draft_model=target, repetition_penalty=1.2)
     short = gu.CausalLM(cfg.replace(pos="learned", max_seq_len=12))

@@ -151,8 +151,8 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
 
 def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=0.0, top_k=None, top_p=None,
            repetition_penalty=1.0, eos_token_id=None, pad_token_id=None, stop_strings=None, tokenizer=None,
-           seed=None, generator=None, truncate=False, draft_model=None, num_draft_tokens=4, stats=None
-           ) -> tuple[torch.Tensor, Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]]:
+           seed=None, generator=None, truncate=False, draft_model=None, num_draft_tokens=4, draft_confidence=0.0,
+           stats=None) -> tuple[torch.Tensor, Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]]:
     """Check everything, then return the left-padded prompts [B, T] and the decoding loop to run."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     if getattr(getattr(model, "config", None), "arch", None) != "causal_lm":
@@ -161,7 +161,7 @@ def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings need the tokenizer (tokenizer=...) to read the generated text")
     if draft_model is not None:
-        check_draft(model, draft_model, num_draft_tokens, repetition_penalty)
+        check_draft(model, draft_model, num_draft_tokens, repetition_penalty, draft_confidence)
     eos = _stop_ids(model, eos_token_id)
     ids, mask, pad = _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos)
     if draft_model is not None:
@@ -177,7 +177,7 @@ def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature
     if draft_model is None:
         return ids, partial(_steps, model, ids, mask, max_new_tokens, repetition_penalty=repetition_penalty, **opts)
     return ids, partial(speculative_steps, model, draft_model, ids, mask, max_new_tokens,
-                        num_draft=num_draft_tokens, stats=stats, **opts)
+                        num_draft=num_draft_tokens, stats=stats, min_confidence=draft_confidence, **opts)
 
 
 def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 32, *,
@@ -187,7 +187,8 @@ def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 3
              stop_strings: Sequence[str] | None = None, tokenizer: Any = None,
              seed: int | None = None, generator: torch.Generator | None = None, truncate: bool = False,
              rope_scaling: tuple[str, float] | None = None, draft_model: torch.nn.Module | None = None,
-             num_draft_tokens: int = 4, stats: SpeculativeStats | None = None) -> torch.Tensor:
+             num_draft_tokens: int = 4, draft_confidence: float = 0.0,
+             stats: SpeculativeStats | None = None) -> torch.Tensor:
     """Continue each prompt: input_ids [B, T] (left-padded, with attention_mask) or a list of token-id
     lists of any lengths -> ids [B, T' + n], the (left-padded) prompts followed by n <= max_new_tokens
     new tokens; a row that stopped early is filled with pad_token_id (default: the first stop id).
@@ -199,9 +200,10 @@ def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 3
     ("linear" or "ntk", factor) extends a RoPE model's context for this call only.
 
     ``draft_model`` (a smaller CausalLM with the same tokenizer) turns on speculative decoding: it guesses
-    ``num_draft_tokens`` tokens per round and this model verifies them in one pass; greedy output is
-    identical and sampled output identically distributed (see generate.speculative). Pass a
-    SpeculativeStats as ``stats`` to read the acceptance rate afterwards.
+    ``num_draft_tokens`` tokens per round (fewer when it gives its guess a probability below
+    ``draft_confidence``) and this model verifies them in one pass; greedy output is identical and sampled
+    output identically distributed (see generate.speculative). Pass a SpeculativeStats as ``stats`` to read
+    the acceptance rate afterwards.
     """
     with decoding(model, rope_scaling), decoding(draft_model):
         ids, steps = _setup(model, input_ids, max_new_tokens, attention_mask=attention_mask,
@@ -209,7 +211,7 @@ def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 3
                             repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
                             pad_token_id=pad_token_id, stop_strings=stop_strings, tokenizer=tokenizer,
                             seed=seed, generator=generator, truncate=truncate, draft_model=draft_model,
-                            num_draft_tokens=num_draft_tokens, stats=stats)
+                            num_draft_tokens=num_draft_tokens, draft_confidence=draft_confidence, stats=stats)
         new = [tok for tok, _ in steps()]
     return torch.cat([ids, torch.stack(new, dim=1)], dim=1)
 

@@ -51,7 +51,7 @@ class SpeculativeStats:
 
 
 def check_draft(target: torch.nn.Module, draft: torch.nn.Module, num_draft_tokens: int,
-                repetition_penalty: float) -> None:
+                repetition_penalty: float, draft_confidence: float = 0.0) -> None:
     """Raise ValueError when the draft model cannot propose tokens for this target."""
     if getattr(getattr(draft, "config", None), "arch", None) != "causal_lm":
         raise ValueError("draft_model must be a decoder-only model (a gu.CausalLM)")
@@ -60,6 +60,8 @@ def check_draft(target: torch.nn.Module, draft: torch.nn.Module, num_draft_token
                          f"{target.config.vocab_size}: the two must share one tokenizer")
     if num_draft_tokens < 1:
         raise ValueError(f"num_draft_tokens={num_draft_tokens} must be >= 1")
+    if not 0 <= draft_confidence < 1:
+        raise ValueError(f"draft_confidence={draft_confidence} must be in [0, 1) (0: always draft num_draft_tokens)")
     if repetition_penalty != 1.0:
         raise ValueError("repetition_penalty is not supported with a draft model: drop one of the two")
     if next(draft.parameters()).device != next(target.parameters()).device:
@@ -90,8 +92,11 @@ class _Runner:
 def speculative_steps(target: torch.nn.Module, draft: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
                       max_new_tokens: int, *, num_draft: int, temperature: float, top_k: int | None,
                       top_p: float | None, generator: torch.Generator | None, stopper: Stopper,
-                      stats: SpeculativeStats | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (tokens [B], finished-before-this-token [B]) one token at a time, like causal._steps."""
+                      stats: SpeculativeStats | None = None, min_confidence: float = 0.0
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (tokens [B], finished-before-this-token [B]) one token at a time, like causal._steps. A round
+    drafts up to ``num_draft`` guesses, fewer when the draft gives its latest guess a probability below
+    ``min_confidence`` (for any row)."""
     B, T = ids.shape
     stats = stats if stats is not None else SpeculativeStats()
     capacity = T + max_new_tokens + num_draft
@@ -116,11 +121,18 @@ def speculative_steps(target: torch.nn.Module, draft: torch.nn.Module, ids: torc
         # Never guess past what is still wanted: the round's own target token is the last one.
         k = min(num_draft, max_new_tokens - produced - 1)
         guesses, q = [], []
-        for _ in range(k):
-            tok, dist = pick(drf.feed(seq if not guesses else torch.cat([seq, torch.stack(guesses, 1)], 1),
-                                      1)[:, -1])
+        for j in range(k):
+            draft_logits = drf.feed(seq if not guesses else torch.cat([seq, torch.stack(guesses, 1)], 1), 1)[:, -1]
+            tok, dist = pick(draft_logits)
             guesses.append(tok)
             q.append(dist)
+            # A guess the draft itself doubts will likely be rejected, and so would every later one: stop
+            # here (the stopping rule reads the draft only, so the output distribution is unchanged).
+            if min_confidence and j < k - 1:
+                p_draft = dist if dist is not None else draft_logits.softmax(-1)
+                if bool((p_draft.gather(-1, tok[:, None]) < min_confidence).any()):
+                    break
+        k = len(guesses)
         drafts = torch.stack(guesses, 1) if k else seq.new_zeros(B, 0)  # [B, k]
         logits = tgt.feed(torch.cat([seq, drafts], 1), k + 1)  # [B, k + 1, V]
         if not sample:
