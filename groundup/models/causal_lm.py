@@ -49,7 +49,7 @@ class CausalLM(TiedHead, Stack):
         one after a prompt, speculative decoding the verified drafts.
         """
         offset = cache.length if cache is not None else 0
-        check_ids(self.config, input_ids, None, offset=offset)
+        check_ids(self.config, input_ids, None, offset=offset, extra_ids=getattr(self.embed, "num_virtual", 0))
         want = (input_ids.shape[0], offset + input_ids.shape[1])
         if attention_mask is not None and tuple(attention_mask.shape) != want:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be [batch, cached + new] = "
@@ -93,7 +93,7 @@ class CausalLM(TiedHead, Stack):
         """Attention probabilities [B, H, T, T] of one layer, from the eager kernel (for heatmaps)."""
         if not 0 <= layer < self.config.n_layers:
             raise ValueError(f"layer={layer} is out of range: the model has {self.config.n_layers} layers")
-        check_ids(self.config, input_ids, None)
+        check_ids(self.config, input_ids, None, extra_ids=getattr(self.embed, "num_virtual", 0))
         x, rope = self.inputs(self.embed, input_ids)
         return self.run(x, rope=rope, weights_of=layer)[2]
 

@@ -16,11 +16,13 @@ Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 def check_ids(cfg: Config, ids: torch.Tensor, attention_mask: torch.Tensor | None, *, name: str = "input_ids",
-              mask_name: str = "attention_mask", n_positions: int | None = None, offset: int = 0) -> None:
+              mask_name: str = "attention_mask", n_positions: int | None = None, offset: int = 0,
+              extra_ids: int = 0) -> None:
     """Shape, dtype and range checks that fail with the argument named, before any compute.
 
     ``n_positions`` is the highest position the input reaches (default: its length), checked against a
     learned position table; ``offset`` is the number of positions before the input (a KV cache's).
+    ``extra_ids`` ids after the vocabulary are valid too (a soft prompt's virtual tokens).
     """
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
         shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
@@ -29,9 +31,9 @@ def check_ids(cfg: Config, ids: torch.Tensor, attention_mask: torch.Tensor | Non
         raise ValueError(f"{name} must be an integer tensor, got dtype {ids.dtype}")
     if ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= cfg.vocab_size:
+        if lo < 0 or hi >= cfg.vocab_size + extra_ids:
             bad = lo if lo < 0 else hi
-            raise ValueError(f"{name} contain token id {bad}, outside the vocabulary [0, {cfg.vocab_size})")
+            raise ValueError(f"{name} contain token id {bad}, outside the vocabulary [0, {cfg.vocab_size + extra_ids})")
     T = n_positions or offset + ids.shape[1]
     if cfg.pos == "learned" and T > cfg.max_seq_len:
         raise ValueError(

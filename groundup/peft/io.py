@@ -22,6 +22,7 @@ from ..checkpoint.hf import module_name_from_hf, module_name_to_hf
 from ..checkpoint.io import atomic_folder, read_json
 from .ia3 import IA3Config, apply_ia3, ia3_layers
 from .lora import LoraConfig, apply_lora, lora_layers
+from .prompt import apply_prompt_tuning, soft_prompt
 
 PREFIX = "base_model.model."
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -48,8 +49,10 @@ def _hf_targets(model: nn.Module, hf_names: list[str]) -> list[str]:
 
 
 def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every LoRA and IA3 layer of the model by name (empty for a plain model)."""
-    return {**lora_layers(model), **ia3_layers(model)}
+    """Every adapter module of the model by name: LoRA and IA3 layers, a soft prompt (empty for a plain
+    model)."""
+    soft = soft_prompt(model)
+    return {**lora_layers(model), **ia3_layers(model), **({"embed": soft} if soft is not None else {})}
 
 
 def _adapted(model: nn.Module) -> tuple[str, dict[str, nn.Module]]:
@@ -62,8 +65,26 @@ def _adapted(model: nn.Module) -> tuple[str, dict[str, nn.Module]]:
     return ("LORA", lora) if lora else ("IA3", ia3)
 
 
+def _write_prompt(model: nn.Module, folder: Path) -> None:
+    soft, cfg = soft_prompt(model), model.config
+    if soft.tasks != 1:
+        raise AdapterError(f"the soft prompt holds {soft.tasks} tasks; peft's prompt-tuning folder holds one")
+    meta = {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": soft.n,
+            "token_dim": cfg.d_model, "num_transformer_submodules": 1, "num_attention_heads": cfg.n_heads,
+            "num_layers": cfg.n_layers, "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None,
+            "tokenizer_name_or_path": None, "inference_mode": True, "modules_to_save": None,
+            "base_model_name_or_path": None}
+    (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    save_file({"prompt_embeddings": soft.prompt_embeddings.detach().contiguous()}, str(folder / WEIGHTS),
+              metadata={"format": "pt"})
+
+
 def write_adapter(model: nn.Module, folder: Path) -> None:
     """adapter_config.json + adapter_model.safetensors into an existing folder (not atomic: see save_adapter)."""
+    if soft_prompt(model) is not None:
+        if lora_layers(model) or ia3_layers(model):
+            raise AdapterError("the model has a soft prompt and adapter layers; one adapter type per folder")
+        return _write_prompt(model, folder)
     kind, layers = _adapted(model)
     if any(layer.merged for layer in layers.values()):
         raise AdapterError("the adapter is merged into the base weights: unmerge it before saving")
@@ -105,8 +126,9 @@ def has_adapter(folder: str | Path) -> bool:
 
 
 def _check_config(meta: dict, path: Path) -> None:
-    if meta.get("peft_type") not in ("LORA", "IA3"):
-        raise AdapterError(f"{path}: peft_type={meta.get('peft_type')!r}; this loader reads LORA and IA3 adapters")
+    if meta.get("peft_type") not in ("LORA", "IA3", "PROMPT_TUNING"):
+        raise AdapterError(f"{path}: peft_type={meta.get('peft_type')!r}; this loader reads LORA, IA3 and "
+                           "PROMPT_TUNING adapters")
     for key, ok in (("use_dora", False), ("bias", "none")):
         if meta.get(key, ok) != ok:
             raise AdapterError(f"{path}: {key}={meta[key]!r} is not supported (only {key}={ok!r})")
@@ -116,6 +138,28 @@ def _check_config(meta: dict, path: Path) -> None:
     if meta.get("modules_to_save"):
         raise AdapterError(f"{path}: modules_to_save={meta['modules_to_save']!r} (fully trained extra modules) is "
                            "not supported")
+
+
+def _load_prompt(model: nn.Module, meta: dict, w_path: Path, into_existing: bool) -> nn.Module:
+    tensors = load_file(str(w_path))
+    if set(tensors) != {"prompt_embeddings"}:
+        raise AdapterError(f"{w_path}: a prompt-tuning adapter holds one tensor, prompt_embeddings; found "
+                           f"{sorted(tensors)}")
+    t, n = tensors["prompt_embeddings"], int(meta["num_virtual_tokens"])
+    if meta.get("num_transformer_submodules", 1) != 1:
+        raise AdapterError(f"{w_path}: num_transformer_submodules={meta['num_transformer_submodules']}: only "
+                           "decoder-only prompts (1) are supported")
+    if tuple(t.shape) != (n, model.config.d_model):
+        raise AdapterError(f"{w_path}: prompt_embeddings has shape {tuple(t.shape)}; this model needs ({n}, "
+                           f"{model.config.d_model}): it was trained on a different base model")
+    if not into_existing:
+        apply_prompt_tuning(model, n)
+    soft = soft_prompt(model)
+    if soft is None or soft.prompt_embeddings.shape != t.shape:
+        raise AdapterError(f"{w_path}: the model's soft prompt does not have {n} virtual tokens")
+    with torch.no_grad():
+        soft.prompt_embeddings.copy_(t)
+    return model
 
 
 def _matches_peft(targets: list[str] | str | None, hf_name: str) -> bool:
@@ -147,6 +191,8 @@ def load_adapter(model: nn.Module, folder: str | Path, *, into_existing: bool = 
     _check_config(meta, cfg_path)
     kind = meta["peft_type"]
     cfg = model.config
+    if kind == "PROMPT_TUNING":
+        return _load_prompt(model, meta, w_path, into_existing)
     pat = re.compile(rf"{re.escape(PREFIX)}(.+)\.(lora_A|lora_B|ia3_l)(?:\.[^.]+)?(?:\.weight)?")
     parts: dict[str, dict[str, torch.Tensor]] = {}
     hf_of: dict[str, str] = {}
