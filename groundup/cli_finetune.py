@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-METHODS = ("full", "lora", "ia3", "bitfit")
-LR = {"full": 1e-4, "lora": 1e-3, "ia3": 3e-3, "bitfit": 1e-3}
+METHODS = ("full", "lora", "ia3", "bitfit", "prompt")
+LR = {"full": 1e-4, "lora": 1e-3, "ia3": 3e-3, "bitfit": 1e-3, "prompt": 3e-2}
 
 
 def add_finetune_parser(sub) -> None:
@@ -38,6 +38,9 @@ def add_finetune_parser(sub) -> None:
                    help="IA3: targets rescaled on their input (the FFN activation), default down_proj")
     p.add_argument("--target-regex", default=None, help="a regex matching whole module names, in place of "
                    "--target-modules (e.g. 'blocks\\.[0-3]\\.attn\\.(q|v)_proj')")
+    p.add_argument("--num-virtual-tokens", type=int, default=20, help="prompt tuning: soft prompt length")
+    p.add_argument("--prompt-init-text", default=None, help="prompt tuning: initialise the soft prompt from the "
+                   "embeddings of this text's tokens (default: random)")
     p.add_argument("--separator", default=None, help="prompt/completion separator (default '\\n\\n###\\n\\n')")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=8)
@@ -61,21 +64,27 @@ def add_finetune_parser(sub) -> None:
 def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     import torch
 
+    from . import peft
     from .checkpoint.hf import config_from_hf, from_pretrained
     from .checkpoint.io import read_json
     from .cli_generate import check_model_folder
-    from .data.instruct import SEPARATOR, InstructionData, load_examples
-    from .peft import IA3Config, LoraConfig, apply_bitfit, apply_ia3, apply_lora, merge_and_unload, save_adapter
+    from .data.instruct import SEPARATOR, InstructionData, load_examples, prefixed
     from .tokenizer import Tokenizer
     from .train import TrainArgs, train
 
     check_model_folder(args.model, "causal_lm", "a decoder-only")
     adapter = None  # built now, so that its settings are checked before any data or weight is read
     if args.method == "lora":
-        adapter = LoraConfig(r=args.r, alpha=args.alpha, dropout=args.lora_dropout,
+        adapter = peft.LoraConfig(r=args.r, alpha=args.alpha, dropout=args.lora_dropout,
                              target_modules=args.target_regex or args.target_modules or ["q_proj", "v_proj"])
+    elif args.method == "prompt":
+        if args.num_virtual_tokens < 1:
+            raise ValueError(f"--num-virtual-tokens {args.num_virtual_tokens} must be >= 1")
+        if args.merge:
+            raise ValueError("--merge: a soft prompt has no weight to merge into; drop --merge")
+        adapter = "prompt"
     elif args.method == "ia3":
-        adapter = IA3Config(target_modules=args.target_regex or args.target_modules or ["k_proj", "v_proj",
+        adapter = peft.IA3Config(target_modules=args.target_regex or args.target_modules or ["k_proj", "v_proj",
                                                                                       "down_proj"],
                             feedforward_modules=args.feedforward_modules)
     lr = args.lr if args.lr is not None else LR[args.method]
@@ -87,6 +96,9 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     cfg = config_from_hf(read_json(Path(args.model) / "config.json"))
     examples = load_examples(args.data, tok, separator=SEPARATOR if args.separator is None else args.separator,
                              max_len=cfg.max_seq_len if cfg.pos == "learned" else None)
+    if args.method == "prompt":  # every prompt starts with the virtual tokens (ids after the vocabulary)
+        virtual = list(range(cfg.vocab_size, cfg.vocab_size + args.num_virtual_tokens))
+        examples = [prefixed(ex, virtual) for ex in examples]
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     data = InstructionData.split(examples, val_fraction=args.val_fraction, pad_id=pad, seed=args.seed)
     log(f"data: {len(data.train):,} training / {len(data.val):,} validation examples, longest "
@@ -95,11 +107,14 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     model = from_pretrained(args.model, dtype=torch.float32)
     total = sum(p.numel() for p in model.parameters())
     if args.method == "lora":
-        apply_lora(model, adapter)
+        peft.apply_lora(model, adapter)
     elif args.method == "ia3":
-        apply_ia3(model, adapter)
+        peft.apply_ia3(model, adapter)
     elif args.method == "bitfit":
-        apply_bitfit(model)
+        peft.apply_bitfit(model)
+    elif args.method == "prompt":
+        init = tok.encode(args.prompt_init_text, add_special_tokens=False) if args.prompt_init_text else None
+        peft.apply_prompt_tuning(model, args.num_virtual_tokens, init_ids=init)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"method: {args.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
     out = Path(args.out)
@@ -110,11 +125,14 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     summary.update(method=args.method, trainable=trainable, total=total, seconds=time.perf_counter() - t0,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if adapter is not None:
-        save_adapter(model, out / "adapter")
+        peft.save_adapter(model, out / "adapter")
         tok.save_pretrained(out / "adapter")
         summary["adapter"] = str(out / "adapter")
+        if args.method == "prompt":
+            summary["virtual ids"] = f"{cfg.vocab_size}..{cfg.vocab_size + args.num_virtual_tokens - 1} (put them " \
+                                     "before a prompt's ids)"
         if args.merge:
-            merge_and_unload(model).save_pretrained(out / "merged")
+            peft.merge_and_unload(model).save_pretrained(out / "merged")
             tok.save_pretrained(out / "merged")
             summary["merged"] = str(out / "merged")
     return summary
@@ -128,7 +146,7 @@ def main_finetune(args: argparse.Namespace) -> int:
     print(f"time, peak RSS    {s['seconds']:.0f} s, {s['peak_rss_mb']:,.0f} MB")
     print(f"validation loss   {s['val_loss_start']:.3f} at the start -> {s['val_loss']:.3f} at the end")
     print(f"checkpoint        {s['checkpoint']}")
-    for key in ("adapter", "merged"):
+    for key in ("adapter", "merged", "virtual ids"):
         if key in s:
             print(f"{key:<17} {s[key]}")
     return 0

@@ -160,6 +160,11 @@ class Formatter:
         ids.extend(full[len(ids):])
 
 
+def prefixed(example: Example, ids: list[int]) -> Example:
+    """The example with ``ids`` (e.g. a soft prompt's virtual tokens) in front, not trained on."""
+    return Example(ids + example.ids, [0] * len(ids) + example.answer, example.source)
+
+
 def read_records(path: str | Path) -> Iterator[tuple[Any, str]]:
     """(record, "file:line") for each non-blank line of a JSONL file."""
     path = Path(path)

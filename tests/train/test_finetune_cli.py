@@ -97,6 +97,22 @@ def test_ia3_writes_a_peft_ia3_adapter_and_bitfit_needs_biases(base, tmp_path, c
     assert "has none" in capsys.readouterr().err
 
 
+def test_prompt_tuning_trains_the_soft_prompt_on_prefixed_examples(base, tmp_path, capsys):
+    from groundup.peft import soft_prompt
+
+    folder, data = base
+    out = tmp_path / "prompt"
+    assert main(["finetune", str(folder), "--data", str(data), "--method", "prompt", "--num-virtual-tokens", "4",
+                 "--prompt-init-text", "repeat", "--steps", "6", "--batch-size", "4", "--out", str(out),
+                 "--quiet"]) == 0
+    assert "virtual ids" in capsys.readouterr().out
+    tuned = load_adapter(gu.from_pretrained(folder), out / "adapter")
+    soft = soft_prompt(tuned)
+    assert soft.n == 4 and soft.prompt_ids()[0] == tuned.config.vocab_size
+    init = gu.Tokenizer.from_pretrained(folder).encode("repeat", add_special_tokens=False)
+    assert not torch.equal(soft.prompt_embeddings[0], tuned.embed.base.weight[init[0]])  # it moved from its init
+
+
 def test_bad_input_fails_before_training(base, tmp_path, capsys):
     folder, data = base
     bad = tmp_path / "bad.jsonl"
