@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -175,14 +176,31 @@ def _regex(names: list[str]) -> str:
     return "|".join(re.escape(n) for n in names)
 
 
-def load_adapter(model: nn.Module, folder: str | Path, *, into_existing: bool = False) -> nn.Module:
-    """Wrap ``model``'s layers named in a peft LoRA or IA3 folder and load the adapter weights (in place).
+@dataclass
+class AdapterFile:
+    """A LoRA or IA3 folder read and checked against a model: the tensors by groundup module name."""
 
-    Everything is checked before the model changes: the folder's files, the config's options, that every
-    adapted module exists in this model, and that each tensor (LoRA's A [r, in] and B [out, r], IA3's
-    [out, 1] or [1, in]) fits its layer: an adapter trained on a different base model fails here, naming
-    the tensor. ``into_existing`` copies the weights into the adapter layers the model already has
-    (resuming a run) instead of adding layers."""
+    kind: str  # "LORA" | "IA3"
+    meta: dict
+    parts: dict[str, dict[str, torch.Tensor]]  # module -> {"lora_A", "lora_B"} or {"ia3_l"}
+    feedforward: set[str]  # IA3 modules scaled on their input
+    path: Path
+
+    @property
+    def r(self) -> int:
+        return int(self.meta.get("r", 0))
+
+    @property
+    def alpha(self) -> float:
+        """LoRA alpha such that alpha / r is the scaling (rsLoRA's alpha / sqrt(r) folded in)."""
+        alpha = float(self.meta["lora_alpha"])
+        return alpha * self.r**0.5 if self.meta.get("use_rslora") else alpha  # (Kalajdzievski, 2023)
+
+
+def read_adapter(model: nn.Module, folder: str | Path) -> AdapterFile:
+    """Read a peft LoRA or IA3 folder and check every tensor against ``model`` (which is not changed): the
+    adapted modules must exist and each tensor (LoRA's A [r, in] and B [out, r], IA3's [out, 1] or [1, in])
+    must fit its layer, else AdapterError naming the tensor (an adapter for a different base model)."""
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG, folder / WEIGHTS
     if not cfg_path.is_file() or not w_path.is_file():
@@ -190,9 +208,9 @@ def load_adapter(model: nn.Module, folder: str | Path, *, into_existing: bool = 
     meta = read_json(cfg_path)
     _check_config(meta, cfg_path)
     kind = meta["peft_type"]
-    cfg = model.config
     if kind == "PROMPT_TUNING":
-        return _load_prompt(model, meta, w_path, into_existing)
+        raise AdapterError(f"{folder}: a prompt-tuning folder has no layers to read (load_adapter loads it)")
+    cfg = model.config
     pat = re.compile(rf"{re.escape(PREFIX)}(.+)\.(lora_A|lora_B|ia3_l)(?:\.[^.]+)?(?:\.weight)?")
     parts: dict[str, dict[str, torch.Tensor]] = {}
     hf_of: dict[str, str] = {}
@@ -222,22 +240,33 @@ def load_adapter(model: nn.Module, folder: str | Path, *, into_existing: bool = 
             if tuple(pair[part].shape) != shape:
                 raise AdapterError(f"{w_path}: {name}.{part} has shape {tuple(pair[part].shape)}; this model needs "
                                    f"{shape}: it was trained on a different base model")
-    names = sorted(parts)
-    existing = lora_layers(model) if kind == "LORA" else ia3_layers(model)
+    return AdapterFile(kind, meta, parts, ff, w_path)
+
+
+def load_adapter(model: nn.Module, folder: str | Path, *, into_existing: bool = False) -> nn.Module:
+    """Wrap ``model``'s layers named in a peft LoRA or IA3 folder and load the adapter weights, or give it
+    the soft prompt of a prompt-tuning folder (in place). Everything is checked (read_adapter) before the
+    model changes. ``into_existing`` copies the weights into the adapter the model already has (resuming a
+    run) instead of adding one."""
+    folder = Path(folder)
+    if (folder / CONFIG).is_file() and read_json(folder / CONFIG).get("peft_type") == "PROMPT_TUNING":
+        meta = read_json(folder / CONFIG)
+        _check_config(meta, folder / CONFIG)
+        return _load_prompt(model, meta, folder / WEIGHTS, into_existing)
+    file = read_adapter(model, folder)
+    names = sorted(file.parts)
+    existing = lora_layers(model) if file.kind == "LORA" else ia3_layers(model)
     if into_existing:
         if sorted(existing) != names:
-            raise AdapterError(f"{w_path}: adapts {len(names)} layers, not the model's {len(existing)}")
-    elif kind == "LORA":
-        alpha = float(meta["lora_alpha"])
-        if meta.get("use_rslora"):  # rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski, 2023)
-            alpha = alpha * r**0.5  # LoraLinear scales by alpha / r
-        apply_lora(model, LoraConfig(r=r, alpha=alpha, dropout=float(meta.get("lora_dropout", 0.0)),
+            raise AdapterError(f"{file.path}: adapts {len(names)} layers, not the model's {len(existing)}")
+    elif file.kind == "LORA":
+        apply_lora(model, LoraConfig(r=file.r, alpha=file.alpha, dropout=float(file.meta.get("lora_dropout", 0.0)),
                                      target_modules=_regex(names)))
     else:
-        apply_ia3(model, IA3Config(target_modules=_regex(names), feedforward_modules=_regex(sorted(ff))))
-    layers = lora_layers(model) if kind == "LORA" else ia3_layers(model)
+        apply_ia3(model, IA3Config(target_modules=_regex(names), feedforward_modules=_regex(sorted(file.feedforward))))
+    layers = lora_layers(model) if file.kind == "LORA" else ia3_layers(model)
     with torch.no_grad():
-        for name, pair in parts.items():
+        for name, pair in file.parts.items():
             for part, t in pair.items():
                 target = getattr(layers[name], part)
                 (target.weight if isinstance(target, nn.Linear) else target).copy_(t)
