@@ -1,0 +1,105 @@
+"""Synthetic arithmetic instructions in the style of Goat (Liu & Low, 2023, "Goat: Fine-tuned LLaMA
+Outperforms GPT-4 on Arithmetic Tasks"), as the course shows them:
+
+    3978640188 + 42886272 =        ->  3978640188 + 42886272 = 4021526460
+    4523646 minus 67453156         ->  4523646 - 67453156 = -62929510
+    Calculate 397 x 4429           ->  397 * 4429 = 4429 * (300 + 90 + 7) = 4429 * 300 + 4429 * 90 + 4429 * 7
+                                       = 1328700 + 398610 + 31003 = 1727310 + 31003 = 1758313
+    What is 8914 / 64?             ->  8914 - 64 * 100 = 8914 - 6400 = 2514
+                                       2514 - 64 * 30 = 2514 - 1920 = 594
+                                       594 - 64 * 9 = 594 - 576 = 18
+                                       Therefore, 8914 / 64 = 139 R 18
+
+Multiplication is decomposed over the place values of the shorter factor and summed left to right;
+division subtracts the largest multiple of the divisor times a place value at each step, as Goat does
+for tasks a model cannot do in one step. ``final_answer`` extracts the number (or "Q R r") an answer ends
+with, for exact-match scoring.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+KINDS = ("add", "sub", "mul", "div")
+
+
+def _number(rng: random.Random, digits: int) -> int:
+    n = rng.randint(1, digits)
+    return rng.randint(10 ** (n - 1) if n > 1 else 0, 10**n - 1)
+
+
+def multiplication_steps(a: int, b: int) -> str:
+    """'a * b = b * (parts of a) = ... = product', decomposing the factor with fewer digits."""
+    small, big = (a, b) if len(str(a)) <= len(str(b)) else (b, a)
+    digits = str(small)
+    parts = [int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits) if d != "0"]
+    if len(parts) <= 1:
+        return f"{a} * {b} = {a * b}"
+    lines = [f"{a} * {b} = {big} * ({' + '.join(map(str, parts))})",
+             " + ".join(f"{big} * {p}" for p in parts)]
+    products = [big * p for p in parts]
+    lines.append(" + ".join(map(str, products)))
+    total = products[0]
+    for k in range(1, len(products)):  # add left to right, one addition per line
+        total += products[k]
+        rest = products[k + 1:]
+        lines.append(" + ".join(map(str, [total, *rest])))
+    return " = ".join(lines)
+
+
+def division_steps(a: int, b: int) -> str:
+    """Repeated subtraction of b x (digit x place value), then 'Therefore, a / b = q R r'."""
+    lines, rest, q = [], a, 0
+    for power in range(len(str(a)), -1, -1):
+        place = 10**power
+        d = rest // (b * place)
+        if d == 0:
+            continue
+        step = d * place
+        lines.append(f"{rest} - {b} * {step} = {rest} - {b * step} = {rest - b * step}")
+        rest -= b * step
+        q += step
+    lines.append(f"Therefore, {a} / {b} = {q} R {rest}")
+    return "\n".join(lines)
+
+
+def problem(kind: str, rng: random.Random, digits: int = 3) -> dict[str, str]:
+    """One prompt/completion record of ``kind`` with operands of up to ``digits`` digits."""
+    a, b = _number(rng, digits), _number(rng, digits)
+    if kind == "add":
+        return {"prompt": f"{a} + {b} =", "completion": f" {a} + {b} = {a + b}"}
+    if kind == "sub":
+        return {"prompt": f"{a} minus {b}", "completion": f" {a} - {b} = {a - b}"}
+    if kind == "mul":
+        b = _number(rng, max(1, digits - 1))
+        return {"prompt": f"Calculate {a} x {b}", "completion": " " + multiplication_steps(a, b)}
+    if kind == "div":
+        b = max(2, _number(rng, max(1, digits - 1)))
+        return {"prompt": f"What is {a} / {b}?", "completion": " " + division_steps(a, b)}
+    raise ValueError(f"kind={kind!r}: choose from {', '.join(KINDS)}")
+
+
+def dataset(n: int, *, seed: int, kinds: tuple[str, ...] = KINDS, digits: int = 3,
+            exclude: set[str] | None = None) -> list[dict[str, str]]:
+    """n records, kinds in turn, no prompt twice and none in ``exclude`` (a test set's prompts)."""
+    rng, seen, out = random.Random(seed), set(exclude or ()), []
+    tries = 0
+    while len(out) < n:
+        rec = problem(kinds[len(out) % len(kinds)], rng, digits)
+        tries += 1
+        if tries > 100 * n + 1000:
+            raise ValueError(f"cannot draw {n} distinct problems of up to {digits} digits: lower n")
+        if rec["prompt"] not in seen:
+            seen.add(rec["prompt"])
+            out.append(rec)
+    return out
+
+
+_FINAL = re.compile(r"(-?\d+(?: R \d+)?)\s*$")
+
+
+def final_answer(text: str) -> str | None:
+    """The number (or 'q R r') the first line-group of an answer ends with, or None."""
+    m = _FINAL.search(text.strip())
+    return m.group(1) if m else None
