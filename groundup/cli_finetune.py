@@ -135,6 +135,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
             peft.merge_and_unload(model).save_pretrained(out / "merged")
             tok.save_pretrained(out / "merged")
             summary["merged"] = str(out / "merged")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
