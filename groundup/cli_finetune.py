@@ -1,13 +1,14 @@
-"""`groundup finetune`: instruction fine-tuning of a decoder-only model folder: full, LoRA, IA3 or BitFit.
+"""`groundup finetune`: instruction fine-tuning of a decoder-only model folder: full, LoRA, IA3, BitFit,
+prompt tuning or prefix tuning.
 
     groundup finetune MODEL_DIR --data train.jsonl --method lora --r 8 --alpha 16 --steps 300 --out out/ft
 
 The data (data/instruct.py: prompt/completion, instruction/response or conversation records) is read and
 checked in full before the model is loaded; the loss covers answer tokens only. ``--method full`` trains
 every weight; ``lora`` low-rank updates of ``--target-modules``; ``ia3`` rescaling vectors; ``bitfit``
-the biases only. The run writes <out>/checkpoint (resumable: the model, or for LoRA/IA3 only the
-adapter), and at the end <out>/adapter (a peft folder) and, with --merge, <out>/merged (the adapter
-folded into a plain model).
+the biases only; ``prompt`` a soft prompt; ``prefix`` per-layer key/value prefixes. The run writes
+<out>/checkpoint (resumable: the model, or only the adapter for the adapter methods), and at the end
+<out>/adapter (a peft folder) and, with --merge (LoRA, IA3), <out>/merged (a plain model folder).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-METHODS = ("full", "lora", "ia3", "bitfit", "prompt")
-LR = {"full": 1e-4, "lora": 1e-3, "ia3": 3e-3, "bitfit": 1e-3, "prompt": 3e-2}
+METHODS = ("full", "lora", "ia3", "bitfit", "prompt", "prefix")
+LR = {"full": 1e-4, "lora": 1e-3, "ia3": 3e-3, "bitfit": 1e-3, "prompt": 3e-2, "prefix": 1e-2}
 
 
 def add_finetune_parser(sub) -> None:
@@ -38,7 +39,9 @@ def add_finetune_parser(sub) -> None:
                    help="IA3: targets rescaled on their input (the FFN activation), default down_proj")
     p.add_argument("--target-regex", default=None, help="a regex matching whole module names, in place of "
                    "--target-modules (e.g. 'blocks\\.[0-3]\\.attn\\.(q|v)_proj')")
-    p.add_argument("--num-virtual-tokens", type=int, default=20, help="prompt tuning: soft prompt length")
+    p.add_argument("--num-virtual-tokens", type=int, default=20, help="prompt/prefix tuning: virtual tokens")
+    p.add_argument("--prefix-projection", action="store_true", help="prefix tuning: train through an MLP "
+                   "(Li & Liang's reparameterisation)")
     p.add_argument("--prompt-init-text", default=None, help="prompt tuning: initialise the soft prompt from the "
                    "embeddings of this text's tokens (default: random)")
     p.add_argument("--separator", default=None, help="prompt/completion separator (default '\\n\\n###\\n\\n')")
@@ -77,12 +80,12 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     if args.method == "lora":
         adapter = peft.LoraConfig(r=args.r, alpha=args.alpha, dropout=args.lora_dropout,
                              target_modules=args.target_regex or args.target_modules or ["q_proj", "v_proj"])
-    elif args.method == "prompt":
+    elif args.method in ("prompt", "prefix"):
         if args.num_virtual_tokens < 1:
             raise ValueError(f"--num-virtual-tokens {args.num_virtual_tokens} must be >= 1")
         if args.merge:
-            raise ValueError("--merge: a soft prompt has no weight to merge into; drop --merge")
-        adapter = "prompt"
+            raise ValueError(f"--merge: a {args.method} has no weight to merge into; drop --merge")
+        adapter = args.method
     elif args.method == "ia3":
         adapter = peft.IA3Config(target_modules=args.target_regex or args.target_modules or ["k_proj", "v_proj",
                                                                                       "down_proj"],
@@ -115,6 +118,8 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     elif args.method == "prompt":
         init = tok.encode(args.prompt_init_text, add_special_tokens=False) if args.prompt_init_text else None
         peft.apply_prompt_tuning(model, args.num_virtual_tokens, init_ids=init)
+    elif args.method == "prefix":
+        peft.apply_prefix_tuning(model, args.num_virtual_tokens, projection=args.prefix_projection)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"method: {args.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
     out = Path(args.out)

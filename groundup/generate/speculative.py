@@ -75,12 +75,22 @@ class _Runner:
                  full_pos: torch.Tensor | None) -> None:
         # A rolling cache cannot take rejected positions back: always a static one (the window still
         # applies through the attention mask).
-        self.model, self.cache = model, DecoderCache.static(model.config.n_layers, capacity)
+        self.skip = getattr(getattr(model, "prefix_tuning", None), "n", 0)  # a prefix-tuned model's own slots
+        self.model, self.cache = model, DecoderCache.static(model.config.n_layers, capacity + self.skip)
         self.full_mask, self.full_pos = full_mask, full_pos
+
+    @property
+    def length(self) -> int:
+        """Tokens of the sequence cached."""
+        return max(0, self.cache.length - self.skip)
+
+    def keep(self, length: int) -> None:
+        """Forget the cached tokens from ``length`` on."""
+        self.cache.crop(self.skip + length)
 
     def feed(self, seq: torch.Tensor, keep: int) -> torch.Tensor:
         """Run the positions of seq [B, L] after the cached ones; logits of the last ``keep`` [B, keep, V]."""
-        a = self.cache.length
+        a = self.length
         new = seq[:, a:]  # [B, t]
         mask = self.full_mask[:, : seq.shape[1]] if self.full_mask is not None else None
         pos = self.full_pos[:, a: seq.shape[1]] if self.full_pos is not None else None
@@ -164,8 +174,8 @@ def speculative_steps(target: torch.nn.Module, draft: torch.nn.Module, ids: torc
         new = torch.cat([drafts[:, :n], last[:, None]], 1)  # [B, n + 1]
         stats.rounds, stats.drafted, stats.accepted = stats.rounds + 1, stats.drafted + k, stats.accepted + n
         # The target cached seq + all k guesses, the draft seq + k - 1: both keep seq + the n accepted.
-        tgt.cache.crop(L + n)
-        drf.cache.crop(min(drf.cache.length, L + n))
+        tgt.keep(L + n)
+        drf.keep(min(drf.length, L + n))
         out = []
         for j in range(n + 1):
             tok, finished_before = stopper.push(new[:, j])

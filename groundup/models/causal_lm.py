@@ -48,6 +48,10 @@ class CausalLM(TiedHead, Stack):
         = n > 0 returns the logits of the last n positions only, [B, n, V]: generation needs the last
         one after a prompt, speculative decoding the verified drafts.
         """
+        prefix = getattr(self, "prefix_tuning", None)
+        if prefix is not None:  # peft/prefix.py: the trainable keys/values go into the cache before the input
+            cache, attention_mask, position_ids = self._with_prefix(prefix, input_ids, cache, attention_mask,
+                                                                    position_ids)
         offset = cache.length if cache is not None else 0
         check_ids(self.config, input_ids, None, offset=offset, extra_ids=getattr(self.embed, "num_virtual", 0))
         want = (input_ids.shape[0], offset + input_ids.shape[1])
@@ -71,12 +75,27 @@ class CausalLM(TiedHead, Stack):
             return out, aux_total * (self.config.router_aux_loss_coef / n_moe)
         return out
 
+    def _with_prefix(self, prefix, ids: torch.Tensor, cache: DecoderCache | None, attention_mask, position_ids):
+        """Put the prefix into an empty (or new) cache; widen a mask and shift positions that only count the
+        real tokens, so the prefix sits at positions 0..n-1 before them."""
+        if cache is None:
+            cache = DecoderCache.empty(self.config.n_layers)
+        if cache.length == 0:
+            prefix.fill(cache, ids.shape[0], self.embed.weight.dtype)
+        n = prefix.n
+        if attention_mask is not None and attention_mask.shape[1] == cache.length - n + ids.shape[1]:
+            attention_mask = torch.cat([attention_mask.new_ones(ids.shape[0], n), attention_mask], dim=1)
+        if position_ids is not None:
+            position_ids = position_ids + n
+        return cache, attention_mask, position_ids
+
     def new_cache(self, capacity: int | None = None) -> DecoderCache:
         """An empty KV cache for `capacity` positions (prompt + new tokens): a ring of the window's size for
         sliding-window attention when the window is the smaller, else preallocated; growing if None."""
         cfg = self.config
         if capacity is None:
             return DecoderCache.empty(cfg.n_layers)
+        capacity += getattr(getattr(self, "prefix_tuning", None), "n", 0)  # a prefix fills the first slots
         # ALiBi's bias needs key positions, which the ring's reordering does not keep: preallocate instead.
         if cfg.sliding_window and cfg.sliding_window < capacity and cfg.pos != "alibi":
             return DecoderCache.rolling(cfg.n_layers, cfg.sliding_window)

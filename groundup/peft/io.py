@@ -23,6 +23,7 @@ from ..checkpoint.hf import module_name_from_hf, module_name_to_hf
 from ..checkpoint.io import atomic_folder, read_json
 from .ia3 import IA3Config, apply_ia3, ia3_layers
 from .lora import LoraConfig, apply_lora, lora_layers
+from .prefix import apply_prefix_tuning, prefix_of
 from .prompt import apply_prompt_tuning, soft_prompt
 
 PREFIX = "base_model.model."
@@ -52,8 +53,9 @@ def _hf_targets(model: nn.Module, hf_names: list[str]) -> list[str]:
 def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Every adapter module of the model by name: LoRA and IA3 layers, a soft prompt (empty for a plain
     model)."""
-    soft = soft_prompt(model)
-    return {**lora_layers(model), **ia3_layers(model), **({"embed": soft} if soft is not None else {})}
+    soft, prefix = soft_prompt(model), prefix_of(model)
+    return {**lora_layers(model), **ia3_layers(model), **({"embed": soft} if soft is not None else {}),
+            **({"prefix_tuning": prefix} if prefix is not None else {})}
 
 
 def _adapted(model: nn.Module) -> tuple[str, dict[str, nn.Module]]:
@@ -80,12 +82,29 @@ def _write_prompt(model: nn.Module, folder: Path) -> None:
               metadata={"format": "pt"})
 
 
+def _write_prefix(model: nn.Module, folder: Path) -> None:
+    prefix, cfg = prefix_of(model), model.config
+    meta = {"peft_type": "PREFIX_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": prefix.n,
+            "token_dim": cfg.n_kv_heads * cfg.head_dim, "num_transformer_submodules": 1,
+            "num_attention_heads": cfg.n_kv_heads, "num_layers": cfg.n_layers,
+            "encoder_hidden_size": cfg.n_kv_heads * cfg.head_dim, "prefix_projection": False,
+            "inference_mode": True, "modules_to_save": None, "base_model_name_or_path": None}
+    (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    # The MLP's output when reparameterised: what the model uses, and what peft saves.
+    save_file({"prompt_embeddings": prefix.table().detach().contiguous()}, str(folder / WEIGHTS),
+              metadata={"format": "pt"})
+
+
 def write_adapter(model: nn.Module, folder: Path) -> None:
     """adapter_config.json + adapter_model.safetensors into an existing folder (not atomic: see save_adapter)."""
+    kinds = [k for k, on in (("soft prompt", soft_prompt(model) is not None), ("prefix", prefix_of(model) is not None),
+                             ("adapter layers", bool(lora_layers(model) or ia3_layers(model)))) if on]
+    if len(kinds) > 1:
+        raise AdapterError(f"the model has a {' and a '.join(kinds)}; one adapter type per folder")
     if soft_prompt(model) is not None:
-        if lora_layers(model) or ia3_layers(model):
-            raise AdapterError("the model has a soft prompt and adapter layers; one adapter type per folder")
         return _write_prompt(model, folder)
+    if prefix_of(model) is not None:
+        return _write_prefix(model, folder)
     kind, layers = _adapted(model)
     if any(layer.merged for layer in layers.values()):
         raise AdapterError("the adapter is merged into the base weights: unmerge it before saving")
@@ -127,9 +146,9 @@ def has_adapter(folder: str | Path) -> bool:
 
 
 def _check_config(meta: dict, path: Path) -> None:
-    if meta.get("peft_type") not in ("LORA", "IA3", "PROMPT_TUNING"):
-        raise AdapterError(f"{path}: peft_type={meta.get('peft_type')!r}; this loader reads LORA, IA3 and "
-                           "PROMPT_TUNING adapters")
+    if meta.get("peft_type") not in ("LORA", "IA3", "PROMPT_TUNING", "PREFIX_TUNING"):
+        raise AdapterError(f"{path}: peft_type={meta.get('peft_type')!r}; this loader reads LORA, IA3, "
+                           "PROMPT_TUNING and PREFIX_TUNING adapters")
     for key, ok in (("use_dora", False), ("bias", "none")):
         if meta.get(key, ok) != ok:
             raise AdapterError(f"{path}: {key}={meta[key]!r} is not supported (only {key}={ok!r})")
@@ -139,6 +158,27 @@ def _check_config(meta: dict, path: Path) -> None:
     if meta.get("modules_to_save"):
         raise AdapterError(f"{path}: modules_to_save={meta['modules_to_save']!r} (fully trained extra modules) is "
                            "not supported")
+
+
+def _load_prefix(model: nn.Module, meta: dict, w_path: Path, into_existing: bool) -> nn.Module:
+    tensors = load_file(str(w_path))
+    cfg, n = model.config, int(meta["num_virtual_tokens"])
+    width = cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim
+    t = tensors.get("prompt_embeddings")
+    if t is None or tuple(t.shape) != (n, width):
+        shape = None if t is None else tuple(t.shape)
+        raise AdapterError(f"{w_path}: prompt_embeddings has shape {shape}; this model needs ({n}, {width}) = "
+                           f"(virtual tokens, layers x 2 x kv heads x head dim): it was trained on a different "
+                           "base model")
+    if not into_existing:
+        apply_prefix_tuning(model, n)  # the saved table is final: no reparameterisation to rebuild
+    prefix = prefix_of(model)
+    if prefix.projection:
+        raise AdapterError(f"{w_path}: cannot load a saved prefix into a reparameterised one; resume without "
+                           "the projection")
+    with torch.no_grad():
+        prefix.embedding.weight.copy_(t)
+    return model
 
 
 def _load_prompt(model: nn.Module, meta: dict, w_path: Path, into_existing: bool) -> nn.Module:
@@ -208,8 +248,8 @@ def read_adapter(model: nn.Module, folder: str | Path) -> AdapterFile:
     meta = read_json(cfg_path)
     _check_config(meta, cfg_path)
     kind = meta["peft_type"]
-    if kind == "PROMPT_TUNING":
-        raise AdapterError(f"{folder}: a prompt-tuning folder has no layers to read (load_adapter loads it)")
+    if kind in ("PROMPT_TUNING", "PREFIX_TUNING"):
+        raise AdapterError(f"{folder}: a {kind} folder has no layers to read (load_adapter loads it)")
     cfg = model.config
     pat = re.compile(rf"{re.escape(PREFIX)}(.+)\.(lora_A|lora_B|ia3_l)(?:\.[^.]+)?(?:\.weight)?")
     parts: dict[str, dict[str, torch.Tensor]] = {}
@@ -249,10 +289,12 @@ def load_adapter(model: nn.Module, folder: str | Path, *, into_existing: bool = 
     model changes. ``into_existing`` copies the weights into the adapter the model already has (resuming a
     run) instead of adding one."""
     folder = Path(folder)
-    if (folder / CONFIG).is_file() and read_json(folder / CONFIG).get("peft_type") == "PROMPT_TUNING":
+    kind = read_json(folder / CONFIG).get("peft_type") if (folder / CONFIG).is_file() else None
+    if kind in ("PROMPT_TUNING", "PREFIX_TUNING") and (folder / WEIGHTS).is_file():
         meta = read_json(folder / CONFIG)
         _check_config(meta, folder / CONFIG)
-        return _load_prompt(model, meta, folder / WEIGHTS, into_existing)
+        load = _load_prompt if kind == "PROMPT_TUNING" else _load_prefix
+        return load(model, meta, folder / WEIGHTS, into_existing)
     file = read_adapter(model, folder)
     names = sorted(file.parts)
     existing = lora_layers(model) if file.kind == "LORA" else ia3_layers(model)

@@ -113,6 +113,17 @@ def test_prompt_tuning_trains_the_soft_prompt_on_prefixed_examples(base, tmp_pat
     assert not torch.equal(soft.prompt_embeddings[0], tuned.embed.base.weight[init[0]])  # it moved from its init
 
 
+def test_prefix_tuning_writes_a_peft_prefix_adapter(base, tmp_path):
+    from groundup.peft import prefix_of
+
+    folder, data = base
+    out = tmp_path / "prefix"
+    assert main(["finetune", str(folder), "--data", str(data), "--method", "prefix", "--num-virtual-tokens", "3",
+                 "--prefix-projection", "--steps", "4", "--batch-size", "4", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
+    assert prefix_of(load_adapter(gu.from_pretrained(folder), out / "adapter")).n == 3
+
+
 def test_bad_input_fails_before_training(base, tmp_path, capsys):
     folder, data = base
     bad = tmp_path / "bad.jsonl"
