@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .lora import LoraConfig, set_module, wrap_targets
+from .lora import LoraConfig, Wrapper, set_module, wrap_targets
 
 
 @dataclass
@@ -45,7 +45,7 @@ class IA3Config:
         return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
-class IA3Linear(nn.Module):
+class IA3Linear(Wrapper):
     """base_layer(x) * l (output scaling) or base_layer(x * l) (input scaling, feed-forward layers)."""
 
     def __init__(self, base_layer: nn.Module, feedforward: bool) -> None:
@@ -56,14 +56,6 @@ class IA3Linear(nn.Module):
         shape = (1, in_f) if feedforward else (out_f, 1)
         self.ia3_l = nn.Parameter(torch.ones(shape, device=w.device, dtype=w.dtype if w.is_floating_point()
                                              else torch.float32))
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return getattr(self.base_layer, "bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:

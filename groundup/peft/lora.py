@@ -60,7 +60,22 @@ class LoraConfig:
         return asdict(self)
 
 
-class LoraLinear(nn.Module):
+class Wrapper(nn.Module):
+    """An adapter layer around ``base_layer``: ``weight`` and ``bias`` read through to it, so code that reads
+    a projection's weight (shapes, dtypes, tied heads) works on the wrapped layer too."""
+
+    base_layer: nn.Module
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base_layer, "bias", None)
+
+
+class LoraLinear(Wrapper):
     """base_layer(x) + scaling * lora_B(lora_A(dropout(x))); see the module docstring."""
 
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0) -> None:
@@ -83,15 +98,6 @@ class LoraLinear(nn.Module):
     @property
     def out_features(self) -> int:
         return self.lora_B.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The base weight (so code reading ``.weight`` of a projection still works)."""
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return getattr(self.base_layer, "bias", None)
 
     def reset_lora(self) -> None:
         """A as nn.Linear initialises it (Kaiming uniform, as peft does), B = 0: the update starts at zero."""

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from .io import read_adapter
-from .lora import LoraConfig, set_module, wrap_targets
+from .lora import LoraConfig, Wrapper, set_module, wrap_targets
 
 
-class MultiLoraLinear(nn.Module):
+class MultiLoraLinear(Wrapper):
     """base_layer(x) plus, for each batch row, the update of the adapter ``index[row]`` selects."""
 
     def __init__(self, base_layer: nn.Module, A: torch.Tensor, B: torch.Tensor) -> None:
@@ -34,10 +34,6 @@ class MultiLoraLinear(nn.Module):
         self.register_buffer("A", A)  # [N + 1, r, in]
         self.register_buffer("B", B)  # [N + 1, out, r], scaled
         self.index: torch.Tensor | None = None  # [batch] adapter per row; None: the base alone
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)

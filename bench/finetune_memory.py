@@ -1,0 +1,72 @@
+"""Peak training memory of LoRA against full fine-tuning on the same model, measured.
+
+    python bench/finetune_memory.py [--model DIR] [--steps 10] [--out docs/bench_finetune_memory.md]
+
+Each method trains in its own `groundup finetune` process; its peak resident memory is read from the
+operating system when it exits (os.wait4), so it counts everything the process held: the interpreter,
+torch, the model, gradients, AdamW's two moments, activations. The data is a Goat-style arithmetic set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report import command, emit
+
+from groundup.data.arithmetic import dataset
+
+RUNS = {"full": [], "lora r=8 (q, v)": ["--method", "lora", "--r", "8"],
+        "lora r=8 (all linear layers)": ["--method", "lora", "--r", "8", "--target-modules", "q_proj", "k_proj",
+                                         "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "ia3": ["--method", "ia3"], "prompt (20 tokens)": ["--method", "prompt"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="out/spec/target/checkpoint")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--work", default="out/finetune_memory")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if not (Path(args.model) / "config.json").is_file():
+        sys.exit(f"--model {args.model}: no model folder (see bench/speculative.py for how to make the default)")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in dataset(500, seed=0, digits=3)))
+    rows = []
+    for name, extra in RUNS.items():
+        out = work / name.split()[0]
+        method = ["--method", "full"] if name == "full" else []
+        cmd = [sys.executable, "-m", "groundup", "finetune", args.model, "--data", str(data), *method, *extra,
+               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--eval-every", str(args.steps),
+               "--save-every", str(args.steps), "--out", str(out), "--quiet"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        log = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status:
+            sys.exit(f"{name} failed:\n{log}")
+        s = json.loads((out / "summary.json").read_text())
+        rows.append((name, s["trainable"], s["total"], usage.ru_maxrss / 1024, s["seconds"] / args.steps))
+        print(rows[-1], flush=True)
+    full_mb = rows[0][3]
+    lines = [f"Command: `{command()}`", "",
+             f"Model {args.model} ({rows[0][2]:,} parameters, fp32), batch {args.batch_size}, {args.steps} steps; "
+             "peak resident memory of each training process (interpreter and torch included).", "",
+             "| method | trainable parameters | % of total | peak memory MB | vs full | s / step |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, n, total, mb, sec in rows:
+        lines.append(f"| {name} | {n:,} | {100 * n / total:.2f}% | {mb:,.0f} | {mb - full_mb:+,.0f} MB | {sec:.2f} |")
+    emit("Fine-tuning memory: LoRA and the other methods against full fine-tuning", lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
