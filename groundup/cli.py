@@ -201,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(pt)
     pt.set_defaults(func=main_pretrain)
     from .cli_finetune import add_finetune_parser
+    from .cli_prep import add_prep_parser
 
     add_finetune_parser(sub)
+    add_prep_parser(sub)
     return p
 
 
