@@ -31,12 +31,16 @@ from groundup.peft import load_adapter, soft_prompt
 
 METHODS = {"full": [], "lora": ["--r", "8", "--alpha", "16", "--target-modules", "q_proj", "k_proj", "v_proj",
                                 "o_proj", "gate_proj", "up_proj", "down_proj"],
-           "ia3": [], "prompt": ["--num-virtual-tokens", "20"]}
+           "ia3": [], "prompt": ["--num-virtual-tokens", "20"], "prefix": ["--num-virtual-tokens", "10"]}
 
 
 def run_method(method: str, args, work: Path) -> dict:
-    """`groundup finetune` in a child process; its summary plus the child's peak RSS (MB)."""
+    """`groundup finetune` in a child process; its summary plus the child's peak RSS (MB). With --reuse and a
+    finished run in the folder, that run's summary (whose peak_rss_mb the child measured itself)."""
     out = work / method
+    if args.reuse and (out / "summary.json").is_file():
+        summary = json.loads((out / "summary.json").read_text())
+        return {**summary, "child_peak_mb": summary["peak_rss_mb"], "out": str(out)}
     cmd = [sys.executable, "-m", "groundup", "finetune", args.model, "--data", str(work / "train.jsonl"),
            "--method", method, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
            "--val-fraction", "0.02", "--eval-every", str(args.steps), "--save-every", str(args.steps),
@@ -56,11 +60,11 @@ def run_method(method: str, args, work: Path) -> dict:
 
 @torch.no_grad()
 def exact_match(model, tok, records: list[dict], *, prefix: list[int] = (), shots: str = "",
-                batch: int = 50) -> float:
-    """Fraction of records whose greedy answer ends with the reference's final answer."""
+                batch: int = 50) -> list[bool]:
+    """For each record, whether the greedy answer ends with the reference's final answer."""
     eos = tok.eos_token_id
     longest = max(len(tok.encode(r["completion"], add_special_tokens=False)) for r in records) + 2
-    right = 0
+    right = []
     for i in range(0, len(records), batch):
         rows = records[i: i + batch]
         prompts = [list(prefix) + tok.encode(shots + r["prompt"] + SEPARATOR) for r in rows]
@@ -68,8 +72,18 @@ def exact_match(model, tok, records: list[dict], *, prefix: list[int] = (), shot
                           stop_strings=["\n\n"] if shots else None, tokenizer=tok if shots else None)
         for r, ids in zip(rows, out[:, max(len(p) for p in prompts):].tolist(), strict=True):
             text = tok.decode([t for t in ids if t != eos], skip_special_tokens=True).split("\n\n")[0]
-            right += final_answer(text) is not None and final_answer(text) == final_answer(r["completion"])
-    return right / len(records)
+            right.append(final_answer(text) is not None and final_answer(text) == final_answer(r["completion"]))
+    return right
+
+
+def name_acc(row: tuple) -> str:
+    return f"{row[0]}: exact match {sum(row[4]) / len(row[4]):.1%}"
+
+
+def kind_of(record: dict) -> str:
+    p = record["prompt"]
+    return "mul" if p.startswith("Calculate") else "div" if p.startswith("What is") else \
+        "sub" if " minus " in p else "add"
 
 
 def main() -> None:
@@ -85,8 +99,9 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=4)
     ap.add_argument("--work", default="out/goat")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--reuse", action="store_true", help="score runs already in --work instead of training again")
     args = ap.parse_args()
-    args.lr = {"full": 3e-4, "lora": 3e-3, "ia3": 1e-2, "prompt": 3e-2}
+    args.lr = {"full": 3e-4, "lora": 3e-3, "ia3": 1e-2, "prompt": 3e-2, "prefix": 1e-2}
     if not (Path(args.model) / "config.json").is_file():
         sys.exit(f"--model {args.model}: no model folder (run `make run` first for the default)")
     work = Path(args.work)
@@ -102,7 +117,7 @@ def main() -> None:
     shot_rows = train[: args.shots]
     shots = "".join(r["prompt"] + SEPARATOR + r["completion"].strip() + "\n\n" for r in shot_rows)
     table = [(f"{args.shots}-shot prompting (no training)", 0, None, None, exact_match(base, tok, test, shots=shots))]
-    print(table[-1], flush=True)
+    print(name_acc(table[-1]), flush=True)
     for method in args.methods:
         s = run_method(method, args, work)
         if method == "full":
@@ -112,18 +127,22 @@ def main() -> None:
         prefix = soft_prompt(model).prompt_ids() if method == "prompt" else []
         acc = exact_match(model.eval(), tok, test, prefix=prefix)
         table.append((method, s["trainable"], s["child_peak_mb"], s["seconds"], acc))
-        print(table[-1], flush=True)
+        print(name_acc(table[-1]), flush=True)
     lines = [f"Command: `{command()}`", "",
              f"Base: {args.model} ({total:,} parameters, trained on Python source only). {len(train):,} training "
              f"problems, {len(test)} held-out test problems ({', '.join(kinds)}; operands up to {args.digits} "
              f"digits), {args.steps} steps of {args.batch_size}, fp32, 2 CPU threads. Exact match of the final "
-             "answer, greedy decoding. Peak memory is the training process's maximum resident set (the Python "
-             "interpreter and torch included).", "",
-             "| method | trainable parameters | % of total | peak memory MB | training s | exact match |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "answer, greedy decoding, overall and per task. Peak memory is the training process's maximum "
+             "resident set (the Python interpreter and torch included).", "",
+             "| method | trainable parameters | % of total | peak memory MB | training s | exact match | "
+             + " | ".join(kinds) + " |", "|---|---:|---:|---:|---:|---:|" + "---:|" * len(kinds)]
     for name, n, mb, sec, acc in table:
+        per_kind = []
+        for k in kinds:
+            hits = [ok for ok, r in zip(acc, test, strict=True) if kind_of(r) == k]
+            per_kind.append(f"{sum(hits) / max(1, len(hits)):.0%}")
         lines.append(f"| {name} | {n:,} | {100 * n / total:.3f}% | {'-' if mb is None else f'{mb:,.0f}'} | "
-                     f"{'-' if sec is None else f'{sec:.0f}'} | {acc:.1%} |")
+                     f"{'-' if sec is None else f'{sec:.0f}'} | {sum(acc) / len(acc):.1%} | {' | '.join(per_kind)} |")
     emit("Goat in small: fine-tuning methods vs few-shot prompting on arithmetic", lines, args.out)
 
 
