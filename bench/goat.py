@@ -100,8 +100,15 @@ def main() -> None:
     ap.add_argument("--work", default="out/goat")
     ap.add_argument("--out", default=None)
     ap.add_argument("--reuse", action="store_true", help="score runs already in --work instead of training again")
+    ap.add_argument("--lr", nargs="+", default=[], metavar="METHOD=LR", help="learning rates to change, e.g. lora=1e-2")
     args = ap.parse_args()
-    args.lr = {"full": 3e-4, "lora": 3e-3, "ia3": 1e-2, "prompt": 3e-2, "prefix": 1e-2}
+    lrs = {"full": 3e-4, "lora": 3e-3, "ia3": 1e-2, "prompt": 3e-2, "prefix": 1e-2}
+    for item in args.lr:
+        method, _, value = item.partition("=")
+        if method not in lrs or not value:
+            sys.exit(f"--lr {item!r}: write METHOD=LR with METHOD one of {', '.join(lrs)}")
+        lrs[method] = float(value)
+    args.lr = lrs
     if not (Path(args.model) / "config.json").is_file():
         sys.exit(f"--model {args.model}: no model folder (run `make run` first for the default)")
     work = Path(args.work)
@@ -131,7 +138,8 @@ def main() -> None:
     lines = [f"Command: `{command()}`", "",
              f"Base: {args.model} ({total:,} parameters, trained on Python source only). {len(train):,} training "
              f"problems, {len(test)} held-out test problems ({', '.join(kinds)}; operands up to {args.digits} "
-             f"digits), {args.steps} steps of {args.batch_size}, fp32, 2 CPU threads. Exact match of the final "
+             f"digits), {args.steps} steps of {args.batch_size}, learning rates {args.lr}, fp32, 2 CPU threads. "
+             "Exact match of the final "
              "answer, greedy decoding, overall and per task. Peak memory is the training process's maximum "
              "resident set (the Python interpreter and torch included).", "",
              "| method | trainable parameters | % of total | peak memory MB | training s | exact match | "
