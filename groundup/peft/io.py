@@ -1,4 +1,5 @@
-"""Adapters (LoRA, IA3) in the peft library's folder format: adapter_config.json + adapter_model.safetensors.
+"""Adapters (LoRA, IA3, prompt and prefix tuning) in the peft library's folder format: adapter_config.json
++ adapter_model.safetensors.
 
 The tensors are named after the transformers module that carries them, e.g.
 ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``; groundup's module names translate
@@ -51,8 +52,8 @@ def _hf_targets(model: nn.Module, hf_names: list[str]) -> list[str]:
 
 
 def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every adapter module of the model by name: LoRA and IA3 layers, a soft prompt (empty for a plain
-    model)."""
+    """Every adapter module of the model by name: LoRA and IA3 layers, a soft prompt, a prefix (empty for a
+    plain model)."""
     soft, prefix = soft_prompt(model), prefix_of(model)
     return {**lora_layers(model), **ia3_layers(model), **({"embed": soft} if soft is not None else {}),
             **({"prefix_tuning": prefix} if prefix is not None else {})}
@@ -68,6 +69,12 @@ def _adapted(model: nn.Module) -> tuple[str, dict[str, nn.Module]]:
     return ("LORA", lora) if lora else ("IA3", ia3)
 
 
+def _write(folder: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS),
+              metadata={"format": "pt"})
+
+
 def _write_prompt(model: nn.Module, folder: Path) -> None:
     soft, cfg = soft_prompt(model), model.config
     if soft.tasks != 1:
@@ -77,9 +84,7 @@ def _write_prompt(model: nn.Module, folder: Path) -> None:
             "num_layers": cfg.n_layers, "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None,
             "tokenizer_name_or_path": None, "inference_mode": True, "modules_to_save": None,
             "base_model_name_or_path": None}
-    (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    save_file({"prompt_embeddings": soft.prompt_embeddings.detach().contiguous()}, str(folder / WEIGHTS),
-              metadata={"format": "pt"})
+    _write(folder, meta, {"prompt_embeddings": soft.prompt_embeddings})
 
 
 def _write_prefix(model: nn.Module, folder: Path) -> None:
@@ -89,10 +94,8 @@ def _write_prefix(model: nn.Module, folder: Path) -> None:
             "num_attention_heads": cfg.n_kv_heads, "num_layers": cfg.n_layers,
             "encoder_hidden_size": cfg.n_kv_heads * cfg.head_dim, "prefix_projection": False,
             "inference_mode": True, "modules_to_save": None, "base_model_name_or_path": None}
-    (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     # The MLP's output when reparameterised: what the model uses, and what peft saves.
-    save_file({"prompt_embeddings": prefix.table().detach().contiguous()}, str(folder / WEIGHTS),
-              metadata={"format": "pt"})
+    _write(folder, meta, {"prompt_embeddings": prefix.table()})
 
 
 def write_adapter(model: nn.Module, folder: Path) -> None:
@@ -113,10 +116,10 @@ def write_adapter(model: nn.Module, folder: Path) -> None:
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
         if kind == "LORA":
-            tensors[f"{PREFIX}{hf[name]}.lora_A.weight"] = layer.lora_A.weight.detach().contiguous()
-            tensors[f"{PREFIX}{hf[name]}.lora_B.weight"] = layer.lora_B.weight.detach().contiguous()
+            tensors[f"{PREFIX}{hf[name]}.lora_A.weight"] = layer.lora_A.weight
+            tensors[f"{PREFIX}{hf[name]}.lora_B.weight"] = layer.lora_B.weight
         else:
-            tensors[f"{PREFIX}{hf[name]}.ia3_l"] = layer.ia3_l.detach().contiguous()
+            tensors[f"{PREFIX}{hf[name]}.ia3_l"] = layer.ia3_l
     task = {"causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}.get(cfg.arch, "FEATURE_EXTRACTION")
     # A and B keep their [r, in] / [out, r] shapes even on GPT-2's Conv1D layers; peft's fan_in_fan_out
     # only says the base weight is stored [in, out] (it transposes when merging).
@@ -131,8 +134,7 @@ def write_adapter(model: nn.Module, folder: Path) -> None:
     else:
         ff = [hf[n] for n, layer in layers.items() if layer.feedforward]
         meta.update({"feedforward_modules": _hf_targets(model, ff) if ff else [], "init_ia3_weights": True})
-    (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
+    _write(folder, meta, tensors)
 
 
 def save_adapter(model: nn.Module, folder: str | Path) -> Path:
