@@ -157,7 +157,7 @@ def speculative_steps(target: torch.nn.Module, draft: torch.nn.Module, ids: torc
                 u = torch.rand(p_d.shape, generator=generator, device=p_d.device)
                 ok = u * q_d < p_d  # accept with probability min(1, p/q)
             else:
-                ok = drafts.bool()
+                ok = torch.zeros(B, 0, dtype=torch.bool, device=drafts.device)  # nothing drafted this round
         accepted = ok.long().cumprod(1).sum(1)  # [B]: each row's run of accepted guesses
         accepted = torch.where(stopper.done, torch.full_like(accepted, k), accepted)  # stopped rows agree
         n = int(accepted.min())
