@@ -3,22 +3,20 @@
     python bench/finetune_memory.py [--model DIR] [--steps 10] [--out docs/bench_finetune_memory.md]
 
 Each method trains in its own `groundup finetune` process; its peak resident memory is read from the
-operating system when it exits (os.wait4), so it counts everything the process held: the interpreter,
-torch, the model, gradients, AdamW's two moments, activations. The data is a Goat-style arithmetic set.
+operating system when it exits (os.wait4, in bench/report.py), so it counts everything the process held:
+the interpreter, torch, the model, gradients, AdamW's two moments, activations. The data is a Goat-style arithmetic set.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import command, emit
+from report import command, emit, finetune_child
 
 from groundup.data.arithmetic import dataset
 
@@ -46,16 +44,10 @@ def main() -> None:
     for name, extra in RUNS.items():
         out = work / name.split()[0]
         method = ["--method", "full"] if name == "full" else []
-        cmd = [sys.executable, "-m", "groundup", "finetune", args.model, "--data", str(data), *method, *extra,
-               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--eval-every", str(args.steps),
-               "--save-every", str(args.steps), "--out", str(out), "--quiet"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        log = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        if status:
-            sys.exit(f"{name} failed:\n{log}")
-        s = json.loads((out / "summary.json").read_text())
-        rows.append((name, s["trainable"], s["total"], usage.ru_maxrss / 1024, s["seconds"] / args.steps))
+        s = finetune_child(args.model, str(data), str(out),
+                           [*method, *extra, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                            "--eval-every", str(args.steps), "--save-every", str(args.steps)])
+        rows.append((name, s["trainable"], s["total"], s["child_peak_mb"], s["seconds"] / args.steps))
         print(rows[-1], flush=True)
     full_mb = rows[0][3]
     lines = [f"Command: `{command()}`", "",

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from report import command, emit
+from report import command, emit, finetune_child
 
 import groundup as gu
 from groundup.data.arithmetic import dataset, final_answer
@@ -41,21 +38,10 @@ def run_method(method: str, args, work: Path) -> dict:
     if args.reuse and (out / "summary.json").is_file():
         summary = json.loads((out / "summary.json").read_text())
         return {**summary, "child_peak_mb": summary["peak_rss_mb"], "out": str(out)}
-    cmd = [sys.executable, "-m", "groundup", "finetune", args.model, "--data", str(work / "train.jsonl"),
-           "--method", method, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-           "--val-fraction", "0.02", "--eval-every", str(args.steps), "--save-every", str(args.steps),
-           "--out", str(out), "--quiet", *METHODS[method]]
-    if args.lr.get(method):
-        cmd += ["--lr", str(args.lr[method])]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{method} failed:\n{output}")
-    summary = json.loads((out / "summary.json").read_text())
-    summary.update(child_peak_mb=usage.ru_maxrss / 1024, wall=time.perf_counter() - t0, out=str(out))
-    return summary
+    extra = ["--method", method, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+             "--val-fraction", "0.02", "--eval-every", str(args.steps), "--save-every", str(args.steps),
+             "--lr", str(args.lr[method]), *METHODS[method]]
+    return finetune_child(args.model, str(work / "train.jsonl"), str(out), extra)
 
 
 @torch.no_grad()

@@ -26,6 +26,24 @@ def alternate(fa: Callable, fb: Callable, repeats: int, *, setup_a: Callable | N
     return statistics.median(ta), statistics.median(tb)
 
 
+def finetune_child(model: str, data: str, out: str, args: list[str]) -> dict:
+    """Run `groundup finetune MODEL --data DATA --out OUT ARGS` in its own process; its summary.json plus
+    ``child_peak_mb``, the process's peak resident memory as the operating system counted it (os.wait4),
+    so every method's figure is its own. Exits with the child's output if it fails."""
+    import json
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "-m", "groundup", "finetune", model, "--data", data, "--out", out, "--quiet", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{output}")
+    summary = json.loads((Path(out) / "summary.json").read_text())
+    return {**summary, "child_peak_mb": usage.ru_maxrss / 1024, "out": out}
+
+
 def command() -> str:
     """`python bench/<script>.py <its arguments>`, as typed."""
     return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])

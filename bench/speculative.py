@@ -13,7 +13,8 @@ Prompts are the first `--prompt-tokens` tokens of `def` lines of standard-librar
 For each number of guesses k: plain greedy and speculative greedy tokens/s for both libraries (transformers
 with `assistant_model`, a constant k and no confidence cut-off, so both run the same algorithm), the
 fraction of guesses the target accepted and the tokens per target forward. Outputs are checked to be the
-plain greedy tokens. Each cell is the total time over all prompts, best of `--repeats`.
+plain greedy tokens. Each cell is the total time over all prompts, the median of `--repeats` runs
+alternating with the other library's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import os
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from report import command, emit
+from report import alternate, command, emit
 
 import groundup as gu
 from groundup.generate import SpeculativeStats
@@ -51,15 +51,6 @@ def prompts(tokenizer, n: int, length: int) -> list[list[int]]:
         if len(out) == n:
             break
     return out
-
-
-def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:
@@ -101,8 +92,7 @@ def main() -> None:
                     for p in rows]
 
     plain = ours()
-    t_ours = best_time(ours, args.repeats)
-    t_theirs = best_time(theirs, args.repeats)
+    t_ours, t_theirs = alternate(ours, theirs, args.repeats)
     same_ref = all(torch.equal(a, b) for a, b in zip(plain, theirs(), strict=True))
     table = []
     for conf in args.confidences:
@@ -112,8 +102,8 @@ def main() -> None:
             hf_draft.generation_config.update(num_assistant_tokens=k, num_assistant_tokens_schedule="constant",
                                               assistant_confidence_threshold=conf)
             same_hf = all(torch.equal(a, b) for a, b in zip(plain, theirs(hf_draft), strict=True))
-            t_spec = best_time(lambda k=k, conf=conf: ours(draft, k, None, conf), args.repeats)
-            t_assist = best_time(lambda: theirs(hf_draft), args.repeats)
+            t_spec, t_assist = alternate(lambda k=k, conf=conf: ours(draft, k, None, conf),
+                                         lambda: theirs(hf_draft), args.repeats)
             table.append((k, conf, stats, t_spec, t_assist, same and same_hf))
             print(k, conf, stats, f"ours {n_tokens / t_spec:.1f} tok/s, transformers {n_tokens / t_assist:.1f} tok/s",
                   flush=True)

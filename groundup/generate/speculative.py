@@ -130,12 +130,13 @@ def speculative_steps(target: torch.nn.Module, draft: torch.nn.Module, ids: torc
         L = seq.shape[1]
         # Never guess past what is still wanted: the round's own target token is the last one.
         k = min(num_draft, max_new_tokens - produced - 1)
-        guesses, q = [], []
+        guesses, q, drafted = [], [], seq
         for j in range(k):
-            draft_logits = drf.feed(seq if not guesses else torch.cat([seq, torch.stack(guesses, 1)], 1), 1)[:, -1]
+            draft_logits = drf.feed(drafted, 1)[:, -1]
             tok, dist = pick(draft_logits)
             guesses.append(tok)
             q.append(dist)
+            drafted = torch.cat([drafted, tok[:, None]], 1)  # [B, L + j + 1]
             # A guess the draft itself doubts will likely be rejected, and so would every later one: stop
             # here (the stopping rule reads the draft only, so the output distribution is unchanged).
             if min_confidence and j < k - 1:
@@ -143,8 +144,8 @@ def speculative_steps(target: torch.nn.Module, draft: torch.nn.Module, ids: torc
                 if bool((p_draft.gather(-1, tok[:, None]) < min_confidence).any()):
                     break
         k = len(guesses)
-        drafts = torch.stack(guesses, 1) if k else seq.new_zeros(B, 0)  # [B, k]
-        logits = tgt.feed(torch.cat([seq, drafts], 1), k + 1)  # [B, k + 1, V]
+        drafts = drafted[:, L:]  # [B, k]
+        logits = tgt.feed(drafted, k + 1)  # [B, k + 1, V]
         if not sample:
             best = logits.argmax(-1)  # [B, k + 1]
             ok = drafts == best[:, :k]  # [B, k]

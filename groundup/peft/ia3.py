@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .lora import LoraConfig, Wrapper, set_module, wrap_targets
+from .lora import Wrapper, matches_targets, set_module, wrap_targets
 
 
 @dataclass
@@ -31,18 +31,19 @@ class IA3Config:
     feedforward_modules: Sequence[str] | str = field(default_factory=lambda: ["down_proj"])
 
     def __post_init__(self) -> None:
-        self._targets = LoraConfig(target_modules=self.target_modules)  # the same name matching as LoRA
-        self._ff = LoraConfig(target_modules=self.feedforward_modules) if self.feedforward_modules else None
+        if not isinstance(self.target_modules, str):
+            self.target_modules = list(self.target_modules)
+            if not self.target_modules:
+                raise ValueError("target_modules is empty: name at least one module, e.g. ['k_proj', 'v_proj']")
 
     def matches(self, name: str) -> bool:
-        return self._targets.matches(name)
+        return matches_targets(self.target_modules, name)
 
     def is_feedforward(self, name: str) -> bool:
-        return self._ff is not None and self._ff.matches(name)
+        return matches_targets(self.feedforward_modules, name)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return {k: v for k, v in d.items() if not k.startswith("_")}
+        return asdict(self)
 
 
 class IA3Linear(Wrapper):

@@ -23,7 +23,7 @@ from ..checkpoint.families import FAMILIES
 from ..checkpoint.hf import module_name_from_hf, module_name_to_hf
 from ..checkpoint.io import atomic_folder, read_json
 from .ia3 import IA3Config, apply_ia3, ia3_layers
-from .lora import LoraConfig, apply_lora, lora_layers
+from .lora import LoraConfig, apply_lora, lora_layers, matches_targets
 from .prefix import apply_prefix_tuning, prefix_of
 from .prompt import apply_prompt_tuning, soft_prompt
 
@@ -205,15 +205,6 @@ def _load_prompt(model: nn.Module, meta: dict, w_path: Path, into_existing: bool
     return model
 
 
-def _matches_peft(targets: list[str] | str | None, hf_name: str) -> bool:
-    """peft's rule: a string is a regex over the whole name, a list holds name suffixes."""
-    if not targets:
-        return False
-    if isinstance(targets, str):
-        return re.fullmatch(targets, hf_name) is not None
-    return any(hf_name == t or hf_name.endswith("." + t) for t in targets)
-
-
 def _regex(names: list[str]) -> str:
     return "|".join(re.escape(n) for n in names)
 
@@ -268,7 +259,7 @@ def read_adapter(model: nn.Module, folder: str | Path) -> AdapterFile:
         hf_of[name] = m.group(1)
     modules = dict(model.named_modules())
     r = int(meta.get("r", 0))
-    ff = {n for n in parts if kind == "IA3" and _matches_peft(meta.get("feedforward_modules"), hf_of[n])}
+    ff = {n for n in parts if kind == "IA3" and matches_targets(meta.get("feedforward_modules"), hf_of[n])}
     for name, pair in parts.items():
         if name not in modules:
             raise AdapterError(f"{w_path}: the adapter has layer {name}, which this model ({cfg.n_layers} layers) "

@@ -23,6 +23,16 @@ import torch
 from torch import nn
 
 
+def matches_targets(targets: Sequence[str] | str | None, name: str) -> bool:
+    """peft's rule for which modules an adapter covers: a string is a regular expression over the whole
+    module name, a list holds name suffixes ("q_proj" matches "blocks.3.attn.q_proj")."""
+    if not targets:
+        return False
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
 @dataclass
 class LoraConfig:
     """Which layers get an adapter and its size. ``target_modules``: a list of module-name suffixes
@@ -52,9 +62,7 @@ class LoraConfig:
 
     def matches(self, name: str) -> bool:
         """Whether the module called ``name`` is a target."""
-        if isinstance(self.target_modules, str):
-            return re.fullmatch(self.target_modules, name) is not None
-        return any(name == t or name.endswith("." + t) for t in self.target_modules)
+        return matches_targets(self.target_modules, name)
 
     def to_dict(self) -> dict:
         return asdict(self)
