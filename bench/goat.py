@@ -18,13 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch
 from report import command, emit, finetune_child
 
-import groundup as gu
-from groundup.data.arithmetic import dataset, final_answer
-from groundup.data.instruct import SEPARATOR
-from groundup.peft import load_adapter, soft_prompt
+from groundup.cli_arithmetic import report, table, write_data
 
 METHODS = {"full": [], "lora": ["--r", "8", "--alpha", "16", "--target-modules", "q_proj", "k_proj", "v_proj",
                                 "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -42,34 +38,6 @@ def run_method(method: str, args, work: Path) -> dict:
              "--val-fraction", "0.02", "--eval-every", str(args.steps), "--save-every", str(args.steps),
              "--lr", str(args.lr[method]), *METHODS[method]]
     return finetune_child(args.model, str(work / "train.jsonl"), str(out), extra)
-
-
-@torch.no_grad()
-def exact_match(model, tok, records: list[dict], *, prefix: list[int] = (), shots: str = "",
-                batch: int = 50) -> list[bool]:
-    """For each record, whether the greedy answer ends with the reference's final answer."""
-    eos = tok.eos_token_id
-    longest = max(len(tok.encode(r["completion"], add_special_tokens=False)) for r in records) + 2
-    right = []
-    for i in range(0, len(records), batch):
-        rows = records[i: i + batch]
-        prompts = [list(prefix) + tok.encode(shots + r["prompt"] + SEPARATOR) for r in rows]
-        out = gu.generate(model, prompts, longest, eos_token_id=eos, pad_token_id=eos,
-                          stop_strings=["\n\n"] if shots else None, tokenizer=tok if shots else None)
-        for r, ids in zip(rows, out[:, max(len(p) for p in prompts):].tolist(), strict=True):
-            text = tok.decode([t for t in ids if t != eos], skip_special_tokens=True).split("\n\n")[0]
-            right.append(final_answer(text) is not None and final_answer(text) == final_answer(r["completion"]))
-    return right
-
-
-def name_acc(row: tuple) -> str:
-    return f"{row[0]}: exact match {sum(row[4]) / len(row[4]):.1%}"
-
-
-def kind_of(record: dict) -> str:
-    p = record["prompt"]
-    return "mul" if p.startswith("Calculate") else "div" if p.startswith("What is") else \
-        "sub" if " minus " in p else "add"
 
 
 def main() -> None:
@@ -98,45 +66,18 @@ def main() -> None:
     if not (Path(args.model) / "config.json").is_file():
         sys.exit(f"--model {args.model}: no model folder (run `make run` first for the default)")
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    kinds = tuple(args.kinds)
-    test = dataset(args.test, seed=1, kinds=kinds, digits=args.digits)
-    train = dataset(args.train, seed=0, kinds=kinds, digits=args.digits, exclude={r["prompt"] for r in test})
-    for name, rows in (("train", train), ("test", test)):
-        (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tok = gu.Tokenizer.from_pretrained(args.model)
-    base = gu.from_pretrained(args.model)
-    total = sum(p.numel() for p in base.parameters())
-    shot_rows = train[: args.shots]
-    shots = "".join(r["prompt"] + SEPARATOR + r["completion"].strip() + "\n\n" for r in shot_rows)
-    table = [(f"{args.shots}-shot prompting (no training)", 0, None, None, exact_match(base, tok, test, shots=shots))]
-    print(name_acc(table[-1]), flush=True)
-    for method in args.methods:
-        s = run_method(method, args, work)
-        if method == "full":
-            model = gu.from_pretrained(Path(s["out"]) / "checkpoint")
-        else:
-            model = load_adapter(gu.from_pretrained(args.model), Path(s["out"]) / "adapter")
-        prefix = soft_prompt(model).prompt_ids() if method == "prompt" else []
-        acc = exact_match(model.eval(), tok, test, prefix=prefix)
-        table.append((method, s["trainable"], s["child_peak_mb"], s["seconds"], acc))
-        print(name_acc(table[-1]), flush=True)
+    train, test = write_data(work, args.train, args.test, digits=args.digits, kinds=args.kinds)
+    runs = [run_method(method, args, work)["out"] for method in args.methods]
+    rows = report(args.model, test, runs, shots=args.shots, shot_records=train)
+    total = rows[-1]["total"]
     lines = [f"Command: `{command()}`", "",
              f"Base: {args.model} ({total:,} parameters, trained on Python source only). {len(train):,} training "
-             f"problems, {len(test)} held-out test problems ({', '.join(kinds)}; operands up to {args.digits} "
+             f"problems, {len(test)} held-out test problems ({', '.join(args.kinds)}; operands up to {args.digits} "
              f"digits), {args.steps} steps of {args.batch_size}, learning rates {args.lr}, fp32, 2 CPU threads. "
-             "Exact match of the final "
-             "answer, greedy decoding, overall and per task. Peak memory is the training process's maximum "
-             "resident set (the Python interpreter and torch included).", "",
-             "| method | trainable parameters | % of total | peak memory MB | training s | exact match | "
-             + " | ".join(kinds) + " |", "|---|---:|---:|---:|---:|---:|" + "---:|" * len(kinds)]
-    for name, n, mb, sec, acc in table:
-        per_kind = []
-        for k in kinds:
-            hits = [ok for ok, r in zip(acc, test, strict=True) if kind_of(r) == k]
-            per_kind.append(f"{sum(hits) / max(1, len(hits)):.0%}")
-        lines.append(f"| {name} | {n:,} | {100 * n / total:.3f}% | {'-' if mb is None else f'{mb:,.0f}'} | "
-                     f"{'-' if sec is None else f'{sec:.0f}'} | {sum(acc) / len(acc):.1%} | {' | '.join(per_kind)} |")
+             "Exact match of the final answer, greedy decoding, overall and per task. Peak memory is the "
+             "training process's maximum resident set (the Python interpreter and torch included). The same "
+             "table from the command line: `groundup arithmetic report` (docs/finetune.md).", "",
+             *table(rows, test)]
     emit("Goat in small: fine-tuning methods vs few-shot prompting on arithmetic", lines, args.out)
 
 

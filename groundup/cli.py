@@ -200,11 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="train a tokenizer and a causal LM on text (default: the Python stdlib)")
     add_arguments(pt)
     pt.set_defaults(func=main_pretrain)
+    from .cli_arithmetic import add_arithmetic_parser
     from .cli_finetune import add_finetune_parser
     from .cli_prep import add_prep_parser
 
     add_finetune_parser(sub)
     add_prep_parser(sub)
+    add_arithmetic_parser(sub)
     return p
 
 

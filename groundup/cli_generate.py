@@ -25,13 +25,23 @@ def check_model_folder(folder: str, arch: str, what: str) -> None:
         raise ValueError(f"{Path(folder) / 'tokenizer.json'} does not exist: the model folder needs its tokenizer.json")
 
 
-def load_causal(folder: str):
-    """A decoder-only model folder's model and (groundup) tokenizer."""
+def load_causal(folder: str, adapter: str | None = None):
+    """A decoder-only model folder's model, (groundup) tokenizer and the ids every prompt starts with: with a
+    peft `adapter` folder (LoRA, IA3, prefix or prompt tuning) the model carries it, and a soft prompt's
+    virtual ids are those ids; otherwise there are none."""
     from .checkpoint.hf import from_pretrained
+    from .peft import has_adapter, load_adapter, soft_prompt
     from .tokenizer import Tokenizer
 
     check_model_folder(folder, "causal_lm", "a decoder-only")
-    return from_pretrained(folder), Tokenizer.from_pretrained(folder)
+    if adapter is not None and not has_adapter(adapter):
+        raise ValueError(f"--adapter {adapter}: no adapter_config.json there (a peft adapter folder)")
+    model = from_pretrained(folder)
+    if adapter is None:
+        return model, Tokenizer.from_pretrained(folder), []
+    model = load_adapter(model, adapter)
+    prompt = soft_prompt(model)
+    return model, Tokenizer.from_pretrained(folder), (prompt.prompt_ids() if prompt is not None else [])
 
 
 def stop_ids(model, tok) -> list[int]:
@@ -81,14 +91,14 @@ def stream_text(model, tok, ids: list[int], args: argparse.Namespace, out: TextI
 
 def cmd_generate_causal(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    model, tok = load_causal(args.model)
+    model, tok, virtual = load_causal(args.model, args.adapter)
     stop, opts = stop_ids(model, tok), decoding_options(args)
     for text in args.text:
         ids = tok.encode(text) or ([tok.bos_token_id] if tok.bos_token_id is not None else stop[:1])
         if not ids:
             raise ValueError("the prompt is empty and the tokenizer has no bos/eos token to start from")
         out.write(text)
-        stream_text(model, tok, ids, args, out, stop, opts, args.stop)
+        stream_text(model, tok, virtual + ids, args, out, stop, opts, args.stop)
         out.write("\n")
     return 0
 
@@ -96,7 +106,7 @@ def cmd_generate_causal(args: argparse.Namespace, out: TextIO | None = None) -> 
 def cmd_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | None = None) -> int:
     """Read user turns line by line (empty line or EOF ends), answer each with the chat template."""
     inp, out = inp or sys.stdin, out or sys.stdout
-    model, tok = load_causal(args.model)
+    model, tok, virtual = load_causal(args.model, args.adapter)
     stop, opts = stop_ids(model, tok), decoding_options(args)
     for name in ("<|im_end|>", "<|eot_id|>", "</s>", "<|end|>"):
         tid = tok.token_to_id(name)
@@ -111,7 +121,7 @@ def cmd_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | 
             out.write("\n")
             return 0
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        ids = tok.apply_chat_template(messages, add_generation_prompt=True)
+        ids = virtual + tok.apply_chat_template(messages, add_generation_prompt=True)
         reply = stream_text(model, tok, ids, args, out, stop, opts)
         out.write("\n")
         messages.append({"role": "assistant", "content": reply})
@@ -127,6 +137,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", default=None, metavar="DIR", help="decoder-only: a smaller model folder with the "
                    "same tokenizer, for speculative decoding (same greedy output, faster)")
     p.add_argument("--num-draft-tokens", type=int, default=4, help="guesses per round with --draft")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="decoder-only: a peft adapter folder "
+                   "(LoRA, IA3, prompt or prefix tuning, e.g. from `groundup finetune`) to apply to the model")
     p.add_argument("--rope-scaling", default=None, metavar="KIND:FACTOR",
                    help="decoder-only RoPE models: longer context, linear:F (interpolation) or ntk:F")
 
@@ -143,7 +155,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     """Write a PNG heatmap of layer `layer`, head `head` attention probabilities over the text's tokens."""
     import torch
 
-    model, tok = load_causal(args.model)
+    model, tok, _ = load_causal(args.model)
     cfg = model.config
     if not 0 <= args.head < cfg.n_heads:
         raise ValueError(f"--head {args.head} is out of range: the model has {cfg.n_heads} heads")

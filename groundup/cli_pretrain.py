@@ -20,6 +20,7 @@ SETTINGS = "settings.json"  # the run's resolved settings, written into --out; -
 DEFAULTS: dict[str, Any] = {
     "model": "tiny-llama", "d_model": None, "n_layers": None, "n_heads": None, "n_kv_heads": None, "d_ff": None,
     "data": ["python-stdlib"], "text_field": "text", "max_bytes": None, "tokenizer": None, "vocab_size": 4096,
+    "tokenizer_pattern": "gpt2",
     "block_size": 128, "batch_size": 16, "micro_batch": None, "steps": 200, "lr": 3e-3, "min_lr": 3e-4,
     "warmup": 20, "weight_decay": 0.1, "grad_clip": 1.0, "dtype": "float32", "eval_every": 50, "eval_batches": 8,
     "save_every": 100, "seed": 0, "val_fraction": 0.01, "out": "out", "resume": False, "prompt": "def ",
@@ -39,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bytes", dest="max_bytes", type=int, help="read at most this much text per source")
     p.add_argument("--tokenizer", help="tokenizer folder; default: train a byte-level BPE on the data")
     p.add_argument("--vocab-size", dest="vocab_size", type=int, help="for a trained tokenizer (default 4096)")
+    p.add_argument("--tokenizer-pattern", dest="tokenizer_pattern",
+                   help="for a trained tokenizer: gpt2 (default), gpt4, digits (one token per digit, as Llama) "
+                   "or a regular expression")
     for name, kind in (("block_size", int), ("batch_size", int), ("micro_batch", int), ("steps", int),
                        ("lr", float), ("min_lr", float), ("warmup", int), ("weight_decay", float),
                        ("grad_clip", float), ("eval_every", int), ("eval_batches", int), ("save_every", int),
@@ -155,7 +159,7 @@ def run(s: dict[str, Any], log=print) -> dict:
         elif cfg.arch == "seq2seq":
             specials += [f"<extra_id_{i}>" for i in range(100)]
         tok = Tokenizer.train(docs, s["vocab_size"], special_tokens=specials, eos_token="<|endoftext|>",
-                              show_progress=not s["quiet"])
+                              pattern=s["tokenizer_pattern"], show_progress=not s["quiet"])
         tok.save_pretrained(tok_dir)
     if tok.eos_token_id is None:
         raise ValueError("the tokenizer has no eos_token (tokenizer_config.json) to separate documents")

@@ -114,7 +114,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--out", required=True, help="folder for tokenizer.json and tokenizer_config.json")
     tr.add_argument("--special-tokens", nargs="*", default=["<|endoftext|>"])
     tr.add_argument("--min-frequency", type=int, default=0)
-    tr.add_argument("--pattern", default="gpt2", help="gpt2, gpt4 or a regular expression")
+    tr.add_argument("--pattern", default="gpt2", help="gpt2, gpt4, digits (one token per digit, as Llama) "
+                    "or a regular expression")
     tr.add_argument("--bos-token", default=None)
     tr.add_argument("--eos-token", default=None)
     tr.add_argument("--pad-token", default=None)

@@ -24,7 +24,11 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 # newlines kept apart from other whitespace.
 GPT4_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
-PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+# GPT-2's pattern with every digit its own piece, as Llama's tokenizer splits numbers (Touvron et al., 2023):
+# a number's tokens then line up with its place values, which is why LLaMA learns arithmetic where
+# irregular multi-digit pieces make it hard (Liu & Low, 2023, Goat, section 3.1).
+DIGITS_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "digits": DIGITS_PATTERN}
 
 # tokenizers' whitespace is Unicode White_Space, which is also what `regex` means by \s.
 _STRIP_LEFT = regex.compile(r"^\s+")

@@ -217,7 +217,8 @@ def train(data: Any, vocab_size: int, *, special_tokens: Iterable[str] = (), min
         left or the best pair is rarer than `min_frequency`.
     special_tokens: control tokens, ids 0.. in the given order; bos/eos/pad/unk_token name roles for
         tokenizer_config.json (and are added to special_tokens when missing).
-    pattern: "gpt2", "gpt4" (cl100k, also Llama-3) or a regular expression of your own.
+    pattern: "gpt2", "gpt4" (cl100k, also Llama-3), "digits" (GPT-2's with one token per digit, as
+        Llama splits numbers) or a regular expression of your own.
     """
     specials = list(dict.fromkeys([*special_tokens, *(t for t in (bos_token, eos_token, pad_token, unk_token)
                                                         if t is not None)]))
@@ -228,7 +229,8 @@ def train(data: Any, vocab_size: int, *, special_tokens: Iterable[str] = (), min
     try:
         regex.compile(regex_text)
     except regex.error as e:
-        raise ValueError(f"pattern {pattern!r} is neither 'gpt2', 'gpt4' nor a valid regular expression: {e}") from None
+        raise ValueError(f"pattern {pattern!r} is neither 'gpt2', 'gpt4', 'digits' nor a valid regular expression: "
+                         f"{e}") from None
     counts = count_words(data, regex_text, show_progress)
     vocab, merges = learn_merges(counts, vocab_size, specials, min_frequency, max_token_length,
                                  show_progress=show_progress)

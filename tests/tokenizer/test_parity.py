@@ -126,6 +126,22 @@ def test_gpt4_pattern_training_matches_tokenizers(corpus):
     assert gu.model.merges == [tuple(m) for m in theirs["merges"]]
 
 
+def test_digits_pattern_one_token_per_digit_and_tokenizers_agree(corpus, tmp_path):
+    """pattern="digits": numbers split into single digits (as Llama does) however often a multi-digit
+    number occurs in training, and the saved tokenizer.json gives the same ids in tokenizers."""
+    texts = [*chunks(corpus[::13], 2048), *(f"x = {n} + {n * 7}\n" for n in range(0, 5000, 3))]
+    gu = Tokenizer.train(texts, 700, pattern="digits")
+    text = "397 * 4429 = 1758313, v2.10 and 2024-01-31"
+    pieces = [gu.decode([i]) for i in gu.encode(text, add_special_tokens=False)]
+    assert "".join(pieces) == text
+    assert all(len(p) == 1 for p in pieces if any(c.isdigit() for c in p))
+    merged = [gu.decode([i]) for i in gu.model.vocab.values()]
+    assert not [w for w in merged if len(w) > 1 and any(c.isdigit() for c in w)]
+    gu.save_pretrained(tmp_path)
+    hf = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert_same_ids(gu, hf, [text, *texts[:20]])
+
+
 def test_added_tokens_strip_and_single_word_match_tokenizers(hf_bytelevel):
     from tokenizers import AddedToken as HFAdded
 

@@ -64,6 +64,15 @@ def test_lora_trains_the_adapter_only_and_its_folders_reproduce_the_model(base, 
     merged = gu.from_pretrained(out / "merged")
     torch.testing.assert_close(_logits(merged, ids), _logits(tuned, ids), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(_logits(gu.from_pretrained(folder), ids), _logits(tuned, ids), atol=1e-3)
+    # `groundup generate --adapter` continues as the merged model does
+    capsys.readouterr()
+    assert main(["generate", str(folder), "repeat: cat dog sun", "--adapter", str(out / "adapter"),
+                 "--max-new-tokens", "6"]) == 0
+    with_adapter = capsys.readouterr().out
+    assert main(["generate", str(out / "merged"), "repeat: cat dog sun", "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out == with_adapter
+    assert main(["generate", str(folder), "x", "--adapter", str(tmp_path)]) == 2
+    assert "no adapter_config.json there" in capsys.readouterr().err
     # resume: 20 more steps from the adapter checkpoint
     assert main(["finetune", str(folder), "--data", str(data), "--method", "lora", "--r", "4", "--alpha", "8",
                  "--target-modules", "q_proj", "v_proj", "o_proj", "up_proj", "down_proj", "--steps", "60",
@@ -111,6 +120,15 @@ def test_prompt_tuning_trains_the_soft_prompt_on_prefixed_examples(base, tmp_pat
     assert soft.n == 4 and soft.prompt_ids()[0] == tuned.config.vocab_size
     init = gu.Tokenizer.from_pretrained(folder).encode("repeat", add_special_tokens=False)
     assert not torch.equal(soft.prompt_embeddings[0], tuned.embed.base.weight[init[0]])  # it moved from its init
+    # `groundup generate --adapter` puts the virtual ids before the prompt
+    tok = gu.Tokenizer.from_pretrained(folder)
+    ids = tok.encode("repeat: cat")
+    expected = gu.generate(tuned, [soft.prompt_ids() + ids], 5, eos_token_id=tok.eos_token_id)[0, 4 + len(ids):]
+    capsys.readouterr()
+    assert main(["generate", str(folder), "repeat: cat", "--adapter", str(out / "adapter"),
+                 "--max-new-tokens", "5"]) == 0
+    text = tok.decode([t for t in expected.tolist() if t != tok.eos_token_id], skip_special_tokens=True)
+    assert capsys.readouterr().out == "repeat: cat" + text + "\n"
 
 
 def test_prefix_tuning_writes_a_peft_prefix_adapter(base, tmp_path):
