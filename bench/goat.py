@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="score runs already in --work instead of training again")
     ap.add_argument("--lr", nargs="+", default=[], metavar="METHOD=LR", help="learning rates to change, e.g. lora=1e-2")
     args = ap.parse_args()
-    lrs = {"full": 3e-4, "lora": 3e-3, "ia3": 1e-2, "prompt": 3e-2, "prefix": 1e-2}
+    lrs = {"full": 1e-3, "lora": 3e-3, "ia3": 1e-2, "prompt": 3e-2, "prefix": 1e-2}
     for item in args.lr:
         method, _, value = item.partition("=")
         if method not in lrs or not value:

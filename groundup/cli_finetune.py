@@ -48,6 +48,9 @@ def add_finetune_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--micro-batch", type=int, default=None)
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch examples of similar length (within groups of 50 batches, in shuffled order) "
+                   "to pad less (default on)")
     p.add_argument("--lr", type=float, default=None, help="default 1e-3 for LoRA, 1e-4 for full")
     p.add_argument("--min-lr", type=float, default=None, help="default lr / 10")
     p.add_argument("--warmup", type=int, default=10)
@@ -103,7 +106,8 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         virtual = list(range(cfg.vocab_size, cfg.vocab_size + args.num_virtual_tokens))
         examples = [prefixed(ex, virtual) for ex in examples]
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    data = InstructionData.split(examples, val_fraction=args.val_fraction, pad_id=pad, seed=args.seed)
+    data = InstructionData.split(examples, val_fraction=args.val_fraction, pad_id=pad, seed=args.seed,
+                                 group_by_length=args.batch_size if args.group_by_length else 0)
     log(f"data: {len(data.train):,} training / {len(data.val):,} validation examples, longest "
         f"{data.block_size + 1} tokens")
 

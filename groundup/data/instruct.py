@@ -213,30 +213,63 @@ def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.T
 class InstructionData:
     """Shuffled training batches and fixed validation batches of Examples, with the data-mixture interface
     the training loop reads (next_batch, val_batches, state_dict, block_size). An epoch is one pass in a
-    seeded order; a resumed run continues the same order."""
+    seeded order; a resumed run continues the same order.
 
-    def __init__(self, train: list[Example], val: list[Example], *, pad_id: int, seed: int = 0) -> None:
+    group_by_length: the batch size to group for (0: off). Each epoch's shuffled order is cut into groups
+    of 50 batches; a group is sorted by length, cut into batches of similar length (a batch is as long as
+    its longest row, so they pad little), and its batches are shuffled, so that consecutive batches are
+    not all long or all short (sorting alone trains on runs of one kind of example, which on Goat-style
+    data doubled the validation loss at 300 steps). Batches stay aligned across epoch ends.
+    """
+
+    def __init__(self, train: list[Example], val: list[Example], *, pad_id: int, seed: int = 0,
+                 group_by_length: int = 0) -> None:
         if not train:
             raise InstructionDataError("no training examples")
         self.train, self.val, self.pad_id, self.seed = train, val, pad_id, seed
+        self.group_by_length = group_by_length
         self.block_size = max(len(ex.ids) - 1 for ex in train + val)
         self.drawn = 0  # training examples drawn so far
+        self._order: tuple[int, list[int]] = (-1, [])  # (epoch, its order), the one epoch in use
 
     @classmethod
-    def split(cls, examples: list[Example], *, val_fraction: float, pad_id: int, seed: int = 0) -> InstructionData:
+    def split(cls, examples: list[Example], *, val_fraction: float, pad_id: int, seed: int = 0,
+              group_by_length: int = 0) -> InstructionData:
         """Hold out a seeded ``val_fraction`` of the examples (at least one when there are two or more)."""
         order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
         n_val = min(len(examples) - 1, max(1 if val_fraction > 0 else 0, round(val_fraction * len(examples))))
         val = [examples[i] for i in order[:n_val]]
-        return cls([examples[i] for i in order[n_val:]], val, pad_id=pad_id, seed=seed)
+        return cls([examples[i] for i in order[n_val:]], val, pad_id=pad_id, seed=seed,
+                   group_by_length=group_by_length)
 
     def _index(self, k: int) -> int:
         epoch, pos = divmod(k, len(self.train))
-        perm = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
-        return int(perm[pos])
+        if self._order[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            order = torch.randperm(len(self.train), generator=gen).tolist()
+            if self.group_by_length:
+                order = self._grouped(order, epoch, gen)
+            self._order = (epoch, order)
+        return self._order[1][pos]
+
+    def _grouped(self, order: list[int], epoch: int, gen: torch.Generator) -> list[int]:
+        B = self.group_by_length
+        head = -epoch * len(self.train) % B  # the rows that complete a batch begun in the previous epoch
+        out, rest = order[:head], order[head:]
+        for start in range(0, len(rest), 50 * B):
+            group = sorted(rest[start: start + 50 * B], key=lambda i: len(self.train[i].ids))  # stable: seeded
+            batches = [group[i: i + B] for i in range(0, len(group), B)]
+            full = [b for b in batches if len(b) == B]  # a short last batch stays last, keeping alignment
+            for j in torch.randperm(len(full), generator=gen).tolist():
+                out += full[j]
+            out += [i for b in batches if len(b) < B for i in b]
+        return out
 
     def next_batch(self, batch_size: int, *, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """The next global batch of ``batch_size`` examples; this rank's rows."""
+        if self.group_by_length and batch_size != self.group_by_length:
+            raise ValueError(f"batches were grouped by length for batch size {self.group_by_length}, not "
+                             f"{batch_size}")
         rows = [self.train[self._index(self.drawn + i)] for i in range(rank, batch_size, world)]
         self.drawn += batch_size
         return collate(rows, self.pad_id)
@@ -246,12 +279,17 @@ class InstructionData:
             yield collate(self.val[b * batch_size: (b + 1) * batch_size], self.pad_id)
 
     def state_dict(self) -> dict:
-        return {"drawn": self.drawn, "seed": self.seed, "examples": len(self.train)}
+        return {"drawn": self.drawn, "seed": self.seed, "examples": len(self.train),
+                "group_by_length": self.group_by_length}
 
     def load_state_dict(self, state: dict) -> None:
         if state["examples"] != len(self.train):
             raise ValueError(f"the checkpoint's data has {state['examples']} training examples, this data "
                              f"{len(self.train)}: resume with the same files and --val-fraction")
+        if state.get("group_by_length", 0) != self.group_by_length:
+            raise ValueError(f"the checkpoint's batches were grouped by length for batch size "
+                             f"{state.get('group_by_length', 0)} (0: not grouped), this run's for "
+                             f"{self.group_by_length}: resume with the same --batch-size and --group-by-length")
         self.drawn, self.seed = int(state["drawn"]), int(state["seed"])
 
     def epochs(self, tokens: float) -> dict[str, float]:

@@ -3,6 +3,7 @@ with file and line, batches that resume in order."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -139,3 +140,33 @@ def test_batches_cover_an_epoch_and_resume_in_order(tok):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     ranks = [again.next_batch(4, rank=r, world=2) for r in range(2)]
     assert ranks[0][0].shape[0] == 2
+
+
+def test_group_by_length_pads_less_covers_each_epoch_once_and_mixes_lengths(tok):
+    fmt = Formatter(tok)
+    n = 901  # not a multiple of the batch: batches straddle epoch ends
+    examples = [fmt({"prompt": f"q {i}", "completion": "a" + " mat" * (i * 7 % 23)}, f"f:{i}") for i in range(n)]
+    plain = InstructionData.split(examples, val_fraction=0, pad_id=0, seed=1)
+    grouped = InstructionData.split(examples, val_fraction=0, pad_id=0, seed=1, group_by_length=8)
+    runs = {}
+    for name, data in (("plain", plain), ("grouped", grouped)):
+        batches = [data.next_batch(8)[0] for _ in range(3 * n // 8)]  # three epochs
+        rows = [tuple(t for t in r.tolist() if t != 0) for b in batches for r in b]
+        for e in range(2):  # (the third is not complete)
+            assert len(set(rows[e * n: (e + 1) * n])) == n  # every example once per epoch
+        runs[name] = batches
+    tokens = {k: sum(b.numel() for b in v) for k, v in runs.items()}
+    assert tokens["grouped"] < 0.8 * tokens["plain"]
+    # batches are not in length order: consecutive batches' widths go up and down
+    widths = [b.shape[1] for b in runs["grouped"][:50]]
+    steps = [b - a for a, b in itertools.pairwise(widths)]
+    ups, downs = sum(d > 0 for d in steps), sum(d < 0 for d in steps)
+    assert ups > 10 and downs > 10
+    # resume continues the same grouped order; another grouping refuses the checkpoint
+    again = InstructionData.split(examples, val_fraction=0, pad_id=0, seed=1, group_by_length=8)
+    again.load_state_dict({**grouped.state_dict(), "drawn": 8 * 120})
+    assert torch.equal(again.next_batch(8)[0], runs["grouped"][120])
+    with pytest.raises(ValueError, match="grouped by length for batch size 8"):
+        plain.load_state_dict(grouped.state_dict())
+    with pytest.raises(ValueError, match="for batch size 8, not 4"):
+        again.next_batch(4)
