@@ -46,21 +46,14 @@ def add_arithmetic_parser(sub) -> None:
     r.set_defaults(func=main_report)
 
 
-def read_records(path: str | Path) -> list[dict[str, str]]:
+def read_problems(path: str | Path) -> list[dict[str, str]]:
     """prompt/completion records of a JSONL file; a line without both fields fails with its number."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    from .data.instruct import read_records
+
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+    for rec, where in read_records(path):
         if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in ("prompt", "completion")):
-            raise ValueError(f"{path}:{n}: needs string fields 'prompt' and 'completion'")
+            raise ValueError(f"{where}: needs string fields 'prompt' and 'completion'")
         out.append(rec)
     if not out:
         raise ValueError(f"{path}: no records")
@@ -197,11 +190,11 @@ def main_report(args: argparse.Namespace) -> int:
     from .cli_generate import check_model_folder
 
     check_model_folder(args.model, "causal_lm", "a decoder-only")
-    test = read_records(args.test)
+    test = read_problems(args.test)
     shot_records: list[dict[str, str]] = []
     if args.shots > 0:
         source = Path(args.shots_from) if args.shots_from else Path(args.test).with_name("train.jsonl")
-        shot_records = read_records(source)
+        shot_records = read_problems(source)
     rows = report(args.model, test, args.runs, shots=args.shots, shot_records=shot_records, batch=args.batch_size)
     lines = table(rows, test)
     print("\n".join(lines))

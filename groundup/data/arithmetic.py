@@ -89,7 +89,9 @@ def dataset(n: int, *, seed: int, kinds: tuple[str, ...] = KINDS, digits: int = 
         rec = problem(kinds[len(out) % len(kinds)], rng, digits)
         tries += 1
         if tries > 100 * n + 1000:
-            raise ValueError(f"cannot draw {n} distinct problems of up to {digits} digits: lower n")
+            raise ValueError(f"cannot draw {n} distinct problems of up to {digits} digits (the kinds take turns, "
+                             "and multiplication and division have fewest: their second operand has a digit less): "
+                             "lower n or raise digits")
         if rec["prompt"] not in seen:
             seen.add(rec["prompt"])
             out.append(rec)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
@@ -76,10 +76,25 @@ def pair(request, tmp_path_factory, corpus):
     return Tokenizer.from_file(path), HFTokenizer.from_file(str(path))
 
 
+_RUST_TABLES = [normalizers.NFKD(), normalizers.NFC(), normalizers.Lowercase()]
+
+
+def same_unicode_tables(text: str) -> bool:
+    """Whether Python's Unicode tables (unicodedata 14.0 in Python 3.11) and the Rust crates inside
+    tokenizers agree on every character of the text. They do not for characters added in recent Unicode
+    versions (U+10781 decomposes to U+02D0 under Python's NFKD, and stays itself under tokenizers'); such
+    text cannot give the same ids and says nothing about groundup's pipeline."""
+    import unicodedata
+
+    py = [lambda c: unicodedata.normalize("NFKD", c), lambda c: unicodedata.normalize("NFC", c), str.lower]
+    return all(f(c) == n.normalize_str(c) for c in set(text) for f, n in zip(py, _RUST_TABLES, strict=True))
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=TEXT)
 def test_pipeline_matches_tokenizers(pair, text):
     gu, hf = pair
+    assume(same_unicode_tables(text))
     ids = gu.encode(text)
     assert ids == hf.encode(text).ids
     assert gu.decode(ids, skip_special_tokens=True) == hf.decode(ids)

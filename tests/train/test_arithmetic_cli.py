@@ -8,7 +8,7 @@ import torch
 
 import groundup as gu
 from groundup.cli import main
-from groundup.cli_arithmetic import exact_match, kind_of, load_run, read_records
+from groundup.cli_arithmetic import exact_match, kind_of, load_run, read_problems
 from groundup.data.arithmetic import final_answer
 
 
@@ -19,7 +19,7 @@ def goat(tmp_path_factory):
     root = tmp_path_factory.mktemp("goat")
     assert main(["arithmetic", "data", "--train", "12", "--test", "8", "--digits", "1", "--kinds", "add", "sub",
                  "--out", str(root)]) == 0
-    train = read_records(root / "train.jsonl")
+    train = read_problems(root / "train.jsonl")
     texts = [r["prompt"] + r["completion"] for r in train] * 5 + ["minus Calculate What is Therefore"]
     tok = gu.Tokenizer.train(texts, 320, special_tokens=["<|endoftext|>"], eos_token="<|endoftext|>",
                              pattern="digits")
@@ -38,7 +38,7 @@ def goat(tmp_path_factory):
 
 def test_data_sets_are_disjoint_and_well_formed(goat):
     root, _, _, train = goat
-    test = read_records(root / "test.jsonl")
+    test = read_problems(root / "test.jsonl")
     assert len(train) == 12 and len(test) == 8
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
     assert {kind_of(r) for r in train} == {"add", "sub"}
