@@ -32,6 +32,8 @@ def add_arithmetic_parser(sub) -> None:
     d.add_argument("--digits", type=int, default=2, help="operands have up to this many digits")
     d.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     d.add_argument("--seed", type=int, default=0, help="training set seed (the test set uses seed + 1)")
+    d.add_argument("--facts", type=int, default=0, help="also write <out>/facts.txt: this many bare equations "
+                   "(no instruction format, no test set operands) to pretrain a base on, as LLaMA saw numbers")
     d.add_argument("--out", required=True, help="output folder")
     d.set_defaults(func=main_data)
     r = asub.add_parser("report", help="exact match of fine-tuned runs and of k-shot prompting on a test set")
@@ -164,9 +166,10 @@ def table(rows: list[dict[str, Any]], test: list[dict[str, str]]) -> list[str]:
 
 
 def write_data(out: str | Path, n_train: int, n_test: int, *, digits: int, kinds: Sequence[str],
-               seed: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """<out>/train.jsonl and <out>/test.jsonl; no test prompt is in the training set."""
-    from .data.arithmetic import dataset
+               seed: int = 0, n_facts: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """<out>/train.jsonl and <out>/test.jsonl; no test prompt is in the training set. With n_facts,
+    <out>/facts.txt: bare equations whose operand pairs are none of the test set's."""
+    from .data.arithmetic import dataset, facts, operands
 
     test = dataset(n_test, seed=seed + 1, kinds=tuple(kinds), digits=digits)
     train = dataset(n_train, seed=seed, kinds=tuple(kinds), digits=digits, exclude={r["prompt"] for r in test})
@@ -174,13 +177,17 @@ def write_data(out: str | Path, n_train: int, n_test: int, *, digits: int, kinds
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("test", test)):
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    if n_facts:
+        lines = facts(n_facts, seed=seed + 2, digits=digits, exclude={operands(r["prompt"]) for r in test})
+        (out / "facts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return train, test
 
 
 def main_data(args: argparse.Namespace) -> int:
-    if args.train < 1 or args.test < 1 or args.digits < 1:
-        raise ValueError("--train, --test and --digits must be >= 1")
-    train, test = write_data(args.out, args.train, args.test, digits=args.digits, kinds=args.kinds, seed=args.seed)
+    if args.train < 1 or args.test < 1 or args.digits < 1 or args.facts < 0:
+        raise ValueError("--train, --test and --digits must be >= 1, --facts >= 0")
+    train, test = write_data(args.out, args.train, args.test, digits=args.digits, kinds=args.kinds, seed=args.seed,
+                             n_facts=args.facts)
     print(f"wrote {len(train):,} training problems to {Path(args.out) / 'train.jsonl'} and {len(test):,} held-out "
           f"problems to {Path(args.out) / 'test.jsonl'}")
     return 0

@@ -98,6 +98,40 @@ def dataset(n: int, *, seed: int, kinds: tuple[str, ...] = KINDS, digits: int = 
     return out
 
 
+_OPERANDS = re.compile(r"(\d+)\D+?(\d+)")
+
+
+def operands(prompt: str) -> tuple[int, int]:
+    """The two numbers of a problem's prompt ('Calculate 397 x 4429' -> (397, 4429))."""
+    m = _OPERANDS.search(prompt)
+    if m is None:
+        raise ValueError(f"no two numbers in the prompt {prompt!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def facts(n: int, *, seed: int, digits: int = 3, exclude: set[tuple[int, int]] | None = None) -> list[str]:
+    """n bare equations ("47 + 6 = 53", "53 - 6 = 47", "36 * 6 = 216", "87 / 3 = 29 R 0"), kinds in turn,
+    as pretraining text that teaches a base model numbers the way web text taught LLaMA, without Goat's
+    instruction format or worked steps. Operand pairs in ``exclude`` (a test set's, either order) never
+    appear, so a held-out problem stays unseen."""
+    rng, out, tries = random.Random(seed), [], 0
+    banned = set(exclude or ()) | {(b, a) for a, b in exclude or ()}
+    while len(out) < n:
+        tries += 1
+        if tries > 100 * n + 1000:
+            raise ValueError(f"the excluded pairs leave almost no {digits}-digit problems: raise digits")
+        kind = KINDS[len(out) % len(KINDS)]
+        a = _number(rng, digits)
+        b = _number(rng, digits if kind in ("add", "sub") else max(1, digits - 1))
+        if kind == "div":
+            b = max(2, b)
+        if (a, b) in banned:
+            continue
+        out.append(f"{a} + {b} = {a + b}" if kind == "add" else f"{a} - {b} = {a - b}" if kind == "sub" else
+                   f"{a} * {b} = {a * b}" if kind == "mul" else f"{a} / {b} = {a // b} R {a % b}")
+    return out
+
+
 _FINAL = re.compile(r"(-?\d+(?: R \d+)?)\s*$")
 
 

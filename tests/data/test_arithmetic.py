@@ -6,7 +6,16 @@ from __future__ import annotations
 import random
 import re
 
-from groundup.data.arithmetic import KINDS, dataset, division_steps, final_answer, multiplication_steps, problem
+from groundup.data.arithmetic import (
+    KINDS,
+    dataset,
+    division_steps,
+    facts,
+    final_answer,
+    multiplication_steps,
+    operands,
+    problem,
+)
 
 
 def test_the_course_examples():
@@ -48,3 +57,20 @@ def test_datasets_are_distinct_seeded_and_held_out():
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
     assert dataset(20, seed=5) == dataset(20, seed=5) != dataset(20, seed=6)
     assert [r["prompt"].split()[0] for r in dataset(4, seed=0)][2:] == ["Calculate", "What"]
+
+
+def test_facts_are_true_seeded_and_never_use_a_test_pair():
+    test = dataset(80, seed=1, digits=2)
+    pairs = {operands(r["prompt"]) for r in test}
+    lines = facts(4000, seed=2, digits=2, exclude=pairs)
+    assert lines == facts(4000, seed=2, digits=2, exclude=pairs) and len(lines) == 4000
+    for line in lines:
+        m = re.fullmatch(r"(\d+) ([-+*/]) (\d+) = (-?\d+)(?: R (\d+))?", line)
+        assert m, line
+        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+        assert (a, b) not in pairs and (b, a) not in pairs
+        want = {"+": a + b, "-": a - b, "*": a * b}.get(op)
+        assert (int(m.group(4)), int(m.group(5) or 0)) == ((want, 0) if want is not None else divmod(a, b))
+    assert {line.split()[1] for line in lines} == {"+", "-", "*", "/"}
+    assert operands("Calculate 397 x 4429") == (397, 4429) and operands("What is 8914 / 64?") == (8914, 64)
+    assert operands("4523646 minus 67453156") == (4523646, 67453156)

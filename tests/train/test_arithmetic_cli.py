@@ -9,7 +9,7 @@ import torch
 import groundup as gu
 from groundup.cli import main
 from groundup.cli_arithmetic import exact_match, kind_of, load_run, read_problems
-from groundup.data.arithmetic import final_answer
+from groundup.data.arithmetic import final_answer, operands
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def goat(tmp_path_factory):
     memorised its (small) training set, which is also scored as the test set."""
     root = tmp_path_factory.mktemp("goat")
     assert main(["arithmetic", "data", "--train", "12", "--test", "8", "--digits", "1", "--kinds", "add", "sub",
-                 "--out", str(root)]) == 0
+                 "--facts", "40", "--out", str(root)]) == 0
     train = read_problems(root / "train.jsonl")
     texts = [r["prompt"] + r["completion"] for r in train] * 5 + ["minus Calculate What is Therefore"]
     tok = gu.Tokenizer.train(texts, 320, special_tokens=["<|endoftext|>"], eos_token="<|endoftext|>",
@@ -45,6 +45,10 @@ def test_data_sets_are_disjoint_and_well_formed(goat):
     for r in train + test:  # the completion's final answer is the arithmetic of the prompt
         a, op, b = r["completion"].split()[:3]
         assert int(final_answer(r["completion"])) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+    facts = (root / "facts.txt").read_text().splitlines()  # pretraining text: no test pair in either order
+    assert len(facts) == 40
+    pairs = {operands(r["prompt"]) for r in test}
+    assert not [f for f in facts if operands(f) in pairs or operands(f)[::-1] in pairs]
 
 
 def test_report_scores_runs_and_few_shot_in_one_table(goat, tmp_path, capsys):
