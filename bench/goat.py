@@ -71,7 +71,7 @@ def main() -> None:
     rows = report(args.model, test, runs, shots=args.shots, shot_records=train)
     total = rows[-1]["total"]
     lines = [f"Command: `{command()}`", "",
-             f"Base: {args.model} ({total:,} parameters, trained on Python source only). {len(train):,} training "
+             f"Base: {args.model} ({total:,} parameters). {len(train):,} training "
              f"problems, {len(test)} held-out test problems ({', '.join(args.kinds)}; operands up to {args.digits} "
              f"digits), {args.steps} steps of {args.batch_size}, learning rates {args.lr}, fp32, 2 CPU threads. "
              "Exact match of the final answer, greedy decoding, overall and per task. Peak memory is the "
