@@ -97,6 +97,13 @@ def exact_match(model, tok, records: Sequence[dict[str, str]], *, prefix: Sequen
     return right
 
 
+def run_summary(run: str | Path) -> dict[str, Any]:
+    """A finished `groundup finetune` folder's summary.json."""
+    if not (Path(run) / "summary.json").is_file():
+        raise FileNotFoundError(f"{Path(run) / 'summary.json'}: not a finished `groundup finetune` run")
+    return json.loads((Path(run) / "summary.json").read_text())
+
+
 def load_run(run: str | Path, base: str | Path):
     """A `groundup finetune` output folder -> (model, prefix ids, summary): the fine-tuned checkpoint for
     --method full, else the base with the run's adapter; a prompt-tuning run's virtual ids as the prefix."""
@@ -104,9 +111,7 @@ def load_run(run: str | Path, base: str | Path):
     from .peft import load_adapter, soft_prompt
 
     run = Path(run)
-    if not (run / "summary.json").is_file():
-        raise FileNotFoundError(f"{run / 'summary.json'}: not a finished `groundup finetune` run")
-    summary = json.loads((run / "summary.json").read_text())
+    summary = run_summary(run)
     if summary.get("method") == "full":
         model = from_pretrained(run / "checkpoint")
     elif (run / "adapter").is_dir():
@@ -124,16 +129,15 @@ def report(base: str | Path, test: list[dict[str, str]], runs: Sequence[str | Pa
     from .data.instruct import SEPARATOR
     from .tokenizer import Tokenizer
 
-    for run in runs:  # every folder is checked before the first model is scored
-        if not (Path(run) / "summary.json").is_file():
-            raise FileNotFoundError(f"{Path(run) / 'summary.json'}: not a finished `groundup finetune` run")
+    for run in runs:  # every folder and the shots are checked before the first model is loaded
+        run_summary(run)
+    if shots > 0 and len(shot_records) < shots:
+        raise ValueError(f"--shots {shots}: only {len(shot_records)} solved examples to draw from")
     tok = Tokenizer.from_pretrained(base)
     model = from_pretrained(base).eval()
     total = sum(p.numel() for p in model.parameters())
     rows = []
     if shots > 0:
-        if len(shot_records) < shots:
-            raise ValueError(f"--shots {shots}: only {len(shot_records)} solved examples to draw from")
         text = "".join(r["prompt"] + SEPARATOR + r["completion"].strip() + "\n\n" for r in shot_records[:shots])
         rows.append({"method": f"{shots}-shot prompting (no training)", "trainable": 0, "total": total,
                      "peak_rss_mb": None, "seconds": None,
