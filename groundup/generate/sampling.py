@@ -52,10 +52,13 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Keep the most likely tokens until their probability reaches p; -inf for the rest."""
     if p >= 1.0:
         return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V]
-    probs = sorted_logits.softmax(-1)
-    before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
-    drop_sorted = before >= p  # the first token always stays (before = 0 < p)
+    # A token goes when the mass of it and of every less likely token is at most 1 - p (the more likely
+    # ones already reach p). Summed from the least likely end, small tail masses stay exact in fp32;
+    # summed from the top they round to 1.0 and a p just below 1 dropped tokens it should keep.
+    sorted_logits, order = logits.sort(dim=-1)  # [B, V], ascending
+    tail = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = tail <= 1 - p
+    drop_sorted[..., -1] = False  # the most likely token always stays
     drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
