@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(s, log=log)
         if rank == 0:
             report(summary)
+        if world > 1:  # no rank tears the group down while another still has collective work in flight
+            torch.distributed.barrier()
     except (ValueError, OSError) as err:
         print(f"groundup.train (rank {rank}): error: {err}", file=sys.stderr)
         return 2
