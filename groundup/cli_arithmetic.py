@@ -62,13 +62,6 @@ def read_problems(path: str | Path) -> list[dict[str, str]]:
     return out
 
 
-def kind_of(record: dict[str, str]) -> str:
-    """The task of a Goat record, from its prompt's wording (data/arithmetic.py's templates)."""
-    p = record["prompt"]
-    return "mul" if p.startswith("Calculate") else "div" if p.startswith("What is") else \
-        "sub" if " minus " in p else "add"
-
-
 def exact_match(model, tok, records: Sequence[dict[str, str]], *, prefix: Sequence[int] = (), shots: str = "",
                 batch: int = 50) -> list[bool]:
     """For each record, whether the greedy answer to ``shots + prompt + separator`` (after the ``prefix`` ids,
@@ -106,35 +99,29 @@ def run_summary(run: str | Path) -> dict[str, Any]:
 
 def load_run(run: str | Path, base: str | Path):
     """A `groundup finetune` output folder -> (model, prefix ids, summary): the fine-tuned checkpoint for
-    --method full, else the base with the run's adapter; a prompt-tuning run's virtual ids as the prefix."""
-    from .checkpoint.hf import from_pretrained
-    from .peft import load_adapter, soft_prompt
+    --method full, else the base with the run's adapter; a soft prompt's virtual ids as the prefix."""
+    from .cli_generate import load_causal
 
-    run = Path(run)
     summary = run_summary(run)
     if summary.get("method") == "full":
-        model = from_pretrained(run / "checkpoint")
-    elif (run / "adapter").is_dir():
-        model = load_adapter(from_pretrained(base), run / "adapter")
+        model, _, prefix = load_causal(str(Path(run) / "checkpoint"))
     else:
-        raise FileNotFoundError(f"{run / 'adapter'}: the {summary.get('method')} run has no adapter folder")
-    prefix = soft_prompt(model).prompt_ids() if summary.get("method") == "prompt" else []
+        model, _, prefix = load_causal(str(base), str(Path(run) / "adapter"))
     return model.eval(), prefix, summary
 
 
 def report(base: str | Path, test: list[dict[str, str]], runs: Sequence[str | Path] = (), *, shots: int = 4,
            shot_records: Sequence[dict[str, str]] = (), batch: int = 50, log=print) -> list[dict[str, Any]]:
     """One row per method: k-shot prompting of the base first (when shots > 0), then each run."""
-    from .checkpoint.hf import from_pretrained
+    from .cli_generate import load_causal
     from .data.instruct import SEPARATOR
-    from .tokenizer import Tokenizer
 
     for run in runs:  # every folder and the shots are checked before the first model is loaded
         run_summary(run)
     if shots > 0 and len(shot_records) < shots:
         raise ValueError(f"--shots {shots}: only {len(shot_records)} solved examples to draw from")
-    tok = Tokenizer.from_pretrained(base)
-    model = from_pretrained(base).eval()
+    model, tok, _ = load_causal(str(base))
+    model.eval()
     total = sum(p.numel() for p in model.parameters())
     rows = []
     if shots > 0:
@@ -154,6 +141,8 @@ def report(base: str | Path, test: list[dict[str, str]], runs: Sequence[str | Pa
 
 def table(rows: list[dict[str, Any]], test: list[dict[str, str]]) -> list[str]:
     """The rows as a Markdown table, with accuracy per task."""
+    from .data.arithmetic import kind_of
+
     kinds = list(dict.fromkeys(kind_of(r) for r in test))
     lines = ["| method | trainable parameters | % of total | peak memory MB | training s | exact match | "
              + " | ".join(kinds) + " |", "|---|---:|---:|---:|---:|---:|" + "---:|" * len(kinds)]

@@ -37,9 +37,8 @@ def load_causal(folder: str, adapter: str | None = None):
     if adapter is not None and not has_adapter(adapter):
         raise ValueError(f"--adapter {adapter}: no adapter_config.json there (a peft adapter folder)")
     model = from_pretrained(folder)
-    if adapter is None:
-        return model, Tokenizer.from_pretrained(folder), []
-    model = load_adapter(model, adapter)
+    if adapter is not None:
+        model = load_adapter(model, adapter)
     prompt = soft_prompt(model)
     return model, Tokenizer.from_pretrained(folder), (prompt.prompt_ids() if prompt is not None else [])
 

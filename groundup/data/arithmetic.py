@@ -80,6 +80,13 @@ def problem(kind: str, rng: random.Random, digits: int = 3) -> dict[str, str]:
     raise ValueError(f"kind={kind!r}: choose from {', '.join(KINDS)}")
 
 
+def kind_of(record: dict[str, str]) -> str:
+    """The task of a record, from the wording of its prompt (the templates of ``problem``)."""
+    p = record["prompt"]
+    return "mul" if p.startswith("Calculate") else "div" if p.startswith("What is") else \
+        "sub" if " minus " in p else "add"
+
+
 def dataset(n: int, *, seed: int, kinds: tuple[str, ...] = KINDS, digits: int = 3,
             exclude: set[str] | None = None) -> list[dict[str, str]]:
     """n records, kinds in turn, no prompt twice and none in ``exclude`` (a test set's prompts)."""

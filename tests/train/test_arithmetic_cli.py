@@ -8,8 +8,8 @@ import torch
 
 import groundup as gu
 from groundup.cli import main
-from groundup.cli_arithmetic import exact_match, kind_of, load_run, read_problems
-from groundup.data.arithmetic import final_answer, operands
+from groundup.cli_arithmetic import exact_match, load_run, read_problems
+from groundup.data.arithmetic import final_answer, kind_of, operands
 
 
 @pytest.fixture(scope="module")
