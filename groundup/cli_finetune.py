@@ -39,6 +39,8 @@ def add_finetune_parser(sub) -> None:
                    help="IA3: targets rescaled on their input (the FFN activation), default down_proj")
     p.add_argument("--target-regex", default=None, help="a regex matching whole module names, in place of "
                    "--target-modules (e.g. 'blocks\\.[0-3]\\.attn\\.(q|v)_proj')")
+    p.add_argument("--modules-to-save", nargs="+", default=None, help="LoRA/IA3: whole modules trained too and "
+                   "saved in the adapter (peft's modules_to_save), e.g. embed lm_head")
     p.add_argument("--num-virtual-tokens", type=int, default=20, help="prompt/prefix tuning: virtual tokens")
     p.add_argument("--prefix-projection", action="store_true", help="prefix tuning: train through an MLP "
                    "(Li & Liang's reparameterisation)")
@@ -80,9 +82,12 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
     check_model_folder(args.model, "causal_lm", "a decoder-only")
     adapter = None  # built now, so that its settings are checked before any data or weight is read
+    if args.modules_to_save and args.method not in ("lora", "ia3"):
+        raise ValueError(f"--modules-to-save goes with --method lora or ia3, not {args.method}")
     if args.method == "lora":
         adapter = peft.LoraConfig(r=args.r, alpha=args.alpha, dropout=args.lora_dropout,
-                             target_modules=args.target_regex or args.target_modules or ["q_proj", "v_proj"])
+                                  target_modules=args.target_regex or args.target_modules or ["q_proj", "v_proj"],
+                                  modules_to_save=args.modules_to_save)
     elif args.method in ("prompt", "prefix"):
         if args.num_virtual_tokens < 1:
             raise ValueError(f"--num-virtual-tokens {args.num_virtual_tokens} must be >= 1")
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     elif args.method == "ia3":
         adapter = peft.IA3Config(target_modules=args.target_regex or args.target_modules or ["k_proj", "v_proj",
                                                                                       "down_proj"],
-                            feedforward_modules=args.feedforward_modules)
+                                 feedforward_modules=args.feedforward_modules, modules_to_save=args.modules_to_save)
     lr = args.lr if args.lr is not None else LR[args.method]
     targs = TrainArgs(out_dir=args.out, steps=args.steps, batch_size=args.batch_size, micro_batch=args.micro_batch,
                       lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr / 10, warmup=args.warmup,

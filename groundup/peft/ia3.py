@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .lora import Wrapper, matches_targets, set_module, wrap_targets
+from .lora import Wrapper, matches_targets, module_patterns, set_module, wrap_targets
 
 
 @dataclass
@@ -29,8 +29,10 @@ class IA3Config:
 
     target_modules: Sequence[str] | str = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])
     feedforward_modules: Sequence[str] | str = field(default_factory=lambda: ["down_proj"])
+    modules_to_save: Sequence[str] | str | None = None  # whole modules trained too, as LoraConfig's
 
     def __post_init__(self) -> None:
+        self.modules_to_save = module_patterns(self.modules_to_save)
         if not isinstance(self.target_modules, str):
             self.target_modules = list(self.target_modules)
             if not self.target_modules:

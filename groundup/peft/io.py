@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,10 +20,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..checkpoint.families import FAMILIES
-from ..checkpoint.hf import module_name_from_hf, module_name_to_hf
+from ..checkpoint.hf import module_name_from_hf, module_name_to_hf, state_dict_from_hf, state_dict_to_hf
 from ..checkpoint.io import atomic_folder, read_json
 from .ia3 import IA3Config, apply_ia3, ia3_layers
-from .lora import LoraConfig, apply_lora, lora_layers, matches_targets
+from .lora import LoraConfig, apply_lora, lora_layers, matches_targets, saved_module_names, train_whole
 from .prefix import apply_prefix_tuning, prefix_of
 from .prompt import apply_prompt_tuning, soft_prompt
 
@@ -134,7 +134,23 @@ def write_adapter(model: nn.Module, folder: Path) -> None:
     else:
         ff = [hf[n] for n, layer in layers.items() if layer.feedforward]
         meta.update({"feedforward_modules": _hf_targets(model, ff) if ff else [], "init_ia3_weights": True})
+    saved = _saved_to_hf(model)
+    if saved:
+        tensors.update({PREFIX + k: t for k, t in saved.items()})
+        meta["modules_to_save"] = sorted({k.rpartition(".")[0] for k in saved})  # full HF module names
     _write(folder, meta, tensors)
+
+
+def _saved_to_hf(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of ``model.modules_to_save`` under their HF names, as peft saves them (its
+    ``.modules_to_save.default`` part dropped): ``model.embed_tokens.weight``."""
+    names = getattr(model, "modules_to_save", None) or []
+    own = {f"{n}.{leaf}": p for n in names for leaf, p in model.get_submodule(n).named_parameters()}
+    try:
+        return state_dict_to_hf(own, model.config) if own else {}
+    except (ValueError, KeyError) as e:  # a fused q/k/v half, or a module outside the family's layout
+        raise AdapterError(f"modules_to_save {names}: the weights have no name in the {model.config.family} "
+                           f"layout ({e}); save whole HF modules (e.g. embed, lm_head, norm)") from e
 
 
 def save_adapter(model: nn.Module, folder: str | Path) -> Path:
@@ -157,9 +173,9 @@ def _check_config(meta: dict, path: Path) -> None:
     for key in ("rank_pattern", "alpha_pattern"):
         if meta.get(key):
             raise AdapterError(f"{path}: a per-module {key} is not supported; one rank and alpha for all layers")
-    if meta.get("modules_to_save"):
+    if meta.get("modules_to_save") and meta.get("peft_type") not in ("LORA", "IA3"):
         raise AdapterError(f"{path}: modules_to_save={meta['modules_to_save']!r} (fully trained extra modules) is "
-                           "not supported")
+                           "supported with LORA and IA3 adapters only")
 
 
 def _load_prefix(model: nn.Module, meta: dict, w_path: Path, into_existing: bool) -> nn.Module:
@@ -218,6 +234,11 @@ class AdapterFile:
     parts: dict[str, dict[str, torch.Tensor]]  # module -> {"lora_A", "lora_B"} or {"ia3_l"}
     feedforward: set[str]  # IA3 modules scaled on their input
     path: Path
+    saved: dict[str, torch.Tensor] = field(default_factory=dict)  # modules_to_save: groundup parameter -> tensor
+
+    @property
+    def saved_modules(self) -> list[str]:
+        return sorted({k.rpartition(".")[0] for k in self.saved})
 
     @property
     def r(self) -> int:
@@ -247,8 +268,12 @@ def read_adapter(model: nn.Module, folder: str | Path) -> AdapterFile:
     pat = re.compile(rf"{re.escape(PREFIX)}(.+)\.(lora_A|lora_B|ia3_l)(?:\.[^.]+)?(?:\.weight)?")
     parts: dict[str, dict[str, torch.Tensor]] = {}
     hf_of: dict[str, str] = {}
+    whole: dict[str, torch.Tensor] = {}  # modules_to_save weights, by HF name
     for key, t in load_file(str(w_path)).items():
         m = pat.fullmatch(key)
+        if m is None and meta.get("modules_to_save") and key.startswith(PREFIX):
+            whole[key.removeprefix(PREFIX)] = t
+            continue
         if m is None or (m.group(2) == "ia3_l") != (kind == "IA3"):
             raise AdapterError(f"{w_path}: tensor {key} is not a {kind} weight")
         name = module_name_from_hf(cfg, m.group(1))
@@ -273,7 +298,35 @@ def read_adapter(model: nn.Module, folder: str | Path) -> AdapterFile:
             if tuple(pair[part].shape) != shape:
                 raise AdapterError(f"{w_path}: {name}.{part} has shape {tuple(pair[part].shape)}; this model needs "
                                    f"{shape}: it was trained on a different base model")
-    return AdapterFile(kind, meta, parts, ff, w_path)
+    return AdapterFile(kind, meta, parts, ff, w_path, _read_saved(model, whole, sorted(parts), w_path))
+
+
+def _read_saved(model: nn.Module, whole: dict[str, torch.Tensor], targets: list[str],
+                w_path: Path) -> dict[str, torch.Tensor]:
+    """modules_to_save tensors (HF names) -> groundup parameter names, each checked against the model: every
+    parameter of a saved module present with its shape, and the modules allowed (saved_module_names)."""
+    if not whole:
+        return {}
+    try:
+        saved = state_dict_from_hf(whole, model.config)
+    except ValueError as e:
+        raise AdapterError(f"{w_path}: a modules_to_save weight is not part of this model: {e}") from e
+    modules = sorted({k.rpartition(".")[0] for k in saved})
+    try:
+        saved_module_names(model, "|".join(re.escape(n) for n in modules), targets)
+    except ValueError as e:
+        raise AdapterError(f"{w_path}: {e}") from e
+    for name in modules:
+        own = {f"{name}.{leaf}": p for leaf, p in model.get_submodule(name).named_parameters()}
+        mine = {k: t for k, t in saved.items() if k.rpartition(".")[0] == name}
+        if set(own) != set(mine):
+            raise AdapterError(f"{w_path}: modules_to_save {name} holds {sorted(mine)}; this model's has "
+                               f"{sorted(own)}")
+        for k, t in mine.items():
+            if t.shape != own[k].shape:
+                raise AdapterError(f"{w_path}: {k} has shape {tuple(t.shape)}; this model needs "
+                                   f"{tuple(own[k].shape)}: it was trained on a different base model")
+    return saved
 
 
 def load_adapter(model: nn.Module, folder: str | Path, *, into_existing: bool = False) -> nn.Module:
@@ -294,6 +347,9 @@ def load_adapter(model: nn.Module, folder: str | Path, *, into_existing: bool = 
     if into_existing:
         if sorted(existing) != names:
             raise AdapterError(f"{file.path}: adapts {len(names)} layers, not the model's {len(existing)}")
+        if file.saved_modules != sorted(getattr(model, "modules_to_save", None) or []):
+            raise AdapterError(f"{file.path}: saves modules {file.saved_modules}, not the model's "
+                               f"{getattr(model, 'modules_to_save', None) or []}")
     elif file.kind == "LORA":
         apply_lora(model, LoraConfig(r=file.r, alpha=file.alpha, dropout=float(file.meta.get("lora_dropout", 0.0)),
                                      target_modules=_regex(names)))
@@ -305,4 +361,9 @@ def load_adapter(model: nn.Module, folder: str | Path, *, into_existing: bool = 
             for part, t in pair.items():
                 target = getattr(layers[name], part)
                 (target.weight if isinstance(target, nn.Linear) else target).copy_(t)
+        if file.saved:
+            train_whole(model, file.saved_modules)
+            params = dict(model.named_parameters())
+            for k, t in file.saved.items():
+                params[k].copy_(t)
     return model

@@ -33,16 +33,28 @@ def matches_targets(targets: Sequence[str] | str | None, name: str) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+def module_patterns(patterns: Sequence[str] | str | None) -> list[str] | str | None:
+    """modules_to_save as given (one regex, or a list of name suffixes), None when empty."""
+    if patterns is None or isinstance(patterns, str):
+        return patterns or None
+    if not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"modules_to_save={patterns!r} must be module names (or one regex), e.g. ['embed']")
+    return list(patterns) or None
+
+
 @dataclass
 class LoraConfig:
     """Which layers get an adapter and its size. ``target_modules``: a list of module-name suffixes
     (``"q_proj"`` matches ``blocks.3.attn.q_proj``) or one regular expression that must match the whole
-    module name, as in peft."""
+    module name, as in peft. ``modules_to_save``: whole modules trained with the adapter and saved in its
+    folder (peft's option of that name), e.g. ``["embed", "lm_head"]`` to teach the model new tokens.
+    """
 
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: Sequence[str] | str = field(default_factory=lambda: ["q_proj", "v_proj"])
+    modules_to_save: Sequence[str] | str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or self.r <= 0:
@@ -55,6 +67,7 @@ class LoraConfig:
             self.target_modules = list(self.target_modules)
             if not self.target_modules:
                 raise ValueError("target_modules is empty: name at least one module, e.g. ['q_proj', 'v_proj']")
+        self.modules_to_save = module_patterns(self.modules_to_save)
 
     @property
     def scaling(self) -> float:
@@ -146,10 +159,44 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+def saved_module_names(model: nn.Module, patterns: Sequence[str] | str, targets: Sequence[str]) -> list[str]:
+    """The modules ``patterns`` names (suffixes or one regex, as target_modules; the outermost of nested
+    matches), checked: each must hold parameters, share none with an adapter target, and not be one half of a
+    tied embedding / output head pair (training one would change both, which peft's separate copy does not)."""
+    with_params = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+    names = [n for n, _ in model.named_modules() if n and matches_targets(patterns, n)]
+    if not names:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in with_params})
+        raise ValueError(f"modules_to_save={patterns!r} matches no module of this model; its modules with "
+                         f"weights end in: {', '.join(leaves)}")
+    names = [n for n in names if not any(n.startswith(o + ".") for o in names)]
+    for n in names:
+        if not any(True for _ in model.get_submodule(n).parameters()):
+            raise ValueError(f"modules_to_save: {n!r} has no parameters to train")
+        clash = next((t for t in targets if t == n or t.startswith(n + ".") or n.startswith(t + ".")), None)
+        if clash is not None:
+            raise ValueError(f"modules_to_save: {n!r} overlaps the adapter target {clash!r}; a module is either "
+                             "adapted or trained whole, not both")
+        if n in ("embed", "lm_head") and getattr(getattr(model, "config", None), "tie_embeddings", False):
+            raise ValueError(f"modules_to_save: {n!r} is tied to {'lm_head' if n == 'embed' else 'embed'} in this "
+                             "model; training it would change both, so it is refused (untie the model first)")
+    return names
+
+
+def train_whole(model: nn.Module, names: Sequence[str]) -> None:
+    """Make the named modules trainable in place and record them as ``model.modules_to_save``: the adapter
+    folder then carries their weights (the base checkpoint on disk is not changed)."""
+    for n in names:
+        for p in model.get_submodule(n).parameters():
+            p.requires_grad_(True)
+    model.modules_to_save = sorted(names)
+
+
 def wrap_targets(model: nn.Module, config) -> list[str]:
     """The names of the linear layers ``config.matches``, after checking them all, then every parameter of
-    the model frozen. Raises ValueError, before changing anything, when nothing matches, a match is not a
-    plain linear layer (or already wrapped), or the target is a head tied to the embeddings."""
+    the model frozen except the config's ``modules_to_save``. Raises ValueError, before changing anything,
+    when nothing matches, a match is not a plain linear layer (or already wrapped), or the target is a head
+    tied to the embeddings, or a module to save is wrong (saved_module_names)."""
     names = [n for n, _ in model.named_modules() if n and config.matches(n)]
     linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     if not names:
@@ -163,8 +210,12 @@ def wrap_targets(model: nn.Module, config) -> list[str]:
     if getattr(model, "lm_head", None) is not None and "lm_head" in names and getattr(model.config, "tie_embeddings",
                                                                                         False):
         raise ValueError("lm_head is tied to the input embeddings: a LoRA on it would change both; leave it out")
+    to_save = getattr(config, "modules_to_save", None)
+    saved = saved_module_names(model, to_save, names) if to_save else []
     for p in model.parameters():
         p.requires_grad_(False)
+    if saved:
+        train_whole(model, saved)
     return names
 
 
@@ -213,7 +264,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     for name, layer in _wrappers(model).items():
         layer.merge()
         set_module(model, name, layer.base_layer)
-    for attr in ("lora_config", "ia3_config"):
+    for attr in ("lora_config", "ia3_config", "modules_to_save"):
         if hasattr(model, attr):
             delattr(model, attr)
     return model

@@ -61,6 +61,9 @@ class LoraBank:
         for f in files:
             if f.kind != "LORA":
                 raise ValueError(f"{f.path}: a {f.kind} adapter; LoraBank serves LoRA adapters")
+            if f.saved:
+                raise ValueError(f"{f.path}: the adapter trains whole modules ({', '.join(f.saved_modules)}) that "
+                                 "the other rows would share; LoraBank serves adapters without modules_to_save")
         names = sorted({n for f in files for n in f.parts})
         modules = dict(model.named_modules())
         r = max(f.r for f in files)

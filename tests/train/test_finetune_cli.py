@@ -96,11 +96,18 @@ def test_full_finetuning_writes_a_model_checkpoint(base, tmp_path):
 def test_ia3_writes_a_peft_ia3_adapter_and_bitfit_needs_biases(base, tmp_path, capsys):
     folder, data = base
     out = tmp_path / "ia3"
-    assert main(["finetune", str(folder), "--data", str(data), "--method", "ia3", "--steps", "3",
-                 "--batch-size", "4", "--out", str(out), "--quiet"]) == 0
-    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["peft_type"] == "IA3"
+    ia3 = ["finetune", str(folder), "--data", str(data), "--method", "ia3", "--modules-to-save", "norm",
+           "--batch-size", "4", "--save-every", "2", "--out", str(out), "--quiet"]
+    assert main([*ia3, "--steps", "3"]) == 0
+    meta = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert meta["peft_type"] == "IA3" and meta["modules_to_save"] == ["model.norm"]
     tuned = load_adapter(gu.from_pretrained(folder), out / "adapter")
     assert not torch.equal(tuned.blocks[0].mlp.down_proj.ia3_l, torch.ones_like(tuned.blocks[0].mlp.down_proj.ia3_l))
+    assert not torch.equal(tuned.norm.weight, gu.from_pretrained(folder).norm.weight)  # the final norm trained
+    assert main([*ia3, "--steps", "5", "--resume"]) == 0  # the saved norm resumes with the adapter
+    assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 5
+    assert main([*ia3[:5], "prompt", *ia3[6:], "--steps", "1"]) == 2
+    assert "--modules-to-save goes with --method lora or ia3, not prompt" in capsys.readouterr().err
     assert main(["finetune", str(folder), "--data", str(data), "--method", "bitfit", "--out", str(tmp_path / "b"),
                  "--quiet"]) == 2
     assert "has none" in capsys.readouterr().err
