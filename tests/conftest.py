@@ -18,6 +18,15 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 VOCAB = 97
 
 
+def tiny_llama(seed: int = 0, **extra):
+    """A tiny random groundup llama (eval mode) for adapter tests; ``extra`` overrides Config fields."""
+    import groundup as gu
+
+    torch.manual_seed(seed)
+    fields = {**dict(vocab_size=VOCAB, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48), **extra}
+    return gu.CausalLM(gu.Config.preset("tiny-llama").replace(**fields)).eval()
+
+
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Every parameter random (norm weights and biases too), so a mis-mapped tensor cannot hide behind
     the ones/zeros of a default init."""

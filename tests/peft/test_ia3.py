@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB
+from conftest import tiny_llama as _tiny
 
 import groundup as gu
 from groundup.peft import (
@@ -23,10 +23,6 @@ from groundup.peft import (
 IDS = torch.tensor([[5, 9, 14, 3, 22, 7, 11, 30]])
 
 
-def _tiny() -> gu.CausalLM:
-    torch.manual_seed(0)
-    cfg = gu.Config.preset("tiny-llama").replace(vocab_size=VOCAB, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48)
-    return gu.CausalLM(cfg).eval()
 
 
 def _randomize(model, seed: int = 1) -> None:

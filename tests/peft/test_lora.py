@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB
+from conftest import tiny_llama as _tiny
 
 import groundup as gu
 from groundup import calc
@@ -21,13 +21,6 @@ from groundup.peft import (
     save_adapter,
     unmerge_lora,
 )
-
-
-def _tiny(seed: int = 0, **extra) -> gu.CausalLM:
-    torch.manual_seed(seed)
-    cfg = gu.Config.preset("tiny-llama").replace(**{**dict(vocab_size=VOCAB, d_model=32, n_heads=4, n_kv_heads=2,
-                                                               d_ff=48), **extra})
-    return gu.CausalLM(cfg).eval()
 
 
 def _randomize_lora(model, seed: int = 1) -> None:

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from conftest import VOCAB
+from conftest import tiny_llama as _tiny
 
 import groundup as gu
 from groundup.peft import (
@@ -25,11 +26,6 @@ from groundup.peft.multi import LoraBank
 IDS = torch.tensor([[5, 9, 14, 3, 22, 7, 11, 30]])
 
 
-def _tiny(**extra) -> gu.CausalLM:
-    torch.manual_seed(0)
-    cfg = gu.Config.preset("tiny-llama").replace(**{**dict(vocab_size=VOCAB, d_model=32, n_heads=4, n_kv_heads=2,
-                                                               d_ff=48), **extra})
-    return gu.CausalLM(cfg).eval()
 
 
 def _randomize(model, seed: int = 1) -> None:

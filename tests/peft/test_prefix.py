@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB
+from conftest import tiny_llama as _tiny
 
 import groundup as gu
 from groundup.generate import generate_uncached
@@ -14,11 +14,6 @@ from groundup.peft import AdapterError, apply_prefix_tuning, load_adapter, prefi
 IDS = [5, 9, 14, 3, 22, 7, 11, 30]
 
 
-def _tiny(**extra) -> gu.CausalLM:
-    torch.manual_seed(0)
-    cfg = gu.Config.preset("tiny-llama").replace(vocab_size=VOCAB, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48,
-                                                 **extra)
-    return gu.CausalLM(cfg).eval()
 
 
 @pytest.mark.parametrize("projection", [False, True])
