@@ -27,6 +27,20 @@ def tiny_llama(seed: int = 0, **extra):
     return gu.CausalLM(gu.Config.preset("tiny-llama").replace(**fields)).eval()
 
 
+def adamw_steps(model: torch.nn.Module, ids: torch.Tensor, steps: int = 3, lr: float = 1e-2) -> torch.optim.AdamW:
+    """A few next-token AdamW steps on ``ids`` over the parameters that require grad; the model is left in
+    eval mode. Returns the optimizer (its state shows what it trained)."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(ids[:, :-1], targets=ids[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return opt
+
+
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Every parameter random (norm weights and biases too), so a mis-mapped tensor cannot hide behind
     the ones/zeros of a default init."""

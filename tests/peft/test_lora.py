@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import adamw_steps
 from conftest import tiny_llama as _tiny
 
 import groundup as gu
@@ -44,15 +45,8 @@ def test_starts_at_the_base_model_and_trains_only_the_adapters():
     assert trainable == {f"blocks.{i}.attn.{m}_proj.lora_{ab}.weight" for i in range(2) for m in "qv" for ab in "AB"}
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert n == calc.lora_param_count(model.config, r=4, targets=("q_proj", "v_proj"))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    for _ in range(3):
-        loss = model(IDS[:, :-1], targets=IDS[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    opt = adamw_steps(model, IDS)
     assert sum(len(s) for s in opt.state.values()) == 2 * len(trainable) + len(trainable)  # step, m, v each
-    model.eval()
     assert not torch.allclose(model(IDS), base_out, atol=1e-4)  # it learnt something
     after = model.state_dict()
     for k, v in base.items():

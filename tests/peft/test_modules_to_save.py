@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import VOCAB
+from conftest import VOCAB, adamw_steps
 from conftest import tiny_llama as _tiny
 
 import groundup as gu
@@ -88,14 +88,7 @@ def test_a_peft_adapter_with_modules_to_save_loads_here(kind, hf_folder, tmp_pat
 def test_training_moves_only_the_adapter_and_the_saved_modules_and_resumes(tmp_path):
     model = apply_lora(_tiny(), r=2, alpha=4, target_modules=["q_proj", "v_proj"], modules_to_save=["embed"])
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    for _ in range(3):
-        loss = model(IDS[:, :-1], targets=IDS[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    adamw_steps(model, IDS)
     moved = {k for k, v in model.state_dict().items() if not torch.equal(v, base[k])}
     assert moved == {"embed.weight"} | {f"blocks.{i}.attn.{m}_proj.lora_{ab}.weight" for i in range(2) for m in "qv"
                                         for ab in "AB"}
