@@ -137,7 +137,7 @@ def write_adapter(model: nn.Module, folder: Path) -> None:
     saved = _saved_to_hf(model)
     if saved:
         tensors.update({PREFIX + k: t for k, t in saved.items()})
-        meta["modules_to_save"] = sorted({k.rpartition(".")[0] for k in saved})  # full HF module names
+        meta["modules_to_save"] = _modules_of(saved)  # full HF module names
     _write(folder, meta, tensors)
 
 
@@ -225,6 +225,11 @@ def _regex(names: list[str]) -> str:
     return "|".join(re.escape(n) for n in names)
 
 
+def _modules_of(params: dict[str, torch.Tensor]) -> list[str]:
+    """The modules holding these parameters ("embed.weight" -> "embed"), sorted."""
+    return sorted({k.rpartition(".")[0] for k in params})
+
+
 @dataclass
 class AdapterFile:
     """A LoRA or IA3 folder read and checked against a model: the tensors by groundup module name."""
@@ -238,7 +243,7 @@ class AdapterFile:
 
     @property
     def saved_modules(self) -> list[str]:
-        return sorted({k.rpartition(".")[0] for k in self.saved})
+        return _modules_of(self.saved)
 
     @property
     def r(self) -> int:
@@ -311,9 +316,9 @@ def _read_saved(model: nn.Module, whole: dict[str, torch.Tensor], targets: list[
         saved = state_dict_from_hf(whole, model.config)
     except ValueError as e:
         raise AdapterError(f"{w_path}: a modules_to_save weight is not part of this model: {e}") from e
-    modules = sorted({k.rpartition(".")[0] for k in saved})
+    modules = _modules_of(saved)
     try:
-        saved_module_names(model, "|".join(re.escape(n) for n in modules), targets)
+        saved_module_names(model, _regex(modules), targets)
     except ValueError as e:
         raise AdapterError(f"{w_path}: {e}") from e
     for name in modules:
@@ -347,9 +352,9 @@ def load_adapter(model: nn.Module, folder: str | Path, *, into_existing: bool = 
     if into_existing:
         if sorted(existing) != names:
             raise AdapterError(f"{file.path}: adapts {len(names)} layers, not the model's {len(existing)}")
-        if file.saved_modules != sorted(getattr(model, "modules_to_save", None) or []):
-            raise AdapterError(f"{file.path}: saves modules {file.saved_modules}, not the model's "
-                               f"{getattr(model, 'modules_to_save', None) or []}")
+        own = getattr(model, "modules_to_save", None) or []
+        if file.saved_modules != sorted(own):
+            raise AdapterError(f"{file.path}: saves modules {file.saved_modules}, not the model's {own}")
     elif file.kind == "LORA":
         apply_lora(model, LoraConfig(r=file.r, alpha=file.alpha, dropout=float(file.meta.get("lora_dropout", 0.0)),
                                      target_modules=_regex(names)))

@@ -163,13 +163,16 @@ def saved_module_names(model: nn.Module, patterns: Sequence[str] | str, targets:
     """The modules ``patterns`` names (suffixes or one regex, as target_modules; the outermost of nested
     matches), checked: each must hold parameters, share none with an adapter target, and not be one half of a
     tied embedding / output head pair (training one would change both, which peft's separate copy does not)."""
-    with_params = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
     names = [n for n, _ in model.named_modules() if n and matches_targets(patterns, n)]
     if not names:
-        leaves = sorted({n.rsplit(".", 1)[-1] for n in with_params})
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                         if n and any(True for _ in m.parameters(recurse=False))})
         raise ValueError(f"modules_to_save={patterns!r} matches no module of this model; its modules with "
                          f"weights end in: {', '.join(leaves)}")
     names = [n for n in names if not any(n.startswith(o + ".") for o in names)]
+    # the model's own tying (tied_keys: {alias: source}), both ways, by module: lm_head <-> embed, mlm_head...
+    tied = {a.rpartition(".")[0]: b.rpartition(".")[0] for a, b in getattr(model, "tied_keys", dict)().items()}
+    tied.update({b: a for a, b in list(tied.items())})
     for n in names:
         if not any(True for _ in model.get_submodule(n).parameters()):
             raise ValueError(f"modules_to_save: {n!r} has no parameters to train")
@@ -177,9 +180,10 @@ def saved_module_names(model: nn.Module, patterns: Sequence[str] | str, targets:
         if clash is not None:
             raise ValueError(f"modules_to_save: {n!r} overlaps the adapter target {clash!r}; a module is either "
                              "adapted or trained whole, not both")
-        if n in ("embed", "lm_head") and getattr(getattr(model, "config", None), "tie_embeddings", False):
-            raise ValueError(f"modules_to_save: {n!r} is tied to {'lm_head' if n == 'embed' else 'embed'} in this "
-                             "model; training it would change both, so it is refused (untie the model first)")
+        partner = next((tied[m] for m in tied if m == n or m.startswith(n + ".")), None)
+        if partner is not None:
+            raise ValueError(f"modules_to_save: {n!r} is tied to {partner} in this model; training it would change "
+                             "both, so it is refused (untie the model first)")
     return names
 
 
