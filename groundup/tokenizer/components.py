@@ -161,7 +161,8 @@ class Normalizer:
         if kind == "Lowercase":
             return s.lower()
         if kind == "StripAccents":
-            return "".join(c for c in s if unicodedata.category(c) != "Mn")
+            # every combining mark (Mn, Mc, Me), as tokenizers strips them, not only the non-spacing ones
+            return "".join(c for c in s if not unicodedata.category(c).startswith("M"))
         if kind == "Strip":
             if self.left:
                 s = _STRIP_LEFT.sub("", s)

@@ -106,3 +106,12 @@ def test_the_pipelines_do_what_they_say(pair):
     text = "Ünïcode 2026-11-22 ﬁne--tuned (a-b) DONE"
     assert gu.encode(text) == hf.encode(text).ids
     assert gu.tokenize(text) == hf.encode(text).tokens
+
+
+def test_strip_accents_removes_every_combining_mark():
+    # hypothesis found U+17B6 (Khmer vowel sign, category Mc): tokenizers strips Mn, Mc and Me alike
+    text = "a\u17b6b\u0301c\u20ddd\u0903e"
+    hf = normalizers.StripAccents().normalize_str(text)
+    from groundup.tokenizer.components import Normalizer
+
+    assert Normalizer({"type": "StripAccents"}, "normalizer")(text) == hf == "abcde"
