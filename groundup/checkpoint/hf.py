@@ -15,12 +15,9 @@ import torch
 
 from ..config import Config
 from ..models import meta_model
-from .encdec import ENCDEC_FAMILIES
-from .families import FAMILIES as DECODER_FAMILIES
-from .families import Family, UnsupportedConfig
 from .io import CheckpointError, atomic_folder, load_tensors, read_json, write_tensors
+from .registry import FAMILIES, UnsupportedConfig, family_of
 
-FAMILIES: dict[str, Family] = {**DECODER_FAMILIES, **ENCDEC_FAMILIES}
 # config.json fields carried through a round trip in Config.extra (token ids, label names)
 PASSTHROUGH = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "forced_eos_token_id",
                "id2label")
@@ -78,7 +75,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> Config:
 
 def config_to_hf(cfg: Config, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """An HF config.json dict that rebuilds the same architecture in transformers."""
-    family = _family_of(cfg)
+    family = family_of(cfg)
     if cfg.family == "llama" and cfg.sliding_window:
         raise CheckpointError("family='llama' has no sliding window in transformers; use family='mistral'")
     if cfg.arch != family.arch:
@@ -94,15 +91,9 @@ def config_to_hf(cfg: Config, dtype: torch.dtype = torch.float32) -> dict[str, A
             **cfg.extra, **body}
 
 
-def _family_of(cfg: Config) -> Family:
-    if cfg.family not in FAMILIES:
-        raise CheckpointError(f"Config.family={cfg.family!r} has no HF layout; choose one of {', '.join(FAMILIES)}")
-    return FAMILIES[cfg.family]
-
-
 def state_dict_from_hf(tensors: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
     """Rename HF tensors to groundup names, split fused q/k/v, transpose GPT-2 Conv1D weights."""
-    family = _family_of(cfg)
+    family = family_of(cfg)
     pairs = [(_pattern(hf), gu) for gu, hf in family.keys(cfg)]
     exact = {hf: gu for gu, hf in family.exact}
     ignored = [re.compile(p) for p in family.ignored]
@@ -138,7 +129,7 @@ def state_dict_from_hf(tensors: dict[str, torch.Tensor], cfg: Config) -> dict[st
 
 def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
     """groundup state dict -> HF tensor names (the inverse of state_dict_from_hf)."""
-    family = _family_of(cfg)
+    family = family_of(cfg)
     state = dict(state)
     if family.qkv_groups is not None:
         groups = family.qkv_groups(cfg)
@@ -165,7 +156,7 @@ def module_name_to_hf(cfg: Config, name: str) -> str:
     """groundup module name (``blocks.3.attn.q_proj``) -> the HF module holding the same weight
     (``model.layers.3.self_attn.q_proj``); adapters (LoRA) are named after it. A q/k/v projection of a
     family that fuses them into one HF matrix has no HF module of its own: CheckpointError."""
-    family = _family_of(cfg)
+    family = family_of(cfg)
     if family.qkv_groups is not None and re.search(r"\.attn\.[qkv]_proj$", name):
         raise CheckpointError(f"{name}: {cfg.family} stores q, k and v as one fused matrix, so an adapter on "
                               "it alone has no HF name; adapt the other projections (e.g. o_proj, the MLP)")
@@ -178,7 +169,7 @@ def module_name_to_hf(cfg: Config, name: str) -> str:
 
 def module_name_from_hf(cfg: Config, name: str) -> str | None:
     """The inverse of module_name_to_hf; None for an HF module groundup does not have."""
-    for gu, hf in _family_of(cfg).keys(cfg):
+    for gu, hf in family_of(cfg).keys(cfg):
         m = _pattern(hf).fullmatch(name)
         if m:
             return gu.format(**m.groupdict())

@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..checkpoint.families import FAMILIES
 from ..checkpoint.hf import module_name_from_hf, module_name_to_hf, state_dict_from_hf, state_dict_to_hf
 from ..checkpoint.io import atomic_folder, read_json
+from ..checkpoint.registry import family_of
 from .ia3 import IA3Config, apply_ia3, ia3_layers
 from .lora import LoraConfig, apply_lora, lora_layers, matches_targets, saved_module_names, train_whole
 from .prefix import apply_prefix_tuning, prefix_of
@@ -124,7 +124,7 @@ def write_adapter(model: nn.Module, folder: Path) -> None:
     # A and B keep their [r, in] / [out, r] shapes even on GPT-2's Conv1D layers; peft's fan_in_fan_out
     # only says the base weight is stored [in, out] (it transposes when merging).
     meta = {"peft_type": kind, "task_type": task, "target_modules": _hf_targets(model, list(hf.values())),
-            "fan_in_fan_out": FAMILIES[cfg.family].conv1d, "inference_mode": True, "modules_to_save": None,
+            "fan_in_fan_out": family_of(cfg).conv1d, "inference_mode": True, "modules_to_save": None,
             "base_model_name_or_path": None}
     if kind == "LORA":
         lcfg = model.lora_config

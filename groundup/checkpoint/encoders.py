@@ -1,6 +1,6 @@
 """HF layouts of the encoder-only (BERT) and encoder-decoder (T5, Marian) families.
 
-Same shape of data as families.py: config.json <-> Config, and (groundup module, HF module) name
+Same shape of data as decoders.py: config.json <-> Config, and (groundup module, HF module) name
 templates. BERT's heads follow the checkpoint's architecture (BertForPreTraining has the pooler, MLM and
 NSP heads; BertModel has no ``bert.`` prefix); T5 keeps one relative-bias table per stack in layer 0;
 Marian stores its output bias as a [1, V] buffer named ``final_logits_bias``.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Config
-from .families import Family, UnsupportedConfig, _act, _get, _plain_act, _require
+from .layout import Family, UnsupportedConfig, activation_from_hf, activation_to_hf, first_of, require
 
 # BERT ---------------------------------------------------------------------------------------------
 # architecture -> (pooler, mlm_head, nsp_head, classifier)
@@ -22,16 +22,16 @@ _BERT_HEADS = {"BertForPreTraining": (True, True, True, False), "BertForMaskedLM
 
 def _bert_config(hf: dict[str, Any]) -> dict[str, Any]:
     arch = (hf.get("architectures") or ["BertModel"])[0]
-    _require(arch in _BERT_HEADS, f"architecture {arch!r} is not supported; supported: {', '.join(_BERT_HEADS)}")
-    _require(hf.get("position_embedding_type", "absolute") == "absolute",
+    require(arch in _BERT_HEADS, f"architecture {arch!r} is not supported; supported: {', '.join(_BERT_HEADS)}")
+    require(hf.get("position_embedding_type", "absolute") == "absolute",
              f"position_embedding_type={hf.get('position_embedding_type')!r} is not supported (absolute only)")
-    _require(not hf.get("is_decoder") and not hf.get("add_cross_attention"), "BERT as a decoder is not supported")
+    require(not hf.get("is_decoder") and not hf.get("add_cross_attention"), "BERT as a decoder is not supported")
     pooler, mlm, nsp, cls = _BERT_HEADS[arch]
     labels = len(hf.get("id2label") or {}) or hf.get("num_labels") or 2
     return dict(arch="encoder", vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
                 n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
                 max_seq_len=hf["max_position_embeddings"], pos="learned",
-                ffn=_act(hf.get("hidden_act", "gelu"), "hidden_act"), norm="layernorm",
+                ffn=activation_from_hf(hf.get("hidden_act", "gelu"), "hidden_act"), norm="layernorm",
                 norm_eps=hf.get("layer_norm_eps", 1e-12), norm_placement="post", final_norm=False,
                 type_vocab_size=hf.get("type_vocab_size", 2), embed_norm=True, pooler=pooler, mlm_head=mlm,
                 nsp_head=nsp, num_labels=labels if cls else 0, tie_embeddings=hf.get("tie_word_embeddings", True),
@@ -49,13 +49,13 @@ def _bert_arch(cfg: Config) -> str:
 
 
 def _bert_to_hf(cfg: Config) -> dict[str, Any]:
-    _require(cfg.pos == "learned" and cfg.norm == "layernorm" and cfg.norm_placement == "post" and cfg.embed_norm
+    require(cfg.pos == "learned" and cfg.norm == "layernorm" and cfg.norm_placement == "post" and cfg.embed_norm
              and cfg.attn_bias and cfg.attn_out_bias and cfg.mlp_bias and cfg.norm_bias and not cfg.gated
              and cfg.n_kv_heads == cfg.n_heads and cfg.pos_offset == 0 and not cfg.final_norm,
              "BERT layout needs learned positions, post-norm LayerNorm with biases, an embedding norm, "
              "biases everywhere, a plain FFN and multi-head attention")
     out = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-               intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_seq_len, hidden_act=_plain_act(cfg),
+               intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_seq_len, hidden_act=activation_to_hf(cfg),
                layer_norm_eps=cfg.norm_eps, type_vocab_size=cfg.type_vocab_size, hidden_dropout_prob=cfg.dropout,
                attention_probs_dropout_prob=cfg.attn_dropout, position_embedding_type="absolute")
     if cfg.num_labels:
@@ -93,13 +93,13 @@ _T5_FFN_TO_HF = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "geglu
 
 def _t5_config(hf: dict[str, Any]) -> dict[str, Any]:
     arch = (hf.get("architectures") or ["T5ForConditionalGeneration"])[0]
-    _require(arch == "T5ForConditionalGeneration", f"architecture {arch!r} is not supported "
+    require(arch == "T5ForConditionalGeneration", f"architecture {arch!r} is not supported "
              "(T5ForConditionalGeneration only)")
     ffn = hf.get("feed_forward_proj", "relu")
-    _require(ffn in _T5_FFN_FROM_HF, f"feed_forward_proj={ffn!r} is not supported; supported: "
+    require(ffn in _T5_FFN_FROM_HF, f"feed_forward_proj={ffn!r} is not supported; supported: "
              f"{', '.join(_T5_FFN_FROM_HF)}")
     tie = hf.get("tie_word_embeddings", True) is not False
-    scale = _get(hf, "scale_decoder_outputs", default=tie)
+    scale = first_of(hf, "scale_decoder_outputs", default=tie)
     return dict(arch="seq2seq", vocab_size=hf["vocab_size"], d_model=hf["d_model"], n_layers=hf["num_layers"],
                 n_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"], n_heads=hf["num_heads"],
                 head_dim=hf["d_kv"], d_ff=hf["d_ff"], max_seq_len=hf.get("n_positions", 512), pos="relative",
@@ -111,14 +111,14 @@ def _t5_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _t5_to_hf(cfg: Config) -> dict[str, Any]:
-    _require(cfg.pos == "relative" and cfg.norm == "rmsnorm" and cfg.norm_placement == "pre" and cfg.final_norm
+    require(cfg.pos == "relative" and cfg.norm == "rmsnorm" and cfg.norm_placement == "pre" and cfg.final_norm
              and not (cfg.attn_bias or cfg.attn_out_bias or cfg.mlp_bias or cfg.lm_head_bias)
              and cfg.attn_scale == "none" and cfg.embed_scale == "none" and cfg.n_kv_heads == cfg.n_heads,
              "T5 layout needs relative positions, pre-norm RMSNorm, no biases, unscaled scores and embeddings "
              "and multi-head attention")
-    _require(cfg.ffn in _T5_FFN_TO_HF, f"ffn={cfg.ffn!r} has no T5 feed_forward_proj; supported: "
+    require(cfg.ffn in _T5_FFN_TO_HF, f"ffn={cfg.ffn!r} has no T5 feed_forward_proj; supported: "
              f"{', '.join(_T5_FFN_TO_HF)}")
-    _require(cfg.tie_embeddings or cfg.lm_head_scale == "none",
+    require(cfg.tie_embeddings or cfg.lm_head_scale == "none",
              "T5 layout rescales the decoder output only with a tied head: untied needs lm_head_scale='none'")
     return dict(d_model=cfg.d_model, d_kv=cfg.head_dim, d_ff=cfg.d_ff, num_layers=cfg.n_layers,
                 num_decoder_layers=cfg.n_decoder_layers, num_heads=cfg.n_heads,
@@ -147,18 +147,18 @@ def _t5_keys(cfg: Config) -> list[tuple[str, str]]:
 
 # Marian -------------------------------------------------------------------------------------------
 def _marian_config(hf: dict[str, Any]) -> dict[str, Any]:
-    _require(hf.get("share_encoder_decoder_embeddings", True), "share_encoder_decoder_embeddings=false is not "
+    require(hf.get("share_encoder_decoder_embeddings", True), "share_encoder_decoder_embeddings=false is not "
              "supported (one embedding for source and target)")
-    _require(hf.get("decoder_vocab_size") in (None, hf["vocab_size"]), "decoder_vocab_size != vocab_size is not "
+    require(hf.get("decoder_vocab_size") in (None, hf["vocab_size"]), "decoder_vocab_size != vocab_size is not "
              "supported")
     for enc, dec in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
-        _require(hf.get(enc) == hf.get(dec), f"{enc}={hf.get(enc)} != {dec}={hf.get(dec)} is not supported")
-    _require(not hf.get("normalize_before", False), "normalize_before=true is not supported (Marian is post-norm)")
+        require(hf.get(enc) == hf.get(dec), f"{enc}={hf.get(enc)} != {dec}={hf.get(dec)} is not supported")
+    require(not hf.get("normalize_before", False), "normalize_before=true is not supported (Marian is post-norm)")
     return dict(arch="seq2seq", vocab_size=hf["vocab_size"], d_model=hf["d_model"], n_layers=hf["encoder_layers"],
                 n_decoder_layers=hf["decoder_layers"], n_heads=hf["encoder_attention_heads"],
                 d_ff=hf["encoder_ffn_dim"],
                 max_seq_len=hf["max_position_embeddings"], pos="sinusoidal", sinusoidal_layout="split",
-                ffn=_act(hf.get("activation_function", "gelu"), "activation_function"), norm="layernorm",
+                ffn=activation_from_hf(hf.get("activation_function", "gelu"), "activation_function"), norm="layernorm",
                 norm_eps=1e-5, norm_placement="post", final_norm=False,
                 embed_scale="sqrt_d" if hf.get("scale_embedding") else "none", lm_head_bias=True,
                 tie_embeddings=hf.get("tie_word_embeddings", True), dropout=hf.get("dropout", 0.0),
@@ -166,7 +166,7 @@ def _marian_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _marian_to_hf(cfg: Config) -> dict[str, Any]:
-    _require(cfg.pos == "sinusoidal" and cfg.sinusoidal_layout == "split" and cfg.norm == "layernorm"
+    require(cfg.pos == "sinusoidal" and cfg.sinusoidal_layout == "split" and cfg.norm == "layernorm"
              and cfg.norm_placement == "post" and not cfg.final_norm and cfg.norm_eps == 1e-5 and cfg.lm_head_bias
              and cfg.attn_bias and cfg.attn_out_bias and cfg.mlp_bias and cfg.norm_bias
              and cfg.attn_scale == "inv_sqrt_d" and cfg.lm_head_scale == "none" and cfg.n_kv_heads == cfg.n_heads,
@@ -174,7 +174,8 @@ def _marian_to_hf(cfg: Config) -> dict[str, Any]:
              "including the output logits, and multi-head attention")
     return dict(d_model=cfg.d_model, encoder_layers=cfg.n_layers, decoder_layers=cfg.n_decoder_layers,
                 encoder_attention_heads=cfg.n_heads, decoder_attention_heads=cfg.n_heads, encoder_ffn_dim=cfg.d_ff,
-                decoder_ffn_dim=cfg.d_ff, max_position_embeddings=cfg.max_seq_len, activation_function=_plain_act(cfg),
+                decoder_ffn_dim=cfg.d_ff, max_position_embeddings=cfg.max_seq_len,
+                activation_function=activation_to_hf(cfg),
                 scale_embedding=cfg.embed_scale == "sqrt_d", share_encoder_decoder_embeddings=True,
                 decoder_vocab_size=cfg.vocab_size, dropout=cfg.dropout, attention_dropout=cfg.attn_dropout,
                 is_encoder_decoder=True)
@@ -193,7 +194,7 @@ def _marian_keys(cfg: Config) -> list[tuple[str, str]]:
     return keys
 
 
-ENCDEC_FAMILIES: dict[str, Family] = {
+ENCODERS: dict[str, Family] = {
     "bert": Family("bert", _bert_arch, _bert_config, _bert_to_hf, _bert_keys, arch="encoder",
                    exact=(("mlm_head.decoder.bias", "cls.predictions.bias"),),
                    ignored=(r"(bert\.)?embeddings\.position_ids",)),

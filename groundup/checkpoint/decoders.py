@@ -1,72 +1,28 @@
-"""Per-family translation between Hugging Face checkpoints and groundup: config fields and tensor names.
-
-Each family is data: how config.json maps to Config (and back), a list of (groundup module, HF module)
-name templates ({i} = layer, {e} = expert), and the layout of a fused q/k/v matrix when the family has
-one. The virtual module ``blocks.{i}.attn.qkv`` stands for q_proj/k_proj/v_proj stacked; the converter in
-hf.py splits and joins it.
-"""
+"""HF layouts of the decoder-only families: GPT-2, OPT, GPT-NeoX, Falcon, MPT, Llama, Mistral, Mixtral."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
-
-
-class UnsupportedConfig(ValueError):
-    """config.json asks for a variant groundup does not implement."""
-
-
-@dataclass(frozen=True)
-class Family:
-    """How one HF model_type maps onto Config and groundup tensor names."""
-
-    model_type: str
-    architecture: str | Callable[[Config], str]  # the HF class name, or a function of the config
-    to_config: Callable[[dict[str, Any]], dict[str, Any]]
-    to_hf: Callable[[Config], dict[str, Any]]
-    keys: Callable[[Config], list[tuple[str, str]]]
-    # Fused qkv row layout: number of row groups; each group holds (H/g q, K/g k, K/g v) heads of D rows.
-    qkv_groups: Callable[[Config], int] | None = None
-    conv1d: bool = False  # GPT-2 stores linear weights as [in, out]
-    ignored: tuple[str, ...] = ()  # HF tensors that carry nothing new (buffers, tied copies): regexes
-    arch: str = "causal_lm"  # the Config.arch this layout holds
-    exact: tuple[tuple[str, str], ...] = ()  # whole tensor names (groundup, HF), matched before the templates
-    row_vectors: tuple[str, ...] = ()  # HF tensors stored [1, N] that groundup keeps as [N]
-
-    def architecture_of(self, cfg: Config) -> str:
-        return self.architecture if isinstance(self.architecture, str) else self.architecture(cfg)
-
-
-def _get(hf: dict[str, Any], *names: str, default: Any = None) -> Any:
-    for n in names:
-        if hf.get(n) is not None:
-            return hf[n]
-    return default
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise UnsupportedConfig(message)
+from .layout import Family, activation_from_hf, activation_to_hf, first_of, require
 
 
 def _rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     """RoPE fields from either the transformers 5 ``rope_parameters`` dict or the older flat fields."""
     params = hf.get("rope_parameters") or {}
     legacy = hf.get("rope_scaling") or {}
-    theta = _get(params, "rope_theta", default=_get(hf, "rope_theta", "rotary_emb_base", default=10000.0))
-    kind = _get(params, "rope_type", "type", default=_get(legacy, "rope_type", "type", default="default"))
+    theta = first_of(params, "rope_theta", default=first_of(hf, "rope_theta", "rotary_emb_base", default=10000.0))
+    kind = first_of(params, "rope_type", "type", default=first_of(legacy, "rope_type", "type", default="default"))
     out: dict[str, Any] = {"rope_theta": float(theta)}
-    fraction = _get(params, "partial_rotary_factor", default=_get(hf, "partial_rotary_factor", "rotary_pct"))
+    fraction = first_of(params, "partial_rotary_factor", default=first_of(hf, "partial_rotary_factor", "rotary_pct"))
     if fraction is not None:
         out["rotary_fraction"] = float(fraction)
     if kind == "linear":
-        factor = _get(params, "factor", default=legacy.get("factor"))
+        factor = first_of(params, "factor", default=legacy.get("factor"))
         out.update(rope_scaling="linear", rope_scaling_factor=float(factor))
     else:
-        _require(kind == "default", f"rope type {kind!r} is not supported (supported: default, linear)")
+        require(kind == "default", f"rope type {kind!r} is not supported (supported: default, linear)")
     return out
 
 
@@ -76,42 +32,27 @@ def _rope_to_hf(cfg: Config) -> dict[str, Any]:
         params["partial_rotary_factor"] = cfg.rotary_fraction
     if cfg.rope_scaling == "linear":
         params.update(rope_type="linear", factor=cfg.rope_scaling_factor)
-    _require(cfg.rope_scaling != "ntk", "static NTK rope scaling has no transformers config equivalent")
+    require(cfg.rope_scaling != "ntk", "static NTK rope scaling has no transformers config equivalent")
     return {"rope_parameters": params, "rope_theta": cfg.rope_theta}
-
-
-_ACT_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
-                "gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu"}
-_ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
-
-
-def _act(name: str, field: str) -> str:
-    _require(name in _ACT_FROM_HF, f"{field}={name!r} is not supported; supported: {', '.join(_ACT_FROM_HF)}")
-    return _ACT_FROM_HF[name]
-
-
-def _plain_act(cfg: Config) -> str:
-    _require(cfg.ffn in _ACT_TO_HF, f"ffn={cfg.ffn!r} cannot be written as family {cfg.family!r}")
-    return _ACT_TO_HF[cfg.ffn]
 
 
 # GPT-2 --------------------------------------------------------------------------------------------
 def _gpt2_config(hf: dict[str, Any]) -> dict[str, Any]:
-    _require(not hf.get("scale_attn_by_inverse_layer_idx"), "scale_attn_by_inverse_layer_idx=true is not supported")
-    _require(hf.get("scale_attn_weights", True), "scale_attn_weights=false is not supported")
+    require(not hf.get("scale_attn_by_inverse_layer_idx"), "scale_attn_by_inverse_layer_idx=true is not supported")
+    require(hf.get("scale_attn_weights", True), "scale_attn_weights=false is not supported")
     d = hf["n_embd"]
     return dict(vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["n_layer"], n_heads=hf["n_head"],
                 d_ff=hf.get("n_inner") or 4 * d, max_seq_len=hf["n_positions"], pos="learned",
-                ffn=_act(hf.get("activation_function", "gelu_new"), "activation_function"),
+                ffn=activation_from_hf(hf.get("activation_function", "gelu_new"), "activation_function"),
                 norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
                 tie_embeddings=hf.get("tie_word_embeddings", True))
 
 
 def _gpt2_to_hf(cfg: Config) -> dict[str, Any]:
-    _require(cfg.attn_bias and cfg.mlp_bias and cfg.norm_bias and cfg.n_kv_heads == cfg.n_heads,
+    require(cfg.attn_bias and cfg.mlp_bias and cfg.norm_bias and cfg.n_kv_heads == cfg.n_heads,
              "GPT-2 layout needs biases everywhere and multi-head attention")
     return dict(n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff,
-                n_positions=cfg.max_seq_len, activation_function=_plain_act(cfg),
+                n_positions=cfg.max_seq_len, activation_function=activation_to_hf(cfg),
                 layer_norm_epsilon=cfg.norm_eps, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
                 attn_pdrop=cfg.attn_dropout)
 
@@ -127,26 +68,27 @@ def _gpt2_keys(cfg: Config) -> list[tuple[str, str]]:
 # OPT ----------------------------------------------------------------------------------------------
 def _opt_config(hf: dict[str, Any]) -> dict[str, Any]:
     d = hf["hidden_size"]
-    _require(hf.get("word_embed_proj_dim", d) == d,
+    require(hf.get("word_embed_proj_dim", d) == d,
              f"word_embed_proj_dim={hf.get('word_embed_proj_dim')} != hidden_size={d} (OPT-350m's projected "
              "embeddings) is not supported")
-    _require(hf.get("layer_norm_elementwise_affine", True), "layer_norm_elementwise_affine=false is not supported")
+    require(hf.get("layer_norm_elementwise_affine", True), "layer_norm_elementwise_affine=false is not supported")
     pre = hf.get("do_layer_norm_before", True)
     bias = hf.get("enable_bias", True)
     return dict(vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"],
                 n_heads=hf["num_attention_heads"], d_ff=hf["ffn_dim"], max_seq_len=hf["max_position_embeddings"],
-                pos="learned", pos_offset=2, ffn=_act(hf.get("activation_function", "relu"), "activation_function"),
+                pos="learned", pos_offset=2,
+                ffn=activation_from_hf(hf.get("activation_function", "relu"), "activation_function"),
                 norm="layernorm", norm_placement="pre" if pre else "post",
                 final_norm=pre and not hf.get("_remove_final_layer_norm", False),
                 attn_bias=bias, attn_out_bias=bias, mlp_bias=bias, tie_embeddings=hf.get("tie_word_embeddings", True))
 
 
 def _opt_to_hf(cfg: Config) -> dict[str, Any]:
-    _require(cfg.pos_offset == 2 and cfg.attn_bias == cfg.mlp_bias == cfg.attn_out_bias,
+    require(cfg.pos_offset == 2 and cfg.attn_bias == cfg.mlp_bias == cfg.attn_out_bias,
              "OPT layout needs pos_offset=2 and one bias flag for all linears")
     return dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                 ffn_dim=cfg.d_ff, max_position_embeddings=cfg.max_seq_len, word_embed_proj_dim=cfg.d_model,
-                activation_function=_plain_act(cfg), do_layer_norm_before=cfg.norm_placement == "pre",
+                activation_function=activation_to_hf(cfg), do_layer_norm_before=cfg.norm_placement == "pre",
                 enable_bias=cfg.attn_bias, dropout=cfg.dropout, attention_dropout=cfg.attn_dropout)
 
 
@@ -167,16 +109,16 @@ def _neox_config(hf: dict[str, Any]) -> dict[str, Any]:
     return dict(vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
                 n_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
                 max_seq_len=hf["max_position_embeddings"], pos="rope", **_rope_from_hf(hf),
-                ffn=_act(hf.get("hidden_act", "gelu"), "hidden_act"), norm="layernorm",
+                ffn=activation_from_hf(hf.get("hidden_act", "gelu"), "hidden_act"), norm="layernorm",
                 norm_eps=hf.get("layer_norm_eps", 1e-5), residual="parallel" if parallel else "sequential",
                 attn_bias=bias, attn_out_bias=bias, tie_embeddings=hf.get("tie_word_embeddings", False))
 
 
 def _neox_to_hf(cfg: Config) -> dict[str, Any]:
-    _require(cfg.pos == "rope" and not cfg.shared_norm and cfg.n_kv_heads == cfg.n_heads and cfg.mlp_bias,
+    require(cfg.pos == "rope" and not cfg.shared_norm and cfg.n_kv_heads == cfg.n_heads and cfg.mlp_bias,
              "GPT-NeoX layout needs rope, multi-head attention, two norms and MLP biases")
     return dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_seq_len, hidden_act=_plain_act(cfg),
+                intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_seq_len, hidden_act=activation_to_hf(cfg),
                 layer_norm_eps=cfg.norm_eps, use_parallel_residual=cfg.residual == "parallel",
                 attention_bias=cfg.attn_bias, rotary_pct=cfg.rotary_fraction, **_rope_to_hf(cfg))
 
@@ -195,7 +137,7 @@ def _falcon_new_arch(cfg: Config) -> bool:
 
 
 def _falcon_config(hf: dict[str, Any]) -> dict[str, Any]:
-    _require(not hf.get("alibi", False), "Falcon with alibi=true is not supported (rotary Falcon only)")
+    require(not hf.get("alibi", False), "Falcon with alibi=true is not supported (rotary Falcon only)")
     H, d = hf["num_attention_heads"], hf["hidden_size"]
     new = hf.get("new_decoder_architecture", False)
     if new:
@@ -208,20 +150,20 @@ def _falcon_config(hf: dict[str, Any]) -> dict[str, Any]:
     bias = hf.get("bias", False)
     return dict(vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"], n_heads=H, n_kv_heads=K,
                 d_ff=hf.get("ffn_hidden_size") or 4 * d, max_seq_len=hf.get("max_position_embeddings", 2048),
-                pos="rope", **_rope_from_hf(hf), ffn=_act(hf.get("activation", "gelu"), "activation"),
+                pos="rope", **_rope_from_hf(hf), ffn=activation_from_hf(hf.get("activation", "gelu"), "activation"),
                 norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
                 residual="parallel" if parallel else "sequential", shared_norm=shared,
                 attn_bias=bias, attn_out_bias=bias, mlp_bias=bias, tie_embeddings=hf.get("tie_word_embeddings", True))
 
 
 def _falcon_to_hf(cfg: Config) -> dict[str, Any]:
-    _require(cfg.pos == "rope" and cfg.rotary_fraction == 1.0 and cfg.attn_bias == cfg.mlp_bias == cfg.attn_out_bias,
+    require(cfg.pos == "rope" and cfg.rotary_fraction == 1.0 and cfg.attn_bias == cfg.mlp_bias == cfg.attn_out_bias,
              "Falcon layout needs full rope and one bias flag for all linears")
     new = _falcon_new_arch(cfg)
     return dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                 num_kv_heads=cfg.n_kv_heads, multi_query=cfg.n_kv_heads == 1, new_decoder_architecture=new,
                 parallel_attn=cfg.residual == "parallel", num_ln_in_parallel_attn=(1 if cfg.shared_norm else 2) if new
-                else None, bias=cfg.attn_bias, alibi=False, ffn_hidden_size=cfg.d_ff, activation=_plain_act(cfg),
+                else None, bias=cfg.attn_bias, alibi=False, ffn_hidden_size=cfg.d_ff, activation=activation_to_hf(cfg),
                 layer_norm_epsilon=cfg.norm_eps, max_position_embeddings=cfg.max_seq_len, **_rope_to_hf(cfg))
 
 
@@ -248,13 +190,13 @@ def _falcon_groups(cfg: Config) -> int:
 # MPT ----------------------------------------------------------------------------------------------
 def _mpt_config(hf: dict[str, Any]) -> dict[str, Any]:
     attn = hf.get("attn_config") or {}
-    _require(attn.get("alibi", False), "MPT without ALiBi (learned positions) is not supported")
+    require(attn.get("alibi", False), "MPT without ALiBi (learned positions) is not supported")
     for field in ("clip_qkv", "softmax_scale"):
-        _require(attn.get(field) is None, f"attn_config.{field}={attn.get(field)} is not supported")
-    _require(not attn.get("qk_ln", False) and not attn.get("prefix_lm", False), "MPT qk_ln/prefix_lm are not supported")
-    _require(hf.get("logit_scale") is None, "MPT logit_scale is not supported")
+        require(attn.get(field) is None, f"attn_config.{field}={attn.get(field)} is not supported")
+    require(not attn.get("qk_ln", False) and not attn.get("prefix_lm", False), "MPT qk_ln/prefix_lm are not supported")
+    require(hf.get("logit_scale") is None, "MPT logit_scale is not supported")
     H = hf["n_heads"]
-    _require(H & (H - 1) == 0, f"n_heads={H}: MPT orders ALiBi slopes differently from the paper when n_heads is "
+    require(H & (H - 1) == 0, f"n_heads={H}: MPT orders ALiBi slopes differently from the paper when n_heads is "
              "not a power of two; only powers of two are supported")
     bias = not hf.get("no_bias", True)
     d = hf["d_model"]
@@ -266,7 +208,7 @@ def _mpt_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _mpt_to_hf(cfg: Config) -> dict[str, Any]:
-    _require(cfg.pos == "alibi" and cfg.ffn == "gelu" and cfg.tie_embeddings and cfg.n_kv_heads == cfg.n_heads
+    require(cfg.pos == "alibi" and cfg.ffn == "gelu" and cfg.tie_embeddings and cfg.n_kv_heads == cfg.n_heads
              and cfg.d_ff % cfg.d_model == 0, "MPT layout needs alibi, gelu, tied embeddings, MHA, d_ff = k * d_model")
     return dict(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                 expansion_ratio=cfg.d_ff // cfg.d_model, max_seq_len=cfg.max_seq_len, no_bias=not cfg.attn_bias,
@@ -295,7 +237,7 @@ _GATED_TO_HF = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}
 
 def _llama_config(hf: dict[str, Any]) -> dict[str, Any]:
     act = hf.get("hidden_act", "silu")
-    _require(act in _GATED_FROM_HF, f"hidden_act={act!r} is not supported; supported: {', '.join(_GATED_FROM_HF)}")
+    require(act in _GATED_FROM_HF, f"hidden_act={act!r} is not supported; supported: {', '.join(_GATED_FROM_HF)}")
     H = hf["num_attention_heads"]
     out = dict(vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=H,
                n_kv_heads=hf.get("num_key_value_heads") or H, head_dim=hf.get("head_dim"),
@@ -311,7 +253,7 @@ def _llama_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _llama_to_hf(cfg: Config) -> dict[str, Any]:
-    _require(cfg.pos == "rope" and cfg.norm == "rmsnorm" and cfg.gated and cfg.residual == "sequential"
+    require(cfg.pos == "rope" and cfg.norm == "rmsnorm" and cfg.gated and cfg.residual == "sequential"
              and cfg.norm_placement == "pre", "Llama layout needs rope, rmsnorm, a gated FFN and pre-norm")
     out = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, intermediate_size=cfg.d_ff,
@@ -319,7 +261,7 @@ def _llama_to_hf(cfg: Config) -> dict[str, Any]:
                attention_bias=cfg.attn_bias, mlp_bias=cfg.mlp_bias, sliding_window=cfg.sliding_window,
                attention_dropout=cfg.attn_dropout, **_rope_to_hf(cfg))
     if cfg.n_experts:
-        _require(cfg.router == "topk_softmax", "Mixtral layout routes with router='topk_softmax'")
+        require(cfg.router == "topk_softmax", "Mixtral layout routes with router='topk_softmax'")
         out.update(num_local_experts=cfg.n_experts, num_experts_per_tok=cfg.top_k,
                    router_aux_loss_coef=cfg.router_aux_loss_coef)
     return out
@@ -340,7 +282,7 @@ def _llama_keys(cfg: Config) -> list[tuple[str, str]]:
     return keys
 
 
-FAMILIES: dict[str, Family] = {
+DECODERS: dict[str, Family] = {
     "gpt2": Family("gpt2", "GPT2LMHeadModel", _gpt2_config, _gpt2_to_hf, _gpt2_keys, qkv_groups=lambda c: 1,
                     conv1d=True, ignored=(r".*\.attn\.bias", r".*\.attn\.masked_bias")),
     "opt": Family("opt", "OPTForCausalLM", _opt_config, _opt_to_hf, _opt_keys),

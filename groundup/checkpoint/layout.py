@@ -1,0 +1,67 @@
+"""What a checkpoint family is: the Family record every layout fills in, and the helpers the layouts share.
+
+Each family is data: how config.json maps to Config (and back), a list of (groundup module, HF module)
+name templates ({i} = layer, {e} = expert), and the layout of a fused q/k/v matrix when the family has
+one. The virtual module ``blocks.{i}.attn.qkv`` stands for q_proj/k_proj/v_proj stacked; the converter in
+hf.py splits and joins it. The layouts live in decoders.py and encoders.py; registry.py holds them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Config
+
+
+class UnsupportedConfig(ValueError):
+    """config.json asks for a variant groundup does not implement."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one HF model_type maps onto Config and groundup tensor names."""
+
+    model_type: str
+    architecture: str | Callable[[Config], str]  # the HF class name, or a function of the config
+    to_config: Callable[[dict[str, Any]], dict[str, Any]]
+    to_hf: Callable[[Config], dict[str, Any]]
+    keys: Callable[[Config], list[tuple[str, str]]]
+    # Fused qkv row layout: number of row groups; each group holds (H/g q, K/g k, K/g v) heads of D rows.
+    qkv_groups: Callable[[Config], int] | None = None
+    conv1d: bool = False  # GPT-2 stores linear weights as [in, out]
+    ignored: tuple[str, ...] = ()  # HF tensors that carry nothing new (buffers, tied copies): regexes
+    arch: str = "causal_lm"  # the Config.arch this layout holds
+    exact: tuple[tuple[str, str], ...] = ()  # whole tensor names (groundup, HF), matched before the templates
+    row_vectors: tuple[str, ...] = ()  # HF tensors stored [1, N] that groundup keeps as [N]
+
+    def architecture_of(self, cfg: Config) -> str:
+        return self.architecture if isinstance(self.architecture, str) else self.architecture(cfg)
+
+
+def first_of(hf: dict[str, Any], *names: str, default: Any = None) -> Any:
+    for n in names:
+        if hf.get(n) is not None:
+            return hf[n]
+    return default
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UnsupportedConfig(message)
+
+
+_ACT_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+                "gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu"}
+_ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+
+
+def activation_from_hf(name: str, field: str) -> str:
+    require(name in _ACT_FROM_HF, f"{field}={name!r} is not supported; supported: {', '.join(_ACT_FROM_HF)}")
+    return _ACT_FROM_HF[name]
+
+
+def activation_to_hf(cfg: Config) -> str:
+    require(cfg.ffn in _ACT_TO_HF, f"ffn={cfg.ffn!r} cannot be written as family {cfg.family!r}")
+    return _ACT_TO_HF[cfg.ffn]

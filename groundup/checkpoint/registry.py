@@ -1,0 +1,28 @@
+"""The one family registry: every Hugging Face ``model_type`` groundup reads and writes, of every architecture
+(decoder-only, encoder-only, encoder-decoder), by name.
+
+Everything that translates between groundup and an HF layout (checkpoint/hf.py for whole models, peft/io.py
+for adapters, calc for folders) looks a family up here, so a family added to decoders.py or encoders.py is
+known to all of them at once. To add one: write its Family in the module of its architecture and list it
+there; this module needs no change.
+"""
+
+from __future__ import annotations
+
+from ..config import Config
+from .decoders import DECODERS
+from .encoders import ENCODERS
+from .io import CheckpointError
+from .layout import Family, UnsupportedConfig
+
+FAMILIES: dict[str, Family] = {**DECODERS, **ENCODERS}
+
+
+def family_of(cfg: Config) -> Family:
+    """The Family of ``cfg.family``, or a CheckpointError listing the families that have an HF layout."""
+    if cfg.family not in FAMILIES:
+        raise CheckpointError(f"Config.family={cfg.family!r} has no HF layout; choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[cfg.family]
+
+
+__all__ = ["FAMILIES", "Family", "UnsupportedConfig", "family_of"]
