@@ -171,7 +171,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint.io import atomic_file
+    from .utils.files import atomic_file
 
     size = max(4.0, 0.35 * len(ids) + 2)
     fig, ax = plt.subplots(figsize=(size, size))

@@ -163,3 +163,14 @@ def test_family_of_another_arch_cannot_be_saved(tmp_path):
         gu.Seq2Seq(gu.Config.preset("transformer-base", n_layers=1, n_decoder_layers=1, vocab_size=50)
                    ).save_pretrained(tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_safetensors_names_the_file(damage, hf_folder, tmp_path):
+    path = _copy(hf_folder, "llama", tmp_path)
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\xff" * 64, "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*(truncated|not a safetensors file)") as err:
+        gu.from_pretrained(path)
+    assert "download" in str(err.value) or "save" in str(err.value)  # says how to get a good file

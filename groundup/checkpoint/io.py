@@ -6,36 +6,30 @@ Pickle-based checkpoints (.bin, .pt, .pth, .ckpt) are refused: unpickling runs a
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from ..utils.files import FileError, atomic_file, atomic_folder, corrupt_safetensors
+from ..utils.files import read_json as _read_json
+
+__all__ = ["CheckpointError", "atomic_file", "atomic_folder", "load_tensors", "read_json", "weight_files",
+           "write_tensors"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FileError):
     """A checkpoint folder or its contents cannot be used; the message says what and how to fix it."""
 
 
 def read_json(path: Path) -> dict:
-    """A JSON object from a file, with the file named in any error."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    """A JSON object from a file, with the file named in any error (CheckpointError)."""
+    return _read_json(path, error=CheckpointError)
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -70,51 +64,14 @@ def load_tensors(folder: str | Path, dtype: torch.dtype | None = None) -> dict[s
     """All tensors of a folder's safetensors file(s) by name, optionally cast to ``dtype``."""
     out: dict[str, torch.Tensor] = {}
     for path in weight_files(Path(folder)):
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                t = f.get_tensor(name)
-                out[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    t = f.get_tensor(name)
+                    out[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+        except SafetensorError as err:
+            raise corrupt_safetensors(path, err, error=CheckpointError) from None
     return out
-
-
-def atomic_file(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` on a temporary file beside ``path`` (same suffix, so writers that go by the
-    extension still work), then rename it into place: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_folder(folder: str | Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` into a fresh temporary folder beside ``folder``, then swap it into place.
-
-    A crash at any moment leaves either the old folder or the new one complete, never a half-written mix.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        write(tmp)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
 
 
 def write_tensors(folder: Path, tensors: dict[str, torch.Tensor], *, max_shard_bytes: int = 5 * 2**30,

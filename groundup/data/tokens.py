@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint.io import atomic_file
+from ..utils.files import atomic_file
 from .sources import Source
 
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..checkpoint.hf import module_name_from_hf, module_name_to_hf, state_dict_from_hf, state_dict_to_hf
 from ..checkpoint.io import atomic_folder, read_json
 from ..checkpoint.registry import family_of
+from ..utils.files import read_safetensors
 from .ia3 import IA3Config, apply_ia3, ia3_layers
 from .lora import LoraConfig, apply_lora, lora_layers, matches_targets, saved_module_names, train_whole
 from .prefix import apply_prefix_tuning, prefix_of
@@ -179,7 +180,7 @@ def _check_config(meta: dict, path: Path) -> None:
 
 
 def _load_prefix(model: nn.Module, meta: dict, w_path: Path, into_existing: bool) -> nn.Module:
-    tensors = load_file(str(w_path))
+    tensors = read_safetensors(w_path, error=AdapterError)
     cfg, n = model.config, int(meta["num_virtual_tokens"])
     width = cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim
     t = tensors.get("prompt_embeddings")
@@ -200,7 +201,7 @@ def _load_prefix(model: nn.Module, meta: dict, w_path: Path, into_existing: bool
 
 
 def _load_prompt(model: nn.Module, meta: dict, w_path: Path, into_existing: bool) -> nn.Module:
-    tensors = load_file(str(w_path))
+    tensors = read_safetensors(w_path, error=AdapterError)
     if set(tensors) != {"prompt_embeddings"}:
         raise AdapterError(f"{w_path}: a prompt-tuning adapter holds one tensor, prompt_embeddings; found "
                            f"{sorted(tensors)}")
@@ -274,7 +275,7 @@ def read_adapter(model: nn.Module, folder: str | Path) -> AdapterFile:
     parts: dict[str, dict[str, torch.Tensor]] = {}
     hf_of: dict[str, str] = {}
     whole: dict[str, torch.Tensor] = {}  # modules_to_save weights, by HF name
-    for key, t in load_file(str(w_path)).items():
+    for key, t in read_safetensors(w_path, error=AdapterError).items():
         m = pat.fullmatch(key)
         if m is None and meta.get("modules_to_save") and key.startswith(PREFIX):
             whole[key.removeprefix(PREFIX)] = t

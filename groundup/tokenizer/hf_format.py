@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint.io import atomic_file
+from ..utils.files import atomic_write_text
 from .bpe import BPE
 from .components import Decoder, Normalizer, PostProcessor, PreTokenizer, UnsupportedTokenizer
 from .tokenizer import AddedToken, Tokenizer
@@ -149,12 +149,8 @@ def to_json(tok: Tokenizer) -> dict:
     }
 
 
-def atomic_write(path: Path, text: str) -> None:
-    atomic_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 def save_json(tok: Tokenizer, path: str | Path) -> None:
-    atomic_write(Path(path), json.dumps(to_json(tok), ensure_ascii=False, indent=2))
+    atomic_write_text(Path(path), json.dumps(to_json(tok), ensure_ascii=False, indent=2))
 
 
 def config_json(tok: Tokenizer) -> dict:
@@ -177,7 +173,7 @@ def save_pretrained(tok: Tokenizer, folder: str | Path) -> None:
         raise NotADirectoryError(f"{folder} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     save_json(tok, folder / "tokenizer.json")
-    atomic_write(folder / "tokenizer_config.json", json.dumps(config_json(tok), ensure_ascii=False, indent=2))
+    atomic_write_text(folder / "tokenizer_config.json", json.dumps(config_json(tok), ensure_ascii=False, indent=2))
     stale = folder / "chat_template.jinja"  # would override the template just written to the config
     if stale.is_file():
         stale.unlink()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 try:
     from torch.distributed.tensor import DTensor, distribute_tensor
@@ -31,8 +31,8 @@ except ImportError:  # a torch build without torch.distributed: nothing can be s
     DTensor = ()  # type: ignore[assignment,misc]
 
 from ..checkpoint.hf import write_model
-from ..checkpoint.io import atomic_folder
 from ..peft import adapter_layers, has_adapter, load_adapter, write_adapter
+from ..utils.files import atomic_folder, read_safetensors
 
 STATE = "trainer_state.json"
 
@@ -104,7 +104,7 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
         loaded = from_pretrained(folder)
         own = model.state_dict()
         model.load_state_dict({k: _like(v, own[k]) for k, v in loaded.state_dict().items()})
-    tensors = load_file(str(folder / "optimizer.safetensors"))
+    tensors = read_safetensors(folder / "optimizer.safetensors")
     meta = json.loads((folder / "optimizer.json").read_text())
     params = [p for group in optimizer.param_groups for p in group["params"]]  # the state_dict's numbering
     state: dict[int, dict] = {}
@@ -114,7 +114,7 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
             v = _like(v, params[int(idx)])
         state.setdefault(int(idx), {})[name] = v
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    rng = load_file(str(folder / "rng.safetensors"))
+    rng = read_safetensors(folder / "rng.safetensors")
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available():
         cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]

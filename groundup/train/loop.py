@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint.io import atomic_file
+from ..utils.files import atomic_file
 from .checkpoint import DTensor, load_checkpoint, save_checkpoint
 from .objective import Objective
 from .optim import lr_at, make_optimizer
