@@ -45,11 +45,7 @@ def load_causal(folder: str, adapter: str | None = None):
 
 def stop_ids(model, tok) -> list[int]:
     """End-of-text ids: the config's eos_token_id (one or a list) and the tokenizer's eos token."""
-    ids: list[int] = []
-    eos = model.config.extra.get("eos_token_id")
-    for i in eos if isinstance(eos, list) else [eos]:
-        if i is not None:
-            ids.append(int(i))
+    ids = model.config.eos_ids
     if tok.eos_token_id is not None and tok.eos_token_id not in ids:
         ids.append(tok.eos_token_id)
     return ids

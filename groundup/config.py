@@ -109,6 +109,13 @@ class Config:
     flash_block_size: int = 64
     init_std: float = 0.02
 
+    # special token ids (config.json's): generation stops at eos, pads with pad, and an encoder-decoder's
+    # decoder starts from decoder_start_token_id; None = the model has none
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    decoder_start_token_id: int | None = None
+
     # bookkeeping: which HF layout save_pretrained writes; model code never reads it
     family: str = "llama"
     name: str = ""
@@ -182,6 +189,15 @@ class Config:
             raise ValueError(f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}")
         if self.n_experts == 1:
             raise ValueError("n_experts=1 is a dense FFN with a router; use n_experts=0")
+        self._check_token_ids()
+
+    def _check_token_ids(self) -> None:
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            ids = value if isinstance(value, list) else [] if value is None else [value]
+            if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < self.vocab_size for i in ids):
+                raise ValueError(f"{name}={value!r} must be None or a token id in [0, vocab_size={self.vocab_size})"
+                                 + (" (or a list of them)" if name == "eos_token_id" else ""))
 
     def _check_arch(self) -> None:
         if self.arch == "encoder" and self.causal:
@@ -239,6 +255,23 @@ class Config:
     def n_stack_layers(self) -> int:
         """All transformer layers: encoder plus decoder for seq2seq."""
         return self.n_layers + (self.n_decoder_layers or 0)
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """eos_token_id as a list (empty when the model has none)."""
+        e = self.eos_token_id
+        return [] if e is None else list(e) if isinstance(e, list) else [e]
+
+    @property
+    def context_length(self) -> float:
+        """Positions the model was trained for: max_seq_len, times the factor of a RoPE scaling (position
+        interpolation, Chen et al., 2023; NTK-aware scaling, bloc97, 2023); unbounded for ALiBi, whose
+        linear biases extrapolate (Press et al., 2022, "train short, test long")."""
+        if self.pos == "alibi":
+            return float("inf")
+        if self.pos == "rope" and self.rope_scaling != "none":
+            return int(self.max_seq_len * self.rope_scaling_factor)
+        return self.max_seq_len
 
     @property
     def n_query_groups(self) -> int:

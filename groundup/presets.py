@@ -38,7 +38,7 @@ _T5: dict[str, Any] = dict(
     arch="seq2seq", family="t5", vocab_size=32128, max_seq_len=512, pos="relative", rel_buckets=32,
     rel_max_distance=128, ffn="relu", norm="rmsnorm", norm_eps=1e-6, attn_bias=False, attn_out_bias=False,
     mlp_bias=False, attn_scale="none", tie_embeddings=True, lm_head_scale="inv_sqrt_d",
-    extra={"pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0},
+    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
 )
 # The original Transformer (Vaswani et al., 2017) and Marian NMT: post-norm encoder-decoder with sinusoidal
 # positions and sqrt(d_model)-scaled embeddings shared by encoder, decoder and output projection.
@@ -104,7 +104,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "transformer-base": dict(_TRANSFORMER, vocab_size=37000),
     # Helsinki-NLP opus-mt-en-de (Marian): SiLU FFN, split sin|cos table, a bias on the output logits
     "opus-mt-en-de": dict(_TRANSFORMER, vocab_size=58101, ffn="silu", sinusoidal_layout="split", lm_head_bias=True,
-                          extra={"pad_token_id": 58100, "eos_token_id": 0, "decoder_start_token_id": 58100}),
+                          pad_token_id=58100, eos_token_id=0, decoder_start_token_id=58100),
     # tiny presets for tests and demos
     "tiny-gpt2": dict(_GPT2, vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_seq_len=128),
     "tiny-llama": dict(_LLAMA, vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
@@ -118,5 +118,5 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny-t5": dict(_T5, vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128, rel_buckets=8,
                     rel_max_distance=32),
     "tiny-transformer": dict(_TRANSFORMER, vocab_size=256, d_model=64, n_layers=2, n_decoder_layers=2, n_heads=4,
-                             d_ff=128, extra={"pad_token_id": 0, "eos_token_id": 2, "decoder_start_token_id": 0}),
+                             d_ff=128, pad_token_id=0, eos_token_id=2, decoder_start_token_id=0),
 }

@@ -93,7 +93,7 @@ def test_beams_end_at_eos_and_differ_from_greedy(name, hf_encdec_folder, tmp_pat
     src, mask = _source(3)
     beams = model.generate(src, attention_mask=mask, num_beams=4, max_new_tokens=9)
     greedy = model.generate(src, attention_mask=mask, max_new_tokens=9)
-    eos = model.config.extra["eos_token_id"]
+    eos = model.config.eos_token_id
     rows = _trim(beams, eos)
     assert any(r[-1] == eos and len(r) < 10 for r in rows) and len({len(r) for r in rows}) > 1
     assert rows != _trim(greedy, eos)

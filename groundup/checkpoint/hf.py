@@ -18,9 +18,10 @@ from ..models import meta_model
 from .io import CheckpointError, atomic_folder, load_tensors, read_json, write_tensors
 from .registry import FAMILIES, UnsupportedConfig, family_of
 
-# config.json fields carried through a round trip in Config.extra (token ids, label names)
-PASSTHROUGH = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "forced_eos_token_id",
-               "id2label")
+# config.json's special token ids, which are named Config fields
+TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+# other config.json fields carried through a round trip in Config.extra
+PASSTHROUGH = ("forced_eos_token_id", "id2label")
 Model = torch.nn.Module  # CausalLM | Encoder | Seq2Seq
 
 
@@ -67,8 +68,9 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> Config:
     except KeyError as err:
         raise CheckpointError(f"{source} ({model_type}): required field {err.args[0]!r} is missing") from None
     extra = {k: hf[k] for k in PASSTHROUGH if k in hf}
+    ids = {k: hf[k] for k in TOKEN_IDS if hf.get(k) is not None}
     try:
-        return Config(**kwargs, family=model_type, name=hf.get("_name_or_path", "") or "", extra=extra)
+        return Config(**kwargs, **ids, family=model_type, name=hf.get("_name_or_path", "") or "", extra=extra)
     except ValueError as err:
         raise CheckpointError(f"{source}: {err}") from None
 
@@ -88,7 +90,7 @@ def config_to_hf(cfg: Config, dtype: torch.dtype = torch.float32) -> dict[str, A
         raise CheckpointError(f"cannot write this config as {cfg.family}: {err}") from None
     return {"architectures": [architecture], "model_type": family.model_type, "vocab_size": cfg.vocab_size,
             "tie_word_embeddings": cfg.tie_embeddings, "dtype": str(dtype).removeprefix("torch."),
-            **cfg.extra, **body}
+            **{k: getattr(cfg, k) for k in TOKEN_IDS if getattr(cfg, k) is not None}, **cfg.extra, **body}
 
 
 def state_dict_from_hf(tensors: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:

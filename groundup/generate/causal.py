@@ -15,17 +15,20 @@ free of cache logic, and the reference the tests hold the cached path to.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import torch
 
-from .sampling import apply_repetition_penalty, check_sampling, next_token
+from .masks import GrowingMask
+from .sampling import apply_repetition_penalty, check_sampling, next_token, no_stop_yet
 from .speculative import SpeculativeStats, check_draft, speculative_steps
 from .stopping import Stopper
 
 Prompts = torch.Tensor | Sequence[Sequence[int]]
+Steps = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (tokens [B], finished before this step [B]) per step
 
 
 def _left_pad(input_ids: Prompts, attention_mask: torch.Tensor | None, pad: int, device) -> tuple[torch.Tensor,
@@ -60,15 +63,8 @@ def _stop_ids(model, eos_token_id) -> list[int]:
     return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(t) for t in eos_token_id]
 
 
-def context_length(cfg) -> float:
-    """Longest prompt generation accepts: max_seq_len, times the factor of a RoPE scaling (position
-    interpolation, Chen et al., 2023; NTK-aware scaling, bloc97, 2023), unbounded for ALiBi, whose linear
-    biases extrapolate (Press et al., 2022, "train short, test long")."""
-    if cfg.pos == "alibi":
-        return float("inf")
-    if cfg.pos == "rope" and cfg.rope_scaling != "none":
-        return int(cfg.max_seq_len * cfg.rope_scaling_factor)
-    return cfg.max_seq_len
+class ContextWarning(UserWarning):
+    """Generation goes past the positions a model was trained for."""
 
 
 @contextlib.contextmanager
@@ -92,16 +88,19 @@ def decoding(model: torch.nn.Module | None, rope_scaling: tuple[str, float] | No
         model.train(was_training)
 
 
-def _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos):
+def _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos, min_new_tokens=0,
+             warn=True):
     cfg = model.config
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise ValueError(f"min_new_tokens={min_new_tokens} must be in [0, max_new_tokens={max_new_tokens}]")
     device = next(model.parameters()).device
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
     ids, mask = _left_pad(input_ids, attention_mask, pad, device)
     if ids.shape[1] == 0 or not bool(mask.sum(1).all()):
         raise ValueError("every prompt needs at least one token (a BOS token if there is no text)")
-    limit = context_length(cfg)
+    limit = cfg.context_length
     if ids.shape[1] > limit and not truncate:
         hint = ", or extend it: rope_scaling=('linear' or 'ntk', factor)" if cfg.pos == "rope" else ""
         raise ValueError(f"the prompt has {ids.shape[1]} tokens, more than the model's context of {limit}: "
@@ -115,29 +114,37 @@ def _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_tok
         if keep < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in max_seq_len={limit}")
         ids, mask = ids[:, -keep:], mask[:, -keep:]
+    if warn and cfg.pos == "rope" and ids.shape[1] + max_new_tokens > limit:
+        # once per call, before any work: RoPE runs past its trained positions, but quality drops fast there
+        warnings.warn(f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) goes past the model's "
+                      f"trained context of {limit} positions (max_seq_len={cfg.max_seq_len}"
+                      f"{'' if cfg.rope_scaling == 'none' else ', with its rope scaling'}); beyond it outputs "
+                      "degrade. Lower max_new_tokens, or extend the context: rope_scaling=('linear', factor)",
+                      ContextWarning, stacklevel=4)
     return ids, mask, pad
 
 
 @torch.no_grad()
 def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *, temperature: float,
            top_k: int | None, top_p: float | None, repetition_penalty: float, generator: torch.Generator | None,
-           stopper: Stopper) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+           stopper: Stopper, min_new_tokens: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (tokens [B], finished-before-this-step [B]) per step; the loop behind generate and stream."""
-    B, T = ids.shape
+    T = ids.shape[1]
     cache = model.new_cache(T + max_new_tokens)
-    full_mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)  # [B, T + n]
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]: real tokens count from 0
     padded = not bool(mask.all())
+    padding = GrowingMask(mask, max_new_tokens)  # [B, T + i] as tokens come
+    positions = padding.positions(0, T)  # [B, T]: real tokens count from 0
     seen, seen_mask = ids, mask
     # Unpadded rows take the default positions (after the cache): one shared RoPE table, not one per row.
     step_ids, pos = ids, positions if padded else None
     for i in range(max_new_tokens):
         # The prompt first, then one token per step; the mask covers cached + new positions: [B, T + i].
-        step_mask = full_mask[:, : T + i] if padded else None
+        step_mask = padding.upto(T + i) if padded else None
         logits = model(step_ids, attention_mask=step_mask, position_ids=pos, cache=cache,
                        logits_to_keep=1)[:, -1].float()  # [B, V]
         if repetition_penalty != 1.0:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty, seen_mask)
+        logits = no_stop_yet(logits, stopper.eos_ids, i, min_new_tokens)
         tok = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         tok, finished_before = stopper.push(tok)
         yield tok, finished_before
@@ -152,7 +159,7 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
 def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=0.0, top_k=None, top_p=None,
            repetition_penalty=1.0, eos_token_id=None, pad_token_id=None, stop_strings=None, tokenizer=None,
            seed=None, generator=None, truncate=False, draft_model=None, num_draft_tokens=4, draft_confidence=0.0,
-           stats=None) -> tuple[torch.Tensor, Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]]:
+           stats=None, min_new_tokens=0) -> tuple[torch.Tensor, Callable[[], Steps]]:
     """Check everything, then return the left-padded prompts [B, T] and the decoding loop to run."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     if getattr(getattr(model, "config", None), "arch", None) != "causal_lm":
@@ -162,11 +169,14 @@ def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature
         raise ValueError("stop_strings need the tokenizer (tokenizer=...) to read the generated text")
     if draft_model is not None:
         check_draft(model, draft_model, num_draft_tokens, repetition_penalty, draft_confidence)
+        if min_new_tokens:
+            raise ValueError("min_new_tokens is not supported with a draft model: drop one of the two")
     eos = _stop_ids(model, eos_token_id)
-    ids, mask, pad = _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos)
+    ids, mask, pad = _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos,
+                              min_new_tokens)
     if draft_model is not None:
         try:  # the draft reads the same positions: it must have room for them too
-            _prepare(draft_model, ids, max_new_tokens, mask, False, pad, eos)
+            _prepare(draft_model, ids, max_new_tokens, mask, False, pad, eos, warn=False)
         except ValueError as e:
             raise ValueError(f"draft_model: {e}") from None
     if generator is None and seed is not None:
@@ -175,13 +185,15 @@ def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature
                       device=ids.device)
     opts = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, stopper=stopper)
     if draft_model is None:
-        return ids, partial(_steps, model, ids, mask, max_new_tokens, repetition_penalty=repetition_penalty, **opts)
+        return ids, partial(_steps, model, ids, mask, max_new_tokens, repetition_penalty=repetition_penalty,
+                            min_new_tokens=min_new_tokens, **opts)
     return ids, partial(speculative_steps, model, draft_model, ids, mask, max_new_tokens,
                         num_draft=num_draft_tokens, stats=stats, min_confidence=draft_confidence, **opts)
 
 
 def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 32, *,
-             attention_mask: torch.Tensor | None = None, temperature: float = 0.0, top_k: int | None = None,
+             attention_mask: torch.Tensor | None = None, min_new_tokens: int = 0, temperature: float = 0.0,
+             top_k: int | None = None,
              top_p: float | None = None, repetition_penalty: float = 1.0,
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
              stop_strings: Sequence[str] | None = None, tokenizer: Any = None,
@@ -199,6 +211,8 @@ def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 3
     (context_length) is an error, or is cut to its last tokens with ``truncate=True``. ``rope_scaling``
     ("linear" or "ntk", factor) extends a RoPE model's context for this call only.
 
+    ``min_new_tokens``: the stop ids cannot be chosen before that many new tokens.
+
     ``draft_model`` (a smaller CausalLM with the same tokenizer) turns on speculative decoding: it guesses
     ``num_draft_tokens`` tokens per round (fewer when it gives its guess a probability below
     ``draft_confidence``) and this model verifies them in one pass; greedy output is identical and sampled
@@ -211,7 +225,8 @@ def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 3
                             repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
                             pad_token_id=pad_token_id, stop_strings=stop_strings, tokenizer=tokenizer,
                             seed=seed, generator=generator, truncate=truncate, draft_model=draft_model,
-                            num_draft_tokens=num_draft_tokens, draft_confidence=draft_confidence, stats=stats)
+                            num_draft_tokens=num_draft_tokens, draft_confidence=draft_confidence, stats=stats,
+                            min_new_tokens=min_new_tokens)
         new = [tok for tok, _ in steps()]
     return torch.cat([ids, torch.stack(new, dim=1)], dim=1)
 

@@ -83,3 +83,12 @@ def next_token(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | N
         return logits.argmax(dim=-1)
     probs = probabilities(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def no_stop_yet(scores: torch.Tensor, eos: list[int], generated: int, min_new_tokens: int) -> torch.Tensor:
+    """Scores [N, V] with the stop ids made impossible while fewer than ``min_new_tokens`` tokens have been
+    generated (transformers' MinNewTokensLengthLogitsProcessor)."""
+    if eos and generated < min_new_tokens:
+        scores = scores.clone()
+        scores[:, eos] = -float("inf")
+    return scores

@@ -1,4 +1,4 @@
-"""Greedy and beam-search decoding for Seq2Seq models.
+"""Greedy, sampled and beam-search decoding for Seq2Seq models.
 
 The encoder runs once; every decoder step feeds only the newest token and a DecoderCache supplies the
 self-attention keys/values of earlier steps and the cross-attention keys/values projected on the first.
@@ -16,9 +16,13 @@ the same sequences on the same weights.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+
+from .sampling import apply_repetition_penalty, check_sampling, next_token, no_stop_yet
+from .stopping import Stopper
 
 if TYPE_CHECKING:
     from ..models.seq2seq import Seq2Seq
@@ -26,49 +30,56 @@ if TYPE_CHECKING:
 NEG = -1.0e9  # score of an impossible hypothesis (finite, so sums and divisions stay ordered)
 
 
-def _special_ids(model: Seq2Seq, eos_token_id: int | None, pad_token_id: int | None) -> tuple[int | None, int]:
-    extra = model.config.extra
-    eos = eos_token_id if eos_token_id is not None else extra.get("eos_token_id")
-    if isinstance(eos, list):
-        eos = eos[0]
-    pad = pad_token_id if pad_token_id is not None else extra.get("pad_token_id")
-    return eos, int(pad if pad is not None else (eos if eos is not None else 0))
+def _pad_id(model: Seq2Seq, eos: list[int], pad_token_id: int | None) -> int:
+    pad = pad_token_id if pad_token_id is not None else model.config.pad_token_id
+    return int(pad if pad is not None else (eos[0] if eos else 0))
 
 
-def _check(model: Seq2Seq, input_ids: torch.Tensor, max_new_tokens: int, num_beams: int) -> None:
+def _check(model: Seq2Seq, input_ids: torch.Tensor, max_new_tokens: int, num_beams: int,
+           min_new_tokens: int = 0) -> None:
     if model.config.arch != "seq2seq":
         raise ValueError(f"encoder-decoder decoding needs a Seq2Seq model, got arch={model.config.arch!r}")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError("input_ids must be a [batch, seq_len] tensor of source token ids")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise ValueError(f"min_new_tokens={min_new_tokens} must be in [0, max_new_tokens={max_new_tokens}]")
     if num_beams < 1:
         raise ValueError(f"num_beams={num_beams} must be >= 1")
 
 
 @torch.no_grad()
 def greedy(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-           max_new_tokens: int = 32, eos_token_id: int | None = None, pad_token_id: int | None = None
-           ) -> torch.Tensor:
-    """Argmax decoding: [B, S] source ids -> [B, 1 + n] target ids starting with the decoder start token.
+           max_new_tokens: int = 32, min_new_tokens: int = 0, eos: Sequence[int] = (),
+           pad_token_id: int | None = None, temperature: float = 0.0, top_k: int | None = None,
+           top_p: float | None = None, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
+           stop_strings: Sequence[str] = (), tokenizer: Any = None) -> torch.Tensor:
+    """Argmax (temperature 0) or sampled decoding: [B, S] source ids -> [B, 1 + n] target ids starting
+    with the decoder start token.
 
-    A sequence that has produced EOS is padded from then on; decoding stops when all have, or after
-    ``max_new_tokens``.
+    A sequence that has produced one of the ``eos`` ids (or whose text holds a stop string) is padded from
+    then on; decoding stops when all have, or after ``max_new_tokens``.
     """
-    _check(model, input_ids, max_new_tokens, 1)
-    eos, pad = _special_ids(model, eos_token_id, pad_token_id)
+    _check(model, input_ids, max_new_tokens, 1, min_new_tokens)
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    eos = list(eos)
+    pad = _pad_id(model, eos, pad_token_id)
     memory = model.encode(input_ids, attention_mask=attention_mask)
     cache = model.new_cache()
     out = torch.full((input_ids.shape[0], 1), model.decoder_start_token_id, dtype=torch.long, device=input_ids.device)
-    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    for _ in range(max_new_tokens):
-        logits = model.decode(out[:, -1:], memory, memory_mask=attention_mask, cache=cache)[:, -1]
-        nxt = logits.argmax(dim=-1).masked_fill(finished, pad)
+    stopper = Stopper(input_ids.shape[0], eos=eos, pad=pad, stop_strings=stop_strings, tokenizer=tokenizer,
+                      device=input_ids.device)
+    for i in range(max_new_tokens):
+        logits = model.decode(out[:, -1:], memory, memory_mask=attention_mask, cache=cache)[:, -1].float()
+        if repetition_penalty != 1.0:
+            logits = apply_repetition_penalty(logits, out, repetition_penalty)
+        logits = no_stop_yet(logits, eos, i, min_new_tokens)
+        nxt = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        nxt, _ = stopper.push(nxt)
         out = torch.cat((out, nxt[:, None]), dim=1)
-        if eos is not None:
-            finished |= nxt == eos
-            if bool(finished.all()):
-                break
+        if stopper.all_done:
+            break
     return out
 
 
@@ -81,15 +92,17 @@ def _pick(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 num_beams: int = 4, max_new_tokens: int = 32, length_penalty: float = 1.0,
-                early_stopping: bool | Literal["never"] = False, eos_token_id: int | None = None,
-                pad_token_id: int | None = None) -> torch.Tensor:
+                early_stopping: bool | Literal["never"] = False, eos: Sequence[int] = (),
+                pad_token_id: int | None = None, min_new_tokens: int = 0) -> torch.Tensor:
     """Beam search: [B, S] source ids -> [B, 1 + n] best target ids (start token first, padded after EOS).
 
     ``length_penalty`` > 0 favours longer outputs, < 0 shorter ones; see the module docstring for the
     stopping rules.
     """
-    _check(model, input_ids, max_new_tokens, num_beams)
-    eos, pad = _special_ids(model, eos_token_id, pad_token_id)
+    _check(model, input_ids, max_new_tokens, num_beams, min_new_tokens)
+    eos = list(eos)
+    pad = _pad_id(model, eos, pad_token_id)
+    eos_t = torch.tensor(eos, dtype=torch.long, device=input_ids.device)
     B, N, dev = input_ids.shape[0], num_beams, input_ids.device
     K = 2 * N  # candidates examined per step: enough that N survive even if N of them end
     max_len = 1 + max_new_tokens
@@ -111,7 +124,8 @@ def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torc
 
     for t in range(1, max_len):  # t = position being generated = tokens generated after this step
         logits = model.decode(seqs[:, :, t - 1].reshape(B * N, 1), memory, memory_mask=mem_mask, cache=cache)
-        logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # [B*N, V]
+        # as transformers: the min-length rule acts on the log-probabilities, which are not renormalised
+        logp = no_stop_yet(torch.log_softmax(logits[:, -1].float(), dim=-1), eos, t - 1, min_new_tokens)  # [B*N, V]
         V = logp.shape[-1]
         total = logp.view(B, N, V) + scores[:, :, None]
         top, flat = total.view(B, N * V).topk(K)  # [B, K]
@@ -119,8 +133,8 @@ def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torc
         cand = _pick(seqs, beam).clone()  # [B, K, max_len]
         cand[:, :, t] = token
         ends = torch.full_like(token, t + 1 >= max_len, dtype=torch.bool)
-        if eos is not None:
-            ends |= token == eos
+        if eos:
+            ends |= torch.isin(token, eos_t)
 
         # continue with the best N candidates that did not end
         live = top + ends.float() * NEG

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..nn.kv_cache import DecoderCache
+from ..nn.kv_cache import DecoderCache, cache_capacity
+from .masks import GrowingMask
 from .sampling import probabilities
 from .stopping import Stopper
 
@@ -71,13 +72,12 @@ def check_draft(target: torch.nn.Module, draft: torch.nn.Module, num_draft_token
 class _Runner:
     """One model with its static cache, fed the tokens it has not seen yet."""
 
-    def __init__(self, model: torch.nn.Module, capacity: int, full_mask: torch.Tensor | None,
-                 full_pos: torch.Tensor | None) -> None:
+    def __init__(self, model: torch.nn.Module, capacity: int, padding: GrowingMask | None) -> None:
         # A rolling cache cannot take rejected positions back: always a static one (the window still
         # applies through the attention mask).
-        self.skip = getattr(getattr(model, "prefix_tuning", None), "n", 0)  # a prefix-tuned model's own slots
+        self.skip = model.prefix_length  # a prefix-tuned model's own slots
         self.model, self.cache = model, DecoderCache.static(model.config.n_layers, capacity + self.skip)
-        self.full_mask, self.full_pos = full_mask, full_pos
+        self.padding = padding
 
     @property
     def length(self) -> int:
@@ -92,8 +92,8 @@ class _Runner:
         """Run the positions of seq [B, L] after the cached ones; logits of the last ``keep`` [B, keep, V]."""
         a = self.length
         new = seq[:, a:]  # [B, t]
-        mask = self.full_mask[:, : seq.shape[1]] if self.full_mask is not None else None
-        pos = self.full_pos[:, a: seq.shape[1]] if self.full_pos is not None else None
+        mask = self.padding.upto(seq.shape[1]) if self.padding is not None else None
+        pos = self.padding.positions(a, seq.shape[1]) if self.padding is not None else None
         return self.model(new, attention_mask=mask, position_ids=pos, cache=self.cache,
                           logits_to_keep=keep).float()
 
@@ -109,13 +109,11 @@ def speculative_steps(target: torch.nn.Module, draft: torch.nn.Module, ids: torc
     ``min_confidence`` (for any row)."""
     B, T = ids.shape
     stats = stats if stats is not None else SpeculativeStats()
-    capacity = T + max_new_tokens + num_draft
-    full_mask = full_pos = None
-    if not bool(mask.all()):  # left padding: explicit mask and positions counting real tokens from 0
-        full_mask = torch.cat([mask, mask.new_ones(B, max_new_tokens + num_draft)], dim=1)  # [B, capacity]
-        full_pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
-    tgt = _Runner(target, capacity, full_mask, full_pos)
-    drf = _Runner(draft, capacity, full_mask, full_pos)
+    capacity = cache_capacity(target.config, T + max_new_tokens + num_draft)
+    # left padding: explicit mask and positions counting real tokens from 0
+    padding = None if bool(mask.all()) else GrowingMask(mask, max_new_tokens + num_draft)
+    tgt = _Runner(target, capacity, padding)
+    drf = _Runner(draft, capacity, padding)
     sample = temperature > 0
 
     def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -19,7 +19,8 @@ class Stopper:
                  tokenizer: Any = None, device: torch.device | str = "cpu") -> None:
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
         self.pad, self.stop_strings, self.tokenizer = pad, list(stop_strings), tokenizer
-        self.eos = torch.tensor(list(eos), device=device) if eos else None
+        self.eos_ids = list(eos)
+        self.eos = torch.tensor(self.eos_ids, device=device) if eos else None
         self.generated: list[list[int]] = [[] for _ in range(batch)]
         # A stop string of n bytes lies within the last n + 1 tokens (a token carries at least one byte; one
         # more covers a decoder that drops the first token's leading space). Decoding that tail, not each

@@ -3,20 +3,19 @@ presets of it (see groundup/presets.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from ..config import Config
 from ..nn.cross_entropy import cross_entropy, linear_cross_entropy
-from ..nn.kv_cache import DecoderCache
+from ..nn.kv_cache import DecoderCache, cache_capacity
 from ..nn.linear import Linear
-from .common import TiedHead, check_ids, init_weights, unique_params
+from .base import KVPrefix, PreTrained
+from .common import TiedHead, check_ids, init_weights
 from .stack import Stack
 
 
-class CausalLM(TiedHead, Stack):
+class CausalLM(PreTrained, TiedHead, Stack):
     """Token embedding -> n_layers blocks -> final norm -> lm_head. forward(input_ids) -> logits [B, T, V]."""
 
     def __init__(self, cfg: Config) -> None:
@@ -24,6 +23,7 @@ class CausalLM(TiedHead, Stack):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
         self.tie_weights()
+        self.init_hooks()
         if not any(p.is_meta for p in self.parameters()):
             self.apply(lambda m: init_weights(m, cfg.init_std))
 
@@ -48,12 +48,11 @@ class CausalLM(TiedHead, Stack):
         = n > 0 returns the logits of the last n positions only, [B, n, V]: generation needs the last
         one after a prompt, speculative decoding the verified drafts.
         """
-        prefix = getattr(self, "prefix_tuning", None)
-        if prefix is not None:  # peft/prefix.py: the trainable keys/values go into the cache before the input
-            cache, attention_mask, position_ids = self._with_prefix(prefix, input_ids, cache, attention_mask,
-                                                                    position_ids)
+        if self.prefix_tuning is not None:  # peft/prefix.py: trainable keys/values go into the cache first
+            cache, attention_mask, position_ids = self._with_prefix(self.prefix_tuning, input_ids, cache,
+                                                                    attention_mask, position_ids)
         offset = cache.length if cache is not None else 0
-        check_ids(self.config, input_ids, None, offset=offset, extra_ids=getattr(self.embed, "num_virtual", 0))
+        check_ids(self.config, input_ids, None, offset=offset, extra_ids=self.virtual_tokens)
         want = (input_ids.shape[0], offset + input_ids.shape[1])
         if attention_mask is not None and tuple(attention_mask.shape) != want:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be [batch, cached + new] = "
@@ -75,7 +74,8 @@ class CausalLM(TiedHead, Stack):
             return out, aux_total * (self.config.router_aux_loss_coef / n_moe)
         return out
 
-    def _with_prefix(self, prefix, ids: torch.Tensor, cache: DecoderCache | None, attention_mask, position_ids):
+    def _with_prefix(self, prefix: KVPrefix, ids: torch.Tensor, cache: DecoderCache | None,
+                     attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None):
         """Put the prefix into an empty (or new) cache; widen a mask and shift positions that only count the
         real tokens, so the prefix sits at positions 0..n-1 before them."""
         if cache is None:
@@ -95,47 +95,18 @@ class CausalLM(TiedHead, Stack):
         cfg = self.config
         if capacity is None:
             return DecoderCache.empty(cfg.n_layers)
-        capacity += getattr(getattr(self, "prefix_tuning", None), "n", 0)  # a prefix fills the first slots
+        capacity = cache_capacity(cfg, capacity)  # a first size: the static cache grows past it
+        capacity += self.prefix_length  # a prefix fills the first slots
         # ALiBi's bias needs key positions, which the ring's reordering does not keep: preallocate instead.
         if cfg.sliding_window and cfg.sliding_window < capacity and cfg.pos != "alibi":
             return DecoderCache.rolling(cfg.n_layers, cfg.sliding_window)
         return DecoderCache.static(cfg.n_layers, capacity)
-
-    def generate(self, input_ids, max_new_tokens: int = 32, **kwargs) -> torch.Tensor:
-        """KV-cached generation; see groundup.generate.causal.generate for the options."""
-        from ..generate.causal import generate
-
-        return generate(self, input_ids, max_new_tokens, **kwargs)
 
     @torch.no_grad()
     def attention_weights(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
         """Attention probabilities [B, H, T, T] of one layer, from the eager kernel (for heatmaps)."""
         if not 0 <= layer < self.config.n_layers:
             raise ValueError(f"layer={layer} is out of range: the model has {self.config.n_layers} layers")
-        check_ids(self.config, input_ids, None, extra_ids=getattr(self.embed, "num_virtual", 0))
+        check_ids(self.config, input_ids, None, extra_ids=self.virtual_tokens)
         x, rope = self.inputs(self.embed, input_ids)
         return self.run(x, rope=rope, weights_of=layer)[2]
-
-    # ---------------------------------------------------------------------------------------------
-    def num_params(self, *, active: bool = False) -> int:
-        """Unique parameters (tied weights counted once); ``active``: those used per token under top-k."""
-        total = unique_params(self)
-        if active and self.config.n_experts:
-            per_expert = sum(p.numel() for p in self.blocks[0].mlp.experts[0].parameters())
-            unused = self.config.n_experts - self.config.top_k
-            total -= self.config.n_layers * unused * per_expert
-        return total
-
-    def save_pretrained(self, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> None:
-        """Write an HF folder (config.json + safetensors) that transformers loads."""
-        from ..checkpoint.hf import save_pretrained
-
-        save_pretrained(self, folder, max_shard_bytes=max_shard_bytes)
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, *, dtype: torch.dtype | None = None) -> CausalLM:
-        """Load a local HF folder of a supported decoder family."""
-        from ..checkpoint.hf import from_pretrained
-
-        return from_pretrained(folder, dtype=dtype)
-

@@ -10,7 +10,6 @@ position and segment embeddings are summed and normalised; bidirectional blocks 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -20,7 +19,8 @@ from ..config import Config
 from ..nn.linear import Linear
 from ..nn.mlp import ACTIVATIONS
 from ..nn.norm import make_norm
-from .common import check_ids, init_weights, unique_params
+from .base import PreTrained
+from .common import check_ids, init_weights
 from .stack import Stack
 
 
@@ -49,7 +49,7 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(x[:, 0]))
 
 
-class Encoder(Stack):
+class Encoder(PreTrained, Stack):
     """Embeddings -> bidirectional blocks -> heads. forward(input_ids, ...) -> MLM logits [B, T, V]."""
 
     def __init__(self, cfg: Config) -> None:
@@ -65,6 +65,7 @@ class Encoder(Stack):
         self.nsp_head = Linear(cfg.d_model, 2) if cfg.nsp_head else None
         self.classifier = Linear(cfg.d_model, cfg.num_labels) if cfg.num_labels else None
         self.tie_weights()
+        self.init_hooks()
         if not any(p.is_meta for p in self.parameters()):
             self.apply(lambda m: init_weights(m, cfg.init_std))
 
@@ -199,14 +200,3 @@ class Encoder(Stack):
     def _need(self, head: str, fix: str) -> None:
         if getattr(self, head) is None:
             raise ValueError(f"this Encoder has no {head} ({head} is off in its Config); use {fix}")
-
-    # ---------------------------------------------------------------------------------------------
-    def num_params(self, *, active: bool = False) -> int:
-        """Unique parameters (tied weights counted once); ``active`` is the same (no experts here)."""
-        return unique_params(self)
-
-    def save_pretrained(self, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> None:
-        """Write an HF folder (config.json + safetensors) that transformers loads."""
-        from ..checkpoint.hf import save_pretrained
-
-        save_pretrained(self, folder, max_shard_bytes=max_shard_bytes)

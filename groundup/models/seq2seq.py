@@ -8,19 +8,18 @@ DecoderCache keeps the decoder's self-attention keys/values and the projected cr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from ..config import Config
 from ..nn.kv_cache import DecoderCache
 from ..nn.linear import Linear
-from .common import TiedHead, check_ids, init_weights, unique_params
-from .stack import Stack, set_attn_kernel
+from .base import PreTrained
+from .common import TiedHead, check_ids, init_weights
+from .stack import Stack
 
 
-class Seq2Seq(TiedHead, nn.Module):
+class Seq2Seq(PreTrained, TiedHead, nn.Module):
     """forward(input_ids, decoder_input_ids=...) -> decoder logits [B, T_dec, V]."""
 
     def __init__(self, cfg: Config) -> None:
@@ -33,9 +32,9 @@ class Seq2Seq(TiedHead, nn.Module):
         self.decoder = Stack(cfg, cfg.n_decoder_layers, causal=True, cross=True)
         self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
         self.tie_weights()
+        self.init_hooks()
         if not any(p.is_meta for p in self.parameters()):
             self.apply(lambda m: init_weights(m, cfg.init_std))
-
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None, *, decoder_input_ids: torch.Tensor | None = None,
@@ -87,31 +86,6 @@ class Seq2Seq(TiedHead, nn.Module):
             h = h * cfg.d_model**-0.5  # T5 v1.0 rescales before its tied head
         return self.lm_head(h)
 
-    def set_activation_checkpointing(self, on: bool = True) -> Seq2Seq:
-        """Recompute block activations in backward, in the encoder and the decoder."""
-        from .stack import set_activation_checkpointing
-
-        set_activation_checkpointing(self, on)
-        return self
-
-    def set_attn_kernel(self, kernel: str) -> Seq2Seq:
-        """Switch every attention layer (both stacks) to the 'eager', 'sdpa' or 'flash' kernel."""
-        set_attn_kernel(self, kernel)
-        return self
-
-    def generate(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                 max_new_tokens: int = 32, num_beams: int = 1, length_penalty: float = 1.0,
-                 early_stopping: bool | str = False, eos_token_id: int | None = None) -> torch.Tensor:
-        """Greedy (num_beams=1) or beam-search decoding: source [B, S] -> target ids [B, 1 + n]."""
-        from ..generate.seq2seq import beam_search, greedy
-
-        if num_beams == 1:
-            return greedy(self, input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                          eos_token_id=eos_token_id)
-        return beam_search(self, input_ids, attention_mask=attention_mask, num_beams=num_beams,
-                           max_new_tokens=max_new_tokens, length_penalty=length_penalty,
-                           early_stopping=early_stopping, eos_token_id=eos_token_id)
-
     def new_cache(self) -> DecoderCache:
         """An empty decoder cache for incremental decoding."""
         return DecoderCache.empty(len(self.decoder.blocks))
@@ -119,27 +93,14 @@ class Seq2Seq(TiedHead, nn.Module):
     @property
     def decoder_start_token_id(self) -> int:
         """The first decoder input: config.json's decoder_start_token_id, else the pad id, else 0."""
-        extra = self.config.extra
-        for key in ("decoder_start_token_id", "pad_token_id"):
-            if extra.get(key) is not None:
-                return int(extra[key])
-        return 0
+        cfg = self.config
+        start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else cfg.pad_token_id
+        return start or 0
 
     def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """Teacher-forcing decoder inputs from labels [B, T]: start token, then labels[:, :-1]; -100 -> pad."""
         out = labels.new_empty(labels.shape)
         out[:, 0] = self.decoder_start_token_id
         out[:, 1:] = labels[:, :-1]
-        pad = int(self.config.extra.get("pad_token_id") or 0)
+        pad = self.config.pad_token_id or 0
         return out.masked_fill(out == -100, pad)
-
-    # ---------------------------------------------------------------------------------------------
-    def num_params(self, *, active: bool = False) -> int:
-        """Unique parameters (tied weights counted once); ``active`` is the same (no experts here)."""
-        return unique_params(self)
-
-    def save_pretrained(self, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> None:
-        """Write an HF folder (config.json + safetensors) that transformers loads."""
-        from ..checkpoint.hf import save_pretrained
-
-        save_pretrained(self, folder, max_shard_bytes=max_shard_bytes)

@@ -12,7 +12,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..config import Config
-from ..nn.attention import Attention, MaskSpec
+from ..nn.attention import MaskSpec
 from ..nn.block import Block
 from ..nn.kv_cache import DecoderCache
 from ..nn.norm import make_norm
@@ -99,16 +99,6 @@ class Stack(nn.Module):
                 weights = w
         return self.norm(x), aux_total, weights
 
-    def set_activation_checkpointing(self, on: bool = True) -> Stack:
-        """Trade compute for memory in training: recompute each block's activations in backward."""
-        set_activation_checkpointing(self, on)
-        return self
-
-    def set_attn_kernel(self, kernel: str) -> Stack:
-        """Switch every attention layer to the 'eager', 'sdpa' or 'flash' kernel (same weights, same results)."""
-        set_attn_kernel(self, kernel)
-        return self
-
 
 def _fresh_mask_block(block: Block, x: torch.Tensor, mask: MaskSpec, **kwargs):
     """A block call whose mask memo starts empty, so the forward and its recomputation build (and save)
@@ -116,18 +106,3 @@ def _fresh_mask_block(block: Block, x: torch.Tensor, mask: MaskSpec, **kwargs):
     if isinstance(kwargs.get("memory_mask"), MaskSpec):
         kwargs["memory_mask"] = dataclasses.replace(kwargs["memory_mask"], _dense={})
     return block(x, dataclasses.replace(mask, _dense={}), **kwargs)
-
-
-def set_activation_checkpointing(model: nn.Module, on: bool = True) -> None:
-    """Switch activation checkpointing for every Stack in ``model`` (an encoder-decoder has two)."""
-    for m in model.modules():
-        if isinstance(m, Stack):
-            m.activation_checkpointing = on
-
-
-def set_attn_kernel(model: nn.Module, kernel: str) -> None:
-    """Set the kernel of every Attention in ``model`` and record it in ``model.config``."""
-    model.config = model.config.replace(attn_kernel=kernel)  # validates the name
-    for m in model.modules():
-        if isinstance(m, Attention):
-            m.kernel = kernel

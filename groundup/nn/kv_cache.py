@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config import Config
+
 
 @dataclass
 class KVCache:
@@ -82,19 +84,26 @@ class _BufferedKVCache(KVCache):
 class StaticKVCache(_BufferedKVCache):
     """Keys and values in buffers [B, K, capacity, D] allocated on the first step: appending writes in
     place (no per-step copy of everything cached so far, no allocation) and returns views of the filled
-    part. Only the n_kv_heads are stored, so GQA/MQA shrink it by n_heads / n_kv_heads."""
+    part. Only the n_kv_heads are stored, so GQA/MQA shrink it by n_heads / n_kv_heads. A step past the
+    capacity doubles the buffers (one copy), so the capacity is a first guess, not a limit: generation
+    that asks for 10**8 tokens holds only the positions it has produced."""
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = k.shape[2]
         self._allocate(k, v)
         if self.n + t > self.slots:
-            raise ValueError(f"the KV cache holds {self.slots} positions; {self.n} + {t} do not fit "
-                             "(allocate a larger cache: prompt length + max_new_tokens)")
+            self._grow(max(2 * self.slots, self.n + t))
         self.k_buf[:, :, self.n : self.n + t] = k
         self.v_buf[:, :, self.n : self.n + t] = v
         self.n += t
         self.k, self.v = self.k_buf[:, :, : self.n], self.v_buf[:, :, : self.n]  # [B, K, n, D] views
         return self.k, self.v
+
+    def _grow(self, slots: int) -> None:
+        B, K, _, D = self.k_buf.shape
+        k_new, v_new = self.k_buf.new_empty(B, K, slots, D), self.v_buf.new_empty(B, K, slots, D)
+        k_new[:, :, : self.n], v_new[:, :, : self.n] = self.k_buf[:, :, : self.n], self.v_buf[:, :, : self.n]
+        self.k_buf, self.v_buf, self.slots = k_new, v_new, slots
 
     def reorder(self, index: torch.Tensor) -> None:
         super().reorder(index)
@@ -169,7 +178,7 @@ class DecoderCache:
 
     @classmethod
     def static(cls, n_layers: int, capacity: int) -> DecoderCache:
-        """Preallocated self-attention caches of `capacity` positions (see StaticKVCache)."""
+        """Self-attention caches preallocated for `capacity` positions, grown past it (see StaticKVCache)."""
         return cls([BlockCache(self_kv=StaticKVCache(capacity)) for _ in range(n_layers)])
 
     @classmethod
@@ -211,3 +220,11 @@ class DecoderCache:
             layer.self_kv.reorder(index)
             if cross:
                 layer.cross_kv.reorder(index)
+
+
+def cache_capacity(cfg: Config, wanted: int) -> int:
+    """Positions to preallocate for a generation that may reach ``wanted``: no more than the model's
+    context (its max_seq_len for ALiBi). Going further is allowed for relative positions and grows the
+    cache (StaticKVCache doubles), so asking for 10**8 new tokens does not allocate 10**8 slots up front."""
+    bound = cfg.context_length if cfg.context_length != float("inf") else cfg.max_seq_len
+    return max(1, min(wanted, int(bound)))

@@ -145,7 +145,7 @@ def write_adapter(model: nn.Module, folder: Path) -> None:
 def _saved_to_hf(model: nn.Module) -> dict[str, torch.Tensor]:
     """The weights of ``model.modules_to_save`` under their HF names, as peft saves them (its
     ``.modules_to_save.default`` part dropped): ``model.embed_tokens.weight``."""
-    names = getattr(model, "modules_to_save", None) or []
+    names = model.modules_to_save
     own = {f"{n}.{leaf}": p for n in names for leaf, p in model.get_submodule(n).named_parameters()}
     try:
         return state_dict_to_hf(own, model.config) if own else {}
@@ -353,7 +353,7 @@ def load_adapter(model: nn.Module, folder: str | Path, *, into_existing: bool = 
     if into_existing:
         if sorted(existing) != names:
             raise AdapterError(f"{file.path}: adapts {len(names)} layers, not the model's {len(existing)}")
-        own = getattr(model, "modules_to_save", None) or []
+        own = model.modules_to_save
         if file.saved_modules != sorted(own):
             raise AdapterError(f"{file.path}: saves modules {file.saved_modules}, not the model's {own}")
     elif file.kind == "LORA":

@@ -268,7 +268,6 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     for name, layer in _wrappers(model).items():
         layer.merge()
         set_module(model, name, layer.base_layer)
-    for attr in ("lora_config", "ia3_config", "modules_to_save"):
-        if hasattr(model, attr):
-            delattr(model, attr)
+    model.lora_config = model.ia3_config = None  # the adapter settings are gone with the adapter
+    model.modules_to_save = []
     return model

@@ -63,7 +63,7 @@ def apply_prefix_tuning(model: nn.Module, num_virtual_tokens: int = 20, *, proje
     if cfg.sliding_window:
         raise ValueError("prefix tuning with sliding-window attention is not supported: the window would slide "
                          "past the prefix")
-    if getattr(model, "prefix_tuning", None) is not None:
+    if model.prefix_tuning is not None:
         raise ValueError("the model already has a prefix")
     w = model.embed.weight
     prefix = PrefixTuning(cfg, num_virtual_tokens, projection=projection, hidden=hidden).to(device=w.device)
@@ -74,4 +74,4 @@ def apply_prefix_tuning(model: nn.Module, num_virtual_tokens: int = 20, *, proje
 
 
 def prefix_of(model: nn.Module) -> PrefixTuning | None:
-    return getattr(model, "prefix_tuning", None)
+    return model.prefix_tuning
