@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import command, emit, finetune_child
 
-from groundup.cli_arithmetic import report, table, write_data
+from groundup.cli.arithmetic import report, table, write_data
 
 METHODS = {"full": [], "lora": ["--r", "8", "--alpha", "16", "--target-modules", "q_proj", "k_proj", "v_proj",
                                 "o_proj", "gate_proj", "up_proj", "down_proj"],

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from groundup import Tokenizer
-from groundup.cli_tokenizer import stats
+from groundup.cli.tokenizer import stats
 
 
 def main() -> None:

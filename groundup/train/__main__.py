@@ -16,7 +16,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from ..cli_pretrain import add_arguments, report, run, settings
+    from ..cli.pretrain import add_arguments, report, run, settings
 
     parser = argparse.ArgumentParser(prog="python -m groundup.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

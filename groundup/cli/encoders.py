@@ -1,70 +1,13 @@
-"""`groundup <command>`: a thin shell over the library. Parses arguments, calls groundup, prints."""
+"""`groundup fill-mask | embed` for encoders and `groundup generate` for every model folder (decoder-only
+continuations are streamed by generate.py; encoder-decoders decode greedily or with beams here)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 
 import torch
 
-from . import calc
-from .cli_generate import add_attention_parser, add_chat_parser, add_sampling_arguments, check_model_folder
-from .config import Config
-from .presets import PRESETS
-
-
-def _config_from(spec: str) -> Config:
-    """A preset name, a Config JSON file, or an HF model folder (its config.json)."""
-    from pathlib import Path
-
-    path = Path(spec)
-    if path.is_dir():
-        from .checkpoint.hf import config_from_hf
-        from .checkpoint.io import read_json
-
-        return config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
-    return Config.load(spec)
-
-
-def cmd_calc(args: argparse.Namespace) -> int:
-    cfg = _config_from(args.model)
-    if args.kv_heads is not None:
-        cfg = cfg.replace(n_kv_heads=args.kv_heads)
-    print(calc.report(cfg, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype))
-    return 0
-
-
-def cmd_presets(args: argparse.Namespace) -> int:
-    width = max(map(len, PRESETS))
-    for name in PRESETS:
-        cfg = Config.preset(name)
-        b = calc.param_breakdown(cfg)
-        active = f" ({calc.human(b['active'])} active)" if cfg.n_experts else ""
-        print(f"{name:<{width}}  {cfg.family:<9} {calc.human(b['total']):>8}{active}")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Build a preset, print its parameter table, run one forward pass on random tokens."""
-    from .models.causal_lm import CausalLM
-
-    torch.manual_seed(0)
-    cfg = Config.preset(args.preset)
-    print(calc.report(cfg, seq_len=args.seq_len))
-    t0 = time.perf_counter()
-    model = CausalLM(cfg).eval()
-    print(f"\nbuilt {args.preset} with {model.num_params():,} parameters in {time.perf_counter() - t0:.1f}s")
-    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len))
-    with torch.inference_mode():
-        model(ids)  # warm-up
-        t0 = time.perf_counter()
-        logits = model(ids)
-        dt = time.perf_counter() - t0
-    n = args.batch * args.seq_len
-    print(f"forward: input {tuple(ids.shape)} -> logits {tuple(logits.shape)} in {dt * 1e3:.0f} ms "
-          f"({n / dt:,.0f} tokens/s, {calc.flops_per_token(cfg, args.seq_len) * n / dt / 1e9:.1f} GFLOP/s)")
-    return 0
+from .generate import add_sampling_arguments, check_model_folder
 
 
 def _load_model_and_tokenizer(folder: str, arch: str):
@@ -73,7 +16,7 @@ def _load_model_and_tokenizer(folder: str, arch: str):
 
     from tokenizers import Tokenizer
 
-    from .checkpoint.hf import from_pretrained
+    from ..checkpoint.hf import from_pretrained
 
     kind = {"encoder": "an encoder (BERT-style)", "seq2seq": "an encoder-decoder (T5/Marian)"}[arch]
     check_model_folder(folder, arch, kind)
@@ -128,12 +71,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Decoder-only continuation (streamed) or encoder-decoder generation (greedy or beam search)."""
     from pathlib import Path
 
-    from .checkpoint.hf import config_from_hf
-    from .checkpoint.io import read_json
+    from ..checkpoint.hf import config_from_hf
+    from ..checkpoint.io import read_json
 
     config = Path(args.model) / "config.json"
     if config.is_file() and config_from_hf(read_json(config), str(config)).arch == "causal_lm":
-        from .cli_generate import cmd_generate_causal
+        from .generate import cmd_generate_causal
 
         return cmd_generate_causal(args)
     model, tok = _load_model_and_tokenizer(args.model, "seq2seq")
@@ -145,27 +88,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="groundup", description="Large language models from the ground up.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    c = sub.add_parser("calc", help="parameters, FLOPs, KV cache, memory and Chinchilla figures of a model")
-    c.add_argument("model", help="preset name, Config JSON file or HF model folder")
-    c.add_argument("--batch", type=int, default=1)
-    c.add_argument("--seq-len", type=int, default=None, help="context length (default: max_seq_len)")
-    c.add_argument("--dtype", default="float16", choices=sorted(calc.DTYPE_BYTES))
-    c.add_argument("--kv-heads", type=int, default=None, help="override n_kv_heads (what-if for GQA/MQA)")
-    c.set_defaults(func=cmd_calc)
-
-    s = sub.add_parser("presets", help="list the named architectures")
-    s.set_defaults(func=cmd_presets)
-
-    d = sub.add_parser("demo", help="build a preset, print its table, run a forward pass")
-    d.add_argument("--preset", default="gpt2")
-    d.add_argument("--batch", type=int, default=1)
-    d.add_argument("--seq-len", type=int, default=128)
-    d.set_defaults(func=cmd_demo)
-
+def add_encoder_parsers(sub) -> None:
     f = sub.add_parser("fill-mask", help="top-k predictions for each [MASK] (encoder folder with tokenizer.json)")
     f.add_argument("model", help="HF folder of a BERT-style model with an MLM head")
     f.add_argument("text", nargs="+", help="text(s) containing [MASK]")
@@ -188,36 +111,3 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--length-penalty", type=float, default=1.0, help="encoder-decoder beam search")
     g.add_argument("--early-stopping", action="store_true", help="encoder-decoder beam search")
     g.set_defaults(func=cmd_generate)
-    add_chat_parser(sub)
-    add_attention_parser(sub)
-
-    from .cli_tokenizer import add_parser
-
-    add_parser(sub)
-
-    from .cli_pretrain import add_arguments, main_pretrain
-
-    pt = sub.add_parser("pretrain", help="train a tokenizer and a causal LM on text (default: the Python stdlib)")
-    add_arguments(pt)
-    pt.set_defaults(func=main_pretrain)
-    from .cli_arithmetic import add_arithmetic_parser
-    from .cli_finetune import add_finetune_parser
-    from .cli_prep import add_prep_parser
-
-    add_finetune_parser(sub)
-    add_prep_parser(sub)
-    add_arithmetic_parser(sub)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError) as err:  # bad input: one clear line, no stack trace
-        print(f"groundup {args.command}: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

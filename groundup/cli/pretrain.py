@@ -86,7 +86,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def sources(s: dict[str, Any]):
-    from .data import Source
+    from ..data import Source
 
     out = []
     for item in s["data"]:
@@ -115,11 +115,11 @@ def sources(s: dict[str, Any]):
 def run(s: dict[str, Any], log=print) -> dict:
     import torch
 
-    from . import Config, Tokenizer
-    from .data import Mixture
-    from .generate import generate
-    from .models import build_model
-    from .train import TrainArgs, train
+    from .. import Config, Tokenizer
+    from ..data import Mixture
+    from ..generate import generate
+    from ..models import build_model
+    from ..train import TrainArgs, train
 
     rank = int(os.environ.get("RANK", "0"))
     out = Path(s["out"])
@@ -176,7 +176,7 @@ def run(s: dict[str, Any], log=print) -> dict:
     summary = train(model, mix, targs, tokenizer=tok, resume=bool(s["resume"]), log=log)
     if rank == 0 and s["sample_tokens"] > 0 and cfg.arch == "causal_lm":
         if s["fsdp"] and torch.distributed.is_initialized():  # rank 0 holds a shard: sample the saved model
-            from .checkpoint.hf import from_pretrained
+            from ..checkpoint.hf import from_pretrained
 
             model = from_pretrained(summary["checkpoint"])
         prompt = tok.encode(s["prompt"], add_special_tokens=False) or [tok.eos_token_id]

@@ -72,13 +72,13 @@ def add_finetune_parser(sub) -> None:
 def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     import torch
 
-    from . import peft
-    from .checkpoint.hf import config_from_hf, from_pretrained
-    from .checkpoint.io import read_json
-    from .cli_generate import check_model_folder
-    from .data.instruct import SEPARATOR, InstructionData, load_examples, prefixed
-    from .tokenizer import Tokenizer
-    from .train import TrainArgs, train
+    from .. import peft
+    from ..checkpoint.hf import config_from_hf, from_pretrained
+    from ..checkpoint.io import read_json
+    from ..data.instruct import SEPARATOR, InstructionData, load_examples, prefixed
+    from ..tokenizer import Tokenizer
+    from ..train import TrainArgs, train
+    from .generate import check_model_folder
 
     check_model_folder(args.model, "causal_lm", "a decoder-only")
     adapter = None  # built now, so that its settings are checked before any data or weight is read

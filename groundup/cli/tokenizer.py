@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .tokenizer import Tokenizer
+from ..tokenizer import Tokenizer
 
 
 def _load(spec: str) -> Tokenizer:

@@ -12,8 +12,8 @@ from typing import TextIO
 def check_model_folder(folder: str, arch: str, what: str) -> None:
     """Refuse, from config.json and before any weight is read, a missing folder, a model of another
     architecture than `arch` (`what` names the one needed), or a folder without tokenizer.json."""
-    from .checkpoint.hf import config_from_hf
-    from .checkpoint.io import read_json
+    from ..checkpoint.hf import config_from_hf
+    from ..checkpoint.io import read_json
 
     if not Path(folder).is_dir():
         raise ValueError(f"{folder} is not a folder: give a local HF model folder (config.json, safetensors, "
@@ -29,9 +29,9 @@ def load_causal(folder: str, adapter: str | None = None):
     """A decoder-only model folder's model, (groundup) tokenizer and the ids every prompt starts with: with a
     peft `adapter` folder (LoRA, IA3, prefix or prompt tuning) the model carries it, and a soft prompt's
     virtual ids are those ids; otherwise there are none."""
-    from .checkpoint.hf import from_pretrained
-    from .peft import has_adapter, load_adapter, soft_prompt
-    from .tokenizer import Tokenizer
+    from ..checkpoint.hf import from_pretrained
+    from ..peft import has_adapter, load_adapter, soft_prompt
+    from ..tokenizer import Tokenizer
 
     check_model_folder(folder, "causal_lm", "a decoder-only")
     if adapter is not None and not has_adapter(adapter):
@@ -63,7 +63,7 @@ def decoding_options(args: argparse.Namespace) -> dict:
             raise ValueError(f"--rope-scaling {args.rope_scaling!r}: write KIND:FACTOR, e.g. linear:2 or ntk:2"
                              ) from None
     if args.draft:
-        from .checkpoint.hf import from_pretrained
+        from ..checkpoint.hf import from_pretrained
 
         check_model_folder(args.draft, "causal_lm", "a decoder-only (draft)")
         opts.update(draft_model=from_pretrained(args.draft), num_draft_tokens=args.num_draft_tokens)
@@ -73,7 +73,7 @@ def decoding_options(args: argparse.Namespace) -> dict:
 def stream_text(model, tok, ids: list[int], args: argparse.Namespace, out: TextIO, stop: list[int],
                 opts: dict, stop_strings: list[str] | None = None) -> str:
     """Stream one continuation of `ids` to `out` as it is generated; return the text."""
-    from .generate import stream
+    from ..generate import stream
 
     text = []
     for pieces in stream(model, [ids], args.max_new_tokens, tokenizer=tok, eos_token_id=stop or None,
@@ -167,7 +167,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .utils.files import atomic_file
+    from ..utils.files import atomic_file
 
     size = max(4.0, 0.35 * len(ids) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
