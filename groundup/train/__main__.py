@@ -16,11 +16,13 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from ..cli.pretrain import add_arguments, report, run, settings
+    from ..utils.settings import add_flags
+    from .pretrain import PretrainSettings, report, run
 
     parser = argparse.ArgumentParser(prog="python -m groundup.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
+    parser.add_argument("--config", default=None, help="YAML file with any of the settings below")
+    add_flags(parser, PretrainSettings)
     args = parser.parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -31,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.distributed.init_process_group(backend)
     log = print if rank == 0 else (lambda *_: None)
     try:
-        s = settings(args)
+        s = PretrainSettings.resolve(config=args.config, given=vars(args))
         if rank != 0:
-            s["quiet"] = True
+            s.quiet = True
         summary = run(s, log=log)
         if rank == 0:
             report(summary)
