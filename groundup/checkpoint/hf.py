@@ -178,6 +178,20 @@ def module_name_from_hf(cfg: Config, name: str) -> str | None:
     return None
 
 
+def check_model_folder(folder: str | Path, arch: str, what: str) -> None:
+    """Refuse, from config.json and before any weight is read, a missing folder, a model of another
+    architecture than `arch` (`what` names the one needed), or a folder without tokenizer.json."""
+    if not Path(folder).is_dir():
+        raise CheckpointError(f"{folder} is not a folder: give a local HF model folder (config.json, safetensors, "
+                         "tokenizer.json)")
+    cfg = config_from_hf(read_json(Path(folder) / "config.json"), str(Path(folder) / "config.json"))
+    if cfg.arch != arch:
+        raise CheckpointError(f"{folder} holds a {cfg.arch} model; this needs {what} model")
+    if not (Path(folder) / "tokenizer.json").is_file():
+        raise CheckpointError(f"{Path(folder) / 'tokenizer.json'} does not exist: the model folder needs its "
+                              "tokenizer.json")
+
+
 def load_into(model: Model, state: dict[str, torch.Tensor], source: str) -> Model:
     """Assign ``state`` to a (meta-device) model after checking names and shapes; re-ties embeddings.
 

@@ -187,7 +187,7 @@ def main_data(args: argparse.Namespace) -> int:
 
 
 def main_report(args: argparse.Namespace) -> int:
-    from .generate import check_model_folder
+    from ..checkpoint.hf import check_model_folder
 
     check_model_folder(args.model, "causal_lm", "a decoder-only")
     test = read_problems(args.test)

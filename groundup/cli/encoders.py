@@ -7,7 +7,8 @@ import argparse
 
 import torch
 
-from .generate import add_sampling_arguments, check_model_folder
+from ..checkpoint.hf import check_model_folder
+from .generate import add_sampling_arguments
 
 
 def _load_model_and_tokenizer(folder: str, arch: str):

@@ -8,21 +8,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-
-def check_model_folder(folder: str, arch: str, what: str) -> None:
-    """Refuse, from config.json and before any weight is read, a missing folder, a model of another
-    architecture than `arch` (`what` names the one needed), or a folder without tokenizer.json."""
-    from ..checkpoint.hf import config_from_hf
-    from ..checkpoint.io import read_json
-
-    if not Path(folder).is_dir():
-        raise ValueError(f"{folder} is not a folder: give a local HF model folder (config.json, safetensors, "
-                         "tokenizer.json)")
-    cfg = config_from_hf(read_json(Path(folder) / "config.json"), str(Path(folder) / "config.json"))
-    if cfg.arch != arch:
-        raise ValueError(f"{folder} holds a {cfg.arch} model; this command needs {what} model")
-    if not (Path(folder) / "tokenizer.json").is_file():
-        raise ValueError(f"{Path(folder) / 'tokenizer.json'} does not exist: the model folder needs its tokenizer.json")
+from ..checkpoint.hf import check_model_folder
 
 
 def load_causal(folder: str, adapter: str | None = None):

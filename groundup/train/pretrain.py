@@ -13,62 +13,58 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..utils.files import atomic_write_text
-from ..utils.settings import merge
+from ..utils.settings import merge, option, option_list
 
 SETTINGS = "settings.json"  # the run's resolved settings, written into `out`; resume starts from them
 SIZE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
-
-
-def _opt(default: Any, help: str = "", **meta: Any) -> Any:
-    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
 class PretrainSettings:
     """Every setting of a pretraining run, with its default."""
 
-    model: str = _opt("tiny-llama", "preset name or Config JSON")
-    d_model: int | None = _opt(None, "override the model's width")
-    n_layers: int | None = _opt(None, "override the number of layers")
-    n_heads: int | None = _opt(None, "override the number of heads")
-    n_kv_heads: int | None = _opt(None, "override the number of kv heads")
-    d_ff: int | None = _opt(None, "override the FFN width")
-    data: list = field(default_factory=lambda: ["python-stdlib"], metadata={
-        "help": "sources: python-stdlib, a file or a glob, each optionally SPEC=WEIGHT", "nargs": "+"})
-    text_field: str = _opt("text", "JSONL/parquet text field")
-    max_bytes: int | None = _opt(None, "read at most this much text per source")
-    tokenizer: str | None = _opt(None, "tokenizer folder; default: train a byte-level BPE on the data")
-    vocab_size: int = _opt(4096, "for a trained tokenizer")
-    tokenizer_pattern: str = _opt("gpt2", "for a trained tokenizer: gpt2, gpt4, digits (one token per digit, "
+    model: str = option("tiny-llama", "preset name or Config JSON")
+    d_model: int | None = option(None, "override the model's width")
+    n_layers: int | None = option(None, "override the number of layers")
+    n_heads: int | None = option(None, "override the number of heads")
+    n_kv_heads: int | None = option(None, "override the number of kv heads")
+    d_ff: int | None = option(None, "override the FFN width")
+    data: list = option_list("sources: python-stdlib, a file or a glob, each optionally SPEC=WEIGHT",
+                             ["python-stdlib"])
+    text_field: str = option("text", "JSONL/parquet text field")
+    max_bytes: int | None = option(None, "read at most this much text per source")
+    tokenizer: str | None = option(None, "tokenizer folder; default: train a byte-level BPE on the data")
+    vocab_size: int = option(4096, "for a trained tokenizer")
+    tokenizer_pattern: str = option("gpt2", "for a trained tokenizer: gpt2, gpt4, digits (one token per digit, "
                                   "as Llama) or a regular expression")
-    block_size: int = _opt(128, "tokens per training row")
-    batch_size: int = _opt(16, "rows per optimizer step (the global batch)")
-    micro_batch: int | None = _opt(None, "rows per forward pass (gradient accumulation)")
-    steps: int = _opt(200, "optimizer steps")
-    lr: float = _opt(3e-3, "peak learning rate")
-    min_lr: float = _opt(3e-4, "learning rate at the end of the cosine")
-    warmup: int = _opt(20, "linear warm-up steps")
-    weight_decay: float = _opt(0.1, "AdamW weight decay (matrices only)")
-    grad_clip: float = _opt(1.0, "gradient norm clip")
-    dtype: str = _opt("float32", "training dtype", choices=("float32", "bfloat16"))
-    eval_every: int = _opt(50, "steps between validation losses")
-    eval_batches: int = _opt(8, "validation batches per evaluation")
-    save_every: int = _opt(100, "steps between checkpoints")
-    seed: int = _opt(0, "seed of data order, initialisation and sampling")
-    val_fraction: float = _opt(0.01, "share of documents held out for validation")
-    out: str = _opt("out", "output folder")
-    resume: bool = _opt(False, "continue from <out>/checkpoint")
-    prompt: str = _opt("def ", "text to continue at the end")
-    sample_tokens: int = _opt(48, "tokens of the sample at the end (0: none)")
-    quiet: bool = _opt(False, "no progress bars")
-    activation_checkpointing: bool = _opt(False, "recompute activations in backward (less memory, more compute)")
-    compile: bool = _opt(False, "torch.compile the model")
-    fsdp: bool = _opt(False, "under torchrun: shard parameters, gradients and optimizer state over the "
+    block_size: int = option(128, "tokens per training row")
+    batch_size: int = option(16, "rows per optimizer step (the global batch)")
+    micro_batch: int | None = option(None, "rows per forward pass (gradient accumulation)")
+    steps: int = option(200, "optimizer steps")
+    lr: float = option(3e-3, "peak learning rate")
+    min_lr: float = option(3e-4, "learning rate at the end of the cosine")
+    warmup: int = option(20, "linear warm-up steps")
+    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")
+    grad_clip: float = option(1.0, "gradient norm clip")
+    dtype: str = option("float32", "training dtype", choices=("float32", "bfloat16"))
+    eval_every: int = option(50, "steps between validation losses")
+    eval_batches: int = option(8, "validation batches per evaluation")
+    save_every: int = option(100, "steps between checkpoints")
+    seed: int = option(0, "seed of data order, initialisation and sampling")
+    val_fraction: float = option(0.01, "share of documents held out for validation")
+    out: str = option("out", "output folder")
+    resume: bool = option(False, "continue from <out>/checkpoint")
+    prompt: str = option("def ", "text to continue at the end")
+    sample_tokens: int = option(48, "tokens of the sample at the end (0: none)")
+    quiet: bool = option(False, "no progress bars")
+    activation_checkpointing: bool = option(False, "recompute activations in backward (less memory, more compute)")
+    compile: bool = option(False, "torch.compile the model")
+    fsdp: bool = option(False, "under torchrun: shard parameters, gradients and optimizer state over the "
                       "processes (for models that do not fit one device) instead of replicating them (DDP)")
 
     @classmethod

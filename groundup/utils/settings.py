@@ -13,7 +13,8 @@ S = TypeVar("S")
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
-    """One option per field of the dataclass ``cls``; a field's metadata may hold help, choices, nargs."""
+    """One option per field of the dataclass ``cls``; a field's metadata may hold help, choices, nargs,
+    required, or positional (an argument, not an option)."""
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -22,12 +23,17 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ..
         kind = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = meta.get("help", "") + f" (default {default!r})"
-        if kind is bool:
-            parser.add_argument(flag, dest=f.name, action="store_const", const=True, help=help_text)
+        if meta.get("positional"):
+            parser.add_argument(f.name, help=meta.get("help"))
+            continue
+        if kind is bool:  # --x turns it on; a field that defaults to on also gets --no-x
+            action = argparse.BooleanOptionalAction if default else "store_const"
+            extra = {} if default else {"const": True}
+            parser.add_argument(flag, dest=f.name, action=action, default=None, help=help_text, **extra)
             continue
         base = next((t for t in (int, float) if t in getattr(kind, "__args__", (kind,))), str)
         parser.add_argument(flag, dest=f.name, type=base, nargs=meta.get("nargs"), choices=meta.get("choices"),
-                            help=help_text)
+                            required=bool(meta.get("required")), help=help_text)
 
 
 def merge(cls: type[S], *, config: str | Path | None = None, given: dict[str, Any] | None = None) -> S:
@@ -50,3 +56,14 @@ def merge(cls: type[S], *, config: str | Path | None = None, given: dict[str, An
         values.update(loaded)
     values.update({k: v for k, v in (given or {}).items() if k in known and v is not None})
     return cls(**values)
+
+
+def option(default: Any, help: str = "", **meta: Any) -> Any:
+    """A settings field: its default, the help of its flag, and flag metadata (choices, positional ...)."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+def option_list(help: str, default: list | None = None, **meta: Any) -> Any:
+    """A settings field holding a list (one or more values on the command line)."""
+    return dataclasses.field(default_factory=lambda: None if default is None else list(default),
+                             metadata={"help": help, "nargs": "+", **meta})
