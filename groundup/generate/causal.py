@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..models.common import check_ids, trusted_inputs
 from .masks import GrowingMask
 from .sampling import apply_repetition_penalty, check_sampling, next_token, no_stop_yet
 from .speculative import SpeculativeStats, check_draft, speculative_steps
@@ -140,8 +141,10 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
     for i in range(max_new_tokens):
         # The prompt first, then one token per step; the mask covers cached + new positions: [B, T + i].
         step_mask = padding.upto(T + i) if padded else None
-        logits = model(step_ids, attention_mask=step_mask, position_ids=pos, cache=cache,
-                       logits_to_keep=1)[:, -1].float()  # [B, V]
+        # the prompt's ids are checked by the first call; the model's own tokens need no check (no host sync)
+        with trusted_inputs() if i else contextlib.nullcontext():
+            logits = model(step_ids, attention_mask=step_mask, position_ids=pos, cache=cache,
+                           logits_to_keep=1)[:, -1].float()  # [B, V]
         if repetition_penalty != 1.0:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty, seen_mask)
         logits = no_stop_yet(logits, stopper.eos_ids, i, min_new_tokens)
@@ -174,6 +177,7 @@ def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature
     eos = _stop_ids(model, eos_token_id)
     ids, mask, pad = _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos,
                               min_new_tokens)
+    check_ids(model.config, ids, None, extra_ids=model.virtual_tokens)  # once: the loops trust their own tokens
     if draft_model is not None:
         try:  # the draft reads the same positions: it must have room for them too
             _prepare(draft_model, ids, max_new_tokens, mask, False, pad, eos, warn=False)

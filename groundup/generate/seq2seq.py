@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from ..models.common import trusted_inputs
 from .sampling import apply_repetition_penalty, check_sampling, next_token, no_stop_yet
 from .stopping import Stopper
 
@@ -33,6 +34,11 @@ NEG = -1.0e9  # score of an impossible hypothesis (finite, so sums and divisions
 def _pad_id(model: Seq2Seq, eos: list[int], pad_token_id: int | None) -> int:
     pad = pad_token_id if pad_token_id is not None else model.config.pad_token_id
     return int(pad if pad is not None else (eos[0] if eos else 0))
+
+
+def _real_padding(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The source mask if it hides any padding, else None: judged once per call, not at every step."""
+    return None if mask is None or bool(mask.all()) else mask
 
 
 def _check(model: Seq2Seq, input_ids: torch.Tensor, max_new_tokens: int, num_beams: int,
@@ -65,13 +71,15 @@ def greedy(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torch.Ten
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     eos = list(eos)
     pad = _pad_id(model, eos, pad_token_id)
+    attention_mask = _real_padding(attention_mask)
     memory = model.encode(input_ids, attention_mask=attention_mask)
     cache = model.new_cache()
     out = torch.full((input_ids.shape[0], 1), model.decoder_start_token_id, dtype=torch.long, device=input_ids.device)
     stopper = Stopper(input_ids.shape[0], eos=eos, pad=pad, stop_strings=stop_strings, tokenizer=tokenizer,
                       device=input_ids.device)
     for i in range(max_new_tokens):
-        logits = model.decode(out[:, -1:], memory, memory_mask=attention_mask, cache=cache)[:, -1].float()
+        with trusted_inputs():  # the model's own tokens: no value checks, no host sync per step
+            logits = model.decode(out[:, -1:], memory, memory_mask=attention_mask, cache=cache)[:, -1].float()
         if repetition_penalty != 1.0:
             logits = apply_repetition_penalty(logits, out, repetition_penalty)
         logits = no_stop_yet(logits, eos, i, min_new_tokens)
@@ -107,6 +115,7 @@ def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torc
     K = 2 * N  # candidates examined per step: enough that N survive even if N of them end
     max_len = 1 + max_new_tokens
 
+    attention_mask = _real_padding(attention_mask)
     memory = model.encode(input_ids, attention_mask=attention_mask).repeat_interleave(N, dim=0)  # [B*N, S, C]
     mem_mask = attention_mask.repeat_interleave(N, dim=0) if attention_mask is not None else None
     cache = model.new_cache()
@@ -123,7 +132,8 @@ def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torc
     batch_base = torch.arange(B, device=dev)[:, None] * N
 
     for t in range(1, max_len):  # t = position being generated = tokens generated after this step
-        logits = model.decode(seqs[:, :, t - 1].reshape(B * N, 1), memory, memory_mask=mem_mask, cache=cache)
+        with trusted_inputs():
+            logits = model.decode(seqs[:, :, t - 1].reshape(B * N, 1), memory, memory_mask=mem_mask, cache=cache)
         # as transformers: the min-length rule acts on the log-probabilities, which are not renormalised
         logp = no_stop_yet(torch.log_softmax(logits[:, -1].float(), dim=-1), eos, t - 1, min_new_tokens)  # [B*N, V]
         V = logp.shape[-1]

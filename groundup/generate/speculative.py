@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.common import trusted_inputs
 from ..nn.kv_cache import DecoderCache, cache_capacity
 from .masks import GrowingMask
 from .sampling import probabilities
@@ -94,8 +95,9 @@ class _Runner:
         new = seq[:, a:]  # [B, t]
         mask = self.padding.upto(seq.shape[1]) if self.padding is not None else None
         pos = self.padding.positions(a, seq.shape[1]) if self.padding is not None else None
-        return self.model(new, attention_mask=mask, position_ids=pos, cache=self.cache,
-                          logits_to_keep=keep).float()
+        with trusted_inputs():  # the prompt was checked by generate's setup; the rest are the models' own tokens
+            return self.model(new, attention_mask=mask, position_ids=pos, cache=self.cache,
+                              logits_to_keep=keep).float()
 
 
 @torch.no_grad()

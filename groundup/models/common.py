@@ -3,16 +3,45 @@ and describe the attention mask. CausalLM, Encoder and Seq2Seq (both stacks) sha
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from ..config import Config
 from ..nn.attention import MaskSpec
-from ..nn.position import alibi_slopes, rope_cos_sin, sinusoidal_table
+from ..nn.position import alibi_slopes, rope_cos_sin, sinusoidal_at
 
 Rope = tuple[torch.Tensor, torch.Tensor]
+_TRUSTED = contextvars.ContextVar("groundup_trusted_inputs", default=False)
+
+
+@contextlib.contextmanager
+def trusted_inputs() -> Iterator[None]:
+    """Within: forward passes skip the checks that read tensor values (the id range, whether a mask has any
+    padding), which cost a host sync per call on a GPU and stop torch.compile. The decode and training
+    loops enter it after checking their inputs once; shapes and dtypes are still checked."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def is_trusted() -> bool:
+    """Whether value checks are off (inside trusted_inputs)."""
+    return _TRUSTED.get()
+
+
+def has_padding(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The key-padding mask to apply (bool [B, S]), or None when there is none. Outside trusted_inputs an
+    all-ones mask is dropped (a kernel without a mask is faster); within, a given mask is taken as is."""
+    if mask is None or (not _TRUSTED.get() and bool(mask.all())):
+        return None
+    return mask.bool()
 
 
 def check_ids(cfg: Config, ids: torch.Tensor, attention_mask: torch.Tensor | None, *, name: str = "input_ids",
@@ -29,7 +58,7 @@ def check_ids(cfg: Config, ids: torch.Tensor, attention_mask: torch.Tensor | Non
         raise ValueError(f"{name} must be a tensor of shape [batch, seq_len], got {shape}")
     if ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{name} must be an integer tensor, got dtype {ids.dtype}")
-    if ids.numel():
+    if ids.numel() and not _TRUSTED.get():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= cfg.vocab_size + extra_ids:
             bad = lo if lo < 0 else hi
@@ -60,9 +89,7 @@ def add_positions(cfg: Config, x: torch.Tensor, position_ids: torch.Tensor,
     if cfg.pos == "learned":
         return x + pos_embed(position_ids + cfg.pos_offset), None
     if cfg.pos == "sinusoidal":
-        n = int(position_ids.max()) + 1
-        table = sinusoidal_table(n, cfg.d_model, layout=cfg.sinusoidal_layout, device=x.device)
-        return x + table.to(x.dtype)[position_ids], None
+        return x + sinusoidal_at(position_ids, cfg.d_model, layout=cfg.sinusoidal_layout).to(x.dtype), None
     if cfg.pos == "rope":
         cos, sin = rope_cos_sin(cfg, position_ids, x.dtype)  # [T, rot] or [B, T, rot]
         if cos.dim() == 3:
@@ -74,9 +101,7 @@ def add_positions(cfg: Config, x: torch.Tensor, position_ids: torch.Tensor,
 def mask_spec(cfg: Config, *, causal: bool, attention_mask: torch.Tensor | None, device: torch.device,
               q_offset: int = 0, rel_table: torch.Tensor | None = None) -> MaskSpec:
     """The MaskSpec of one stack: causality, window, key padding, ALiBi slopes or T5 relative bias."""
-    padding = None
-    if attention_mask is not None and not bool(attention_mask.all()):
-        padding = attention_mask.bool()
+    padding = has_padding(attention_mask)
     slopes = alibi_slopes(cfg.n_heads, cfg.alibi_max_bias, device=device) if cfg.pos == "alibi" else None
     return MaskSpec(causal=causal, window=cfg.sliding_window if causal else None, q_offset=q_offset,
                     key_padding=padding, alibi_slopes=slopes, rel_table=rel_table, rel_bidirectional=not causal,

@@ -20,7 +20,7 @@ from ..nn.linear import Linear
 from ..nn.mlp import ACTIVATIONS
 from ..nn.norm import make_norm
 from .base import PreTrained
-from .common import check_ids, init_weights
+from .common import check_ids, init_weights, is_trusted
 from .stack import Stack
 
 
@@ -108,7 +108,7 @@ class Encoder(PreTrained, Stack):
         if token_type_ids.shape != input_ids.shape:
             raise ValueError(f"token_type_ids shape {tuple(token_type_ids.shape)} must equal input_ids shape "
                              f"{tuple(input_ids.shape)}")
-        lo, hi = int(token_type_ids.min()), int(token_type_ids.max())
+        lo, hi = (0, 0) if is_trusted() else (int(token_type_ids.min()), int(token_type_ids.max()))
         if lo < 0 or hi >= n:
             raise ValueError(f"token_type_ids contain {lo if lo < 0 else hi}, outside [0, {n}) "
                              f"(type_vocab_size={n}): use 0 for sentence A and 1 for sentence B")

@@ -16,7 +16,7 @@ from ..nn.attention import MaskSpec
 from ..nn.block import Block
 from ..nn.kv_cache import DecoderCache
 from ..nn.norm import make_norm
-from .common import Rope, add_positions, dropout, embed, mask_spec
+from .common import Rope, add_positions, dropout, embed, has_padding, mask_spec
 
 
 class Stack(nn.Module):
@@ -76,8 +76,7 @@ class Stack(nn.Module):
         cross_mask = None
         if memory is not None:
             # cross-attention sees every real encoder token: no causality, no position bias
-            padding = None if memory_mask is None or bool(memory_mask.all()) else memory_mask.bool()
-            cross_mask = MaskSpec(causal=False, key_padding=padding)
+            cross_mask = MaskSpec(causal=False, key_padding=has_padding(memory_mask))
         weights = None
         aux_total = x.new_zeros((), dtype=torch.float32)
         recompute = (getattr(self, "activation_checkpointing", False) and self.training and cache is None

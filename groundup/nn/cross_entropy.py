@@ -41,7 +41,7 @@ def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _loss_and_grad(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, targets: torch.Tensor,
-                   ignore_index: int, scale: float, chunk: int, need_grad: bool):
+                   ignore_index: int, scale: float | torch.Tensor, chunk: int, need_grad: bool):
     """Sum of token losses, and (when need_grad) the gradients of `scale` x that sum w.r.t. x, w, b.
 
     x [N, D] and w [V, D] (b [V]) are in the matmul dtype. The chunk buffers are allocated once: on CPU a
@@ -129,9 +129,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     x = hidden.reshape(-1, hidden.shape[-1])  # [N, D]
     t = targets.reshape(-1)  # [N]
     dtype = _matmul_dtype(x)
-    scale = 1.0
-    if reduction == "mean":
-        scale = 1.0 / max(int((t != ignore_index).sum()), 1)
+    scale: float | torch.Tensor = 1.0
+    if reduction == "mean":  # a tensor, not int(count): no host sync per training step
+        scale = 1.0 / (t != ignore_index).sum().clamp(min=1).to(torch.float32)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         return _LinearCrossEntropy.apply(x, weight, bias, t, ignore_index, scale, chunk_size, dtype)

@@ -26,14 +26,19 @@ def sinusoidal_table(n_pos: int, dim: int, *, layout: str = "interleaved",
     ``interleaved`` (the paper): sin on even dims, cos on odd dims. ``split`` (Marian checkpoints): the
     same sines in the first half and the cosines in the second.
     """
-    pos = torch.arange(n_pos, dtype=torch.float32, device=device)[:, None]
-    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
+    return sinusoidal_at(torch.arange(n_pos, device=device), dim, layout=layout)
+
+
+def sinusoidal_at(positions: torch.Tensor, dim: int, *, layout: str = "interleaved") -> torch.Tensor:
+    """The sinusoidal encodings of integer ``positions`` (any shape [...]) -> [..., dim], computed for those
+    positions only: no table sized by the largest position, so no read of the positions' values."""
+    pos = positions.to(torch.float32)[..., None]
+    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device)
+                    * (-math.log(10000.0) / dim))
+    angles = pos * inv  # [..., dim / 2]
     if layout == "split":
-        return torch.cat((torch.sin(pos * inv), torch.cos(pos * inv)), dim=-1)
-    table = torch.zeros(n_pos, dim, device=device)
-    table[:, 0::2] = torch.sin(pos * inv)
-    table[:, 1::2] = torch.cos(pos * inv)
-    return table
+        return torch.cat((torch.sin(angles), torch.cos(angles)), dim=-1)
+    return torch.stack((torch.sin(angles), torch.cos(angles)), dim=-1).flatten(-2)  # sin, cos interleaved
 
 
 def rope_inv_freq(cfg: Config, *, scaling: str | None = None, factor: float | None = None,

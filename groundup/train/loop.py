@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..models.common import trusted_inputs
 from ..utils.files import atomic_file
 from .checkpoint import DTensor, load_checkpoint, save_checkpoint
 from .objective import Objective
@@ -175,7 +176,7 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
 
         bar = tqdm(total=args.steps, initial=step, desc=args.name, unit="step", dynamic_ncols=True)
     model.train()
-    t_start, tokens_start = time.perf_counter(), tokens_seen
+    t_start, tokens_start, first_step = time.perf_counter(), tokens_seen, step
     val_loss = val_start
     while step < args.steps:
         lr = lr_at(step, lr=args.lr, warmup=args.warmup, max_steps=args.steps, min_lr=args.min_lr)
@@ -189,7 +190,9 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
             ctx = model.no_sync() if not sync and not sharded else contextlib.nullcontext()
             if sharded:
                 core.set_requires_gradient_sync(sync)
-            with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+            # the first step's batch is checked (ids in range ...); later ones come from the same data
+            trusted = trusted_inputs() if step > first_step else contextlib.nullcontext()
+            with ctx, trusted, torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
                 rows = [rank + world * i for i in range(x.shape[0])]  # this rank's rows of the global batch
                 if world > 1 and objective.arch != "causal_lm":
                     # Masked tokens per rank vary: divide the rank's sum by the global count (times world,
