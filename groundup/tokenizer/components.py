@@ -15,6 +15,7 @@ from typing import Any
 
 import regex
 
+from .bert_text import bert_normalize, bert_split, lowercase, wordpiece_decode
 from .bpe import BYTE_CHARS, CHAR_TO_BYTE
 
 # GPT-2's pre-tokenization pattern (Radford et al., 2019): contractions, letters, numbers, other symbols,
@@ -137,6 +138,10 @@ class Normalizer:
                           for i, o in enumerate(_need(obj, "normalizers", where))]
         elif kind in ("NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents"):
             pass
+        elif kind == "BertNormalizer":
+            self.bert = dict(clean_text=obj.get("clean_text", True),
+                             handle_chinese_chars=obj.get("handle_chinese_chars", True),
+                             strip_accents=obj.get("strip_accents"), lowercase_text=obj.get("lowercase", True))
         elif kind == "Strip":
             self.left, self.right = obj.get("strip_left", True), obj.get("strip_right", True)
         elif kind == "Prepend":
@@ -148,7 +153,8 @@ class Normalizer:
             self.content = _need(obj, "content", where)
         else:
             raise UnsupportedTokenizer(f"{where}: normalizer type {kind!r} is not supported (supported: Sequence, "
-                                       "NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, Strip, Prepend, Replace)")
+                                       "NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, Strip, Prepend, Replace, "
+                                       "BertNormalizer)")
 
     def __call__(self, s: str) -> str:
         kind = self.kind
@@ -159,7 +165,9 @@ class Normalizer:
         if kind in ("NFC", "NFD", "NFKC", "NFKD"):
             return unicodedata.normalize(kind, s)
         if kind == "Lowercase":
-            return s.lower()
+            return lowercase(s)
+        if kind == "BertNormalizer":
+            return bert_normalize(s, **self.bert)
         if kind == "StripAccents":
             # every combining mark (Mn, Mc, Me), as tokenizers strips them, not only the non-spacing ones
             return "".join(c for c in s if not unicodedata.category(c).startswith("M"))
@@ -209,9 +217,12 @@ class PreStep:
         elif kind == "Punctuation":
             self.regex = regex.compile(r"[\p{P}!-/:-@\[-`{-~]")
             self.behavior = obj.get("behavior", "Isolated")
+        elif kind == "BertPreTokenizer":
+            pass
         else:
             raise UnsupportedTokenizer(f"{where}: pre_tokenizer type {kind!r} is not supported (supported: Sequence, "
-                                       "ByteLevel, Split, Metaspace, Digits, Whitespace, WhitespaceSplit, Punctuation)")
+                                       "ByteLevel, Split, Metaspace, Digits, Whitespace, WhitespaceSplit, Punctuation, "
+                                       "BertPreTokenizer)")
 
     def __call__(self, words: list[str], first: bool, map_bytes: bool = True) -> list[str]:
         kind, out = self.kind, []
@@ -234,6 +245,10 @@ class PreStep:
         if kind in ("Whitespace",):
             for w in words:
                 out.extend(self.regex.findall(w))
+            return out
+        if kind == "BertPreTokenizer":
+            for w in words:
+                out.extend(bert_split(w))
             return out
         if kind == "WhitespaceSplit":
             for w in words:
@@ -307,9 +322,12 @@ class Decoder:
             self.content, self.start, self.stop = obj.get("content", " "), obj.get("start", 0), obj.get("stop", 0)
         elif kind == "BPEDecoder":
             self.suffix = obj.get("suffix", "</w>")
+        elif kind == "WordPiece":
+            self.prefix, self.cleanup = obj.get("prefix", "##"), obj.get("cleanup", True)
         else:
             raise UnsupportedTokenizer(f"{where}: decoder type {kind!r} is not supported (supported: Sequence, "
-                                       "ByteLevel, ByteFallback, Fuse, Metaspace, Replace, Strip, BPEDecoder)")
+                                       "ByteLevel, ByteFallback, Fuse, Metaspace, Replace, Strip, BPEDecoder, "
+                                       "WordPiece)")
 
     def __call__(self, tokens: list[str]) -> list[str]:
         kind = self.kind
@@ -361,6 +379,8 @@ class Decoder:
             return [self.regex.sub(lambda _: self.content, t) for t in tokens]
         if kind == "Strip":
             return [_strip_chars(t, self.content, self.start, self.stop) for t in tokens]
+        if kind == "WordPiece":
+            return wordpiece_decode(tokens, self.prefix, self.cleanup)
         # BPEDecoder: the end-of-word suffix becomes a space, except after the last token.
         n = len(tokens)
         return [t.replace(self.suffix, "" if i == n - 1 else " ") for i, t in enumerate(tokens)]
@@ -425,40 +445,56 @@ class PostProcessor:
         elif kind in ("RobertaProcessing", "BertProcessing"):
             cls, sep = _need(obj, "cls", where), _need(obj, "sep", where)
             c, s = [cls[1]], [sep[1]]
-            self.single = [("ids", c), ("A", None), ("ids", s)]
-            middle = [("ids", s), ("ids", s)] if kind == "RobertaProcessing" else [("ids", s)]
-            self.pair = [("ids", c), ("A", None), *middle, ("B", None), ("ids", s)]
+            second = 0 if kind == "RobertaProcessing" else 1  # RoBERTa has no segment embeddings
+            self.single = [("ids", c, 0), ("A", None, 0), ("ids", s, 0)]
+            middle = [("ids", s, 0), ("ids", s, 0)] if kind == "RobertaProcessing" else [("ids", s, 0)]
+            self.pair = [("ids", c, 0), ("A", None, 0), *middle, ("B", None, second), ("ids", s, second)]
         else:
             raise UnsupportedTokenizer(f"{where}: post_processor type {kind!r} is not supported (supported: "
                                        "Sequence, ByteLevel, TemplateProcessing, RobertaProcessing, BertProcessing)")
 
     @staticmethod
-    def _template(items: list, specials: dict, where: str) -> list[tuple[str, Any]]:
+    def _template(items: list, specials: dict, where: str) -> list[tuple[str, Any, int]]:
+        """[(piece: 'A', 'B' or 'ids', the special ids or None, type id)] of a template."""
         out = []
         for i, item in enumerate(items):
             if "Sequence" in item:
-                out.append((item["Sequence"]["id"], None))
+                out.append((item["Sequence"]["id"], None, int(item["Sequence"].get("type_id", 0))))
             elif "SpecialToken" in item:
                 name = item["SpecialToken"]["id"]
                 if name not in specials:
                     raise UnsupportedTokenizer(f"{where}[{i}]: special token {name!r} has no entry in special_tokens")
-                out.append(("ids", specials[name]))
+                out.append(("ids", specials[name], int(item["SpecialToken"].get("type_id", 0))))
             else:
                 raise UnsupportedTokenizer(f"{where}[{i}]: expected Sequence or SpecialToken, got {item!r}")
         return out
 
+    def _template_of(self) -> PostProcessor | None:
+        """The part that adds tokens (a Sequence holds ByteLevel, which only trims offsets, and a template)."""
+        if self.kind == "Sequence":
+            return next((p._template_of() for p in self.parts if p.kind != "ByteLevel"), None)
+        return None if self.kind == "ByteLevel" else self
+
+    def added(self, pair: bool) -> int:
+        """How many special tokens processing adds (what truncation keeps room for)."""
+        t = self._template_of()
+        return 0 if t is None else sum(len(ids) for name, ids, _ in (t.pair if pair else t.single) if name == "ids")
+
+    def process(self, a: list[int], b: list[int] | None = None) -> tuple[list[int], list[int]]:
+        """(ids, type ids) with the template's special tokens; without one, a then b with types 0 and 1."""
+        t = self._template_of()
+        if t is None:
+            return a + (b or []), [0] * len(a) + [1] * len(b or [])
+        ids: list[int] = []
+        types: list[int] = []
+        for name, special, type_id in (t.single if b is None else t.pair):
+            part = special if name == "ids" else a if name == "A" else b
+            ids.extend(part)
+            types.extend([type_id] * len(part))
+        return ids, types
+
     def __call__(self, a: list[int], b: list[int] | None = None) -> list[int]:
-        if self.kind == "Sequence":  # in practice ByteLevel (offsets only) plus at most one template
-            for p in self.parts:
-                if p.kind != "ByteLevel":
-                    return p(a, b)
-            return a + (b or [])
-        if self.kind == "ByteLevel":
-            return a + (b or [])
-        out: list[int] = []
-        for name, ids in (self.single if b is None else self.pair):
-            out.extend(ids if name == "ids" else a if name == "A" else b)
-        return out
+        return self.process(a, b)[0]
 
 
 def normalizer(obj: dict | None) -> Normalizer | None:

@@ -15,8 +15,47 @@ from ..utils.files import atomic_write_text
 from .bpe import BPE
 from .components import Decoder, Normalizer, PostProcessor, PreTokenizer, UnsupportedTokenizer
 from .tokenizer import AddedToken, Tokenizer
+from .unigram import Unigram
+from .wordpiece import WordPiece
 
 _KEPT = ("truncation", "padding")  # tokenizer.json fields carried through a load/save unchanged
+
+
+_U64 = 2**64 - 1
+_POW10 = [float(f"1e{k}") for k in range(309)]
+
+
+def rust_float(text: str) -> float:
+    """A JSON number parsed the way HF tokenizers parses it (serde_json without its float_roundtrip
+    feature): the digits as a u64 (digits past 19 or so dropped), converted to f64, then multiplied or
+    divided by one power of ten. That is not always the nearest double: a Unigram score can differ from
+    Python's correctly rounded value in the last bit, and ties between segmentations then fall differently.
+    Reading scores this way gives the same lattice, so the same ids."""
+    neg = text.startswith("-")
+    body = text[1:] if neg else text
+    mantissa, _, exp_text = body.replace("E", "e").partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    sig, exponent = 0, 0
+    for d in whole:
+        if sig * 10 + int(d) > _U64:
+            exponent += 1  # an integer part past u64: later digits only scale it
+        else:
+            sig = sig * 10 + int(d)
+    if exponent == 0:
+        for d in fraction:
+            if sig * 10 + int(d) > _U64:
+                break  # the remaining fraction digits are ignored
+            sig, exponent = sig * 10 + int(d), exponent - 1
+    if exp_text:
+        exponent += int(exp_text)
+    f = float(sig)
+    while abs(exponent) >= len(_POW10):
+        if f == 0.0 or exponent >= 0:
+            break
+        f, exponent = f / 1e308, exponent + 308
+    if abs(exponent) < len(_POW10):
+        f = f * _POW10[exponent] if exponent >= 0 else f / _POW10[-exponent]
+    return -f if neg else f
 
 
 def _read_json(path: Path) -> Any:
@@ -27,7 +66,7 @@ def _read_json(path: Path) -> Any:
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_float=rust_float)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
 
@@ -50,14 +89,43 @@ def _merges(raw: Any, where: str) -> list[tuple[str, str]]:
     return out
 
 
-def model_from_json(obj: Any, where: str) -> BPE:
+def _wordpiece(obj: dict, where: str) -> WordPiece:
+    vocab = obj.get("vocab")
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+        raise UnsupportedTokenizer(f"{where}: model.vocab must map token strings to integer ids")
+    try:
+        return WordPiece(vocab, unk_token=obj.get("unk_token", "[UNK]"),
+                         continuing_subword_prefix=obj.get("continuing_subword_prefix", "##"),
+                         max_input_chars_per_word=int(obj.get("max_input_chars_per_word", 100)))
+    except ValueError as e:
+        raise UnsupportedTokenizer(f"{where}: {e}") from None
+
+
+def _unigram(obj: dict, where: str) -> Unigram:
+    vocab = obj.get("vocab")
+    ok = isinstance(vocab, list) and all(isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)
+                                         and isinstance(v[1], int | float) for v in vocab)
+    if not ok:
+        raise UnsupportedTokenizer(f"{where}: a Unigram model.vocab is a list of [piece, score] pairs")
+    try:
+        return Unigram([(p, s) for p, s in vocab], unk_id=obj.get("unk_id"),
+                       byte_fallback=bool(obj.get("byte_fallback", False)))
+    except ValueError as e:
+        raise UnsupportedTokenizer(f"{where}: {e}") from None
+
+
+def model_from_json(obj: Any, where: str) -> BPE | WordPiece | Unigram:
     if not isinstance(obj, dict):
         raise UnsupportedTokenizer(f"{where}: 'model' must be an object")
     kind = obj.get("type", "BPE" if "merges" in obj else None)
+    if kind == "WordPiece":
+        return _wordpiece(obj, where)
+    if kind == "Unigram":
+        return _unigram(obj, where)
     if kind != "BPE":
         raise UnsupportedTokenizer(
-            f"{where}: model.type {kind!r} is not supported: groundup.Tokenizer runs BPE models (byte-level like "
-            "GPT-2/Llama-3, or SentencePiece-style like Llama-2/Mistral)")
+            f"{where}: model.type {kind!r} is not supported: groundup.Tokenizer runs BPE (GPT-2, Llama), "
+            "WordPiece (BERT) and Unigram (T5, ALBERT, XLNet) models")
     if obj.get("dropout") not in (None, 0, 0.0):
         raise UnsupportedTokenizer(f"{where}: model.dropout={obj['dropout']} (BPE-dropout) is a training-time "
                                    "regularizer and is not supported; set it to null")
@@ -132,10 +200,13 @@ def load(path: str | Path) -> Tokenizer:
 def to_json(tok: Tokenizer) -> dict:
     """The tokenizer.json object (format of tokenizers >= 0.20: merges as pairs)."""
     m = tok.model
-    model = {"type": "BPE", "dropout": None, "unk_token": m.unk_token,
-             "continuing_subword_prefix": m.continuing_subword_prefix, "end_of_word_suffix": m.end_of_word_suffix,
-             "fuse_unk": m.fuse_unk, "byte_fallback": m.byte_fallback, "ignore_merges": m.ignore_merges,
-             "vocab": dict(sorted(m.vocab.items(), key=lambda kv: kv[1])), "merges": [list(p) for p in m.merges]}
+    if isinstance(m, BPE):
+        model = {"type": "BPE", "dropout": None, "unk_token": m.unk_token,
+                 "continuing_subword_prefix": m.continuing_subword_prefix, "end_of_word_suffix": m.end_of_word_suffix,
+                 "fuse_unk": m.fuse_unk, "byte_fallback": m.byte_fallback, "ignore_merges": m.ignore_merges,
+                 "vocab": dict(sorted(m.vocab.items(), key=lambda kv: kv[1])), "merges": [list(p) for p in m.merges]}
+    else:
+        model = m.to_json()  # WordPiece, Unigram
     return {
         "version": "1.0",
         "truncation": tok.extra.get("truncation"),

@@ -23,6 +23,7 @@ import regex
 
 from .bpe import BPE, merges_cross, to_byte_level
 from .components import Decoder, Normalizer, PostProcessor, PreTokenizer
+from .encoding import Encoding, Padding, Truncation
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Tokenizer:
         self.config: dict[str, Any] = dict(config or {})  # tokenizer_config.json
         self.chat_template = chat_template
         self.extra: dict[str, Any] = dict(extra or {})  # tokenizer.json fields kept for saving (truncation ...)
+        self._set_limits()
         self.added: list[AddedToken] = []
         self._set_added(list(added_tokens))
         self._setup()
@@ -96,13 +98,43 @@ class Tokenizer:
         # metaspace to the character before it, cutting there changes nothing and makes words cacheable.
         mark = "▁"
         whole = all(s.kind == "Metaspace" and not s.split for s in pre.steps)
-        self._cut_metaspace = whole and mark in self.model.vocab and not merges_cross(self.model, mark)
+        self._cut_metaspace = (whole and isinstance(self.model, BPE) and mark in self.model.vocab
+                               and not merges_cross(self.model, mark))
         # GPT-2 style (one ByteLevel regex step, no prefix space): the words are the regex's matches.
         steps = pre.steps
         self._findall = None
         if (len(steps) == 1 and steps[0].kind == "ByteLevel" and steps[0].regex is not None
                 and not steps[0].add_prefix_space):
             self._findall = steps[0].regex.findall
+
+    def _set_limits(self) -> None:
+        self.truncation = Truncation.from_json(self.extra.get("truncation"), "tokenizer.json: truncation")
+        self.padding = Padding.from_json(self.extra.get("padding"), "tokenizer.json: padding")
+
+    def enable_truncation(self, max_length: int, *, strategy: str = "LongestFirst", direction: str = "Right") -> None:
+        """Cut encodings to ``max_length`` tokens, special tokens included (tokenizers' enable_truncation)."""
+        self.extra["truncation"] = {"direction": direction, "max_length": max_length, "strategy": strategy,
+                                    "stride": 0}
+        self._set_limits()
+
+    def enable_padding(self, *, length: int | None = None, direction: str = "Right", pad_id: int | None = None,
+                       pad_type_id: int = 0, pad_token: str | None = None, pad_to_multiple_of: int | None = None
+                       ) -> None:
+        """Pad encodings to ``length``, or to the longest of a batch when None (tokenizers' enable_padding)."""
+        pad_id = self.pad_token_id if pad_id is None else pad_id
+        self.extra["padding"] = {"strategy": {"Fixed": length} if length is not None else "BatchLongest",
+                                 "direction": direction, "pad_to_multiple_of": pad_to_multiple_of,
+                                 "pad_id": pad_id or 0, "pad_type_id": pad_type_id,
+                                 "pad_token": pad_token or self.pad_token or "[PAD]"}
+        self._set_limits()
+
+    def no_truncation(self) -> None:
+        self.extra.pop("truncation", None)
+        self._set_limits()
+
+    def no_padding(self) -> None:
+        self.extra.pop("padding", None)
+        self._set_limits()
 
     def _set_added(self, tokens: list[AddedToken]) -> None:
         self.added = sorted(tokens, key=lambda t: t.id)
@@ -284,35 +316,64 @@ class Tokenizer:
         token not allowed; () = encode them as plain text). add_special_tokens: apply the post-processor
         (e.g. Llama's BOS), as HF does. pair: a second text for pair templates (BERT/RoBERTa style).
         """
-        if not isinstance(text, str):
-            raise TypeError(f"encode takes a str, got {type(text).__name__}; use encode_bytes for raw bytes")
+        return self.encode_plus(text, pair=pair, allowed_special=allowed_special,
+                                disallowed_special=disallowed_special, add_special_tokens=add_special_tokens).ids
+
+    def encode_plus(self, text: str, *, pair: str | None = None, allowed_special: Special = (),
+                    disallowed_special: Special = "all", add_special_tokens: bool = True) -> Encoding:
+        """Like encode, with the segment ids and attention mask too (an Encoding). The file's truncation and
+        padding settings apply, as tokenizers applies them (padding to a fixed length, if set)."""
+        if not isinstance(text, str) or (pair is not None and not isinstance(pair, str)):
+            bad = text if not isinstance(text, str) else pair
+            raise TypeError(f"encode takes a str, got {type(bad).__name__}; use encode_bytes for raw bytes")
         allowed, disallowed = self._allowed(allowed_special, disallowed_special)
         ids = self._encode_one(text, allowed, disallowed, raw=False)
         second = None if pair is None else self._encode_one(pair, allowed, disallowed, raw=False)
-        return self._post(ids, second, add_special_tokens)
+        return self._pad([self._finish(ids, second, add_special_tokens)])[0]
 
     def encode_bytes(self, data: bytes, *, allowed_special: Special = (), disallowed_special: Special = "all",
                      add_special_tokens: bool = True) -> list[int]:
         """Raw bytes -> ids, keeping invalid UTF-8 byte for byte (byte-level models; see decode_bytes)."""
         allowed, disallowed = self._allowed(allowed_special, disallowed_special)
         text = data.decode("utf-8", "surrogateescape")
-        return self._post(self._encode_one(text, allowed, disallowed, raw=True), None, add_special_tokens)
+        ids = self._encode_one(text, allowed, disallowed, raw=True)
+        return self._pad([self._finish(ids, None, add_special_tokens)])[0].ids
 
-    def _post(self, ids: list[int], pair: list[int] | None, add_special_tokens: bool) -> list[int]:
-        if add_special_tokens and self.post_processor is not None:
-            return self.post_processor(ids, pair)
-        return ids + (pair or [])
+    def _finish(self, ids: list[int], pair: list[int] | None, add_special_tokens: bool) -> Encoding:
+        """Truncate (leaving room for the special tokens), then add them: tokenizers' post_process order."""
+        post = self.post_processor if add_special_tokens else None
+        if self.truncation is not None:
+            ids, pair = self.truncation.apply(ids, pair, post.added(pair is not None) if post is not None else 0)
+        if post is not None:
+            out, types = post.process(ids, pair)
+        else:
+            out, types = ids + (pair or []), [0] * len(ids) + [1] * len(pair or [])
+        return Encoding(out, types, [1] * len(out))
+
+    def _pad(self, batch: list[Encoding]) -> list[Encoding]:
+        return self.padding.apply(batch) if self.padding is not None else batch
 
     def encode_batch(self, texts: Sequence[str], *, allowed_special: Special = (), disallowed_special: Special = "all",
                      add_special_tokens: bool = True) -> list[list[int]]:
-        """`encode` for each text (same keyword arguments)."""
+        """`encode` for each text (same keyword arguments); padding to the longest, if the file sets it."""
+        return [e.ids for e in self.encode_batch_plus(texts, allowed_special=allowed_special,
+                                                      disallowed_special=disallowed_special,
+                                                      add_special_tokens=add_special_tokens)]
+
+    def encode_batch_plus(self, texts: Sequence[str], *, pairs: Sequence[str] | None = None,
+                          allowed_special: Special = (), disallowed_special: Special = "all",
+                          add_special_tokens: bool = True) -> list[Encoding]:
+        """encode_plus for each text (and its pair), padded together as the file's padding says."""
         allowed, disallowed = self._allowed(allowed_special, disallowed_special)
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs: give one pair per text")
         out = []
-        for t in texts:
+        for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"encode_batch takes str texts, got {type(t).__name__}")
-            out.append(self._post(self._encode_one(t, allowed, disallowed, raw=False), None, add_special_tokens))
-        return out
+            second = None if pairs is None else self._encode_one(pairs[i], allowed, disallowed, raw=False)
+            out.append(self._finish(self._encode_one(t, allowed, disallowed, raw=False), second, add_special_tokens))
+        return self._pad(out)
 
     def tokenize(self, text: str, **kwargs: Any) -> list[str]:
         """The token strings of `encode(text)`."""
