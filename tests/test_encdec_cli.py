@@ -102,3 +102,25 @@ def test_generate_cli_matches_hf_beam_search(hf_encdec_folder, tmp_path, capsys)
     assert printed and printed == tok.decode(want[0, 1:].tolist(), skip_special_tokens=True)
     assert main(["generate", str(path), "w5"]) == 2  # no tokenizer.json in the original folder
     assert "tokenizer.json" in capsys.readouterr().err
+
+
+def test_embed_uses_the_tokenizers_mask_with_fixed_padding(bert_folder, tmp_path, capsys):
+    """A sentence-transformers style tokenizer.json pads every text to a fixed length: the mask must come
+    from the tokenizer, or the padding is averaged into every vector (issue 16, defect 2)."""
+    import shutil
+
+    path, ref, tok = bert_folder
+    padded = tmp_path / "padded"
+    shutil.copytree(path, padded)
+    fixed = type(tok).from_str(tok.to_str())
+    fixed.enable_padding(length=16, pad_id=tok.token_to_id("[PAD]"), pad_token="[PAD]")
+    fixed.save(str(padded / "tokenizer.json"))
+    texts = ["the cat sat", "a dog ran in the park", "my cat likes the sun"]
+    assert main(["embed", str(padded), *texts]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    got = torch.tensor([[float(v) for v in r[:3]] for r in rows])
+    with torch.no_grad():  # each sentence alone, no padding at all
+        vecs = torch.cat([ref.bert(input_ids=torch.tensor([tok.encode(t).ids])).last_hidden_state.mean(dim=1)
+                          for t in texts])
+    vecs = torch.nn.functional.normalize(vecs, dim=-1)
+    torch.testing.assert_close(got, vecs @ vecs.T, atol=2e-3, rtol=0)

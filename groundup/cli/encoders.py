@@ -12,17 +12,26 @@ from .generate import add_sampling_arguments
 
 
 def _load_model_and_tokenizer(folder: str, arch: str):
-    """A model folder's groundup model (of the given arch) and its tokenizer.json."""
-    from pathlib import Path
-
-    from tokenizers import Tokenizer
-
+    """A model folder's groundup model (of the given arch) and its groundup Tokenizer."""
     from ..checkpoint.hf import from_pretrained
+    from ..tokenizer import Tokenizer
 
     kind = {"encoder": "an encoder (BERT-style)", "seq2seq": "an encoder-decoder (T5/Marian)"}[arch]
     check_model_folder(folder, arch, kind)
-    path = Path(folder) / "tokenizer.json"
-    return from_pretrained(folder), Tokenizer.from_file(str(path))
+    return from_pretrained(folder), Tokenizer.from_pretrained(folder)
+
+
+def _batch(tok, texts: list[str], *, allowed_special="all"):
+    """ids, token types and attention mask [B, T] of the texts: the tokenizer's own truncation and padding
+    (a fixed length, for some sentence-embedding folders) and its masks, padded to the longest otherwise."""
+    from ..tokenizer.encoding import Padding
+
+    batch = tok.encode_batch_plus(texts, allowed_special=allowed_special)
+    if tok.padding is None:
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.token_to_id("[PAD]") or 0)
+        Padding(pad_id=pad).apply(batch)
+    return (torch.tensor([e.ids for e in batch]), torch.tensor([e.type_ids for e in batch]),
+            torch.tensor([e.attention_mask for e in batch]))
 
 
 def _special_id(tok, names: tuple[str, ...], what: str) -> int:
@@ -39,10 +48,10 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     mask_id = _special_id(tok, ("[MASK]", "<mask>"), "mask")
     mask_text = tok.id_to_token(mask_id)
     for text in args.text:
-        enc = tok.encode(text)
-        ids = torch.tensor([enc.ids])
-        types = torch.tensor([enc.type_ids]) if model.config.type_vocab_size else None
-        (preds,) = model.fill_mask(ids, mask_token_id=mask_id, top_k=args.top_k, token_type_ids=types)
+        ids, types, mask = _batch(tok, [text])  # [MASK] in the text is the mask token
+        types = types if model.config.type_vocab_size else None
+        (preds,) = model.fill_mask(ids, mask_token_id=mask_id, top_k=args.top_k, token_type_ids=types,
+                                   attention_mask=mask)
         print(text)
         for pos, cands in preds:
             print(f"  {mask_text} at token {pos}:")
@@ -54,13 +63,10 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     """Sentence vectors from an encoder and their cosine similarities."""
     model, tok = _load_model_and_tokenizer(args.model, "encoder")
-    encs = [tok.encode(t) for t in args.text]
-    width = max(len(e.ids) for e in encs)
-    pad = tok.token_to_id("[PAD]") or 0
-    ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in encs])
-    mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encs])
+    ids, types, mask = _batch(tok, args.text, allowed_special=())
+    types = types if model.config.type_vocab_size else None
     with torch.no_grad():
-        vecs = model.features(ids, attention_mask=mask, pooling=args.pooling)
+        vecs = model.features(ids, attention_mask=mask, token_type_ids=types, pooling=args.pooling)
     sims = torch.nn.functional.normalize(vecs, dim=-1) @ torch.nn.functional.normalize(vecs, dim=-1).T
     print(f"{len(args.text)} sentence(s) -> vectors of {vecs.shape[1]} ({args.pooling} pooling); cosine similarity:")
     for i, text in enumerate(args.text):
@@ -82,7 +88,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return cmd_generate_causal(args)
     model, tok = _load_model_and_tokenizer(args.model, "seq2seq")
     for text in args.text:
-        ids = torch.tensor([tok.encode(text).ids])
+        ids = torch.tensor([tok.encode(text)])
         out = model.generate(ids, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
                              length_penalty=args.length_penalty, early_stopping=args.early_stopping)
         print(tok.decode(out[0, 1:].tolist(), skip_special_tokens=True))

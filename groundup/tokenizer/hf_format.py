@@ -16,7 +16,7 @@ from .bpe import BPE
 from .components import Decoder, Normalizer, PostProcessor, PreTokenizer, UnsupportedTokenizer
 from .tokenizer import AddedToken, Tokenizer
 from .unigram import Unigram
-from .wordpiece import WordPiece
+from .wordpiece import WordLevel, WordPiece
 
 _KEPT = ("truncation", "padding")  # tokenizer.json fields carried through a load/save unchanged
 
@@ -89,11 +89,13 @@ def _merges(raw: Any, where: str) -> list[tuple[str, str]]:
     return out
 
 
-def _wordpiece(obj: dict, where: str) -> WordPiece:
+def _wordpiece(obj: dict, where: str) -> WordPiece | WordLevel:
     vocab = obj.get("vocab")
     if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
         raise UnsupportedTokenizer(f"{where}: model.vocab must map token strings to integer ids")
     try:
+        if obj.get("type") == "WordLevel":
+            return WordLevel(vocab, unk_token=obj.get("unk_token"))
         return WordPiece(vocab, unk_token=obj.get("unk_token", "[UNK]"),
                          continuing_subword_prefix=obj.get("continuing_subword_prefix", "##"),
                          max_input_chars_per_word=int(obj.get("max_input_chars_per_word", 100)))
@@ -114,18 +116,18 @@ def _unigram(obj: dict, where: str) -> Unigram:
         raise UnsupportedTokenizer(f"{where}: {e}") from None
 
 
-def model_from_json(obj: Any, where: str) -> BPE | WordPiece | Unigram:
+def model_from_json(obj: Any, where: str) -> BPE | WordPiece | WordLevel | Unigram:
     if not isinstance(obj, dict):
         raise UnsupportedTokenizer(f"{where}: 'model' must be an object")
     kind = obj.get("type", "BPE" if "merges" in obj else None)
-    if kind == "WordPiece":
+    if kind in ("WordPiece", "WordLevel"):
         return _wordpiece(obj, where)
     if kind == "Unigram":
         return _unigram(obj, where)
     if kind != "BPE":
         raise UnsupportedTokenizer(
             f"{where}: model.type {kind!r} is not supported: groundup.Tokenizer runs BPE (GPT-2, Llama), "
-            "WordPiece (BERT) and Unigram (T5, ALBERT, XLNet) models")
+            "WordPiece (BERT), Unigram (T5, ALBERT, XLNet) and WordLevel models")
     if obj.get("dropout") not in (None, 0, 0.0):
         raise UnsupportedTokenizer(f"{where}: model.dropout={obj['dropout']} (BPE-dropout) is a training-time "
                                    "regularizer and is not supported; set it to null")

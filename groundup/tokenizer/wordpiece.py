@@ -46,3 +46,29 @@ class WordPiece:
         return {"type": "WordPiece", "unk_token": self.unk_token, "continuing_subword_prefix": self.prefix,
                 "max_input_chars_per_word": self.max_chars,
                 "vocab": dict(sorted(self.vocab.items(), key=lambda kv: kv[1]))}
+
+
+class WordLevel:
+    """A word -> id table: each pre-tokenized word is one token, or the unknown token (tokenizers'
+    WordLevel, common in small test and toy tokenizers)."""
+
+    kind = "WordLevel"
+
+    def __init__(self, vocab: dict[str, int], *, unk_token: str | None = None) -> None:
+        if unk_token is not None and unk_token not in vocab:
+            raise ValueError(f"model.unk_token {unk_token!r} is not in the vocabulary")
+        self.vocab = dict(vocab)
+        self.id_to_token = {i: t for t, i in self.vocab.items()}
+        self.unk_token, self.merges = unk_token, []
+
+    def encode_word(self, word: str) -> tuple[int, ...]:
+        tid = self.vocab.get(word)
+        if tid is not None:
+            return (tid,)
+        if self.unk_token is None:
+            raise ValueError(f"{word!r} is not in the vocabulary and the model has no unk_token")
+        return (self.vocab[self.unk_token],)
+
+    def to_json(self) -> dict:
+        return {"type": "WordLevel", "unk_token": self.unk_token,
+                "vocab": dict(sorted(self.vocab.items(), key=lambda kv: kv[1]))}

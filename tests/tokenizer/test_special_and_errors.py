@@ -100,8 +100,8 @@ def test_malformed_or_unsupported_files_get_clear_errors(tmp_path, good):
         Tokenizer.from_file(_write(tmp_path, '{\n "model": {\n  "type": "BPE",, \n}'))
     with pytest.raises(UnsupportedTokenizer, match="no 'model' field"):
         Tokenizer.from_file(_write(tmp_path, {"version": "1.0"}))
-    bad = dict(good, model=dict(good["model"], type="WordLevel"))  # WordPiece and Unigram are supported now
-    with pytest.raises(UnsupportedTokenizer, match="model.type 'WordLevel' is not supported"):
+    bad = dict(good, model=dict(good["model"], type="CharLevel"))  # WordPiece, Unigram, WordLevel are supported
+    with pytest.raises(UnsupportedTokenizer, match="model.type 'CharLevel' is not supported"):
         Tokenizer.from_file(_write(tmp_path, bad))
     bad = dict(good, model=dict(good["model"], type="WordPiece", unk_token="[NOPE]"))
     with pytest.raises(UnsupportedTokenizer, match=r"model.unk_token '\[NOPE\]' is not in the vocabulary"):
