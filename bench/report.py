@@ -3,6 +3,7 @@ table, the table printed, and (with --out) the same page written to docs/."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -49,7 +50,25 @@ def command() -> str:
     return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
+def machine() -> str:
+    """The CPU model and the vector/matrix flags that decide which kernels run (BLAS ranks them per CPU)."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8"]
+    return f"CPU: {model}, {os.cpu_count()} cores; flags: {' '.join(f for f in wanted if f in flags) or 'none of note'}"
+
+
 def emit(title: str, lines: list[str], out: str | None) -> None:
+    lines = [*lines, "", machine()]
     table = "\n".join(lines)
     print(table)
     if out:

@@ -5,7 +5,8 @@
 Rows: training a byte-level BPE with an 8k vocabulary from the file; encoding the whole text in one call
 (a fresh tokenizer each time, so groundup's word cache starts empty) and decoding it back; encoding it as a
 batch of lines (tokenizers uses both cores there, groundup one); and the same one-call encode and decode
-with a Llama-2 style tokenizer (metaspace + byte fallback, no pre-tokenizer). Both sides run on the same
+with a Llama-2 style tokenizer (metaspace + byte fallback, no pre-tokenizer), a BERT WordPiece one (uncased,
+BertNormalizer + BertPreTokenizer) and a T5-style Unigram one (NFKC + Metaspace). Both sides run on the same
 file and the same tokenizer.json, alternate, and the median of the repeats is reported with the ratio
 (>1: groundup faster). Ids and decoded text are checked to be identical before timing. Peak memory is
 the rise of the resident set's high-water mark in a separate process doing only that task (Linux: reset
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from report import alternate, command, emit
-from tokenizer.conftest import sentencepiece_style  # tests/tokenizer/conftest.py
+from tokenizer.conftest import bert_style, sentencepiece_style, t5_style  # tests/tokenizer/conftest.py
 
 from groundup import Tokenizer
 from groundup.data import python_stdlib
@@ -116,8 +117,10 @@ def main() -> None:
     # --- encoding with the same tokenizer.json
     hf_json = str(tmp / "hf.json")
     sp_json = str(sentencepiece_style(tmp, text, "legacy", vocab_size=8000))
+    bert_json, t5_json = str(bert_style(tmp, text, "uncased")), str(t5_style(tmp, text, "plain"))
     lines = text.splitlines(keepends=True)
-    for name, tj in (("byte-level", hf_json), ("Llama-2 style", sp_json)):
+    for name, tj in (("byte-level", hf_json), ("Llama-2 style", sp_json), ("BERT WordPiece", bert_json),
+                     ("T5 Unigram", t5_json)):
         gu_tok, hf_tok = Tokenizer.from_file(tj), HF.from_file(tj)
         assert gu_tok.encode(text, allowed_special="all") == hf_tok.encode(text).ids, f"{name}: ids differ"
         g, h = alternate(lambda t: t.encode(text, allowed_special="all"), lambda t: t.encode(text).ids,

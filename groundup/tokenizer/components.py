@@ -119,6 +119,12 @@ def split_spans(text: str, pattern: regex.Pattern, behavior: str, invert: bool =
 _CAPTURING: dict[regex.Pattern, regex.Pattern] = {}
 
 
+def _split_before(text: str, mark: str) -> list[str]:
+    """split_spans(text, mark literally, "MergedWithNext"): every occurrence of the mark starts a piece."""
+    first, *rest = text.split(mark)
+    return [p for p in (first, *(mark + r for r in rest)) if p]
+
+
 def _capturing(pattern: regex.Pattern) -> regex.Pattern:
     if pattern not in _CAPTURING:
         _CAPTURING[pattern] = regex.compile(f"({pattern.pattern})", pattern.flags)
@@ -240,7 +246,7 @@ class PreStep:
                 w = w.replace(" ", r)
                 if not w.startswith(r) and (self.scheme == "always" or (self.scheme == "first" and i == 0 and first)):
                     w = r + w
-                out.extend(split_spans(w, _literal(r), "MergedWithNext") if self.split else [w])
+                out.extend(_split_before(w, r) if self.split else [w])
             return [w for w in out if w]
         if kind in ("Whitespace",):
             for w in words:

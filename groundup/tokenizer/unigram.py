@@ -33,6 +33,9 @@ class Unigram:
         self.unk_id, self.byte_fallback = unk_id, byte_fallback
         self.min_score = min((s for _, s in self.pieces), default=0.0)
         self.longest = max((len(p) for p, _ in self.pieces), default=1)
+        # every prefix of a piece: the scan from a position stops at the first text that starts no piece,
+        # as a walk down the trie of pieces would
+        self._prefixes = {p[:k] for p, _ in self.pieces for k in range(1, len(p) + 1)}
         self.merges: list = []
         self._bytes = [self.vocab.get(byte_token(b)) for b in range(256)] if byte_fallback else None
 
@@ -41,19 +44,25 @@ class Unigram:
         n = len(word)
         if n == 0:
             return []
-        scores, unk_score = self.scores, self.min_score - UNK_PENALTY
+        scores, prefixes, unk_score = self.scores, self._prefixes, self.min_score - UNK_PENALTY
+        vocab, unk_id, longest = self.vocab, self.unk_id, self.longest
         best = [0.0] * (n + 1)
         start_of: list[int | None] = [None] * (n + 1)
         unknown = [False] * (n + 1)
         for i in range(n):
             here, single = best[i], False
-            for j in range(i + 1, min(n, i + self.longest) + 1):
-                score = scores.get(word[i:j])
+            for j in range(i + 1, (n if n < i + longest else i + longest) + 1):
+                sub = word[i:j]
+                if sub not in prefixes:
+                    break
+                score = scores.get(sub)
                 if score is None:
                     continue
-                if start_of[j] is None or score + here > best[j]:
-                    best[j], start_of[j], unknown[j] = score + here, i, self.vocab[word[i:j]] == self.unk_id
-                single = single or j == i + 1
+                total = score + here
+                if start_of[j] is None or total > best[j]:
+                    best[j], start_of[j], unknown[j] = total, i, vocab[sub] == unk_id
+                if j == i + 1:
+                    single = True
             if not single and (start_of[i + 1] is None or unk_score + here > best[i + 1]):
                 best[i + 1], start_of[i + 1], unknown[i + 1] = unk_score + here, i, True
         out: list[tuple[str, bool]] = []

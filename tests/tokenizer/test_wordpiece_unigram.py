@@ -4,7 +4,6 @@ padding as the file sets them, saving that `tokenizers` reads back, and hypothes
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from pathlib import Path
 
@@ -15,61 +14,9 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from groundup import Tokenizer
 
-from .conftest import chunks, unicode_text
+from .conftest import bert_style, t5_style, unicode_text
 from .test_components import same_unicode_tables
 from .test_parity import assert_same_ids
-
-
-def _train_text(corpus: str) -> list[str]:
-    return chunks(corpus[::6] + unicode_text(8000, seed=3), 4096)
-
-
-def bert_style(folder: Path, corpus: str, variant: str) -> Path:
-    """A BERT tokenizer.json: BertNormalizer, BertPreTokenizer, WordPiece, [CLS] A [SEP] (B [SEP]), the
-    WordPiece decoder. 'uncased' lowercases and strips accents, 'cased' neither (BertProcessing then)."""
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = HFTokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=24))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=variant == "uncased")
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(_train_text(corpus), trainers.WordPieceTrainer(vocab_size=1500, special_tokens=specials,
-                                                                           show_progress=False, limit_alphabet=300))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    if variant == "uncased":
-        tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                                           special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    else:
-        tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
-    path = folder / f"bert_{variant}.json"
-    tok.save(str(path))
-    return path
-
-
-def t5_style(folder: Path, corpus: str, variant: str) -> Path:
-    """A T5-style tokenizer.json: NFKC, Metaspace, Unigram, `$A </s>`. 'bytes' adds the
-    256 <0x..> pieces and byte fallback (as ALBERT-like files spell unknown characters)."""
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    tok = HFTokenizer(models.Unigram())
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC()])
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(vocab_size=1200, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
-                                      show_progress=False, max_piece_length=12)
-    tok.train_from_iterator(_train_text(corpus), trainer)
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B:1 </s>:1",
-                                                       special_tokens=[("</s>", tok.token_to_id("</s>"))])
-    obj = json.loads(tok.to_str())
-    if variant == "bytes":
-        low = min(s for _, s in obj["model"]["vocab"]) - 5.0
-        obj["model"]["vocab"] += [[f"<0x{b:02X}>", low] for b in range(256)]
-        obj["model"]["byte_fallback"] = True
-        obj["decoder"] = {"type": "Sequence", "decoders": [obj["decoder"], {"type": "ByteFallback"}]}
-    path = folder / f"t5_{variant}.json"
-    path.write_text(json.dumps(obj, ensure_ascii=False))
-    return path
 
 
 @pytest.fixture(scope="session", params=["bert-uncased", "bert-cased", "t5-plain", "t5-bytes"])
