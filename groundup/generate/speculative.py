@@ -100,6 +100,62 @@ class _Runner:
                               logits_to_keep=keep).float()
 
 
+def _draft(drf: _Runner, seq: torch.Tensor, k: int, pick, min_confidence: float
+           ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """Up to k guesses of the draft after seq [B, L]: (seq with the guesses [B, L + k'], the draft's
+    distribution of each guess when sampling)."""
+    q, drafted = [], seq
+    for j in range(k):
+        draft_logits = drf.feed(drafted, 1)[:, -1]
+        tok, dist = pick(draft_logits)
+        q.append(dist)
+        drafted = torch.cat([drafted, tok[:, None]], 1)  # [B, L + j + 1]
+        # A guess the draft itself doubts will likely be rejected, and so would every later one: stop
+        # here (the stopping rule reads the draft only, so the output distribution is unchanged).
+        if min_confidence and j < k - 1:
+            p_draft = dist if dist is not None else draft_logits.softmax(-1)
+            if bool((p_draft.gather(-1, tok[:, None]) < min_confidence).any()):
+                break
+    return drafted, q
+
+
+def _verify(logits: torch.Tensor, drafts: torch.Tensor, q: list[torch.Tensor | None], done: torch.Tensor, *,
+            sample: bool, temperature: float, top_k: int | None, top_p: float | None,
+            generator: torch.Generator | None) -> tuple[int, torch.Tensor]:
+    """The target's verdict on the k guesses drafts [B, k] from its logits [B, k + 1, V]: (n, the guesses every
+    row accepts, and the token [B] that follows them). Greedy: a guess stands if it is the target's argmax.
+    Sampling (Leviathan et al., 2023; Chen et al., 2023): accept with probability min(1, p/q), and draw
+    the first rejected place from the residual max(p - q, 0), which keeps the target's distribution."""
+    B, k = drafts.shape
+    if not sample:
+        best = logits.argmax(-1)  # [B, k + 1]
+        ok = drafts == best[:, :k]  # [B, k]
+    else:
+        p = probabilities(logits, temperature=temperature, top_k=top_k, top_p=top_p)  # [B, k + 1, V]
+        if k:
+            qs = torch.stack(q, 1)  # [B, k, V]
+            p_d = p[:, :k].gather(-1, drafts[..., None]).squeeze(-1)  # [B, k]
+            q_d = qs.gather(-1, drafts[..., None]).squeeze(-1)
+            u = torch.rand(p_d.shape, generator=generator, device=p_d.device)
+            ok = u * q_d < p_d  # accept with probability min(1, p/q)
+        else:
+            ok = torch.zeros(B, 0, dtype=torch.bool, device=drafts.device)  # nothing drafted this round
+    accepted = ok.long().cumprod(1).sum(1)  # [B]: each row's run of accepted guesses
+    accepted = torch.where(done, torch.full_like(accepted, k), accepted)  # stopped rows agree
+    n = int(accepted.min())
+    if not sample:
+        last = best[:, n]  # rows that accepted more: their guess n, which equals the target's argmax
+    elif n == k:
+        last = torch.multinomial(p[:, k], 1, generator=generator).squeeze(-1)
+    else:
+        residual = (p[:, n] - qs[:, n]).clamp(min=0)  # [B, V]
+        empty = residual.sum(-1, keepdim=True) == 0  # only where the guess was accepted anyway
+        residual = torch.where(empty, p[:, n], residual)
+        redraw = torch.multinomial(residual, 1, generator=generator).squeeze(-1)
+        last = torch.where(accepted > n, drafts[:, n], redraw)
+    return n, last
+
+
 @torch.no_grad()
 def speculative_steps(target: torch.nn.Module, draft: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
                       max_new_tokens: int, *, num_draft: int, temperature: float, top_k: int | None,
@@ -109,7 +165,7 @@ def speculative_steps(target: torch.nn.Module, draft: torch.nn.Module, ids: torc
     """Yield (tokens [B], finished-before-this-token [B]) one token at a time, like causal._steps. A round
     drafts up to ``num_draft`` guesses, fewer when the draft gives its latest guess a probability below
     ``min_confidence`` (for any row)."""
-    B, T = ids.shape
+    T = ids.shape[1]
     stats = stats if stats is not None else SpeculativeStats()
     capacity = cache_capacity(target.config, T + max_new_tokens + num_draft)
     # left padding: explicit mask and positions counting real tokens from 0
@@ -130,48 +186,12 @@ def speculative_steps(target: torch.nn.Module, draft: torch.nn.Module, ids: torc
         L = seq.shape[1]
         # Never guess past what is still wanted: the round's own target token is the last one.
         k = min(num_draft, max_new_tokens - produced - 1)
-        guesses, q, drafted = [], [], seq
-        for j in range(k):
-            draft_logits = drf.feed(drafted, 1)[:, -1]
-            tok, dist = pick(draft_logits)
-            guesses.append(tok)
-            q.append(dist)
-            drafted = torch.cat([drafted, tok[:, None]], 1)  # [B, L + j + 1]
-            # A guess the draft itself doubts will likely be rejected, and so would every later one: stop
-            # here (the stopping rule reads the draft only, so the output distribution is unchanged).
-            if min_confidence and j < k - 1:
-                p_draft = dist if dist is not None else draft_logits.softmax(-1)
-                if bool((p_draft.gather(-1, tok[:, None]) < min_confidence).any()):
-                    break
-        k = len(guesses)
+        drafted, q = _draft(drf, seq, k, pick, min_confidence)
+        k = drafted.shape[1] - L
         drafts = drafted[:, L:]  # [B, k]
         logits = tgt.feed(drafted, k + 1)  # [B, k + 1, V]
-        if not sample:
-            best = logits.argmax(-1)  # [B, k + 1]
-            ok = drafts == best[:, :k]  # [B, k]
-        else:
-            p = probabilities(logits, temperature=temperature, top_k=top_k, top_p=top_p)  # [B, k + 1, V]
-            if k:
-                qs = torch.stack(q, 1)  # [B, k, V]
-                p_d = p[:, :k].gather(-1, drafts[..., None]).squeeze(-1)  # [B, k]
-                q_d = qs.gather(-1, drafts[..., None]).squeeze(-1)
-                u = torch.rand(p_d.shape, generator=generator, device=p_d.device)
-                ok = u * q_d < p_d  # accept with probability min(1, p/q)
-            else:
-                ok = torch.zeros(B, 0, dtype=torch.bool, device=drafts.device)  # nothing drafted this round
-        accepted = ok.long().cumprod(1).sum(1)  # [B]: each row's run of accepted guesses
-        accepted = torch.where(stopper.done, torch.full_like(accepted, k), accepted)  # stopped rows agree
-        n = int(accepted.min())
-        if not sample:
-            last = best[:, n]  # rows that accepted more: their guess n, which equals the target's argmax
-        elif n == k:
-            last = torch.multinomial(p[:, k], 1, generator=generator).squeeze(-1)
-        else:
-            residual = (p[:, n] - qs[:, n]).clamp(min=0)  # [B, V]
-            empty = residual.sum(-1, keepdim=True) == 0  # only where the guess was accepted anyway
-            residual = torch.where(empty, p[:, n], residual)
-            redraw = torch.multinomial(residual, 1, generator=generator).squeeze(-1)
-            last = torch.where(accepted > n, drafts[:, n], redraw)
+        n, last = _verify(logits, drafts, q, stopper.done, sample=sample, temperature=temperature, top_k=top_k,
+                          top_p=top_p, generator=generator)
         new = torch.cat([drafts[:, :n], last[:, None]], 1)  # [B, n + 1]
         stats.rounds, stats.drafted, stats.accepted = stats.rounds + 1, stats.drafted + k, stats.accepted + n
         # The target cached seq + all k guesses, the draft seq + k - 1: both keep seq + the n accepted.

@@ -316,16 +316,26 @@ class Tokenizer:
         token not allowed; () = encode them as plain text). add_special_tokens: apply the post-processor
         (e.g. Llama's BOS), as HF does. pair: a second text for pair templates (BERT/RoBERTa style).
         """
-        return self.encode_plus(text, pair=pair, allowed_special=allowed_special,
-                                disallowed_special=disallowed_special, add_special_tokens=add_special_tokens).ids
+        if self.truncation is not None or self.padding is not None:
+            return self.encode_plus(text, pair=pair, allowed_special=allowed_special,
+                                    disallowed_special=disallowed_special, add_special_tokens=add_special_tokens).ids
+        _check_text(text, pair)
+        allowed, disallowed = self._allowed(allowed_special, disallowed_special)
+        ids = self._encode_one(text, allowed, disallowed, raw=False)
+        second = None if pair is None else self._encode_one(pair, allowed, disallowed, raw=False)
+        return self._ids(ids, second, add_special_tokens)
+
+    def _ids(self, ids: list[int], pair: list[int] | None, add_special_tokens: bool) -> list[int]:
+        """The ids alone (no truncation or padding set): no segment ids or masks are built."""
+        if add_special_tokens and self.post_processor is not None:
+            return self.post_processor(ids, pair)
+        return ids + (pair or [])
 
     def encode_plus(self, text: str, *, pair: str | None = None, allowed_special: Special = (),
                     disallowed_special: Special = "all", add_special_tokens: bool = True) -> Encoding:
         """Like encode, with the segment ids and attention mask too (an Encoding). The file's truncation and
         padding settings apply, as tokenizers applies them (padding to a fixed length, if set)."""
-        if not isinstance(text, str) or (pair is not None and not isinstance(pair, str)):
-            bad = text if not isinstance(text, str) else pair
-            raise TypeError(f"encode takes a str, got {type(bad).__name__}; use encode_bytes for raw bytes")
+        _check_text(text, pair)
         allowed, disallowed = self._allowed(allowed_special, disallowed_special)
         ids = self._encode_one(text, allowed, disallowed, raw=False)
         second = None if pair is None else self._encode_one(pair, allowed, disallowed, raw=False)
@@ -356,6 +366,14 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str], *, allowed_special: Special = (), disallowed_special: Special = "all",
                      add_special_tokens: bool = True) -> list[list[int]]:
         """`encode` for each text (same keyword arguments); padding to the longest, if the file sets it."""
+        if self.truncation is None and self.padding is None:
+            allowed, disallowed = self._allowed(allowed_special, disallowed_special)
+            out = []
+            for t in texts:
+                if not isinstance(t, str):
+                    raise TypeError(f"encode_batch takes str texts, got {type(t).__name__}")
+                out.append(self._ids(self._encode_one(t, allowed, disallowed, raw=False), None, add_special_tokens))
+            return out
         return [e.ids for e in self.encode_batch_plus(texts, allowed_special=allowed_special,
                                                       disallowed_special=disallowed_special,
                                                       add_special_tokens=add_special_tokens)]
@@ -460,6 +478,12 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.model.merges)}, "
                 f"special={self.special_tokens[:8]}{'...' if len(self.special_tokens) > 8 else ''})")
+
+
+def _check_text(text: Any, pair: Any) -> None:
+    if not isinstance(text, str) or (pair is not None and not isinstance(pair, str)):
+        bad = text if not isinstance(text, str) else pair
+        raise TypeError(f"encode takes a str, got {type(bad).__name__}; use encode_bytes for raw bytes")
 
 
 def _cut_before_mark(text: str, mark: str = "▁") -> list[str]:

@@ -110,21 +110,10 @@ def evaluate(model: torch.nn.Module, mixture, micro_batch: int, max_batches: int
     return total / n if n else float("nan")
 
 
-def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = None, resume: bool = False,
-          log=print) -> dict:
-    """Train `model` (a CausalLM, Encoder or Seq2Seq) on `mixture`; return a summary dict. When
-    torch.distributed is initialized the model is wrapped in DDP, or sharded in place with ``args.fsdp``.
-    Writes <out_dir>/checkpoint, metrics.jsonl, loss.png."""
-    rank, world = _dist()
-    micro = args.micro_batch or args.batch_size // world
-    if args.batch_size % (micro * world):
-        raise ValueError(f"batch_size={args.batch_size} must be a multiple of micro_batch x processes "
-                         f"({micro} x {world})")
-    accum = args.batch_size // (micro * world)
-    out = Path(args.out_dir)
-    ckpt = out / "checkpoint"
-    core = model
-    device = next(core.parameters()).device
+def _wrap(core: torch.nn.Module, args: TrainArgs, world: int, log) -> tuple[torch.nn.Module, bool]:
+    """The module the loop calls: the model itself, DDP around it, or (FSDP) the model sharded in place;
+    compiled if asked. Returns it and whether the parameters are sharded."""
+    model = core
     if args.activation_checkpointing:
         core.set_activation_checkpointing(True)
     sharded = world > 1 and args.fsdp
@@ -135,12 +124,66 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
         log(f"fsdp: {units} units sharded over {world} processes")
     elif world > 1:
         # BERT's pooler/NSP head get no gradient from masked LM, and an MoE expert may get no token.
-        unused = getattr(core.config, "arch", "causal_lm") != "causal_lm" or bool(getattr(core.config, "n_experts", 0))
+        unused = core.config.arch != "causal_lm" or bool(core.config.n_experts)
         model = torch.nn.parallel.DistributedDataParallel(core, find_unused_parameters=unused)
     if args.compile:
         model = torch.compile(model)
-    arch = getattr(getattr(core, "config", None), "arch", "causal_lm")
-    objective = Objective(arch, tokenizer, mixture.block_size, core.config.vocab_size, args.seed)
+    return model, sharded
+
+
+def _accumulate(model: torch.nn.Module, core: torch.nn.Module, mixture, objective: Objective, args: TrainArgs, *,
+                step: int, micro: int, accum: int, rank: int, world: int, sharded: bool, trusted: bool,
+                ckpt: Path, device: torch.device) -> torch.Tensor:
+    """Forward and backward over the ``accum`` micro-batches of one optimizer step; the mean loss (a tensor:
+    reading it is the caller's one sync per step). Gradients are reduced over processes on the last one."""
+    loss_sum = torch.zeros((), device=device)
+    for k in range(accum):
+        x, y = mixture.next_batch(micro * world, rank=rank, world=world)
+        x, y = x.to(device), y.to(device)
+        sync = world == 1 or k == accum - 1  # reduce gradients over processes on the last micro-batch only
+        ctx = model.no_sync() if not sync and not sharded else contextlib.nullcontext()
+        if sharded:
+            core.set_requires_gradient_sync(sync)
+        # the first step's batch is checked (ids in range ...); later ones come from the same data
+        checks = trusted_inputs() if trusted else contextlib.nullcontext()
+        with ctx, checks, torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+            rows = [rank + world * i for i in range(x.shape[0])]  # this rank's rows of the global batch
+            if world > 1 and objective.arch != "causal_lm":
+                # Masked tokens per rank vary: divide the rank's sum by the global count (times world,
+                # as DDP averages gradients), so the gradient is the one-process mean over all of them.
+                total, count = objective.loss(model, x, y, step * accum + k, reduction="sum", rows=rows)
+                n = torch.tensor(float(count), device=device)
+                torch.distributed.all_reduce(n)
+                loss = total * world / n.clamp(min=1) / accum
+            else:
+                loss = lm_loss(model, x, y, objective, step * accum + k, rows) / accum
+        if not torch.isfinite(loss):
+            raise TrainingError(f"step {step + 1}: the loss is {loss.item() * accum} (not finite); stopped "
+                                f"before updating the weights. The last good checkpoint is kept in {ckpt}; "
+                                "try a lower --lr or float32")
+        with ctx:
+            loss.backward()
+        loss_sum += loss.detach()
+    return loss_sum
+
+
+def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = None, resume: bool = False,
+          log=print) -> dict:
+    """Train `model` (a CausalLM, Encoder or Seq2Seq) on `mixture`; return a summary dict. When
+    torch.distributed is initialized the model is wrapped in DDP, or sharded in place with ``args.fsdp``.
+    Writes <out_dir>/checkpoint, metrics.jsonl, loss.png."""
+    rank, world = _dist()
+    device = next(model.parameters()).device
+    micro = args.micro_batch or args.batch_size // world
+    if args.batch_size % (micro * world):
+        raise ValueError(f"batch_size={args.batch_size} must be a multiple of micro_batch x processes "
+                         f"({micro} x {world})")
+    accum = args.batch_size // (micro * world)
+    out = Path(args.out_dir)
+    ckpt = out / "checkpoint"
+    core = model
+    model, sharded = _wrap(core, args, world, log)
+    objective = Objective(core.config.arch, tokenizer, mixture.block_size, core.config.vocab_size, args.seed)
     optimizer = make_optimizer(core, lr=args.lr, weight_decay=args.weight_decay)
     step, tokens_seen = 0, 0
     if resume:
@@ -182,34 +225,9 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
         lr = lr_at(step, lr=args.lr, warmup=args.warmup, max_steps=args.steps, min_lr=args.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for k in range(accum):
-            x, y = mixture.next_batch(micro * world, rank=rank, world=world)
-            x, y = x.to(device), y.to(device)
-            sync = world == 1 or k == accum - 1  # reduce gradients over processes on the last micro-batch only
-            ctx = model.no_sync() if not sync and not sharded else contextlib.nullcontext()
-            if sharded:
-                core.set_requires_gradient_sync(sync)
-            # the first step's batch is checked (ids in range ...); later ones come from the same data
-            trusted = trusted_inputs() if step > first_step else contextlib.nullcontext()
-            with ctx, trusted, torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
-                rows = [rank + world * i for i in range(x.shape[0])]  # this rank's rows of the global batch
-                if world > 1 and objective.arch != "causal_lm":
-                    # Masked tokens per rank vary: divide the rank's sum by the global count (times world,
-                    # as DDP averages gradients), so the gradient is the one-process mean over all of them.
-                    total, count = objective.loss(model, x, y, step * accum + k, reduction="sum", rows=rows)
-                    n = torch.tensor(float(count), device=device)
-                    torch.distributed.all_reduce(n)
-                    loss = total * world / n.clamp(min=1) / accum
-                else:
-                    loss = lm_loss(model, x, y, objective, step * accum + k, rows) / accum
-            if not torch.isfinite(loss):
-                raise TrainingError(f"step {step + 1}: the loss is {loss.item() * accum} (not finite); stopped "
-                                    f"before updating the weights. The last good checkpoint is kept in {ckpt}; "
-                                    "try a lower --lr or float32")
-            with ctx:
-                loss.backward()
-            loss_sum += loss.detach()
+        loss_sum = _accumulate(model, core, mixture, objective, args, step=step, micro=micro, accum=accum,
+                               rank=rank, world=world, sharded=sharded, trusted=step > first_step, ckpt=ckpt,
+                               device=device)
         if world > 1:
             torch.distributed.all_reduce(loss_sum)
             loss_sum /= world
