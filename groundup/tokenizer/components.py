@@ -17,6 +17,7 @@ import regex
 
 from .bert_text import bert_normalize, bert_split, lowercase, wordpiece_decode
 from .bpe import BYTE_CHARS, CHAR_TO_BYTE
+from .precompiled import Precompiled
 
 # GPT-2's pre-tokenization pattern (Radford et al., 2019): contractions, letters, numbers, other symbols,
 # whitespace. `ByteLevel(use_regex=true)` means this pattern.
@@ -144,6 +145,11 @@ class Normalizer:
                           for i, o in enumerate(_need(obj, "normalizers", where))]
         elif kind in ("NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents"):
             pass
+        elif kind == "Precompiled":
+            try:
+                self.precompiled = Precompiled(_need(obj, "precompiled_charsmap", where), where)
+            except ValueError as e:
+                raise UnsupportedTokenizer(str(e)) from None
         elif kind == "BertNormalizer":
             self.bert = dict(clean_text=obj.get("clean_text", True),
                              handle_chinese_chars=obj.get("handle_chinese_chars", True),
@@ -160,7 +166,7 @@ class Normalizer:
         else:
             raise UnsupportedTokenizer(f"{where}: normalizer type {kind!r} is not supported (supported: Sequence, "
                                        "NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, Strip, Prepend, Replace, "
-                                       "BertNormalizer)")
+                                       "BertNormalizer, Precompiled)")
 
     def __call__(self, s: str) -> str:
         kind = self.kind
@@ -174,6 +180,8 @@ class Normalizer:
             return lowercase(s)
         if kind == "BertNormalizer":
             return bert_normalize(s, **self.bert)
+        if kind == "Precompiled":
+            return self.precompiled(s)
         if kind == "StripAccents":
             # every combining mark (Mn, Mc, Me), as tokenizers strips them, not only the non-spacing ones
             return "".join(c for c in s if not unicodedata.category(c).startswith("M"))

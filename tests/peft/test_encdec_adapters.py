@@ -45,6 +45,27 @@ def _randomize(model, names: tuple[str, ...], seed: int, around: float = 0.0) ->
                 p.copy_(around + torch.randn(p.shape, generator=g) * 0.3)
 
 
+def _both_ways(path, ref, ours, peft_config, part: str, around: float, layers, tmp_path) -> None:
+    """ours -> peft and peft -> ours, with the same logits each way (adapter weights randomised)."""
+    import peft
+
+    _randomize(ours, (part,), seed=1, around=around)
+    save_adapter(ours, tmp_path / "ours")
+    pm = peft.PeftModel.from_pretrained(ref, tmp_path / "ours").eval()
+    torch.testing.assert_close(_theirs(pm), _ours(ours), atol=1e-4, rtol=1e-4)
+    pm.unload()
+
+    pm = peft.get_peft_model(ref, peft_config)
+    _randomize(pm, (part,), seed=2, around=around)
+    pm.eval()
+    want = _theirs(pm)
+    pm.save_pretrained(tmp_path / "theirs")
+    pm.unload()
+    mine = load_adapter(gu.from_pretrained(path), tmp_path / "theirs")
+    assert len(layers(mine)) == len(layers(ours))
+    torch.testing.assert_close(_ours(mine), want, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", list(LORA))
 def test_lora_both_ways(name, hf_encdec_folder, tmp_path):
     import peft
@@ -52,21 +73,8 @@ def test_lora_both_ways(name, hf_encdec_folder, tmp_path):
     path, ref = hf_encdec_folder(name)
     ours_targets, peft_targets = LORA[name]
     ours = apply_lora(gu.from_pretrained(path), r=3, alpha=6, target_modules=ours_targets)
-    _randomize(ours, ("lora_",), seed=1)
-    save_adapter(ours, tmp_path / "ours")
-    pm = peft.PeftModel.from_pretrained(ref, tmp_path / "ours").eval()
-    torch.testing.assert_close(_theirs(pm), _ours(ours), atol=1e-4, rtol=1e-4)
-    pm.unload()
-
-    pm = peft.get_peft_model(ref, peft.LoraConfig(r=2, lora_alpha=5, target_modules=peft_targets))
-    _randomize(pm, ("lora_",), seed=2)
-    pm.eval()
-    want = _theirs(pm)
-    pm.save_pretrained(tmp_path / "theirs")
-    pm.unload()
-    mine = load_adapter(gu.from_pretrained(path), tmp_path / "theirs")
-    assert len(lora_layers(mine)) == len(lora_layers(ours))
-    torch.testing.assert_close(_ours(mine), want, atol=1e-4, rtol=1e-4)
+    theirs = peft.LoraConfig(r=2, lora_alpha=5, target_modules=peft_targets)
+    _both_ways(path, ref, ours, theirs, "lora_", 0.0, lora_layers, tmp_path)
 
 
 @pytest.mark.parametrize("name", list(IA3))
@@ -76,18 +84,5 @@ def test_ia3_both_ways(name, hf_encdec_folder, tmp_path):
     path, ref = hf_encdec_folder(name)
     ours_targets, ours_ff, peft_targets, peft_ff = IA3[name]
     ours = apply_ia3(gu.from_pretrained(path), target_modules=ours_targets, feedforward_modules=ours_ff)
-    _randomize(ours, ("ia3_l",), seed=3, around=1.0)
-    save_adapter(ours, tmp_path / "ours")
-    pm = peft.PeftModel.from_pretrained(ref, tmp_path / "ours").eval()
-    torch.testing.assert_close(_theirs(pm), _ours(ours), atol=1e-4, rtol=1e-4)
-    pm.unload()
-
-    pm = peft.get_peft_model(ref, peft.IA3Config(target_modules=peft_targets, feedforward_modules=peft_ff))
-    _randomize(pm, ("ia3_l",), seed=4, around=1.0)
-    pm.eval()
-    want = _theirs(pm)
-    pm.save_pretrained(tmp_path / "theirs")
-    pm.unload()
-    mine = load_adapter(gu.from_pretrained(path), tmp_path / "theirs")
-    assert len(ia3_layers(mine)) == len(ia3_layers(ours))
-    torch.testing.assert_close(_ours(mine), want, atol=1e-4, rtol=1e-4)
+    theirs = peft.IA3Config(target_modules=peft_targets, feedforward_modules=peft_ff)
+    _both_ways(path, ref, ours, theirs, "ia3_l", 1.0, ia3_layers, tmp_path)

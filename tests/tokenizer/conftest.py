@@ -128,13 +128,17 @@ def bert_style(folder: Path, corpus: str, variant: str) -> Path:
 
 
 def t5_style(folder: Path, corpus: str, variant: str) -> Path:
-    """A T5-style tokenizer.json: NFKC, Metaspace, Unigram, `$A </s>`. 'bytes' adds the
+    """A T5-style tokenizer.json: NFKC ('precompiled': sentencepiece's nmt_nfkc charsmap, as real T5 files),
+    Metaspace, Unigram, `$A </s>`. 'bytes' adds the
     256 <0x..> pieces and byte fallback (as ALBERT-like files spell unknown characters)."""
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = HFTokenizer(models.Unigram())
     tok.normalizer = normalizers.Sequence([normalizers.NFKC()])
+    if variant == "precompiled":  # what transformers writes for T5: sentencepiece's rules, spaces collapsed
+        tok.normalizer = normalizers.Sequence([normalizers.Precompiled(nmt_nfkc_charsmap()),
+                                               normalizers.Replace(Regex(" {2,}"), " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = trainers.UnigramTrainer(vocab_size=1200, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
@@ -151,3 +155,47 @@ def t5_style(folder: Path, corpus: str, variant: str) -> Path:
     path = folder / f"t5_{variant}.json"
     path.write_text(json.dumps(obj, ensure_ascii=False))
     return path
+
+
+def _proto_fields(b: bytes):
+    """(field number, bytes or None) of a serialized protobuf message: enough to read a sentencepiece model
+    without the protobuf package."""
+    def varint(i: int) -> tuple[int, int]:
+        n = shift = 0
+        while True:
+            x = b[i]
+            i += 1
+            n |= (x & 0x7F) << shift
+            shift += 7
+            if x < 0x80:
+                return n, i
+
+    i = 0
+    while i < len(b):
+        key, i = varint(i)
+        kind = key & 7
+        if kind == 0:
+            _, i = varint(i)
+            yield key >> 3, None
+        elif kind == 2:
+            n, i = varint(i)
+            yield key >> 3, b[i:i + n]
+            i += n
+        else:
+            i += 4 if kind == 5 else 8
+            yield key >> 3, None
+
+
+def nmt_nfkc_charsmap() -> bytes:
+    """sentencepiece's compiled nmt_nfkc rules (what T5/ALBERT files carry as precompiled_charsmap), taken
+    from a tiny model trained here: ModelProto.normalizer_spec (3) . precompiled_charsmap (2)."""
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    text = [f"line {i} of a small text" for i in range(300)]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=buf, vocab_size=40,
+                                   normalization_rule_name="nmt_nfkc", minloglevel=2)
+    spec = next(v for f, v in _proto_fields(buf.getvalue()) if f == 3)
+    return next(v for f, v in _proto_fields(spec) if f == 2)

@@ -19,7 +19,7 @@ from .test_components import same_unicode_tables
 from .test_parity import assert_same_ids
 
 
-@pytest.fixture(scope="session", params=["bert-uncased", "bert-cased", "t5-plain", "t5-bytes"])
+@pytest.fixture(scope="session", params=["bert-uncased", "bert-cased", "t5-plain", "t5-bytes", "t5-precompiled"])
 def pair(request, tmp_path_factory, corpus) -> tuple[Tokenizer, HFTokenizer, Path]:
     family, variant = request.param.split("-")
     build = bert_style if family == "bert" else t5_style
