@@ -121,6 +121,21 @@ def _merge_word(word: list[int], a: int, b: int, new: int, max_len: int, lens: l
         i += 1
 
 
+def _pair_heap(words: list[list[int]], counts: list[int]) -> tuple[dict[tuple[int, int], int], list]:
+    """Every adjacent pair's count over the counted words, and a max-heap of (-count, pair, order, the
+    words holding it): the merge loop pops the most frequent pair, lowest pair first on ties."""
+    pair_counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}
+    for i, (w, n) in enumerate(zip(words, counts, strict=False)):
+        for pair in itertools.pairwise(w):
+            pair_counts[pair] = pair_counts.get(pair, 0) + n
+            where.setdefault(pair, set()).add(i)
+    heap = [(-pair_counts[pair], pair, k, pos) for k, (pair, pos) in enumerate(
+        (pair, pos) for pair, pos in where.items() if pair_counts[pair] > 0)]
+    heapq.heapify(heap)
+    return pair_counts, heap
+
+
 def learn_merges(word_counts: dict[str, int], vocab_size: int, special_tokens: list[str], min_frequency: int = 0,
                  max_token_length: int | None = None, alphabet: Iterable[str] = BYTE_CHARS,
                  show_progress: bool = False) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -143,20 +158,8 @@ def learn_merges(word_counts: dict[str, int], vocab_size: int, special_tokens: l
     words = [[word_to_id[c] for c in w] for w in word_counts]
     counts = list(word_counts.values())
 
-    pair_counts: dict[tuple[int, int], int] = {}
-    where: dict[tuple[int, int], set[int]] = {}
-    for i, (w, n) in enumerate(zip(words, counts, strict=False)):
-        for pair in itertools.pairwise(w):
-            pair_counts[pair] = pair_counts.get(pair, 0) + n
-            where.setdefault(pair, set()).add(i)
-    seq = 0  # insertion order: keeps heap entries comparable when count and pair tie
-    heap = []
-    for pair, pos in where.items():
-        if pair_counts[pair] > 0:
-            heap.append((-pair_counts[pair], pair, seq, pos))
-            seq += 1
-    heapq.heapify(heap)
-    where = {}
+    pair_counts, heap = _pair_heap(words, counts)
+    seq, where = len(heap), {}  # seq: insertion order, keeps heap entries comparable when count and pair tie
 
     progress = None
     if show_progress:
