@@ -115,8 +115,14 @@ def test_malformed_or_unsupported_files_get_clear_errors(tmp_path, good):
     bad = dict(good, pre_tokenizer={"type": "UnicodeScripts"})
     with pytest.raises(UnsupportedTokenizer, match="pre_tokenizer type 'UnicodeScripts' is not supported"):
         Tokenizer.from_file(_write(tmp_path, bad))
+    bad = dict(good, normalizer={"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Nmt"}]})
+    with pytest.raises(UnsupportedTokenizer, match=r"normalizers\[1\].*'Nmt'"):  # Precompiled is supported now
+        Tokenizer.from_file(_write(tmp_path, bad))
     bad = dict(good, normalizer={"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Precompiled"}]})
-    with pytest.raises(UnsupportedTokenizer, match=r"normalizers\[1\].*'Precompiled'"):
+    with pytest.raises(UnsupportedTokenizer, match=r"normalizers\[1\]: missing field 'precompiled_charsmap'"):
+        Tokenizer.from_file(_write(tmp_path, bad))
+    bad["normalizer"]["normalizers"][1]["precompiled_charsmap"] = "not base64!"
+    with pytest.raises(UnsupportedTokenizer, match=r"normalizers\[1\]: precompiled_charsmap cannot be read"):
         Tokenizer.from_file(_write(tmp_path, bad))
     bad = dict(good, model=dict(good["model"], dropout=0.1))
     with pytest.raises(UnsupportedTokenizer, match="dropout"):
