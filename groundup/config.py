@@ -21,7 +21,7 @@ Ffn = Literal["relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "geglu_tan
 Norm = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "post"]
 Residual = Literal["sequential", "parallel"]
-RopeScaling = Literal["none", "linear", "ntk"]
+RopeScaling = Literal["none", "linear", "ntk", "llama3"]
 Router = Literal["topk_softmax", "softmax_topk"]
 Kernel = Literal["eager", "sdpa", "flash"]
 
@@ -59,6 +59,11 @@ class Config:
     rotary_fraction: float = 1.0  # partial rotary (GPT-NeoX/Pythia rotate the first 25% of each head)
     rope_scaling: RopeScaling = "none"
     rope_scaling_factor: float = 1.0
+    # llama3 scaling (Llama 3.1): wavelengths above original / low_freq_factor are divided by the factor, those
+    # below original / high_freq_factor kept, the band between interpolated; original = the pre-training context
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_seq_len: int | None = None
     alibi_max_bias: float = 8.0  # ALiBi slopes are 2^(-max_bias * h / n_heads)
     rel_buckets: int = 32  # T5 relative position buckets (pos='relative')
     rel_max_distance: int = 128  # distances beyond this share the last bucket
@@ -165,6 +170,13 @@ class Config:
             raise ValueError(f"rope_scaling_factor={self.rope_scaling_factor} must be >= 1 to extend context")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta} must be positive")
+        if self.rope_scaling == "llama3":
+            if not self.rope_original_max_seq_len or self.rope_original_max_seq_len <= 0:
+                raise ValueError("rope_scaling='llama3' needs rope_original_max_seq_len (the pre-training context, "
+                                 "8192 for Llama 3.1)")
+            if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+                raise ValueError(f"rope_low_freq_factor={self.rope_low_freq_factor} must be > 0 and below "
+                                 f"rope_high_freq_factor={self.rope_high_freq_factor}")
         if self.pos_offset < 0:
             raise ValueError(f"pos_offset={self.pos_offset} must be >= 0")
         if self.pos == "sinusoidal" and self.d_model % 2:
@@ -269,8 +281,9 @@ class Config:
         linear biases extrapolate (Press et al., 2022, "train short, test long")."""
         if self.pos == "alibi":
             return float("inf")
-        if self.pos == "rope" and self.rope_scaling != "none":
+        if self.pos == "rope" and self.rope_scaling in ("linear", "ntk"):
             return int(self.max_seq_len * self.rope_scaling_factor)
+        # llama3: max_seq_len (config.json's max_position_embeddings) is already the extended context
         return self.max_seq_len
 
     @property

@@ -20,6 +20,10 @@ _LLAMA: dict[str, Any] = dict(
     family="llama", vocab_size=32000, max_seq_len=4096, pos="rope", ffn="swiglu", norm="rmsnorm",
     norm_eps=1e-5, attn_bias=False, attn_out_bias=False, mlp_bias=False, tie_embeddings=False,
 )
+_LLAMA3: dict[str, Any] = dict(
+    _LLAMA, vocab_size=128256, max_seq_len=131072, rope_theta=500000.0, rope_scaling="llama3",
+    rope_scaling_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_seq_len=8192,
+)
 _MISTRAL: dict[str, Any] = dict(
     _LLAMA, family="mistral", d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
     max_seq_len=32768, sliding_window=4096,
@@ -83,6 +87,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         _LLAMA, vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
         max_seq_len=8192, rope_theta=500000.0,
     ),
+    # Llama 3.1 (Meta, 2024): 128k context through llama3 RoPE scaling of the 8k pre-training context; Llama 3.2
+    # 1B/3B tie their embeddings
+    "llama-3.1-8b": dict(_LLAMA3, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336),
+    "llama-3.1-70b": dict(_LLAMA3, d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8, d_ff=28672),
+    "llama-3.1-405b": dict(_LLAMA3, d_model=16384, n_layers=126, n_heads=128, n_kv_heads=8, d_ff=53248),
+    "llama-3.2-1b": dict(_LLAMA3, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, d_ff=8192,
+                         tie_embeddings=True, rope_scaling_factor=32.0),
+    "llama-3.2-3b": dict(_LLAMA3, d_model=3072, n_layers=28, n_heads=24, n_kv_heads=8, d_ff=8192,
+                         tie_embeddings=True, rope_scaling_factor=32.0),
     # Mistral 7B (Jiang et al., 2023) and Mixtral 8x7B (Jiang et al., 2024)
     "mistral-7b": dict(_MISTRAL),
     "mixtral-8x7b": dict(

@@ -83,6 +83,11 @@ def hf_configs() -> dict[str, object]:
                                                 mlp_bias=True,
                                                 rope_parameters={"rope_type": "linear", "factor": 2.0,
                                                                  "rope_theta": 10000.0}),
+        # Llama 3.1's rope: head_dim 8 gives wavelengths 6.3 (blended), 63, 628, 6283 (scaled) for original 16
+        "llama3-rope": T.LlamaConfig(**llama, rope_parameters={"rope_type": "llama3", "factor": 4.0,
+                                                               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                               "original_max_position_embeddings": 16,
+                                                               "rope_theta": 10000.0}),
         "mistral": T.MistralConfig(**llama, sliding_window=4),
         "mixtral": T.MixtralConfig(**llama, num_local_experts=4, num_experts_per_tok=2),
     }

@@ -14,6 +14,8 @@ PUBLISHED = {
     "llama-3-8b": 8_030_261_248, "mistral-7b": 7_241_732_096, "mixtral-8x7b": 46_702_792_704,
     "pythia-12b": 11_846_072_320, "falcon-7b": 6_921_720_704, "mpt-7b": 6_649_286_656,
     "opt-175b": 174_604_468_224,
+    "llama-3.1-8b": 8_030_261_248, "llama-3.1-70b": 70_553_706_496, "llama-3.1-405b": 405_853_388_800,
+    "llama-3.2-1b": 1_235_814_400, "llama-3.2-3b": 3_212_749_824,
     # encoder-only (BertModel with pooler) and encoder-decoder (T5ForConditionalGeneration)
     "bert-base": 109_482_240, "bert-large": 335_141_888, "t5-small": 60_506_624, "t5-base": 222_903_552,
     "t5-v1_1-small": 76_961_152,

@@ -18,11 +18,20 @@ def _rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     fraction = first_of(params, "partial_rotary_factor", default=first_of(hf, "partial_rotary_factor", "rotary_pct"))
     if fraction is not None:
         out["rotary_fraction"] = float(fraction)
+    factor = first_of(params, "factor", default=legacy.get("factor"))
     if kind == "linear":
-        factor = first_of(params, "factor", default=legacy.get("factor"))
         out.update(rope_scaling="linear", rope_scaling_factor=float(factor))
+    elif kind == "llama3":
+        def get(name: str, default: Any) -> Any:
+            return first_of(params, name, default=legacy.get(name, default))
+
+        out.update(rope_scaling="llama3", rope_scaling_factor=float(factor),
+                   rope_low_freq_factor=float(get("low_freq_factor", 1.0)),
+                   rope_high_freq_factor=float(get("high_freq_factor", 4.0)),
+                   rope_original_max_seq_len=int(get("original_max_position_embeddings",
+                                                     hf.get("max_position_embeddings"))))
     else:
-        require(kind == "default", f"rope type {kind!r} is not supported (supported: default, linear)")
+        require(kind == "default", f"rope type {kind!r} is not supported (supported: default, linear, llama3)")
     return out
 
 
@@ -32,6 +41,10 @@ def _rope_to_hf(cfg: Config) -> dict[str, Any]:
         params["partial_rotary_factor"] = cfg.rotary_fraction
     if cfg.rope_scaling == "linear":
         params.update(rope_type="linear", factor=cfg.rope_scaling_factor)
+    if cfg.rope_scaling == "llama3":
+        params.update(rope_type="llama3", factor=cfg.rope_scaling_factor, low_freq_factor=cfg.rope_low_freq_factor,
+                      high_freq_factor=cfg.rope_high_freq_factor,
+                      original_max_position_embeddings=cfg.rope_original_max_seq_len)
     require(cfg.rope_scaling != "ntk", "static NTK rope scaling has no transformers config equivalent")
     return {"rope_parameters": params, "rope_theta": cfg.rope_theta}
 

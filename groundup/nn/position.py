@@ -51,7 +51,21 @@ def rope_inv_freq(cfg: Config, *, scaling: str | None = None, factor: float | No
     if scaling == "ntk":
         theta = theta * factor ** (rot / (rot - 2))
     exponents = torch.arange(0, rot, 2, dtype=torch.float32, device=device) / rot
-    return 1.0 / theta**exponents
+    inv = 1.0 / theta**exponents
+    return _llama3(cfg, inv, factor) if scaling == "llama3" else inv
+
+
+def _llama3(cfg: Config, inv: torch.Tensor, factor: float) -> torch.Tensor:
+    """Llama 3.1's frequency-dependent scaling (Meta, 2024): long wavelengths (beyond the pre-training
+    context / low_freq_factor) are interpolated by the factor, short ones (below context / high_freq_factor)
+    kept, and the band between blends the two linearly in context / wavelength."""
+    original, low, high = cfg.rope_original_max_seq_len, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > original / low, inv / factor, inv)
+    smooth = (original / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return torch.where(medium, blended, scaled)
 
 
 def rope_cos_sin(cfg: Config, positions: torch.Tensor, dtype: torch.dtype, *, scaling: str | None = None,

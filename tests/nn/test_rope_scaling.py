@@ -1,0 +1,42 @@
+"""RoPE scaling types: groundup's inverse frequencies equal transformers' ROPE_INIT_FUNCTIONS for the same
+config (the scaled logits are checked by the parity tests' llama3-rope family)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import groundup as gu
+from groundup.checkpoint.hf import config_from_hf
+from groundup.nn.position import rope_inv_freq
+
+
+@pytest.mark.parametrize("params", [
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192, "rope_theta": 500000.0},
+    {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192, "rope_theta": 500000.0},
+    {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 2.0, "high_freq_factor": 8.0,
+     "original_max_position_embeddings": 2048, "rope_theta": 10000.0},
+])
+def test_llama3_inverse_frequencies_match_transformers(params):
+    import transformers as T
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf = T.LlamaConfig(hidden_size=2048, num_attention_heads=16, num_key_value_heads=8, num_hidden_layers=1,
+                       intermediate_size=64, vocab_size=100, max_position_embeddings=131072,
+                       rope_parameters=dict(params))
+    want, attention_factor = ROPE_INIT_FUNCTIONS["llama3"](hf)
+    cfg = config_from_hf(hf.to_dict())
+    assert (cfg.rope_scaling, cfg.rope_original_max_seq_len) == ("llama3", params["original_max_position_embeddings"])
+    torch.testing.assert_close(rope_inv_freq(cfg), want.float(), atol=1e-6, rtol=1e-6)
+    assert attention_factor == 1.0
+
+
+def test_llama3_needs_its_original_context_and_keeps_max_seq_len_as_context():
+    with pytest.raises(ValueError, match="rope_original_max_seq_len"):
+        gu.Config.preset("tiny-llama", rope_scaling="llama3", rope_scaling_factor=8.0)
+    cfg = gu.Config.preset("llama-3.1-8b")
+    assert cfg.context_length == 131072  # max_position_embeddings is already the extended context
+    with pytest.raises(ValueError, match="rope_low_freq_factor"):
+        cfg.replace(rope_low_freq_factor=4.0)
