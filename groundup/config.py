@@ -24,6 +24,7 @@ Residual = Literal["sequential", "parallel"]
 RopeScaling = Literal["none", "linear", "ntk", "llama3"]
 Router = Literal["topk_softmax", "softmax_topk"]
 Kernel = Literal["eager", "sdpa", "flash"]
+QKNorm = Literal["none", "head"]
 
 GATED_FFNS = ("swiglu", "geglu", "geglu_tanh", "reglu")
 
@@ -93,6 +94,7 @@ class Config:
     sliding_window: int | None = None  # each query sees at most this many keys, itself included
     causal: bool | None = None
     attn_scale: Scale = "inv_sqrt_d"  # scores x 1/sqrt(head_dim); T5 uses none (folded into its init)
+    qk_norm: QKNorm = "none"  # head: an RMSNorm over head_dim on every query and key head, before RoPE (Qwen3)
     lm_head_scale: Scale = "none"  # inv_sqrt_d: final hidden x d_model^-0.5 before a tied head (T5 v1.0)
 
     # encoder-only (BERT): segment embeddings, a norm after the embeddings, and the task heads

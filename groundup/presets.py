@@ -24,6 +24,10 @@ _LLAMA3: dict[str, Any] = dict(
     _LLAMA, vocab_size=128256, max_seq_len=131072, rope_theta=500000.0, rope_scaling="llama3",
     rope_scaling_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_seq_len=8192,
 )
+_QWEN2: dict[str, Any] = dict(
+    _LLAMA, family="qwen2", vocab_size=151936, max_seq_len=32768, rope_theta=1e6, norm_eps=1e-6, attn_bias=True,
+    attn_out_bias=False,
+)
 _MISTRAL: dict[str, Any] = dict(
     _LLAMA, family="mistral", d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
     max_seq_len=32768, sliding_window=4096,
@@ -96,6 +100,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                          tie_embeddings=True, rope_scaling_factor=32.0),
     "llama-3.2-3b": dict(_LLAMA3, d_model=3072, n_layers=28, n_heads=24, n_kv_heads=8, d_ff=8192,
                          tie_embeddings=True, rope_scaling_factor=32.0),
+    # Qwen2.5 (Qwen team, 2024): biased q/k/v; the small ones tie their embeddings. Qwen3 (2025): q/k norm.
+    "qwen2.5-0.5b": dict(_QWEN2, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, d_ff=4864,
+                         tie_embeddings=True),
+    "qwen2.5-1.5b": dict(_QWEN2, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2, d_ff=8960,
+                         tie_embeddings=True),
+    "qwen2.5-7b": dict(_QWEN2, vocab_size=152064, d_model=3584, n_layers=28, n_heads=28, n_kv_heads=4, d_ff=18944),
+    "qwen3-0.6b": dict(_QWEN2, family="qwen3", attn_bias=False, qk_norm="head", d_model=1024, n_layers=28,
+                       n_heads=16, n_kv_heads=8, head_dim=128, d_ff=3072, max_seq_len=40960, tie_embeddings=True),
+    "qwen3-8b": dict(_QWEN2, family="qwen3", attn_bias=False, qk_norm="head", d_model=4096, n_layers=36,
+                     n_heads=32, n_kv_heads=8, head_dim=128, d_ff=12288, max_seq_len=40960),
     # Mistral 7B (Jiang et al., 2023) and Mixtral 8x7B (Jiang et al., 2024)
     "mistral-7b": dict(_MISTRAL),
     "mixtral-8x7b": dict(

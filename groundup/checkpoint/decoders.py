@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
@@ -285,6 +286,8 @@ def _llama_keys(cfg: Config) -> list[tuple[str, str]]:
     keys = [("embed", "model.embed_tokens"), ("norm", "model.norm"), ("lm_head", "lm_head"),
             ("blocks.{i}.attn_norm", h + "input_layernorm"), ("blocks.{i}.mlp_norm", h + "post_attention_layernorm")]
     keys += [(f"blocks.{{i}}.attn.{p}_proj", h + f"self_attn.{p}_proj") for p in "qkvo"]
+    if cfg.qk_norm == "head":
+        keys += [(f"blocks.{{i}}.attn.{p}_norm", h + f"self_attn.{p}_norm") for p in "qk"]
     if cfg.n_experts:
         m = h + "block_sparse_moe."
         keys += [("blocks.{i}.mlp.router", m + "gate"), ("blocks.{i}.mlp.experts.{e}.gate_proj", m + "experts.{e}.w1"),
@@ -293,6 +296,39 @@ def _llama_keys(cfg: Config) -> list[tuple[str, str]]:
     else:
         keys += [(f"blocks.{{i}}.mlp.{p}_proj", h + f"mlp.{p}_proj") for p in ("gate", "up", "down")]
     return keys
+
+
+# Qwen2 / Qwen2.5 (Qwen team, 2024): the Llama layout with biased q/k/v and an unbiased o_proj. Qwen3 (2025):
+# no biases, an RMSNorm on every query and key head before RoPE. Their sliding-window option applies to the
+# layers from max_window_layers on: refused until per-layer patterns exist (issue 17), it is off in the
+# released checkpoints.
+def _qwen_config(hf: dict[str, Any]) -> dict[str, Any]:
+    require(not hf.get("use_sliding_window", False), "use_sliding_window=true (a window on the layers from "
+            "max_window_layers on) is not supported; the released Qwen2/2.5/3 checkpoints leave it off")
+    out = _llama_config({**hf, "sliding_window": None})
+    if hf.get("model_type") == "qwen3":
+        out.update(qk_norm="head", attn_bias=hf.get("attention_bias", False),
+                   attn_out_bias=hf.get("attention_bias", False))
+    else:
+        out.update(attn_bias=True, attn_out_bias=False)
+    return out
+
+
+def _qwen_to_hf(family: str) -> Callable[[Config], dict[str, Any]]:
+    def to_hf(cfg: Config) -> dict[str, Any]:
+        if family == "qwen3":
+            require(cfg.qk_norm == "head" and cfg.attn_bias == cfg.attn_out_bias,
+                    "Qwen3 layout needs qk_norm='head' and one attention_bias for q/k/v/o")
+        else:
+            require(cfg.attn_bias and not cfg.attn_out_bias and cfg.qk_norm == "none",
+                    "Qwen2 layout needs biased q/k/v (attn_bias=True), an unbiased o_proj and no qk_norm")
+        require(cfg.sliding_window is None, "the Qwen layouts here have no sliding window")
+        out = _llama_to_hf(cfg)
+        if family == "qwen2":  # its biases are fixed by the architecture, not a config field
+            out.pop("attention_bias")
+        out.pop("mlp_bias")
+        return {**out, "use_sliding_window": False, "sliding_window": None}
+    return to_hf
 
 
 DECODERS: dict[str, Family] = {
@@ -311,4 +347,8 @@ DECODERS: dict[str, Family] = {
                        ignored=(r".*rotary_emb\.inv_freq",)),
     "mixtral": Family("mixtral", "MixtralForCausalLM", _llama_config, _llama_to_hf, _llama_keys,
                        ignored=(r".*rotary_emb\.inv_freq",)),
+    "qwen2": Family("qwen2", "Qwen2ForCausalLM", _qwen_config, _qwen_to_hf("qwen2"), _llama_keys,
+                     ignored=(r".*rotary_emb\.inv_freq",)),
+    "qwen3": Family("qwen3", "Qwen3ForCausalLM", _qwen_config, _qwen_to_hf("qwen3"), _llama_keys,
+                     ignored=(r".*rotary_emb\.inv_freq",)),
 }

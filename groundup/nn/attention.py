@@ -26,6 +26,7 @@ from torch import nn
 from ..config import Config
 from .kv_cache import KVCache
 from .linear import Linear
+from .norm import RMSNorm
 from .position import apply_rope, relative_bucket
 
 
@@ -206,6 +207,9 @@ class Attention(nn.Module):
         self.k_proj = Linear(cfg.d_model, kv_dim, bias=cfg.attn_bias)
         self.v_proj = Linear(cfg.d_model, kv_dim, bias=cfg.attn_bias)
         self.o_proj = Linear(q_dim, cfg.d_model, bias=cfg.attn_out_bias)
+        # Query-key normalisation (Dehghani et al., 2023; Qwen3): bounds the attention logits
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm == "head" else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm == "head" else None
 
     def forward(self, x: torch.Tensor, mask: MaskSpec, *, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 memory: torch.Tensor | None = None, cache: KVCache | None = None,
@@ -219,6 +223,8 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
+        if self.q_norm is not None:
+            q = self.q_norm(q)
         if memory is not None and cache is not None and cache.k is not None:
             k, v = cache.k, cache.v  # cross-attention on a later step: the memory does not change
         else:
@@ -226,6 +232,8 @@ class Attention(nn.Module):
             S = src.shape[1]
             k = self.k_proj(src).view(B, S, K, D).transpose(1, 2)  # [B, K, S, D]
             v = self.v_proj(src).view(B, S, K, D).transpose(1, 2)  # [B, K, S, D]
+            if self.k_norm is not None:
+                k = self.k_norm(k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             if cache is not None:
