@@ -78,6 +78,7 @@ class Config:
     norm: Norm = "layernorm"
     norm_eps: float = 1e-5
     norm_bias: bool = True
+    norm_weight_offset: float = 0.0  # 1.0: RMSNorm scales by 1 + weight (Gemma stores the scale minus one)
     norm_placement: NormPlacement = "pre"
     residual: Residual = "sequential"  # parallel: x + attn(norm(x)) + mlp(norm(x)) (GPT-J/NeoX/Falcon)
     shared_norm: bool = False  # parallel residual with one norm feeding both branches (Falcon-7B)
@@ -185,6 +186,8 @@ class Config:
             raise ValueError(f"d_model={self.d_model} must be even for pos='sinusoidal'")
         if self.norm_eps <= 0:
             raise ValueError(f"norm_eps={self.norm_eps} must be positive")
+        if self.norm_weight_offset and self.norm != "rmsnorm":
+            raise ValueError(f"norm_weight_offset={self.norm_weight_offset} needs norm='rmsnorm' (Gemma's 1 + weight)")
         if self.shared_norm and self.residual != "parallel":
             raise ValueError("shared_norm=True needs residual='parallel' (one norm feeding both branches)")
         if self.residual == "parallel" and self.norm_placement == "post":

@@ -24,6 +24,10 @@ _LLAMA3: dict[str, Any] = dict(
     _LLAMA, vocab_size=128256, max_seq_len=131072, rope_theta=500000.0, rope_scaling="llama3",
     rope_scaling_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_seq_len=8192,
 )
+_GEMMA: dict[str, Any] = dict(
+    _LLAMA, family="gemma", vocab_size=256000, max_seq_len=8192, ffn="geglu_tanh", norm_eps=1e-6,
+    norm_weight_offset=1.0, embed_scale="sqrt_d", tie_embeddings=True, head_dim=256,
+)
 _QWEN2: dict[str, Any] = dict(
     _LLAMA, family="qwen2", vocab_size=151936, max_seq_len=32768, rope_theta=1e6, norm_eps=1e-6, attn_bias=True,
     attn_out_bias=False,
@@ -100,6 +104,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                          tie_embeddings=True, rope_scaling_factor=32.0),
     "llama-3.2-3b": dict(_LLAMA3, d_model=3072, n_layers=28, n_heads=24, n_kv_heads=8, d_ff=8192,
                          tie_embeddings=True, rope_scaling_factor=32.0),
+    # Gemma (Gemma team, 2024): 256k vocabulary, head_dim 256, MQA in the 2B
+    "gemma-2b": dict(_GEMMA, d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1, d_ff=16384),
+    "gemma-7b": dict(_GEMMA, d_model=3072, n_layers=28, n_heads=16, n_kv_heads=16, d_ff=24576),
     # Qwen2.5 (Qwen team, 2024): biased q/k/v; the small ones tie their embeddings. Qwen3 (2025): q/k norm.
     "qwen2.5-0.5b": dict(_QWEN2, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, d_ff=4864,
                          tie_embeddings=True),

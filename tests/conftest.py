@@ -91,6 +91,7 @@ def hf_configs() -> dict[str, object]:
         "mistral": T.MistralConfig(**llama, sliding_window=4),
         # Qwen2.5-0.5B ties its embeddings; Qwen3 normalises every q/k head and sets head_dim itself
         "qwen2": T.Qwen2Config(**llama, tie_word_embeddings=True),
+        "gemma": T.GemmaConfig(**llama, head_dim=16),
         "qwen3": T.Qwen3Config(**llama, head_dim=16),
         "mixtral": T.MixtralConfig(**llama, num_local_experts=4, num_experts_per_tok=2),
     }

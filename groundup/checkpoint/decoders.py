@@ -244,9 +244,9 @@ def _mpt_keys(cfg: Config) -> list[tuple[str, str]]:
 
 
 # Llama, Mistral, Mixtral ---------------------------------------------------------------------------
-_GATED_FROM_HF = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu",
-                  "relu": "reglu"}
-_GATED_TO_HF = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}
+_GATED_FROM_HF = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu_tanh",
+                  "gelu_new": "geglu_tanh", "relu": "reglu"}
+_GATED_TO_HF = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_pytorch_tanh", "reglu": "relu"}
 
 
 def _llama_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -302,6 +302,21 @@ def _llama_keys(cfg: Config) -> list[tuple[str, str]]:
 # no biases, an RMSNorm on every query and key head before RoPE. Their sliding-window option applies to the
 # layers from max_window_layers on: refused until per-layer patterns exist (issue 17), it is off in the
 # released checkpoints.
+# Gemma (Gemma team, 2024): the Llama layout with a tanh-GeLU gate, RMSNorm scales stored minus one, token
+# embeddings multiplied by sqrt(d_model), tied head, and head_dim set apart from d_model / n_heads.
+def _gemma_config(hf: dict[str, Any]) -> dict[str, Any]:
+    act = hf.get("hidden_activation") or hf.get("hidden_act", "gelu_pytorch_tanh")
+    out = _llama_config({**hf, "hidden_act": act, "tie_word_embeddings": hf.get("tie_word_embeddings", True)})
+    return {**out, "norm_weight_offset": 1.0, "embed_scale": "sqrt_d"}
+
+
+def _gemma_to_hf(cfg: Config) -> dict[str, Any]:
+    require(cfg.norm_weight_offset == 1.0 and cfg.embed_scale == "sqrt_d" and not cfg.sliding_window,
+            "Gemma layout needs norm_weight_offset=1.0, embed_scale='sqrt_d' and no sliding window")
+    out = _llama_to_hf(cfg)
+    return {**out, "hidden_activation": out.pop("hidden_act")}
+
+
 def _qwen_config(hf: dict[str, Any]) -> dict[str, Any]:
     require(not hf.get("use_sliding_window", False), "use_sliding_window=true (a window on the layers from "
             "max_window_layers on) is not supported; the released Qwen2/2.5/3 checkpoints leave it off")
@@ -347,6 +362,8 @@ DECODERS: dict[str, Family] = {
                        ignored=(r".*rotary_emb\.inv_freq",)),
     "mixtral": Family("mixtral", "MixtralForCausalLM", _llama_config, _llama_to_hf, _llama_keys,
                        ignored=(r".*rotary_emb\.inv_freq",)),
+    "gemma": Family("gemma", "GemmaForCausalLM", _gemma_config, _gemma_to_hf, _llama_keys,
+                     ignored=(r".*rotary_emb\.inv_freq",)),
     "qwen2": Family("qwen2", "Qwen2ForCausalLM", _qwen_config, _qwen_to_hf("qwen2"), _llama_keys,
                      ignored=(r".*rotary_emb\.inv_freq",)),
     "qwen3": Family("qwen3", "Qwen3ForCausalLM", _qwen_config, _qwen_to_hf("qwen3"), _llama_keys,

@@ -208,8 +208,9 @@ class Attention(nn.Module):
         self.v_proj = Linear(cfg.d_model, kv_dim, bias=cfg.attn_bias)
         self.o_proj = Linear(q_dim, cfg.d_model, bias=cfg.attn_out_bias)
         # Query-key normalisation (Dehghani et al., 2023; Qwen3): bounds the attention logits
-        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm == "head" else None
-        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm == "head" else None
+        qk = cfg.qk_norm == "head"
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_weight_offset) if qk else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_weight_offset) if qk else None
 
     def forward(self, x: torch.Tensor, mask: MaskSpec, *, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 memory: torch.Tensor | None = None, cache: KVCache | None = None,
