@@ -107,6 +107,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Gemma (Gemma team, 2024): 256k vocabulary, head_dim 256, MQA in the 2B
     "gemma-2b": dict(_GEMMA, d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1, d_ff=16384),
     "gemma-7b": dict(_GEMMA, d_model=3072, n_layers=28, n_heads=16, n_kv_heads=16, d_ff=24576),
+    # Phi-3-mini (Abdin et al., 2024): fused qkv_proj / gate_up_proj in its checkpoints, a 2047-token window
+    "phi-3-mini": dict(_LLAMA, family="phi3", vocab_size=32064, d_model=3072, n_layers=32, n_heads=32, d_ff=8192,
+                       sliding_window=2047),
     # Qwen2.5 (Qwen team, 2024): biased q/k/v; the small ones tie their embeddings. Qwen3 (2025): q/k norm.
     "qwen2.5-0.5b": dict(_QWEN2, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, d_ff=4864,
                          tie_embeddings=True),

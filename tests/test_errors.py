@@ -174,3 +174,19 @@ def test_corrupt_safetensors_names_the_file(damage, hf_folder, tmp_path):
     with pytest.raises(CheckpointError, match=r"model\.safetensors.*(truncated|not a safetensors file)") as err:
         gu.from_pretrained(path)
     assert "download" in str(err.value) or "save" in str(err.value)  # says how to get a good file
+
+
+def test_fused_gate_up_adapter_and_longrope_are_refused_by_name(hf_folder, tmp_path):
+    from groundup.peft import apply_lora, save_adapter
+
+    path, _ = hf_folder("phi3")
+    model = apply_lora(gu.from_pretrained(path), r=2, alpha=4, target_modules=["up_proj"])
+    with pytest.raises(ValueError, match=r"gate_up_proj.*adapt down_proj"):
+        save_adapter(model, tmp_path / "a")
+    folder = _copy(hf_folder, "phi3", tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4,
+                              "long_factor": [1.0] * 4}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="rope type 'longrope' is not supported"):
+        gu.from_pretrained(folder)

@@ -317,6 +317,31 @@ def _gemma_to_hf(cfg: Config) -> dict[str, Any]:
     return {**out, "hidden_activation": out.pop("hidden_act")}
 
 
+# Phi-3 / Phi-3.5-mini (Abdin et al., 2024): the Llama architecture with q/k/v fused into qkv_proj (q rows,
+# then k, then v) and gate/up fused into gate_up_proj (gate rows first). LongRoPE ("longrope", the 128k
+# variants) is refused by name by the rope reader.
+def _phi3_config(hf: dict[str, Any]) -> dict[str, Any]:
+    out = _llama_config(hf)
+    return {**out, "attn_bias": False, "attn_out_bias": False, "mlp_bias": False}
+
+
+def _phi3_to_hf(cfg: Config) -> dict[str, Any]:
+    require(not (cfg.attn_bias or cfg.attn_out_bias or cfg.mlp_bias), "Phi-3 layout has no biases")
+    out = _llama_to_hf(cfg)
+    for key in ("attention_bias", "mlp_bias", "head_dim"):
+        out.pop(key)
+    require(cfg.head_dim * cfg.n_heads == cfg.d_model, "Phi-3 layout derives head_dim from hidden_size")
+    return {**out, "original_max_position_embeddings": cfg.max_seq_len}
+
+
+def _phi3_keys(cfg: Config) -> list[tuple[str, str]]:
+    h = "model.layers.{i}."
+    return [("embed", "model.embed_tokens"), ("norm", "model.norm"), ("lm_head", "lm_head"),
+            ("blocks.{i}.attn_norm", h + "input_layernorm"), ("blocks.{i}.mlp_norm", h + "post_attention_layernorm"),
+            ("blocks.{i}.attn.qkv", h + "self_attn.qkv_proj"), ("blocks.{i}.attn.o_proj", h + "self_attn.o_proj"),
+            ("blocks.{i}.mlp.gate_up", h + "mlp.gate_up_proj"), ("blocks.{i}.mlp.down_proj", h + "mlp.down_proj")]
+
+
 def _qwen_config(hf: dict[str, Any]) -> dict[str, Any]:
     require(not hf.get("use_sliding_window", False), "use_sliding_window=true (a window on the layers from "
             "max_window_layers on) is not supported; the released Qwen2/2.5/3 checkpoints leave it off")
@@ -364,6 +389,8 @@ DECODERS: dict[str, Family] = {
                        ignored=(r".*rotary_emb\.inv_freq",)),
     "gemma": Family("gemma", "GemmaForCausalLM", _gemma_config, _gemma_to_hf, _llama_keys,
                      ignored=(r".*rotary_emb\.inv_freq",)),
+    "phi3": Family("phi3", "Phi3ForCausalLM", _phi3_config, _phi3_to_hf, _phi3_keys, qkv_groups=lambda c: 1,
+                    fused_gate_up=True, ignored=(r".*rotary_emb\.inv_freq",)),
     "qwen2": Family("qwen2", "Qwen2ForCausalLM", _qwen_config, _qwen_to_hf("qwen2"), _llama_keys,
                      ignored=(r".*rotary_emb\.inv_freq",)),
     "qwen3": Family("qwen3", "Qwen3ForCausalLM", _qwen_config, _qwen_to_hf("qwen3"), _llama_keys,

@@ -126,6 +126,14 @@ def state_dict_from_hf(tensors: dict[str, torch.Tensor], cfg: Config) -> dict[st
                                       f"(= (n_heads + 2 n_kv_heads) x head_dim)")
             for proj, part in zip(("q_proj", "k_proj", "v_proj"), _qkv_split(t, cfg, groups), strict=True):
                 out[f"{prefix}.attn.{proj}.{leaf}"] = part
+    if family.fused_gate_up:
+        for name in [n for n in out if ".mlp.gate_up." in n]:
+            prefix, leaf = name.split(".mlp.gate_up.")
+            t = out.pop(name)
+            if t.shape[0] != 2 * cfg.d_ff:
+                raise CheckpointError(f"{name}: fused gate/up has {t.shape[0]} rows, expected 2 x d_ff = "
+                                      f"{2 * cfg.d_ff}")
+            out[f"{prefix}.mlp.gate_proj.{leaf}"], out[f"{prefix}.mlp.up_proj.{leaf}"] = t.chunk(2, dim=0)
     return out
 
 
@@ -139,6 +147,11 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, t
             prefix, leaf = name.split(".attn.q_proj.")
             q, k, v = (state.pop(f"{prefix}.attn.{p}.{leaf}") for p in ("q_proj", "k_proj", "v_proj"))
             state[f"{prefix}.attn.qkv.{leaf}"] = _qkv_join(q, k, v, cfg, groups)
+    if family.fused_gate_up:
+        for name in [n for n in state if ".mlp.gate_proj." in n]:
+            prefix, leaf = name.split(".mlp.gate_proj.")
+            gate, up = state.pop(name), state.pop(f"{prefix}.mlp.up_proj.{leaf}")
+            state[f"{prefix}.mlp.gate_up.{leaf}"] = torch.cat([gate, up], dim=0)
     pairs = [(_pattern(gu), hf) for gu, hf in family.keys(cfg)]
     exact = dict(family.exact)
     out = {}
@@ -162,6 +175,10 @@ def module_name_to_hf(cfg: Config, name: str) -> str:
     if family.qkv_groups is not None and re.search(r"\.attn\.[qkv]_proj$", name):
         raise CheckpointError(f"{name}: {cfg.family} stores q, k and v as one fused matrix, so an adapter on "
                               "it alone has no HF name; adapt the other projections (e.g. o_proj, the MLP)")
+    if family.fused_gate_up and re.search(r"\.mlp\.(gate|up)_proj$", name):
+        raise CheckpointError(f"{name}: {cfg.family} stores the gate and up projections as one fused matrix "
+                              "(gate_up_proj), so an adapter on one of them has no HF name; adapt down_proj or "
+                              "the attention")
     for gu, hf in family.keys(cfg):
         m = _pattern(gu).fullmatch(name)
         if m:

@@ -35,6 +35,9 @@ class Family:
     arch: str = "causal_lm"  # the Config.arch this layout holds
     exact: tuple[tuple[str, str], ...] = ()  # whole tensor names (groundup, HF), matched before the templates
     row_vectors: tuple[str, ...] = ()  # HF tensors stored [1, N] that groundup keeps as [N]
+    # The FFN's gate and up projections stored as one matrix, gate rows first (Phi-3's gate_up_proj): the
+    # virtual module ``blocks.{i}.mlp.gate_up`` stands for them and hf.py splits and joins it.
+    fused_gate_up: bool = False
 
     def architecture_of(self, cfg: Config) -> str:
         return self.architecture if isinstance(self.architecture, str) else self.architecture(cfg)
