@@ -100,7 +100,7 @@ class Config:
 
     # encoder-only (BERT): segment embeddings, a norm after the embeddings, and the task heads
     type_vocab_size: int = 0  # token type (segment) embeddings; 0 = none
-    embed_norm: bool = False
+    embed_norm: bool = False  # a norm right after the embeddings (BERT; BLOOM's word_embeddings_layernorm)
     pooler: bool = False  # dense + tanh on the first ([CLS]) token
     mlm_head: bool = False  # masked-LM head: dense + act + norm, then the (tied) vocabulary projection
     nsp_head: bool = False  # next-sentence prediction on the pooled output: 2 classes
@@ -231,7 +231,9 @@ class Config:
             raise ValueError(f"n_decoder_layers={self.n_decoder_layers} needs arch='seq2seq'")
         if self.arch == "seq2seq" and (not isinstance(self.n_decoder_layers, int) or self.n_decoder_layers <= 0):
             raise ValueError(f"n_decoder_layers={self.n_decoder_layers!r} must be a positive integer")
-        encoder_only = dict(type_vocab_size=self.type_vocab_size, embed_norm=self.embed_norm, pooler=self.pooler,
+        if self.embed_norm and self.arch == "seq2seq":
+            raise ValueError("embed_norm=True is for encoders (BERT) and decoders (BLOOM), not arch='seq2seq'")
+        encoder_only = dict(type_vocab_size=self.type_vocab_size, pooler=self.pooler,
                             mlm_head=self.mlm_head, nsp_head=self.nsp_head, num_labels=self.num_labels)
         for name, value in encoder_only.items():
             if value and self.arch != "encoder":

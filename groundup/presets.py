@@ -28,6 +28,10 @@ _GEMMA: dict[str, Any] = dict(
     _LLAMA, family="gemma", vocab_size=256000, max_seq_len=8192, ffn="geglu_tanh", norm_eps=1e-6,
     norm_weight_offset=1.0, embed_scale="sqrt_d", tie_embeddings=True, head_dim=256,
 )
+_BLOOM: dict[str, Any] = dict(
+    family="bloom", vocab_size=250880, max_seq_len=2048, pos="alibi", ffn="gelu_tanh", norm="layernorm",
+    embed_norm=True, tie_embeddings=True,
+)
 _QWEN2: dict[str, Any] = dict(
     _LLAMA, family="qwen2", vocab_size=151936, max_seq_len=32768, rope_theta=1e6, norm_eps=1e-6, attn_bias=True,
     attn_out_bias=False,
@@ -110,6 +114,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Phi-3-mini (Abdin et al., 2024): fused qkv_proj / gate_up_proj in its checkpoints, a 2047-token window
     "phi-3-mini": dict(_LLAMA, family="phi3", vocab_size=32064, d_model=3072, n_layers=32, n_heads=32, d_ff=8192,
                        sliding_window=2047),
+    # BLOOM (BigScience, 2022): ALiBi, embedding LayerNorm, 250k vocabulary, tied head
+    "bloom-560m": dict(_BLOOM, d_model=1024, n_layers=24, n_heads=16),
+    "bloom-7b1": dict(_BLOOM, d_model=4096, n_layers=30, n_heads=32),
+    "bloom-176b": dict(_BLOOM, d_model=14336, n_layers=70, n_heads=112),
     # Qwen2.5 (Qwen team, 2024): biased q/k/v; the small ones tie their embeddings. Qwen3 (2025): q/k norm.
     "qwen2.5-0.5b": dict(_QWEN2, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, d_ff=4864,
                          tie_embeddings=True),

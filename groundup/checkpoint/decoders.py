@@ -145,6 +145,38 @@ def _neox_keys(cfg: Config) -> list[tuple[str, str]]:
             ("blocks.{i}.mlp.up_proj", h + "mlp.dense_h_to_4h"), ("blocks.{i}.mlp.down_proj", h + "mlp.dense_4h_to_h")]
 
 
+# BLOOM (BigScience, 2022): ALiBi, a LayerNorm on the embeddings, q/k/v fused per head, tanh GeLU, biases
+def _bloom_config(hf: dict[str, Any]) -> dict[str, Any]:
+    require(not hf.get("apply_residual_connection_post_layernorm", False),
+            "apply_residual_connection_post_layernorm=true is not supported")
+    d = first_of(hf, "hidden_size", "n_embed")
+    return dict(vocab_size=hf["vocab_size"], d_model=d, n_layers=first_of(hf, "n_layer", "num_hidden_layers"),
+                n_heads=first_of(hf, "n_head", "num_attention_heads"), d_ff=4 * d,
+                max_seq_len=hf.get("seq_length") or 2048, pos="alibi", ffn="gelu_tanh", norm="layernorm",
+                norm_eps=hf.get("layer_norm_epsilon", 1e-5), embed_norm=True,
+                tie_embeddings=hf.get("tie_word_embeddings", True))
+
+
+def _bloom_to_hf(cfg: Config) -> dict[str, Any]:
+    require(cfg.pos == "alibi" and cfg.embed_norm and cfg.norm == "layernorm" and cfg.d_ff == 4 * cfg.d_model
+            and cfg.n_kv_heads == cfg.n_heads and cfg.attn_bias and cfg.mlp_bias and cfg.ffn == "gelu_tanh",
+            "BLOOM layout needs ALiBi, an embedding LayerNorm, d_ff = 4 d_model, multi-head attention, biases and "
+            "the tanh GeLU")
+    return dict(hidden_size=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads, layer_norm_epsilon=cfg.norm_eps,
+                seq_length=cfg.max_seq_len, hidden_dropout=cfg.dropout, attention_dropout=cfg.attn_dropout,
+                apply_residual_connection_post_layernorm=False)
+
+
+def _bloom_keys(cfg: Config) -> list[tuple[str, str]]:
+    h = "transformer.h.{i}."
+    return [("embed", "transformer.word_embeddings"), ("embed_norm", "transformer.word_embeddings_layernorm"),
+            ("norm", "transformer.ln_f"), ("lm_head", "lm_head"),
+            ("blocks.{i}.attn_norm", h + "input_layernorm"), ("blocks.{i}.mlp_norm", h + "post_attention_layernorm"),
+            ("blocks.{i}.attn.qkv", h + "self_attention.query_key_value"),
+            ("blocks.{i}.attn.o_proj", h + "self_attention.dense"),
+            ("blocks.{i}.mlp.up_proj", h + "mlp.dense_h_to_4h"), ("blocks.{i}.mlp.down_proj", h + "mlp.dense_4h_to_h")]
+
+
 # Falcon -------------------------------------------------------------------------------------------
 def _falcon_new_arch(cfg: Config) -> bool:
     return cfg.n_kv_heads not in (1, cfg.n_heads) or (cfg.residual == "parallel" and not cfg.shared_norm)
@@ -378,6 +410,8 @@ DECODERS: dict[str, Family] = {
     "gpt_neox": Family("gpt_neox", "GPTNeoXForCausalLM", _neox_config, _neox_to_hf, _neox_keys,
                         qkv_groups=lambda c: c.n_heads,
                         ignored=(r".*\.attention\.(bias|masked_bias)", r".*rotary_emb\.inv_freq")),
+    "bloom": Family("bloom", "BloomForCausalLM", _bloom_config, _bloom_to_hf, _bloom_keys,
+                     qkv_groups=lambda c: c.n_heads),
     "falcon": Family("falcon", "FalconForCausalLM", _falcon_config, _falcon_to_hf, _falcon_keys,
                       qkv_groups=_falcon_groups, ignored=(r".*rotary_emb\.inv_freq",)),
     "mpt": Family("mpt", "MptForCausalLM", _mpt_config, _mpt_to_hf, _mpt_keys, qkv_groups=lambda c: 1),

@@ -10,6 +10,7 @@ from ..config import Config
 from ..nn.cross_entropy import cross_entropy, linear_cross_entropy
 from ..nn.kv_cache import DecoderCache, cache_capacity
 from ..nn.linear import Linear
+from ..nn.norm import make_norm
 from .base import KVPrefix, PreTrained
 from .common import TiedHead, check_ids, init_weights
 from .stack import Stack
@@ -21,6 +22,7 @@ class CausalLM(PreTrained, TiedHead, Stack):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg, cfg.n_layers, causal=cfg.causal)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed_norm = make_norm(cfg) if cfg.embed_norm else None  # BLOOM normalises its embeddings
         self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
         self.tie_weights()
         self.init_hooks()
@@ -57,7 +59,7 @@ class CausalLM(PreTrained, TiedHead, Stack):
         if attention_mask is not None and tuple(attention_mask.shape) != want:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be [batch, cached + new] = "
                              f"{want}")
-        x, rope = self.inputs(self.embed, input_ids, position_ids=position_ids, offset=offset)
+        x, rope = self.inputs(self.embed, input_ids, position_ids=position_ids, offset=offset, norm=self.embed_norm)
         x, aux_total, _ = self.run(x, rope=rope, attention_mask=attention_mask, cache=cache)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
@@ -108,5 +110,5 @@ class CausalLM(PreTrained, TiedHead, Stack):
         if not 0 <= layer < self.config.n_layers:
             raise ValueError(f"layer={layer} is out of range: the model has {self.config.n_layers} layers")
         check_ids(self.config, input_ids, None, extra_ids=self.virtual_tokens)
-        x, rope = self.inputs(self.embed, input_ids)
+        x, rope = self.inputs(self.embed, input_ids, norm=self.embed_norm)
         return self.run(x, rope=rope, weights_of=layer)[2]
