@@ -35,7 +35,7 @@ def _linear(n_in: int, n_out: int, bias: bool) -> int:
 def attention_params(cfg: Config) -> int:
     """q, k, v, o projections of one layer (and the per-head q/k norm weights, when the config has them)."""
     q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    qk_norm = 2 * cfg.head_dim if cfg.qk_norm == "head" else 0
+    qk_norm = {"none": 0, "head": 2 * cfg.head_dim, "full": q + kv}[cfg.qk_norm]
     return (_linear(cfg.d_model, q, cfg.attn_bias) + 2 * _linear(cfg.d_model, kv, cfg.attn_bias)
             + _linear(q, cfg.d_model, cfg.attn_out_bias) + qk_norm)
 

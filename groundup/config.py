@@ -19,12 +19,12 @@ SinusoidalLayout = Literal["interleaved", "split"]
 Scale = Literal["none", "sqrt_d", "inv_sqrt_d"]
 Ffn = Literal["relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "geglu_tanh", "reglu"]
 Norm = Literal["layernorm", "rmsnorm"]
-NormPlacement = Literal["pre", "post"]
+NormPlacement = Literal["pre", "post", "sublayer"]  # sublayer: x + norm(f(x)) (OLMo 2)
 Residual = Literal["sequential", "parallel"]
 RopeScaling = Literal["none", "linear", "ntk", "llama3"]
 Router = Literal["topk_softmax", "softmax_topk"]
 Kernel = Literal["eager", "sdpa", "flash"]
-QKNorm = Literal["none", "head"]
+QKNorm = Literal["none", "head", "full"]
 
 GATED_FFNS = ("swiglu", "geglu", "geglu_tanh", "reglu")
 
@@ -95,7 +95,9 @@ class Config:
     sliding_window: int | None = None  # each query sees at most this many keys, itself included
     causal: bool | None = None
     attn_scale: Scale = "inv_sqrt_d"  # scores x 1/sqrt(head_dim); T5 uses none (folded into its init)
-    qk_norm: QKNorm = "none"  # head: an RMSNorm over head_dim on every query and key head, before RoPE (Qwen3)
+    # head: an RMSNorm over head_dim on every query and key head (Qwen3); full: over the whole q and k
+    # projections (OLMo 2); both before RoPE
+    qk_norm: QKNorm = "none"
     lm_head_scale: Scale = "none"  # inv_sqrt_d: final hidden x d_model^-0.5 before a tied head (T5 v1.0)
 
     # encoder-only (BERT): segment embeddings, a norm after the embeddings, and the task heads
@@ -190,7 +192,7 @@ class Config:
             raise ValueError(f"norm_weight_offset={self.norm_weight_offset} needs norm='rmsnorm' (Gemma's 1 + weight)")
         if self.shared_norm and self.residual != "parallel":
             raise ValueError("shared_norm=True needs residual='parallel' (one norm feeding both branches)")
-        if self.residual == "parallel" and self.norm_placement == "post":
+        if self.residual == "parallel" and self.norm_placement != "pre":
             raise ValueError("residual='parallel' needs norm_placement='pre'")
         for name in ("dropout", "attn_dropout"):
             p = getattr(self, name)

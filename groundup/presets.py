@@ -118,6 +118,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "bloom-560m": dict(_BLOOM, d_model=1024, n_layers=24, n_heads=16),
     "bloom-7b1": dict(_BLOOM, d_model=4096, n_layers=30, n_heads=32),
     "bloom-176b": dict(_BLOOM, d_model=14336, n_layers=70, n_heads=112),
+    # OLMo 2 (OLMo team, 2024): norms on the sublayer outputs, q/k norm over whole projections
+    "olmo-2-7b": dict(_LLAMA, family="olmo2", vocab_size=100352, d_model=4096, n_layers=32, n_heads=32, d_ff=11008,
+                      rope_theta=500000.0, norm_eps=1e-6, norm_placement="sublayer", qk_norm="full"),
     # Qwen2.5 (Qwen team, 2024): biased q/k/v; the small ones tie their embeddings. Qwen3 (2025): q/k norm.
     "qwen2.5-0.5b": dict(_QWEN2, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, d_ff=4864,
                          tie_embeddings=True),

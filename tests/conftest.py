@@ -94,6 +94,7 @@ def hf_configs() -> dict[str, object]:
         "gemma": T.GemmaConfig(**llama, head_dim=16),
         "phi3": T.Phi3Config(**{**llama, "pad_token_id": 0}, sliding_window=5),
         "bloom": T.BloomConfig(**common, hidden_size=32, n_layer=2, n_head=4),
+        "olmo2": T.Olmo2Config(**llama),
         "qwen3": T.Qwen3Config(**llama, head_dim=16),
         "mixtral": T.MixtralConfig(**llama, num_local_experts=4, num_experts_per_tok=2),
     }

@@ -19,7 +19,7 @@ PUBLISHED = {
     "qwen2.5-0.5b": 494_032_768, "qwen2.5-1.5b": 1_543_714_304, "qwen2.5-7b": 7_615_616_512,
     "qwen3-0.6b": 596_049_920, "qwen3-8b": 8_190_735_360, "gemma-2b": 2_506_172_416, "gemma-7b": 8_537_680_896,
     "phi-3-mini": 3_821_079_552, "bloom-560m": 559_214_592, "bloom-7b1": 7_069_016_064,
-    "bloom-176b": 176_247_271_424,
+    "bloom-176b": 176_247_271_424, "olmo-2-7b": 7_298_617_344,
     # encoder-only (BertModel with pooler) and encoder-decoder (T5ForConditionalGeneration)
     "bert-base": 109_482_240, "bert-large": 335_141_888, "t5-small": 60_506_624, "t5-base": 222_903_552,
     "t5-v1_1-small": 76_961_152,

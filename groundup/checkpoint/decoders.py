@@ -374,6 +374,30 @@ def _phi3_keys(cfg: Config) -> list[tuple[str, str]]:
             ("blocks.{i}.mlp.gate_up", h + "mlp.gate_up_proj"), ("blocks.{i}.mlp.down_proj", h + "mlp.down_proj")]
 
 
+# OLMo 2 (OLMo team, 2024): the Llama parts with the norms moved onto each sublayer's output (x + norm(f(x)),
+# no input norm) and an RMSNorm over the whole q and k projections.
+def _olmo2_config(hf: dict[str, Any]) -> dict[str, Any]:
+    return {**_llama_config(hf), "norm_placement": "sublayer", "qk_norm": "full"}
+
+
+def _olmo2_to_hf(cfg: Config) -> dict[str, Any]:
+    require(cfg.norm_placement == "sublayer" and cfg.qk_norm == "full" and cfg.attn_bias == cfg.attn_out_bias,
+            "OLMo 2 layout needs norm_placement='sublayer', qk_norm='full' and one attention_bias")
+    out = _llama_to_hf(cfg.replace(norm_placement="pre"))  # the rest is the Llama layout
+    out.pop("mlp_bias")
+    return out
+
+
+def _olmo2_keys(cfg: Config) -> list[tuple[str, str]]:
+    h = "model.layers.{i}."
+    keys = [("embed", "model.embed_tokens"), ("norm", "model.norm"), ("lm_head", "lm_head"),
+            ("blocks.{i}.attn_norm", h + "post_attention_layernorm"),
+            ("blocks.{i}.mlp_norm", h + "post_feedforward_layernorm")]
+    keys += [(f"blocks.{{i}}.attn.{p}_proj", h + f"self_attn.{p}_proj") for p in "qkvo"]
+    keys += [(f"blocks.{{i}}.attn.{p}_norm", h + f"self_attn.{p}_norm") for p in "qk"]
+    return keys + [(f"blocks.{{i}}.mlp.{p}_proj", h + f"mlp.{p}_proj") for p in ("gate", "up", "down")]
+
+
 def _qwen_config(hf: dict[str, Any]) -> dict[str, Any]:
     require(not hf.get("use_sliding_window", False), "use_sliding_window=true (a window on the layers from "
             "max_window_layers on) is not supported; the released Qwen2/2.5/3 checkpoints leave it off")
@@ -425,6 +449,8 @@ DECODERS: dict[str, Family] = {
                      ignored=(r".*rotary_emb\.inv_freq",)),
     "phi3": Family("phi3", "Phi3ForCausalLM", _phi3_config, _phi3_to_hf, _phi3_keys, qkv_groups=lambda c: 1,
                     fused_gate_up=True, ignored=(r".*rotary_emb\.inv_freq",)),
+    "olmo2": Family("olmo2", "Olmo2ForCausalLM", _olmo2_config, _olmo2_to_hf, _olmo2_keys,
+                     ignored=(r".*rotary_emb\.inv_freq",)),
     "qwen2": Family("qwen2", "Qwen2ForCausalLM", _qwen_config, _qwen_to_hf("qwen2"), _llama_keys,
                      ignored=(r".*rotary_emb\.inv_freq",)),
     "qwen3": Family("qwen3", "Qwen3ForCausalLM", _qwen_config, _qwen_to_hf("qwen3"), _llama_keys,

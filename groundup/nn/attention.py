@@ -208,9 +208,11 @@ class Attention(nn.Module):
         self.v_proj = Linear(cfg.d_model, kv_dim, bias=cfg.attn_bias)
         self.o_proj = Linear(q_dim, cfg.d_model, bias=cfg.attn_out_bias)
         # Query-key normalisation (Dehghani et al., 2023; Qwen3): bounds the attention logits
-        qk = cfg.qk_norm == "head"
-        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_weight_offset) if qk else None
-        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_weight_offset) if qk else None
+        self.qk_norm = cfg.qk_norm
+        q_width, k_width = (cfg.head_dim, cfg.head_dim) if cfg.qk_norm == "head" else (q_dim, kv_dim)
+        on = cfg.qk_norm != "none"
+        self.q_norm = RMSNorm(q_width, cfg.norm_eps, cfg.norm_weight_offset) if on else None
+        self.k_norm = RMSNorm(k_width, cfg.norm_eps, cfg.norm_weight_offset) if on else None
 
     def forward(self, x: torch.Tensor, mask: MaskSpec, *, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 memory: torch.Tensor | None = None, cache: KVCache | None = None,
@@ -223,17 +225,23 @@ class Attention(nn.Module):
         """
         B, T, _ = x.shape
         H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
-        if self.q_norm is not None:
+        q = self.q_proj(x)  # [B, T, H*D]
+        if self.qk_norm == "full":
+            q = self.q_norm(q)
+        q = q.view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
+        if self.qk_norm == "head":
             q = self.q_norm(q)
         if memory is not None and cache is not None and cache.k is not None:
             k, v = cache.k, cache.v  # cross-attention on a later step: the memory does not change
         else:
             src = x if memory is None else memory
             S = src.shape[1]
-            k = self.k_proj(src).view(B, S, K, D).transpose(1, 2)  # [B, K, S, D]
+            k = self.k_proj(src)  # [B, S, K*D]
+            if self.qk_norm == "full":
+                k = self.k_norm(k)
+            k = k.view(B, S, K, D).transpose(1, 2)  # [B, K, S, D]
             v = self.v_proj(src).view(B, S, K, D).transpose(1, 2)  # [B, K, S, D]
-            if self.k_norm is not None:
+            if self.qk_norm == "head":
                 k = self.k_norm(k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)

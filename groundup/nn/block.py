@@ -1,8 +1,9 @@
-"""The transformer block: attention, optional cross-attention, and FFN (dense or MoE), wired three ways.
+"""The transformer block: attention, optional cross-attention, and FFN (dense or MoE), wired four ways.
 
     pre  (GPT-2, Llama, T5):     h = x + attn(n1(x));   [h = h + cross(nc(h), m)];   y = h + ffn(n2(h))
     post (Vaswani et al., 2017; BERT, Marian):
                                  h = n1(x + attn(x));   [h = nc(h + cross(h, m))];   y = n2(h + ffn(h))
+    sublayer (OLMo 2):           h = x + n1(attn(x));   [h = h + nc(cross(h, m))];   y = h + n2(ffn(h))
     parallel (GPT-J, NeoX, Falcon): y = x + attn(n1(x)) + ffn(n2(x)), n2 = n1 when shared_norm.
 
 Cross-attention (the bracketed step) exists only in a seq2seq decoder; m is the encoder output.
@@ -64,6 +65,14 @@ class Block(nn.Module):
                 h = self.cross_attn_norm(h + self._drop(c))
             f, aux = self._ffn(h)
             return self.mlp_norm(h + self._drop(f)), aux, w
+        if self.placement == "sublayer":  # OLMo 2: each sublayer's output is normalised before the residual add
+            a, w = self.attn(x, mask, rope=rope, cache=self_kv, return_weights=return_weights)
+            h = x + self._drop(self.attn_norm(a))
+            if self.cross_attn is not None:
+                c, _ = self.cross_attn(h, memory_mask, memory=memory, cache=cross_kv)
+                h = h + self._drop(self.cross_attn_norm(c))
+            f, aux = self._ffn(h)
+            return h + self._drop(self.mlp_norm(f)), aux, w
         n1 = self.attn_norm(x)
         a, w = self.attn(n1, mask, rope=rope, cache=self_kv, return_weights=return_weights)
         if self.parallel:
