@@ -283,9 +283,12 @@ def read_adapter(model: nn.Module, folder: str | Path) -> AdapterFile:
         if m is None or (m.group(2) == "ia3_l") != (kind == "IA3"):
             raise AdapterError(f"{w_path}: tensor {key} is not a {kind} weight")
         name = module_name_from_hf(cfg, m.group(1))
-        if name is None or ".attn.qkv" in name:
-            what = "a fused q/k/v matrix, which groundup keeps as three" if name else "no module of this model"
-            raise AdapterError(f"{w_path}: {key} adapts {m.group(1)}: {what}")
+        if name is None or ".attn.qkv" in name or ".mlp.gate_up" in name:
+            what = ("no module of this model" if name is None else
+                    "a fused q/k/v matrix, which groundup keeps as three" if ".attn.qkv" in name else
+                    "a fused gate/up matrix, which groundup keeps as two")
+            raise AdapterError(f"{w_path}: {key} adapts {m.group(1)}: {what}; adapt the unfused layers (o_proj, "
+                               "down_proj) instead")
         parts.setdefault(name, {})[m.group(2)] = t
         hf_of[name] = m.group(1)
     modules = dict(model.named_modules())

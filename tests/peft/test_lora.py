@@ -86,7 +86,9 @@ def test_merged_model_saves_as_a_plain_checkpoint(tmp_path, hf_folder):
 
 @pytest.mark.parametrize("name,targets", [("llama", ["q_proj", "v_proj"]),
                                           ("mistral", ["k_proj", "o_proj", "gate_proj"]),
-                                          ("mixtral", ["q_proj", "w2"]), ("gpt2", ["c_proj", "c_fc"])])
+                                          ("mixtral", ["q_proj", "w2"]), ("gpt2", ["c_proj", "c_fc"]),
+                                          ("qwen2", ["q_proj", "v_proj"]), ("phi3", ["o_proj", "down_proj"]),
+                                          ("gemma", ["q_proj", "up_proj"]), ("olmo2", ["k_proj", "gate_proj"])])
 def test_our_adapter_loads_in_peft_with_the_same_logits(name, targets, hf_folder, tmp_path):
     from peft import PeftModel
 
@@ -164,3 +166,15 @@ def test_lora_config_and_layer():
     assert not LoraConfig(target_modules=["q_proj"]).matches("blocks.3.attn.xq_proj")
     layer = LoraLinear(torch.nn.Linear(6, 5), r=2, alpha=4)
     assert layer.weight.shape == (5, 6) and layer.delta_weight().abs().sum() == 0
+
+
+def test_peft_adapters_on_phi3_fused_layers_are_refused_by_name(hf_folder, tmp_path):
+    import peft
+
+    path, ref = hf_folder("phi3")
+    for target, what in (("qkv_proj", "fused q/k/v"), ("gate_up_proj", "fused gate/up")):
+        pm = peft.get_peft_model(ref, peft.LoraConfig(r=2, target_modules=[target]))
+        pm.save_pretrained(tmp_path / target)
+        pm.unload()
+        with pytest.raises(AdapterError, match=f"{target}.*{what}"):
+            load_adapter(gu.from_pretrained(path), tmp_path / target)
