@@ -8,7 +8,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -130,11 +130,13 @@ def same_bert_tables(text: str) -> bool:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=TEXT)
+@example(text="</s>")  # found by hypothesis in CI: a special token's text, which tokenizers encodes as it
+@example(text="[CLS] a [SEP]")
 def test_any_text_encodes_like_tokenizers(pair, text):
     gu, hf, _ = pair
     assume(same_unicode_tables(text) and all(unicodedata.category(c) != "Cn" for c in text))
     assume(same_bert_tables(text))
-    ids = gu.encode(text)
+    ids = gu.encode(text, allowed_special="all")  # special-token text is the control token there too
     assert ids == hf.encode(text).ids
     assert gu.decode(ids, skip_special_tokens=True) == hf.decode(ids)
 
@@ -146,10 +148,12 @@ def t5_bytes(tmp_path_factory, corpus) -> Tokenizer:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=TEXT)
+@example(text="</s>")
 def test_byte_fallback_unigram_round_trips_the_normalized_text(t5_bytes, text):
     gu = t5_bytes
     assume(same_unicode_tables(text) and all(unicodedata.category(c) != "Cn" for c in text))
     normalized = unicodedata.normalize("NFKC", text)
     # Metaspace turns spaces into ▁ and prepends one (unless there is one); decoding turns them back and
     # drops the first space; byte fallback spells what no piece covers, so nothing is lost
-    assert gu.decode(gu.encode(text, add_special_tokens=False)) == normalized.removeprefix(" ")
+    ids = gu.encode(text, add_special_tokens=False, disallowed_special=())  # "</s>" typed is text here
+    assert gu.decode(ids) == normalized.removeprefix(" ")
