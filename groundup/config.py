@@ -21,7 +21,7 @@ Ffn = Literal["relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "geglu_tan
 Norm = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "post", "sublayer"]  # sublayer: x + norm(f(x)) (OLMo 2)
 Residual = Literal["sequential", "parallel"]
-RopeScaling = Literal["none", "linear", "ntk", "llama3"]
+RopeScaling = Literal["none", "linear", "ntk", "llama3", "yarn"]
 Router = Literal["topk_softmax", "softmax_topk"]
 Kernel = Literal["eager", "sdpa", "flash"]
 QKNorm = Literal["none", "head", "full"]
@@ -65,6 +65,12 @@ class Config:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_seq_len: int | None = None
+    # yarn (Peng et al., 2023; Qwen2.5 long context): dims rotating more than beta_fast times over the original
+    # context keep their frequency, fewer than beta_slow times are interpolated, a linear ramp between; cos and
+    # sin are multiplied by the attention factor (None: 0.1 ln(factor) + 1)
+    rope_beta_fast: float = 32.0
+    rope_beta_slow: float = 1.0
+    rope_attention_factor: float | None = None
     alibi_max_bias: float = 8.0  # ALiBi slopes are 2^(-max_bias * h / n_heads)
     rel_buckets: int = 32  # T5 relative position buckets (pos='relative')
     rel_max_distance: int = 128  # distances beyond this share the last bucket
@@ -175,10 +181,10 @@ class Config:
             raise ValueError(f"rope_scaling_factor={self.rope_scaling_factor} must be >= 1 to extend context")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta} must be positive")
-        if self.rope_scaling == "llama3":
+        if self.rope_scaling in ("llama3", "yarn"):
             if not self.rope_original_max_seq_len or self.rope_original_max_seq_len <= 0:
-                raise ValueError("rope_scaling='llama3' needs rope_original_max_seq_len (the pre-training context, "
-                                 "8192 for Llama 3.1)")
+                raise ValueError(f"rope_scaling={self.rope_scaling!r} needs rope_original_max_seq_len (the "
+                                 "pre-training context, e.g. 8192 for Llama 3.1)")
             if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
                 raise ValueError(f"rope_low_freq_factor={self.rope_low_freq_factor} must be > 0 and below "
                                  f"rope_high_freq_factor={self.rope_high_freq_factor}")
@@ -292,6 +298,8 @@ class Config:
             return float("inf")
         if self.pos == "rope" and self.rope_scaling in ("linear", "ntk"):
             return int(self.max_seq_len * self.rope_scaling_factor)
+        if self.pos == "rope" and self.rope_scaling == "yarn":
+            return max(self.max_seq_len, int(self.rope_original_max_seq_len * self.rope_scaling_factor))
         # llama3: max_seq_len (config.json's max_position_embeddings) is already the extended context
         return self.max_seq_len
 

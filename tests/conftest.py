@@ -91,6 +91,9 @@ def hf_configs() -> dict[str, object]:
         "mistral": T.MistralConfig(**llama, sliding_window=4),
         # Qwen2.5-0.5B ties its embeddings; Qwen3 normalises every q/k head and sets head_dim itself
         "qwen2": T.Qwen2Config(**llama, tie_word_embeddings=True),
+        # Qwen2.5's long-context YaRN: ramped frequencies and cos/sin scaled by 0.1 ln(4) + 1
+        "qwen2-yarn": T.Qwen2Config(**llama, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                                              "original_max_position_embeddings": 16}),
         "gemma": T.GemmaConfig(**llama, head_dim=16),
         "phi3": T.Phi3Config(**{**llama, "pad_token_id": 0}, sliding_window=5),
         "bloom": T.BloomConfig(**common, hidden_size=32, n_layer=2, n_head=4),

@@ -31,8 +31,22 @@ def _rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
                    rope_high_freq_factor=float(get("high_freq_factor", 4.0)),
                    rope_original_max_seq_len=int(get("original_max_position_embeddings",
                                                      hf.get("max_position_embeddings"))))
+    elif kind == "yarn":
+        def get_yarn(name: str, default: Any) -> Any:
+            return first_of(params, name, default=legacy.get(name, default))
+
+        require(not get_yarn("mscale", None) and not get_yarn("mscale_all_dim", None),
+                "yarn with mscale / mscale_all_dim (DeepSeek's variant) is not supported")
+        require(get_yarn("truncate", True), "yarn with truncate=false is not supported")
+        original = get_yarn("original_max_position_embeddings", hf.get("max_position_embeddings"))
+        factor = factor if factor is not None else hf["max_position_embeddings"] / original
+        attention = get_yarn("attention_factor", None)
+        out.update(rope_scaling="yarn", rope_scaling_factor=float(factor), rope_original_max_seq_len=int(original),
+                   rope_beta_fast=float(get_yarn("beta_fast", None) or 32.0),
+                   rope_beta_slow=float(get_yarn("beta_slow", None) or 1.0),
+                   rope_attention_factor=None if attention is None else float(attention))
     else:
-        require(kind == "default", f"rope type {kind!r} is not supported (supported: default, linear, llama3)")
+        require(kind == "default", f"rope type {kind!r} is not supported (supported: default, linear, llama3, yarn)")
     return out
 
 
@@ -42,6 +56,11 @@ def _rope_to_hf(cfg: Config) -> dict[str, Any]:
         params["partial_rotary_factor"] = cfg.rotary_fraction
     if cfg.rope_scaling == "linear":
         params.update(rope_type="linear", factor=cfg.rope_scaling_factor)
+    if cfg.rope_scaling == "yarn":
+        params.update(rope_type="yarn", factor=cfg.rope_scaling_factor, beta_fast=cfg.rope_beta_fast,
+                      beta_slow=cfg.rope_beta_slow, original_max_position_embeddings=cfg.rope_original_max_seq_len)
+        if cfg.rope_attention_factor is not None:
+            params["attention_factor"] = cfg.rope_attention_factor
     if cfg.rope_scaling == "llama3":
         params.update(rope_type="llama3", factor=cfg.rope_scaling_factor, low_freq_factor=cfg.rope_low_freq_factor,
                       high_freq_factor=cfg.rope_high_freq_factor,

@@ -52,7 +52,33 @@ def rope_inv_freq(cfg: Config, *, scaling: str | None = None, factor: float | No
         theta = theta * factor ** (rot / (rot - 2))
     exponents = torch.arange(0, rot, 2, dtype=torch.float32, device=device) / rot
     inv = 1.0 / theta**exponents
+    if scaling == "yarn":
+        return _yarn(cfg, inv, factor, rot, theta)
     return _llama3(cfg, inv, factor) if scaling == "llama3" else inv
+
+
+def yarn_attention_factor(cfg: Config, factor: float) -> float:
+    """YaRN's scale on cos and sin (its "attention temperature"): the config's, or 0.1 ln(factor) + 1."""
+    if cfg.rope_attention_factor is not None:
+        return cfg.rope_attention_factor
+    return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
+
+
+def _yarn(cfg: Config, inv: torch.Tensor, factor: float, rot: int, theta: float) -> torch.Tensor:
+    """YaRN (Peng et al., 2023): per dimension pair, keep the frequency where it turns more than beta_fast times
+    over the original context, interpolate it by the factor where fewer than beta_slow, ramp linearly
+    between (bounds floored/ceiled to whole dims, as the reference does)."""
+    original = cfg.rope_original_max_seq_len
+
+    def dim_of(turns: float) -> float:  # the dimension whose wavelength fits `turns` times in the original context
+        return rot * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = max(math.floor(dim_of(cfg.rope_beta_fast)), 0), min(math.ceil(dim_of(cfg.rope_beta_slow)), rot - 1)
+    if low == high:
+        high += 0.001  # the reference's guard against a zero-width ramp
+    ramp = ((torch.arange(rot // 2, dtype=torch.float32, device=inv.device) - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp  # 1: extrapolate (keep the frequency), 0: interpolate
+    return inv / factor * (1 - keep) + inv * keep
 
 
 def _llama3(cfg: Config, inv: torch.Tensor, factor: float) -> torch.Tensor:
@@ -82,6 +108,9 @@ def rope_cos_sin(cfg: Config, positions: torch.Tensor, dtype: torch.dtype, *, sc
         pos = pos / factor
     angles = pos[..., None] * inv  # [..., T, rot/2]
     angles = torch.cat((angles, angles), dim=-1)  # [..., T, rot]: the half-split layout
+    if scaling == "yarn":
+        scale = yarn_attention_factor(cfg, factor)
+        return (angles.cos() * scale).to(dtype), (angles.sin() * scale).to(dtype)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 

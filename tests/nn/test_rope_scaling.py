@@ -40,3 +40,26 @@ def test_llama3_needs_its_original_context_and_keeps_max_seq_len_as_context():
     assert cfg.context_length == 131072  # max_position_embeddings is already the extended context
     with pytest.raises(ValueError, match="rope_low_freq_factor"):
         cfg.replace(rope_low_freq_factor=4.0)
+
+
+@pytest.mark.parametrize("params", [
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768, "rope_theta": 1e6},
+    {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4096, "rope_theta": 10000.0,
+     "beta_fast": 16, "beta_slow": 2},
+    {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 2048, "rope_theta": 10000.0,
+     "attention_factor": 1.25},
+])
+def test_yarn_inverse_frequencies_and_attention_factor_match_transformers(params):
+    import transformers as T
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from groundup.nn.position import yarn_attention_factor
+
+    hf = T.Qwen2Config(hidden_size=1024, num_attention_heads=8, num_key_value_heads=2, num_hidden_layers=1,
+                       intermediate_size=64, vocab_size=100, max_position_embeddings=32768,
+                       rope_parameters=dict(params))
+    want, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](hf)
+    cfg = config_from_hf(hf.to_dict())
+    assert cfg.rope_scaling == "yarn"
+    torch.testing.assert_close(rope_inv_freq(cfg), want.float(), atol=1e-6, rtol=1e-6)
+    assert yarn_attention_factor(cfg, cfg.rope_scaling_factor) == pytest.approx(attention_factor, rel=1e-12)
