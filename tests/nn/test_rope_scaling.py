@@ -1,5 +1,6 @@
-"""RoPE scaling types: groundup's inverse frequencies equal transformers' ROPE_INIT_FUNCTIONS for the same
-config (the scaled logits are checked by the parity tests' llama3-rope family)."""
+"""RoPE scaling types: groundup's inverse frequencies (and YaRN's attention factor) equal transformers'
+ROPE_INIT_FUNCTIONS for the same config; the scaled logits are checked by the parity tests' llama3-rope and
+qwen2-yarn families."""
 
 from __future__ import annotations
 
@@ -8,29 +9,38 @@ import torch
 
 import groundup as gu
 from groundup.checkpoint.hf import config_from_hf
-from groundup.nn.position import rope_inv_freq
+from groundup.nn.position import rope_inv_freq, yarn_attention_factor
+
+CASES = [
+    ("llama", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192, "rope_theta": 500000.0}),
+    ("llama", {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192, "rope_theta": 500000.0}),
+    ("llama", {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 2.0, "high_freq_factor": 8.0,
+               "original_max_position_embeddings": 2048, "rope_theta": 10000.0}),
+    ("qwen2", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768, "rope_theta": 1e6}),
+    ("qwen2", {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4096, "rope_theta": 10000.0,
+               "beta_fast": 16, "beta_slow": 2}),
+    ("qwen2", {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 2048, "rope_theta": 10000.0,
+               "attention_factor": 1.25}),
+]
 
 
-@pytest.mark.parametrize("params", [
-    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-     "original_max_position_embeddings": 8192, "rope_theta": 500000.0},
-    {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-     "original_max_position_embeddings": 8192, "rope_theta": 500000.0},
-    {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 2.0, "high_freq_factor": 8.0,
-     "original_max_position_embeddings": 2048, "rope_theta": 10000.0},
-])
-def test_llama3_inverse_frequencies_match_transformers(params):
+@pytest.mark.parametrize("family,params", CASES)
+def test_inverse_frequencies_and_attention_factor_match_transformers(family, params):
     import transformers as T
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    hf = T.LlamaConfig(hidden_size=2048, num_attention_heads=16, num_key_value_heads=8, num_hidden_layers=1,
-                       intermediate_size=64, vocab_size=100, max_position_embeddings=131072,
-                       rope_parameters=dict(params))
-    want, attention_factor = ROPE_INIT_FUNCTIONS["llama3"](hf)
+    cls = {"llama": T.LlamaConfig, "qwen2": T.Qwen2Config}[family]
+    hf = cls(hidden_size=2048, num_attention_heads=16, num_key_value_heads=8, num_hidden_layers=1,
+             intermediate_size=64, vocab_size=100, max_position_embeddings=131072, rope_parameters=dict(params))
+    want, attention_factor = ROPE_INIT_FUNCTIONS[params["rope_type"]](hf)
     cfg = config_from_hf(hf.to_dict())
-    assert (cfg.rope_scaling, cfg.rope_original_max_seq_len) == ("llama3", params["original_max_position_embeddings"])
+    assert (cfg.rope_scaling, cfg.rope_original_max_seq_len) == (params["rope_type"],
+                                                                 params["original_max_position_embeddings"])
     torch.testing.assert_close(rope_inv_freq(cfg), want.float(), atol=1e-6, rtol=1e-6)
-    assert attention_factor == 1.0
+    ours = yarn_attention_factor(cfg, cfg.rope_scaling_factor) if cfg.rope_scaling == "yarn" else 1.0
+    assert ours == pytest.approx(attention_factor, rel=1e-12)
 
 
 def test_llama3_needs_its_original_context_and_keeps_max_seq_len_as_context():
@@ -40,26 +50,3 @@ def test_llama3_needs_its_original_context_and_keeps_max_seq_len_as_context():
     assert cfg.context_length == 131072  # max_position_embeddings is already the extended context
     with pytest.raises(ValueError, match="rope_low_freq_factor"):
         cfg.replace(rope_low_freq_factor=4.0)
-
-
-@pytest.mark.parametrize("params", [
-    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768, "rope_theta": 1e6},
-    {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4096, "rope_theta": 10000.0,
-     "beta_fast": 16, "beta_slow": 2},
-    {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 2048, "rope_theta": 10000.0,
-     "attention_factor": 1.25},
-])
-def test_yarn_inverse_frequencies_and_attention_factor_match_transformers(params):
-    import transformers as T
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    from groundup.nn.position import yarn_attention_factor
-
-    hf = T.Qwen2Config(hidden_size=1024, num_attention_heads=8, num_key_value_heads=2, num_hidden_layers=1,
-                       intermediate_size=64, vocab_size=100, max_position_embeddings=32768,
-                       rope_parameters=dict(params))
-    want, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](hf)
-    cfg = config_from_hf(hf.to_dict())
-    assert cfg.rope_scaling == "yarn"
-    torch.testing.assert_close(rope_inv_freq(cfg), want.float(), atol=1e-6, rtol=1e-6)
-    assert yarn_attention_factor(cfg, cfg.rope_scaling_factor) == pytest.approx(attention_factor, rel=1e-12)
