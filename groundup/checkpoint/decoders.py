@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from ..config import Config
@@ -332,12 +333,21 @@ def _llama_to_hf(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def _llama_keys(cfg: Config) -> list[tuple[str, str]]:
+def _llama_keys(cfg: Config, *, fused: bool = False) -> list[tuple[str, str]]:
+    """The Llama module names, which Mistral, Mixtral, Qwen, Gemma, OLMo 2 and Phi-3 share: with q/k norms
+    when the config has them, the norms named after the sublayer outputs for norm_placement='sublayer'
+    (OLMo 2), and with ``fused`` one qkv_proj and one gate_up_proj (Phi-3)."""
     h = "model.layers.{i}."
+    norms = (("post_attention_layernorm", "post_feedforward_layernorm") if cfg.norm_placement == "sublayer"
+             else ("input_layernorm", "post_attention_layernorm"))
     keys = [("embed", "model.embed_tokens"), ("norm", "model.norm"), ("lm_head", "lm_head"),
-            ("blocks.{i}.attn_norm", h + "input_layernorm"), ("blocks.{i}.mlp_norm", h + "post_attention_layernorm")]
+            ("blocks.{i}.attn_norm", h + norms[0]), ("blocks.{i}.mlp_norm", h + norms[1])]
+    if fused:
+        return [*keys, ("blocks.{i}.attn.qkv", h + "self_attn.qkv_proj"),
+                ("blocks.{i}.attn.o_proj", h + "self_attn.o_proj"), ("blocks.{i}.mlp.gate_up", h + "mlp.gate_up_proj"),
+                ("blocks.{i}.mlp.down_proj", h + "mlp.down_proj")]
     keys += [(f"blocks.{{i}}.attn.{p}_proj", h + f"self_attn.{p}_proj") for p in "qkvo"]
-    if cfg.qk_norm == "head":
+    if cfg.qk_norm != "none":
         keys += [(f"blocks.{{i}}.attn.{p}_norm", h + f"self_attn.{p}_norm") for p in "qk"]
     if cfg.n_experts:
         m = h + "block_sparse_moe."
@@ -349,10 +359,6 @@ def _llama_keys(cfg: Config) -> list[tuple[str, str]]:
     return keys
 
 
-# Qwen2 / Qwen2.5 (Qwen team, 2024): the Llama layout with biased q/k/v and an unbiased o_proj. Qwen3 (2025):
-# no biases, an RMSNorm on every query and key head before RoPE. Their sliding-window option applies to the
-# layers from max_window_layers on: refused until per-layer patterns exist (issue 17), it is off in the
-# released checkpoints.
 # Gemma (Gemma team, 2024): the Llama layout with a tanh-GeLU gate, RMSNorm scales stored minus one, token
 # embeddings multiplied by sqrt(d_model), tied head, and head_dim set apart from d_model / n_heads.
 def _gemma_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -385,14 +391,6 @@ def _phi3_to_hf(cfg: Config) -> dict[str, Any]:
     return {**out, "original_max_position_embeddings": cfg.max_seq_len}
 
 
-def _phi3_keys(cfg: Config) -> list[tuple[str, str]]:
-    h = "model.layers.{i}."
-    return [("embed", "model.embed_tokens"), ("norm", "model.norm"), ("lm_head", "lm_head"),
-            ("blocks.{i}.attn_norm", h + "input_layernorm"), ("blocks.{i}.mlp_norm", h + "post_attention_layernorm"),
-            ("blocks.{i}.attn.qkv", h + "self_attn.qkv_proj"), ("blocks.{i}.attn.o_proj", h + "self_attn.o_proj"),
-            ("blocks.{i}.mlp.gate_up", h + "mlp.gate_up_proj"), ("blocks.{i}.mlp.down_proj", h + "mlp.down_proj")]
-
-
 # OLMo 2 (OLMo team, 2024): the Llama parts with the norms moved onto each sublayer's output (x + norm(f(x)),
 # no input norm) and an RMSNorm over the whole q and k projections.
 def _olmo2_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -405,16 +403,6 @@ def _olmo2_to_hf(cfg: Config) -> dict[str, Any]:
     out = _llama_to_hf(cfg.replace(norm_placement="pre"))  # the rest is the Llama layout
     out.pop("mlp_bias")
     return out
-
-
-def _olmo2_keys(cfg: Config) -> list[tuple[str, str]]:
-    h = "model.layers.{i}."
-    keys = [("embed", "model.embed_tokens"), ("norm", "model.norm"), ("lm_head", "lm_head"),
-            ("blocks.{i}.attn_norm", h + "post_attention_layernorm"),
-            ("blocks.{i}.mlp_norm", h + "post_feedforward_layernorm")]
-    keys += [(f"blocks.{{i}}.attn.{p}_proj", h + f"self_attn.{p}_proj") for p in "qkvo"]
-    keys += [(f"blocks.{{i}}.attn.{p}_norm", h + f"self_attn.{p}_norm") for p in "qk"]
-    return keys + [(f"blocks.{{i}}.mlp.{p}_proj", h + f"mlp.{p}_proj") for p in ("gate", "up", "down")]
 
 
 def _qwen_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -466,9 +454,9 @@ DECODERS: dict[str, Family] = {
                        ignored=(r".*rotary_emb\.inv_freq",)),
     "gemma": Family("gemma", "GemmaForCausalLM", _gemma_config, _gemma_to_hf, _llama_keys,
                      ignored=(r".*rotary_emb\.inv_freq",)),
-    "phi3": Family("phi3", "Phi3ForCausalLM", _phi3_config, _phi3_to_hf, _phi3_keys, qkv_groups=lambda c: 1,
-                    fused_gate_up=True, ignored=(r".*rotary_emb\.inv_freq",)),
-    "olmo2": Family("olmo2", "Olmo2ForCausalLM", _olmo2_config, _olmo2_to_hf, _olmo2_keys,
+    "phi3": Family("phi3", "Phi3ForCausalLM", _phi3_config, _phi3_to_hf, partial(_llama_keys, fused=True),
+                    qkv_groups=lambda c: 1, fused_gate_up=True, ignored=(r".*rotary_emb\.inv_freq",)),
+    "olmo2": Family("olmo2", "Olmo2ForCausalLM", _olmo2_config, _olmo2_to_hf, _llama_keys,
                      ignored=(r".*rotary_emb\.inv_freq",)),
     "qwen2": Family("qwen2", "Qwen2ForCausalLM", _qwen_config, _qwen_to_hf("qwen2"), _llama_keys,
                      ignored=(r".*rotary_emb\.inv_freq",)),

@@ -26,7 +26,7 @@ from ..models.common import check_ids, trusted_inputs
 from .masks import GrowingMask
 from .sampling import apply_repetition_penalty, check_sampling, next_token, no_stop_yet
 from .speculative import SpeculativeStats, check_draft, speculative_steps
-from .stopping import Stopper
+from .stopping import Stopper, as_ids
 
 Prompts = torch.Tensor | Sequence[Sequence[int]]
 Steps = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (tokens [B], finished before this step [B]) per step
@@ -56,12 +56,6 @@ def _left_pad(input_ids: Prompts, attention_mask: torch.Tensor | None, pad: int,
             ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
             mask[i, T - len(r):] = 1
     return ids, mask
-
-
-def _stop_ids(model, eos_token_id) -> list[int]:
-    if eos_token_id is None:
-        return []
-    return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(t) for t in eos_token_id]
 
 
 class ContextWarning(UserWarning):
@@ -132,17 +126,16 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
     """Yield (tokens [B], finished-before-this-step [B]) per step; the loop behind generate and stream."""
     T = ids.shape[1]
     cache = model.new_cache(T + max_new_tokens)
-    padded = not bool(mask.all())
-    padding = GrowingMask(mask, max_new_tokens)  # [B, T + i] as tokens come
-    positions = padding.positions(0, T)  # [B, T]: real tokens count from 0
+    # Left padding: an explicit mask [B, T + i] and positions that count real tokens from 0. Unpadded rows
+    # take the default positions (after the cache): one shared RoPE table, not one per row.
+    padding = None if bool(mask.all()) else GrowingMask(mask, max_new_tokens)
     seen, seen_mask = ids, mask
-    # Unpadded rows take the default positions (after the cache): one shared RoPE table, not one per row.
-    step_ids, pos = ids, positions if padded else None
+    step_ids, pos = ids, (padding.positions(0, T) if padding is not None else None)
     for i in range(max_new_tokens):
         # The prompt first, then one token per step; the mask covers cached + new positions: [B, T + i].
-        step_mask = padding.upto(T + i) if padded else None
-        # the prompt's ids are checked by the first call; the model's own tokens need no check (no host sync)
-        with trusted_inputs() if i else contextlib.nullcontext():
+        step_mask = padding.upto(T + i) if padding is not None else None
+        # the prompt was checked once in _setup; the model's own tokens need no check (no host sync)
+        with trusted_inputs():
             logits = model(step_ids, attention_mask=step_mask, position_ids=pos, cache=cache,
                            logits_to_keep=1)[:, -1].float()  # [B, V]
         if repetition_penalty != 1.0:
@@ -156,7 +149,7 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
         if repetition_penalty != 1.0:  # the history is only read by the penalty
             seen = torch.cat([seen, tok[:, None]], dim=1)
             seen_mask = torch.cat([seen_mask, (~finished_before).long()[:, None]], dim=1)
-        step_ids, pos = tok[:, None], (pos[:, -1:] + 1 if padded else None)
+        step_ids, pos = tok[:, None], (pos[:, -1:] + 1 if padding is not None else None)
 
 
 def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=0.0, top_k=None, top_p=None,
@@ -174,7 +167,7 @@ def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature
         check_draft(model, draft_model, num_draft_tokens, repetition_penalty, draft_confidence)
         if min_new_tokens:
             raise ValueError("min_new_tokens is not supported with a draft model: drop one of the two")
-    eos = _stop_ids(model, eos_token_id)
+    eos = as_ids(eos_token_id)
     ids, mask, pad = _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos,
                               min_new_tokens)
     check_ids(model.config, ids, None, extra_ids=model.virtual_tokens)  # once: the loops trust their own tokens

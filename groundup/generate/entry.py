@@ -20,6 +20,7 @@ import torch
 
 from . import causal, seq2seq
 from .speculative import SpeculativeStats
+from .stopping import as_ids
 
 
 class _ModelDefault:
@@ -35,14 +36,7 @@ def stop_ids(model: torch.nn.Module, eos_token_id: Any) -> list[int]:
     config's eos ids for an encoder-decoder, none for a decoder-only model."""
     if eos_token_id is MODEL_DEFAULT:
         return model.config.eos_ids if model.config.arch == "seq2seq" else []
-    if eos_token_id is None:
-        return []
-    if isinstance(eos_token_id, int):
-        return [eos_token_id]
-    ids = list(eos_token_id)
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise ValueError(f"eos_token_id={eos_token_id!r} must be an int, a list of ints, or None")
-    return ids
+    return as_ids(eos_token_id)
 
 
 def generate(model: torch.nn.Module, input_ids: causal.Prompts, max_new_tokens: int = 32, *,

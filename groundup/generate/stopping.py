@@ -6,10 +6,24 @@ token, so a row stops at the same place whichever loop produced its tokens.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+
+def as_ids(eos_token_id: int | Sequence[int] | None) -> list[int]:
+    """Stop ids as a list: an id, a list of ids, or None/[] for none; anything else is named."""
+    if eos_token_id is None:
+        return []
+    try:
+        items = [eos_token_id] if hasattr(eos_token_id, "__index__") else list(eos_token_id)
+        if any(isinstance(i, bool) for i in items):
+            raise TypeError
+        return [operator.index(i) for i in items]  # ints, numpy ints, 0-d integer tensors
+    except TypeError:
+        raise ValueError(f"eos_token_id={eos_token_id!r} must be an int, a list of ints, or None") from None
 
 
 class Stopper:

@@ -466,6 +466,11 @@ class PostProcessor:
         else:
             raise UnsupportedTokenizer(f"{where}: post_processor type {kind!r} is not supported (supported: "
                                        "Sequence, ByteLevel, TemplateProcessing, RobertaProcessing, BertProcessing)")
+        # The part that adds tokens, found once: a Sequence holds ByteLevel (it only trims offsets) and a template.
+        if kind == "Sequence":
+            self.template = next((p.template for p in self.parts if p.kind != "ByteLevel"), None)
+        else:
+            self.template = None if kind == "ByteLevel" else self
 
     @staticmethod
     def _template(items: list, specials: dict, where: str) -> list[tuple[str, Any, int]]:
@@ -483,20 +488,14 @@ class PostProcessor:
                 raise UnsupportedTokenizer(f"{where}[{i}]: expected Sequence or SpecialToken, got {item!r}")
         return out
 
-    def _template_of(self) -> PostProcessor | None:
-        """The part that adds tokens (a Sequence holds ByteLevel, which only trims offsets, and a template)."""
-        if self.kind == "Sequence":
-            return next((p._template_of() for p in self.parts if p.kind != "ByteLevel"), None)
-        return None if self.kind == "ByteLevel" else self
-
     def added(self, pair: bool) -> int:
         """How many special tokens processing adds (what truncation keeps room for)."""
-        t = self._template_of()
+        t = self.template
         return 0 if t is None else sum(len(ids) for name, ids, _ in (t.pair if pair else t.single) if name == "ids")
 
     def process(self, a: list[int], b: list[int] | None = None) -> tuple[list[int], list[int]]:
         """(ids, type ids) with the template's special tokens; without one, a then b with types 0 and 1."""
-        t = self._template_of()
+        t = self.template
         if t is None:
             return a + (b or []), [0] * len(a) + [1] * len(b or [])
         ids: list[int] = []
@@ -508,7 +507,14 @@ class PostProcessor:
         return ids, types
 
     def __call__(self, a: list[int], b: list[int] | None = None) -> list[int]:
-        return self.process(a, b)[0]
+        """The ids alone: what a plain encode needs, without building type ids."""
+        t = self.template
+        if t is None:
+            return a + (b or [])
+        out: list[int] = []
+        for name, special, _ in (t.single if b is None else t.pair):
+            out.extend(special if name == "ids" else a if name == "A" else b)
+        return out
 
 
 def normalizer(obj: dict | None) -> Normalizer | None:

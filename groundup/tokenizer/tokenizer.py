@@ -366,14 +366,9 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str], *, allowed_special: Special = (), disallowed_special: Special = "all",
                      add_special_tokens: bool = True) -> list[list[int]]:
         """`encode` for each text (same keyword arguments); padding to the longest, if the file sets it."""
-        if self.truncation is None and self.padding is None:
-            allowed, disallowed = self._allowed(allowed_special, disallowed_special)
-            out = []
-            for t in texts:
-                if not isinstance(t, str):
-                    raise TypeError(f"encode_batch takes str texts, got {type(t).__name__}")
-                out.append(self._ids(self._encode_one(t, allowed, disallowed, raw=False), None, add_special_tokens))
-            return out
+        if self.truncation is None and self.padding is None:  # each text alone: no batch-wide padding
+            return [self.encode(t, allowed_special=allowed_special, disallowed_special=disallowed_special,
+                                add_special_tokens=add_special_tokens) for t in texts]
         return [e.ids for e in self.encode_batch_plus(texts, allowed_special=allowed_special,
                                                       disallowed_special=disallowed_special,
                                                       add_special_tokens=add_special_tokens)]

@@ -29,13 +29,17 @@ class Unigram:
         self.pieces = [(str(p), float(s)) for p, s in pieces]
         self.vocab = {p: i for i, (p, _) in enumerate(self.pieces)}  # a repeated piece: the last id, as tokenizers
         self.id_to_token = dict(enumerate(p for p, _ in self.pieces))
-        self.scores = {p: self.pieces[i][1] for p, i in self.vocab.items()}
+        scores = {p: self.pieces[i][1] for p, i in self.vocab.items()}
         self.unk_id, self.byte_fallback = unk_id, byte_fallback
         self.min_score = min((s for _, s in self.pieces), default=0.0)
         self.longest = max((len(p) for p, _ in self.pieces), default=1)
-        # every prefix of a piece: the scan from a position stops at the first text that starts no piece,
-        # as a walk down the trie of pieces would
-        self._prefixes = {p[:k] for p, _ in self.pieces for k in range(1, len(p) + 1)}
+        # Every prefix of a piece -> the piece's score, or None for a prefix that is no piece itself: one lookup
+        # per candidate, and the scan from a position stops at the first text that starts no piece, as a walk
+        # down the trie of pieces would.
+        self._lattice: dict[str, float | None] = {p[:k]: None for p, _ in self.pieces for k in range(1, len(p))}
+        self._lattice.update(scores)
+        unk_text = self.pieces[unk_id][0] if unk_id is not None else None
+        self._unk_text = unk_text if unk_text is not None and self.vocab[unk_text] == unk_id else None
         self.merges: list = []
         self._bytes = [self.vocab.get(byte_token(b)) for b in range(256)] if byte_fallback else None
 
@@ -44,8 +48,8 @@ class Unigram:
         n = len(word)
         if n == 0:
             return []
-        scores, prefixes, unk_score = self.scores, self._prefixes, self.min_score - UNK_PENALTY
-        vocab, unk_id, longest = self.vocab, self.unk_id, self.longest
+        lattice, unk_text, longest = self._lattice, self._unk_text, self.longest
+        unk_score = self.min_score - UNK_PENALTY
         best = [0.0] * (n + 1)
         start_of: list[int | None] = [None] * (n + 1)
         unknown = [False] * (n + 1)
@@ -53,14 +57,14 @@ class Unigram:
             here, single = best[i], False
             for j in range(i + 1, (n if n < i + longest else i + longest) + 1):
                 sub = word[i:j]
-                if sub not in prefixes:
+                score = lattice.get(sub, False)
+                if score is False:  # no piece starts with this text
                     break
-                score = scores.get(sub)
-                if score is None:
+                if score is None:  # a prefix of pieces, not a piece
                     continue
                 total = score + here
                 if start_of[j] is None or total > best[j]:
-                    best[j], start_of[j], unknown[j] = total, i, vocab[sub] == unk_id
+                    best[j], start_of[j], unknown[j] = total, i, sub == unk_text
                 if j == i + 1:
                     single = True
             if not single and (start_of[i + 1] is None or unk_score + here > best[i + 1]):
