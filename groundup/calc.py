@@ -88,7 +88,9 @@ def param_breakdown(cfg: Config) -> dict[str, int]:
     else:
         ffn = ffn_active = L * per_ffn
     attn = sum(n * attention_params(cfg) * (2 if cross else 1) for n, cross in stacks)
-    per_block = [n * ((1 if cfg.shared_norm else 2) + cross) for n, cross in stacks]
+    # two norms a block (one with shared_norm, four in a sandwich), one more for cross-attention
+    per_layer = 1 if cfg.shared_norm else 4 if cfg.norm_placement == "sandwich" else 2
+    per_block = [n * (per_layer + cross) for n, cross in stacks]
     norms = norm_params(cfg) * (sum(per_block) + len(stacks) * cfg.final_norm + cfg.embed_norm)
     head = head_params(cfg)
     total = emb + attn + ffn + norms + head
@@ -130,18 +132,32 @@ def cached_layers(cfg: Config) -> int:
     return {"causal_lm": cfg.n_layers, "seq2seq": cfg.n_decoder_layers or 0}.get(cfg.arch, 0)
 
 
-def kv_cache_bytes_per_token(cfg: Config, dtype: str | torch.dtype = "float16") -> float:
+def kv_cache_bytes_per_token(cfg: Config, dtype: str | torch.dtype = "float16", *,
+                             layers: int | None = None) -> float:
     """2 (K and V) x layers x kv heads x head dim x bytes: only n_kv_heads are stored, so GQA/MQA shrink it.
 
     For seq2seq this is per decoded token; the cross-attention cache costs the same per source token.
+    ``layers`` counts only some of them (the windowed ones, say); default: every cached layer.
     """
-    return 2 * cached_layers(cfg) * cfg.n_kv_heads * cfg.head_dim * dtype_bytes(dtype)
+    n = cached_layers(cfg) if layers is None else layers
+    return 2 * n * cfg.n_kv_heads * cfg.head_dim * dtype_bytes(dtype)
+
+
+def windowed_layers(cfg: Config) -> int:
+    """Cached layers with a sliding window (all with plain sliding_window, the local ones of a layer_types
+    pattern): their cache stops growing at the window."""
+    if cfg.arch == "causal_lm":
+        return sum(w is not None for w in cfg.layer_windows)
+    return cached_layers(cfg) if cfg.sliding_window else 0  # a seq2seq decoder's self-attention
 
 
 def kv_cache_bytes(cfg: Config, batch: int = 1, seq_len: int = 4096, dtype: str | torch.dtype = "float16") -> float:
-    """KV cache of a batch at a sequence length; a sliding window caps the stored length."""
-    stored = min(seq_len, cfg.sliding_window) if cfg.sliding_window else seq_len
-    return batch * stored * kv_cache_bytes_per_token(cfg, dtype)
+    """KV cache of a batch at a sequence length; each windowed layer stores at most its window (Gemma 2: the
+    local half of the layers keeps 4,096 positions, the global half all of them)."""
+    local = windowed_layers(cfg)
+    full = kv_cache_bytes_per_token(cfg, dtype, layers=cached_layers(cfg) - local) * seq_len
+    windowed = kv_cache_bytes_per_token(cfg, dtype, layers=local) * min(seq_len, cfg.sliding_window or seq_len)
+    return batch * (full + windowed)
 
 
 def serving_memory(cfg: Config, batch: int = 1, seq_len: int = 4096, dtype: str = "float16",
@@ -175,10 +191,10 @@ def flops_per_token(cfg: Config, seq_len: int | None = None, *, training: bool =
     a sliding window). ``seq_len`` defaults to max_seq_len.
     """
     ctx = seq_len or cfg.max_seq_len
-    if cfg.sliding_window:
-        ctx = min(ctx, cfg.sliding_window)
+    local = windowed_layers(cfg)
     attn_layers = cfg.n_layers + 2 * (cfg.n_decoder_layers or 0)  # a decoder layer attends twice
-    fwd = 2 * matmul_params_per_token(cfg) + 2 * attn_layers * ctx * cfg.n_heads * cfg.head_dim
+    contexts = (attn_layers - local) * ctx + local * min(ctx, cfg.sliding_window or ctx)
+    fwd = 2 * matmul_params_per_token(cfg) + 2 * contexts * cfg.n_heads * cfg.head_dim
     return 3 * fwd if training else fwd
 
 
@@ -236,6 +252,10 @@ def report(cfg: Config, *, batch: int = 1, seq_len: int | None = None, dtype: st
     ch = chinchilla(b["total"])
     rows += [
         (f"kv cache / token ({dtype})", f"{per_tok:,.0f} B", human(per_tok, "B")),
+        *([(f"  of it in {windowed_layers(cfg)} windowed layers (<= {cfg.sliding_window} tokens)",
+            f"{kv_cache_bytes_per_token(cfg, dtype, layers=windowed_layers(cfg)):,.0f} B",
+            human(kv_cache_bytes_per_token(cfg, dtype, layers=windowed_layers(cfg)), "B"))]
+          if windowed_layers(cfg) else []),
         (f"kv cache (batch {batch} x {T})", f"{kv_cache_bytes(cfg, batch, T, dtype):,.0f} B",
          human(kv_cache_bytes(cfg, batch, T, dtype), "B")),
         (f"serving memory ({dtype})", f"{mem['total']:,.0f} B", human(mem["total"], "B")),

@@ -19,12 +19,14 @@ SinusoidalLayout = Literal["interleaved", "split"]
 Scale = Literal["none", "sqrt_d", "inv_sqrt_d"]
 Ffn = Literal["relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "geglu_tanh", "reglu"]
 Norm = Literal["layernorm", "rmsnorm"]
-NormPlacement = Literal["pre", "post", "sublayer"]  # sublayer: x + norm(f(x)) (OLMo 2)
+# sublayer: x + norm(f(x)) (OLMo 2); sandwich: x + norm_out(f(norm_in(x))) (Gemma 2/3)
+NormPlacement = Literal["pre", "post", "sublayer", "sandwich"]
 Residual = Literal["sequential", "parallel"]
 RopeScaling = Literal["none", "linear", "ntk", "llama3", "yarn"]
 Router = Literal["topk_softmax", "softmax_topk"]
 Kernel = Literal["eager", "sdpa", "flash"]
 QKNorm = Literal["none", "head", "full"]
+LayerType = Literal["global", "local"]  # full causal attention, or the sliding window
 
 GATED_FFNS = ("swiglu", "geglu", "geglu_tanh", "reglu")
 
@@ -99,6 +101,16 @@ class Config:
     dropout: float = 0.0
     attn_dropout: float = 0.0
     sliding_window: int | None = None  # each query sees at most this many keys, itself included
+    # Per-layer attention pattern (Gemma 2: local/global alternating; Gemma 3: five local, one global): "local"
+    # layers use sliding_window, "global" ones see every earlier key. None: every layer is local when
+    # sliding_window is set (Mistral), else global.
+    layer_types: list[LayerType] | None = None
+    rope_local_theta: float | None = None  # local layers' RoPE base, unscaled (Gemma 3); None: rope_theta as global
+    # tanh soft-capping, cap * tanh(x / cap) (Gemma 2): of the scaled attention scores before the mask, and of
+    # the final logits; None = off
+    attn_softcap: float | None = None
+    logit_softcap: float | None = None
+    attn_scale_dim: float | None = None  # scores x attn_scale_dim^-0.5 instead of head_dim^-0.5 (query_pre_attn_scalar)
     causal: bool | None = None
     attn_scale: Scale = "inv_sqrt_d"  # scores x 1/sqrt(head_dim); T5 uses none (folded into its init)
     # head: an RMSNorm over head_dim on every query and key head (Qwen3); full: over the whole q and k
@@ -200,6 +212,9 @@ class Config:
             raise ValueError("shared_norm=True needs residual='parallel' (one norm feeding both branches)")
         if self.residual == "parallel" and self.norm_placement != "pre":
             raise ValueError("residual='parallel' needs norm_placement='pre'")
+        if self.norm_placement == "sandwich" and self.arch == "seq2seq":
+            raise ValueError("norm_placement='sandwich' (Gemma 2) has no cross-attention wiring; use it for "
+                             "arch='causal_lm' or 'encoder'")
         for name in ("dropout", "attn_dropout"):
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
@@ -208,6 +223,11 @@ class Config:
             raise ValueError(f"sliding_window={self.sliding_window} must be a positive integer or None")
         if self.sliding_window is not None and not self.causal:
             raise ValueError("sliding_window needs causal=True")
+        self._check_layer_types()
+        for name in ("attn_softcap", "logit_softcap", "attn_scale_dim", "rope_local_theta"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}={value!r} must be a positive number or None (off)")
         if self.n_experts < 0:
             raise ValueError(f"n_experts={self.n_experts} must be >= 0 (0 means a dense FFN)")
         if self.n_experts and not 1 <= self.top_k <= self.n_experts:
@@ -215,6 +235,30 @@ class Config:
         if self.n_experts == 1:
             raise ValueError("n_experts=1 is a dense FFN with a router; use n_experts=0")
         self._check_token_ids()
+
+    def _check_layer_types(self) -> None:
+        kinds = self.layer_types
+        if kinds is None:
+            if self.rope_local_theta is not None:
+                raise ValueError("rope_local_theta needs layer_types (which layers are local)")
+            return
+        if self.arch != "causal_lm":
+            raise ValueError("layer_types (a per-layer attention pattern) is implemented for arch='causal_lm'")
+        if not isinstance(kinds, list) or len(kinds) != self.n_layers:
+            raise ValueError(f"layer_types must be a list of n_layers={self.n_layers} entries, got "
+                             f"{len(kinds) if isinstance(kinds, list) else type(kinds).__name__}")
+        bad = sorted({k for k in kinds if k not in get_args(LayerType)})
+        if bad:
+            raise ValueError(f"layer_types holds {', '.join(map(repr, bad))}; each entry is 'global' or 'local'")
+        if "local" in kinds and self.sliding_window is None:
+            raise ValueError("layer_types has 'local' layers but sliding_window is None: set the window they use")
+
+    @property
+    def layer_windows(self) -> list[int | None]:
+        """The attention window of each layer: sliding_window for local layers, None (full) for global ones."""
+        if self.layer_types is None:
+            return [self.sliding_window] * self.n_layers
+        return [self.sliding_window if k == "local" else None for k in self.layer_types]
 
     def _check_token_ids(self) -> None:
         for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):

@@ -28,6 +28,21 @@ _GEMMA: dict[str, Any] = dict(
     _LLAMA, family="gemma", vocab_size=256000, max_seq_len=8192, ffn="geglu_tanh", norm_eps=1e-6,
     norm_weight_offset=1.0, embed_scale="sqrt_d", tie_embeddings=True, head_dim=256,
 )
+
+
+def _every(n_layers: int, k: int) -> list[str]:
+    """Gemma's layer pattern: every k-th layer global, the others local (sliding window)."""
+    return ["global" if (i + 1) % k == 0 else "local" for i in range(n_layers)]
+
+
+# Gemma 2 (Gemma team, 2024b): sandwich norms, soft-capped scores (50) and logits (30), local (4,096 window)
+# and global layers alternating, scores scaled by query_pre_attn_scalar^-0.5
+_GEMMA2: dict[str, Any] = dict(_GEMMA, family="gemma2", norm_placement="sandwich", sliding_window=4096,
+                               attn_softcap=50.0, logit_softcap=30.0, attn_scale_dim=256.0)
+# Gemma 3 text (Gemma team, 2025): q/k head norms, five local layers (512 window, RoPE base 10k) to one global
+_GEMMA3: dict[str, Any] = dict(_GEMMA, family="gemma3_text", vocab_size=262144, norm_placement="sandwich",
+                               qk_norm="head", sliding_window=512, rope_theta=1e6, rope_local_theta=1e4,
+                               attn_scale_dim=256.0, max_seq_len=32768)
 _BLOOM: dict[str, Any] = dict(
     family="bloom", vocab_size=250880, max_seq_len=2048, pos="alibi", ffn="gelu_tanh", norm="layernorm",
     embed_norm=True, tie_embeddings=True,
@@ -111,6 +126,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Gemma (Gemma team, 2024): 256k vocabulary, head_dim 256, MQA in the 2B
     "gemma-2b": dict(_GEMMA, d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1, d_ff=16384),
     "gemma-7b": dict(_GEMMA, d_model=3072, n_layers=28, n_heads=16, n_kv_heads=16, d_ff=24576),
+    "gemma-2-2b": dict(_GEMMA2, d_model=2304, n_layers=26, n_heads=8, n_kv_heads=4, d_ff=9216,
+                       layer_types=_every(26, 2)),
+    "gemma-2-9b": dict(_GEMMA2, d_model=3584, n_layers=42, n_heads=16, n_kv_heads=8, d_ff=14336,
+                       layer_types=_every(42, 2)),
+    "gemma-2-27b": dict(_GEMMA2, d_model=4608, n_layers=46, n_heads=32, n_kv_heads=16, head_dim=128, d_ff=36864,
+                        attn_scale_dim=144.0, layer_types=_every(46, 2)),
+    "gemma-3-270m": dict(_GEMMA3, d_model=640, n_layers=18, n_heads=4, n_kv_heads=1, d_ff=2048,
+                         layer_types=_every(18, 6)),
+    "gemma-3-1b": dict(_GEMMA3, d_model=1152, n_layers=26, n_heads=4, n_kv_heads=1, d_ff=6912,
+                       layer_types=_every(26, 6)),
     # Phi-3-mini (Abdin et al., 2024): fused qkv_proj / gate_up_proj in its checkpoints, a 2047-token window
     "phi-3-mini": dict(_LLAMA, family="phi3", vocab_size=32064, d_model=3072, n_layers=32, n_heads=32, d_ff=8192,
                        sliding_window=2047),

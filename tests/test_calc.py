@@ -18,6 +18,8 @@ PUBLISHED = {
     "llama-3.2-1b": 1_235_814_400, "llama-3.2-3b": 3_212_749_824,
     "qwen2.5-0.5b": 494_032_768, "qwen2.5-1.5b": 1_543_714_304, "qwen2.5-7b": 7_615_616_512,
     "qwen3-0.6b": 596_049_920, "qwen3-8b": 8_190_735_360, "gemma-2b": 2_506_172_416, "gemma-7b": 8_537_680_896,
+    "gemma-2-2b": 2_614_341_888, "gemma-2-9b": 9_241_705_984, "gemma-2-27b": 27_227_128_320,
+    "gemma-3-270m": 268_098_176, "gemma-3-1b": 999_885_952,
     "phi-3-mini": 3_821_079_552, "bloom-560m": 559_214_592, "bloom-7b1": 7_069_016_064,
     "bloom-176b": 176_247_271_424, "olmo-2-7b": 7_298_617_344,
     # encoder-only (BertModel with pooler) and encoder-decoder (T5ForConditionalGeneration)
@@ -47,6 +49,22 @@ def test_formula_equals_built_model(name):
     assert b["total"] == model.num_params()
     assert b["active"] == model.num_params(active=True)
     assert b["total"] == b["embeddings"] + b["attention"] + b["ffn"] + b["norms"] + b["head"]
+
+
+def test_gemma2_windowed_layers_cap_half_the_kv_cache():
+    """Gemma 2 2B: 26 layers x 4 kv heads x 256 dims x 2 (K, V) x 2 bytes = 104 KiB a token; the 13 local layers
+    stop at their 4,096-token window, so at 8,192 tokens the cache is 3/4 of a full one."""
+    cfg = gu.Config.preset("gemma-2-2b")
+    per_layer = 2 * 4 * 256 * 2
+    assert calc.kv_cache_bytes_per_token(cfg) == 26 * per_layer == 104 * 1024
+    assert calc.windowed_layers(cfg) == 13
+    assert calc.kv_cache_bytes(cfg, 1, 8192) == 13 * per_layer * 8192 + 13 * per_layer * 4096
+    assert calc.kv_cache_bytes(cfg, 2, 1000) == 2 * 1000 * 26 * per_layer  # under the window: every layer grows
+    assert "13 windowed layers" in calc.report(cfg)
+    # Gemma 3 1B: 22 of 26 layers are local with a 512 window
+    g3 = gu.Config.preset("gemma-3-1b")
+    assert calc.windowed_layers(g3) == 22
+    assert calc.kv_cache_bytes(g3, 1, 32768) == 4 * 2 * 256 * 2 * 32768 + 22 * 2 * 256 * 2 * 512
 
 
 def test_course_kv_cache_figures():

@@ -45,7 +45,7 @@ def test_unknown_model_type_lists_supported(hf_folder, tmp_path):
     path = _copy(hf_folder, "llama", tmp_path)
     cfg = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**cfg, "model_type": "rwkv"}))
-    supported = "bert, bloom, falcon, gemma, gpt2, gpt_neox, llama, marian"  # sorted, every family listed
+    supported = "bert, bloom, falcon, gemma, gemma2, gemma3_text, gpt2, gpt_neox, llama, marian"  # sorted, all
     with pytest.raises(CheckpointError, match=f"model_type=.rwkv. is not a supported family.*{supported}"):
         gu.from_pretrained(path)
 
@@ -190,3 +190,23 @@ def test_fused_gate_up_adapter_and_longrope_are_refused_by_name(hf_folder, tmp_p
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="rope type 'longrope' is not supported"):
         gu.from_pretrained(folder)
+
+
+def test_gemma_variants_outside_the_layouts_are_refused_by_name(hf_folder, tmp_path):
+    """The Gemma 3 vision checkpoint, EmbeddingGemma's bidirectional attention, and a soft-capped model saved
+    as a layout without caps are refused before any weight is read or written."""
+    folder = _copy(hf_folder, "gemma3", tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "gemma3", "vision_config": {}}))
+    with pytest.raises(CheckpointError, match=r"vision tower.*gemma3_text"):
+        gu.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({**cfg, "use_bidirectional_attention": True}))
+    with pytest.raises(CheckpointError, match="use_bidirectional_attention"):
+        gu.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({**cfg, "layer_types": ["chunked_attention"] * 4}))
+    with pytest.raises(CheckpointError, match="chunked_attention"):
+        gu.from_pretrained(folder)
+    capped = gu.CausalLM(gu.Config.preset("tiny-llama", attn_softcap=50.0, attn_scale_dim=12.0))
+    with pytest.raises(CheckpointError, match=r"family='llama' cannot hold attn_softcap=50.0, attn_scale_dim=12.0"):
+        capped.save_pretrained(tmp_path / "never")
+    assert not (tmp_path / "never").exists()

@@ -31,7 +31,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "mixtral", "gpt_neox", "mpt", "falcon-gqa",
                                   "llama3-rope", "qwen2", "qwen3", "gemma", "phi3",
-                                  "bloom", "olmo2", "qwen2-yarn"])
+                                  "bloom", "olmo2", "qwen2-yarn", "gemma2", "gemma3"])
 def test_greedy_matches_transformers_on_an_uneven_batch(name, hf_folder):
     """Mistral's window (4) is far shorter than prompt + 10 new tokens."""
     path, ref = hf_folder(name)
@@ -47,7 +47,9 @@ def test_greedy_matches_transformers_on_an_uneven_batch(name, hf_folder):
 
 
 @pytest.mark.parametrize("extra", [dict(pos="rope", n_kv_heads=2), dict(pos="learned"), dict(pos="alibi"),
-                                   dict(pos="rope", sliding_window=3), dict(pos="sinusoidal", n_kv_heads=1)])
+                                   dict(pos="rope", sliding_window=3), dict(pos="sinusoidal", n_kv_heads=1),
+                                   dict(pos="rope", sliding_window=3, layer_types=["local", "global"], attn_softcap=1.0,
+                                        logit_softcap=2.0, norm_placement="sandwich", n_kv_heads=2)])
 def test_each_row_decodes_as_it_would_alone(extra):
     """The cached, padded batch gives each prompt the uncached single-prompt continuation."""
     torch.manual_seed(0)
@@ -171,20 +173,23 @@ def test_bad_arguments_fail_before_any_compute():
         gu.generate(model, ids, 2, attention_mask=torch.tensor([[1, 1, 0]]))
 
 
-def test_rolling_cache_stays_at_the_window_and_decodes_like_a_full_cache():
+@pytest.mark.parametrize("pattern", [None, ["local", "global", "local"]])
+def test_rolling_cache_stays_at_the_window_and_decodes_like_a_full_cache(pattern):
     """Sliding window 4: the ring holds 4 positions however long the decoding, and every step's logits
-    equal those computed with a full (static) cache, for a left-padded row too."""
+    equal those computed with a full (static) cache, for a left-padded row too. With a Gemma-style pattern
+    only the local layers get a ring; the global one a static cache."""
     from groundup.nn.kv_cache import DecoderCache
 
     torch.manual_seed(0)
-    cfg = gu.Config(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48, max_seq_len=256,
-                    pos="rope", sliding_window=4)
+    cfg = gu.Config(vocab_size=61, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=48, max_seq_len=256,
+                    pos="rope", sliding_window=4, layer_types=pattern)
     model = gu.CausalLM(cfg).eval()
     ids = torch.randint(1, 61, (2, 6))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
     rolling, full = model.new_cache(200), DecoderCache.static(cfg.n_layers, 200)
-    assert type(rolling.layers[0].self_kv).__name__ == "RollingKVCache"
+    kinds = [type(layer.self_kv).__name__ for layer in rolling.layers]
+    assert kinds == (["RollingKVCache", "StaticKVCache", "RollingKVCache"] if pattern else ["RollingKVCache"] * 3)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     sizes = []
     with torch.no_grad():
@@ -197,9 +202,9 @@ def test_rolling_cache_stays_at_the_window_and_decodes_like_a_full_cache():
             step = a[:, -1].argmax(-1, keepdim=True)
             m = torch.cat([m, torch.ones_like(step)], dim=1)
             pos = pos[:, -1:] + 1
-    assert len(set(sizes)) == 1  # flat from the first step on
-    assert sizes[0] == calc.kv_cache_bytes(cfg, batch=2, seq_len=66, dtype=torch.float32)
-    assert full.nbytes == calc.kv_cache_bytes(cfg.replace(sliding_window=None), batch=2, seq_len=200,
+    assert len(set(sizes)) == 1  # flat from the first step on (the global layer's 200 slots are preallocated)
+    assert sizes[0] == calc.kv_cache_bytes(cfg, batch=2, seq_len=200, dtype=torch.float32)
+    assert full.nbytes == calc.kv_cache_bytes(cfg.replace(sliding_window=None, layer_types=None), batch=2, seq_len=200,
                                               dtype=torch.float32)
 
 

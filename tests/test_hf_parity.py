@@ -49,7 +49,7 @@ def test_groundup_to_hf_logits(name, hf_folder, tmp_path):
         assert torch.equal(a, b), k
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt_neox", "mpt", "mistral"])
+@pytest.mark.parametrize("name", ["llama", "gpt_neox", "mpt", "mistral", "gemma2", "gemma3"])
 def test_padding_mask_matches_hf(name, hf_folder):
     """Left-padded batch: real tokens see only real keys, exactly as transformers does."""
     path, ref = hf_folder(name)

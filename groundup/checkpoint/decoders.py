@@ -1,4 +1,5 @@
-"""HF layouts of the decoder-only families: GPT-2, OPT, GPT-NeoX, Falcon, MPT, Llama, Mistral, Mixtral."""
+"""HF layouts of the decoder-only families: GPT-2, OPT, GPT-NeoX, BLOOM, Falcon, MPT, Llama, Mistral, Mixtral,
+Phi-3, OLMo 2, Qwen2/3 (the Gemma layouts are in gemma.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ..config import Config
 from .layout import Family, activation_from_hf, activation_to_hf, first_of, require
 
 
-def _rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+def rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     """RoPE fields from either the transformers 5 ``rope_parameters`` dict or the older flat fields."""
     params = hf.get("rope_parameters") or {}
     legacy = hf.get("rope_scaling") or {}
@@ -51,7 +52,7 @@ def _rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _rope_to_hf(cfg: Config) -> dict[str, Any]:
+def rope_to_hf(cfg: Config) -> dict[str, Any]:
     params: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
     if cfg.rotary_fraction != 1.0:
         params["partial_rotary_factor"] = cfg.rotary_fraction
@@ -142,7 +143,7 @@ def _neox_config(hf: dict[str, Any]) -> dict[str, Any]:
     bias = hf.get("attention_bias", True)
     return dict(vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
                 n_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
-                max_seq_len=hf["max_position_embeddings"], pos="rope", **_rope_from_hf(hf),
+                max_seq_len=hf["max_position_embeddings"], pos="rope", **rope_from_hf(hf),
                 ffn=activation_from_hf(hf.get("hidden_act", "gelu"), "hidden_act"), norm="layernorm",
                 norm_eps=hf.get("layer_norm_eps", 1e-5), residual="parallel" if parallel else "sequential",
                 attn_bias=bias, attn_out_bias=bias, tie_embeddings=hf.get("tie_word_embeddings", False))
@@ -154,7 +155,7 @@ def _neox_to_hf(cfg: Config) -> dict[str, Any]:
     return dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                 intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_seq_len, hidden_act=activation_to_hf(cfg),
                 layer_norm_eps=cfg.norm_eps, use_parallel_residual=cfg.residual == "parallel",
-                attention_bias=cfg.attn_bias, rotary_pct=cfg.rotary_fraction, **_rope_to_hf(cfg))
+                attention_bias=cfg.attn_bias, rotary_pct=cfg.rotary_fraction, **rope_to_hf(cfg))
 
 
 def _neox_keys(cfg: Config) -> list[tuple[str, str]]:
@@ -216,7 +217,7 @@ def _falcon_config(hf: dict[str, Any]) -> dict[str, Any]:
     bias = hf.get("bias", False)
     return dict(vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"], n_heads=H, n_kv_heads=K,
                 d_ff=hf.get("ffn_hidden_size") or 4 * d, max_seq_len=hf.get("max_position_embeddings", 2048),
-                pos="rope", **_rope_from_hf(hf), ffn=activation_from_hf(hf.get("activation", "gelu"), "activation"),
+                pos="rope", **rope_from_hf(hf), ffn=activation_from_hf(hf.get("activation", "gelu"), "activation"),
                 norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
                 residual="parallel" if parallel else "sequential", shared_norm=shared,
                 attn_bias=bias, attn_out_bias=bias, mlp_bias=bias, tie_embeddings=hf.get("tie_word_embeddings", True))
@@ -230,7 +231,7 @@ def _falcon_to_hf(cfg: Config) -> dict[str, Any]:
                 num_kv_heads=cfg.n_kv_heads, multi_query=cfg.n_kv_heads == 1, new_decoder_architecture=new,
                 parallel_attn=cfg.residual == "parallel", num_ln_in_parallel_attn=(1 if cfg.shared_norm else 2) if new
                 else None, bias=cfg.attn_bias, alibi=False, ffn_hidden_size=cfg.d_ff, activation=activation_to_hf(cfg),
-                layer_norm_epsilon=cfg.norm_eps, max_position_embeddings=cfg.max_seq_len, **_rope_to_hf(cfg))
+                layer_norm_epsilon=cfg.norm_eps, max_position_embeddings=cfg.max_seq_len, **rope_to_hf(cfg))
 
 
 def _falcon_keys(cfg: Config) -> list[tuple[str, str]]:
@@ -301,14 +302,14 @@ _GATED_FROM_HF = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_py
 _GATED_TO_HF = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_pytorch_tanh", "reglu": "relu"}
 
 
-def _llama_config(hf: dict[str, Any]) -> dict[str, Any]:
+def llama_config(hf: dict[str, Any]) -> dict[str, Any]:
     act = hf.get("hidden_act", "silu")
     require(act in _GATED_FROM_HF, f"hidden_act={act!r} is not supported; supported: {', '.join(_GATED_FROM_HF)}")
     H = hf["num_attention_heads"]
     out = dict(vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=H,
                n_kv_heads=hf.get("num_key_value_heads") or H, head_dim=hf.get("head_dim"),
                d_ff=hf["intermediate_size"], max_seq_len=hf.get("max_position_embeddings", 4096), pos="rope",
-               **_rope_from_hf(hf), ffn=_GATED_FROM_HF[act], norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6),
+               **rope_from_hf(hf), ffn=_GATED_FROM_HF[act], norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6),
                attn_bias=hf.get("attention_bias", False), attn_out_bias=hf.get("attention_bias", False),
                mlp_bias=hf.get("mlp_bias", False), tie_embeddings=hf.get("tie_word_embeddings", False),
                sliding_window=hf.get("sliding_window"))
@@ -318,14 +319,14 @@ def _llama_config(hf: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _llama_to_hf(cfg: Config) -> dict[str, Any]:
+def llama_to_hf(cfg: Config) -> dict[str, Any]:
     require(cfg.pos == "rope" and cfg.norm == "rmsnorm" and cfg.gated and cfg.residual == "sequential"
              and cfg.norm_placement == "pre", "Llama layout needs rope, rmsnorm, a gated FFN and pre-norm")
     out = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, intermediate_size=cfg.d_ff,
                max_position_embeddings=cfg.max_seq_len, hidden_act=_GATED_TO_HF[cfg.ffn], rms_norm_eps=cfg.norm_eps,
                attention_bias=cfg.attn_bias, mlp_bias=cfg.mlp_bias, sliding_window=cfg.sliding_window,
-               attention_dropout=cfg.attn_dropout, **_rope_to_hf(cfg))
+               attention_dropout=cfg.attn_dropout, **rope_to_hf(cfg))
     if cfg.n_experts:
         require(cfg.router == "topk_softmax", "Mixtral layout routes with router='topk_softmax'")
         out.update(num_local_experts=cfg.n_experts, num_experts_per_tok=cfg.top_k,
@@ -333,15 +334,20 @@ def _llama_to_hf(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def _llama_keys(cfg: Config, *, fused: bool = False) -> list[tuple[str, str]]:
+def llama_keys(cfg: Config, *, fused: bool = False) -> list[tuple[str, str]]:
     """The Llama module names, which Mistral, Mixtral, Qwen, Gemma, OLMo 2 and Phi-3 share: with q/k norms
     when the config has them, the norms named after the sublayer outputs for norm_placement='sublayer'
-    (OLMo 2), and with ``fused`` one qkv_proj and one gate_up_proj (Phi-3)."""
+    (OLMo 2), four norms a layer for 'sandwich' (Gemma 2/3), and with ``fused`` one qkv_proj and one
+    gate_up_proj (Phi-3)."""
     h = "model.layers.{i}."
     norms = (("post_attention_layernorm", "post_feedforward_layernorm") if cfg.norm_placement == "sublayer"
+             else ("input_layernorm", "pre_feedforward_layernorm") if cfg.norm_placement == "sandwich"
              else ("input_layernorm", "post_attention_layernorm"))
     keys = [("embed", "model.embed_tokens"), ("norm", "model.norm"), ("lm_head", "lm_head"),
             ("blocks.{i}.attn_norm", h + norms[0]), ("blocks.{i}.mlp_norm", h + norms[1])]
+    if cfg.norm_placement == "sandwich":  # Gemma 2/3: the norms on the sublayer outputs
+        keys += [("blocks.{i}.post_attn_norm", h + "post_attention_layernorm"),
+                 ("blocks.{i}.post_mlp_norm", h + "post_feedforward_layernorm")]
     if fused:
         return [*keys, ("blocks.{i}.attn.qkv", h + "self_attn.qkv_proj"),
                 ("blocks.{i}.attn.o_proj", h + "self_attn.o_proj"), ("blocks.{i}.mlp.gate_up", h + "mlp.gate_up_proj"),
@@ -359,32 +365,17 @@ def _llama_keys(cfg: Config, *, fused: bool = False) -> list[tuple[str, str]]:
     return keys
 
 
-# Gemma (Gemma team, 2024): the Llama layout with a tanh-GeLU gate, RMSNorm scales stored minus one, token
-# embeddings multiplied by sqrt(d_model), tied head, and head_dim set apart from d_model / n_heads.
-def _gemma_config(hf: dict[str, Any]) -> dict[str, Any]:
-    act = hf.get("hidden_activation") or hf.get("hidden_act", "gelu_pytorch_tanh")
-    out = _llama_config({**hf, "hidden_act": act, "tie_word_embeddings": hf.get("tie_word_embeddings", True)})
-    return {**out, "norm_weight_offset": 1.0, "embed_scale": "sqrt_d"}
-
-
-def _gemma_to_hf(cfg: Config) -> dict[str, Any]:
-    require(cfg.norm_weight_offset == 1.0 and cfg.embed_scale == "sqrt_d" and not cfg.sliding_window,
-            "Gemma layout needs norm_weight_offset=1.0, embed_scale='sqrt_d' and no sliding window")
-    out = _llama_to_hf(cfg)
-    return {**out, "hidden_activation": out.pop("hidden_act")}
-
-
 # Phi-3 / Phi-3.5-mini (Abdin et al., 2024): the Llama architecture with q/k/v fused into qkv_proj (q rows,
 # then k, then v) and gate/up fused into gate_up_proj (gate rows first). LongRoPE ("longrope", the 128k
 # variants) is refused by name by the rope reader.
 def _phi3_config(hf: dict[str, Any]) -> dict[str, Any]:
-    out = _llama_config(hf)
+    out = llama_config(hf)
     return {**out, "attn_bias": False, "attn_out_bias": False, "mlp_bias": False}
 
 
 def _phi3_to_hf(cfg: Config) -> dict[str, Any]:
     require(not (cfg.attn_bias or cfg.attn_out_bias or cfg.mlp_bias), "Phi-3 layout has no biases")
-    out = _llama_to_hf(cfg)
+    out = llama_to_hf(cfg)
     for key in ("attention_bias", "mlp_bias", "head_dim"):
         out.pop(key)
     require(cfg.head_dim * cfg.n_heads == cfg.d_model, "Phi-3 layout derives head_dim from hidden_size")
@@ -394,13 +385,13 @@ def _phi3_to_hf(cfg: Config) -> dict[str, Any]:
 # OLMo 2 (OLMo team, 2024): the Llama parts with the norms moved onto each sublayer's output (x + norm(f(x)),
 # no input norm) and an RMSNorm over the whole q and k projections.
 def _olmo2_config(hf: dict[str, Any]) -> dict[str, Any]:
-    return {**_llama_config(hf), "norm_placement": "sublayer", "qk_norm": "full"}
+    return {**llama_config(hf), "norm_placement": "sublayer", "qk_norm": "full"}
 
 
 def _olmo2_to_hf(cfg: Config) -> dict[str, Any]:
     require(cfg.norm_placement == "sublayer" and cfg.qk_norm == "full" and cfg.attn_bias == cfg.attn_out_bias,
             "OLMo 2 layout needs norm_placement='sublayer', qk_norm='full' and one attention_bias")
-    out = _llama_to_hf(cfg.replace(norm_placement="pre"))  # the rest is the Llama layout
+    out = llama_to_hf(cfg.replace(norm_placement="pre"))  # the rest is the Llama layout
     out.pop("mlp_bias")
     return out
 
@@ -408,7 +399,7 @@ def _olmo2_to_hf(cfg: Config) -> dict[str, Any]:
 def _qwen_config(hf: dict[str, Any]) -> dict[str, Any]:
     require(not hf.get("use_sliding_window", False), "use_sliding_window=true (a window on the layers from "
             "max_window_layers on) is not supported; the released Qwen2/2.5/3 checkpoints leave it off")
-    out = _llama_config({**hf, "sliding_window": None})
+    out = llama_config({**hf, "sliding_window": None})
     if hf.get("model_type") == "qwen3":
         out.update(qk_norm="head", attn_bias=hf.get("attention_bias", False),
                    attn_out_bias=hf.get("attention_bias", False))
@@ -426,7 +417,7 @@ def _qwen_to_hf(family: str) -> Callable[[Config], dict[str, Any]]:
             require(cfg.attn_bias and not cfg.attn_out_bias and cfg.qk_norm == "none",
                     "Qwen2 layout needs biased q/k/v (attn_bias=True), an unbiased o_proj and no qk_norm")
         require(cfg.sliding_window is None, "the Qwen layouts here have no sliding window")
-        out = _llama_to_hf(cfg)
+        out = llama_to_hf(cfg)
         if family == "qwen2":  # its biases are fixed by the architecture, not a config field
             out.pop("attention_bias")
         out.pop("mlp_bias")
@@ -446,20 +437,18 @@ DECODERS: dict[str, Family] = {
     "falcon": Family("falcon", "FalconForCausalLM", _falcon_config, _falcon_to_hf, _falcon_keys,
                       qkv_groups=_falcon_groups, ignored=(r".*rotary_emb\.inv_freq",)),
     "mpt": Family("mpt", "MptForCausalLM", _mpt_config, _mpt_to_hf, _mpt_keys, qkv_groups=lambda c: 1),
-    "llama": Family("llama", "LlamaForCausalLM", _llama_config, _llama_to_hf, _llama_keys,
+    "llama": Family("llama", "LlamaForCausalLM", llama_config, llama_to_hf, llama_keys,
                      ignored=(r".*rotary_emb\.inv_freq",)),
-    "mistral": Family("mistral", "MistralForCausalLM", _llama_config, _llama_to_hf, _llama_keys,
+    "mistral": Family("mistral", "MistralForCausalLM", llama_config, llama_to_hf, llama_keys,
                        ignored=(r".*rotary_emb\.inv_freq",)),
-    "mixtral": Family("mixtral", "MixtralForCausalLM", _llama_config, _llama_to_hf, _llama_keys,
+    "mixtral": Family("mixtral", "MixtralForCausalLM", llama_config, llama_to_hf, llama_keys,
                        ignored=(r".*rotary_emb\.inv_freq",)),
-    "gemma": Family("gemma", "GemmaForCausalLM", _gemma_config, _gemma_to_hf, _llama_keys,
-                     ignored=(r".*rotary_emb\.inv_freq",)),
-    "phi3": Family("phi3", "Phi3ForCausalLM", _phi3_config, _phi3_to_hf, partial(_llama_keys, fused=True),
+    "phi3": Family("phi3", "Phi3ForCausalLM", _phi3_config, _phi3_to_hf, partial(llama_keys, fused=True),
                     qkv_groups=lambda c: 1, fused_gate_up=True, ignored=(r".*rotary_emb\.inv_freq",)),
-    "olmo2": Family("olmo2", "Olmo2ForCausalLM", _olmo2_config, _olmo2_to_hf, _llama_keys,
+    "olmo2": Family("olmo2", "Olmo2ForCausalLM", _olmo2_config, _olmo2_to_hf, llama_keys,
                      ignored=(r".*rotary_emb\.inv_freq",)),
-    "qwen2": Family("qwen2", "Qwen2ForCausalLM", _qwen_config, _qwen_to_hf("qwen2"), _llama_keys,
+    "qwen2": Family("qwen2", "Qwen2ForCausalLM", _qwen_config, _qwen_to_hf("qwen2"), llama_keys,
                      ignored=(r".*rotary_emb\.inv_freq",)),
-    "qwen3": Family("qwen3", "Qwen3ForCausalLM", _qwen_config, _qwen_to_hf("qwen3"), _llama_keys,
+    "qwen3": Family("qwen3", "Qwen3ForCausalLM", _qwen_config, _qwen_to_hf("qwen3"), llama_keys,
                      ignored=(r".*rotary_emb\.inv_freq",)),
 }

@@ -16,7 +16,7 @@ import torch
 from ..config import Config
 from ..models import meta_model
 from .io import CheckpointError, atomic_folder, load_tensors, read_json, write_tensors
-from .registry import FAMILIES, UnsupportedConfig, family_of
+from .registry import FAMILIES, OPTIONAL_FIELDS, REFUSED, UnsupportedConfig, family_of
 
 # config.json's special token ids, which are named Config fields
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
@@ -57,6 +57,8 @@ def _qkv_join(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: Config, gr
 def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> Config:
     """The Config for an HF config.json dict (raises naming the unsupported field)."""
     model_type = hf.get("model_type")
+    if model_type in REFUSED:
+        raise CheckpointError(f"{source}: model_type={model_type!r}: {REFUSED[model_type]}")
     if model_type not in FAMILIES:
         raise CheckpointError(f"{source}: model_type={model_type!r} is not a supported family; supported: "
                               f"{', '.join(sorted(FAMILIES))}")
@@ -80,6 +82,11 @@ def config_to_hf(cfg: Config, dtype: torch.dtype = torch.float32) -> dict[str, A
     family = family_of(cfg)
     if cfg.family == "llama" and cfg.sliding_window:
         raise CheckpointError("family='llama' has no sliding window in transformers; use family='mistral'")
+    held = [f"{n}={getattr(cfg, n)!r}" for n in OPTIONAL_FIELDS
+            if getattr(cfg, n) is not None and n not in family.expresses]
+    if held:
+        raise CheckpointError(f"Config.family={cfg.family!r} cannot hold {', '.join(held)}: its HF layout has no such "
+                              "field; pick a family that has (gemma2, gemma3_text) or leave the field None")
     if cfg.arch != family.arch:
         raise CheckpointError(f"Config.family={cfg.family!r} holds arch={family.arch!r} models, but the config has "
                               f"arch={cfg.arch!r}; pick a family of that arch")

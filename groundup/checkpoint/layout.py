@@ -38,6 +38,9 @@ class Family:
     # The FFN's gate and up projections stored as one matrix, gate rows first (Phi-3's gate_up_proj): the
     # virtual module ``blocks.{i}.mlp.gate_up`` stands for them and hf.py splits and joins it.
     fused_gate_up: bool = False
+    # Config fields off by default (None) that this layout can write; config_to_hf refuses a config that sets
+    # one the layout cannot hold (a soft-capped model saved as Llama would lose its caps silently)
+    expresses: tuple[str, ...] = ()
 
     def architecture_of(self, cfg: Config) -> str:
         return self.architecture if isinstance(self.architecture, str) else self.architecture(cfg)

@@ -2,9 +2,9 @@
 (decoder-only, encoder-only, encoder-decoder), by name.
 
 Everything that translates between groundup and an HF layout (checkpoint/hf.py for whole models, peft/io.py
-for adapters, calc for folders) looks a family up here, so a family added to decoders.py or encoders.py is
-known to all of them at once. To add one: write its Family in the module of its architecture and list it
-there; this module needs no change.
+for adapters, calc for folders) looks a family up here, so a family added to decoders.py, gemma.py or
+encoders.py is known to all of them at once. To add one: write its Family in the module of its architecture
+and list it there; a new module of families is merged into FAMILIES below.
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from __future__ import annotations
 from ..config import Config
 from .decoders import DECODERS
 from .encoders import ENCODERS
+from .gemma import GEMMAS, REFUSED
 from .io import CheckpointError
 from .layout import Family, UnsupportedConfig
 
-FAMILIES: dict[str, Family] = {**DECODERS, **ENCODERS}
+FAMILIES: dict[str, Family] = {**DECODERS, **GEMMAS, **ENCODERS}
+# Config fields that only some layouts hold (Family.expresses); None means off
+OPTIONAL_FIELDS = ("layer_types", "rope_local_theta", "attn_softcap", "logit_softcap", "attn_scale_dim")
 
 
 def family_of(cfg: Config) -> Family:
@@ -25,4 +28,4 @@ def family_of(cfg: Config) -> Family:
     return FAMILIES[cfg.family]
 
 
-__all__ = ["FAMILIES", "Family", "UnsupportedConfig", "family_of"]
+__all__ = ["FAMILIES", "OPTIONAL_FIELDS", "REFUSED", "Family", "UnsupportedConfig", "family_of"]

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..nn.attention import softcap
 from ..nn.cross_entropy import cross_entropy, linear_cross_entropy
 from ..nn.kv_cache import DecoderCache, cache_capacity
 from ..nn.linear import Linear
@@ -65,12 +66,14 @@ class CausalLM(PreTrained, TiedHead, Stack):
             x = x[:, -logits_to_keep:]
         if self.config.lm_head_scale == "inv_sqrt_d":
             x = x * self.config.d_model**-0.5
+        cap = self.config.logit_softcap
         if targets is None:
-            out = self.lm_head(x)
+            out = softcap(self.lm_head(x), cap)
         elif type(self.lm_head) in (Linear, nn.Linear):
-            out = linear_cross_entropy(x, self.lm_head.weight, targets, self.lm_head.bias, reduction=reduction)
+            out = linear_cross_entropy(x, self.lm_head.weight, targets, self.lm_head.bias, reduction=reduction,
+                                       softcap=cap)
         else:  # a wrapped head (adapters, quantization): its own forward, then the loss
-            out = cross_entropy(self.lm_head(x), targets, reduction)
+            out = cross_entropy(softcap(self.lm_head(x), cap), targets, reduction)
         if return_aux_loss:
             n_moe = self.config.n_layers if self.config.n_experts else 1
             return out, aux_total * (self.config.router_aux_loss_coef / n_moe)
@@ -92,17 +95,16 @@ class CausalLM(PreTrained, TiedHead, Stack):
         return cache, attention_mask, position_ids
 
     def new_cache(self, capacity: int | None = None) -> DecoderCache:
-        """An empty KV cache for `capacity` positions (prompt + new tokens): a ring of the window's size for
-        sliding-window attention when the window is the smaller, else preallocated; growing if None."""
+        """An empty KV cache for `capacity` positions (prompt + new tokens): for each layer with a sliding window
+        smaller than that, a ring of the window's size, else preallocated; growing if None."""
         cfg = self.config
         if capacity is None:
             return DecoderCache.empty(cfg.n_layers)
         capacity = cache_capacity(cfg, capacity)  # a first size: the static cache grows past it
         capacity += self.prefix_length  # a prefix fills the first slots
         # ALiBi's bias needs key positions, which the ring's reordering does not keep: preallocate instead.
-        if cfg.sliding_window and cfg.sliding_window < capacity and cfg.pos != "alibi":
-            return DecoderCache.rolling(cfg.n_layers, cfg.sliding_window)
-        return DecoderCache.static(cfg.n_layers, capacity)
+        windows = [None] * cfg.n_layers if cfg.pos == "alibi" else cfg.layer_windows
+        return DecoderCache.per_layer(windows, capacity)
 
     @torch.no_grad()
     def attention_weights(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor:

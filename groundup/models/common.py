@@ -16,6 +16,7 @@ from ..nn.attention import MaskSpec
 from ..nn.position import alibi_slopes, rope_cos_sin, sinusoidal_at
 
 Rope = tuple[torch.Tensor, torch.Tensor]
+Ropes = Rope | dict[str, Rope]  # one cos/sin pair, or one per layer type ({"global": .., "local": ..}, Gemma 3)
 _TRUSTED = contextvars.ContextVar("groundup_trusted_inputs", default=False)
 
 
@@ -81,8 +82,9 @@ def embed(cfg: Config, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
 
 
 def add_positions(cfg: Config, x: torch.Tensor, position_ids: torch.Tensor,
-                  pos_embed: nn.Embedding | None) -> tuple[torch.Tensor, Rope | None]:
-    """Add absolute positions (learned, sinusoidal) to x [B, T, C], or return RoPE's cos/sin for attention.
+                  pos_embed: nn.Embedding | None) -> tuple[torch.Tensor, Ropes | None]:
+    """Add absolute positions (learned, sinusoidal) to x [B, T, C], or return RoPE's cos/sin for attention:
+    a pair by layer type when local layers have their own base (``rope_local_theta``).
 
     ALiBi and relative buckets act on the scores instead and are described by ``mask_spec``.
     """
@@ -91,19 +93,28 @@ def add_positions(cfg: Config, x: torch.Tensor, position_ids: torch.Tensor,
     if cfg.pos == "sinusoidal":
         return x + sinusoidal_at(position_ids, cfg.d_model, layout=cfg.sinusoidal_layout).to(x.dtype), None
     if cfg.pos == "rope":
-        cos, sin = rope_cos_sin(cfg, position_ids, x.dtype)  # [T, rot] or [B, T, rot]
-        if cos.dim() == 3:
-            cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, rot]: broadcast over heads
-        return x, (cos, sin)
+        rope = _rope_pair(rope_cos_sin(cfg, position_ids, x.dtype))
+        if cfg.rope_local_theta is None:
+            return x, rope
+        local = rope_cos_sin(cfg, position_ids, x.dtype, scaling="none", factor=1.0, theta=cfg.rope_local_theta)
+        return x, {"global": rope, "local": _rope_pair(local)}
     return x, None
 
 
+def _rope_pair(cos_sin: Rope) -> Rope:
+    cos, sin = cos_sin  # [T, rot] or [B, T, rot]
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, rot]: broadcast over heads
+    return cos, sin
+
+
 def mask_spec(cfg: Config, *, causal: bool, attention_mask: torch.Tensor | None, device: torch.device,
-              q_offset: int = 0, rel_table: torch.Tensor | None = None) -> MaskSpec:
-    """The MaskSpec of one stack: causality, window, key padding, ALiBi slopes or T5 relative bias."""
+              q_offset: int = 0, rel_table: torch.Tensor | None = None, window: int | None = None) -> MaskSpec:
+    """The MaskSpec of one stack (or of its layers of one window): causality, window, key padding, ALiBi
+    slopes or T5 relative bias."""
     padding = has_padding(attention_mask)
     slopes = alibi_slopes(cfg.n_heads, cfg.alibi_max_bias, device=device) if cfg.pos == "alibi" else None
-    return MaskSpec(causal=causal, window=cfg.sliding_window if causal else None, q_offset=q_offset,
+    return MaskSpec(causal=causal, window=window if causal else None, q_offset=q_offset,
                     key_padding=padding, alibi_slopes=slopes, rel_table=rel_table, rel_bidirectional=not causal,
                     rel_max_distance=cfg.rel_max_distance)
 

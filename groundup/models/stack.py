@@ -16,7 +16,7 @@ from ..nn.attention import MaskSpec
 from ..nn.block import Block
 from ..nn.kv_cache import DecoderCache
 from ..nn.norm import make_norm
-from .common import Rope, add_positions, dropout, embed, has_padding, mask_spec
+from .common import Ropes, add_positions, dropout, embed, has_padding, mask_spec
 
 
 class Stack(nn.Module):
@@ -32,12 +32,16 @@ class Stack(nn.Module):
             self.pos_embed = nn.Embedding(cfg.max_seq_len + cfg.pos_offset, cfg.d_model)
         if cfg.pos == "relative":
             self.rel_bias = nn.Embedding(cfg.rel_buckets, cfg.n_heads)
+        # Each layer's window and RoPE kind: a per-layer pattern (layer_types) holds for a decoder-only stack
+        windows = cfg.layer_windows if cfg.arch == "causal_lm" else [cfg.sliding_window] * n_layers
+        self.windows = [w if causal else None for w in windows]
+        self.rope_kinds = cfg.layer_types or ["global"] * n_layers
         self.blocks = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layers))
         self.norm = make_norm(cfg) if cfg.final_norm else nn.Identity()
 
     def inputs(self, table: nn.Embedding, ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
                offset: int = 0, segments: torch.Tensor | None = None, norm: nn.Module | None = None
-               ) -> tuple[torch.Tensor, Rope | None]:
+               ) -> tuple[torch.Tensor, Ropes | None]:
         """Token ids [B, T] -> (the stack's input [B, T, C], RoPE cos/sin or None).
 
         Embeds (scaled if configured), adds ``segments`` (BERT token types), adds absolute positions
@@ -54,7 +58,7 @@ class Stack(nn.Module):
             x = norm(x)
         return dropout(self.config, x, self.training), rope
 
-    def run(self, x: torch.Tensor, *, rope: Rope | None = None, attention_mask: torch.Tensor | None = None,
+    def run(self, x: torch.Tensor, *, rope: Ropes | None = None, attention_mask: torch.Tensor | None = None,
             memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
             cache: DecoderCache | None = None, weights_of: int | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -65,14 +69,7 @@ class Stack(nn.Module):
         the new positions); ``memory`` [B, S_enc, C] with ``memory_mask`` [B, S_enc] is the encoder output
         a decoder cross-attends to. Queries sit after the cached positions.
         """
-        cfg = self.config
-        # Queries follow the cached keys the attention will see: all of them, or a rolling cache's last ones.
-        offset = cache.kept if cache is not None else 0
-        if attention_mask is not None and cache is not None:
-            attention_mask = attention_mask[:, attention_mask.shape[1] - offset - x.shape[1]:]  # [B, kept + T]
-        rel = self.rel_bias.weight if cfg.pos == "relative" else None
-        mask = mask_spec(cfg, causal=self.causal, attention_mask=attention_mask, device=x.device, q_offset=offset,
-                         rel_table=rel)
+        masks = {w: self._mask(w, attention_mask, cache, x) for w in dict.fromkeys(self.windows)}
         cross_mask = None
         if memory is not None:
             # cross-attention sees every real encoder token: no causality, no position bias
@@ -83,20 +80,32 @@ class Stack(nn.Module):
                      and torch.is_grad_enabled())
         for i, block in enumerate(self.blocks):
             layer_cache = cache.layers[i] if cache is not None else None
+            mask, layer_rope = masks[self.windows[i]], rope[self.rope_kinds[i]] if isinstance(rope, dict) else rope
             if recompute and i != weights_of:
                 # Keep only each block's input; rebuild its activations during backward (Chen et al., 2016).
                 # The RNG state is replayed, so dropout masks, and therefore gradients, are unchanged.
-                x, aux, w = torch.utils.checkpoint.checkpoint(_fresh_mask_block, block, x, mask, rope=rope,
+                x, aux, w = torch.utils.checkpoint.checkpoint(_fresh_mask_block, block, x, mask, rope=layer_rope,
                                                               memory=memory, memory_mask=cross_mask,
                                                               use_reentrant=False)
             else:
-                x, aux, w = block(x, mask, rope=rope, memory=memory, memory_mask=cross_mask, cache=layer_cache,
+                x, aux, w = block(x, mask, rope=layer_rope, memory=memory, memory_mask=cross_mask, cache=layer_cache,
                                   return_weights=i == weights_of)
             if aux is not None:
                 aux_total = aux_total + aux
             if i == weights_of:
                 weights = w
         return self.norm(x), aux_total, weights
+
+    def _mask(self, window: int | None, attention_mask: torch.Tensor | None, cache: DecoderCache | None,
+              x: torch.Tensor) -> MaskSpec:
+        """The MaskSpec of the layers with this window. Their queries follow the cached keys they will see: all
+        of them, or a rolling cache's last ones (a windowed layer's cache may keep fewer than a global one's)."""
+        offset = cache.layers[self.windows.index(window)].self_kv.kept if cache is not None else 0
+        if attention_mask is not None and cache is not None:
+            attention_mask = attention_mask[:, attention_mask.shape[1] - offset - x.shape[1]:]  # [B, kept + T]
+        rel = self.rel_bias.weight if self.config.pos == "relative" else None
+        return mask_spec(self.config, causal=self.causal, attention_mask=attention_mask, device=x.device,
+                         q_offset=offset, rel_table=rel, window=window)
 
 
 def _fresh_mask_block(block: Block, x: torch.Tensor, mask: MaskSpec, **kwargs):

@@ -10,6 +10,9 @@ Three interchangeable kernels compute softmax(Q K^T / sqrt(D) + bias) V:
     flash  the FlashAttention algorithm (Dao et al., 2022) in PyTorch: keys are visited in tiles and
            the softmax is computed online (running max and normaliser, Milakov & Gimelshein, 2018), so
            the T x S score matrix is never materialised; tiles that the mask hides entirely are skipped.
+Gemma 2's soft-capping (Gemma team, 2024) bounds the scaled scores as cap * tanh(scores / cap) before the
+mask is added; each kernel applies it where it forms scores (sdpa has no hook for it, so a capped sdpa call
+runs the eager computation).
 GQA (Ainslie et al., 2023) and MQA (Shazeer, 2019) share each kv head among G query heads; eager and flash
 express that by viewing queries as [B, K, G, T, D] against keys [B, K, 1, S, D], so no kv copy is made.
 """
@@ -110,14 +113,19 @@ class MaskSpec:
         return self.window is not None and first_q - (k1 - 1) >= self.window
 
 
+def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """cap * tanh(x / cap): x unchanged near 0, bounded by +-cap (None: x as is)."""
+    return x if cap is None else torch.tanh(x / cap) * cap
+
+
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, *, scale: float,
-                    dropout: float = 0.0, return_weights: bool = False
+                    dropout: float = 0.0, return_weights: bool = False, cap: float | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """softmax(q k^T * scale + bias) v with explicit probabilities. q [B,H,T,D], k/v [B,K,S,D]."""
+    """softmax(softcap(q k^T * scale) + bias) v with explicit probabilities. q [B,H,T,D], k/v [B,K,S,D]."""
     B, H, T, D = q.shape
     K, S = k.shape[1], k.shape[2]
     qg = q.view(B, K, H // K, T, D)  # [B, K, G, T, D]
-    scores = (qg @ k[:, :, None].transpose(-1, -2)).view(B, H, T, S) * scale  # [B, H, T, S]
+    scores = softcap((qg @ k[:, :, None].transpose(-1, -2)).view(B, H, T, S) * scale, cap)  # [B, H, T, S]
     bias = mask.dense_bias(T, S, scores.dtype, q.device)
     if bias is not None:
         scores = scores + bias
@@ -147,7 +155,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, *, scale: float,
-                    dropout: float = 0.0, block: int = 64) -> torch.Tensor:
+                    dropout: float = 0.0, block: int = 64, cap: float | None = None) -> torch.Tensor:
     """Tiled attention with an online softmax; never builds more than a block x block score tile."""
     B, H, T, D = q.shape
     K, S = k.shape[1], k.shape[2]
@@ -167,7 +175,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mas
             k1 = min(k0 + block, S)
             if mask.hides_tile(q0, q1, k0, k1):
                 continue
-            s = qb @ kt[..., k0:k1]  # [B, K, G, tq, tk]
+            s = softcap(qb @ kt[..., k0:k1], cap)  # [B, K, G, tq, tk]
             bias = mask.bias(q0, q1, k0, k1, work, q.device)
             if bias is not None:
                 s = s + _group_heads(bias, K, G)
@@ -197,8 +205,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        # T5 leaves scores unscaled: its initialisation absorbs the 1/sqrt(D) (Raffel et al., 2020)
-        self.scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.attn_scale == "inv_sqrt_d" else 1.0
+        # T5 leaves scores unscaled: its initialisation absorbs the 1/sqrt(D) (Raffel et al., 2020); Gemma 2
+        # scales by a dimension of its own (query_pre_attn_scalar), which differs from head_dim in the 27B
+        self.scale = 1.0 / math.sqrt(cfg.attn_scale_dim or cfg.head_dim) if cfg.attn_scale == "inv_sqrt_d" else 1.0
+        self.cap = cfg.attn_softcap
         self.kernel = cfg.attn_kernel
         self.flash_block_size = cfg.flash_block_size
         self.dropout = cfg.attn_dropout
@@ -255,8 +265,10 @@ class Attention(nn.Module):
                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the configured kernel on projected heads; weights only come from the eager kernel."""
         p = self.dropout if self.training else 0.0
-        if return_weights or self.kernel == "eager":
-            return eager_attention(q, k, v, mask, scale=self.scale, dropout=p, return_weights=return_weights)
+        if return_weights or self.kernel == "eager" or (self.kernel == "sdpa" and self.cap is not None):
+            return eager_attention(q, k, v, mask, scale=self.scale, dropout=p, return_weights=return_weights,
+                                   cap=self.cap)
         if self.kernel == "flash":
-            return flash_attention(q, k, v, mask, scale=self.scale, dropout=p, block=self.flash_block_size), None
+            return flash_attention(q, k, v, mask, scale=self.scale, dropout=p, block=self.flash_block_size,
+                                   cap=self.cap), None
         return sdpa_attention(q, k, v, mask, scale=self.scale, dropout=p), None

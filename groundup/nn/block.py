@@ -4,6 +4,7 @@
     post (Vaswani et al., 2017; BERT, Marian):
                                  h = n1(x + attn(x));   [h = nc(h + cross(h, m))];   y = n2(h + ffn(h))
     sublayer (OLMo 2):           h = x + n1(attn(x));   [h = h + nc(cross(h, m))];   y = h + n2(ffn(h))
+    sandwich (Gemma 2/3):        h = x + p1(attn(n1(x)));                          y = h + p2(ffn(n2(h)))
     parallel (GPT-J, NeoX, Falcon): y = x + attn(n1(x)) + ffn(n2(x)), n2 = n1 when shared_norm.
 
 Cross-attention (the bracketed step) exists only in a seq2seq decoder; m is the encoder output.
@@ -38,6 +39,9 @@ class Block(nn.Module):
         self.cross_attn = Attention(cfg) if cross else None
         self.mlp_norm = None if cfg.shared_norm else make_norm(cfg)
         self.mlp = MoE(cfg) if cfg.n_experts else make_ffn(cfg)
+        sandwich = cfg.norm_placement == "sandwich"  # a second norm on each sublayer's output
+        self.post_attn_norm = make_norm(cfg) if sandwich else None
+        self.post_mlp_norm = make_norm(cfg) if sandwich else None
 
     def _ffn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(self.mlp, MoE):
@@ -75,6 +79,10 @@ class Block(nn.Module):
             return h + self._drop(self.mlp_norm(f)), aux, w
         n1 = self.attn_norm(x)
         a, w = self.attn(n1, mask, rope=rope, cache=self_kv, return_weights=return_weights)
+        if self.placement == "sandwich":
+            h = x + self._drop(self.post_attn_norm(a))
+            f, aux = self._ffn(self.mlp_norm(h))
+            return h + self._drop(self.post_mlp_norm(f)), aux, w
         if self.parallel:
             f, aux = self._ffn(n1 if self.mlp_norm is None else self.mlp_norm(x))
             return x + self._drop(a) + self._drop(f), aux, w

@@ -12,6 +12,9 @@ idea is that of Liger Kernel's fused linear cross-entropy (Hsu et al., 2024) and
 Numerics follow the unfused path under autocast: the matmuls run in the autocast dtype (bf16 products,
 as F.linear would), the softmax and the loss in fp32, the gradient of the logits is cast back to the
 matmul dtype, and weight-gradient partial sums are accumulated in fp32.
+
+Final-logit soft-capping (Gemma 2: logits = cap * tanh(z / cap)) is applied to each chunk in fp32 and its
+derivative, 1 - tanh^2, folded into the chunk's gradient, so a capped model trains on the same fused path.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _loss_and_grad(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, targets: torch.Tensor,
-                   ignore_index: int, scale: float | torch.Tensor, chunk: int, need_grad: bool):
+                   ignore_index: int, scale: float | torch.Tensor, chunk: int, need_grad: bool,
+                   cap: float | None = None):
     """Sum of token losses, and (when need_grad) the gradients of `scale` x that sum w.r.t. x, w, b.
 
     x [N, D] and w [V, D] (b [V]) are in the matmul dtype. The chunk buffers are allocated once: on CPU a
@@ -52,6 +56,7 @@ def _loss_and_grad(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, tar
     c_max = min(chunk, n)
     buf32 = torch.empty(c_max, v, dtype=torch.float32, device=x.device)
     buf_low = torch.empty(c_max, v, dtype=w.dtype, device=x.device) if low else None
+    buf_tanh = torch.empty(c_max, v, dtype=torch.float32, device=x.device) if cap is not None and need_grad else None
     total = torch.zeros((), dtype=torch.float32, device=x.device)
     gx = torch.empty_like(x) if need_grad else None
     gw = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_grad else None
@@ -68,6 +73,10 @@ def _loss_and_grad(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, tar
             torch.addmm(b, xc, w.t(), out=prod)
         if low:
             logits.copy_(prod)
+        if cap is not None:  # logits = cap * tanh(z / cap), keeping tanh for the derivative
+            logits.div_(cap).tanh_()
+            tanh = buf_tanh[:c].copy_(logits) if buf_tanh is not None else None
+            logits.mul_(cap)
         valid = tc != ignore_index
         safe = torch.where(valid, tc, 0).unsqueeze(1)  # [c, 1]
         picked = logits.gather(1, safe)  # [c, 1]
@@ -81,6 +90,8 @@ def _loss_and_grad(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, tar
         row_scale = (valid.to(torch.float32) * scale).unsqueeze(1)  # [c, 1]
         probs = logits.mul_(row_scale / denom)
         probs.scatter_add_(1, safe, -row_scale)
+        if cap is not None:  # chain rule through the cap: d(cap tanh(z / cap))/dz = 1 - tanh^2
+            probs.mul_(tanh.square_().neg_().add_(1))
         g = buf_low[:c].copy_(probs) if low else probs  # the matmul dtype, as the cast's backward gives
         torch.mm(g, w, out=gx[s : s + chunk])  # [c, D]
         if low:
@@ -94,11 +105,11 @@ def _loss_and_grad(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, tar
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, targets, ignore_index, scale, chunk, dtype):
+    def forward(ctx, x, weight, bias, targets, ignore_index, scale, chunk, dtype, cap):
         w = weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         with torch.autocast(x.device.type, enabled=False):
-            total, gx, gw, gb = _loss_and_grad(x.to(dtype), w, b, targets, ignore_index, scale, chunk, True)
+            total, gx, gw, gb = _loss_and_grad(x.to(dtype), w, b, targets, ignore_index, scale, chunk, True, cap)
         ctx.save_for_backward(gx, gw, gb if gb is not None else torch.empty(0))
         ctx.meta = (x.dtype, weight.dtype, bias is not None)
         return total * scale
@@ -108,13 +119,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         gx, gw, gb = ctx.saved_tensors
         x_dtype, w_dtype, has_bias = ctx.meta
         return ((gx * grad_out).to(x_dtype), (gw * grad_out).to(w_dtype),
-                (gb * grad_out).to(w_dtype) if has_bias else None, None, None, None, None, None)
+                (gb * grad_out).to(w_dtype) if has_bias else None, None, None, None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          bias: torch.Tensor | None = None, *, ignore_index: int = -100, reduction: str = "mean",
-                         chunk_size: int = 512) -> torch.Tensor:
+                         chunk_size: int = 512, softcap: float | None = None) -> torch.Tensor:
     """Cross-entropy of logits = hidden @ weight.T + bias against targets, never forming all the logits.
+    ``softcap`` caps the logits first, as softcap * tanh(logits / softcap) (Gemma 2's final logits).
 
     hidden [..., D], weight [V, D], targets [...] (ignore_index marks positions without a target).
     reduction "mean" (over counted targets; 0 when there are none) or "sum". Equal to
@@ -134,8 +146,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         scale = 1.0 / (t != ignore_index).sum().clamp(min=1).to(torch.float32)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):
-        return _LinearCrossEntropy.apply(x, weight, bias, t, ignore_index, scale, chunk_size, dtype)
+        return _LinearCrossEntropy.apply(x, weight, bias, t, ignore_index, scale, chunk_size, dtype, softcap)
     with torch.autocast(x.device.type, enabled=False):
         b = bias.to(dtype) if bias is not None else None
-        total = _loss_and_grad(x.to(dtype), weight.to(dtype), b, t, ignore_index, scale, chunk_size, False)[0]
+        total = _loss_and_grad(x.to(dtype), weight.to(dtype), b, t, ignore_index, scale, chunk_size, False,
+                               softcap)[0]
     return total * scale

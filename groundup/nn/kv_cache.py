@@ -186,10 +186,12 @@ class DecoderCache:
         """Ring-buffer self-attention caches for sliding-window attention (see RollingKVCache)."""
         return cls([BlockCache(self_kv=RollingKVCache(window)) for _ in range(n_layers)])
 
-    @property
-    def kept(self) -> int:
-        """Positions whose keys are still held (all of them, except in a rolling cache)."""
-        return self.layers[0].self_kv.kept if self.layers else 0
+    @classmethod
+    def per_layer(cls, windows: list[int | None], capacity: int) -> DecoderCache:
+        """A ring of its window for each windowed layer whose window is below ``capacity``, a static cache of
+        ``capacity`` for the others (Gemma 2/3: local layers keep `window` positions, global ones all)."""
+        return cls([BlockCache(self_kv=RollingKVCache(w) if w is not None and w < capacity
+                               else StaticKVCache(capacity)) for w in windows])
 
     @property
     def nbytes(self) -> int:

@@ -42,12 +42,13 @@ def sinusoidal_at(positions: torch.Tensor, dim: int, *, layout: str = "interleav
 
 
 def rope_inv_freq(cfg: Config, *, scaling: str | None = None, factor: float | None = None,
-                  device: torch.device | None = None) -> torch.Tensor:
-    """Inverse frequencies [rot/2] for the rotary dims, with NTK-aware base scaling applied if asked."""
+                  theta: float | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """Inverse frequencies [rot/2] for the rotary dims, with NTK-aware base scaling applied if asked.
+    ``scaling``, ``factor`` and ``theta`` override the config's (local layers use their own base)."""
     rot = cfg.rotary_dim
     scaling = cfg.rope_scaling if scaling is None else scaling
     factor = cfg.rope_scaling_factor if factor is None else factor
-    theta = cfg.rope_theta
+    theta = cfg.rope_theta if theta is None else theta
     if scaling == "ntk":
         theta = theta * factor ** (rot / (rot - 2))
     exponents = torch.arange(0, rot, 2, dtype=torch.float32, device=device) / rot
@@ -95,14 +96,14 @@ def _llama3(cfg: Config, inv: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def rope_cos_sin(cfg: Config, positions: torch.Tensor, dtype: torch.dtype, *, scaling: str | None = None,
-                 factor: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 factor: float | None = None, theta: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin for integer positions [..., T] -> two tensors [..., T, rot] in ``dtype``.
 
     Angles are computed in fp32 (bf16 positions would round above 256) and cast once at the end.
     """
     scaling = cfg.rope_scaling if scaling is None else scaling
     factor = cfg.rope_scaling_factor if factor is None else factor
-    inv = rope_inv_freq(cfg, scaling=scaling, factor=factor, device=positions.device)
+    inv = rope_inv_freq(cfg, scaling=scaling, factor=factor, theta=theta, device=positions.device)
     pos = positions.to(torch.float32)
     if scaling == "linear":
         pos = pos / factor

@@ -50,6 +50,31 @@ def test_fp32_equals_unfused(n, d, v, chunk, bias, reduction, ignored):
         torch.testing.assert_close(bf, br, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_softcapped_logits_equal_unfused(bias):
+    """Gemma 2's final-logit cap inside the fused loss: value and gradients equal capping the logits first."""
+    g = torch.Generator().manual_seed(5)
+    x, w = torch.randn(37, 16, generator=g) * 3, torch.randn(53, 16, generator=g)
+    b = torch.randn(53, generator=g) if bias else None
+    t = torch.randint(0, 53, (37,), generator=g)
+    t[:5] = -100
+    grads = []
+    for fused in (True, False):
+        xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+        if fused:
+            loss = linear_cross_entropy(xs, ws, t, b, chunk_size=16, softcap=5.0)
+        else:
+            z = F.linear(xs, ws, b)
+            assert z.abs().max() > 20  # the cap (5) binds hard
+            loss = F.cross_entropy(torch.tanh(z / 5.0) * 5.0, t)
+        loss.backward()
+        grads.append((loss.detach(), xs.grad, ws.grad))
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(x, w, t, b, softcap=5.0), grads[1][0], rtol=1e-5, atol=1e-6)
+
+
 def test_bf16_autocast_matches_unfused():
     (lf, xf, wf, _), (lr, xr, wr, _) = _both(300, 64, 500, 128, bias=False, reduction="mean", ignored=0.1, bf16=True)
     assert xf.dtype == xr.dtype == torch.float32 and wf.dtype == torch.float32
@@ -85,7 +110,7 @@ def test_transposed_logits_cross_entropy():
 
 
 @pytest.mark.parametrize("cfg", [dict(), dict(tie_embeddings=False, lm_head_bias=True),
-                                 dict(lm_head_scale="inv_sqrt_d")])
+                                 dict(lm_head_scale="inv_sqrt_d"), dict(logit_softcap=0.5, pos="rope")])
 def test_model_targets_equal_logits_loss(cfg):
     """model(ids, targets=y) is the loss of model(ids): same value, same gradient on every parameter."""
     torch.manual_seed(0)

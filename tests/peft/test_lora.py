@@ -88,7 +88,9 @@ def test_merged_model_saves_as_a_plain_checkpoint(tmp_path, hf_folder):
                                           ("mistral", ["k_proj", "o_proj", "gate_proj"]),
                                           ("mixtral", ["q_proj", "w2"]), ("gpt2", ["c_proj", "c_fc"]),
                                           ("qwen2", ["q_proj", "v_proj"]), ("phi3", ["o_proj", "down_proj"]),
-                                          ("gemma", ["q_proj", "up_proj"]), ("olmo2", ["k_proj", "gate_proj"])])
+                                          ("gemma", ["q_proj", "up_proj"]), ("olmo2", ["k_proj", "gate_proj"]),
+                                          ("gemma2", ["q_proj", "o_proj", "down_proj"]),
+                                          ("gemma3", ["k_proj", "v_proj", "gate_proj"])])
 def test_our_adapter_loads_in_peft_with_the_same_logits(name, targets, hf_folder, tmp_path):
     from peft import PeftModel
 
@@ -104,11 +106,11 @@ def test_our_adapter_loads_in_peft_with_the_same_logits(name, targets, hf_folder
     peft_model.unload()  # leave the session's shared reference model as it was
 
 
-@pytest.mark.parametrize("rslora", [False, True])
-def test_a_peft_adapter_loads_here_with_the_same_logits(rslora, hf_folder, tmp_path):
+@pytest.mark.parametrize("rslora,name", [(False, "llama"), (True, "llama"), (False, "gemma2")])
+def test_a_peft_adapter_loads_here_with_the_same_logits(rslora, name, hf_folder, tmp_path):
     import peft
 
-    path, ref = hf_folder("llama")
+    path, ref = hf_folder(name)
     lcfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], use_rslora=rslora)
     peft_model = peft.get_peft_model(ref, lcfg)
     g = torch.Generator().manual_seed(3)
