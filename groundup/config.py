@@ -22,7 +22,7 @@ Norm = Literal["layernorm", "rmsnorm"]
 # sublayer: x + norm(f(x)) (OLMo 2); sandwich: x + norm_out(f(norm_in(x))) (Gemma 2/3)
 NormPlacement = Literal["pre", "post", "sublayer", "sandwich"]
 Residual = Literal["sequential", "parallel"]
-RopeScaling = Literal["none", "linear", "ntk", "llama3", "yarn"]
+RopeScaling = Literal["none", "linear", "ntk", "dynamic", "llama3", "yarn"]
 Router = Literal["topk_softmax", "softmax_topk"]
 Kernel = Literal["eager", "sdpa", "flash"]
 QKNorm = Literal["none", "head", "full"]
@@ -62,6 +62,8 @@ class Config:
     rotary_fraction: float = 1.0  # partial rotary (GPT-NeoX/Pythia rotate the first 25% of each head)
     rope_scaling: RopeScaling = "none"
     rope_scaling_factor: float = 1.0
+    # dynamic (dynamic NTK, emozilla 2023): the NTK base grows with the current length L past max_seq_len,
+    # theta * (factor L / max_seq_len - factor + 1)^(rot / (rot - 2)); within max_seq_len plain RoPE
     # llama3 scaling (Llama 3.1): wavelengths above original / low_freq_factor are divided by the factor, those
     # below original / high_freq_factor kept, the band between interpolated; original = the pre-training context
     rope_low_freq_factor: float = 1.0
@@ -78,6 +80,7 @@ class Config:
     rel_max_distance: int = 128  # distances beyond this share the last bucket
     sinusoidal_layout: SinusoidalLayout = "interleaved"  # sin/cos alternating (Vaswani) or halves (Marian)
     embed_scale: Scale = "none"  # sqrt_d: token embeddings x sqrt(d_model) (Vaswani et al. 3.4, Marian)
+    embed_scale_rounded: bool = False  # the factor rounded to the weights' dtype first (Gemma: 33.94 -> 34 in bf16)
 
     # feed-forward
     ffn: Ffn = "gelu"
@@ -340,7 +343,7 @@ class Config:
         linear biases extrapolate (Press et al., 2022, "train short, test long")."""
         if self.pos == "alibi":
             return float("inf")
-        if self.pos == "rope" and self.rope_scaling in ("linear", "ntk"):
+        if self.pos == "rope" and self.rope_scaling in ("linear", "ntk", "dynamic"):
             return int(self.max_seq_len * self.rope_scaling_factor)
         if self.pos == "rope" and self.rope_scaling == "yarn":
             return max(self.max_seq_len, int(self.rope_original_max_seq_len * self.rope_scaling_factor))

@@ -26,7 +26,7 @@ _LLAMA3: dict[str, Any] = dict(
 )
 _GEMMA: dict[str, Any] = dict(
     _LLAMA, family="gemma", vocab_size=256000, max_seq_len=8192, ffn="geglu_tanh", norm_eps=1e-6,
-    norm_weight_offset=1.0, embed_scale="sqrt_d", tie_embeddings=True, head_dim=256,
+    norm_weight_offset=1.0, embed_scale="sqrt_d", embed_scale_rounded=True, tie_embeddings=True, head_dim=256,
 )
 
 

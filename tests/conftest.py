@@ -88,6 +88,9 @@ def hf_configs() -> dict[str, object]:
                                                                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                                                "original_max_position_embeddings": 16,
                                                                "rope_theta": 10000.0}),
+        # dynamic NTK past an 8-token context: the base grows with the length (12 tokens in the parity tests)
+        "llama-dynamic": T.LlamaConfig(**{**llama, "max_position_embeddings": 8},
+                                       rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0}),
         "mistral": T.MistralConfig(**llama, sliding_window=4),
         # Qwen2.5-0.5B ties its embeddings; Qwen3 normalises every q/k head and sets head_dim itself
         "qwen2": T.Qwen2Config(**llama, tie_word_embeddings=True),

@@ -89,6 +89,22 @@ def test_bf16_logits_close_to_hf(hf_folder):
     torch.testing.assert_close(got, want, atol=0.1, rtol=0.02)
 
 
+@pytest.mark.parametrize("name", ["gemma", "gemma2", "gemma3"])
+def test_gemma_bf16_embeddings_round_the_scale_as_hf(name, hf_folder):
+    """Gemma multiplies by sqrt(d_model) rounded to bf16 (5.657 -> 5.65625 here): bit-identical embeddings."""
+    from groundup.models.common import embed
+
+    path, ref = hf_folder(name)
+    model = gu.from_pretrained(path, dtype=torch.bfloat16)
+    ids = _ids()
+    ref16 = type(ref).from_pretrained(path, dtype=torch.bfloat16, attn_implementation="eager").eval()
+    with torch.no_grad():
+        want = ref16.model.embed_tokens(ids)
+        got = embed(model.config, model.embed, ids)
+        assert torch.equal(got, want)
+        assert not torch.equal(got, model.embed(ids) * 32**0.5)  # the unrounded factor differs
+
+
 def test_sharded_save_loads_in_both(hf_folder, tmp_path):
     import transformers as T
 

@@ -22,8 +22,8 @@ def rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     if fraction is not None:
         out["rotary_fraction"] = float(fraction)
     factor = first_of(params, "factor", default=legacy.get("factor"))
-    if kind == "linear":
-        out.update(rope_scaling="linear", rope_scaling_factor=float(factor))
+    if kind in ("linear", "dynamic"):
+        out.update(rope_scaling=kind, rope_scaling_factor=float(factor))
     elif kind == "llama3":
         def get(name: str, default: Any) -> Any:
             return first_of(params, name, default=legacy.get(name, default))
@@ -48,7 +48,7 @@ def rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
                    rope_beta_slow=float(get_yarn("beta_slow", None) or 1.0),
                    rope_attention_factor=None if attention is None else float(attention))
     else:
-        require(kind == "default", f"rope type {kind!r} is not supported (supported: default, linear, llama3, yarn)")
+        require(kind == "default", f"rope type {kind!r} is not supported (supported: default, linear, dynamic, llama3, yarn)")
     return out
 
 
@@ -56,8 +56,8 @@ def rope_to_hf(cfg: Config) -> dict[str, Any]:
     params: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
     if cfg.rotary_fraction != 1.0:
         params["partial_rotary_factor"] = cfg.rotary_fraction
-    if cfg.rope_scaling == "linear":
-        params.update(rope_type="linear", factor=cfg.rope_scaling_factor)
+    if cfg.rope_scaling in ("linear", "dynamic"):
+        params.update(rope_type=cfg.rope_scaling, factor=cfg.rope_scaling_factor)
     if cfg.rope_scaling == "yarn":
         params.update(rope_type="yarn", factor=cfg.rope_scaling_factor, beta_fast=cfg.rope_beta_fast,
                       beta_slow=cfg.rope_beta_slow, original_max_position_embeddings=cfg.rope_original_max_seq_len)

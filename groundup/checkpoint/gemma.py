@@ -2,7 +2,7 @@
 
 All three are the Llama module names with Gemma's quirks as Config data:
 - Gemma (Gemma team, 2024a): a tanh-GeLU gate, RMSNorm scales stored minus one (norm_weight_offset=1),
-  token embeddings multiplied by sqrt(d_model), a tied head, head_dim set apart from d_model / n_heads.
+  token embeddings multiplied by sqrt(d_model) rounded to the weights' dtype, a tied head, head_dim set apart from d_model / n_heads.
 - Gemma 2 (Gemma team, 2024b): a norm before and after each sublayer (norm_placement='sandwich'), tanh
   soft-capping of the attention scores and of the final logits, scores scaled by query_pre_attn_scalar^-0.5,
   and local (sliding-window) and global layers alternating (layer_types).
@@ -26,12 +26,12 @@ _KIND_TO_HF = {v: k for k, v in _KIND_FROM_HF.items()}
 def _gemma_config(hf: dict[str, Any]) -> dict[str, Any]:
     act = hf.get("hidden_activation") or hf.get("hidden_act", "gelu_pytorch_tanh")
     out = llama_config({**hf, "hidden_act": act, "tie_word_embeddings": hf.get("tie_word_embeddings", True)})
-    return {**out, "norm_weight_offset": 1.0, "embed_scale": "sqrt_d"}
+    return {**out, "norm_weight_offset": 1.0, "embed_scale": "sqrt_d", "embed_scale_rounded": True}
 
 
 def _gemma_to_hf(cfg: Config) -> dict[str, Any]:
-    require(cfg.norm_weight_offset == 1.0 and cfg.embed_scale == "sqrt_d",
-            "Gemma layouts need norm_weight_offset=1.0 and embed_scale='sqrt_d'")
+    require(cfg.norm_weight_offset == 1.0 and cfg.embed_scale == "sqrt_d" and cfg.embed_scale_rounded,
+            "Gemma layouts need norm_weight_offset=1.0, embed_scale='sqrt_d' and embed_scale_rounded=True")
     plain = cfg.replace(norm_placement="pre", layer_types=None, rope_local_theta=None, attn_softcap=None,
                         logit_softcap=None, attn_scale_dim=None)
     out = llama_to_hf(plain)  # the Llama names and sizes; the Gemma 2/3 fields are added by their writers

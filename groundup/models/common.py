@@ -76,15 +76,23 @@ def check_ids(cfg: Config, ids: torch.Tensor, attention_mask: torch.Tensor | Non
 
 
 def embed(cfg: Config, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-    """Token embeddings [B, T, C], scaled by sqrt(d_model) when the config asks (Vaswani et al. 3.4)."""
+    """Token embeddings [B, T, C], scaled by sqrt(d_model) when the config asks (Vaswani et al. 3.4); the
+    factor rounded to the embeddings' dtype first with ``embed_scale_rounded``, as the Gemma checkpoints were
+    run."""
     x = table(ids)
-    return x * math.sqrt(cfg.d_model) if cfg.embed_scale == "sqrt_d" else x
+    if cfg.embed_scale != "sqrt_d":
+        return x
+    scale = math.sqrt(cfg.d_model)
+    if cfg.embed_scale_rounded:
+        scale = torch.tensor(scale, dtype=x.dtype).item()  # a float that the dtype holds exactly
+    return x * scale
 
 
 def add_positions(cfg: Config, x: torch.Tensor, position_ids: torch.Tensor,
-                  pos_embed: nn.Embedding | None) -> tuple[torch.Tensor, Ropes | None]:
+                  pos_embed: nn.Embedding | None, seq_len: int | None = None) -> tuple[torch.Tensor, Ropes | None]:
     """Add absolute positions (learned, sinusoidal) to x [B, T, C], or return RoPE's cos/sin for attention:
-    a pair by layer type when local layers have their own base (``rope_local_theta``).
+    a pair by layer type when local layers have their own base (``rope_local_theta``). ``seq_len`` (cached +
+    new positions) sets dynamic NTK's base.
 
     ALiBi and relative buckets act on the scores instead and are described by ``mask_spec``.
     """
@@ -93,7 +101,7 @@ def add_positions(cfg: Config, x: torch.Tensor, position_ids: torch.Tensor,
     if cfg.pos == "sinusoidal":
         return x + sinusoidal_at(position_ids, cfg.d_model, layout=cfg.sinusoidal_layout).to(x.dtype), None
     if cfg.pos == "rope":
-        rope = _rope_pair(rope_cos_sin(cfg, position_ids, x.dtype))
+        rope = _rope_pair(rope_cos_sin(cfg, position_ids, x.dtype, seq_len=seq_len))
         if cfg.rope_local_theta is None:
             return x, rope
         local = rope_cos_sin(cfg, position_ids, x.dtype, scaling="none", factor=1.0, theta=cfg.rope_local_theta)

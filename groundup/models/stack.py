@@ -53,7 +53,9 @@ class Stack(nn.Module):
             x = x + segments
         if position_ids is None:
             position_ids = torch.arange(offset, offset + ids.shape[1], device=ids.device)
-        x, rope = add_positions(self.config, x, position_ids, getattr(self, "pos_embed", None))
+        # the length so far (dynamic NTK's): with left padding the longest row's, which has no padding
+        x, rope = add_positions(self.config, x, position_ids, getattr(self, "pos_embed", None),
+                                seq_len=offset + ids.shape[1])
         if norm is not None:
             x = norm(x)
         return dropout(self.config, x, self.training), rope

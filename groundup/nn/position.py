@@ -4,7 +4,8 @@
 - RoPE: Su et al., 2021, "RoFormer". We use the half-split pairing (dim i pairs with i + rot/2), the
   layout of the Hugging Face Llama/NeoX/Falcon checkpoints. Context extension: linear position
   interpolation (Chen et al., 2023) divides positions by the factor; NTK-aware scaling (bloc97, 2023)
-  raises the base to theta * factor^(rot / (rot - 2)) so low frequencies stretch and high ones stay.
+  raises the base to theta * factor^(rot / (rot - 2)) so low frequencies stretch and high ones stay; its
+  dynamic form (emozilla, 2023) picks the base from the current length, so short inputs keep plain RoPE.
 - ALiBi: Press et al., 2022, "Train Short, Test Long": a per-head linear penalty on distance.
 - Relative buckets: Raffel et al., 2020 (T5), after Shaw et al., 2018: a learned per-head scalar for each
   bucket of the key-query offset; exact buckets for short offsets, logarithmic ones up to a max distance.
@@ -42,15 +43,20 @@ def sinusoidal_at(positions: torch.Tensor, dim: int, *, layout: str = "interleav
 
 
 def rope_inv_freq(cfg: Config, *, scaling: str | None = None, factor: float | None = None,
-                  theta: float | None = None, device: torch.device | None = None) -> torch.Tensor:
+                  theta: float | None = None, seq_len: int | None = None,
+                  device: torch.device | None = None) -> torch.Tensor:
     """Inverse frequencies [rot/2] for the rotary dims, with NTK-aware base scaling applied if asked.
-    ``scaling``, ``factor`` and ``theta`` override the config's (local layers use their own base)."""
+    ``scaling``, ``factor`` and ``theta`` override the config's (local layers use their own base);
+    ``seq_len`` is the current length dynamic NTK scales for (None: max_seq_len, i.e. unscaled)."""
     rot = cfg.rotary_dim
     scaling = cfg.rope_scaling if scaling is None else scaling
     factor = cfg.rope_scaling_factor if factor is None else factor
     theta = cfg.rope_theta if theta is None else theta
     if scaling == "ntk":
         theta = theta * factor ** (rot / (rot - 2))
+    if scaling == "dynamic":
+        length = max(seq_len or 0, cfg.max_seq_len)
+        theta = theta * (factor * length / cfg.max_seq_len - (factor - 1)) ** (rot / (rot - 2))
     exponents = torch.arange(0, rot, 2, dtype=torch.float32, device=device) / rot
     inv = 1.0 / theta**exponents
     if scaling == "yarn":
@@ -96,14 +102,17 @@ def _llama3(cfg: Config, inv: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def rope_cos_sin(cfg: Config, positions: torch.Tensor, dtype: torch.dtype, *, scaling: str | None = None,
-                 factor: float | None = None, theta: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 factor: float | None = None, theta: float | None = None, seq_len: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin for integer positions [..., T] -> two tensors [..., T, rot] in ``dtype``.
 
     Angles are computed in fp32 (bf16 positions would round above 256) and cast once at the end.
+    ``seq_len``: the length the positions belong to (cached + new), which dynamic NTK scales for; callers
+    pass it from shapes, so no position is read back from the device.
     """
     scaling = cfg.rope_scaling if scaling is None else scaling
     factor = cfg.rope_scaling_factor if factor is None else factor
-    inv = rope_inv_freq(cfg, scaling=scaling, factor=factor, theta=theta, device=positions.device)
+    inv = rope_inv_freq(cfg, scaling=scaling, factor=factor, theta=theta, seq_len=seq_len, device=positions.device)
     pos = positions.to(torch.float32)
     if scaling == "linear":
         pos = pos / factor

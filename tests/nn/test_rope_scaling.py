@@ -43,6 +43,24 @@ def test_inverse_frequencies_and_attention_factor_match_transformers(family, par
     assert ours == pytest.approx(attention_factor, rel=1e-12)
 
 
+@pytest.mark.parametrize("seq_len", [None, 100, 4096, 4097, 50000])
+@pytest.mark.parametrize("factor", [2.0, 8.0])
+def test_dynamic_ntk_frequencies_match_transformers_at_each_length(seq_len, factor):
+    """Dynamic NTK: plain RoPE up to max_position_embeddings (4096), a larger base for longer inputs."""
+    import transformers as T
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf = T.LlamaConfig(hidden_size=512, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=1,
+                       intermediate_size=64, vocab_size=100, max_position_embeddings=4096,
+                       rope_parameters={"rope_type": "dynamic", "factor": factor, "rope_theta": 10000.0})
+    want, _ = ROPE_INIT_FUNCTIONS["dynamic"](hf, None, seq_len=seq_len)
+    cfg = config_from_hf(hf.to_dict())
+    assert (cfg.rope_scaling, cfg.rope_scaling_factor) == ("dynamic", factor)
+    got = rope_inv_freq(cfg, seq_len=seq_len)
+    torch.testing.assert_close(got, want.float(), atol=1e-6, rtol=1e-6)
+    assert torch.equal(got, rope_inv_freq(cfg, scaling="none")) == (seq_len is None or seq_len <= 4096)
+
+
 def test_llama3_needs_its_original_context_and_keeps_max_seq_len_as_context():
     with pytest.raises(ValueError, match="rope_original_max_seq_len"):
         gu.Config.preset("tiny-llama", rope_scaling="llama3", rope_scaling_factor=8.0)
