@@ -48,7 +48,8 @@ def rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
                    rope_beta_slow=float(get_yarn("beta_slow", None) or 1.0),
                    rope_attention_factor=None if attention is None else float(attention))
     else:
-        require(kind == "default", f"rope type {kind!r} is not supported (supported: default, linear, dynamic, llama3, yarn)")
+        require(kind == "default",
+                f"rope type {kind!r} is not supported (supported: default, linear, dynamic, llama3, yarn)")
     return out
 
 

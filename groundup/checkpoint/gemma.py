@@ -2,7 +2,8 @@
 
 All three are the Llama module names with Gemma's quirks as Config data:
 - Gemma (Gemma team, 2024a): a tanh-GeLU gate, RMSNorm scales stored minus one (norm_weight_offset=1),
-  token embeddings multiplied by sqrt(d_model) rounded to the weights' dtype, a tied head, head_dim set apart from d_model / n_heads.
+  token embeddings multiplied by sqrt(d_model) rounded to the weights' dtype, a tied head, head_dim set
+  apart from d_model / n_heads.
 - Gemma 2 (Gemma team, 2024b): a norm before and after each sublayer (norm_placement='sandwich'), tanh
   soft-capping of the attention scores and of the final logits, scores scaled by query_pre_attn_scalar^-0.5,
   and local (sliding-window) and global layers alternating (layer_types).
