@@ -22,7 +22,7 @@ Norm = Literal["layernorm", "rmsnorm"]
 # sublayer: x + norm(f(x)) (OLMo 2); sandwich: x + norm_out(f(norm_in(x))) (Gemma 2/3)
 NormPlacement = Literal["pre", "post", "sublayer", "sandwich"]
 Residual = Literal["sequential", "parallel"]
-RopeScaling = Literal["none", "linear", "ntk", "dynamic", "llama3", "yarn"]
+RopeScaling = Literal["none", "linear", "ntk", "dynamic", "llama3", "yarn", "longrope"]
 Router = Literal["topk_softmax", "softmax_topk"]
 Kernel = Literal["eager", "sdpa", "flash"]
 QKNorm = Literal["none", "head", "full"]
@@ -75,6 +75,11 @@ class Config:
     rope_beta_fast: float = 32.0
     rope_beta_slow: float = 1.0
     rope_attention_factor: float | None = None
+    # longrope (Ding et al., 2024; Phi-3.5-mini, Phi-3-*-128k): per-dimension divisors of the frequencies, the
+    # short ones while the length is within rope_original_max_seq_len, the long ones past it; cos and sin are
+    # multiplied by the attention factor (None: sqrt(1 + ln(factor) / ln(original)))
+    rope_short_factor: list[float] | None = None
+    rope_long_factor: list[float] | None = None
     alibi_max_bias: float = 8.0  # ALiBi slopes are 2^(-max_bias * h / n_heads)
     rel_buckets: int = 32  # T5 relative position buckets (pos='relative')
     rel_max_distance: int = 128  # distances beyond this share the last bucket
@@ -196,7 +201,13 @@ class Config:
             raise ValueError(f"rope_scaling_factor={self.rope_scaling_factor} must be >= 1 to extend context")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta} must be positive")
-        if self.rope_scaling in ("llama3", "yarn"):
+        if self.rope_scaling == "longrope":
+            for name in ("rope_short_factor", "rope_long_factor"):
+                value = getattr(self, name)
+                if not isinstance(value, list) or len(value) != self.rotary_dim // 2:
+                    raise ValueError(f"rope_scaling='longrope' needs {name}: a list of rotary_dim / 2 = "
+                                     f"{self.rotary_dim // 2} numbers, got {value!r}")
+        if self.rope_scaling in ("llama3", "yarn", "longrope"):
             if not self.rope_original_max_seq_len or self.rope_original_max_seq_len <= 0:
                 raise ValueError(f"rope_scaling={self.rope_scaling!r} needs rope_original_max_seq_len (the "
                                  "pre-training context, e.g. 8192 for Llama 3.1)")

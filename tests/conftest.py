@@ -112,6 +112,11 @@ def hf_configs() -> dict[str, object]:
                                                       "sliding_attention": {"rope_type": "default",
                                                                             "rope_theta": 10.0}}),
         "phi3": T.Phi3Config(**{**llama, "pad_token_id": 0}, sliding_window=5),
+        # Phi-3.5's LongRoPE: short divisors up to 8 tokens, long ones past them, cos/sin x sqrt(1 + ln 8 / ln 8)
+        "phi3-longrope": T.Phi3Config(**{**llama, "pad_token_id": 0}, original_max_position_embeddings=8,
+                                      rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                       "short_factor": [1.0, 1.3, 1.7, 2.2],
+                                                       "long_factor": [1.5, 3.0, 6.0, 12.0]}),
         "bloom": T.BloomConfig(**common, hidden_size=32, n_layer=2, n_head=4),
         "olmo2": T.Olmo2Config(**llama),
         "qwen3": T.Qwen3Config(**llama, head_dim=16),

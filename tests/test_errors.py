@@ -176,7 +176,7 @@ def test_corrupt_safetensors_names_the_file(damage, hf_folder, tmp_path):
     assert "download" in str(err.value) or "save" in str(err.value)  # says how to get a good file
 
 
-def test_fused_gate_up_adapter_and_longrope_are_refused_by_name(hf_folder, tmp_path):
+def test_fused_gate_up_adapter_and_a_bad_longrope_are_refused_by_name(hf_folder, tmp_path):
     from groundup.peft import apply_lora, save_adapter
 
     path, _ = hf_folder("phi3")
@@ -186,9 +186,15 @@ def test_fused_gate_up_adapter_and_longrope_are_refused_by_name(hf_folder, tmp_p
     folder = _copy(hf_folder, "phi3", tmp_path)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4,
-                              "long_factor": [1.0] * 4}
+                              "long_factor": [1.0] * 3, "original_max_position_embeddings": 8}
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="rope type 'longrope' is not supported"):
+    with pytest.raises(CheckpointError, match=r"longrope' needs rope_long_factor: a list of rotary_dim / 2 = 4"):
+        gu.from_pretrained(folder)
+    cfg["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4,
+                              "long_factor": [1.0] * 4}
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in cfg.items()
+                                                    if k != "original_max_position_embeddings"}))
+    with pytest.raises(CheckpointError, match="longrope needs original_max_position_embeddings"):
         gu.from_pretrained(folder)
 
 

@@ -31,7 +31,8 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "mixtral", "gpt_neox", "mpt", "falcon-gqa",
                                   "llama3-rope", "qwen2", "qwen3", "gemma", "phi3",
-                                  "bloom", "olmo2", "qwen2-yarn", "gemma2", "gemma3", "llama-dynamic"])
+                                  "bloom", "olmo2", "qwen2-yarn", "gemma2", "gemma3", "llama-dynamic",
+                                  "phi3-longrope"])
 def test_greedy_matches_transformers_on_an_uneven_batch(name, hf_folder):
     """Mistral's window (4) is far shorter than prompt + 10 new tokens."""
     path, ref = hf_folder(name)

@@ -19,6 +19,11 @@ def _ids(batch: int = 2, seq: int = 12, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("name", FAMILIES)
 def test_hf_to_groundup_logits(name, hf_folder):
     path, ref = hf_folder(name)
+    if name == "llama-dynamic":
+        # transformers' dynamic rope keeps the base of the longest input it has seen (reset only below the
+        # original context), so the shared model's answer depends on earlier tests; groundup's depends on the
+        # input alone. A fresh copy has seen nothing.
+        ref = type(ref).from_pretrained(path, attn_implementation="eager").eval()
     model = gu.from_pretrained(path)
     ids = _ids()  # 12 tokens: crosses the mistral window of 4
     with torch.no_grad():

@@ -154,3 +154,8 @@ def test_draft_errors():
     short = gu.CausalLM(cfg.replace(pos="learned", max_seq_len=12))
     with pytest.raises(ValueError, match="draft_model: prompt"):
         gu.generate(target, PROMPTS, 8, draft_model=short)
+    longrope = _random(cfg.replace(pos="rope", rope_scaling="longrope", rope_scaling_factor=4.0,
+                                   rope_original_max_seq_len=16, rope_short_factor=[1.0] * 4,
+                                   rope_long_factor=[2.0] * 4), 1)
+    with pytest.raises(ValueError, match="longrope"):
+        gu.generate(longrope, PROMPTS, 4, draft_model=target)

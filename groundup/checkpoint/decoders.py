@@ -47,9 +47,21 @@ def rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
                    rope_beta_fast=float(get_yarn("beta_fast", None) or 32.0),
                    rope_beta_slow=float(get_yarn("beta_slow", None) or 1.0),
                    rope_attention_factor=None if attention is None else float(attention))
+    elif kind in ("longrope", "su"):  # "su": the name of the first Phi-3 releases
+        def get_long(name: str, default: Any) -> Any:
+            return first_of(params, name, default=legacy.get(name, default))
+
+        original = get_long("original_max_position_embeddings", hf.get("original_max_position_embeddings"))
+        require(original is not None, "longrope needs original_max_position_embeddings (the pre-training context)")
+        factor = factor if factor is not None else hf["max_position_embeddings"] / original
+        attention = get_long("attention_factor", None)
+        out.update(rope_scaling="longrope", rope_scaling_factor=float(factor), rope_original_max_seq_len=int(original),
+                   rope_short_factor=[float(x) for x in get_long("short_factor", [])],
+                   rope_long_factor=[float(x) for x in get_long("long_factor", [])],
+                   rope_attention_factor=None if attention is None else float(attention))
     else:
         require(kind == "default",
-                f"rope type {kind!r} is not supported (supported: default, linear, dynamic, llama3, yarn)")
+                f"rope type {kind!r} is not supported (supported: default, linear, dynamic, llama3, yarn, longrope)")
     return out
 
 
@@ -62,6 +74,11 @@ def rope_to_hf(cfg: Config) -> dict[str, Any]:
     if cfg.rope_scaling == "yarn":
         params.update(rope_type="yarn", factor=cfg.rope_scaling_factor, beta_fast=cfg.rope_beta_fast,
                       beta_slow=cfg.rope_beta_slow, original_max_position_embeddings=cfg.rope_original_max_seq_len)
+        if cfg.rope_attention_factor is not None:
+            params["attention_factor"] = cfg.rope_attention_factor
+    if cfg.rope_scaling == "longrope":
+        params.update(rope_type="longrope", factor=cfg.rope_scaling_factor, short_factor=cfg.rope_short_factor,
+                      long_factor=cfg.rope_long_factor, original_max_position_embeddings=cfg.rope_original_max_seq_len)
         if cfg.rope_attention_factor is not None:
             params["attention_factor"] = cfg.rope_attention_factor
     if cfg.rope_scaling == "llama3":
@@ -367,8 +384,8 @@ def llama_keys(cfg: Config, *, fused: bool = False) -> list[tuple[str, str]]:
 
 
 # Phi-3 / Phi-3.5-mini (Abdin et al., 2024): the Llama architecture with q/k/v fused into qkv_proj (q rows,
-# then k, then v) and gate/up fused into gate_up_proj (gate rows first). LongRoPE ("longrope", the 128k
-# variants) is refused by name by the rope reader.
+# then k, then v) and gate/up fused into gate_up_proj (gate rows first). The 128k variants and Phi-3.5 use
+# LongRoPE (rope_scaling='longrope'), read by rope_from_hf.
 def _phi3_config(hf: dict[str, Any]) -> dict[str, Any]:
     out = llama_config(hf)
     return {**out, "attn_bias": False, "attn_out_bias": False, "mlp_bias": False}
@@ -380,7 +397,7 @@ def _phi3_to_hf(cfg: Config) -> dict[str, Any]:
     for key in ("attention_bias", "mlp_bias", "head_dim"):
         out.pop(key)
     require(cfg.head_dim * cfg.n_heads == cfg.d_model, "Phi-3 layout derives head_dim from hidden_size")
-    return {**out, "original_max_position_embeddings": cfg.max_seq_len}
+    return {**out, "original_max_position_embeddings": cfg.rope_original_max_seq_len or cfg.max_seq_len}
 
 
 # OLMo 2 (OLMo team, 2024): the Llama parts with the norms moved onto each sublayer's output (x + norm(f(x)),

@@ -131,7 +131,14 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
     padding = None if bool(mask.all()) else GrowingMask(mask, max_new_tokens)
     seen, seen_mask = ids, mask
     step_ids, pos = ids, (padding.positions(0, T) if padding is not None else None)
+    # LongRoPE switches to its long frequencies once the length passes the original context: the keys cached
+    # under the short ones are stale then, so the whole sequence is run again once, as transformers does.
+    switch = model.config.rope_original_max_seq_len if model.config.rope_scaling == "longrope" else None
+    history = ids if switch is not None and T <= switch < T + max_new_tokens else None
     for i in range(max_new_tokens):
+        if history is not None and i and T + i - 1 == switch:  # this step is the first past the switch
+            cache, step_ids = model.new_cache(T + max_new_tokens), history
+            pos = padding.positions(0, T + i) if padding is not None else None
         # The prompt first, then one token per step; the mask covers cached + new positions: [B, T + i].
         step_mask = padding.upto(T + i) if padding is not None else None
         # the prompt was checked once in _setup; the model's own tokens need no check (no host sync)
@@ -149,6 +156,8 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
         if repetition_penalty != 1.0:  # the history is only read by the penalty
             seen = torch.cat([seen, tok[:, None]], dim=1)
             seen_mask = torch.cat([seen_mask, (~finished_before).long()[:, None]], dim=1)
+        if history is not None:
+            history = torch.cat([history, tok[:, None]], dim=1)
         step_ids, pos = tok[:, None], (pos[:, -1:] + 1 if padding is not None else None)
 
 

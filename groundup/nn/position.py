@@ -59,16 +59,25 @@ def rope_inv_freq(cfg: Config, *, scaling: str | None = None, factor: float | No
         theta = theta * (factor * length / cfg.max_seq_len - (factor - 1)) ** (rot / (rot - 2))
     exponents = torch.arange(0, rot, 2, dtype=torch.float32, device=device) / rot
     inv = 1.0 / theta**exponents
+    if scaling == "longrope":  # the long divisors once the length passes the original context
+        long = seq_len is not None and seq_len > cfg.rope_original_max_seq_len
+        divisors = cfg.rope_long_factor if long else cfg.rope_short_factor
+        return inv / torch.tensor(divisors, dtype=torch.float32, device=device)
     if scaling == "yarn":
         return _yarn(cfg, inv, factor, rot, theta)
     return _llama3(cfg, inv, factor) if scaling == "llama3" else inv
 
 
 def yarn_attention_factor(cfg: Config, factor: float) -> float:
-    """YaRN's scale on cos and sin (its "attention temperature"): the config's, or 0.1 ln(factor) + 1."""
+    """YaRN's scale on cos and sin (its "attention temperature"): the config's, or 0.1 ln(factor) + 1; for
+    longrope sqrt(1 + ln(factor) / ln(original context))."""
     if cfg.rope_attention_factor is not None:
         return cfg.rope_attention_factor
-    return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
+    if factor <= 1:
+        return 1.0
+    if cfg.rope_scaling == "longrope":
+        return math.sqrt(1 + math.log(factor) / math.log(cfg.rope_original_max_seq_len))
+    return 0.1 * math.log(factor) + 1.0
 
 
 def _yarn(cfg: Config, inv: torch.Tensor, factor: float, rot: int, theta: float) -> torch.Tensor:
@@ -118,7 +127,7 @@ def rope_cos_sin(cfg: Config, positions: torch.Tensor, dtype: torch.dtype, *, sc
         pos = pos / factor
     angles = pos[..., None] * inv  # [..., T, rot/2]
     angles = torch.cat((angles, angles), dim=-1)  # [..., T, rot]: the half-split layout
-    if scaling == "yarn":
+    if scaling in ("yarn", "longrope"):
         scale = yarn_attention_factor(cfg, factor)
         return (angles.cos() * scale).to(dtype), (angles.sin() * scale).to(dtype)
     return angles.cos().to(dtype), angles.sin().to(dtype)

@@ -61,6 +61,28 @@ def test_dynamic_ntk_frequencies_match_transformers_at_each_length(seq_len, fact
     assert torch.equal(got, rope_inv_freq(cfg, scaling="none")) == (seq_len is None or seq_len <= 4096)
 
 
+@pytest.mark.parametrize("seq_len", [None, 4096, 4097])
+@pytest.mark.parametrize("attention", [None, 1.1])
+def test_longrope_frequencies_and_attention_factor_match_transformers(seq_len, attention):
+    """Phi-3.5-mini's layout: 4k original context, 128k max, short divisors within 4k, long ones past it."""
+    import transformers as T
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    g = torch.Generator().manual_seed(0)
+    short, long = (1 + torch.rand(32, generator=g)).tolist(), (1 + 40 * torch.rand(32, generator=g)).tolist()
+    params = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": short, "long_factor": long,
+              **({"attention_factor": attention} if attention else {})}
+    hf = T.Phi3Config(hidden_size=512, num_attention_heads=8, num_key_value_heads=8, num_hidden_layers=1,
+                      intermediate_size=64, vocab_size=100, max_position_embeddings=131072,
+                      original_max_position_embeddings=4096, rope_parameters=params, pad_token_id=0,
+                      eos_token_id=1, bos_token_id=1)
+    want, factor = ROPE_INIT_FUNCTIONS["longrope"](hf, None, seq_len=seq_len)
+    cfg = config_from_hf(hf.to_dict())
+    assert (cfg.rope_scaling, cfg.rope_original_max_seq_len, cfg.rope_scaling_factor) == ("longrope", 4096, 32.0)
+    torch.testing.assert_close(rope_inv_freq(cfg, seq_len=seq_len), want.float(), atol=1e-6, rtol=1e-6)
+    assert yarn_attention_factor(cfg, cfg.rope_scaling_factor) == pytest.approx(factor, rel=1e-12)
+
+
 def test_llama3_needs_its_original_context_and_keeps_max_seq_len_as_context():
     with pytest.raises(ValueError, match="rope_original_max_seq_len"):
         gu.Config.preset("tiny-llama", rope_scaling="llama3", rope_scaling_factor=8.0)
