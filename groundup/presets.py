@@ -123,6 +123,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                          tie_embeddings=True, rope_scaling_factor=32.0),
     "llama-3.2-3b": dict(_LLAMA3, d_model=3072, n_layers=28, n_heads=24, n_kv_heads=8, d_ff=8192,
                          tie_embeddings=True, rope_scaling_factor=32.0),
+    # Llama 3.3 70B: the 3.1 70B architecture, retrained
+    "llama-3.3-70b": dict(_LLAMA3, d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8, d_ff=28672),
+    # SmolLM2 (Allal et al., 2025): small Llamas with a 49k vocabulary and tied embeddings
+    "smollm2-135m": dict(_LLAMA, vocab_size=49152, max_seq_len=8192, rope_theta=100000.0, tie_embeddings=True,
+                         d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536),
+    "smollm2-360m": dict(_LLAMA, vocab_size=49152, max_seq_len=8192, rope_theta=100000.0, tie_embeddings=True,
+                         d_model=960, n_layers=32, n_heads=15, n_kv_heads=5, d_ff=2560),
+    "smollm2-1.7b": dict(_LLAMA, vocab_size=49152, max_seq_len=8192, rope_theta=130000.0, tie_embeddings=True,
+                         d_model=2048, n_layers=24, n_heads=32, n_kv_heads=32, d_ff=8192),
     # Gemma (Gemma team, 2024): 256k vocabulary, head_dim 256, MQA in the 2B
     "gemma-2b": dict(_GEMMA, d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1, d_ff=16384),
     "gemma-7b": dict(_GEMMA, d_model=3072, n_layers=28, n_heads=16, n_kv_heads=16, d_ff=24576),

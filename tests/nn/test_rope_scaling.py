@@ -90,3 +90,38 @@ def test_llama3_needs_its_original_context_and_keeps_max_seq_len_as_context():
     assert cfg.context_length == 131072  # max_position_embeddings is already the extended context
     with pytest.raises(ValueError, match="rope_low_freq_factor"):
         cfg.replace(rope_low_freq_factor=4.0)
+
+
+LEGACY = [
+    {"rope_type": "linear", "factor": 2.0},
+    {"rope_type": "dynamic", "factor": 4.0},
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768, "beta_fast": 16.0},
+    {"type": "linear", "factor": 3.0},  # the oldest spelling: "type"
+]
+
+
+@pytest.mark.parametrize("legacy", LEGACY)
+def test_old_rope_scaling_spelling_reads_as_the_transformers_5_one(legacy):
+    """config.json from before transformers 5: rope_theta at the top and a rope_scaling dict."""
+    base = dict(model_type="llama", vocab_size=100, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=131072)
+    new = {**base, "rope_parameters": {"rope_theta": 50000.0, "rope_type": legacy.get("rope_type", legacy.get("type")),
+                                       **{k: v for k, v in legacy.items() if k not in ("type", "rope_type")}}}
+    old = {**base, "rope_theta": 50000.0, "rope_scaling": legacy}
+    assert config_from_hf(old) == config_from_hf(new)
+    assert config_from_hf(old).rope_scaling == new["rope_parameters"]["rope_type"]
+
+
+def test_gemma3_old_flat_rope_fields_read_as_the_per_layer_dicts():
+    base = dict(model_type="gemma3_text", vocab_size=100, hidden_size=64, num_hidden_layers=6, num_attention_heads=4,
+                num_key_value_heads=1, head_dim=16, intermediate_size=64, max_position_embeddings=131072,
+                sliding_window=512, query_pre_attn_scalar=16)
+    old = {**base, "rope_theta": 1e6, "rope_local_base_freq": 1e4, "rope_scaling": {"rope_type": "linear", "factor": 8.0}}
+    new = {**base, "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                       "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
+    cfg = config_from_hf(old)
+    assert cfg == config_from_hf(new)
+    assert (cfg.rope_theta, cfg.rope_local_theta, cfg.rope_scaling, cfg.rope_scaling_factor) == (1e6, 1e4, "linear", 8.0)
+    assert cfg.layer_types == ["local"] * 5 + ["global"]  # sliding_window_pattern 6 by default
