@@ -107,8 +107,9 @@ def test_old_rope_scaling_spelling_reads_as_the_transformers_5_one(legacy):
     """config.json from before transformers 5: rope_theta at the top and a rope_scaling dict."""
     base = dict(model_type="llama", vocab_size=100, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
                 intermediate_size=64, max_position_embeddings=131072)
-    new = {**base, "rope_parameters": {"rope_theta": 50000.0, "rope_type": legacy.get("rope_type", legacy.get("type")),
-                                       **{k: v for k, v in legacy.items() if k not in ("type", "rope_type")}}}
+    kind = legacy.get("rope_type", legacy.get("type"))
+    rest = {k: v for k, v in legacy.items() if k not in ("type", "rope_type")}
+    new = {**base, "rope_parameters": {"rope_theta": 50000.0, "rope_type": kind, **rest}}
     old = {**base, "rope_theta": 50000.0, "rope_scaling": legacy}
     assert config_from_hf(old) == config_from_hf(new)
     assert config_from_hf(old).rope_scaling == new["rope_parameters"]["rope_type"]
@@ -118,7 +119,8 @@ def test_gemma3_old_flat_rope_fields_read_as_the_per_layer_dicts():
     base = dict(model_type="gemma3_text", vocab_size=100, hidden_size=64, num_hidden_layers=6, num_attention_heads=4,
                 num_key_value_heads=1, head_dim=16, intermediate_size=64, max_position_embeddings=131072,
                 sliding_window=512, query_pre_attn_scalar=16)
-    old = {**base, "rope_theta": 1e6, "rope_local_base_freq": 1e4, "rope_scaling": {"rope_type": "linear", "factor": 8.0}}
+    old = {**base, "rope_theta": 1e6, "rope_local_base_freq": 1e4,
+           "rope_scaling": {"rope_type": "linear", "factor": 8.0}}
     new = {**base, "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
                                        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
     cfg = config_from_hf(old)
