@@ -125,5 +125,6 @@ def test_gemma3_old_flat_rope_fields_read_as_the_per_layer_dicts():
                                        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
     cfg = config_from_hf(old)
     assert cfg == config_from_hf(new)
-    assert (cfg.rope_theta, cfg.rope_local_theta, cfg.rope_scaling, cfg.rope_scaling_factor) == (1e6, 1e4, "linear", 8.0)
+    assert (cfg.rope_theta, cfg.rope_local_theta) == (1e6, 1e4)
+    assert (cfg.rope_scaling, cfg.rope_scaling_factor) == ("linear", 8.0)
     assert cfg.layer_types == ["local"] * 5 + ["global"]  # sliding_window_pattern 6 by default
