@@ -58,6 +58,9 @@ class Config:
     # positions
     pos: Pos = "learned"
     pos_offset: int = 0  # learned table rows before position 0 (OPT keeps 2)
+    # without position_ids, count positions over the real tokens of attention_mask (padding at -1), as OPT does;
+    # otherwise they are 0..T-1 after the cache, as in Llama
+    pos_from_mask: bool = False
     rope_theta: float = 10000.0
     rotary_fraction: float = 1.0  # partial rotary (GPT-NeoX/Pythia rotate the first 25% of each head)
     rope_scaling: RopeScaling = "none"
@@ -216,6 +219,9 @@ class Config:
                                  f"rope_high_freq_factor={self.rope_high_freq_factor}")
         if self.pos_offset < 0:
             raise ValueError(f"pos_offset={self.pos_offset} must be >= 0")
+        if self.pos_from_mask and (self.pos != "learned" or self.pos_offset < 1):
+            raise ValueError("pos_from_mask=True puts padding at position -1: it needs pos='learned' and "
+                             "pos_offset >= 1")
         if self.pos == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"d_model={self.d_model} must be even for pos='sinusoidal'")
         if self.norm_eps <= 0:

@@ -13,7 +13,7 @@ _GPT2: dict[str, Any] = dict(
     norm="layernorm", norm_eps=1e-5, tie_embeddings=True,
 )
 _OPT: dict[str, Any] = dict(
-    family="opt", vocab_size=50272, max_seq_len=2048, pos="learned", pos_offset=2, ffn="relu",
+    family="opt", vocab_size=50272, max_seq_len=2048, pos="learned", pos_offset=2, pos_from_mask=True, ffn="relu",
     norm="layernorm", tie_embeddings=True,
 )
 _LLAMA: dict[str, Any] = dict(

@@ -129,7 +129,7 @@ def _opt_config(hf: dict[str, Any]) -> dict[str, Any]:
     bias = hf.get("enable_bias", True)
     return dict(vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"],
                 n_heads=hf["num_attention_heads"], d_ff=hf["ffn_dim"], max_seq_len=hf["max_position_embeddings"],
-                pos="learned", pos_offset=2,
+                pos="learned", pos_offset=2, pos_from_mask=True,
                 ffn=activation_from_hf(hf.get("activation_function", "relu"), "activation_function"),
                 norm="layernorm", norm_placement="pre" if pre else "post",
                 final_norm=pre and not hf.get("_remove_final_layer_norm", False),
@@ -137,8 +137,8 @@ def _opt_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _opt_to_hf(cfg: Config) -> dict[str, Any]:
-    require(cfg.pos_offset == 2 and cfg.attn_bias == cfg.mlp_bias == cfg.attn_out_bias,
-             "OPT layout needs pos_offset=2 and one bias flag for all linears")
+    require(cfg.pos_offset == 2 and cfg.pos_from_mask and cfg.attn_bias == cfg.mlp_bias == cfg.attn_out_bias,
+             "OPT layout needs pos_offset=2, pos_from_mask=True and one bias flag for all linears")
     return dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                 ffn_dim=cfg.d_ff, max_position_embeddings=cfg.max_seq_len, word_embed_proj_dim=cfg.d_model,
                 activation_function=activation_to_hf(cfg), do_layer_norm_before=cfg.norm_placement == "pre",

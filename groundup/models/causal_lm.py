@@ -60,6 +60,9 @@ class CausalLM(PreTrained, TiedHead, Stack):
         if attention_mask is not None and tuple(attention_mask.shape) != want:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be [batch, cached + new] = "
                              f"{want}")
+        if position_ids is None and attention_mask is not None and self.config.pos_from_mask:
+            # OPT: real tokens count 0, 1, ... whatever padding precedes them; padding sits at -1
+            position_ids = (attention_mask.cumsum(-1) * attention_mask - 1)[:, offset:]  # [B, T]
         x, rope = self.inputs(self.embed, input_ids, position_ids=position_ids, offset=offset, norm=self.embed_norm)
         x, aux_total, _ = self.run(x, rope=rope, attention_mask=attention_mask, cache=cache)
         if logits_to_keep:
