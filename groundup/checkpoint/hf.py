@@ -15,6 +15,7 @@ import torch
 
 from ..config import Config
 from ..models import meta_model
+from ..nn.qlinear import swap_in
 from .io import CheckpointError, atomic_folder, load_tensors, read_json, write_tensors
 from .registry import FAMILIES, OPTIONAL_FIELDS, REFUSED, UnsupportedConfig, family_of
 
@@ -257,6 +258,7 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
         raise CheckpointError(f"{folder} is not a folder; from_pretrained reads a local HF model folder "
                               "(config.json + model.safetensors) and never downloads")
     cfg = config_from_hf(read_json(folder / "config.json"), str(folder / "config.json"))
+    quant = _quantization_spec(read_json(folder / "config.json"), folder)
     tensors = load_tensors(folder, dtype)
     state = state_dict_from_hf(tensors, cfg)
     model = meta_model(cfg)
@@ -264,7 +266,26 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
     # (T5 v1.1 files whose config.json leaves tie_word_embeddings unset).
     if any(a in state and s in state and not torch.equal(state[a], state[s]) for a, s in model.tied_keys().items()):
         model = meta_model(cfg.replace(tie_embeddings=False))
+    if quant is not None:  # a folder groundup.quant wrote: the quantized layers first, then their tensors
+        try:
+            swap_in(model, quant, convert=False)
+        except ValueError as err:
+            raise CheckpointError(f"{folder / 'config.json'}: quantization_config: {err}") from None
     return load_into(model, state, str(folder)).eval()
+
+
+def _quantization_spec(hf: dict[str, Any], folder: Path) -> dict[str, Any] | None:
+    """config.json's quantization_config of a groundup-quantized folder, or None; another method is refused."""
+    q = hf.get("quantization_config")
+    if q is None:
+        return None
+    if q.get("quant_method") != "groundup":
+        raise CheckpointError(f"{folder / 'config.json'}: quantization_config.quant_method="
+                              f"{q.get('quant_method')!r} is not supported; groundup reads its own "
+                              "('groundup', written by groundup quantize) or unquantized folders")
+    if not isinstance(q.get("modules"), list) or q.get("bits") not in (4, 8):
+        raise CheckpointError(f"{folder / 'config.json'}: quantization_config needs bits (8 or 4) and modules")
+    return q
 
 
 def write_model(model: Model, folder: Path, *, max_shard_bytes: int = 5 * 2**30,
@@ -275,7 +296,10 @@ def write_model(model: Model, folder: Path, *, max_shard_bytes: int = 5 * 2**30,
     state_dict = model.state_dict() if state_dict is None else state_dict
     params = {k: v for k, v in state_dict.items() if k not in model.tied_keys()}
     dtype = params["embed.weight"].dtype
-    (folder / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype), indent=2, sort_keys=True) + "\n")
+    body = config_to_hf(cfg, dtype)
+    if getattr(model, "quantization", None):  # read back by from_pretrained (transformers does not know it)
+        body["quantization_config"] = {"quant_method": "groundup", **model.quantization}
+    (folder / "config.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
     write_tensors(folder, state_dict_to_hf(params, cfg), max_shard_bytes=max_shard_bytes)
 
 

@@ -1,20 +1,22 @@
-"""Linear: nn.Linear (same parameters, same state-dict names) with a faster CPU matmul orientation.
+"""Linear: nn.Linear (same parameters, same state-dict names) whose CPU product is posed the way that is
+fastest on the running machine, chosen by measurement (nn/autotune.py).
 
-A projection of M tokens is y = x W^T + b. On CPU, BLAS runs the same product noticeably faster when it
-is posed as y^T = W x^T + b (the weight, with its long output dimension, as the left operand): measured
-on this machine's 2-core MKL, fp32 GPT-2 MLP 15.6 ms -> 7.7 ms and the 50k-vocabulary lm_head
-~98 -> ~145 GFLOP/s at 128 tokens. The result is returned as a transposed view, which reshapes, views
-and elementwise ops keep without copying, and which the next Linear consumes directly (its x^T is then
-contiguous). In bf16/fp16 the oneDNN kernels gain only on very wide outputs (the lm_head), while the
-transposed activations slow the elementwise ops that follow, so there it is used for those alone. Other
-devices use the ordinary kernel.
+A projection of M tokens is y = x W^T + b. Some CPU BLAS builds run the same product faster posed as
+y^T = W x^T + b (the weight, with its long output dimension, as the left operand): on a 2-core AMD EPYC
+with MKL, fp32 GPT-2 MLP 15.6 ms -> 7.7 ms. For a few rows (decoding), split_linear
+hands each thread its own block of weight rows. On an Intel Xeon with AMX both lose to F.linear, so none of
+these is a constant: each shape's path is measured once. Other devices use the ordinary kernel.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import autotune
 
 GEMV_TOKENS = 16  # up to this many tokens (decoding) the fp32 product goes through split_linear
 
@@ -46,33 +48,63 @@ def split_linear(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | Non
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose CPU forward computes (W x^T + b)^T; identical math, identical parameters."""
+    """nn.Linear with the CPU product posed the fastest way for this machine; identical math, parameters and
+    state-dict names.
+
+    Candidates (all equal to F.linear within the dtype's rounding): ``plain`` F.linear; ``weight_major``
+    (W x^T + b)^T, copied back to row-major; ``split`` (split_linear, for a few rows). Which one runs is
+    measured per (rows bucket, in, out, dtype, threads, bias, grad) by nn/autotune.py the first time the
+    shape is seen; with gradients the forward and backward are timed together.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        if self._split_rows(x):
-            x2 = x.reshape(-1, x.shape[-1])  # [M, in], M <= GEMV_TOKENS
-            return split_linear(self.weight, x2, self.bias).reshape(*lead, self.out_features)
-        if not self._weight_major(x):
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
             return F.linear(x, self.weight, self.bias)
+        m = x.numel() // self.in_features
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        names = ["plain"]
+        if m > 1 and x.dim() >= 2:
+            names.append("weight_major")
+        if (not grad and m <= GEMV_TOKENS and torch.get_num_threads() >= 2 and self.weight.is_contiguous()
+                and self.out_features >= torch.get_num_threads()):
+            names.append("split")
+        if len(names) == 1:
+            return F.linear(x, self.weight, self.bias)
+        key = ("linear", autotune.bucket(m), self.in_features, self.out_features, dtype, torch.get_num_threads(),
+               self.bias is not None, grad)
+        if grad:
+            name, _ = autotune.choose(key, [(n, partial(self._train_step, n, x)) for n in names])
+            return self._run(name, x)
+        name, out = autotune.choose(key, [(n, partial(self._run, n, x)) for n in names])
+        return out if out is not None else self._run(name, x)
+
+    def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name == "plain":
+            return F.linear(x, self.weight, self.bias)
+        lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])  # [M, in]
+        if name == "split":
+            return split_linear(self.weight, x2, self.bias).reshape(*lead, self.out_features)
         if self.bias is None:
             out = torch.mm(self.weight, x2.t())  # [out, M]
         else:
             out = torch.addmm(self.bias.unsqueeze(1), self.weight, x2.t())  # [out, M]
-        return out.t().reshape(*lead, self.out_features)  # [.., out] as a view of [out, M]
+        # Made contiguous: a transposed view is free here but slows every elementwise op after it (in bf16 by
+        # several times), a cost the tuner, timing this product alone, would not see.
+        return out.t().contiguous().reshape(*lead, self.out_features)  # [.., out]
 
-    def _split_rows(self, x: torch.Tensor) -> bool:
-        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.get_num_threads() < 2:
-            return False
-        if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") != torch.float32:
-            return False
-        return (x.numel() <= GEMV_TOKENS * self.in_features and self.out_features >= torch.get_num_threads()
-                and self.weight.is_contiguous())
-
-    def _weight_major(self, x: torch.Tensor) -> bool:
-        if x.device.type != "cpu" or x.dim() < 2 or x.shape[-2] == 1:
-            return False
-        # Under autocast the product runs in the autocast dtype, whatever x's dtype is.
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        return dtype == torch.float32 or self.out_features >= 8 * self.in_features
+    def _train_step(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """One forward and backward of path ``name`` on detached copies (no gradient reaches the model)."""
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_()
+            w = self.weight.detach().requires_grad_()
+            b = self.bias.detach().requires_grad_() if self.bias is not None else None
+            if name == "plain":
+                y = F.linear(xd, w, b)
+            else:
+                x2 = xd.reshape(-1, xd.shape[-1])
+                y = (torch.mm(w, x2.t()) if b is None else torch.addmm(b.unsqueeze(1), w, x2.t())).t()
+                y = y.reshape(*x.shape[:-1], self.out_features)
+            grads = torch.autograd.grad(y, [xd, w], torch.ones_like(y))
+        return grads[1]  # the weight gradient: equal for both paths, compared by the tuner

@@ -1,0 +1,44 @@
+"""Weight-only quantization of a groundup model: int8 per output channel, int4 in groups (nn/qlinear.py).
+
+    model = gu.from_pretrained(folder)
+    quantize(model, "int4", group_size=32)   # in place; module names unchanged
+    model.save_pretrained(out)               # config.json records it; gu.from_pretrained(out) reads it back
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..nn.qlinear import GROUP_SIZES, QUANTIZED, Int4Linear, Int8Linear, quantizable, swap_in
+
+METHODS = {"int8": 8, "int4": 4}
+
+
+def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, include_head: bool = False) -> nn.Module:
+    """Replace the model's linear layers by weight-only quantized ones, in place, and return the model.
+
+    ``method`` "int8" (absmax per output row) or "int4" (asymmetric, ``group_size`` 32/64/128 inputs a group);
+    ``include_head`` quantizes an untied lm_head too. Everything is checked before the first layer changes.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
+    if getattr(model, "quantization", None):
+        raise ValueError("the model is already quantized; load the float checkpoint to quantize it another way")
+    if getattr(model, "lora_config", None) is not None:
+        raise ValueError("the model has LoRA adapters: merge them (merge_lora) before quantizing")
+    bits = METHODS[method]
+    if bits == 4 and group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size={group_size} must be one of {GROUP_SIZES}")
+    names = quantizable(model, include_head=include_head)
+    if not names:
+        raise ValueError("the model has no linear layers to quantize")
+    if bits == 4:
+        for name in names:
+            width = model.get_submodule(name).in_features
+            if width % group_size:
+                raise ValueError(f"{name}: group_size={group_size} does not divide its input width {width}; pick "
+                                 f"one of {', '.join(str(g) for g in GROUP_SIZES if width % g == 0) or 'none'}")
+    return swap_in(model, {"bits": bits, "group_size": group_size, "modules": names})
+
+
+__all__ = ["GROUP_SIZES", "METHODS", "QUANTIZED", "Int4Linear", "Int8Linear", "quantize"]
