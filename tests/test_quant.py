@@ -114,7 +114,8 @@ def test_bad_input_is_refused_before_any_layer_changes():
     with pytest.raises(ValueError, match="group_size=48"):
         quantize(model, "int4", group_size=48)
     odd = gu.CausalLM(gu.Config.preset("tiny-llama").replace(d_model=64, n_heads=4, d_ff=96))
-    with pytest.raises(ValueError, match=r"blocks\.0\.mlp\.down_proj: group_size=64 does not divide its input width 96"):
+    msg = r"blocks\.0\.mlp\.down_proj: group_size=64 does not divide its input width 96"
+    with pytest.raises(ValueError, match=msg):
         quantize(odd, "int4", group_size=64)
     assert odd.quantization is None and type(odd.blocks[0].mlp.up_proj).__name__ == "Linear"
     quantize(model, "int8")
