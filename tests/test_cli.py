@@ -35,3 +35,26 @@ def test_presets_and_demo_via_entry_point():
     out = subprocess.run([sys.executable, "-m", "groundup", "demo", "--preset", "tiny-llama", "--seq-len", "16"],
                          capture_output=True, text=True, check=True)
     assert "logits (1, 16, 256)" in out.stdout
+
+
+def test_quantize_writes_a_folder_that_loads_quantized(hf_folder, tmp_path, capsys):
+    import shutil
+
+    import groundup as gu
+    from groundup.nn.qlinear import Int4Linear
+
+    path = tmp_path / "gpt2"
+    shutil.copytree(hf_folder("gpt2")[0], path)
+    (path / "tokenizer.json").write_text("{}")
+    out = tmp_path / "q4"
+    assert main(["quantize", str(path), "--to", "int4", "--group", "32", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "12 linear layers -> int4 (groups of 32)" in printed and "MiB ->" in printed
+    model = gu.from_pretrained(out)
+    assert isinstance(model.blocks[1].mlp.up_proj, Int4Linear) and model.quantization["group_size"] == 32
+    assert (out / "tokenizer.json").is_file()
+    assert main(["quantize", str(path), "--to", "int4", "--group", "128", "--out", str(tmp_path / "bad")]) == 2
+    assert "group_size=128 does not divide its input width 32" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert main(["quantize", str(path), "--to", "int8", "--out", str(path)]) == 2
+    assert "is the source folder" in capsys.readouterr().err

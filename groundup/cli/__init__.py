@@ -13,6 +13,7 @@ from .finetune import add_finetune_parser
 from .generate import add_attention_parser, add_chat_parser
 from .prep import add_prep_parser
 from .pretrain import add_arguments, main_pretrain
+from .quantize import add_quantize_parser
 from .tokenizer import add_parser as add_tokenizer_parser
 
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_parser(sub)
     add_prep_parser(sub)
     add_arithmetic_parser(sub)
+    add_quantize_parser(sub)
     return p
 
 
