@@ -248,12 +248,16 @@ def load_into(model: Model, state: dict[str, torch.Tensor], source: str) -> Mode
 
 
 def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> Model:
-    """Load a local HF folder (config.json + safetensors) of a supported family.
+    """Load a local HF folder (config.json + safetensors) of a supported family, or a ``.gguf`` file.
 
     Returns a CausalLM, Encoder or Seq2Seq by the folder's architecture. Weights keep the checkpoint's
     dtype unless ``dtype`` is given.
     """
     folder = Path(folder)
+    if folder.suffix == ".gguf":  # llama.cpp's single file
+        from .gguf import load_gguf
+
+        return load_gguf(folder, dtype=dtype)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder; from_pretrained reads a local HF model folder "
                               "(config.json + model.safetensors) and never downloads")
