@@ -22,7 +22,7 @@ def _model(family: str = "llama", **kw) -> gu.CausalLM:
     extra = {"llama": dict(tie_embeddings=False), "qwen2": dict(attn_bias=True),
              "gemma": dict(ffn="geglu_tanh", norm_weight_offset=1.0, embed_scale="sqrt_d",
                            embed_scale_rounded=True, head_dim=32)}[family]
-    cfg = gu.Config.preset("tiny-llama").replace(family=family, **base, **extra, **kw)
+    cfg = gu.Config.preset("tiny-llama").replace(family=family, **{**base, **extra, **kw})
     model = gu.CausalLM(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -101,3 +101,24 @@ def test_damaged_and_unsupported_files_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="dtype='q3_k'"):
         model.save_gguf(tmp_path / "x.gguf", dtype="q3_k")
     assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # transformers reads no gemma (1) GGUF
+def test_transformers_reads_our_gguf_with_equal_logits_and_tokens(family, tmp_path):
+    """transformers' own GGUF loader (which follows llama.cpp's conventions) on a file groundup wrote: the
+    same logits and the same token ids; and our reader gives the tokenizer back."""
+    import transformers as T
+
+    from groundup.checkpoint.gguf import load_tokenizer
+
+    tok = gu.Tokenizer.train(["the cat sat on the mat. the dog ran after the cat 123. " * 30], 300,
+                             special_tokens=["<|endoftext|>"], eos_token="<|endoftext|>")
+    model = _model(family, vocab_size=tok.vocab_size)
+    model.save_gguf(tmp_path / "m.gguf", dtype="f32", tokenizer=tok)
+    text = "the cat 12345 ran after the dog, on a mat"
+    ids = torch.tensor([tok.encode(text)])
+    assert load_tokenizer(tmp_path / "m.gguf").encode(text) == ids[0].tolist()
+    ref = T.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ref(ids).logits, model(ids), atol=1e-4, rtol=0)
+    assert T.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")(text)["input_ids"] == ids[0].tolist()

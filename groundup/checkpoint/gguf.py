@@ -8,7 +8,7 @@ decoded by ggml_quants.py. What llama.cpp's converter changes, undone here on re
   (rows (h, 2, D/2) -> (h, D/2, 2) per head); qwen2 and gemma keep the half-split (NEOX) layout;
 - gemma's norm weights: stored as 1 + w (llama.cpp's RMSNorm multiplies by the stored value).
 Architectures: llama (Llama, Mistral, SmolLM), qwen2, gemma. Others, and llama 3.1's rope_freqs tensor,
-are refused by name before any tensor is decoded. The tokenizer metadata (tokenizer.ggml.*) is not read yet.
+are refused by name before any tensor is decoded. The tokenizer (tokenizer.ggml.*) is gguf_tokenizer.py's.
 """
 
 from __future__ import annotations
@@ -188,9 +188,22 @@ def load_gguf(path: str | Path, *, dtype: torch.dtype | None = None):
     return load_into(model, state, str(path)).eval()
 
 
-def save_gguf(model, path: str | Path, *, dtype: str = "f16") -> Path:
+def load_tokenizer(path: str | Path):
+    """The groundup.Tokenizer stored in a GGUF file's tokenizer.ggml.* metadata."""
+    from .gguf_tokenizer import tokenizer_from_gguf
+
+    reader = _reader(Path(path))
+    fields = {}
+    for name, field in reader.fields.items():
+        if name.startswith("tokenizer."):
+            fields[name] = field.contents()
+    return tokenizer_from_gguf(fields, str(path))
+
+
+def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) -> Path:
     """Write a CausalLM as a GGUF file: ``dtype`` "f32", "f16", "bf16", "q8_0" or "q4_0" for the matrices
-    (norms and biases stay F32, as llama.cpp wants). Atomic: written beside, then renamed into place."""
+    (norms and biases stay F32, as llama.cpp wants), and ``tokenizer`` (a byte-level BPE groundup.Tokenizer)
+    in its metadata, which llama.cpp needs to run the file. Atomic: written beside, then renamed."""
     gguf = _gguf()
     cfg = model.config
     if cfg.family not in ARCHS or cfg.arch != "causal_lm":
@@ -228,6 +241,11 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16") -> Path:
         if value is not None:
             w.add_uint32(f"tokenizer.ggml.{key}", value)
     w.add_file_type({"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7, "Q4_0": 2}[kinds[dtype]])
+    if tokenizer is not None:
+        from .gguf_tokenizer import write_tokenizer
+
+        write_tokenizer(w, tokenizer, cfg.vocab_size)
+        w.add_add_bos_token(False)
     tied = model.tied_keys()
     for name, t in model.state_dict().items():
         if name in tied:
@@ -257,4 +275,4 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16") -> Path:
     return path
 
 
-__all__ = ["ARCHS", "config_from_gguf", "load_gguf", "save_gguf"]
+__all__ = ["ARCHS", "config_from_gguf", "load_gguf", "load_tokenizer", "save_gguf"]

@@ -105,11 +105,12 @@ class PreTrained:
 
         return save_pretrained(self, folder, max_shard_bytes=max_shard_bytes)
 
-    def save_gguf(self, path: str | Path, *, dtype: str = "f16") -> Path:
-        """Write one GGUF file (llama.cpp's format): matrices in f32/f16/bf16/q8_0/q4_0; atomic."""
+    def save_gguf(self, path: str | Path, *, dtype: str = "f16", tokenizer: Any = None) -> Path:
+        """Write one GGUF file (llama.cpp's format): matrices in f32/f16/bf16/q8_0/q4_0, the tokenizer in its
+        metadata when given; atomic."""
         from ..checkpoint.gguf import save_gguf
 
-        return save_gguf(self, path, dtype=dtype)
+        return save_gguf(self, path, dtype=dtype, tokenizer=tokenizer)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, dtype: torch.dtype | None = None) -> nn.Module:

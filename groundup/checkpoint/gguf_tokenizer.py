@@ -1,0 +1,112 @@
+"""The tokenizer inside a GGUF file (tokenizer.ggml.*) <-> groundup.Tokenizer, through a tokenizer.json.
+
+llama.cpp's "gpt2" tokenizer model is byte-level BPE: tokens in the byte-to-unicode alphabet, merges as
+"a b" strings, token types (1 normal, 3 control, 4 user-defined, 6 byte) and a pre-tokenizer *name*
+(tokenizer.ggml.pre) standing for the split regex of the original tokenizer.json. Reading builds that
+tokenizer.json and hands it to tokenizer/hf_format.py; writing does the reverse for a groundup BPE
+tokenizer, naming its pre-tokenizer when it is one of the known ones. SentencePiece vocabularies ("llama"
+model: scores, no merges) are refused by name for now.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..tokenizer import Tokenizer
+from ..tokenizer.hf_format import from_json, to_json
+from .io import CheckpointError
+
+_LETTERS = r"[^\r\n\p{L}\p{N}]?\p{L}+"
+_TAIL = r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+GPT2_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+BARE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+
+
+def _split(regex: str) -> dict:
+    return {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}, BARE_LEVEL]}
+
+
+# tokenizer.ggml.pre -> the pre_tokenizer of the tokenizer.json it stands for
+PRE_TOKENIZERS: dict[str, dict] = {
+    "gpt-2": GPT2_LEVEL,
+    "default": GPT2_LEVEL,
+    "llama-bpe": _split(rf"{_CONTRACTIONS}|{_LETTERS}|\p{{N}}{{1,3}}|{_TAIL}"),  # Llama 3
+    "qwen2": _split(rf"{_CONTRACTIONS}|{_LETTERS}|\p{{N}}|{_TAIL}"),
+    "smollm": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, GPT2_LEVEL]},
+}
+_CONTROL, _USER = 3, 4
+
+
+def tokenizer_from_gguf(fields: dict[str, Any], source: str) -> Tokenizer:
+    """A Tokenizer from a GGUF file's tokenizer.ggml.* fields (and tokenizer.chat_template)."""
+    kind = fields.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise CheckpointError(f"{source}: tokenizer.ggml.model={kind!r} is not supported yet (supported: 'gpt2', "
+                              "byte-level BPE); use the model's HF folder for its tokenizer.json")
+    pre = fields.get("tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZERS:
+        raise CheckpointError(f"{source}: tokenizer.ggml.pre={pre!r} is not a known pre-tokenizer (known: "
+                              f"{', '.join(PRE_TOKENIZERS)})")
+    tokens = list(fields["tokenizer.ggml.tokens"])
+    types = list(fields.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    merges = [m.split(" ", 1) for m in fields.get("tokenizer.ggml.merges", [])]
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": ty != _CONTROL, "special": ty == _CONTROL}
+             for i, (t, ty) in enumerate(zip(tokens, types, strict=True)) if ty in (_CONTROL, _USER)]
+    obj = {"version": "1.0", "added_tokens": added, "normalizer": None, "pre_tokenizer": PRE_TOKENIZERS[pre],
+           "post_processor": _bos_template(fields, tokens), "decoder": {"type": "ByteLevel", "add_prefix_space": True,
+                                                                      "trim_offsets": True, "use_regex": True},
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                     "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                     "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges}}
+    names = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "pad_token": "padding_token_id"}
+    config = {k: tokens[int(fields[f"tokenizer.ggml.{v}"])] for k, v in names.items()
+              if f"tokenizer.ggml.{v}" in fields}
+    try:
+        return from_json(obj, f"{source} (tokenizer.ggml.*)", config=config,
+                         chat_template=fields.get("tokenizer.chat_template"))
+    except ValueError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+
+
+def _bos_template(fields: dict[str, Any], tokens: list[str]) -> dict | None:
+    if not fields.get("tokenizer.ggml.add_bos_token") or "tokenizer.ggml.bos_token_id" not in fields:
+        return None
+    bos_id = int(fields["tokenizer.ggml.bos_token_id"])
+    bos = tokens[bos_id]
+    return {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
+
+
+def write_tokenizer(writer, tok: Tokenizer, vocab_size: int) -> None:
+    """Put a byte-level BPE Tokenizer into a GGUFWriter as llama.cpp's "gpt2" tokenizer."""
+    obj = to_json(tok)
+    model = obj["model"]
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        raise CheckpointError("save_gguf writes byte-level BPE tokenizers only (llama.cpp's 'gpt2' model)")
+    pre = next((name for name, p in PRE_TOKENIZERS.items() if p == obj["pre_tokenizer"]), None)
+    if pre is None:
+        raise CheckpointError("save_gguf: the tokenizer's pre_tokenizer is none that llama.cpp names "
+                              f"({', '.join(PRE_TOKENIZERS)})")
+    tokens = [""] * vocab_size
+    for t, i in model["vocab"].items():
+        tokens[i] = t
+    types = [1] * vocab_size
+    for a in obj["added_tokens"]:
+        tokens[a["id"]] = a["content"]
+        types[a["id"]] = _CONTROL if a.get("special") else _USER
+    for i, t in enumerate(tokens):
+        if not t:
+            tokens[i], types[i] = f"[PAD{i}]", _USER  # rows of the embedding with no token (padded vocabularies)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges([" ".join(m) for m in model["merges"]])
+    if tok.chat_template and isinstance(tok.chat_template, str):
+        writer.add_chat_template(tok.chat_template)
