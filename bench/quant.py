@@ -47,7 +47,8 @@ def variant(base: gu.CausalLM, name: str, spec: dict | None) -> gu.CausalLM:
         return m.float().eval()
     m = m.to(torch.bfloat16).eval()
     if spec is not None:
-        quantize(m, spec["method"], group_size=spec.get("group_size", 64), include_head=not m.config.tie_embeddings)
+        quantize(m, spec["method"], group_size=spec.get("group_size", 64), include_head=not m.config.tie_embeddings,
+                 indivisible="int8")
     return m
 
 

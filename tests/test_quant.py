@@ -35,7 +35,8 @@ def test_round_trip_errors_are_bounded(rows, groups, g, spread, seed):
     assert torch.equal(unpack_int4(pack_int4(codes)), codes)
 
 
-@pytest.mark.parametrize("cls,names", [(Int8Linear, ["int8mm", "dequant"]), (Int4Linear, ["int4mm", "dequant"])])
+@pytest.mark.parametrize("cls,names", [(Int8Linear, ["int8mm", "dequant", "dequant32"]),
+                                       (Int4Linear, ["int4mm", "dequant", "dequant32"])])
 @pytest.mark.parametrize("rows", [1, 3, 40])
 @pytest.mark.parametrize("bias", [True, False])
 def test_every_kernel_path_equals_dequantize_then_linear(cls, names, rows, bias):
@@ -123,6 +124,16 @@ def test_bad_input_is_refused_before_any_layer_changes():
         quantize(model, "int4")
 
 
+def test_indivisible_layers_can_stay_int8_and_reload(tmp_path):
+    odd = gu.CausalLM(gu.Config.preset("tiny-llama").replace(d_model=64, n_heads=4, d_ff=96)).eval()
+    quantize(odd, "int4", group_size=64, indivisible="int8")
+    assert isinstance(odd.blocks[0].mlp.down_proj, Int8Linear) and isinstance(odd.blocks[0].mlp.up_proj, Int4Linear)
+    assert odd.quantization["int8_modules"] == ["blocks.0.mlp.down_proj", "blocks.1.mlp.down_proj"]
+    odd.save_pretrained(tmp_path / "q")
+    again = gu.from_pretrained(tmp_path / "q")
+    assert isinstance(again.blocks[1].mlp.down_proj, Int8Linear) and again.quantization == odd.quantization
+
+
 def test_autotune_decisions_are_cached_and_do_not_change_results(monkeypatch):
     from groundup.nn.linear import Linear
 
@@ -143,3 +154,17 @@ def test_autotune_decisions_are_cached_and_do_not_change_results(monkeypatch):
         autotune.reset()
         lin(x)
         assert autotune.decisions() == {}  # off: the plain path, nothing measured
+
+
+def test_an_untied_quantized_head_decodes():
+    """The lm_head sees a sliced (non-contiguous) last position during generation; the kernels want rows."""
+    model = _model(tie_embeddings=False)
+    ids = torch.randint(0, 97, (3, 7), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = model(ids)[:, -1]
+    quantize(model, "int4", group_size=32, include_head=True)
+    assert isinstance(model.lm_head, Int4Linear)
+    with torch.no_grad():
+        got = model(ids, logits_to_keep=1)[:, -1]
+    torch.testing.assert_close(got, want, rtol=0.1, atol=0.1 * float(want.abs().max()))
+    assert gu.generate(model, ids, 5).shape == (3, 12)

@@ -22,13 +22,13 @@ def add_quantize_parser(sub) -> None:
 
 
 def main_quantize(args: argparse.Namespace) -> int:
-    import groundup as gu
-    from groundup.quant import quantize
+    from ..checkpoint.hf import from_pretrained
+    from ..quant import quantize
 
     src, out = Path(args.folder), Path(args.out)
     if src.resolve() == out.resolve():
         raise ValueError(f"--out {out} is the source folder: write the quantized copy elsewhere")
-    model = gu.from_pretrained(src)
+    model = from_pretrained(src)
     before = model.num_params()
     floats = _tensor_bytes(model)
     quantize(model, args.to, group_size=args.group, include_head=args.head)

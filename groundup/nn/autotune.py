@@ -6,7 +6,8 @@ same tricks lose to plain F.linear. So no choice here is a constant: the first t
 dtype, threads, ...) is seen, every candidate runs on the real inputs, candidates whose result disagrees with
 the first (the plain path) beyond the dtype's tolerance are dropped, and the fastest median of a few runs is
 kept for the rest of the process (as cudnn.benchmark does for convolutions). The first call of a shape
-therefore costs a few extra products; later calls a dictionary lookup.
+therefore costs a few extra products and reads the results back (the agreement check); later calls are a
+dictionary lookup and read nothing.
 
 ``GROUNDUP_AUTOTUNE=0`` (or ``enabled(False)``) always takes the first candidate; ``decisions()`` lists what
 was chosen, for benchmark reports.
@@ -24,6 +25,7 @@ import torch
 _DECISIONS: dict[Hashable, str] = {}
 _STATE = {"on": os.environ.get("GROUNDUP_AUTOTUNE", "1") != "0"}
 REPEATS = 3
+SLOW = 4.0  # a candidate whose first run is this many times the best median so far is not timed again
 
 
 def tolerance(dtype: torch.dtype) -> float:
@@ -49,10 +51,15 @@ def choose(key: Hashable, candidates: Candidates) -> tuple[str, torch.Tensor | N
     times: dict[str, float] = {}
     with torch.no_grad():
         for name, run in candidates:
+            t0 = time.perf_counter()
             out = run()  # also the warm-up
+            first = time.perf_counter() - t0
             if outputs and not _agrees(out, next(iter(outputs.values()))):
                 continue  # a path that gives another answer is never chosen
             outputs[name] = out
+            if times and first > SLOW * min(times.values()):
+                times[name] = first  # already far behind: not worth repeating (some kernels take seconds)
+                continue
             runs = []
             for _ in range(REPEATS):
                 t0 = time.perf_counter()

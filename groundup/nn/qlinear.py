@@ -12,8 +12,9 @@ kernels take them so: every path then multiplies by the same numbers.
 
 Products: torch's CPU kernels ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu`` read the codes
 directly and want bf16 activations (fp32 ones run them many times slower), so x is cast around them; the
-alternative is to dequantize to bf16 and use the bf16 GEMM, which wins for many rows (prefill). Which one
-runs is measured per shape by nn/autotune.py. Kernel-layout int4 weights are derived at load, not stored.
+alternative is to dequantize and use a GEMM (bf16, or fp32 on CPUs without bf16 arithmetic), which wins
+for many rows (prefill). Which one runs is measured per shape by nn/autotune.py. Kernel-layout int4 weights
+are derived at load, not stored.
 """
 
 from __future__ import annotations
@@ -89,10 +90,10 @@ class Int8Linear(nn.Module):
     def _product(self, name: str, x: torch.Tensor) -> torch.Tensor:  # x [M, in] bf16
         if name == "int8mm":
             return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.weight_scale.to(torch.bfloat16))
-        return F.linear(x, self.dequantize())
+        return _dequant_product(name, x, self.dequantize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _dispatch(self, x, ("int8mm", "dequant") if x.device.type == "cpu" else ("dequant",))
+        return _dispatch(self, x, ("int8mm", "dequant", "dequant32") if x.device.type == "cpu" else ("dequant",))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits=8"
@@ -147,20 +148,30 @@ class Int4Linear(nn.Module):
         if name == "int4mm":
             packed, sz = self._kernel_weights()
             return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, self.group_size, sz)
-        return F.linear(x, self.dequantize())
+        return _dequant_product(name, x, self.dequantize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _dispatch(self, x, ("int4mm", "dequant") if x.device.type == "cpu" else ("dequant",))
+        # torch's int4 CPU kernel packs output rows in 16s: it serves widths that 16 divides
+        kernel = ("int4mm",) if self.out_features % 16 == 0 else ()
+        return _dispatch(self, x, (*kernel, "dequant", "dequant32") if x.device.type == "cpu" else ("dequant",))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits=4, "
                 f"group_size={self.group_size}")
 
 
+def _dequant_product(name: str, x: torch.Tensor, dequantize) -> torch.Tensor:
+    """x [M, in] bf16 times the dequantized weight: in bf16 ("dequant"), or in fp32 ("dequant32"), which wins on
+    CPUs without native bf16 arithmetic (AVX2 only: there bf16 GEMMs run several times slower than fp32)."""
+    if name == "dequant32":
+        return F.linear(x.float(), dequantize(torch.float32)).to(torch.bfloat16)
+    return F.linear(x, dequantize())
+
+
 def _dispatch(layer: Int8Linear | Int4Linear, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
     """Run the fastest measured product on x [.., in] in bf16; the result in x's dtype, bias added."""
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, layer.in_features).to(torch.bfloat16)  # [M, in]
+    x2 = x.reshape(-1, layer.in_features).to(torch.bfloat16).contiguous()  # [M, in]: the kernels want rows
     key = ("qlinear", layer.bits, autotune.bucket(x2.shape[0]), layer.in_features, layer.out_features,
            getattr(layer, "group_size", 0), torch.get_num_threads(), x.device.type)
     name, out = autotune.choose(key, [(n, partial(layer._product, n, x2)) for n in names])
@@ -185,8 +196,10 @@ def quantizable(model: nn.Module, *, include_head: bool = False) -> list[str]:
 
 def swap_in(model: nn.Module, spec: dict, *, convert: bool = True) -> nn.Module:
     """Replace the layers named in spec["modules"] by Int8Linear / Int4Linear (spec["bits"], spec["group_size"])
-    in place. ``convert`` quantizes the current weights; without it empty layers are made on the weights'
-    device (meta, to be filled by a checkpoint load)."""
+    and those in spec.get("int8_modules") by Int8Linear, in place. ``convert`` quantizes the current weights;
+    without it empty layers are made on the weights' device (meta, to be filled by a checkpoint load)."""
+    if spec.get("int8_modules"):
+        swap_in(model, {"bits": 8, "modules": spec["int8_modules"]}, convert=convert)
     bits, group = spec["bits"], spec.get("group_size", 64)
     if bits not in (4, 8):
         raise ValueError(f"bits={bits} must be 8 (int8) or 4 (int4)")
@@ -207,5 +220,6 @@ def swap_in(model: nn.Module, spec: dict, *, convert: bool = True) -> nn.Module:
             new = Int4Linear(lin.in_features, lin.out_features, lin.bias is not None, group_size=group,
                              device=lin.weight.device)
         setattr(parent, leaf, new)
-    model.quantization = {"bits": bits, "group_size": group if bits == 4 else None, "modules": list(spec["modules"])}
+    model.quantization = {"bits": bits, "group_size": group if bits == 4 else None, "modules": list(spec["modules"]),
+                          **({"int8_modules": list(spec["int8_modules"])} if spec.get("int8_modules") else {})}
     return model

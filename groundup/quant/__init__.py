@@ -14,11 +14,14 @@ from ..nn.qlinear import GROUP_SIZES, QUANTIZED, Int4Linear, Int8Linear, quantiz
 METHODS = {"int8": 8, "int4": 4}
 
 
-def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, include_head: bool = False) -> nn.Module:
+def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, include_head: bool = False,
+             indivisible: str = "error") -> nn.Module:
     """Replace the model's linear layers by weight-only quantized ones, in place, and return the model.
 
     ``method`` "int8" (absmax per output row) or "int4" (asymmetric, ``group_size`` 32/64/128 inputs a group);
-    ``include_head`` quantizes an untied lm_head too. Everything is checked before the first layer changes.
+    ``include_head`` quantizes an untied lm_head too. A layer whose input width the group size does not divide
+    is an error (``indivisible="error"``), or stays in int8 (``"int8"``, as llama.cpp falls back to another type
+    for such tensors). Everything is checked before the first layer changes.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
@@ -32,13 +35,16 @@ def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, in
     names = quantizable(model, include_head=include_head)
     if not names:
         raise ValueError("the model has no linear layers to quantize")
-    if bits == 4:
-        for name in names:
-            width = model.get_submodule(name).in_features
-            if width % group_size:
-                raise ValueError(f"{name}: group_size={group_size} does not divide its input width {width}; pick "
-                                 f"one of {', '.join(str(g) for g in GROUP_SIZES if width % g == 0) or 'none'}")
-    return swap_in(model, {"bits": bits, "group_size": group_size, "modules": names})
+    if indivisible not in ("error", "int8"):
+        raise ValueError(f"indivisible={indivisible!r} must be 'error' or 'int8'")
+    odd = [n for n in names if bits == 4 and model.get_submodule(n).in_features % group_size]
+    if odd and indivisible == "error":
+        width = model.get_submodule(odd[0]).in_features
+        raise ValueError(f"{odd[0]}: group_size={group_size} does not divide its input width {width}; pick one of "
+                         f"{', '.join(str(g) for g in GROUP_SIZES if width % g == 0) or 'none'}, or pass "
+                         "indivisible='int8' to keep such layers in int8")
+    spec = {"bits": bits, "group_size": group_size, "modules": [n for n in names if n not in odd]}
+    return swap_in(model, {**spec, "int8_modules": odd} if odd else spec)
 
 
 __all__ = ["GROUP_SIZES", "METHODS", "QUANTIZED", "Int4Linear", "Int8Linear", "quantize"]
