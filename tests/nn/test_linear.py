@@ -39,3 +39,27 @@ def test_linear_paths_equal_f_linear(shape, bias):
     transposed.weight = torch.nn.Parameter(lin.weight.detach().t().contiguous().t())  # a non-contiguous weight
     transposed.bias = lin.bias
     torch.testing.assert_close(transposed(x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_every_candidate_and_the_tuned_choice_equal_f_linear(grad, rows):
+    """Each path the tuner may pick, and the tuned forward (with gradients: its backward too)."""
+    from groundup.nn import autotune
+
+    torch.manual_seed(rows)
+    lin = Linear(24, 40)
+    x = torch.randn(2, rows, 24, requires_grad=grad)
+    want = F.linear(x, lin.weight, lin.bias)
+    for name in ("plain", "weight_major", "split"):
+        torch.testing.assert_close(lin._run(name, x), want, rtol=1e-5, atol=1e-5, msg=name)
+    autotune.reset()
+    with autotune.enabled(True), torch.set_grad_enabled(grad):
+        got = lin(x)
+        assert any(k[0] == "linear" for k in autotune.decisions())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if grad:
+        g_got = torch.autograd.grad(got.sum(), [x, lin.weight])
+        g_want = torch.autograd.grad(want.sum(), [x, lin.weight])
+        for a, b in zip(g_got, g_want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
