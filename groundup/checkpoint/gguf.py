@@ -25,6 +25,12 @@ from .ggml_quants import FORMATS, TYPE_IDS, dequantize, quantize
 from .io import CheckpointError
 
 ARCHS = ("llama", "qwen2", "gemma")
+# {arch}.<key> metadata <-> Config field, both ways (rope.dimension_count is derived: rotary_dim)
+HPARAMS = (("context_length", "max_seq_len"), ("embedding_length", "d_model"), ("block_count", "n_layers"),
+           ("feed_forward_length", "d_ff"), ("attention.head_count", "n_heads"),
+           ("attention.head_count_kv", "n_kv_heads"), ("attention.key_length", "head_dim"),
+           ("attention.value_length", "head_dim"), ("rope.freq_base", "rope_theta"),
+           ("attention.layer_norm_rms_epsilon", "norm_eps"), ("vocab_size", "vocab_size"))
 _NAMES = {  # groundup module -> GGUF tensor (without .weight / .bias)
     "embed": "token_embd", "norm": "output_norm", "lm_head": "output",
     "blocks.{i}.attn_norm": "blk.{i}.attn_norm", "blocks.{i}.mlp_norm": "blk.{i}.ffn_norm",
@@ -221,18 +227,10 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
     arch = cfg.family
     w = gguf.GGUFWriter(str(tmp), arch)
     w.add_name(cfg.name or arch)
-    w.add_context_length(cfg.max_seq_len)
-    w.add_embedding_length(cfg.d_model)
-    w.add_block_count(cfg.n_layers)
-    w.add_feed_forward_length(cfg.d_ff)
-    w.add_head_count(cfg.n_heads)
-    w.add_head_count_kv(cfg.n_kv_heads)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
+    for key, field in HPARAMS:  # uint32 for sizes, float32 for theta and eps, as llama.cpp reads them
+        value = getattr(cfg, field)
+        (w.add_float32 if isinstance(value, float) else w.add_uint32)(f"{arch}.{key}", value)
     w.add_rope_dimension_count(cfg.rotary_dim)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
     if cfg.rope_scaling == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(cfg.rope_scaling_factor)
