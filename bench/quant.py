@@ -8,6 +8,9 @@ int8 and int4 (groups of 32 and 128) and transformers in fp32 and bf16, the same
 llama-125m preset as a transformers Llama, or gpt2-124M). Decode time is a `--new`-token call minus a
 1-token call; medians of `--repeats` alternating runs.
 
+Memory (`--memory`): each format is saved as a folder (the quantized ones by groundup.quant), then a child
+process loads that folder and decodes `--new` tokens at batch 1; its peak resident memory (VmHWM) is reported, so a format's figure holds only what decoding it needs.
+
 Quality (`--quality`, a trained groundup/HF folder, with `--text`, held-out text of its domain): perplexity
 of each format over non-overlapping windows of the text, and the mean KL divergence (float || quantized)
 of the next-token distributions, per token.
@@ -98,6 +101,37 @@ def speed(model_name: str, batches: list[int], prompt: int, new: int, repeats: i
     return rows
 
 
+# VmHWM, the peak of this process's own address space: ru_maxrss would carry over the parent's peak from
+# the fork that started it
+CHILD = """
+import sys, torch, groundup as gu
+torch.set_num_threads(int(sys.argv[3]))
+model = gu.from_pretrained(sys.argv[1]).eval()
+ids = torch.randint(0, model.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0))
+gu.generate(model, ids, int(sys.argv[2]))
+print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))
+"""
+
+
+def memory(model_name: str, new: int) -> list[dict]:
+    """Peak RSS (MiB) of a fresh process that loads each format's folder and decodes `new` tokens."""
+    import subprocess
+
+    ref = hf_model(model_name)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ref.save_pretrained(Path(tmp) / "hf")
+        base = gu.from_pretrained(Path(tmp) / "hf").eval()
+        for fmt, spec in FORMATS:
+            folder = Path(tmp) / fmt.replace(" ", "_")
+            variant(base, fmt, spec).save_pretrained(folder)
+            out = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(new), str(torch.get_num_threads())],
+                                 capture_output=True, text=True, check=True)
+            rows.append(dict(fmt=fmt, rss=int(out.stdout.split()[-1]) / 1024))
+            print(rows[-1], flush=True)
+    return rows
+
+
 @torch.no_grad()
 def quality(folder: str, text_file: str, window: int = 256, max_windows: int = 64) -> list[dict]:
     """Perplexity of every format and mean KL (float || format) per token on held-out text."""
@@ -130,6 +164,7 @@ def main() -> None:
     ap.add_argument("--quality", default=None, help="a trained model folder (with tokenizer.json)")
     ap.add_argument("--text", default=None, help="held-out text for --quality")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--memory", action="store_true", help="peak RSS of decoding each format, in child processes")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -149,6 +184,13 @@ def main() -> None:
             lines.append(f"| {r['impl']} | {r['fmt']} | {r['batch']} | {r['rate']:,.1f} | "
                          f"{r['rate'] / ours['rate']:.2f} | {r['rate'] / hf['rate']:.2f} | {r['prefill']:.3f} | "
                          f"{r.get('mib', float('nan')):,.0f} |")
+    if args.memory:
+        mem = memory(args.model, args.new)
+        lines += ["", f"Peak resident memory of a process that loads each format's folder and decodes {args.new} "
+                  "tokens at batch 1 (torch itself takes a few hundred MiB):", "",
+                  "| format | peak RSS MiB | vs fp32 |", "|---|---:|---:|"]
+        for r in mem:
+            lines.append(f"| {r['fmt']} | {r['rss']:,.0f} | {r['rss'] / mem[0]['rss']:.2f} |")
     if args.quality:
         q = quality(args.quality, args.text)
         lines += ["", f"Quality of `{args.quality}` on `{args.text}` ({q[0]['tokens']:,} tokens, windows of 256):",
