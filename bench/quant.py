@@ -9,7 +9,8 @@ llama-125m preset as a transformers Llama, or gpt2-124M). Decode time is a `--ne
 1-token call; medians of `--repeats` alternating runs.
 
 Memory (`--memory`): each format is saved as a folder (the quantized ones by groundup.quant), then a child
-process loads that folder and decodes `--new` tokens at batch 1; its peak resident memory (VmHWM) is reported, so a format's figure holds only what decoding it needs.
+process loads that folder and decodes `--new` tokens at batch 1; its peak resident memory (VmHWM) is
+reported, so a format's figure holds only what decoding it needs.
 
 Quality (`--quality`, a trained groundup/HF folder, with `--text`, held-out text of its domain): perplexity
 of each format over non-overlapping windows of the text, and the mean KL divergence (float || quantized)
