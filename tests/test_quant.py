@@ -170,3 +170,19 @@ def test_an_untied_quantized_head_decodes():
         got = model(ids, logits_to_keep=1)[:, -1]
     torch.testing.assert_close(got, want, rtol=0.1, atol=0.1 * float(want.abs().max()))
     assert gu.generate(model, ids, 5).shape == (3, 12)
+
+
+@pytest.mark.parametrize("cls", [Int8Linear, Int4Linear])
+def test_dequantized_products_in_row_blocks_equal_one_block(cls, monkeypatch):
+    """The dequantizing paths build the float weight a block of rows at a time (bounded memory): blocks of
+    10 rows (with a ragged last one) give the one-block result."""
+    import groundup.nn.qlinear as ql
+
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(128, 96)
+    q = cls.from_linear(lin) if cls is Int8Linear else cls.from_linear(lin, group_size=32)
+    x = torch.randn(5, 128).bfloat16()
+    whole = {n: q._product(n, x) for n in ("dequant", "dequant32")}
+    monkeypatch.setattr(ql, "CHUNK_BYTES", 4 * 128 * 10)
+    for name, want in whole.items():
+        assert torch.equal(q._product(name, x), want), name

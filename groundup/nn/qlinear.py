@@ -83,14 +83,14 @@ class Int8Linear(nn.Module):
             q.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
         return q
 
-    def dequantize(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-        """The weight these codes stand for, [out, in]."""
-        return (self.weight.float() * self.weight_scale.float()[:, None]).to(dtype)
+    def dequantize(self, dtype: torch.dtype = torch.bfloat16, rows: slice = slice(None)) -> torch.Tensor:
+        """The weight these codes stand for, [out, in] (or the output rows ``rows`` of it)."""
+        return (self.weight[rows].float() * self.weight_scale[rows].float()[:, None]).to(dtype)
 
     def _product(self, name: str, x: torch.Tensor) -> torch.Tensor:  # x [M, in] bf16
         if name == "int8mm":
             return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.weight_scale.to(torch.bfloat16))
-        return _dequant_product(name, x, self.dequantize)
+        return _dequant_product(name, x, self.dequantize, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _dispatch(self, x, ("int8mm", "dequant", "dequant32") if x.device.type == "cpu" else ("dequant",))
@@ -128,10 +128,12 @@ class Int4Linear(nn.Module):
             q.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
         return q
 
-    def dequantize(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-        codes = unpack_int4(self.weight).float().view(self.out_features, -1, self.group_size)  # [out, groups, g]
-        w = codes * self.weight_scale.float()[..., None] + self.weight_min.float()[..., None]
-        return w.reshape(self.out_features, self.in_features).to(dtype)
+    def dequantize(self, dtype: torch.dtype = torch.bfloat16, rows: slice = slice(None)) -> torch.Tensor:
+        """The weight these codes stand for, [out, in] (or the output rows ``rows`` of it)."""
+        codes = unpack_int4(self.weight[rows]).float()
+        codes = codes.view(codes.shape[0], -1, self.group_size)  # [rows, groups, g]
+        w = codes * self.weight_scale[rows].float()[..., None] + self.weight_min[rows].float()[..., None]
+        return w.reshape(-1, self.in_features).to(dtype)
 
     def _kernel_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """torch's int4 CPU layout, derived from the stored codes (kept until the codes change)."""
@@ -148,7 +150,7 @@ class Int4Linear(nn.Module):
         if name == "int4mm":
             packed, sz = self._kernel_weights()
             return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, self.group_size, sz)
-        return _dequant_product(name, x, self.dequantize)
+        return _dequant_product(name, x, self.dequantize, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # torch's int4 CPU kernel packs output rows in 16s: it serves widths that 16 divides
@@ -160,12 +162,19 @@ class Int4Linear(nn.Module):
                 f"group_size={self.group_size}")
 
 
-def _dequant_product(name: str, x: torch.Tensor, dequantize) -> torch.Tensor:
+CHUNK_BYTES = 8 * 2**20  # float weight rows dequantized at a time: the copy stays small beside the codes
+
+
+def _dequant_product(name: str, x: torch.Tensor, dequantize, out_features: int) -> torch.Tensor:
     """x [M, in] bf16 times the dequantized weight: in bf16 ("dequant"), or in fp32 ("dequant32"), which wins on
-    CPUs without native bf16 arithmetic (AVX2 only: there bf16 GEMMs run several times slower than fp32)."""
-    if name == "dequant32":
-        return F.linear(x.float(), dequantize(torch.float32)).to(torch.bfloat16)
-    return F.linear(x, dequantize())
+    CPUs without native bf16 arithmetic (AVX2 only: there bf16 GEMMs run several times slower than fp32). The
+    weight is dequantized a block of output rows at a time, so no float copy of a whole matrix (a 32k x 768
+    lm_head: 98 MB in fp32) is ever held."""
+    dtype = torch.float32 if name == "dequant32" else torch.bfloat16
+    xs = x.to(dtype)
+    step = max(1, CHUNK_BYTES // (4 * x.shape[1]))
+    parts = [F.linear(xs, dequantize(dtype, slice(r, r + step))) for r in range(0, out_features, step)]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).to(torch.bfloat16)  # [M, out]
 
 
 def _dispatch(layer: Int8Linear | Int4Linear, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
