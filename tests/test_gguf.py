@@ -122,3 +122,12 @@ def test_transformers_reads_our_gguf_with_equal_logits_and_tokens(family, tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(ref(ids).logits, model(ids), atol=1e-4, rtol=0)
     assert T.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")(text)["input_ids"] == ids[0].tolist()
+
+
+def test_without_the_gguf_package_the_error_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    path = _model("llama").save_gguf(tmp_path / "m.gguf", dtype="f16")
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if it were not installed
+    with pytest.raises(CheckpointError, match=r"pip install 'groundup\[gguf\]'"):
+        gu.from_pretrained(path)
