@@ -36,6 +36,7 @@ class Stack(nn.Module):
         windows = cfg.layer_windows if cfg.arch == "causal_lm" else [cfg.sliding_window] * n_layers
         self.windows = [w if causal else None for w in windows]
         self.rope_kinds = cfg.layer_types or ["global"] * n_layers
+        self.first_of_window = {w: self.windows.index(w) for w in dict.fromkeys(self.windows)}  # whose cache offsets
         self.blocks = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layers))
         self.norm = make_norm(cfg) if cfg.final_norm else nn.Identity()
 
@@ -71,7 +72,7 @@ class Stack(nn.Module):
         the new positions); ``memory`` [B, S_enc, C] with ``memory_mask`` [B, S_enc] is the encoder output
         a decoder cross-attends to. Queries sit after the cached positions.
         """
-        masks = {w: self._mask(w, attention_mask, cache, x) for w in dict.fromkeys(self.windows)}
+        masks = {w: self._mask(w, attention_mask, cache, x) for w in self.first_of_window}
         cross_mask = None
         if memory is not None:
             # cross-attention sees every real encoder token: no causality, no position bias
@@ -102,7 +103,7 @@ class Stack(nn.Module):
               x: torch.Tensor) -> MaskSpec:
         """The MaskSpec of the layers with this window. Their queries follow the cached keys they will see: all
         of them, or a rolling cache's last ones (a windowed layer's cache may keep fewer than a global one's)."""
-        offset = cache.layers[self.windows.index(window)].self_kv.kept if cache is not None else 0
+        offset = cache.layers[self.first_of_window[window]].self_kv.kept if cache is not None else 0
         if attention_mask is not None and cache is not None:
             attention_mask = attention_mask[:, attention_mask.shape[1] - offset - x.shape[1]:]  # [B, kept + T]
         rel = self.rel_bias.weight if self.config.pos == "relative" else None

@@ -36,15 +36,17 @@ def tolerance(dtype: torch.dtype) -> float:
 Candidates = Sequence[tuple[str, Callable[[], torch.Tensor]]]
 
 
-def choose(key: Hashable, candidates: Candidates) -> tuple[str, torch.Tensor | None]:
+def choose(key: Hashable, make: Callable[[], Candidates]) -> tuple[str, torch.Tensor | None]:
     """The name of the fastest candidate for ``key`` and, when it was measured now, its output.
 
-    ``candidates`` are (name, thunk) pairs computing the same tensor; the first is the reference and the
-    fallback. A known key returns (name, None): the caller runs the chosen path itself.
+    ``make()`` returns (name, thunk) pairs computing the same tensor; the first is the reference and the
+    fallback. It is called only for a key not decided yet, so a decided call builds nothing but the key. A
+    known key returns (name, None): the caller runs the chosen path itself.
     """
     known = _DECISIONS.get(key)
     if known is not None:
         return known, None
+    candidates = make()
     if not _STATE["on"] or len(candidates) == 1 or torch.compiler.is_compiling():
         return candidates[0][0], None
     outputs: dict[str, torch.Tensor] = {}

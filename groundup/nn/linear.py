@@ -74,9 +74,9 @@ class Linear(nn.Linear):
         key = ("linear", autotune.bucket(m), self.in_features, self.out_features, dtype, torch.get_num_threads(),
                self.bias is not None, grad)
         if grad:
-            name, _ = autotune.choose(key, [(n, partial(self._train_step, n, x)) for n in names])
+            name, _ = autotune.choose(key, lambda: [(n, partial(self._train_step, n, x)) for n in names])
             return self._run(name, x)
-        name, out = autotune.choose(key, [(n, partial(self._run, n, x)) for n in names])
+        name, out = autotune.choose(key, lambda: [(n, partial(self._run, n, x)) for n in names])
         return out if out is not None else self._run(name, x)
 
     def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:

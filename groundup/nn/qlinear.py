@@ -183,7 +183,7 @@ def _dispatch(layer: Int8Linear | Int4Linear, x: torch.Tensor, names: tuple[str,
     x2 = x.reshape(-1, layer.in_features).to(torch.bfloat16).contiguous()  # [M, in]: the kernels want rows
     key = ("qlinear", layer.bits, autotune.bucket(x2.shape[0]), layer.in_features, layer.out_features,
            getattr(layer, "group_size", 0), torch.get_num_threads(), x.device.type)
-    name, out = autotune.choose(key, [(n, partial(layer._product, n, x2)) for n in names])
+    name, out = autotune.choose(key, lambda: [(n, partial(layer._product, n, x2)) for n in names])
     y = (out if out is not None else layer._product(name, x2)).to(x.dtype)
     if layer.bias is not None:
         y = y + layer.bias.to(x.dtype)
