@@ -131,3 +131,20 @@ def test_without_the_gguf_package_the_error_names_the_extra(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "gguf", None)  # as if it were not installed
     with pytest.raises(CheckpointError, match=r"pip install 'groundup\[gguf\]'"):
         gu.from_pretrained(path)
+
+
+def test_a_gguf_file_runs_from_the_command_line(tmp_path, capsys):
+    """`groundup generate FILE.gguf`: the model and its tokenizer (Tokenizer.from_file reads tokenizer.ggml.*)
+    come from the one file, and the streamed text is the greedy continuation generate() gives."""
+    from groundup.cli import main
+
+    tok = gu.Tokenizer.train(["the cat sat on the mat. the dog ran after the cat. " * 30], 300,
+                             special_tokens=["<|endoftext|>"], eos_token="<|endoftext|>")
+    model = _model("llama", vocab_size=tok.vocab_size)
+    path = model.save_gguf(tmp_path / "m.gguf", dtype="f32", tokenizer=tok)
+    assert gu.Tokenizer.from_file(path).encode("the dog sat") == tok.encode("the dog sat")
+    assert main(["generate", str(path), "the dog", "--max-new-tokens", "6"]) == 0
+    ids = tok.encode("the dog")
+    want = gu.generate(model, [ids], 6, eos_token_id=tok.eos_token_id)[0, len(ids):].tolist()
+    want = [t for t in want if t != tok.eos_token_id]
+    assert capsys.readouterr().out == "the dog" + tok.decode(want) + "\n"

@@ -8,7 +8,7 @@ decoded by ggml_quants.py. What llama.cpp's converter changes, undone here on re
   (rows (h, 2, D/2) -> (h, D/2, 2) per head); qwen2 and gemma keep the half-split (NEOX) layout;
 - gemma's norm weights: stored as 1 + w (llama.cpp's RMSNorm multiplies by the stored value).
 Architectures: llama (Llama, Mistral, SmolLM), qwen2, gemma. Others, and llama 3.1's rope_freqs tensor,
-are refused by name before any tensor is decoded. The tokenizer (tokenizer.ggml.*) is gguf_tokenizer.py's.
+are refused by name before any tensor is decoded. The tokenizer (tokenizer.ggml.*) is tokenizer/gguf_vocab.py's.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 
 from ..config import Config
 from ..models import meta_model
+from ..utils.files import gguf_package, read_gguf
 from .ggml_quants import FORMATS, TYPE_IDS, dequantize, quantize
 from .io import CheckpointError
 
@@ -42,22 +43,11 @@ _NAMES = {  # groundup module -> GGUF tensor (without .weight / .bias)
 
 
 def _gguf():
-    try:
-        import gguf
-    except ImportError:
-        raise CheckpointError("reading or writing GGUF needs the gguf package: pip install 'groundup[gguf]'") from None
-    return gguf
+    return gguf_package(error=CheckpointError)
 
 
 def _reader(path: Path):
-    gguf = _gguf()
-    if not path.is_file():
-        raise CheckpointError(f"{path} is not a file")
-    try:
-        return gguf.GGUFReader(str(path))
-    except Exception as err:  # the reader raises ValueError, IndexError, struct errors on damaged files
-        raise CheckpointError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err}); the file may be "
-                              "truncated or not GGUF: download or convert it again") from None
+    return read_gguf(path, error=CheckpointError)
 
 
 def _fields(reader) -> dict[str, Any]:
@@ -141,9 +131,8 @@ def _gguf_name(name: str) -> tuple[str, str] | None:
     return None if target is None else (target + "." + leaf, "")
 
 
-def load_gguf(path: str | Path, *, dtype: torch.dtype | None = None):
-    """A CausalLM from a GGUF file: metadata -> Config, every tensor decoded to float (``dtype``, default fp32)."""
-    path = Path(path)
+def _open(path: Path):
+    """(tensors by name, Config) of a GGUF file, every check that needs no tensor data done."""
     reader = _reader(path)
     meta = _fields(reader)
     tensors = {t.name: t for t in reader.tensors}
@@ -160,6 +149,18 @@ def load_gguf(path: str | Path, *, dtype: torch.dtype | None = None):
         cfg = Config(**fields, name=str(meta.get("general.name", "")))
     except ValueError as err:
         raise CheckpointError(f"{path}: {err}") from None
+    return tensors, cfg
+
+
+def gguf_config(path: str | Path) -> Config:
+    """The Config of a GGUF file, from its metadata and tensor list only (no tensor is decoded)."""
+    return _open(Path(path))[1]
+
+
+def load_gguf(path: str | Path, *, dtype: torch.dtype | None = None):
+    """A CausalLM from a GGUF file: metadata -> Config, every tensor decoded to float (``dtype``, default fp32)."""
+    path = Path(path)
+    tensors, cfg = _open(path)
     model = meta_model(cfg)
     expected = model.state_dict()
     by_gguf = {}
@@ -195,15 +196,10 @@ def load_gguf(path: str | Path, *, dtype: torch.dtype | None = None):
 
 
 def load_tokenizer(path: str | Path):
-    """The groundup.Tokenizer stored in a GGUF file's tokenizer.ggml.* metadata."""
-    from .gguf_tokenizer import tokenizer_from_gguf
+    """The groundup.Tokenizer stored in a GGUF file's tokenizer.ggml.* metadata (as Tokenizer.from_file)."""
+    from ..tokenizer.gguf_vocab import load
 
-    reader = _reader(Path(path))
-    fields = {}
-    for name, field in reader.fields.items():
-        if name.startswith("tokenizer."):
-            fields[name] = field.contents()
-    return tokenizer_from_gguf(fields, str(path))
+    return load(path)
 
 
 def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) -> Path:
@@ -240,7 +236,7 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
             w.add_uint32(f"tokenizer.ggml.{key}", value)
     w.add_file_type({"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7, "Q4_0": 2}[kinds[dtype]])
     if tokenizer is not None:
-        from .gguf_tokenizer import write_tokenizer
+        from ..tokenizer.gguf_vocab import write_tokenizer
 
         write_tokenizer(w, tokenizer, cfg.vocab_size)
         w.add_add_bos_token(False)
@@ -273,4 +269,4 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
     return path
 
 
-__all__ = ["ARCHS", "config_from_gguf", "load_gguf", "load_tokenizer", "save_gguf"]
+__all__ = ["ARCHS", "config_from_gguf", "gguf_config", "load_gguf", "load_tokenizer", "save_gguf"]

@@ -82,7 +82,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..checkpoint.io import read_json
 
     config = Path(args.model) / "config.json"
-    if config.is_file() and config_from_hf(read_json(config), str(config)).arch == "causal_lm":
+    gguf = Path(args.model).suffix == ".gguf"  # llama.cpp's files hold decoders only
+    if gguf or (config.is_file() and config_from_hf(read_json(config), str(config)).arch == "causal_lm"):
         from .generate import cmd_generate_causal
 
         return cmd_generate_causal(args)

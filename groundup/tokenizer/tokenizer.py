@@ -444,7 +444,12 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
-        """Load a tokenizer.json file, or a folder holding tokenizer.json (+ tokenizer_config.json)."""
+        """Load a tokenizer.json file, a folder holding tokenizer.json (+ tokenizer_config.json), or the
+        vocabulary inside a GGUF file (``x.gguf``: its tokenizer.ggml.* metadata)."""
+        if str(path).endswith(".gguf"):
+            from .gguf_vocab import load as load_gguf
+
+            return load_gguf(path)
         from .hf_format import load
 
         return load(path)

@@ -10,11 +10,13 @@ model: scores, no merges) are refused by name for now.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from ..tokenizer import Tokenizer
-from ..tokenizer.hf_format import from_json, to_json
-from .io import CheckpointError
+from ..utils.files import read_gguf
+from .components import UnsupportedTokenizer
+from .hf_format import from_json, to_json
+from .tokenizer import Tokenizer
 
 _LETTERS = r"[^\r\n\p{L}\p{N}]?\p{L}+"
 _TAIL = r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -39,15 +41,23 @@ PRE_TOKENIZERS: dict[str, dict] = {
 _CONTROL, _USER = 3, 4
 
 
+def load(path: str | Path) -> Tokenizer:
+    """The Tokenizer stored in a GGUF file's tokenizer.ggml.* metadata (the file is memory-mapped; the
+    tensors are not read)."""
+    reader = read_gguf(path)
+    fields = {name: field.contents() for name, field in reader.fields.items() if name.startswith("tokenizer.")}
+    return tokenizer_from_gguf(fields, str(path))
+
+
 def tokenizer_from_gguf(fields: dict[str, Any], source: str) -> Tokenizer:
     """A Tokenizer from a GGUF file's tokenizer.ggml.* fields (and tokenizer.chat_template)."""
     kind = fields.get("tokenizer.ggml.model")
     if kind != "gpt2":
-        raise CheckpointError(f"{source}: tokenizer.ggml.model={kind!r} is not supported yet (supported: 'gpt2', "
+        raise UnsupportedTokenizer(f"{source}: tokenizer.ggml.model={kind!r} is not supported yet (supported: 'gpt2', "
                               "byte-level BPE); use the model's HF folder for its tokenizer.json")
     pre = fields.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
-        raise CheckpointError(f"{source}: tokenizer.ggml.pre={pre!r} is not a known pre-tokenizer (known: "
+        raise UnsupportedTokenizer(f"{source}: tokenizer.ggml.pre={pre!r} is not a known pre-tokenizer (known: "
                               f"{', '.join(PRE_TOKENIZERS)})")
     tokens = list(fields["tokenizer.ggml.tokens"])
     types = list(fields.get("tokenizer.ggml.token_type", [1] * len(tokens)))
@@ -68,7 +78,7 @@ def tokenizer_from_gguf(fields: dict[str, Any], source: str) -> Tokenizer:
         return from_json(obj, f"{source} (tokenizer.ggml.*)", config=config,
                          chat_template=fields.get("tokenizer.chat_template"))
     except ValueError as err:
-        raise CheckpointError(f"{source}: {err}") from None
+        raise UnsupportedTokenizer(f"{source}: {err}") from None
 
 
 def _bos_template(fields: dict[str, Any], tokens: list[str]) -> dict | None:
@@ -88,10 +98,10 @@ def write_tokenizer(writer, tok: Tokenizer, vocab_size: int) -> None:
     obj = to_json(tok)
     model = obj["model"]
     if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise CheckpointError("save_gguf writes byte-level BPE tokenizers only (llama.cpp's 'gpt2' model)")
+        raise UnsupportedTokenizer("save_gguf writes byte-level BPE tokenizers only (llama.cpp's 'gpt2' model)")
     pre = next((name for name, p in PRE_TOKENIZERS.items() if p == obj["pre_tokenizer"]), None)
     if pre is None:
-        raise CheckpointError("save_gguf: the tokenizer's pre_tokenizer is none that llama.cpp names "
+        raise UnsupportedTokenizer("save_gguf: the tokenizer's pre_tokenizer is none that llama.cpp names "
                               f"({', '.join(PRE_TOKENIZERS)})")
     tokens = [""] * vocab_size
     for t, i in model["vocab"].items():
