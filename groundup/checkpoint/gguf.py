@@ -195,6 +195,12 @@ def load_gguf(path: str | Path, *, dtype: torch.dtype | None = None):
     return load_into(model, state, str(path)).eval()
 
 
+def matrix_type(path: str | Path) -> str:
+    """The ggml type most of a GGUF file's block matrices are stored in ("Q4_1", "Q8_0", "F16", ...)."""
+    types = [t.tensor_type.name for t in _reader(Path(path)).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
+    return max(set(types), key=types.count) if types else "none"
+
+
 def load_tokenizer(path: str | Path):
     """The groundup.Tokenizer stored in a GGUF file's tokenizer.ggml.* metadata (as Tokenizer.from_file)."""
     from ..tokenizer.gguf_vocab import load
@@ -269,4 +275,4 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
     return path
 
 
-__all__ = ["ARCHS", "config_from_gguf", "gguf_config", "load_gguf", "load_tokenizer", "save_gguf"]
+__all__ = ["ARCHS", "config_from_gguf", "gguf_config", "load_gguf", "load_tokenizer", "matrix_type", "save_gguf"]

@@ -87,6 +87,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from .generate import cmd_generate_causal
 
         return cmd_generate_causal(args)
+    if getattr(args, "compile", False):
+        raise ValueError("--compile is for decoder-only models; this is an encoder-decoder folder")
     model, tok = _load_model_and_tokenizer(args.model, "seq2seq")
     for text in args.text:
         ids = torch.tensor([tok.encode(text)])

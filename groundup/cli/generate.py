@@ -40,7 +40,7 @@ def stop_ids(model, tok) -> list[int]:
 def decoding_options(args: argparse.Namespace) -> dict:
     """generate()'s keyword arguments from the command line; loads the --draft model (checked first)."""
     opts = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                repetition_penalty=args.repetition_penalty, seed=args.seed)
+                repetition_penalty=args.repetition_penalty, seed=args.seed, compile=args.compile)
     if args.rope_scaling:
         kind, _, factor = args.rope_scaling.partition(":")
         try:
@@ -81,7 +81,16 @@ def cmd_generate_causal(args: argparse.Namespace, out: TextIO | None = None) -> 
         out.write(text)
         stream_text(model, tok, virtual + ids, args, out, stop, opts, args.stop)
         out.write("\n")
+    report_compile(model, args)
     return 0
+
+
+def report_compile(model, args: argparse.Namespace) -> None:
+    """With --compile, the seconds torch.compile took (on stderr: stdout is the text)."""
+    if args.compile:
+        from ..generate.compiled import compile_seconds
+
+        print(f"[compiled the decode step in {compile_seconds(model):.1f} s]", file=sys.stderr)
 
 
 def cmd_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | None = None) -> int:
@@ -106,6 +115,8 @@ def cmd_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | 
         reply = stream_text(model, tok, ids, args, out, stop, opts)
         out.write("\n")
         messages.append({"role": "assistant", "content": reply})
+        if len(messages) <= 3:  # after the first answer, where the compile happened
+            report_compile(model, args)
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -120,6 +131,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-draft-tokens", type=int, default=4, help="guesses per round with --draft")
     p.add_argument("--adapter", default=None, metavar="DIR", help="decoder-only: a peft adapter folder "
                    "(LoRA, IA3, prompt or prefix tuning, e.g. from `groundup finetune`) to apply to the model")
+    p.add_argument("--compile", action="store_true", help="decoder-only: torch.compile the one-token decode "
+                   "step (the first call compiles, reported on stderr; faster steps after)")
     p.add_argument("--rope-scaling", default=None, metavar="KIND:FACTOR",
                    help="decoder-only RoPE models: longer context, linear:F (interpolation) or ntk:F")
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..models.common import check_ids, trusted_inputs
+from .compiled import FixedStep, backend_of, check_compilable
 from .masks import GrowingMask
 from .sampling import apply_repetition_penalty, check_sampling, next_token, no_stop_yet
 from .speculative import SpeculativeStats, check_draft, speculative_steps
@@ -122,10 +123,13 @@ def _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_tok
 @torch.no_grad()
 def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *, temperature: float,
            top_k: int | None, top_p: float | None, repetition_penalty: float, generator: torch.Generator | None,
-           stopper: Stopper, min_new_tokens: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (tokens [B], finished-before-this-step [B]) per step; the loop behind generate and stream."""
+           stopper: Stopper, min_new_tokens: int = 0, backend: str | None = None,
+           capacity: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (tokens [B], finished-before-this-step [B]) per step; the loop behind generate and stream.
+    With a torch.compile ``backend`` the steps after the prompt run compiled (generate/compiled.py) in a
+    cache of ``capacity`` slots."""
     T = ids.shape[1]
-    cache = model.new_cache(T + max_new_tokens)
+    cache = model.new_cache(capacity or T + max_new_tokens)
     # Left padding: an explicit mask [B, T + i] and positions that count real tokens from 0. Unpadded rows
     # take the default positions (after the cache): one shared RoPE table, not one per row.
     padding = None if bool(mask.all()) else GrowingMask(mask, max_new_tokens)
@@ -135,6 +139,7 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
     # under the short ones are stale then, so the whole sequence is run again once, as transformers does.
     switch = model.config.rope_original_max_seq_len if model.config.rope_scaling == "longrope" else None
     history = ids if switch is not None and T <= switch < T + max_new_tokens else None
+    fixed = None
     for i in range(max_new_tokens):
         if history is not None and i and T + i - 1 == switch:  # this step is the first past the switch
             cache, step_ids = model.new_cache(T + max_new_tokens), history
@@ -143,8 +148,13 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
         step_mask = padding.upto(T + i) if padding is not None else None
         # the prompt was checked once in _setup; the model's own tokens need no check (no host sync)
         with trusted_inputs():
-            logits = model(step_ids, attention_mask=step_mask, position_ids=pos, cache=cache,
-                           logits_to_keep=1)[:, -1].float()  # [B, V]
+            if fixed is not None:
+                logits = fixed(step_ids)  # [B, V]
+            else:
+                logits = model(step_ids, attention_mask=step_mask, position_ids=pos, cache=cache,
+                               logits_to_keep=1)[:, -1].float()  # [B, V]
+                if backend is not None:  # the prompt is in the cache: the one-token steps run compiled
+                    fixed = FixedStep(model, cache, padding, T, backend)
         if repetition_penalty != 1.0:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty, seen_mask)
         logits = no_stop_yet(logits, stopper.eos_ids, i, min_new_tokens)
@@ -164,7 +174,7 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
 def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=0.0, top_k=None, top_p=None,
            repetition_penalty=1.0, eos_token_id=None, pad_token_id=None, stop_strings=None, tokenizer=None,
            seed=None, generator=None, truncate=False, draft_model=None, num_draft_tokens=4, draft_confidence=0.0,
-           stats=None, min_new_tokens=0) -> tuple[torch.Tensor, Callable[[], Steps]]:
+           stats=None, min_new_tokens=0, compile=False) -> tuple[torch.Tensor, Callable[[], Steps]]:
     """Check everything, then return the left-padded prompts [B, T] and the decoding loop to run."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     if getattr(getattr(model, "config", None), "arch", None) != "causal_lm":
@@ -180,6 +190,8 @@ def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature
     ids, mask, pad = _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos,
                               min_new_tokens)
     check_ids(model.config, ids, None, extra_ids=model.virtual_tokens)  # once: the loops trust their own tokens
+    backend = backend_of(compile)
+    capacity = check_compilable(model, ids.shape[1], max_new_tokens, draft_model is not None) if backend else None
     if draft_model is not None:
         try:  # the draft reads the same positions: it must have room for them too
             _prepare(draft_model, ids, max_new_tokens, mask, False, pad, eos, warn=False)
@@ -192,7 +204,7 @@ def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature
     opts = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, stopper=stopper)
     if draft_model is None:
         return ids, partial(_steps, model, ids, mask, max_new_tokens, repetition_penalty=repetition_penalty,
-                            min_new_tokens=min_new_tokens, **opts)
+                            min_new_tokens=min_new_tokens, backend=backend, capacity=capacity, **opts)
     return ids, partial(speculative_steps, model, draft_model, ids, mask, max_new_tokens,
                         num_draft=num_draft_tokens, stats=stats, min_confidence=draft_confidence, **opts)
 
@@ -206,7 +218,7 @@ def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 3
              seed: int | None = None, generator: torch.Generator | None = None, truncate: bool = False,
              rope_scaling: tuple[str, float] | None = None, draft_model: torch.nn.Module | None = None,
              num_draft_tokens: int = 4, draft_confidence: float = 0.0,
-             stats: SpeculativeStats | None = None) -> torch.Tensor:
+             stats: SpeculativeStats | None = None, compile: bool | str = False) -> torch.Tensor:
     """Continue each prompt: input_ids [B, T] (left-padded, with attention_mask) or a list of token-id
     lists of any lengths -> ids [B, T' + n], the (left-padded) prompts followed by n <= max_new_tokens
     new tokens; a row that stopped early is filled with pad_token_id (default: the first stop id).
@@ -224,6 +236,10 @@ def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 3
     ``draft_confidence``) and this model verifies them in one pass; greedy output is identical and sampled
     output identically distributed (see generate.speculative). Pass a SpeculativeStats as ``stats`` to read
     the acceptance rate afterwards.
+
+    ``compile=True`` runs the one-token steps through torch.compile (inductor; or name another backend):
+    the first call for a batch size and length bucket compiles (see generate.compiled.compile_seconds),
+    later ones reuse the graph. Tokens equal the eager loop's within float rounding.
     """
     with decoding(model, rope_scaling), decoding(draft_model):
         ids, steps = _setup(model, input_ids, max_new_tokens, attention_mask=attention_mask,
@@ -232,7 +248,7 @@ def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 3
                             pad_token_id=pad_token_id, stop_strings=stop_strings, tokenizer=tokenizer,
                             seed=seed, generator=generator, truncate=truncate, draft_model=draft_model,
                             num_draft_tokens=num_draft_tokens, draft_confidence=draft_confidence, stats=stats,
-                            min_new_tokens=min_new_tokens)
+                            min_new_tokens=min_new_tokens, compile=compile)
         new = [tok for tok, _ in steps()]
     return torch.cat([ids, torch.stack(new, dim=1)], dim=1)
 

@@ -48,7 +48,7 @@ def generate(model: torch.nn.Module, input_ids: causal.Prompts, max_new_tokens: 
              generator: torch.Generator | None = None, truncate: bool = False,
              rope_scaling: tuple[str, float] | None = None, draft_model: torch.nn.Module | None = None,
              num_draft_tokens: int = 4, draft_confidence: float = 0.0,
-             stats: SpeculativeStats | None = None) -> torch.Tensor:
+             stats: SpeculativeStats | None = None, compile: bool | str = False) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens for each input, with any model that generates.
 
     Decoder-only (CausalLM): prompts [B, T] (left-padded, with attention_mask) or a list of id lists ->
@@ -71,10 +71,11 @@ def generate(model: torch.nn.Module, input_ids: causal.Prompts, max_new_tokens: 
                                repetition_penalty=repetition_penalty, eos_token_id=eos, pad_token_id=pad_token_id,
                                stop_strings=stop_strings, tokenizer=tokenizer, seed=seed, generator=generator,
                                truncate=truncate, rope_scaling=rope_scaling, draft_model=draft_model,
-                               num_draft_tokens=num_draft_tokens, draft_confidence=draft_confidence, stats=stats)
+                               num_draft_tokens=num_draft_tokens, draft_confidence=draft_confidence, stats=stats,
+                               compile=compile)
     if arch == "seq2seq":
         unsupported = {"draft_model": draft_model is not None, "rope_scaling": rope_scaling is not None,
-                       "truncate": truncate}
+                       "truncate": truncate, "compile": bool(compile)}
         for name, given in unsupported.items():
             if given:
                 raise ValueError(f"{name} is for decoder-only models; this is an encoder-decoder (Seq2Seq)")

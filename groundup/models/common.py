@@ -33,14 +33,15 @@ def trusted_inputs() -> Iterator[None]:
 
 
 def is_trusted() -> bool:
-    """Whether value checks are off (inside trusted_inputs)."""
-    return _TRUSTED.get()
+    """Whether value checks are off: inside trusted_inputs, or while torch.compile traces (a value read
+    would break the graph; the compiled decode step's loop checked its inputs once)."""
+    return torch.compiler.is_compiling() or _TRUSTED.get()
 
 
 def has_padding(mask: torch.Tensor | None) -> torch.Tensor | None:
     """The key-padding mask to apply (bool [B, S]), or None when there is none. Outside trusted_inputs an
     all-ones mask is dropped (a kernel without a mask is faster); within, a given mask is taken as is."""
-    if mask is None or (not _TRUSTED.get() and bool(mask.all())):
+    if mask is None or (not is_trusted() and bool(mask.all())):
         return None
     return mask.bool()
 
@@ -59,7 +60,7 @@ def check_ids(cfg: Config, ids: torch.Tensor, attention_mask: torch.Tensor | Non
         raise ValueError(f"{name} must be a tensor of shape [batch, seq_len], got {shape}")
     if ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{name} must be an integer tensor, got dtype {ids.dtype}")
-    if ids.numel() and not _TRUSTED.get():
+    if ids.numel() and not is_trusted():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= cfg.vocab_size + extra_ids:
             bad = lo if lo < 0 else hi

@@ -36,7 +36,9 @@ class Stack(nn.Module):
         windows = cfg.layer_windows if cfg.arch == "causal_lm" else [cfg.sliding_window] * n_layers
         self.windows = [w if causal else None for w in windows]
         self.rope_kinds = cfg.layer_types or ["global"] * n_layers
-        self.first_of_window = {w: self.windows.index(w) for w in dict.fromkeys(self.windows)}  # whose cache offsets
+        # each distinct window (a tuple: traced code iterates it) and the first layer with it, whose cache offsets
+        self.distinct_windows = tuple(dict.fromkeys(self.windows))
+        self.first_of_window = {w: self.windows.index(w) for w in self.distinct_windows}
         self.blocks = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layers))
         self.norm = make_norm(cfg) if cfg.final_norm else nn.Identity()
 
@@ -72,7 +74,7 @@ class Stack(nn.Module):
         the new positions); ``memory`` [B, S_enc, C] with ``memory_mask`` [B, S_enc] is the encoder output
         a decoder cross-attends to. Queries sit after the cached positions.
         """
-        masks = {w: self._mask(w, attention_mask, cache, x) for w in self.first_of_window}
+        masks = {w: self._mask(w, attention_mask, cache, x) for w in self.distinct_windows}
         cross_mask = None
         if memory is not None:
             # cross-attention sees every real encoder token: no causality, no position bias

@@ -118,6 +118,36 @@ class StaticKVCache(_BufferedKVCache):
             self.k, self.v = self.k_buf[:, :, : self.n], self.v_buf[:, :, : self.n]
 
 
+class FixedKVCache(KVCache):
+    """A StaticKVCache's buffers [B, K, slots, D] seen through one fixed shape, for a compiled decode step: no
+    Python number changes from step to step, so torch.compile traces the step once.
+
+    append() writes the new position at ``slot`` (a [1] long tensor the decode loop advances in place) and
+    returns the whole buffers. To the model the cache always holds ``slots - 1`` positions and the new token
+    comes last, so causality hides nothing; which slots are real is the attention mask's business ([B, slots],
+    zero for unwritten slots and left padding), and positions come as position_ids. Attention does not depend
+    on the order of the keys (RoPE is in the cached keys; ALiBi's bias moves by a constant per query, which the
+    softmax removes), so the result equals the growing cache's."""
+
+    def __init__(self, k_buf: torch.Tensor, v_buf: torch.Tensor, slot: torch.Tensor) -> None:
+        super().__init__(k_buf, v_buf)
+        self.slot = slot
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2] - 1
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k.index_copy_(2, self.slot, k)  # k [B, K, 1, D] into slot
+        self.v.index_copy_(2, self.slot, v)
+        return self.k, self.v
+
+    def reorder(self, index: torch.Tensor) -> None:
+        raise NotImplementedError("a fixed cache serves the compiled decode step only")
+
+    crop = reorder
+
+
 class RollingKVCache(_BufferedKVCache):
     """Sliding-window attention's cache: a ring of `window` positions, so memory stays bounded however long
     the generation (Beltagy et al., 2020; Jiang et al., 2023, Mistral's rolling buffer cache).
@@ -192,6 +222,21 @@ class DecoderCache:
         ``capacity`` for the others (Gemma 2/3: local layers keep `window` positions, global ones all)."""
         return cls([BlockCache(self_kv=RollingKVCache(w) if w is not None and w < capacity
                                else StaticKVCache(capacity)) for w in windows])
+
+    def fixed(self, slot: torch.Tensor) -> DecoderCache:
+        """The same buffers as FixedKVCache layers writing at ``slot`` (see there); every layer must be a
+        StaticKVCache that has seen the prompt (a ring's slots move, so a windowed layer cannot be fixed)."""
+        layers = []
+        for i, layer in enumerate(self.layers):
+            kv = layer.self_kv
+            if type(kv) is not StaticKVCache or kv.k_buf is None:
+                raise ValueError(f"layer {i}: a fixed-shape decode step needs a filled static cache, not "
+                                 f"{type(kv).__name__} (sliding-window layers keep a ring)")
+            # unwritten slots are masked, but a masked probability 0 times a NaN left in empty memory is NaN
+            kv.k_buf[:, :, kv.n:].zero_()
+            kv.v_buf[:, :, kv.n:].zero_()
+            layers.append(BlockCache(self_kv=FixedKVCache(kv.k_buf, kv.v_buf, slot), cross_kv=layer.cross_kv))
+        return DecoderCache(layers)
 
     @property
     def nbytes(self) -> int:

@@ -135,6 +135,10 @@ class Int4Linear(nn.Module):
         w = codes * self.weight_scale[rows].float()[..., None] + self.weight_min[rows].float()[..., None]
         return w.reshape(-1, self.in_features).to(dtype)
 
+    def prepare(self) -> None:
+        """Build the kernel layout now (a compiled step must find it built: tracing cannot cache it)."""
+        self._kernel_weights()
+
     def _kernel_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """torch's int4 CPU layout, derived from the stored codes (kept until the codes change)."""
         if self._kernel is None or self._kernel[0] is not self.weight:
@@ -181,6 +185,9 @@ def _dispatch(layer: Int8Linear | Int4Linear, x: torch.Tensor, names: tuple[str,
     """Run the fastest measured product on x [.., in] in bf16; the result in x's dtype, bias added."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, layer.in_features).to(torch.bfloat16).contiguous()  # [M, in]: the kernels want rows
+    if torch.compiler.is_compiling():  # a traced (decode) step times nothing: the kernel, the one-row choice
+        y = layer._product(names[0], x2).to(x.dtype)
+        return (y if layer.bias is None else y + layer.bias.to(x.dtype)).reshape(*lead, layer.out_features)
     key = ("qlinear", layer.bits, autotune.bucket(x2.shape[0]), layer.in_features, layer.out_features,
            getattr(layer, "group_size", 0), torch.get_num_threads(), x.device.type)
     name, out = autotune.choose(key, lambda: [(n, partial(layer._product, n, x2)) for n in names])

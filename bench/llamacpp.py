@@ -1,0 +1,161 @@
+"""groundup against llama.cpp on the same GGUF files, same threads: greedy decode and prefill tokens/s.
+
+    python bench/llamacpp.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --llama-python /tmp/lcpp/bin/python
+                             [--prompt 128] [--new 64] [--repeats 3] [--compile] [--out docs/bench_llamacpp.md]
+
+llama.cpp runs through llama-cpp-python in the interpreter named by --llama-python (a venv of its own: the
+build is a bench dependency, never a groundup one). Built from the PyPI sdist; on CPUs where the native build
+dies with SIGILL, with CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF
+-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF".
+
+The given file is run as it is, and re-encoded by groundup's save_gguf as Q8_0 and Q4_0 (from its decoded
+weights), which llama.cpp then loads too: every row reads one file in both programs. groundup decodes a
+file to float and runs it in fp32, in bf16, and quantized to its own int8 (for Q8_0) or int4 groups of 32
+(for Q4_x), optionally with --compile. A random 128-token prompt (ids in the vocabulary); decode rate is
+(new - 1) tokens over the time after the first token; prefill rate is prompt tokens over the time to the
+first token. Medians of --repeats. The last column: how many of the first 16 greedy ids equal llama.cpp's,
+up to the first difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+from report import command, emit
+
+import groundup as gu
+from groundup.checkpoint.gguf import matrix_type
+from groundup.generate.compiled import compile_seconds
+from groundup.quant import quantize
+
+LLAMA = r"""
+import json, sys, time
+from llama_cpp import Llama
+path, threads, new, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+prompt = json.loads(sys.argv[5])
+llm = Llama(model_path=path, n_ctx=len(prompt) + new + 8, n_threads=threads, n_threads_batch=threads,
+            n_batch=512, verbose=False)
+def run(n):
+    llm.reset()
+    t0, t1, toks = time.perf_counter(), None, []
+    for tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        if t1 is None:
+            t1 = time.perf_counter()
+        toks.append(int(tok))
+        if len(toks) == n:
+            break
+    return t1 - t0, time.perf_counter() - t1, toks
+run(4)
+pre, dec = [], []
+for _ in range(repeats):
+    p, d, toks = run(new)
+    pre.append(p); dec.append(d)
+pre, dec = sorted(pre)[repeats // 2], sorted(dec)[repeats // 2]
+print(json.dumps(dict(prefill=len(prompt) / pre, decode=(new - 1) / dec, ids=toks[:16])))
+"""
+
+
+def llama_cpp(python: str, path: Path, threads: int, prompt: list[int], new: int, repeats: int) -> dict:
+    out = subprocess.run([python, "-c", LLAMA, str(path), str(threads), str(new), str(repeats), json.dumps(prompt)],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"llama.cpp on {path} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def groundup_rate(model, prompt: list[int], new: int, repeats: int, compile: bool) -> dict:
+    ids = torch.tensor([prompt])
+    gu.generate(model, ids, new, compile=compile)  # warm-up: autotuner decisions, and the compile
+    pre, dec, out = [], [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        gu.generate(model, ids, 1, compile=compile)
+        one = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = gu.generate(model, ids, new, compile=compile)
+        pre.append(one)
+        dec.append(time.perf_counter() - t0 - one)
+    pre_s, dec_s = sorted(pre)[repeats // 2], sorted(dec)[repeats // 2]
+    return dict(prefill=len(prompt) / pre_s, decode=(new - 1) / max(dec_s, 1e-9),
+                ids=out[0, len(prompt): len(prompt) + 16].tolist())
+
+
+def compute_formats(kind: str) -> list[tuple[str, dict | None]]:
+    """groundup's ways to run a file of llama.cpp type ``kind``: float, and its nearest own format."""
+    own = ("int8", dict(method="int8")) if kind.startswith("Q8") else ("int4 g32", dict(method="int4", group_size=32))
+    return [("fp32", None), ("bf16", None), own]
+
+
+def build(path: Path, fmt: str, spec: dict | None):
+    model = gu.from_pretrained(path).eval()
+    if fmt != "fp32":
+        model = model.to(torch.bfloat16)
+    if spec is not None:
+        quantize(model, spec["method"], group_size=spec.get("group_size", 64), indivisible="int8")
+    return model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--llama-python", required=True, help="python of a venv with llama-cpp-python")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--compile", action="store_true", help="also groundup with compile=True")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    source = Path(args.gguf)
+    base = gu.from_pretrained(source).eval()
+    tok = gu.Tokenizer.from_file(source)
+    prompt = torch.randint(100, base.config.vocab_size, (args.prompt,),
+                           generator=torch.Generator().manual_seed(0)).tolist()
+    kind = matrix_type(source)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [(kind, source)]
+        for dtype in ("q8_0", "q4_0"):
+            files.append((dtype.upper(), base.save_gguf(Path(tmp) / f"{dtype}.gguf", dtype=dtype, tokenizer=tok)))
+        del base
+        for label, path in files:
+            ref = llama_cpp(args.llama_python, path, args.threads, prompt, args.new, args.repeats)
+            rows.append(dict(file=label, impl="llama.cpp", fmt=label, **ref, ref=ref))
+            print(rows[-1], flush=True)
+            for fmt, spec in compute_formats(label):
+                model = build(path, fmt, spec)
+                for comp in (False, True) if args.compile else (False,):
+                    r = groundup_rate(model, prompt, args.new, args.repeats, comp)
+                    name = fmt + (", compiled" if comp else "")
+                    extra = f" (compile {compile_seconds(model):.0f} s)" if comp else ""
+                    rows.append(dict(file=label, impl="groundup", fmt=name + extra, **r, ref=ref))
+                    print(rows[-1], flush=True)
+                del model
+    lines = [f"Command: `{command()}`", "",
+             f"`{source.name}` ({kind} as shipped) and groundup's Q8_0 / Q4_0 re-encodings of it, each file run "
+             f"by both programs; {args.threads} threads, greedy, {args.prompt}-token random prompt, {args.new} new "
+             f"tokens, batch 1, torch {torch.__version__}. Ratios against llama.cpp on the same file.", "",
+             "| file | impl | computes in | prefill tok/s | vs llama.cpp | decode tok/s | vs llama.cpp | "
+             "greedy ids equal to llama.cpp's (of 16) |", "|---|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        same = next((i for i, (a, b) in enumerate(zip(r["ids"], r["ref"]["ids"], strict=False)) if a != b),
+                    min(len(r["ids"]), len(r["ref"]["ids"])))
+        lines.append(f"| {r['file']} | {r['impl']} | {r['fmt']} | {r['prefill']:,.1f} | "
+                     f"{r['prefill'] / r['ref']['prefill']:.2f} | {r['decode']:,.1f} | "
+                     f"{r['decode'] / r['ref']['decode']:.2f} | {same}/16 |")
+    emit("groundup against llama.cpp on the same GGUF files", lines, args.out)
+
+
+if __name__ == "__main__":
+    main()

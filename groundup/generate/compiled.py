@@ -1,0 +1,119 @@
+"""torch.compile of the one-token decode step: ``generate(..., compile=True)`` / ``--compile``.
+
+A decode step of a small model is hundreds of small operations (norms, RoPE, residual adds, the attention
+of one query), each paying Python and dispatch overhead; torch.compile (Ansel et al., 2024) traces the step
+into one graph and inductor fuses the elementwise work into a few generated kernels. Tracing needs a step
+whose shapes and Python numbers never change, so after the (eager) prefill the cache is seen through
+nn.kv_cache.FixedKVCache: the buffers at full capacity, a write slot and position ids as tensors advanced
+in place, and an attention mask [B, slots] over the real slots. One compiled graph then serves every step,
+and every later call with the same batch size and capacity bucket (capacities round up to 64 slots).
+
+The first call for a new shape compiles (tens of seconds to minutes on a small CPU: inductor writes and
+builds C++); `compile_seconds(model)` reports the time spent so far, which the CLI prints.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable
+
+import torch
+
+from ..nn.kv_cache import DecoderCache
+from ..nn.qlinear import Int4Linear
+from .masks import GrowingMask
+
+BUCKET = 64  # capacities round up to a multiple of this, so nearby lengths share one compiled graph
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {backend: compiled step}
+_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(backend, B, slots, dtype)}
+_SECONDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> compile seconds so far
+
+
+def backend_of(compile: bool | str) -> str | None:
+    """The torch.compile backend ``compile`` asks for: None (off), "inductor" for True, or the named one."""
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return "inductor"
+    if isinstance(compile, str) and compile in torch._dynamo.list_backends(exclude_tags=()):
+        return compile
+    raise ValueError(f"compile={compile!r}: give True (inductor) or a torch.compile backend name "
+                     f"({', '.join(torch._dynamo.list_backends())})")
+
+
+def check_compilable(model: torch.nn.Module, prompt_len: int, max_new_tokens: int, draft: bool) -> int:
+    """Refuse what the fixed-shape step cannot run, before any work; returns the cache capacity to allocate."""
+    cfg = model.config
+    if draft:
+        raise ValueError("compile=True is not supported with a draft model (speculative decoding verifies "
+                         "several tokens per step): drop one of the two")
+    if model.prefix_length:
+        raise ValueError("compile=True is not supported with prefix tuning (its keys sit in the cache)")
+    if cfg.rope_scaling == "longrope":
+        raise ValueError("compile=True is not supported with longrope (it reruns the sequence at the switch)")
+    need = prompt_len + max_new_tokens
+    if need > cfg.context_length:
+        raise ValueError(f"compile=True needs the prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) "
+                         f"within the model's context ({cfg.context_length}): the fixed cache cannot grow")
+    capacity = min(-(-need // BUCKET) * BUCKET, int(min(cfg.context_length, 2**31)))
+    windows = [w for w in cfg.layer_windows if w is not None and w < capacity]
+    if windows:
+        raise ValueError(f"compile=True is not supported with a sliding window ({windows[0]}) shorter than "
+                         f"the generation ({capacity} positions): its cache is a ring")
+    return capacity
+
+
+def _step_fn(model: torch.nn.Module, backend: str) -> Callable:
+    steps = _STEPS.setdefault(model, {})
+    if backend not in steps:
+        def step(tok: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+            return model(tok, attention_mask=keys, position_ids=pos, cache=cache, logits_to_keep=1)[:, -1].float()
+
+        steps[backend] = torch.compile(step, backend=backend, dynamic=False)
+    return steps[backend]
+
+
+def compile_seconds(model: torch.nn.Module) -> float:
+    """Seconds spent in first calls of compiled decode steps of ``model`` (where compilation happens)."""
+    return _SECONDS.get(model, 0.0)
+
+
+class FixedStep:
+    """The decode loop's model call after the prefill, through the compiled fixed-shape step.
+
+    ``cache`` is the static cache the prefill filled (T prompt positions); ``padding`` the prompts' growing
+    mask when any row is left-padded (positions count real tokens), else None."""
+
+    def __init__(self, model: torch.nn.Module, cache: DecoderCache, padding: GrowingMask | None, T: int,
+                 backend: str) -> None:
+        kv = cache.layers[0].self_kv
+        B, slots = kv.k_buf.shape[0], kv.k_buf.shape[2]
+        self.model, self.backend = model, backend
+        self.slot = torch.tensor([T], device=kv.k_buf.device)  # where the next token's keys go
+        self.cache = cache.fixed(self.slot)
+        self.keys = torch.zeros(B, slots, dtype=torch.long, device=kv.k_buf.device)  # 1 = a real, written slot
+        if padding is not None:
+            self.keys[:, :T] = padding.upto(T)
+            self.pos = padding.positions(T - 1, T) + 1  # [B, 1]
+        else:
+            self.keys[:, :T] = 1
+            self.pos = torch.full((B, 1), T, dtype=torch.long, device=kv.k_buf.device)
+        self.key = (backend, B, slots, kv.k_buf.dtype)
+        for module in model.modules():
+            if isinstance(module, Int4Linear) and kv.k_buf.device.type == "cpu":
+                module.prepare()
+
+    def __call__(self, tok: torch.Tensor) -> torch.Tensor:
+        """tok [B, 1] -> next-token logits [B, V] (fp32); advances the slot and positions."""
+        self.keys.index_fill_(1, self.slot, 1)
+        step = _step_fn(self.model, self.backend)
+        seen = _SEEN.setdefault(self.model, set())
+        t0 = time.perf_counter()
+        logits = step(tok, self.pos, self.keys, self.cache)
+        if self.key not in seen:  # this call compiled the graph for the shape
+            seen.add(self.key)
+            _SECONDS[self.model] = _SECONDS.get(self.model, 0.0) + time.perf_counter() - t0
+        self.slot += 1
+        self.pos += 1
+        return logits
