@@ -172,6 +172,29 @@ def test_an_untied_quantized_head_decodes():
     assert gu.generate(model, ids, 5).shape == (3, 12)
 
 
+def test_a_tied_head_is_untied_into_a_quantized_copy(tmp_path):
+    """include_head on a tied model: the embedding stays float (the lookup is unchanged), the head becomes
+    int8 codes of the same matrix; the folder says untied and reloads to the same logits."""
+    model = _model(tie_embeddings=True)
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(5))
+    embed = model.embed.weight.detach().clone()
+    with torch.no_grad():
+        want = model(ids)
+    quantize(model, "int8", include_head=True)
+    assert isinstance(model.lm_head, Int8Linear) and not model.config.tie_embeddings
+    assert torch.equal(model.embed.weight, embed)
+    torch.testing.assert_close(model.lm_head.dequantize(torch.float32), embed, rtol=0,
+                               atol=float(embed.abs().max()) / 127)
+    with torch.no_grad():
+        got = model(ids)
+    torch.testing.assert_close(got, want, rtol=0, atol=0.05 * float(want.abs().max()))
+    model.save_pretrained(tmp_path / "q")
+    again = gu.from_pretrained(tmp_path / "q")
+    assert not again.config.tie_embeddings and isinstance(again.lm_head, Int8Linear)
+    with torch.no_grad():
+        assert torch.equal(again(ids), got)
+
+
 @pytest.mark.parametrize("cls", [Int8Linear, Int4Linear])
 def test_dequantized_products_in_row_blocks_equal_one_block(cls, monkeypatch):
     """The dequantizing paths build the float weight a block of rows at a time (bounded memory): blocks of

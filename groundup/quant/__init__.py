@@ -19,7 +19,9 @@ def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, in
     """Replace the model's linear layers by weight-only quantized ones, in place, and return the model.
 
     ``method`` "int8" (absmax per output row) or "int4" (asymmetric, ``group_size`` 32/64/128 inputs a group);
-    ``include_head`` quantizes an untied lm_head too. A layer whose input width the group size does not divide
+    ``include_head`` quantizes the lm_head too; a tied one is untied first (the embedding stays float for the
+    lookup, the head gets a quantized copy: decoding then reads 4 or 8 bits per head weight, not 16; the saved
+    folder says tie_word_embeddings false). A layer whose input width the group size does not divide
     is an error (``indivisible="error"``), or stays in int8 (``"int8"``, as llama.cpp falls back to another type
     for such tensors). Everything is checked before the first layer changes.
     """
@@ -32,7 +34,10 @@ def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, in
     bits = METHODS[method]
     if bits == 4 and group_size not in GROUP_SIZES:
         raise ValueError(f"group_size={group_size} must be one of {GROUP_SIZES}")
-    names = quantizable(model, include_head=include_head)
+    tied = include_head and getattr(getattr(model, "config", None), "tie_embeddings", False)
+    names = quantizable(model) + (["lm_head"] if tied else [])
+    if include_head and not tied:
+        names = quantizable(model, include_head=True)
     if not names:
         raise ValueError("the model has no linear layers to quantize")
     if indivisible not in ("error", "int8"):
@@ -43,6 +48,9 @@ def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, in
         raise ValueError(f"{odd[0]}: group_size={group_size} does not divide its input width {width}; pick one of "
                          f"{', '.join(str(g) for g in GROUP_SIZES if width % g == 0) or 'none'}, or pass "
                          "indivisible='int8' to keep such layers in int8")
+    if tied:  # checks done: from here the model changes
+        model.config = model.config.replace(tie_embeddings=False)
+        model.lm_head.weight = nn.Parameter(model.embed.weight.detach().clone(), requires_grad=False)
     spec = {"bits": bits, "group_size": group_size, "modules": [n for n in names if n not in odd]}
     return swap_in(model, {**spec, "int8_modules": odd} if odd else spec)
 
