@@ -10,11 +10,11 @@ dies with SIGILL, with CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX51
 
 The given file is run as it is, and re-encoded by groundup's save_gguf as Q8_0 and Q4_0 (from its decoded
 weights), which llama.cpp then loads too: every row reads one file in both programs. groundup decodes a
-file to float and runs it in fp32, in bf16, and quantized to its own int8 (for Q8_0) or int4 groups of 32
-(for Q4_x), optionally with --compile. A random 128-token prompt (ids in the vocabulary); decode rate is
-(new - 1) tokens over the time after the first token; prefill rate is prompt tokens over the time to the
-first token. Medians of --repeats. The last column: how many of the first 16 greedy ids equal llama.cpp's,
-up to the first difference.
+file to float and runs it quantized to its own int8 (for Q8_0) or int4 groups of 32 (for Q4_x), the head
+included, and the shipped file also in fp32 and bf16; optionally also with --compile. A random 128-token
+prompt (ids in the vocabulary); decode rate is (new - 1) tokens over the time after the first token;
+prefill rate is prompt tokens over the time to the first token. Medians of --repeats. The last column:
+how many of the first 16 greedy ids equal llama.cpp's, up to the first difference.
 """
 
 from __future__ import annotations
@@ -90,10 +90,11 @@ def groundup_rate(model, prompt: list[int], new: int, repeats: int, compile: boo
                 ids=out[0, len(prompt): len(prompt) + 16].tolist())
 
 
-def compute_formats(kind: str) -> list[tuple[str, dict | None]]:
-    """groundup's ways to run a file of llama.cpp type ``kind``: float, and its nearest own format."""
+def compute_formats(kind: str, floats: bool) -> list[tuple[str, dict | None]]:
+    """groundup's ways to run a file of llama.cpp type ``kind``: its nearest own format (head included, as
+    llama.cpp quantizes the output matrix too), and with ``floats`` the decoded float weights as well."""
     own = ("int8", dict(method="int8")) if kind.startswith("Q8") else ("int4 g32", dict(method="int4", group_size=32))
-    return [("fp32", None), ("bf16", None), own]
+    return ([("fp32", None), ("bf16", None)] if floats else []) + [own]
 
 
 def build(path: Path, fmt: str, spec: dict | None):
@@ -101,7 +102,7 @@ def build(path: Path, fmt: str, spec: dict | None):
     if fmt != "fp32":
         model = model.to(torch.bfloat16)
     if spec is not None:
-        quantize(model, spec["method"], group_size=spec.get("group_size", 64), indivisible="int8")
+        quantize(model, spec["method"], group_size=spec.get("group_size", 64), include_head=True, indivisible="int8")
     return model
 
 
@@ -133,7 +134,7 @@ def main() -> None:
             ref = llama_cpp(args.llama_python, path, args.threads, prompt, args.new, args.repeats)
             rows.append(dict(file=label, impl="llama.cpp", fmt=label, **ref, ref=ref))
             print(rows[-1], flush=True)
-            for fmt, spec in compute_formats(label):
+            for fmt, spec in compute_formats(label, floats=path == source):
                 model = build(path, fmt, spec)
                 for comp in (False, True) if args.compile else (False,):
                     r = groundup_rate(model, prompt, args.new, args.repeats, comp)

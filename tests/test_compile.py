@@ -85,3 +85,15 @@ def test_the_cli_compiles_on_request_and_prints_the_same_text(tmp_path, capsys):
     compiled = capsys.readouterr()
     assert compiled.out == eager.out and compiled.out.startswith("the dog")
     assert "compiled the decode step in" in compiled.err
+
+
+def test_a_compiled_model_is_freed_when_dropped():
+    import gc
+    import weakref
+
+    model = _model()
+    gu.generate(model, PROMPTS, 4, compile="eager")
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None

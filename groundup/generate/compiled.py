@@ -25,7 +25,7 @@ from ..nn.qlinear import Int4Linear
 from .masks import GrowingMask
 
 BUCKET = 64  # capacities round up to a multiple of this, so nearby lengths share one compiled graph
-_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {backend: compiled step}
+_STEPS: dict[str, Callable] = {}  # backend -> the compiled step
 _SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(backend, B, slots, dtype)}
 _SECONDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> compile seconds so far
 
@@ -64,18 +64,22 @@ def check_compilable(model: torch.nn.Module, prompt_len: int, max_new_tokens: in
     return capacity
 
 
-def _step_fn(model: torch.nn.Module, backend: str) -> Callable:
-    steps = _STEPS.setdefault(model, {})
-    if backend not in steps:
-        def step(tok: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
-            return model(tok, attention_mask=keys, position_ids=pos, cache=cache, logits_to_keep=1)[:, -1].float()
+def _step(model: torch.nn.Module, tok: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor,
+          cache: DecoderCache) -> torch.Tensor:
+    return model(tok, attention_mask=keys, position_ids=pos, cache=cache, logits_to_keep=1)[:, -1].float()
 
-        steps[backend] = torch.compile(step, backend=backend, dynamic=False)
-    return steps[backend]
+
+def _step_fn(backend: str) -> Callable:
+    """One compiled step per backend, the model an argument: dynamo's guards decide whether a traced graph
+    serves another model (same structure and shapes: it does), and no cache here keeps a model alive."""
+    if backend not in _STEPS:
+        _STEPS[backend] = torch.compile(_step, backend=backend, dynamic=False)
+    return _STEPS[backend]
 
 
 def compile_seconds(model: torch.nn.Module) -> float:
-    """Seconds spent in first calls of compiled decode steps of ``model`` (where compilation happens)."""
+    """Seconds spent in first calls of compiled decode steps of ``model`` (where compilation happens; near 0
+    when a graph traced for another model of the same structure serves this one)."""
     return _SECONDS.get(model, 0.0)
 
 
@@ -107,10 +111,10 @@ class FixedStep:
     def __call__(self, tok: torch.Tensor) -> torch.Tensor:
         """tok [B, 1] -> next-token logits [B, V] (fp32); advances the slot and positions."""
         self.keys.index_fill_(1, self.slot, 1)
-        step = _step_fn(self.model, self.backend)
+        step = _step_fn(self.backend)
         seen = _SEEN.setdefault(self.model, set())
         t0 = time.perf_counter()
-        logits = step(tok, self.pos, self.keys, self.cache)
+        logits = step(self.model, tok, self.pos, self.keys, self.cache)
         if self.key not in seen:  # this call compiled the graph for the shape
             seen.add(self.key)
             _SECONDS[self.model] = _SECONDS.get(self.model, 0.0) + time.perf_counter() - t0
