@@ -209,3 +209,17 @@ def test_dequantized_products_in_row_blocks_equal_one_block(cls, monkeypatch):
     monkeypatch.setattr(ql, "CHUNK_BYTES", 4 * 128 * 10)
     for name, want in whole.items():
         assert torch.equal(q._product(name, x), want), name
+
+
+@pytest.mark.parametrize("out", [192, 320, 48])
+def test_the_int4_kernel_layout_built_in_row_blocks_equals_one_block(out, monkeypatch):
+    """The CPU kernel's layout is converted 64 output rows at a time (bounded int32 codes); widths 64 does not
+    divide (48) go in one block. Same bytes, same products as one conversion of the whole matrix."""
+    import groundup.nn.qlinear as ql
+
+    torch.manual_seed(2)
+    q = Int4Linear.from_linear(torch.nn.Linear(256, out), group_size=32)
+    whole = q._kernel_weights()[0].clone()
+    q._kernel = None
+    monkeypatch.setattr(ql, "CHUNK_BYTES", 4 * 256 * 64)  # one 64-row block at a time
+    assert torch.equal(q._kernel_weights()[0], whole)

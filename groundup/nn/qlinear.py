@@ -142,8 +142,13 @@ class Int4Linear(nn.Module):
     def _kernel_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """torch's int4 CPU layout, derived from the stored codes (kept until the codes change)."""
         if self._kernel is None or self._kernel[0] is not self.weight:
-            codes = unpack_int4(self.weight).to(torch.int32)
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 8)
+            # in blocks of 64 output rows (the layout's own unit) so the int32 codes the conversion takes stay
+            # small: a whole 32k x 768 head would hold 98 MB of them
+            step = max(64, CHUNK_BYTES // (4 * self.in_features) // 64 * 64)
+            if self.out_features % 64:
+                step = self.out_features
+            packed = torch.cat([torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                unpack_int4(self.weight[r:r + step]).to(torch.int32), 8) for r in range(0, self.out_features, step)])
             # the kernel computes (q - 8) s + z: z is the value of the middle code
             zeros = self.weight_min.float() + 8 * self.weight_scale.float()
             sz = torch.stack((self.weight_scale.float(), zeros), dim=-1).transpose(0, 1)  # [groups, out, 2]
