@@ -1,6 +1,6 @@
 """Weight-only quantization: decode speed and quality of int8 / int4 against the float model, one process.
 
-    python bench/quant.py [--repeats 3] [--new 64] [--prompt 128] [--batches 1 8] [--model llama|gpt2]
+    python bench/quant.py [--repeats 3] [--new 64] [--prompt 128] [--batches 1 8] [--model llama|gpt2] [--compile]
                           [--quality FOLDER --text FILE] [--out docs/bench_quant.md]
 
 Speed: greedy decoding of `--new` tokens after a `--prompt`-token random prompt with groundup in fp32, bf16,
@@ -38,6 +38,7 @@ from forward import hf_model
 from report import command, emit
 
 import groundup as gu
+from groundup.generate.compiled import compile_seconds
 from groundup.quant import quantize
 
 FORMATS = [("fp32", None), ("bf16", None), ("int8", dict(method="int8")),
@@ -70,7 +71,8 @@ def decode_rate(fn, batch: int, new: int, repeats: int) -> tuple[float, float]:
     return batch * (new - 1) / max(a - b, 1e-9), b
 
 
-def speed(model_name: str, batches: list[int], prompt: int, new: int, repeats: int) -> list[dict]:
+def speed(model_name: str, batches: list[int], prompt: int, new: int, repeats: int, compile: bool = False
+          ) -> list[dict]:
     ref = hf_model(model_name)
     ref.generation_config.eos_token_id = None
     ref.generation_config.pad_token_id = 0
@@ -94,10 +96,13 @@ def speed(model_name: str, batches: list[int], prompt: int, new: int, repeats: i
         ref.float()
         for fmt, spec in FORMATS:
             m = variant(base, fmt, spec)
-            rate, pre = decode_rate(lambda n, m=m, ids=ids: gu.generate(m, ids, n), batch, new, repeats)
             size = sum({t.data_ptr(): t.numel() * t.element_size() for t in m.state_dict().values()}.values())
-            rows.append(dict(impl="groundup", fmt=fmt, batch=batch, rate=rate, prefill=pre, mib=size / 2**20))
-            print(rows[-1], flush=True)
+            for comp in (False, True) if compile else (False,):
+                rate, pre = decode_rate(lambda n, m=m, ids=ids, c=comp: gu.generate(m, ids, n, compile=c), batch, new,
+                                        repeats)
+                label = f"{fmt}, compiled ({compile_seconds(m):.0f} s)" if comp else fmt
+                rows.append(dict(impl="groundup", fmt=label, batch=batch, rate=rate, prefill=pre, mib=size / 2**20))
+                print(rows[-1], flush=True)
             del m
     return rows
 
@@ -165,13 +170,15 @@ def main() -> None:
     ap.add_argument("--quality", default=None, help="a trained model folder (with tokenizer.json)")
     ap.add_argument("--text", default=None, help="held-out text for --quality")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also each groundup format with compile=True (the "
+                    "compile time in the label)")
     ap.add_argument("--memory", action="store_true", help="peak RSS of decoding each format, in child processes")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     lines = [f"Command: `{command()}`", ""]
     if not args.skip_speed:
-        rows = speed(args.model, args.batches, args.prompt, args.new, args.repeats)
+        rows = speed(args.model, args.batches, args.prompt, args.new, args.repeats, args.compile)
         lines += [f"Decode, {args.model} ({'llama-125m preset' if args.model == 'llama' else 'gpt2-124M'}, random "
                   f"weights), greedy, {args.prompt}-token prompt, {args.new} new tokens, torch "
                   f"{torch.__version__}, {torch.get_num_threads()} threads. Quantized models keep their other "

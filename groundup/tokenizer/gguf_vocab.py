@@ -50,11 +50,15 @@ def load(path: str | Path) -> Tokenizer:
 
 
 def tokenizer_from_gguf(fields: dict[str, Any], source: str) -> Tokenizer:
-    """A Tokenizer from a GGUF file's tokenizer.ggml.* fields (and tokenizer.chat_template)."""
+    """A Tokenizer from a GGUF file's tokenizer.ggml.* fields (and tokenizer.chat_template): byte-level BPE
+    ("gpt2") or SentencePiece-style BPE ("llama": pieces with scores, byte fallback)."""
     kind = fields.get("tokenizer.ggml.model")
+    if kind == "llama":
+        return _sentencepiece(fields, source)
     if kind != "gpt2":
-        raise UnsupportedTokenizer(f"{source}: tokenizer.ggml.model={kind!r} is not supported yet (supported: 'gpt2', "
-                              "byte-level BPE); use the model's HF folder for its tokenizer.json")
+        raise UnsupportedTokenizer(f"{source}: tokenizer.ggml.model={kind!r} is not supported (supported: 'gpt2', "
+                                   "byte-level BPE; 'llama', SentencePiece BPE); use the model's HF folder for its "
+                                   "tokenizer.json")
     pre = fields.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
         raise UnsupportedTokenizer(f"{source}: tokenizer.ggml.pre={pre!r} is not a known pre-tokenizer (known: "
@@ -71,7 +75,13 @@ def tokenizer_from_gguf(fields: dict[str, Any], source: str) -> Tokenizer:
            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
                      "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges}}
-    names = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "pad_token": "padding_token_id"}
+    return _build(obj, fields, tokens, source)
+
+
+def _build(obj: dict, fields: dict[str, Any], tokens: list[str], source: str) -> Tokenizer:
+    """The Tokenizer of a tokenizer.json object, its special tokens named from the file's ids."""
+    names = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "pad_token": "padding_token_id",
+             "unk_token": "unknown_token_id"}
     config = {k: tokens[int(fields[f"tokenizer.ggml.{v}"])] for k, v in names.items()
               if f"tokenizer.ggml.{v}" in fields}
     try:
@@ -79,6 +89,59 @@ def tokenizer_from_gguf(fields: dict[str, Any], source: str) -> Tokenizer:
                          chat_template=fields.get("tokenizer.chat_template"))
     except ValueError as err:
         raise UnsupportedTokenizer(f"{source}: {err}") from None
+
+
+_UNKNOWN = 2
+
+
+def spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """The BPE merges a SentencePiece vocabulary implies: every split of a piece into two pieces of the
+    vocabulary is a merge, ranked by the merged piece's score, best first (SentencePiece's BPE merges the
+    best-scoring pair first; Kudo & Richardson, 2018). Ties go to the longer left part, then the longer
+    right part, then vocabulary order (the order transformers' converter produces)."""
+    ids = {t: i for i, t in enumerate(tokens)}
+    found = []
+    for piece, score in zip(tokens, scores, strict=True):
+        pairs = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in ids and piece[k:] in ids]
+        pairs.sort(key=lambda lr: (ids[lr[0]], ids[lr[1]]))
+        found.extend((left, right, score) for left, right in pairs)
+    found.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)  # stable: ties keep the order above
+    return [(left, right) for left, right, _ in found]
+
+
+def _sentencepiece(fields: dict[str, Any], source: str) -> Tokenizer:
+    """llama.cpp's "llama" vocabulary as a tokenizer.json: a "▁" before the text and for every space, BPE
+    over the pieces with merges from their scores, unknown characters as <0xXX> byte pieces."""
+    tokens = list(fields["tokenizer.ggml.tokens"])
+    scores = [float(x) for x in fields.get("tokenizer.ggml.scores", [0.0] * len(tokens))]
+    types = list(fields.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    if not len(tokens) == len(scores) == len(types):
+        raise UnsupportedTokenizer(f"{source}: tokenizer.ggml.tokens, scores and token_type differ in length "
+                                   f"({len(tokens)}, {len(scores)}, {len(types)})")
+    unk_id = fields.get("tokenizer.ggml.unknown_token_id",
+                        next((i for i, t in enumerate(types) if t == _UNKNOWN), None))
+    # user-defined pieces are found in the normalized text, as sentencepiece finds them ("▁a▁<tool>▁b")
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": ty == _USER, "special": ty in (_CONTROL, _UNKNOWN)}
+             for i, (t, ty) in enumerate(zip(tokens, types, strict=True)) if ty in (_CONTROL, _USER, _UNKNOWN)]
+    # The space before the text and every space become "▁" as normalization (Llama-2's own tokenizer.json):
+    # "  hi" -> "▁▁▁hi", as sentencepiece and llama.cpp have it. A Metaspace pre-tokenizer (what
+    # transformers builds from a GGUF) adds no "▁" before text that starts with a space: "▁▁hi".
+    spaces = [{"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]
+    if fields.get("tokenizer.ggml.add_space_prefix", True):
+        spaces.insert(0, {"type": "Prepend", "prepend": "\u2581"})
+    fields = {"tokenizer.ggml.add_bos_token": True, **fields}  # llama.cpp's default for this vocabulary
+    obj = {"version": "1.0", "added_tokens": added, "normalizer": {"type": "Sequence", "normalizers": spaces},
+           "pre_tokenizer": None,
+           "post_processor": _bos_template(fields, tokens),
+           "decoder": {"type": "Sequence", "decoders": [
+               {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
+               {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+           "model": {"type": "BPE", "dropout": None, "unk_token": None if unk_id is None else tokens[int(unk_id)],
+                     "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
+                     "byte_fallback": True, "ignore_merges": False, "vocab": {t: i for i, t in enumerate(tokens)},
+                     "merges": [list(m) for m in spm_merges(tokens, scores)]}}
+    return _build(obj, fields, tokens, source)
 
 
 def _bos_template(fields: dict[str, Any], tokens: list[str]) -> dict | None:
