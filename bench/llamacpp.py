@@ -96,6 +96,40 @@ def agreement(python: str, path: Path, model, ids: list[int], threads: int, tmp:
                 ppl_ours=float((-ours[:-1].gather(-1, nxt).mean()).exp()))
 
 
+def families(python: str, threads: int, tmp: str) -> list[dict]:
+    """Tiny random models of every architecture save_gguf writes, as F32 files: llama.cpp's logits on a
+    sentence against groundup's (llama.cpp keeps its KV cache in f16)."""
+    import numpy as np
+
+    from groundup.checkpoint.gguf import ARCHS
+
+    tok = gu.Tokenizer.train(["the cat sat on the mat. the dog ran after the cat 123. " * 30], 300,
+                             special_tokens=["<|endoftext|>"], eos_token="<|endoftext|>")
+    ids = tok.encode("the cat ran after the dog on the mat")
+    Path(tmp, "ids.json").write_text(json.dumps(ids))
+    rows = []
+    for arch in ARCHS:
+        extra = {"gemma": dict(ffn="geglu_tanh", norm_weight_offset=1.0, embed_scale="sqrt_d",
+                               embed_scale_rounded=True), "qwen2": dict(attn_bias=True)}.get(arch, {})
+        cfg = gu.Config.preset("tiny-llama").replace(family=arch, vocab_size=tok.vocab_size, d_model=64, n_layers=2,
+                                                     n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=64,
+                                                     tie_embeddings=False, **extra)
+        torch.manual_seed(0)
+        model = gu.CausalLM(cfg).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)  # norms and biases off their initial values
+        path = model.save_gguf(Path(tmp) / f"{arch}.gguf", dtype="f32", tokenizer=tok)
+        subprocess.run([python, "-c", LOGITS, str(path), str(Path(tmp, "ids.json")), str(Path(tmp, "l.npy")),
+                        str(threads)], check=True, capture_output=True)
+        theirs = torch.from_numpy(np.load(Path(tmp, "l.npy")))
+        with torch.no_grad():
+            ours = model(torch.tensor([ids]))[0]
+        rows.append(dict(arch=arch, diff=float((theirs - ours).abs().max()), scale=float(ours.abs().max())))
+        print(rows[-1], flush=True)
+    return rows
+
+
 def llama_cpp(python: str, path: Path, threads: int, prompt: list[int], new: int, repeats: int) -> dict:
     out = subprocess.run([python, "-c", LLAMA, str(path), str(threads), str(new), str(repeats), json.dumps(prompt)],
                          capture_output=True, text=True)
@@ -147,6 +181,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--compile", action="store_true", help="also groundup with compile=True")
     ap.add_argument("--text", default=None, help="held-out text: llama.cpp's logits on it against groundup's")
+    ap.add_argument("--families", action="store_true", help="also: tiny models of every architecture save_gguf "
+                    "writes, run by llama.cpp against groundup")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -156,8 +192,10 @@ def main() -> None:
     prompt = torch.randint(100, base.config.vocab_size, (args.prompt,),
                            generator=torch.Generator().manual_seed(0)).tolist()
     kind = matrix_type(source)
-    rows, agree = [], []
+    rows, agree, fams = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.families:
+            fams = families(args.llama_python, args.threads, tmp)
         files = [(kind, source)]
         for dtype in ("q8_0", "q4_0"):
             files.append((dtype.upper(), base.save_gguf(Path(tmp) / f"{dtype}.gguf", dtype=dtype, tokenizer=tok)))
@@ -203,6 +241,11 @@ def main() -> None:
         for a in agree:
             lines.append(f"| {a['file']} | {a['top1']:.4f} | {a['kl']:.2e} | {a['ppl_theirs']:.3f} | "
                          f"{a['ppl_ours']:.3f} |")
+    if fams:
+        lines += ["", "Every architecture save_gguf writes, as a tiny random F32 file (2 layers, d_model 64, GQA 4/2, "
+                  "untied head): llama.cpp's logits on one sentence against groundup's.", "",
+                  "| architecture | max abs logit difference | largest logit |", "|---|---:|---:|"]
+        lines += [f"| {f['arch']} | {f['diff']:.1e} | {f['scale']:.2f} |" for f in fams]
     emit("groundup against llama.cpp on the same GGUF files", lines, args.out)
 
 

@@ -19,7 +19,7 @@ IDS = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(0))
 def _model(family: str = "llama", **kw) -> gu.CausalLM:
     torch.manual_seed(0)
     base = dict(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=64)
-    extra = {"llama": dict(tie_embeddings=False), "qwen2": dict(attn_bias=True),
+    extra = {"llama": dict(tie_embeddings=False), "qwen2": dict(attn_bias=True), "phi3": dict(tie_embeddings=False),
              "gemma": dict(ffn="geglu_tanh", norm_weight_offset=1.0, embed_scale="sqrt_d",
                            embed_scale_rounded=True, head_dim=32)}[family]
     cfg = gu.Config.preset("tiny-llama").replace(family=family, **{**base, **extra, **kw})
@@ -30,7 +30,7 @@ def _model(family: str = "llama", **kw) -> gu.CausalLM:
     return model
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "phi3"])
 @pytest.mark.parametrize("dtype,tol", [("f32", 1e-5), ("f16", 2e-2), ("q8_0", 5e-2)])
 def test_save_gguf_reads_back_with_equal_logits(family, dtype, tol, tmp_path):
     model = _model(family)
@@ -103,7 +103,7 @@ def test_damaged_and_unsupported_files_are_refused_by_name(tmp_path):
     assert not (tmp_path / "x.gguf").exists()
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])  # transformers reads no gemma (1) GGUF
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])  # transformers reads no gemma (1) GGUF
 def test_transformers_reads_our_gguf_with_equal_logits_and_tokens(family, tmp_path):
     """transformers' own GGUF loader (which follows llama.cpp's conventions) on a file groundup wrote: the
     same logits and the same token ids; and our reader gives the tokenizer back."""
@@ -113,7 +113,8 @@ def test_transformers_reads_our_gguf_with_equal_logits_and_tokens(family, tmp_pa
 
     tok = gu.Tokenizer.train(["the cat sat on the mat. the dog ran after the cat 123. " * 30], 300,
                              special_tokens=["<|endoftext|>"], eos_token="<|endoftext|>")
-    model = _model(family, vocab_size=tok.vocab_size)
+    # transformers' Phi3Config defaults pad_token_id to 32000, past this vocabulary: the file names one
+    model = _model(family, vocab_size=tok.vocab_size, **({"pad_token_id": 0} if family == "phi3" else {}))
     model.save_gguf(tmp_path / "m.gguf", dtype="f32", tokenizer=tok)
     text = "the cat 12345 ran after the dog, on a mat"
     ids = torch.tensor([tok.encode(text)])

@@ -7,8 +7,11 @@ decoded by ggml_quants.py. What llama.cpp's converter changes, undone here on re
 - llama's q and k rows: HF's half-split rotary layout is permuted to ggml's interleaved pairs
   (rows (h, 2, D/2) -> (h, D/2, 2) per head); qwen2 and gemma keep the half-split (NEOX) layout;
 - gemma's norm weights: stored as 1 + w (llama.cpp's RMSNorm multiplies by the stored value).
-Architectures: llama (Llama, Mistral, SmolLM), qwen2, gemma. Others, and llama 3.1's rope_freqs tensor,
-are refused by name before any tensor is decoded. The tokenizer (tokenizer.ggml.*) is tokenizer/gguf_vocab.py's.
+- phi3's fused tensors: ``attn_qkv`` (q rows, then k, then v) and ``ffn_up`` (gate rows, then up) are split
+  into groundup's separate projections on read and joined on write.
+Architectures: llama (Llama, Mistral, SmolLM), qwen2, gemma, phi3 (Phi-3 mini 4k). Others, and llama 3.1's
+rope_freqs tensor, are refused by name before any tensor is decoded. The tokenizer (tokenizer.ggml.*) is
+tokenizer/gguf_vocab.py's.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ..utils.files import gguf_package, read_gguf
 from .ggml_quants import FORMATS, TYPE_IDS, dequantize, quantize
 from .io import CheckpointError
 
-ARCHS = ("llama", "qwen2", "gemma")
+ARCHS = ("llama", "qwen2", "gemma", "phi3")
 # {arch}.<key> metadata <-> Config field, both ways (rope.dimension_count is derived: rotary_dim)
 HPARAMS = (("context_length", "max_seq_len"), ("embedding_length", "d_model"), ("block_count", "n_layers"),
            ("feed_forward_length", "d_ff"), ("attention.head_count", "n_heads"),
@@ -81,6 +84,9 @@ def config_from_gguf(meta: dict[str, Any], tensor_names: set[str], source: str) 
     if "rope_freqs.weight" in tensor_names:
         raise CheckpointError(f"{source}: tensor rope_freqs (llama 3.1's rope scaling as per-dimension factors) is "
                               "not supported yet; load the HF folder of this model instead")
+    if "rope_factors_long.weight" in tensor_names:
+        raise CheckpointError(f"{source}: tensors rope_factors_long/short (Phi-3 128k's LongRoPE) are not supported "
+                              "yet; load the HF folder of this model instead")
     d, heads = int(key("embedding_length")), int(key("attention.head_count"))
     head_dim = int(key("attention.key_length", d // heads))
     rot = int(key("rope.dimension_count", head_dim))
@@ -104,6 +110,8 @@ def config_from_gguf(meta: dict[str, Any], tensor_names: set[str], source: str) 
         fields.update(rope_scaling="linear", rope_scaling_factor=float(key("rope.scaling.factor")))
     if arch == "qwen2":
         fields.update(attn_bias="blk.0.attn_q.bias" in tensor_names)
+    if arch == "phi3" and meta.get("phi3.attention.sliding_window"):
+        fields.update(sliding_window=int(meta["phi3.attention.sliding_window"]))
     if arch == "gemma":
         fields.update(family="gemma", ffn="geglu_tanh", norm_weight_offset=1.0, embed_scale="sqrt_d",
                       embed_scale_rounded=True, norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-6)))
@@ -117,6 +125,46 @@ def _permute(w: torch.Tensor, heads: int, inverse: bool) -> torch.Tensor:
     if inverse:  # GGUF -> HF: (h, D/2, 2) -> (h, 2, D/2)
         return w.reshape(heads, half, 2, *shape[1:]).transpose(1, 2).reshape(shape)
     return w.reshape(heads, 2, half, *shape[1:]).transpose(1, 2).reshape(shape)
+
+
+_FUSED = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "ffn_up": ("ffn_gate", "ffn_up")}  # phi3: joined rows
+
+
+def _fused_rows(cfg: Config, fused: str) -> list[int]:
+    kv = cfg.n_kv_heads * cfg.head_dim
+    return [cfg.n_heads * cfg.head_dim, kv, kv] if fused == "attn_qkv" else [cfg.d_ff, cfg.d_ff]
+
+
+def _split_fused(cfg: Config, gname: str, values: torch.Tensor, source: str) -> list[tuple[str, torch.Tensor]]:
+    """A phi3 file's fused tensor -> the (llama-named) parts it joins; any other tensor as it is."""
+    block, _, leaf = gname.rpartition(".")  # blk.{i}.attn_qkv / weight
+    prefix, _, kind = block.rpartition(".")
+    if cfg.family != "phi3" or kind not in _FUSED:
+        return [(gname, values)]
+    rows = _fused_rows(cfg, kind)
+    if values.shape[0] != sum(rows):
+        raise CheckpointError(f"{source}: tensor {gname} has {values.shape[0]} rows; phi3 with this config needs "
+                              f"{sum(rows)} ({' + '.join(map(str, rows))})")
+    return [(f"{prefix}.{part}.{leaf}", t) for part, t in zip(_FUSED[kind], values.split(rows), strict=True)]
+
+
+def _join_fused(cfg: Config, named: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """The reverse of _split_fused over a list of (GGUF name, tensor): phi3's q/k/v and gate/up joined."""
+    if cfg.family != "phi3":
+        return named
+    parts = dict(named)
+    out, done = [], set()
+    for gname, t in named:
+        block, _, leaf = gname.rpartition(".")
+        prefix, _, kind = block.rpartition(".")
+        fused = next((f for f, members in _FUSED.items() if kind in members), None)
+        if fused is None:
+            out.append((gname, t))
+        elif gname not in done:
+            names = [f"{prefix}.{m}.{leaf}" for m in _FUSED[fused]]
+            out.append((f"{prefix}.{fused}.{leaf}", torch.cat([parts[n] for n in names])))
+            done.update(names)
+    return out
 
 
 def _gguf_name(name: str) -> tuple[str, str] | None:
@@ -170,23 +218,24 @@ def load_gguf(path: str | Path, *, dtype: torch.dtype | None = None):
             by_gguf[mapped[0]] = name
     state, unexpected = {}, []
     target = dtype or torch.float32
-    for gname, t in tensors.items():
-        name = by_gguf.get(gname)
-        if name is None:
-            unexpected.append(gname)
-            continue
+    for fname, t in tensors.items():
         shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # ggml ne -> torch [out, in]
         raw = torch.from_numpy(np.array(t.data, copy=True).reshape(-1).view(np.uint8))  # off the read-only map
         try:
-            values = dequantize(raw, int(t.tensor_type), int(t.n_elements)).reshape(shape)
+            decoded = dequantize(raw, int(t.tensor_type), int(t.n_elements)).reshape(shape)
         except ValueError as err:
-            raise CheckpointError(f"{path}: tensor {gname}: {err}") from None
-        if cfg.family == "llama" and name.endswith(("attn.q_proj.weight", "attn.k_proj.weight")):
-            heads = cfg.n_heads if ".q_proj." in name else cfg.n_kv_heads
-            values = _permute(values, heads, inverse=True)
-        if cfg.family == "gemma" and name.endswith("norm.weight"):
-            values = values - 1  # stored as 1 + w
-        state[name] = values.to(target)
+            raise CheckpointError(f"{path}: tensor {fname}: {err}") from None
+        for gname, values in _split_fused(cfg, fname, decoded, str(path)):
+            name = by_gguf.get(gname)
+            if name is None:
+                unexpected.append(gname)
+                continue
+            if cfg.family == "llama" and name.endswith(("attn.q_proj.weight", "attn.k_proj.weight")):
+                heads = cfg.n_heads if ".q_proj." in name else cfg.n_kv_heads
+                values = _permute(values, heads, inverse=True)
+            if cfg.family == "gemma" and name.endswith("norm.weight"):
+                values = values - 1  # stored as 1 + w
+            state[name] = values.to(target)
     if unexpected:
         raise CheckpointError(f"{path}: tensor(s) a {cfg.family} model does not use: "
                               f"{', '.join(sorted(unexpected)[:20])}")
@@ -221,7 +270,8 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
         raise ValueError(f"dtype={dtype!r} must be one of {', '.join(kinds)}")
     unsupported = [f for f in ("layer_types", "attn_softcap", "logit_softcap", "attn_scale_dim")
                    if getattr(cfg, f) is not None]
-    if unsupported or cfg.rope_scaling not in ("none", "linear") or cfg.sliding_window:
+    window = cfg.sliding_window if cfg.family != "phi3" else None  # phi3 has a key for it
+    if unsupported or cfg.rope_scaling not in ("none", "linear") or window:
         raise CheckpointError(f"save_gguf: {', '.join(unsupported) or 'this rope scaling / window'} has no GGUF "
                               "key written here")
     path = Path(path)
@@ -233,6 +283,8 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
         value = getattr(cfg, field)
         (w.add_float32 if isinstance(value, float) else w.add_uint32)(f"{arch}.{key}", value)
     w.add_rope_dimension_count(cfg.rotary_dim)
+    if cfg.family == "phi3" and cfg.sliding_window:
+        w.add_uint32("phi3.attention.sliding_window", cfg.sliding_window)
     if cfg.rope_scaling == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(cfg.rope_scaling_factor)
@@ -247,6 +299,7 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
         write_tokenizer(w, tokenizer, cfg.vocab_size)
         w.add_add_bos_token(False)
     tied = model.tied_keys()
+    named = []
     for name, t in model.state_dict().items():
         if name in tied:
             continue
@@ -258,11 +311,13 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
             values = _permute(values, cfg.n_heads if ".q_proj." in name else cfg.n_kv_heads, inverse=False)
         if cfg.family == "gemma" and name.endswith("norm.weight"):
             values = values + 1
+        named.append((mapped[0], values))
+    for gname, values in _join_fused(cfg, named):
         kind = kinds[dtype] if values.dim() == 2 and values.shape[1] % 32 == 0 else "F32"
         raw = quantize(values.reshape(-1), TYPE_IDS[kind]).numpy()
         per, size = FORMATS[TYPE_IDS[kind]][1:]
         byte_shape = (*values.shape[:-1], values.shape[-1] // per * size)
-        w.add_tensor(mapped[0], raw.reshape(byte_shape), raw_shape=byte_shape,
+        w.add_tensor(gname, raw.reshape(byte_shape), raw_shape=byte_shape,
                      raw_dtype=gguf.GGMLQuantizationType[kind])
     try:
         w.write_header_to_file()
