@@ -12,9 +12,9 @@ Memory (`--memory`): each format is saved as a folder (the quantized ones by gro
 process loads that folder and decodes `--new` tokens at batch 1; its peak resident memory (VmHWM) is
 reported, so a format's figure holds only what decoding it needs.
 
-Quality (`--quality`, a trained groundup/HF folder, with `--text`, held-out text of its domain): perplexity
-of each format over non-overlapping windows of the text, and the mean KL divergence (float || quantized)
-of the next-token distributions, per token.
+Quality (`--quality`, a trained groundup/HF folder or a GGUF file, whose decoded weights are then the float
+reference, with `--text`, held-out text of its domain): perplexity of each format over non-overlapping windows
+of the text, and the mean KL divergence (float || quantized) of the next-token distributions, per token.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def memory(model_name: str, new: int) -> list[dict]:
 @torch.no_grad()
 def quality(folder: str, text_file: str, window: int = 256, max_windows: int = 64) -> list[dict]:
     """Perplexity of every format and mean KL (float || format) per token on held-out text."""
-    tok = gu.Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+    tok = gu.Tokenizer.from_file(folder)  # a folder's tokenizer.json, or a GGUF file's vocabulary
     ids = tok.encode(Path(text_file).read_text(errors="replace"))
     n = min(len(ids) // window, max_windows)
     if n < 1:
@@ -167,7 +167,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--model", choices=("llama", "gpt2"), default="llama")
-    ap.add_argument("--quality", default=None, help="a trained model folder (with tokenizer.json)")
+    ap.add_argument("--quality", default=None, help="a trained model folder (with tokenizer.json) or a GGUF file")
     ap.add_argument("--text", default=None, help="held-out text for --quality")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also each groundup format with compile=True (the "

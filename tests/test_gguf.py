@@ -21,8 +21,8 @@ def _model(family: str = "llama", **kw) -> gu.CausalLM:
     base = dict(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=64)
     extra = {"llama": dict(tie_embeddings=False), "qwen2": dict(attn_bias=True), "phi3": dict(tie_embeddings=False),
              "gemma": dict(ffn="geglu_tanh", norm_weight_offset=1.0, embed_scale="sqrt_d",
-                           embed_scale_rounded=True, head_dim=32)}[family]
-    cfg = gu.Config.preset("tiny-llama").replace(family=family, **{**base, **extra, **kw})
+                           embed_scale_rounded=True, head_dim=32, tie_embeddings=True)}[family]
+    cfg = gu.Config.preset("tiny-llama").replace(**{"family": family, **base, **extra, **kw})
     model = gu.CausalLM(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -100,6 +100,8 @@ def test_damaged_and_unsupported_files_are_refused_by_name(tmp_path):
         gu.from_pretrained(tmp_path / "rwkv.gguf")
     with pytest.raises(ValueError, match="dtype='q3_k'"):
         model.save_gguf(tmp_path / "x.gguf", dtype="q3_k")
+    with pytest.raises(CheckpointError, match="gemma architecture has no output tensor"):  # llama.cpp refuses it
+        _model("gemma", tie_embeddings=False).save_gguf(tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
 
 

@@ -274,6 +274,9 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
     if unsupported or cfg.rope_scaling not in ("none", "linear") or window:
         raise CheckpointError(f"save_gguf: {', '.join(unsupported) or 'this rope scaling / window'} has no GGUF "
                               "key written here")
+    if cfg.family == "gemma" and not cfg.tie_embeddings:  # llama.cpp's gemma would refuse the file
+        raise CheckpointError("save_gguf: llama.cpp's gemma architecture has no output tensor (the head is the "
+                              "embedding); this model's lm_head is untied")
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     arch = cfg.family
