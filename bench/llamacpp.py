@@ -243,7 +243,8 @@ def main() -> None:
                          f"{a['ppl_ours']:.3f} |")
     if fams:
         lines += ["", "Every architecture save_gguf writes, as a tiny random F32 file (2 layers, d_model 64, GQA 4/2, "
-                  "untied head but for gemma, which llama.cpp ties): llama.cpp's logits on one sentence against groundup's.", "",
+                  "untied head but for gemma, which llama.cpp ties): llama.cpp's logits on one sentence against "
+                  "groundup's.", "",
                   "| architecture | max abs logit difference | largest logit |", "|---|---:|---:|"]
         lines += [f"| {f['arch']} | {f['diff']:.1e} | {f['scale']:.2f} |" for f in fams]
     emit("groundup against llama.cpp on the same GGUF files", lines, args.out)
