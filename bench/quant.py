@@ -169,6 +169,7 @@ def main() -> None:
     ap.add_argument("--model", choices=("llama", "gpt2"), default="llama")
     ap.add_argument("--quality", default=None, help="a trained model folder (with tokenizer.json) or a GGUF file")
     ap.add_argument("--text", default=None, help="held-out text for --quality")
+    ap.add_argument("--windows", type=int, default=64, help="--quality: at most this many 256-token windows")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also each groundup format with compile=True (the "
                     "compile time in the label)")
@@ -200,7 +201,7 @@ def main() -> None:
         for r in mem:
             lines.append(f"| {r['fmt']} | {r['rss']:,.0f} | {r['rss'] / mem[0]['rss']:.2f} |")
     if args.quality:
-        q = quality(args.quality, args.text)
+        q = quality(args.quality, args.text, max_windows=args.windows)
         lines += ["", f"Quality of `{args.quality}` on `{args.text}` ({q[0]['tokens']:,} tokens, windows of 256):",
                   "",
                   "| format | perplexity | vs fp32 | mean KL (fp32 \\|\\| format) per token |", "|---|---:|---:|---:|"]
