@@ -54,8 +54,10 @@ def test_inductor_compiles_once_per_shape_and_reports_its_time():
     assert first > 0
     # another prompt length and token count in the same 64-slot bucket and batch: the graph is reused
     other = [[1, 2, 3], [9, 8, 7, 6]]
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert torch.equal(gu.generate(model, other, 20, compile=True), gu.generate(model, other, 20))
     assert compile_seconds(model) == first
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # nothing traced again
 
 
 def test_what_the_fixed_step_cannot_run_is_refused_first():
