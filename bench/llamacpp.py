@@ -25,18 +25,17 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from quant import decode_rate, variant
 from report import command, emit
 
 import groundup as gu
 from groundup.checkpoint.gguf import matrix_type
 from groundup.generate.compiled import compile_seconds
-from groundup.quant import quantize
 
 LLAMA = r"""
 import json, sys, time
@@ -139,20 +138,11 @@ def llama_cpp(python: str, path: Path, threads: int, prompt: list[int], new: int
 
 
 def groundup_rate(model, prompt: list[int], new: int, repeats: int, compile: bool) -> dict:
+    """groundup's prefill and decode tokens/s (bench/quant.py's measurement) and its first 16 greedy ids."""
     ids = torch.tensor([prompt])
-    gu.generate(model, ids, new, compile=compile)  # warm-up: autotuner decisions, and the compile
-    pre, dec, out = [], [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        gu.generate(model, ids, 1, compile=compile)
-        one = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = gu.generate(model, ids, new, compile=compile)
-        pre.append(one)
-        dec.append(time.perf_counter() - t0 - one)
-    pre_s, dec_s = sorted(pre)[repeats // 2], sorted(dec)[repeats // 2]
-    return dict(prefill=len(prompt) / pre_s, decode=(new - 1) / max(dec_s, 1e-9),
-                ids=out[0, len(prompt): len(prompt) + 16].tolist())
+    rate, prefill = decode_rate(lambda n: gu.generate(model, ids, n, compile=compile), 1, new, repeats)
+    out = gu.generate(model, ids, 16, compile=compile)
+    return dict(prefill=len(prompt) / prefill, decode=rate, ids=out[0, len(prompt):].tolist())
 
 
 def compute_formats(kind: str, floats: bool) -> list[tuple[str, dict | None]]:
@@ -160,15 +150,6 @@ def compute_formats(kind: str, floats: bool) -> list[tuple[str, dict | None]]:
     llama.cpp quantizes the output matrix too), and with ``floats`` the decoded float weights as well."""
     own = ("int8", dict(method="int8")) if kind.startswith("Q8") else ("int4 g32", dict(method="int4", group_size=32))
     return ([("fp32", None), ("bf16", None)] if floats else []) + [own]
-
-
-def build(path: Path, fmt: str, spec: dict | None):
-    model = gu.from_pretrained(path).eval()
-    if fmt != "fp32":
-        model = model.to(torch.bfloat16)
-    if spec is not None:
-        quantize(model, spec["method"], group_size=spec.get("group_size", 64), include_head=True, indivisible="int8")
-    return model
 
 
 def main() -> None:
@@ -212,7 +193,7 @@ def main() -> None:
             rows.append(dict(file=label, impl="llama.cpp", fmt=label, **ref, ref=ref))
             print(rows[-1], flush=True)
             for fmt, spec in compute_formats(label, floats=path == source):
-                model = build(path, fmt, spec)
+                model = variant(gu.from_pretrained(path).eval(), fmt, spec, head=True)
                 for comp in (False, True) if args.compile else (False,):
                     r = groundup_rate(model, prompt, args.new, args.repeats, comp)
                     name = fmt + (", compiled" if comp else "")

@@ -45,15 +45,16 @@ FORMATS = [("fp32", None), ("bf16", None), ("int8", dict(method="int8")),
            ("int4 g32", dict(method="int4", group_size=32)), ("int4 g128", dict(method="int4", group_size=128))]
 
 
-def variant(base: gu.CausalLM, name: str, spec: dict | None) -> gu.CausalLM:
-    """The float model in fp32 or bf16, or a quantized copy (its remaining float parts in bf16)."""
+def variant(base: gu.CausalLM, name: str, spec: dict | None, *, head: bool = False) -> gu.CausalLM:
+    """The float model in fp32 or bf16, or a quantized copy (its remaining float parts in bf16); an untied head
+    is quantized too, a tied one only with ``head`` (then untied into a quantized copy)."""
     m = copy.deepcopy(base)
     if name == "fp32":
         return m.float().eval()
     m = m.to(torch.bfloat16).eval()
     if spec is not None:
-        quantize(m, spec["method"], group_size=spec.get("group_size", 64), include_head=not m.config.tie_embeddings,
-                 indivisible="int8")
+        quantize(m, spec["method"], group_size=spec.get("group_size", 64),
+                 include_head=head or not m.config.tie_embeddings, indivisible="int8")
     return m
 
 

@@ -24,7 +24,7 @@ import torch
 
 from ..config import Config
 from ..models import meta_model
-from ..utils.files import gguf_package, read_gguf
+from ..utils.files import atomic_file, gguf_package, read_gguf
 from .ggml_quants import FORMATS, TYPE_IDS, dequantize, quantize
 from .io import CheckpointError
 
@@ -200,11 +200,6 @@ def _open(path: Path):
     return tensors, cfg
 
 
-def gguf_config(path: str | Path) -> Config:
-    """The Config of a GGUF file, from its metadata and tensor list only (no tensor is decoded)."""
-    return _open(Path(path))[1]
-
-
 def load_gguf(path: str | Path, *, dtype: torch.dtype | None = None):
     """A CausalLM from a GGUF file: metadata -> Config, every tensor decoded to float (``dtype``, default fp32)."""
     path = Path(path)
@@ -260,7 +255,8 @@ def load_tokenizer(path: str | Path):
 def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) -> Path:
     """Write a CausalLM as a GGUF file: ``dtype`` "f32", "f16", "bf16", "q8_0" or "q4_0" for the matrices
     (norms and biases stay F32, as llama.cpp wants), and ``tokenizer`` (a byte-level BPE groundup.Tokenizer)
-    in its metadata, which llama.cpp needs to run the file. Atomic: written beside, then renamed."""
+    in its metadata, which llama.cpp needs to run the file. Atomic (utils.files.atomic_file): written beside,
+    then renamed."""
     gguf = _gguf()
     cfg = model.config
     if cfg.family not in ARCHS or cfg.arch != "causal_lm":
@@ -277,10 +273,15 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
     if cfg.family == "gemma" and not cfg.tie_embeddings:  # llama.cpp's gemma would refuse the file
         raise CheckpointError("save_gguf: llama.cpp's gemma architecture has no output tensor (the head is the "
                               "embedding); this model's lm_head is untied")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    return atomic_file(path, lambda tmp: _write(gguf, gguf.GGUFWriter(str(tmp), cfg.family), model, kinds[dtype],
+                                                tokenizer))
+
+
+def _write(gguf, w, model, kind: str, tokenizer) -> None:
+    """Fill a GGUFWriter with a model's metadata, tokenizer and tensors (``kind`` for the matrices), then
+    write it out."""
+    cfg = model.config
     arch = cfg.family
-    w = gguf.GGUFWriter(str(tmp), arch)
     w.add_name(cfg.name or arch)
     for key, field in HPARAMS:  # uint32 for sizes, float32 for theta and eps, as llama.cpp reads them
         value = getattr(cfg, field)
@@ -295,7 +296,7 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
                        ("padding_token_id", cfg.pad_token_id)):
         if value is not None:
             w.add_uint32(f"tokenizer.ggml.{key}", value)
-    w.add_file_type({"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7, "Q4_0": 2}[kinds[dtype]])
+    w.add_file_type({"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7, "Q4_0": 2}[kind])
     if tokenizer is not None:
         from ..tokenizer.gguf_vocab import write_tokenizer
 
@@ -316,21 +317,16 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
             values = values + 1
         named.append((mapped[0], values))
     for gname, values in _join_fused(cfg, named):
-        kind = kinds[dtype] if values.dim() == 2 and values.shape[1] % 32 == 0 else "F32"
-        raw = quantize(values.reshape(-1), TYPE_IDS[kind]).numpy()
-        per, size = FORMATS[TYPE_IDS[kind]][1:]
+        kind_here = kind if values.dim() == 2 and values.shape[1] % 32 == 0 else "F32"
+        raw = quantize(values.reshape(-1), TYPE_IDS[kind_here]).numpy()
+        per, size = FORMATS[TYPE_IDS[kind_here]][1:]
         byte_shape = (*values.shape[:-1], values.shape[-1] // per * size)
         w.add_tensor(gname, raw.reshape(byte_shape), raw_shape=byte_shape,
-                     raw_dtype=gguf.GGMLQuantizationType[kind])
-    try:
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+                     raw_dtype=gguf.GGMLQuantizationType[kind_here])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
-__all__ = ["ARCHS", "config_from_gguf", "gguf_config", "load_gguf", "load_tokenizer", "matrix_type", "save_gguf"]
+__all__ = ["ARCHS", "config_from_gguf", "load_gguf", "load_tokenizer", "matrix_type", "save_gguf"]

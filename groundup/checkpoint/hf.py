@@ -206,12 +206,10 @@ def module_name_from_hf(cfg: Config, name: str) -> str | None:
 def check_model_folder(folder: str | Path, arch: str, what: str) -> None:
     """Refuse, from config.json and before any weight is read, a missing folder, a model of another
     architecture than `arch` (`what` names the one needed), or a folder without tokenizer.json. A ``.gguf``
-    file is checked from its metadata (a decoder with its vocabulary inside)."""
-    if Path(folder).suffix == ".gguf" and Path(folder).is_file():
-        from .gguf import gguf_config
-
-        if gguf_config(folder).arch != arch:
-            raise CheckpointError(f"{folder} holds a decoder-only model; this needs {what} model")
+    file holds a decoder with its vocabulary; loading it checks its metadata before any tensor is decoded."""
+    if Path(folder).suffix == ".gguf":
+        if arch != "causal_lm":
+            raise CheckpointError(f"{folder}: a GGUF file holds a decoder-only model; this needs {what} model")
         return
     if not Path(folder).is_dir():
         raise CheckpointError(f"{folder} is not a folder: give a local HF model folder (config.json, safetensors, "

@@ -109,14 +109,13 @@ def cmd_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | 
         line = inp.readline()
         if not line or not line.strip():
             out.write("\n")
+            report_compile(model, args)
             return 0
         messages.append({"role": "user", "content": line.rstrip("\n")})
         ids = virtual + tok.apply_chat_template(messages, add_generation_prompt=True)
         reply = stream_text(model, tok, ids, args, out, stop, opts)
         out.write("\n")
         messages.append({"role": "assistant", "content": reply})
-        if len(messages) <= 3:  # after the first answer, where the compile happened
-            report_compile(model, args)
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:

@@ -135,9 +135,16 @@ class Int4Linear(nn.Module):
         w = codes * self.weight_scale[rows].float()[..., None] + self.weight_min[rows].float()[..., None]
         return w.reshape(-1, self.in_features).to(dtype)
 
+    @property
+    def has_kernel(self) -> bool:
+        """Whether torch's int4 CPU kernel serves this layer: it packs output rows in 16s."""
+        return self.out_features % 16 == 0
+
     def prepare(self) -> None:
-        """Build the kernel layout now (a compiled step must find it built: tracing cannot cache it)."""
-        self._kernel_weights()
+        """Build the kernel layout now, if the kernel serves this layer (a compiled step must find it built:
+        tracing cannot cache it)."""
+        if self.has_kernel:
+            self._kernel_weights()
 
     def _kernel_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """torch's int4 CPU layout, derived from the stored codes (kept until the codes change)."""
@@ -162,8 +169,7 @@ class Int4Linear(nn.Module):
         return _dequant_product(name, x, self.dequantize, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # torch's int4 CPU kernel packs output rows in 16s: it serves widths that 16 divides
-        kernel = ("int4mm",) if self.out_features % 16 == 0 else ()
+        kernel = ("int4mm",) if self.has_kernel else ()
         return _dispatch(self, x, (*kernel, "dequant", "dequant32") if x.device.type == "cpu" else ("dequant",))
 
     def extra_repr(self) -> str:
@@ -191,12 +197,13 @@ def _dispatch(layer: Int8Linear | Int4Linear, x: torch.Tensor, names: tuple[str,
     lead = x.shape[:-1]
     x2 = x.reshape(-1, layer.in_features).to(torch.bfloat16).contiguous()  # [M, in]: the kernels want rows
     if torch.compiler.is_compiling():  # a traced (decode) step times nothing: the kernel, the one-row choice
-        y = layer._product(names[0], x2).to(x.dtype)
-        return (y if layer.bias is None else y + layer.bias.to(x.dtype)).reshape(*lead, layer.out_features)
-    key = ("qlinear", layer.bits, autotune.bucket(x2.shape[0]), layer.in_features, layer.out_features,
-           getattr(layer, "group_size", 0), torch.get_num_threads(), x.device.type)
-    name, out = autotune.choose(key, lambda: [(n, partial(layer._product, n, x2)) for n in names])
-    y = (out if out is not None else layer._product(name, x2)).to(x.dtype)
+        y = layer._product(names[0], x2)
+    else:
+        key = ("qlinear", layer.bits, autotune.bucket(x2.shape[0]), layer.in_features, layer.out_features,
+               getattr(layer, "group_size", 0), torch.get_num_threads(), x.device.type)
+        name, out = autotune.choose(key, lambda: [(n, partial(layer._product, n, x2)) for n in names])
+        y = out if out is not None else layer._product(name, x2)
+    y = y.to(x.dtype)
     if layer.bias is not None:
         y = y + layer.bias.to(x.dtype)
     return y.reshape(*lead, layer.out_features)
@@ -207,10 +214,9 @@ QUANTIZED = (Int8Linear, Int4Linear)
 
 def quantizable(model: nn.Module, *, include_head: bool = False) -> list[str]:
     """Names of the linear layers weight-only quantization replaces: every nn.Linear in the blocks (attention,
-    MLP, experts), and the lm_head when asked (a tied head is left alone: its weight is the embedding's)."""
+    MLP, experts), and the lm_head when asked (tied or not: quant.quantize unties a tied one first)."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("blocks.")]
-    tied = getattr(getattr(model, "config", None), "tie_embeddings", False)
-    if include_head and isinstance(getattr(model, "lm_head", None), nn.Linear) and not tied:
+    if include_head and isinstance(getattr(model, "lm_head", None), nn.Linear):
         names.append("lm_head")
     return names
 

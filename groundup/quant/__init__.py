@@ -34,10 +34,8 @@ def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, in
     bits = METHODS[method]
     if bits == 4 and group_size not in GROUP_SIZES:
         raise ValueError(f"group_size={group_size} must be one of {GROUP_SIZES}")
-    tied = include_head and getattr(getattr(model, "config", None), "tie_embeddings", False)
-    names = quantizable(model) + (["lm_head"] if tied else [])
-    if include_head and not tied:
-        names = quantizable(model, include_head=True)
+    names = quantizable(model, include_head=include_head)
+    tied = "lm_head" in names and getattr(getattr(model, "config", None), "tie_embeddings", False)
     if not names:
         raise ValueError("the model has no linear layers to quantize")
     if indivisible not in ("error", "int8"):

@@ -66,20 +66,26 @@ def tokenizer_from_gguf(fields: dict[str, Any], source: str) -> Tokenizer:
     tokens = list(fields["tokenizer.ggml.tokens"])
     types = list(fields.get("tokenizer.ggml.token_type", [1] * len(tokens)))
     merges = [m.split(" ", 1) for m in fields.get("tokenizer.ggml.merges", [])]
+    return _build(fields, tokens, types, source, kept=(_CONTROL, _USER), normalizer=None,
+                  pre_tokenizer=PRE_TOKENIZERS[pre], merges=merges,
+                  decoder={"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True})
+
+
+def _build(fields: dict[str, Any], tokens: list[str], types: list[int], source: str, *, kept: tuple[int, ...],
+           normalizer: dict | None, pre_tokenizer: dict | None, decoder: dict, merges: list,
+           unk: str | None = None, byte_fallback: bool = False) -> Tokenizer:
+    """The Tokenizer of the tokenizer.json both vocabularies become: BPE over the file's tokens, the tokens of
+    types ``kept`` as added tokens (user-defined ones matched in the normalized text, as sentencepiece and
+    llama.cpp match them; the others special), BOS added when the file asks, special tokens named from
+    the file's ids."""
     added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": ty != _CONTROL, "special": ty == _CONTROL}
-             for i, (t, ty) in enumerate(zip(tokens, types, strict=True)) if ty in (_CONTROL, _USER)]
-    obj = {"version": "1.0", "added_tokens": added, "normalizer": None, "pre_tokenizer": PRE_TOKENIZERS[pre],
-           "post_processor": _bos_template(fields, tokens), "decoder": {"type": "ByteLevel", "add_prefix_space": True,
-                                                                      "trim_offsets": True, "use_regex": True},
-           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                     "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                     "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges}}
-    return _build(obj, fields, tokens, source)
-
-
-def _build(obj: dict, fields: dict[str, Any], tokens: list[str], source: str) -> Tokenizer:
-    """The Tokenizer of a tokenizer.json object, its special tokens named from the file's ids."""
+              "normalized": ty == _USER, "special": ty != _USER}
+             for i, (t, ty) in enumerate(zip(tokens, types, strict=True)) if ty in kept]
+    obj = {"version": "1.0", "added_tokens": added, "normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
+           "post_processor": _bos_template(fields, tokens), "decoder": decoder,
+           "model": {"type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
+                     "end_of_word_suffix": None, "fuse_unk": byte_fallback, "byte_fallback": byte_fallback,
+                     "ignore_merges": False, "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges}}
     names = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "pad_token": "padding_token_id",
              "unk_token": "unknown_token_id"}
     config = {k: tokens[int(fields[f"tokenizer.ggml.{v}"])] for k, v in names.items()
@@ -120,10 +126,6 @@ def _sentencepiece(fields: dict[str, Any], source: str) -> Tokenizer:
                                    f"({len(tokens)}, {len(scores)}, {len(types)})")
     unk_id = fields.get("tokenizer.ggml.unknown_token_id",
                         next((i for i, t in enumerate(types) if t == _UNKNOWN), None))
-    # user-defined pieces are found in the normalized text, as sentencepiece finds them ("▁a▁<tool>▁b")
-    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": ty == _USER, "special": ty in (_CONTROL, _UNKNOWN)}
-             for i, (t, ty) in enumerate(zip(tokens, types, strict=True)) if ty in (_CONTROL, _USER, _UNKNOWN)]
     # The space before the text and every space become "▁" as normalization (Llama-2's own tokenizer.json):
     # "  hi" -> "▁▁▁hi", as sentencepiece and llama.cpp have it. A Metaspace pre-tokenizer (what
     # transformers builds from a GGUF) adds no "▁" before text that starts with a space: "▁▁hi".
@@ -131,17 +133,13 @@ def _sentencepiece(fields: dict[str, Any], source: str) -> Tokenizer:
     if fields.get("tokenizer.ggml.add_space_prefix", True):
         spaces.insert(0, {"type": "Prepend", "prepend": "\u2581"})
     fields = {"tokenizer.ggml.add_bos_token": True, **fields}  # llama.cpp's default for this vocabulary
-    obj = {"version": "1.0", "added_tokens": added, "normalizer": {"type": "Sequence", "normalizers": spaces},
-           "pre_tokenizer": None,
-           "post_processor": _bos_template(fields, tokens),
-           "decoder": {"type": "Sequence", "decoders": [
-               {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
-               {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
-           "model": {"type": "BPE", "dropout": None, "unk_token": None if unk_id is None else tokens[int(unk_id)],
-                     "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
-                     "byte_fallback": True, "ignore_merges": False, "vocab": {t: i for i, t in enumerate(tokens)},
-                     "merges": [list(m) for m in spm_merges(tokens, scores)]}}
-    return _build(obj, fields, tokens, source)
+    decoder = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
+        {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    return _build(fields, tokens, types, source, kept=(_CONTROL, _USER, _UNKNOWN),
+                  normalizer={"type": "Sequence", "normalizers": spaces}, pre_tokenizer=None, decoder=decoder,
+                  merges=[list(m) for m in spm_merges(tokens, scores)],
+                  unk=None if unk_id is None else tokens[int(unk_id)], byte_fallback=True)
 
 
 def _bos_template(fields: dict[str, Any], tokens: list[str]) -> dict | None:
