@@ -47,13 +47,14 @@ def test_quantize_4bit_equals_bitsandbytes(shape, quant_type, dtype):
         assert offset.item() == state.offset.item()
         assert torch.equal(nf4.dynamic_map(), state.state2.code)
         # dequantization: the double-quantized absmax, then level x absmax in the weight's dtype
-        ours = nf4.dequantize_4bit(codes, nf4.absmax_of(q, nested, offset), shape, blocksize, quant_type, dtype)
+        ours = nf4.dequantize_4bit(codes, nf4.absmax_of(q, nested, offset), shape, nf4.levels(quant_type),
+                                   blocksize, dtype)
         assert ours.dtype == dtype
         assert torch.equal(ours, bf.dequantize_4bit(theirs, state).reshape(shape))  # theirs makes a vector 2-D
         # without double quantization
         plain, plain_state = bf.quantize_4bit(w, blocksize=blocksize, quant_type=quant_type)
         assert torch.equal(plain_state.absmax, absmax)
-        assert torch.equal(nf4.dequantize_4bit(codes, absmax, shape, blocksize, quant_type, dtype),
+        assert torch.equal(nf4.dequantize_4bit(codes, absmax, shape, nf4.levels(quant_type), blocksize, dtype),
                            bf.dequantize_4bit(plain, plain_state).reshape(shape))
 
 
@@ -62,9 +63,10 @@ def test_rows_of_a_dequantization_are_the_rows_of_the_whole():
     for shape in [(96, 200), (7, 33), (128, 64)]:
         w = torch.randn(shape)
         codes, absmax = nf4.quantize_4bit(w)
-        whole = nf4.dequantize_4bit(codes, absmax, shape)
+        code = nf4.levels("nf4")
+        whole = nf4.dequantize_4bit(codes, absmax, shape, code)
         for rows in (slice(0, 3), slice(1, 6), slice(5, None), slice(2, 2)):
-            assert torch.equal(nf4.dequantize_4bit(codes, absmax, shape, rows=rows), whole[rows])
+            assert torch.equal(nf4.dequantize_4bit(codes, absmax, shape, code, rows=rows), whole[rows])
 
 
 def test_8bit_blockwise_equals_bitsandbytes_on_many_values():
@@ -87,7 +89,7 @@ def test_nf4_error_is_small_and_bits_per_weight():
     w = torch.randn(256, 512) * 0.02
     codes, absmax = nf4.quantize_4bit(w)
     q, nested, offset = nf4.compress_absmax(absmax)
-    back = nf4.dequantize_4bit(codes, nf4.absmax_of(q, nested, offset), tuple(w.shape))
+    back = nf4.dequantize_4bit(codes, nf4.absmax_of(q, nested, offset), tuple(w.shape), nf4.levels("nf4"))
     # nearest-level rounding: no value moves by more than half the widest gap between levels x its absmax
     widest = nf4.levels("nf4").diff().max() / 2
     assert ((back - w).abs() <= widest * w.abs().amax() * 1.01).all()

@@ -15,7 +15,8 @@ import torch
 
 from ..config import Config
 from ..models import meta_model
-from ..nn.qlinear import swap_in
+from ..nn.qlinear import NF4Linear, swap_in
+from . import bnb
 from .io import CheckpointError, atomic_folder, load_tensors, read_json, write_tensors
 from .registry import FAMILIES, OPTIONAL_FIELDS, REFUSED, UnsupportedConfig, family_of
 
@@ -266,8 +267,11 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder; from_pretrained reads a local HF model folder "
                               "(config.json + model.safetensors) and never downloads")
-    cfg = config_from_hf(read_json(folder / "config.json"), str(folder / "config.json"))
-    quant = _quantization_spec(read_json(folder / "config.json"), folder)
+    hf = read_json(folder / "config.json")
+    cfg = config_from_hf(hf, str(folder / "config.json"))
+    if bnb.is_bnb(hf.get("quantization_config")):
+        return _from_bnb(folder, cfg, hf["quantization_config"], dtype)
+    quant = _quantization_spec(hf, folder)
     tensors = load_tensors(folder, dtype)
     state = state_dict_from_hf(tensors, cfg)
     model = meta_model(cfg)
@@ -281,6 +285,32 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
         except ValueError as err:
             raise CheckpointError(f"{folder / 'config.json'}: quantization_config: {err}") from None
     return load_into(model, state, str(folder)).eval()
+
+
+def _from_bnb(folder: Path, cfg: Config, qc: dict[str, Any], dtype: torch.dtype | None) -> Model:
+    """A transformers bitsandbytes 4-bit folder (checkpoint/bnb.py): NF4Linear layers where the file has quant
+    states, the rest as usual (``dtype`` casts only those: the quant states keep theirs)."""
+    where = str(folder / "config.json")
+    bnb.check_family(cfg, where)
+    raw = load_tensors(folder)
+    spec = bnb.spec_from_file(qc, raw, where)
+    tensors, metas = bnb.from_file(raw, where)
+    quantized = {f"{m}.{leaf}" for m in spec["modules"] for leaf in ("weight", "bias", *bnb.QUANT_TENSORS)}
+    if dtype is not None:
+        tensors = {k: v if k in quantized or not v.is_floating_point() else v.to(dtype) for k, v in tensors.items()}
+    names = {m: module_name_from_hf(cfg, m) for m in spec["modules"]}
+    if None in names.values():
+        raise CheckpointError(f"{where}: quantized module {next(m for m, g in names.items() if g is None)} is not "
+                              f"part of a {cfg.family} model")
+    model = meta_model(cfg)
+    swap_in(model, {**spec, "modules": [names[m] for m in spec["modules"]]}, convert=False)
+    for hf_name, meta in metas.items():
+        layer = model.get_submodule(names[hf_name])
+        if list(meta.get("shape", ())) != [layer.out_features, layer.in_features]:
+            raise CheckpointError(f"{where}: {hf_name}: the quant state's shape {meta.get('shape')} is not "
+                                  f"[{layer.out_features}, {layer.in_features}], the config's")
+        layer.weight_dtype = getattr(torch, meta.get("dtype", "bfloat16"))
+    return load_into(model, state_dict_from_hf(tensors, cfg), str(folder)).eval()
 
 
 def _quantization_spec(hf: dict[str, Any], folder: Path) -> dict[str, Any] | None:
@@ -306,10 +336,19 @@ def write_model(model: Model, folder: Path, *, max_shard_bytes: int = 5 * 2**30,
     params = {k: v for k, v in state_dict.items() if k not in model.tied_keys()}
     dtype = params["embed.weight"].dtype
     body = config_to_hf(cfg, dtype)
-    if getattr(model, "quantization", None):  # read back by from_pretrained (transformers does not know it)
-        body["quantization_config"] = {"quant_method": "groundup", **model.quantization}
+    tensors = None
+    spec = getattr(model, "quantization", None)
+    if spec and spec.get("quant_type"):  # NF4 / FP4: the bitsandbytes format transformers reads
+        bnb.check_family(cfg, str(folder))
+        layers = {module_name_to_hf(cfg, n): m for n, m in model.named_modules() if isinstance(m, NF4Linear)}
+        floats = sorted({module_name_to_hf(cfg, n) for n, m in model.named_modules()
+                         if isinstance(m, torch.nn.Linear)} - set(layers))
+        body["quantization_config"] = bnb.config_for(spec, floats)
+        tensors = bnb.to_file(state_dict_to_hf(params, cfg), layers)
+    elif spec:  # read back by from_pretrained (transformers does not know it)
+        body["quantization_config"] = {"quant_method": "groundup", **spec}
     (folder / "config.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-    write_tensors(folder, state_dict_to_hf(params, cfg), max_shard_bytes=max_shard_bytes)
+    write_tensors(folder, tensors or state_dict_to_hf(params, cfg), max_shard_bytes=max_shard_bytes)
 
 
 def save_pretrained(model: Model, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:

@@ -103,18 +103,19 @@ def unpack_4bit(codes: torch.Tensor, start: int = 0, stop: int | None = None) ->
     return pairs[start % 2: start % 2 + stop - start].long()
 
 
-def dequantize_4bit(codes: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, ...], blocksize: int = 64,
-                    quant_type: str = "nf4", dtype: torch.dtype = torch.float32, *, rows: slice = slice(None)
+def dequantize_4bit(codes: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, ...], code: torch.Tensor,
+                    blocksize: int = 64, dtype: torch.dtype = torch.float32, *, rows: slice = slice(None)
                     ) -> torch.Tensor:
-    """level x absmax in fp32, then ``dtype``: the tensor of ``shape`` (or the leading-dimension rows ``rows``
-    of it; absmax already fp32, see absmax_of for a double-quantized one)."""
+    """code[level] x absmax in fp32, then ``dtype``: the tensor of ``shape`` (or the leading-dimension rows
+    ``rows`` of it). ``code`` is the 16 levels (``levels(quant_type)``, or a file's quant_map); absmax fp32
+    (absmax_of gives a double-quantized one)."""
     width = 1
     for d in shape[1:]:
         width *= d
     first, last, _ = rows.indices(shape[0])
     start, stop = first * width, max(first, last) * width
     idx = unpack_4bit(codes, start, stop)
-    values = levels(quant_type).to(codes.device)[idx]
+    values = code.float()[idx]
     if start % blocksize == 0 and (stop - start) % blocksize == 0:  # whole blocks: scale by rows of the grid
         scale = absmax[start // blocksize: stop // blocksize, None]
         out = (values.view(-1, blocksize) * scale).reshape(-1)

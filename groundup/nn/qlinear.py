@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import autotune
+from . import autotune, nf4
 
 GROUP_SIZES = (32, 64, 128)
 
@@ -177,26 +177,141 @@ class Int4Linear(nn.Module):
                 f"group_size={self.group_size}")
 
 
+class NF4Linear(nn.Module):
+    """y = x W^T + b with W in 4-bit NormalFloat (or FP4) blocks, optionally double-quantized (nn/nf4.py):
+    the layer QLoRA trains adapters over, in the layout of bitsandbytes' Linear4bit.
+
+    Buffers: ``weight`` (codes uint8 [(out x in + 1) / 2, 1] over the flattened matrix), ``absmax`` (fp32 per
+    block, or uint8 codes when double-quantized, with ``nested_absmax``, ``nested_offset`` and
+    ``nested_quant_map``), ``quant_map`` (the 16 levels). The product dequantizes blocks of rows to the
+    original weight dtype, then computes in ``compute_dtype`` (bf16 by default), as bitsandbytes does, so the
+    same folder gives the same outputs in both; the backward dequantizes again rather than keeping a float copy.
+    """
+
+    bits = 4
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, quant_type: str = "nf4",
+                 blocksize: int = 64, double_quant: bool = True, compute_dtype: torch.dtype = torch.bfloat16,
+                 weight_dtype: torch.dtype = torch.bfloat16, device=None) -> None:
+        super().__init__()
+        if blocksize not in nf4.BLOCKSIZES:
+            raise ValueError(f"blocksize={blocksize} must be one of {nf4.BLOCKSIZES}")
+        self.in_features, self.out_features = in_features, out_features
+        self.quant_type, self.blocksize, self.double_quant = quant_type, blocksize, double_quant
+        self.compute_dtype, self.weight_dtype = compute_dtype, weight_dtype
+        n = in_features * out_features
+        blocks = -(n // -blocksize)
+        self.register_buffer("weight", torch.zeros((n + 1) // 2, 1, dtype=torch.uint8, device=device))
+        self.register_buffer("quant_map", nf4.levels(quant_type).to(device))
+        if double_quant:
+            self.register_buffer("absmax", torch.zeros(blocks, dtype=torch.uint8, device=device))
+            self.register_buffer("nested_absmax", torch.ones(-(blocks // -nf4.NESTED_BLOCKSIZE), device=device))
+            self.register_buffer("nested_offset", torch.zeros((), device=device))
+            self.register_buffer("nested_quant_map", nf4.dynamic_map().to(device))
+        else:
+            self.register_buffer("absmax", torch.ones(blocks, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_linear(cls, lin: nn.Module, *, quant_type: str = "nf4", blocksize: int = 64, double_quant: bool = True,
+                    compute_dtype: torch.dtype = torch.bfloat16) -> NF4Linear:
+        w = lin.weight.detach()
+        q = cls(lin.in_features, lin.out_features, lin.bias is not None, quant_type=quant_type, blocksize=blocksize,
+                double_quant=double_quant, compute_dtype=compute_dtype, weight_dtype=w.dtype, device=w.device)
+        q.weight, absmax = nf4.quantize_4bit(w, blocksize, quant_type)
+        if double_quant:
+            q.absmax, q.nested_absmax, q.nested_offset = nf4.compress_absmax(absmax)
+        else:
+            q.absmax = absmax
+        if lin.bias is not None:
+            q.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
+        return q
+
+    def block_absmax(self) -> torch.Tensor:
+        """The fp32 absmax of every block (undoing the double quantization)."""
+        if not self.double_quant:
+            return self.absmax
+        return nf4.absmax_of(self.absmax, self.nested_absmax, self.nested_offset, self.nested_quant_map)
+
+    def dequantize(self, dtype: torch.dtype = torch.bfloat16, rows: slice = slice(None)) -> torch.Tensor:
+        """The weight [out, in] (or its output rows ``rows``): fp32 levels x absmax, rounded to the original
+        weight dtype first (as bitsandbytes' dequantize_4bit returns it), then to ``dtype``."""
+        w = nf4.dequantize_4bit(self.weight, self.block_absmax(), (self.out_features, self.in_features),
+                                self.quant_map, self.blocksize, self.weight_dtype, rows=rows)
+        return w.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dt = self.compute_dtype
+        bias = None if self.bias is None else self.bias.to(dt)
+        return frozen_linear(x.to(dt), self, bias).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, {self.quant_type}, "
+                f"blocksize={self.blocksize}, double_quant={self.double_quant}, compute_dtype={self.compute_dtype}")
+
+
 CHUNK_BYTES = 8 * 2**20  # float weight rows dequantized at a time: the copy stays small beside the codes
+
+
+def _row_step(in_features: int) -> int:
+    return max(1, CHUNK_BYTES // (4 * in_features))
+
+
+def _chunked_linear(x: torch.Tensor, dequantize, out_features: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [.., in] times the weight dequantized to x's dtype a block of output rows at a time, so no float copy of
+    a whole matrix (a 32k x 768 lm_head: 98 MB in fp32) is ever held; bias added inside each product."""
+    step = _row_step(x.shape[-1])
+    parts = [F.linear(x, dequantize(x.dtype, slice(r, r + step)), None if bias is None else bias[r:r + step])
+             for r in range(0, out_features, step)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # [.., out]
+
+
+class _FrozenLinear(torch.autograd.Function):
+    """y = x W^T + b for a frozen quantized W. The backward dequantizes W again (by blocks of rows) for
+    grad_x = grad_y W instead of autograd keeping the float copies of the forward: training adapters over a
+    quantized base then holds only the codes, QLoRA's memory saving (Dettmers et al. 2023)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bias: torch.Tensor | None, layer: nn.Module) -> torch.Tensor:
+        ctx.layer = layer
+        return _chunked_linear(x, layer.dequantize, layer.out_features, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        layer, grad_x, grad_b = ctx.layer, None, None
+        if ctx.needs_input_grad[0]:
+            step = _row_step(layer.in_features)
+            for r in range(0, layer.out_features, step):
+                part = grad[..., r:r + step] @ layer.dequantize(grad.dtype, slice(r, r + step))  # [.., in]
+                grad_x = part if grad_x is None else grad_x + part
+        if ctx.needs_input_grad[1]:
+            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
+        return grad_x, grad_b, None
+
+
+def frozen_linear(x: torch.Tensor, layer: nn.Module, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [.., in] times a quantized layer's dequantized weight (in x's dtype), plus bias; differentiable in x
+    (and bias) without keeping the float weight for the backward. ``layer`` has ``dequantize(dtype, rows)``,
+    ``in_features`` and ``out_features``."""
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        return _FrozenLinear.apply(x, bias, layer)
+    return _chunked_linear(x, layer.dequantize, layer.out_features, bias)
 
 
 def _dequant_product(name: str, x: torch.Tensor, dequantize, out_features: int) -> torch.Tensor:
     """x [M, in] bf16 times the dequantized weight: in bf16 ("dequant"), or in fp32 ("dequant32"), which wins on
-    CPUs without native bf16 arithmetic (AVX2 only: there bf16 GEMMs run several times slower than fp32). The
-    weight is dequantized a block of output rows at a time, so no float copy of a whole matrix (a 32k x 768
-    lm_head: 98 MB in fp32) is ever held."""
+    CPUs without native bf16 arithmetic (AVX2 only: there bf16 GEMMs run several times slower than fp32)."""
     dtype = torch.float32 if name == "dequant32" else torch.bfloat16
-    xs = x.to(dtype)
-    step = max(1, CHUNK_BYTES // (4 * x.shape[1]))
-    parts = [F.linear(xs, dequantize(dtype, slice(r, r + step))) for r in range(0, out_features, step)]
-    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).to(torch.bfloat16)  # [M, out]
+    return _chunked_linear(x.to(dtype), dequantize, out_features, None).to(torch.bfloat16)  # [M, out]
 
 
 def _dispatch(layer: Int8Linear | Int4Linear, x: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
     """Run the fastest measured product on x [.., in] in bf16; the result in x's dtype, bias added."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, layer.in_features).to(torch.bfloat16).contiguous()  # [M, in]: the kernels want rows
-    if torch.compiler.is_compiling():  # a traced (decode) step times nothing: the kernel, the one-row choice
+    if torch.is_grad_enabled() and x.requires_grad:  # adapters train over the frozen layer: the kernels have no
+        y = frozen_linear(x2, layer)  # backward, and this one keeps no float weight for it
+    elif torch.compiler.is_compiling():  # a traced (decode) step times nothing: the kernel, the one-row choice
         y = layer._product(names[0], x2)
     else:
         key = ("qlinear", layer.bits, autotune.bucket(x2.shape[0]), layer.in_features, layer.out_features,
@@ -209,7 +324,12 @@ def _dispatch(layer: Int8Linear | Int4Linear, x: torch.Tensor, names: tuple[str,
     return y.reshape(*lead, layer.out_features)
 
 
-QUANTIZED = (Int8Linear, Int4Linear)
+QUANTIZED = (Int8Linear, Int4Linear, NF4Linear)
+
+
+def is_linear(m: nn.Module) -> bool:
+    """A float or weight-only quantized linear layer (what adapters may wrap)."""
+    return isinstance(m, (nn.Linear, *QUANTIZED))
 
 
 def quantizable(model: nn.Module, *, include_head: bool = False) -> list[str]:
@@ -221,32 +341,58 @@ def quantizable(model: nn.Module, *, include_head: bool = False) -> list[str]:
     return names
 
 
+def _quantized(lin: nn.Linear, spec: dict, convert: bool) -> nn.Module:
+    """The quantized layer ``spec`` asks for in place of ``lin``: its weights quantized (``convert``) or empty on
+    lin's device (meta, for a checkpoint load to fill)."""
+    dev, bias = lin.weight.device, lin.bias is not None
+    if spec.get("quant_type"):  # NF4 / FP4
+        opts = dict(quant_type=spec["quant_type"], blocksize=spec.get("blocksize", 64),
+                    double_quant=spec.get("double_quant", True),
+                    compute_dtype=getattr(torch, spec.get("compute_dtype", "bfloat16")))
+        if convert:
+            return NF4Linear.from_linear(lin, **opts)
+        return NF4Linear(lin.in_features, lin.out_features, bias, weight_dtype=lin.weight.dtype, device=dev, **opts)
+    if spec["bits"] == 8:
+        if convert:
+            return Int8Linear.from_linear(lin)
+        return Int8Linear(lin.in_features, lin.out_features, bias, device=dev)
+    group = spec.get("group_size", 64)
+    if convert:
+        return Int4Linear.from_linear(lin, group)
+    return Int4Linear(lin.in_features, lin.out_features, bias, group_size=group, device=dev)
+
+
 def swap_in(model: nn.Module, spec: dict, *, convert: bool = True) -> nn.Module:
-    """Replace the layers named in spec["modules"] by Int8Linear / Int4Linear (spec["bits"], spec["group_size"])
-    and those in spec.get("int8_modules") by Int8Linear, in place. ``convert`` quantizes the current weights;
-    without it empty layers are made on the weights' device (meta, to be filled by a checkpoint load)."""
-    if spec.get("int8_modules"):
-        swap_in(model, {"bits": 8, "modules": spec["int8_modules"]}, convert=convert)
+    """Replace the layers named in spec["modules"] by quantized ones, in place: NF4Linear when spec has a
+    ``quant_type`` ("nf4"/"fp4", with ``blocksize``, ``double_quant``, ``compute_dtype``), else Int8Linear /
+    Int4Linear (spec["bits"], spec["group_size"]); those in spec.get("int8_modules") become Int8Linear.
+    ``convert`` quantizes the current weights; without it empty layers are made on the weights' device (meta,
+    to be filled by a checkpoint load). Every name is checked before the first layer changes."""
     bits, group = spec["bits"], spec.get("group_size", 64)
     if bits not in (4, 8):
         raise ValueError(f"bits={bits} must be 8 (int8) or 4 (int4)")
-    for name in spec["modules"]:
-        parent_name, _, leaf = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        lin = getattr(parent, leaf, None)
+    if spec.get("quant_type") and spec["quant_type"] not in nf4.QUANT_TYPES:
+        raise ValueError(f"quant_type={spec['quant_type']!r} must be one of {', '.join(nf4.QUANT_TYPES)}")
+    for name in [*spec["modules"], *spec.get("int8_modules", [])]:
+        lin = model.get_submodule(name) if name in dict(model.named_modules()) else None
         if not isinstance(lin, nn.Linear):
             raise ValueError(f"quantization module {name!r} is not a linear layer of this model")
-        if bits == 4 and lin.in_features % group:
+        if bits == 4 and not spec.get("quant_type") and name in spec["modules"] and lin.in_features % group:
             raise ValueError(f"{name}: group_size={group} does not divide its input width {lin.in_features}; "
                              f"pick a group size dividing it ({', '.join(map(str, GROUP_SIZES))})")
-        if convert:
-            new = Int8Linear.from_linear(lin) if bits == 8 else Int4Linear.from_linear(lin, group)
-        elif bits == 8:
-            new = Int8Linear(lin.in_features, lin.out_features, lin.bias is not None, device=lin.weight.device)
-        else:
-            new = Int4Linear(lin.in_features, lin.out_features, lin.bias is not None, group_size=group,
-                             device=lin.weight.device)
-        setattr(parent, leaf, new)
-    model.quantization = {"bits": bits, "group_size": group if bits == 4 else None, "modules": list(spec["modules"]),
-                          **({"int8_modules": list(spec["int8_modules"])} if spec.get("int8_modules") else {})}
+    for name in spec.get("int8_modules", []):
+        _set(model, name, _quantized(model.get_submodule(name), {"bits": 8}, convert))
+    for name in spec["modules"]:
+        _set(model, name, _quantized(model.get_submodule(name), spec, convert))
+    if spec.get("quant_type"):
+        model.quantization = {k: v for k, v in spec.items() if k != "group_size"} | {"modules": list(spec["modules"])}
+    else:
+        model.quantization = {"bits": bits, "group_size": group if bits == 4 else None,
+                              "modules": list(spec["modules"]),
+                              **({"int8_modules": list(spec["int8_modules"])} if spec.get("int8_modules") else {})}
     return model
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)

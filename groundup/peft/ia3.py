@@ -97,7 +97,7 @@ def apply_ia3(model: nn.Module, config: IA3Config | None = None, **kwargs) -> nn
     """Freeze every weight of ``model`` and wrap each target projection in an IA3Linear (in place); the
     IA3 vectors are then the only trainable parameters. Errors as apply_lora's, before anything changes."""
     config = config or IA3Config(**kwargs)
-    names = wrap_targets(model, config)
+    names = wrap_targets(model, config, quantized=False)
     for name in names:
         set_module(model, name, IA3Linear(model.get_submodule(name), config.is_feedforward(name)))
     model.ia3_config = config

@@ -22,6 +22,7 @@ from torch import nn
 from ..checkpoint.hf import module_name_from_hf, module_name_to_hf, state_dict_from_hf, state_dict_to_hf
 from ..checkpoint.io import atomic_folder, read_json
 from ..checkpoint.registry import family_of
+from ..nn.qlinear import is_linear
 from ..utils.files import read_safetensors
 from .ia3 import IA3Config, apply_ia3, ia3_layers
 from .lora import LoraConfig, apply_lora, lora_layers, matches_targets, saved_module_names, train_whole
@@ -43,7 +44,7 @@ def _hf_targets(model: nn.Module, hf_names: list[str]) -> list[str]:
     cfg = model.config
     everything = []
     for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and name != "lm_head":
+        if is_linear(m) and name != "lm_head":
             try:
                 everything.append(module_name_to_hf(cfg, name.removesuffix(".base_layer")))
             except ValueError:

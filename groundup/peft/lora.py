@@ -6,8 +6,9 @@ and B get gradients, so the optimizer keeps state for r (in + out) numbers per l
 After training the update can be merged into W (W + (alpha / r) B A): the merged model has the base
 model's shape and speed. Unmerging subtracts it again.
 
-The wrapped layer is any module with a ``weight`` of shape [out, in] (a groundup Linear, nn.Linear, or
-later a quantized linear for QLoRA, which dequantizes for merging); LoRA only adds to its output.
+The wrapped layer is any module with a ``weight`` of shape [out, in] (a groundup Linear, nn.Linear), or a
+weight-only quantized layer (nn/qlinear.py: NF4 for QLoRA, Dettmers et al. 2023; int4/int8), which stays frozen
+in its codes; merging then dequantizes it (merge_quantized). LoRA only adds to its output.
 Parameter names follow the peft library (``base_layer``, ``lora_A.weight``, ``lora_B.weight``) so
 adapters translate to its format by renaming modules only.
 """
@@ -21,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+
+from ..nn.qlinear import QUANTIZED, is_linear, swap_in
 
 
 def matches_targets(targets: Sequence[str] | str | None, name: str) -> bool:
@@ -101,7 +104,8 @@ class LoraLinear(Wrapper):
 
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0) -> None:
         super().__init__()
-        out_f, in_f = base_layer.weight.shape
+        quantized = isinstance(base_layer, QUANTIZED)  # its weight holds codes, not [out, in]
+        out_f, in_f = (base_layer.out_features, base_layer.in_features) if quantized else base_layer.weight.shape
         self.base_layer = base_layer
         w = base_layer.weight
         dtype = w.dtype if w.dtype.is_floating_point else torch.float32
@@ -134,11 +138,15 @@ class LoraLinear(Wrapper):
         if self.merged:
             return y
         a = self.lora_A.weight
-        return y + self.lora_B(self.lora_A(self.lora_dropout(x.to(a.dtype)))).to(y.dtype) * self.scaling
+        # scaled in the adapter's dtype, then cast (as peft does: the same bf16 sum over a 4-bit base)
+        return y + (self.lora_B(self.lora_A(self.lora_dropout(x.to(a.dtype)))) * self.scaling).to(y.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the update into the base weight: same outputs, no extra work per token."""
+        if isinstance(self.base_layer, QUANTIZED):
+            raise ValueError("the base layer is quantized: its codes cannot take the update; merge_and_unload(model) "
+                             "gives float layers, merge_quantized(model, requantize=True) quantized ones")
         if not self.merged:
             w = self.base_layer.weight
             w.copy_((w.float() + self.delta_weight()).to(w.dtype))
@@ -196,13 +204,13 @@ def train_whole(model: nn.Module, names: Sequence[str]) -> None:
     model.modules_to_save = sorted(names)
 
 
-def wrap_targets(model: nn.Module, config) -> list[str]:
+def wrap_targets(model: nn.Module, config, *, quantized: bool = True) -> list[str]:
     """The names of the linear layers ``config.matches``, after checking them all, then every parameter of
     the model frozen except the config's ``modules_to_save``. Raises ValueError, before changing anything,
     when nothing matches, a match is not a plain linear layer (or already wrapped), or the target is a head
     tied to the embeddings, or a module to save is wrong (saved_module_names)."""
     names = [n for n, _ in model.named_modules() if n and config.matches(n)]
-    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    linears = {n for n, m in model.named_modules() if is_linear(m)}
     if not names:
         suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
         raise ValueError(f"target_modules={config.target_modules!r} matches no module of this model; its linear "
@@ -211,6 +219,10 @@ def wrap_targets(model: nn.Module, config) -> list[str]:
     if wrong:
         raise ValueError(f"target_modules={config.target_modules!r} matches {wrong[0]!r}, which is a "
                          f"{type(model.get_submodule(wrong[0])).__name__}, not a linear layer")
+    coded = next((n for n in names if isinstance(model.get_submodule(n), QUANTIZED)), None)
+    if coded is not None and not quantized:
+        raise ValueError(f"{coded} is quantized: this method changes the weight it merges into, which 4/8-bit codes "
+                         "cannot hold; use LoRA (QLoRA) on a quantized model")
     if getattr(model, "lm_head", None) is not None and "lm_head" in names and getattr(model.config, "tie_embeddings",
                                                                                         False):
         raise ValueError("lm_head is tied to the input embeddings: a LoRA on it would change both; leave it out")
@@ -262,9 +274,45 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def merge_quantized(model: nn.Module, *, requantize: bool = False) -> dict[str, dict[str, float]]:
+    """Merge LoRA layers over quantized bases (QLoRA) and unwrap them: W' = dequantize(W) + scaling B A. Without
+    ``requantize`` the model becomes a float one: W' and every other quantized layer dequantized to nn.Linear in
+    the base's weight dtype (bf16 for a QLoRA base). With it, W' is quantized again the way W was (the model
+    stays quantized and saves in the same format). Returns per merged layer the relative size of the update,
+    |BA| / |W|, and the error requantizing introduces, |Q(W') - W'| / |W'| (0 when kept float); Frobenius norms."""
+    report = {}
+    spec = dict(getattr(model, "quantization", None) or {})
+    merged = {n: m for n, m in lora_layers(model).items() if isinstance(m.base_layer, QUANTIZED)}
+    others = {} if requantize else {n: m for n, m in model.named_modules()
+                                    if isinstance(m, QUANTIZED) and not n.endswith(".base_layer")}
+    for name, layer in [*merged.items(), *others.items()]:
+        base = layer.base_layer if name in merged else layer
+        w = base.dequantize(torch.float32)
+        delta = layer.delta_weight() if name in merged else torch.zeros_like(w)
+        lin = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=w.device,
+                        dtype=getattr(base, "weight_dtype", torch.bfloat16))
+        lin.weight.copy_(w + delta)
+        if base.bias is not None:
+            lin.bias.copy_(base.bias)
+        set_module(model, name, lin.requires_grad_(False))
+        if name not in merged:
+            continue
+        entry = {"update": float(delta.norm() / w.norm().clamp(min=1e-30)), "requantize_error": 0.0}
+        if requantize:
+            swap_in(model, {**spec, "modules": [name]})
+            again = model.get_submodule(name).dequantize(torch.float32)
+            entry["requantize_error"] = float((again - w - delta).norm() / (w + delta).norm().clamp(min=1e-30))
+        report[name] = entry
+    if spec:
+        model.quantization = spec if requantize else None  # swap_in wrote one layer's spec at a time
+    return report
+
+
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge, then put the plain base layers back: the model is an ordinary one again (saveable with
-    save_pretrained, loadable by transformers)."""
+    save_pretrained, loadable by transformers). Quantized bases become float layers (merge_quantized)."""
+    merge_quantized(model)
     for name, layer in _wrappers(model).items():
         layer.merge()
         set_module(model, name, layer.base_layer)

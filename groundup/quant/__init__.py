@@ -1,24 +1,31 @@
-"""Weight-only quantization of a groundup model: int8 per output channel, int4 in groups (nn/qlinear.py).
+"""Weight-only quantization of a groundup model: int8 per output channel, int4 in groups, NF4/FP4 in blocks with
+double quantization (nn/qlinear.py, nn/nf4.py).
 
     model = gu.from_pretrained(folder)
     quantize(model, "int4", group_size=32)   # in place; module names unchanged
     model.save_pretrained(out)               # config.json records it; gu.from_pretrained(out) reads it back
+    quantize(model, "nf4")                   # QLoRA's base: saved in the bitsandbytes format transformers reads
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from ..nn.qlinear import GROUP_SIZES, QUANTIZED, Int4Linear, Int8Linear, quantizable, swap_in
+from ..nn.nf4 import BLOCKSIZES
+from ..nn.qlinear import GROUP_SIZES, QUANTIZED, Int4Linear, Int8Linear, NF4Linear, quantizable, swap_in
 
-METHODS = {"int8": 8, "int4": 4}
+METHODS = {"int8": 8, "int4": 4, "nf4": 4, "fp4": 4}
 
 
 def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, include_head: bool = False,
-             indivisible: str = "error") -> nn.Module:
+             indivisible: str = "error", double_quant: bool = True,
+             compute_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """Replace the model's linear layers by weight-only quantized ones, in place, and return the model.
 
-    ``method`` "int8" (absmax per output row) or "int4" (asymmetric, ``group_size`` 32/64/128 inputs a group);
+    ``method`` "int8" (absmax per output row), "int4" (asymmetric, ``group_size`` 32/64/128 inputs a group), or
+    "nf4" / "fp4" (QLoRA's 4-bit levels over blocks of ``group_size`` values of the flattened weight, 64 by
+    default; ``double_quant`` quantizes the block scales too; the products run in ``compute_dtype``);
     ``include_head`` quantizes the lm_head too; a tied one is untied first (the embedding stays float for the
     lookup, the head gets a quantized copy: decoding then reads 4 or 8 bits per head weight, not 16; the saved
     folder says tie_word_embeddings false). A layer whose input width the group size does not divide
@@ -31,8 +38,10 @@ def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, in
         raise ValueError("the model is already quantized; load the float checkpoint to quantize it another way")
     if getattr(model, "lora_config", None) is not None:
         raise ValueError("the model has LoRA adapters: merge them (merge_lora) before quantizing")
-    bits = METHODS[method]
-    if bits == 4 and group_size not in GROUP_SIZES:
+    bits, blocks = METHODS[method], method in ("nf4", "fp4")
+    if blocks and group_size not in BLOCKSIZES:
+        raise ValueError(f"group_size={group_size} must be one of {BLOCKSIZES} for {method}")
+    if bits == 4 and not blocks and group_size not in GROUP_SIZES:
         raise ValueError(f"group_size={group_size} must be one of {GROUP_SIZES}")
     names = quantizable(model, include_head=include_head)
     tied = "lm_head" in names and getattr(getattr(model, "config", None), "tie_embeddings", False)
@@ -40,7 +49,7 @@ def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, in
         raise ValueError("the model has no linear layers to quantize")
     if indivisible not in ("error", "int8"):
         raise ValueError(f"indivisible={indivisible!r} must be 'error' or 'int8'")
-    odd = [n for n in names if bits == 4 and model.get_submodule(n).in_features % group_size]
+    odd = [n for n in names if bits == 4 and not blocks and model.get_submodule(n).in_features % group_size]
     if odd and indivisible == "error":
         width = model.get_submodule(odd[0]).in_features
         raise ValueError(f"{odd[0]}: group_size={group_size} does not divide its input width {width}; pick one of "
@@ -49,8 +58,11 @@ def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, in
     if tied:  # checks done: from here the model changes
         model.config = model.config.replace(tie_embeddings=False)
         model.lm_head.weight = nn.Parameter(model.embed.weight.detach().clone(), requires_grad=False)
+    if blocks:  # blocks run over the flattened weight: any width works
+        return swap_in(model, {"bits": 4, "quant_type": method, "blocksize": group_size, "double_quant": double_quant,
+                               "compute_dtype": str(compute_dtype).removeprefix("torch."), "modules": names})
     spec = {"bits": bits, "group_size": group_size, "modules": [n for n in names if n not in odd]}
     return swap_in(model, {**spec, "int8_modules": odd} if odd else spec)
 
 
-__all__ = ["GROUP_SIZES", "METHODS", "QUANTIZED", "Int4Linear", "Int8Linear", "quantize"]
+__all__ = ["GROUP_SIZES", "METHODS", "QUANTIZED", "Int4Linear", "Int8Linear", "NF4Linear", "quantize"]
