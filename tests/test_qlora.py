@@ -209,3 +209,42 @@ def test_refusals_name_the_problem(bnb_folder, hf_folder, tmp_path):
                                                                                       **change}}))
         with pytest.raises(CheckpointError, match=message):
             gu.from_pretrained(bad)
+
+
+@pytest.mark.parametrize("method,options", [("nf4", {"include_head": True}), ("fp4", {"double_quant": False}),
+                                            ("int4", {"group_size": 32, "indivisible": "int8"}), ("int8", {})])
+def test_quantizing_while_loading_equals_loading_then_quantizing(hf_folder, method, options):
+    """load_quantized never holds the float model, and gives the very tensors quantize gives (qwen2: a tied
+    head, quantized from a copy of the embedding when asked; biases on q/k/v)."""
+    src, _ = hf_folder("qwen2")
+    streamed = gu.quant.load_quantized(src, method, **options)
+    whole = gu.from_pretrained(src, dtype=torch.bfloat16)
+    gu.quant.quantize(whole, method, **options)
+    a, b = streamed.state_dict(), whole.state_dict()
+    assert set(a) == set(b) and [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert streamed.quantization == whole.quantization and streamed.config == whole.config
+    with pytest.raises(CheckpointError, match="quantized already"):
+        gu.quant.load_quantized(bnb_folder_path(hf_folder), "nf4")
+
+
+def bnb_folder_path(hf_folder):
+    """A folder with a quantization_config (a groundup int8 copy is enough to be refused)."""
+    import tempfile
+    from pathlib import Path
+
+    out = Path(tempfile.mkdtemp()) / "q"
+    gu.quant.quantize(gu.from_pretrained(hf_folder("llama")[0]), "int8").save_pretrained(out)
+    return out
+
+
+def test_the_cli_writes_nf4_folders_transformers_loads(hf_folder, tmp_path, capsys):
+    from groundup.cli import main
+
+    src, _ = hf_folder("llama")
+    out = tmp_path / "nf4"
+    assert main(["quantize", str(src), "--to", "nf4", "--out", str(out)]) == 0
+    assert "14 linear layers -> nf4 (blocks of 64, double-quantized)" in capsys.readouterr().out
+    model = gu.from_pretrained(out)
+    assert isinstance(model.blocks[1].mlp.up_proj, NF4Linear)
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS).float(), hf_logits(out), rtol=0, atol=1e-5)

@@ -6,8 +6,10 @@ tensor or field and says what would fix it, before any large allocation.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,9 @@ import torch
 
 from ..config import Config
 from ..models import meta_model
-from ..nn.qlinear import NF4Linear, swap_in
+from ..nn.qlinear import NF4Linear, layer_spec, make_quantized, swap_in
 from . import bnb
-from .io import CheckpointError, atomic_folder, load_tensors, read_json, write_tensors
+from .io import CheckpointError, atomic_folder, iter_tensors, load_tensors, read_json, write_tensors
 from .registry import FAMILIES, OPTIONAL_FIELDS, REFUSED, UnsupportedConfig, family_of
 
 # config.json's special token ids, which are named Config fields
@@ -284,6 +286,45 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
             swap_in(model, quant, convert=False)
         except ValueError as err:
             raise CheckpointError(f"{folder / 'config.json'}: quantization_config: {err}") from None
+    return load_into(model, state, str(folder)).eval()
+
+
+def from_pretrained_quantized(folder: str | Path, plan: Callable[[Model], dict[str, Any]], *,
+                              dtype: torch.dtype | None = None) -> Model:
+    """A float folder read straight into quantized layers. ``plan(model)`` sees the model (on the meta device),
+    checks, may untie its config's head, and returns the nn/qlinear.swap_in spec; each target weight is then
+    quantized as its tensor is read and the float copy dropped, so memory peaks at the quantized model plus
+    one float matrix, not at the float model (as transformers' load_in_4bit does)."""
+    folder = Path(folder)
+    hf = read_json(folder / "config.json")
+    if hf.get("quantization_config"):
+        raise CheckpointError(f"{folder / 'config.json'}: the folder is quantized already "
+                              f"({hf['quantization_config'].get('quant_method')}); load it with from_pretrained")
+    cfg = config_from_hf(hf, str(folder / "config.json"))
+    model = meta_model(cfg)
+    spec = plan(model)
+    if model.config != cfg:  # the plan untied the head: it is quantized from a copy of the embedding
+        model = meta_model(model.config)
+    swap_in(model, spec, convert=False)
+    layers = {n: m for n, m in model.named_modules() if n in set(spec["modules"]) | set(spec.get("int8_modules", []))}
+    state: dict[str, torch.Tensor] = {}
+
+    def keep_quantized(module: str, w: torch.Tensor) -> None:
+        shim = argparse.Namespace(weight=w, bias=None, in_features=w.shape[1], out_features=w.shape[0])
+        q = make_quantized(shim, layer_spec(spec, module))
+        state.update({f"{module}.{k}": v for k, v in q.state_dict().items()})
+        if isinstance(layers[module], NF4Linear):
+            layers[module].weight_dtype = w.dtype
+
+    for name, t in iter_tensors(folder, dtype):
+        for key, part in state_dict_from_hf({name: t}, cfg).items():
+            module, _, leaf = key.rpartition(".")
+            if leaf == "weight" and module in layers:
+                keep_quantized(module, part)
+            else:
+                state[key] = part
+    if "lm_head" in layers and "lm_head.weight" not in state and "embed.weight" in state:
+        keep_quantized("lm_head", state["embed.weight"])
     return load_into(model, state, str(folder)).eval()
 
 

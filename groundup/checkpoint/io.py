@@ -6,6 +6,7 @@ Pickle-based checkpoints (.bin, .pt, .pth, .ckpt) are refused: unpickling runs a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -60,18 +61,22 @@ def weight_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"{folder} has no {SINGLE_FILE}, {INDEX_FILE} or other *.safetensors file")
 
 
-def load_tensors(folder: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """All tensors of a folder's safetensors file(s) by name, optionally cast to ``dtype``."""
-    out: dict[str, torch.Tensor] = {}
+def iter_tensors(folder: str | Path, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of a folder's safetensors file(s) one at a time, (name, tensor), floats optionally cast to
+    ``dtype``: a caller that keeps a smaller form of each (quantize on load) never holds them all."""
     for path in weight_files(Path(folder)):
         try:
             with safe_open(str(path), framework="pt") as f:
                 for name in f.keys():
                     t = f.get_tensor(name)
-                    out[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+                    yield name, (t.to(dtype) if dtype is not None and t.is_floating_point() else t)
         except SafetensorError as err:
             raise corrupt_safetensors(path, err, error=CheckpointError) from None
-    return out
+
+
+def load_tensors(folder: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a folder's safetensors file(s) by name, optionally cast to ``dtype``."""
+    return dict(iter_tensors(folder, dtype))
 
 
 def write_tensors(folder: Path, tensors: dict[str, torch.Tensor], *, max_shard_bytes: int = 5 * 2**30,

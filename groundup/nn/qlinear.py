@@ -332,6 +332,14 @@ def is_linear(m: nn.Module) -> bool:
     return isinstance(m, (nn.Linear, *QUANTIZED))
 
 
+def io_shape(m: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of a linear layer, float or quantized (whose ``weight`` holds codes), or of
+    an adapter around one."""
+    if hasattr(m, "out_features") and hasattr(m, "in_features"):
+        return m.out_features, m.in_features
+    return tuple(m.weight.shape)
+
+
 def quantizable(model: nn.Module, *, include_head: bool = False) -> list[str]:
     """Names of the linear layers weight-only quantization replaces: every nn.Linear in the blocks (attention,
     MLP, experts), and the lm_head when asked (tied or not: quant.quantize unties a tied one first)."""
@@ -341,9 +349,10 @@ def quantizable(model: nn.Module, *, include_head: bool = False) -> list[str]:
     return names
 
 
-def _quantized(lin: nn.Linear, spec: dict, convert: bool) -> nn.Module:
-    """The quantized layer ``spec`` asks for in place of ``lin``: its weights quantized (``convert``) or empty on
-    lin's device (meta, for a checkpoint load to fill)."""
+def make_quantized(lin: nn.Module, spec: dict, convert: bool = True) -> nn.Module:
+    """The quantized layer ``spec`` asks for in place of ``lin`` (anything with ``weight``, ``bias``,
+    ``in_features``, ``out_features``): its weights quantized (``convert``) or empty on lin's device (meta, for
+    a checkpoint load to fill)."""
     dev, bias = lin.weight.device, lin.bias is not None
     if spec.get("quant_type"):  # NF4 / FP4
         opts = dict(quant_type=spec["quant_type"], blocksize=spec.get("blocksize", 64),
@@ -380,10 +389,8 @@ def swap_in(model: nn.Module, spec: dict, *, convert: bool = True) -> nn.Module:
         if bits == 4 and not spec.get("quant_type") and name in spec["modules"] and lin.in_features % group:
             raise ValueError(f"{name}: group_size={group} does not divide its input width {lin.in_features}; "
                              f"pick a group size dividing it ({', '.join(map(str, GROUP_SIZES))})")
-    for name in spec.get("int8_modules", []):
-        _set(model, name, _quantized(model.get_submodule(name), {"bits": 8}, convert))
-    for name in spec["modules"]:
-        _set(model, name, _quantized(model.get_submodule(name), spec, convert))
+    for name in [*spec.get("int8_modules", []), *spec["modules"]]:
+        _set(model, name, make_quantized(model.get_submodule(name), layer_spec(spec, name), convert))
     if spec.get("quant_type"):
         model.quantization = {k: v for k, v in spec.items() if k != "group_size"} | {"modules": list(spec["modules"])}
     else:
@@ -391,6 +398,22 @@ def swap_in(model: nn.Module, spec: dict, *, convert: bool = True) -> nn.Module:
                               "modules": list(spec["modules"]),
                               **({"int8_modules": list(spec["int8_modules"])} if spec.get("int8_modules") else {})}
     return model
+
+
+def spec_of(layer: nn.Module) -> dict:
+    """The settings a quantized layer was made with, as make_quantized takes them (to quantize a new weight the
+    same way)."""
+    if isinstance(layer, NF4Linear):
+        return {"bits": 4, "quant_type": layer.quant_type, "blocksize": layer.blocksize,
+                "double_quant": layer.double_quant, "compute_dtype": str(layer.compute_dtype).removeprefix("torch.")}
+    if isinstance(layer, Int4Linear):
+        return {"bits": 4, "group_size": layer.group_size}
+    return {"bits": 8}
+
+
+def layer_spec(spec: dict, name: str) -> dict:
+    """The settings of one layer of a model spec (an int8 fallback layer of an int4 model gets int8's)."""
+    return {"bits": 8} if name in spec.get("int8_modules", ()) else spec
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 from ..checkpoint.hf import module_name_from_hf, module_name_to_hf, state_dict_from_hf, state_dict_to_hf
 from ..checkpoint.io import atomic_folder, read_json
 from ..checkpoint.registry import family_of
-from ..nn.qlinear import is_linear
+from ..nn.qlinear import io_shape, is_linear
 from ..utils.files import read_safetensors
 from .ia3 import IA3Config, apply_ia3, ia3_layers
 from .lora import LoraConfig, apply_lora, lora_layers, matches_targets, saved_module_names, train_whole
@@ -299,7 +299,7 @@ def read_adapter(model: nn.Module, folder: str | Path) -> AdapterFile:
         if name not in modules:
             raise AdapterError(f"{w_path}: the adapter has layer {name}, which this model ({cfg.n_layers} layers) "
                                "lacks: it was trained on a different base model")
-        out_f, in_f = modules[name].weight.shape
+        out_f, in_f = io_shape(modules[name])
         want = ({"lora_A": (r, in_f), "lora_B": (out_f, r)} if kind == "LORA"
                 else {"ia3_l": (1, in_f) if name in ff else (out_f, 1)})
         if set(pair) != set(want):

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..nn.qlinear import QUANTIZED, is_linear, swap_in
+from ..nn.qlinear import QUANTIZED, io_shape, is_linear, make_quantized, spec_of
 
 
 def matches_targets(targets: Sequence[str] | str | None, name: str) -> bool:
@@ -104,8 +104,7 @@ class LoraLinear(Wrapper):
 
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0) -> None:
         super().__init__()
-        quantized = isinstance(base_layer, QUANTIZED)  # its weight holds codes, not [out, in]
-        out_f, in_f = (base_layer.out_features, base_layer.in_features) if quantized else base_layer.weight.shape
+        out_f, in_f = io_shape(base_layer)  # a quantized weight holds codes, not [out, in]
         self.base_layer = base_layer
         w = base_layer.weight
         dtype = w.dtype if w.dtype.is_floating_point else torch.float32
@@ -280,9 +279,9 @@ def merge_quantized(model: nn.Module, *, requantize: bool = False) -> dict[str, 
     ``requantize`` the model becomes a float one: W' and every other quantized layer dequantized to nn.Linear in
     the base's weight dtype (bf16 for a QLoRA base). With it, W' is quantized again the way W was (the model
     stays quantized and saves in the same format). Returns per merged layer the relative size of the update,
-    |BA| / |W|, and the error requantizing introduces, |Q(W') - W'| / |W'| (0 when kept float); Frobenius norms."""
+    |BA| / |W|, and the error requantizing introduces (or would introduce, when kept float), |Q(W') - W'| / |W'|;
+    Frobenius norms."""
     report = {}
-    spec = dict(getattr(model, "quantization", None) or {})
     merged = {n: m for n, m in lora_layers(model).items() if isinstance(m.base_layer, QUANTIZED)}
     others = {} if requantize else {n: m for n, m in model.named_modules()
                                     if isinstance(m, QUANTIZED) and not n.endswith(".base_layer")}
@@ -298,14 +297,14 @@ def merge_quantized(model: nn.Module, *, requantize: bool = False) -> dict[str, 
         set_module(model, name, lin.requires_grad_(False))
         if name not in merged:
             continue
-        entry = {"update": float(delta.norm() / w.norm().clamp(min=1e-30)), "requantize_error": 0.0}
+        again = make_quantized(lin, spec_of(base))
         if requantize:
-            swap_in(model, {**spec, "modules": [name]})
-            again = model.get_submodule(name).dequantize(torch.float32)
-            entry["requantize_error"] = float((again - w - delta).norm() / (w + delta).norm().clamp(min=1e-30))
-        report[name] = entry
-    if spec:
-        model.quantization = spec if requantize else None  # swap_in wrote one layer's spec at a time
+            set_module(model, name, again)
+        again_w = again.dequantize(torch.float32)
+        report[name] = {"update": float(delta.norm() / w.norm().clamp(min=1e-30)),
+                        "requantize_error": float((again_w - w - delta).norm() / (w + delta).norm().clamp(min=1e-30))}
+    if not requantize:
+        model.quantization = None
     return report
 
 

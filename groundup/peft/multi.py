@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..nn.qlinear import io_shape
 from .io import read_adapter
 from .lora import LoraConfig, Wrapper, set_module, wrap_targets
 
@@ -70,7 +71,7 @@ class LoraBank:
         target = "|".join(n.replace(".", r"\.") for n in names)
         wrap_targets(model, LoraConfig(target_modules=target))  # checks + freezes
         for name in names:
-            out_f, in_f = modules[name].weight.shape
+            out_f, in_f = io_shape(modules[name])
             w = modules[name].weight
             A = w.new_zeros(len(files) + 1, r, in_f, dtype=torch.float32)  # the last slot: no adapter
             B = w.new_zeros(len(files) + 1, out_f, r, dtype=torch.float32)

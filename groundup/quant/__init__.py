@@ -9,29 +9,23 @@ double quantization (nn/qlinear.py, nn/nf4.py).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from ..checkpoint.hf import from_pretrained_quantized
 from ..nn.nf4 import BLOCKSIZES
 from ..nn.qlinear import GROUP_SIZES, QUANTIZED, Int4Linear, Int8Linear, NF4Linear, quantizable, swap_in
 
 METHODS = {"int8": 8, "int4": 4, "nf4": 4, "fp4": 4}
 
 
-def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, include_head: bool = False,
-             indivisible: str = "error", double_quant: bool = True,
-             compute_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """Replace the model's linear layers by weight-only quantized ones, in place, and return the model.
-
-    ``method`` "int8" (absmax per output row), "int4" (asymmetric, ``group_size`` 32/64/128 inputs a group), or
-    "nf4" / "fp4" (QLoRA's 4-bit levels over blocks of ``group_size`` values of the flattened weight, 64 by
-    default; ``double_quant`` quantizes the block scales too; the products run in ``compute_dtype``);
-    ``include_head`` quantizes the lm_head too; a tied one is untied first (the embedding stays float for the
-    lookup, the head gets a quantized copy: decoding then reads 4 or 8 bits per head weight, not 16; the saved
-    folder says tie_word_embeddings false). A layer whose input width the group size does not divide
-    is an error (``indivisible="error"``), or stays in int8 (``"int8"``, as llama.cpp falls back to another type
-    for such tensors). Everything is checked before the first layer changes.
-    """
+def plan(model: nn.Module, method: str = "int8", *, group_size: int = 64, include_head: bool = False,
+         indivisible: str = "error", double_quant: bool = True, compute_dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Check a quantization of ``model`` (see quantize) and return the nn/qlinear.swap_in spec. Changes nothing,
+    except that a head to be quantized out of a tied embedding unties the config (the caller copies the
+    weight)."""
     if method not in METHODS:
         raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
     if getattr(model, "quantization", None):
@@ -44,7 +38,6 @@ def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, in
     if bits == 4 and not blocks and group_size not in GROUP_SIZES:
         raise ValueError(f"group_size={group_size} must be one of {GROUP_SIZES}")
     names = quantizable(model, include_head=include_head)
-    tied = "lm_head" in names and getattr(getattr(model, "config", None), "tie_embeddings", False)
     if not names:
         raise ValueError("the model has no linear layers to quantize")
     if indivisible not in ("error", "int8"):
@@ -55,14 +48,42 @@ def quantize(model: nn.Module, method: str = "int8", *, group_size: int = 64, in
         raise ValueError(f"{odd[0]}: group_size={group_size} does not divide its input width {width}; pick one of "
                          f"{', '.join(str(g) for g in GROUP_SIZES if width % g == 0) or 'none'}, or pass "
                          "indivisible='int8' to keep such layers in int8")
-    if tied:  # checks done: from here the model changes
-        model.config = model.config.replace(tie_embeddings=False)
-        model.lm_head.weight = nn.Parameter(model.embed.weight.detach().clone(), requires_grad=False)
+    if "lm_head" in names and getattr(getattr(model, "config", None), "tie_embeddings", False):
+        model.config = model.config.replace(tie_embeddings=False)  # checks done
     if blocks:  # blocks run over the flattened weight: any width works
-        return swap_in(model, {"bits": 4, "quant_type": method, "blocksize": group_size, "double_quant": double_quant,
-                               "compute_dtype": str(compute_dtype).removeprefix("torch."), "modules": names})
+        return {"bits": 4, "quant_type": method, "blocksize": group_size, "double_quant": double_quant,
+                "compute_dtype": str(compute_dtype).removeprefix("torch."), "modules": names}
     spec = {"bits": bits, "group_size": group_size, "modules": [n for n in names if n not in odd]}
-    return swap_in(model, {**spec, "int8_modules": odd} if odd else spec)
+    return {**spec, "int8_modules": odd} if odd else spec
 
 
-__all__ = ["GROUP_SIZES", "METHODS", "QUANTIZED", "Int4Linear", "Int8Linear", "NF4Linear", "quantize"]
+def quantize(model: nn.Module, method: str = "int8", **options) -> nn.Module:
+    """Replace the model's linear layers by weight-only quantized ones, in place, and return the model.
+
+    ``method`` "int8" (absmax per output row), "int4" (asymmetric, ``group_size`` 32/64/128 inputs a group), or
+    "nf4" / "fp4" (QLoRA's 4-bit levels over blocks of ``group_size`` values of the flattened weight, 64 by
+    default; ``double_quant`` quantizes the block scales too; the products run in ``compute_dtype``);
+    ``include_head`` quantizes the lm_head too; a tied one is untied first (the embedding stays float for the
+    lookup, the head gets a quantized copy: decoding then reads 4 or 8 bits per head weight, not 16; the saved
+    folder says tie_word_embeddings false). A layer whose input width the group size does not divide
+    is an error (``indivisible="error"``), or stays in int8 (``"int8"``, as llama.cpp falls back to another type
+    for such tensors). Everything is checked before the first layer changes.
+    """
+    tied = getattr(getattr(model, "config", None), "tie_embeddings", False)
+    spec = plan(model, method, **options)
+    if tied and not model.config.tie_embeddings:
+        model.lm_head.weight = nn.Parameter(model.embed.weight.detach().clone(), requires_grad=False)
+    return swap_in(model, spec)
+
+
+def load_quantized(folder: str | Path, method: str = "nf4", *, dtype: torch.dtype | None = torch.bfloat16,
+                   **options) -> nn.Module:
+    """``from_pretrained(folder)`` then ``quantize(model, method, **options)`` without ever holding the float
+    model: each linear weight is quantized as it is read (checkpoint/hf.from_pretrained_quantized), so a QLoRA
+    base fits where its bf16 copy would not. ``dtype`` is that of the float parts (embeddings, norms) and of the
+    weights before quantization (bf16, as QLoRA; None keeps the file's)."""
+    return from_pretrained_quantized(folder, lambda model: plan(model, method, **options), dtype=dtype)
+
+
+__all__ = ["GROUP_SIZES", "METHODS", "QUANTIZED", "Int4Linear", "Int8Linear", "NF4Linear", "load_quantized", "plan",
+           "quantize"]

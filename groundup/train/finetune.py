@@ -1,9 +1,11 @@
 """The fine-tuning pipeline behind `groundup finetune`: instruction data, a decoder-only base, one method
-(full, LoRA, IA3, BitFit, prompt tuning, prefix tuning), training, and the adapter or model folders.
+(full, LoRA, QLoRA, IA3, BitFit, prompt tuning, prefix tuning), training, and the adapter or model folders.
 
 The data (data/instruct.py: prompt/completion, instruction/response or conversation records) is read and
 checked in full before the model is loaded, and the method's settings before the data; the loss covers
-answer tokens only. ``full`` trains every weight; ``lora`` low-rank updates of ``target_modules``; ``ia3``
+answer tokens only. ``full`` trains every weight; ``lora`` low-rank updates of ``target_modules``; ``qlora``
+the same over a base whose linear layers are 4-bit NF4 with double quantization (Dettmers et al. 2023), read
+straight into 4 bits from a float folder (or used as they are from a quantized one); ``ia3``
 rescaling vectors; ``bitfit`` the biases only; ``prompt`` a soft prompt; ``prefix`` per-layer key/value
 prefixes. A run writes <out>/checkpoint (resumable: the model, or only the adapter for the adapter
 methods), and at the end <out>/adapter (a peft folder) and, with merge (LoRA, IA3), <out>/merged.
@@ -22,8 +24,9 @@ from typing import Any
 from ..utils.files import atomic_write_text
 from ..utils.settings import option, option_list
 
-METHODS = ("full", "lora", "ia3", "bitfit", "prompt", "prefix")
-LR = {"full": 1e-4, "lora": 1e-3, "ia3": 3e-3, "bitfit": 1e-3, "prompt": 3e-2, "prefix": 1e-2}  # default lr
+METHODS = ("full", "lora", "qlora", "ia3", "bitfit", "prompt", "prefix")
+LR = {"full": 1e-4, "lora": 1e-3, "qlora": 1e-3, "ia3": 3e-3, "bitfit": 1e-3, "prompt": 3e-2,
+      "prefix": 1e-2}  # default lr
 
 
 @dataclass
@@ -36,6 +39,8 @@ class FinetuneSettings:
     r: int = option(8, "LoRA rank")
     alpha: float = option(16.0, "LoRA alpha (the update is scaled by alpha / r)")
     lora_dropout: float = option(0.0, "LoRA dropout")
+    compute_dtype: str = option("bfloat16", "QLoRA: dtype of the 4-bit layers' products (float32 runs faster on "
+                                "CPUs without bf16 arithmetic)", choices=("bfloat16", "float32"))
     target_modules: list | None = option_list("module-name suffixes to adapt (LoRA: q_proj v_proj; IA3: k_proj v_proj "
                                         "down_proj)")
     feedforward_modules: list = option_list("IA3: targets rescaled on their input (the FFN activation)", ["down_proj"])
@@ -73,9 +78,9 @@ def adapter_of(s: FinetuneSettings) -> Any:
     bad setting fails before any data or weight is read."""
     from .. import peft
 
-    if s.modules_to_save and s.method not in ("lora", "ia3"):
-        raise ValueError(f"--modules-to-save goes with --method lora or ia3, not {s.method}")
-    if s.method == "lora":
+    if s.modules_to_save and s.method not in ("lora", "qlora", "ia3"):
+        raise ValueError(f"--modules-to-save goes with --method lora, qlora or ia3, not {s.method}")
+    if s.method in ("lora", "qlora"):
         return peft.LoraConfig(r=s.r, alpha=s.alpha, dropout=s.lora_dropout,
                                target_modules=s.target_regex or s.target_modules or ["q_proj", "v_proj"],
                                modules_to_save=s.modules_to_save)
@@ -95,7 +100,7 @@ def apply_method(model, s: FinetuneSettings, adapter: Any, tok) -> None:
     """Freeze the base and add the method's trainable parameters (in place; nothing to do for full)."""
     from .. import peft
 
-    if s.method == "lora":
+    if s.method in ("lora", "qlora"):
         peft.apply_lora(model, adapter)
     elif s.method == "ia3":
         peft.apply_ia3(model, adapter)
@@ -108,12 +113,28 @@ def apply_method(model, s: FinetuneSettings, adapter: Any, tok) -> None:
         peft.apply_prefix_tuning(model, s.num_virtual_tokens, projection=s.prefix_projection)
 
 
-def run(s: FinetuneSettings, log=print) -> dict[str, Any]:
-    """Check, load the data, load the base, apply the method, train, write the folders; the run's summary."""
+def load_base(s: FinetuneSettings):
+    """The base model: fp32 for training it or adapters beside it; for QLoRA its linear layers in NF4 (read
+    into 4 bits as loaded, the float parts in bf16), or a quantized folder as it is."""
     import torch
 
+    from ..checkpoint.hf import from_pretrained
+    from ..checkpoint.io import read_json
+
+    if s.method != "qlora":
+        return from_pretrained(s.model, dtype=torch.float32)
+    if read_json(Path(s.model) / "config.json").get("quantization_config"):
+        return from_pretrained(s.model)  # 4 bits already (NF4, or int4 / GPTQ): trained over as it is
+    from ..quant import load_quantized
+
+    return load_quantized(s.model, "nf4", double_quant=True, compute_dtype=getattr(torch, s.compute_dtype))
+
+
+def run(s: FinetuneSettings, log=print) -> dict[str, Any]:
+    """Check, load the data, load the base, apply the method, train, write the folders; the run's summary."""
+
     from .. import peft
-    from ..checkpoint.hf import check_model_folder, config_from_hf, from_pretrained
+    from ..checkpoint.hf import check_model_folder, config_from_hf
     from ..checkpoint.io import read_json
     from ..data.instruct import SEPARATOR, InstructionData, load_examples, prefixed
     from ..tokenizer import Tokenizer
@@ -139,7 +160,7 @@ def run(s: FinetuneSettings, log=print) -> dict[str, Any]:
     log(f"data: {len(data.train):,} training / {len(data.val):,} validation examples, longest "
         f"{data.block_size + 1} tokens")
 
-    model = from_pretrained(s.model, dtype=torch.float32)
+    model = load_base(s)
     total = sum(p.numel() for p in model.parameters())
     apply_method(model, s, adapter, tok)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -158,6 +179,10 @@ def run(s: FinetuneSettings, log=print) -> dict[str, Any]:
             summary["virtual ids"] = f"{cfg.vocab_size}..{cfg.vocab_size + s.num_virtual_tokens - 1} (put them " \
                                      "before a prompt's ids)"
         if s.merge:
+            if s.method == "qlora":  # a float (bf16) merged folder; what requantizing it to NF4 would cost
+                errors = peft.merge_quantized(model).values()
+                summary["requantize error"] = f"{max(e['requantize_error'] for e in errors):.2%} (largest layer, " \
+                                              "relative Frobenius; the float folder has none)"
             peft.merge_and_unload(model).save_pretrained(out / "merged")
             tok.save_pretrained(out / "merged")
             summary["merged"] = str(out / "merged")
@@ -173,6 +198,6 @@ def report(s: dict[str, Any], log=print) -> None:
     log(f"time, peak RSS    {s['seconds']:.0f} s, {s['peak_rss_mb']:,.0f} MB")
     log(f"validation loss   {s['val_loss_start']:.3f} at the start -> {s['val_loss']:.3f} at the end")
     log(f"checkpoint        {s['checkpoint']}")
-    for key in ("adapter", "merged", "virtual ids"):
+    for key in ("adapter", "merged", "requantize error", "virtual ids"):
         if key in s:
             log(f"{key:<17} {s[key]}")

@@ -83,6 +83,32 @@ def test_lora_trains_the_adapter_only_and_its_folders_reproduce_the_model(base, 
     assert state["step"] == 60
 
 
+def test_qlora_trains_adapters_over_a_4bit_base_and_merges(base, tmp_path, capsys):
+    folder, data = base
+    out = tmp_path / "qlora"
+    args = ["finetune", str(folder), "--data", str(data), "--method", "qlora", "--r", "4", "--alpha", "8",
+            "--target-modules", "q_proj", "v_proj", "o_proj", "up_proj", "down_proj", "--batch-size", "8",
+            "--lr", "2e-2", "--eval-every", "20", "--save-every", "20", "--compute-dtype", "float32",
+            "--out", str(out), "--quiet"]
+    assert main([*args, "--steps", "40", "--merge"]) == 0
+    text = capsys.readouterr().out
+    assert "requantize error" in text
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert val[-1] < val[0] - 0.5  # it learnt the task over 4-bit weights
+    assert not (out / "checkpoint" / "model.safetensors").exists()  # the 4-bit base is not copied either
+    ids = gu.Tokenizer.from_pretrained(folder).encode("repeat: cat dog sun")
+    base4 = gu.quant.load_quantized(folder, "nf4", compute_dtype=torch.float32)
+    assert isinstance(base4.blocks[0].attn.q_proj, gu.quant.NF4Linear)
+    tuned = load_adapter(base4, out / "adapter")  # an ordinary peft LoRA folder, over the NF4 base
+    merged = gu.from_pretrained(out / "merged")  # float: dequantized + BA
+    assert merged.quantization is None and merged.blocks[0].attn.q_proj.weight.dtype == torch.bfloat16
+    want = _logits(tuned, ids).float()
+    torch.testing.assert_close(_logits(merged, ids).float(), want, atol=3e-2 * float(want.abs().max()), rtol=0)
+    assert main([*args, "--steps", "60", "--resume"]) == 0
+    assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 60
+
+
 def test_full_finetuning_writes_a_model_checkpoint(base, tmp_path):
     folder, data = base
     out = tmp_path / "full"
@@ -107,7 +133,7 @@ def test_ia3_writes_a_peft_ia3_adapter_and_bitfit_needs_biases(base, tmp_path, c
     assert main([*ia3, "--steps", "5", "--resume"]) == 0  # the saved norm resumes with the adapter
     assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 5
     assert main([*ia3[:5], "prompt", *ia3[6:], "--steps", "1"]) == 2
-    assert "--modules-to-save goes with --method lora or ia3, not prompt" in capsys.readouterr().err
+    assert "--modules-to-save goes with --method lora, qlora or ia3, not prompt" in capsys.readouterr().err
     assert main(["finetune", str(folder), "--data", str(data), "--method", "bitfit", "--out", str(tmp_path / "b"),
                  "--quiet"]) == 2
     assert "has none" in capsys.readouterr().err
