@@ -26,8 +26,10 @@ def test_levels_are_bitsandbytes_and_the_normal_quantiles():
     torch.testing.assert_close((derived / derived.max()).float(), nf4.levels("nf4"), atol=3e-7, rtol=0)
 
 
-def test_dynamic_map_is_bitsandbytes():
-    assert nf4.dynamic_map().numpy().tobytes() == bf.create_dynamic_map(signed=True).numpy().tobytes()
+def test_dynamic_maps_are_bitsandbytes():
+    for signed in (True, False):
+        ours, theirs = nf4.dynamic_map(signed), bf.create_dynamic_map(signed=signed)
+        assert ours.numpy().tobytes() == theirs.numpy().tobytes()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -82,6 +84,11 @@ def test_8bit_blockwise_equals_bitsandbytes_on_many_values():
         assert torch.equal(absmax, state.absmax)
         assert torch.equal(q, theirs), f"{(q != theirs).sum()} codes differ"
         assert torch.equal(nf4.dequantize_8bit(q, absmax, code), bf.dequantize_blockwise(theirs, state))
+    unsigned = nf4.dynamic_map(signed=False)  # the map of Adam's second moment, on non-negative values
+    x = torch.randn(50_000) ** 2
+    theirs, state = bf.quantize_blockwise(x, code=unsigned, blocksize=256)
+    q, absmax = nf4.quantize_8bit(x, unsigned)
+    assert torch.equal(q, theirs) and torch.equal(absmax, state.absmax)
 
 
 def test_nf4_error_is_small_and_bits_per_weight():

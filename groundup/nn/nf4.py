@@ -47,18 +47,19 @@ def levels(quant_type: str) -> torch.Tensor:
     raise ValueError(f"quant_type={quant_type!r} must be one of {', '.join(QUANT_TYPES)}")
 
 
-def dynamic_map() -> torch.Tensor:
-    """The 256 signed levels of the 8-bit dynamic type (Dettmers 2015), sorted, in [-1, 1].
+def dynamic_map(signed: bool = True) -> torch.Tensor:
+    """The 256 levels of the 8-bit dynamic type (Dettmers 2015), sorted: signed in [-1, 1], or unsigned in [0, 1]
+    (for values that are never negative, as Adam's second moment).
 
-    A level is sign x 10^-e x fraction for a decimal exponent e in 0..6: exponent 6 - i holds 2^i fractions, the
-    midpoints of 2^i + 1 equal steps over [0.1, 1], so small magnitudes get a fine grid and large ones a coarse
-    one. With 0 and 1 that is 2 x 127 + 2 = 256 levels, computed in fp32 (as bitsandbytes' create_dynamic_map does,
-    so the levels are bit-identical)."""
+    A level is (sign x) 10^-e x fraction for a decimal exponent e in 0..6: exponent 6 - i holds 2^i fractions
+    (2^(i+1) unsigned, the sign bit being free), the midpoints of that many + 1 equal steps over [0.1, 1], so
+    small magnitudes get a fine grid and large ones a coarse one. With 0 and 1 that is 256 levels, computed in
+    fp32 (as bitsandbytes' create_dynamic_map does, so the levels are bit-identical)."""
     values = [0.0, 1.0]
     for i in range(7):
-        edges = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
+        edges = torch.linspace(0.1, 1, 2 ** (i + (0 if signed else 1)) + 1, dtype=torch.float32)
         fractions = (edges[:-1] + edges[1:]) / 2 * 10.0 ** (i - 6)
-        values += fractions.tolist() + (-fractions).tolist()
+        values += fractions.tolist() + ((-fractions).tolist() if signed else [])
     return torch.tensor(sorted(values), dtype=torch.float32)
 
 
@@ -124,27 +125,37 @@ def dequantize_4bit(codes: torch.Tensor, absmax: torch.Tensor, shape: tuple[int,
     return out.reshape(-1, *shape[1:]).to(dtype)
 
 
+_TABLES: dict[bytes, torch.Tensor] = {}
+
+
+def _grid_table(code: torch.Tensor) -> torch.Tensor:
+    """For each of the 65536 grid points over [-1, 1], the index of the nearest of the sorted ``code`` levels
+    (a tie to the lower); built once per code."""
+    key = code.float().cpu().numpy().tobytes()
+    if key not in _TABLES:
+        levels_sorted = code.float().cpu()
+        midpoints = (levels_sorted[:-1] + levels_sorted[1:]) * 0.5
+        steps = -1.0 + (2.0 * torch.arange(_GRID, dtype=torch.float32)) / (_GRID - 1)
+        _TABLES[key] = torch.searchsorted(midpoints, steps, side="left").to(torch.uint8)
+    return _TABLES[key].to(code.device)
+
+
 def quantize_8bit(x: torch.Tensor, code: torch.Tensor, blocksize: int = NESTED_BLOCKSIZE
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """x -> (codes uint8 [n], absmax fp32 [ceil(n / blocksize)]): blockwise quantization to the 256 sorted
     ``code`` levels with bitsandbytes' CPU rule (see the module docstring); an all-zero block gets code 0."""
-    levels_sorted = code.float()
-    midpoints = (levels_sorted[:-1] + levels_sorted[1:]) * 0.5
-    steps = -1.0 + (2.0 * torch.arange(_GRID, dtype=torch.float32)) / (_GRID - 1)  # the grid points in [-1, 1]
-    table = torch.searchsorted(midpoints, steps, side="left").to(torch.uint8)  # grid point -> nearest level
     grid, absmax = _blocks(x, blocksize)
     scaled = (grid * (1.0 / absmax)[:, None]).clamp(-1, 1)
-    point = ((scaled + 1.0) * 0.5 * (_GRID - 1) + 0.5).long()  # truncation after + 0.5: round half up
-    out = torch.where((absmax == 0)[:, None], torch.zeros_like(point), point)
-    out = table[out.clamp(0, _GRID - 1)]
-    return out.reshape(-1)[: x.numel()], absmax
+    point = ((scaled + 1.0) * 0.5 * (_GRID - 1) + 0.5).to(torch.int32)  # truncation after + 0.5: round half up
+    point = point.masked_fill_((absmax == 0)[:, None], 0).clamp_(0, _GRID - 1)  # 0/0 in an all-zero block
+    return _grid_table(code)[point].reshape(-1)[: x.numel()], absmax
 
 
 def dequantize_8bit(q: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
                     blocksize: int = NESTED_BLOCKSIZE) -> torch.Tensor:
     """code[q] x absmax of its block, fp32 [n]."""
-    values = code.float()[q.long()]
-    return values * absmax.float()[torch.arange(q.numel(), device=q.device) // blocksize]
+    values, _ = _blocks(code.float()[q.reshape(-1).long()], blocksize)  # [blocks, blocksize], zero padded
+    return (values * absmax.float()[:, None]).reshape(-1)[: q.numel()]
 
 
 def compress_absmax(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

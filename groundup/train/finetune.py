@@ -62,6 +62,8 @@ class FinetuneSettings:
     min_lr: float | None = option(None, "final learning rate (default lr / 10)")
     warmup: int = option(10, "linear warm-up steps")
     weight_decay: float = option(0.0, "AdamW weight decay")
+    optimizer: str = option("adamw", "adamw, or adamw8bit: both moments in 8-bit blocks (2 bytes of state per "
+                            "weight instead of 8; for full fine-tuning)", choices=("adamw", "adamw8bit"))
     val_fraction: float = option(0.05, "share of examples held out")
     eval_every: int = option(50, "steps between validation losses")
     save_every: int = option(100, "steps between checkpoints")
@@ -145,7 +147,8 @@ def run(s: FinetuneSettings, log=print) -> dict[str, Any]:
     lr = s.lr if s.lr is not None else LR[s.method]
     targs = TrainArgs(out_dir=s.out, steps=s.steps, batch_size=s.batch_size, micro_batch=s.micro_batch, lr=lr,
                       min_lr=s.min_lr if s.min_lr is not None else lr / 10, warmup=s.warmup,
-                      weight_decay=s.weight_decay, dtype=s.dtype, eval_every=s.eval_every, save_every=s.save_every,
+                      weight_decay=s.weight_decay, optimizer=s.optimizer, dtype=s.dtype, eval_every=s.eval_every,
+                      save_every=s.save_every,
                       seed=s.seed, progress=not s.quiet, name="finetune")
     tok = Tokenizer.from_pretrained(s.model)
     cfg = config_from_hf(read_json(Path(s.model) / "config.json"))

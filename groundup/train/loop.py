@@ -23,7 +23,7 @@ from ..models.common import trusted_inputs
 from ..utils.files import atomic_file
 from .checkpoint import DTensor, load_checkpoint, save_checkpoint
 from .objective import Objective
-from .optim import lr_at, make_optimizer
+from .optim import OPTIMIZERS, lr_at, make_optimizer
 
 
 class TrainingError(RuntimeError):
@@ -51,6 +51,7 @@ class TrainArgs:
     activation_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1.3x compute
     compile: bool = False  # torch.compile the model (inductor; needs a C++ compiler on CPU)
     fsdp: bool = False  # with several processes: shard parameters, gradients and AdamW state (FSDP2) over them
+    optimizer: str = "adamw"  # adamw | adamw8bit (both moments in 8 bits: 2 bytes of state per weight, not 8)
     progress: bool = True
     name: str = "pretrain"  # the progress bar's label
 
@@ -62,6 +63,10 @@ class TrainArgs:
             raise ValueError(f"dtype={self.dtype!r} must be 'float32' or 'bfloat16'")
         if not self.lr > 0 or self.min_lr < 0:
             raise ValueError(f"lr={self.lr} must be > 0 and min_lr={self.min_lr} >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r} must be one of {', '.join(OPTIMIZERS)}")
+        if self.optimizer == "adamw8bit" and self.fsdp:
+            raise ValueError("optimizer='adamw8bit' keeps whole-tensor blocks, not FSDP shards; use adamw with fsdp")
 
 
 def _dist() -> tuple[int, int]:
@@ -184,7 +189,7 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
     core = model
     model, sharded = _wrap(core, args, world, log)
     objective = Objective(core.config.arch, tokenizer, mixture.block_size, core.config.vocab_size, args.seed)
-    optimizer = make_optimizer(core, lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(core, lr=args.lr, weight_decay=args.weight_decay, kind=args.optimizer)
     step, tokens_seen = 0, 0
     if resume:
         state = load_checkpoint(ckpt, core, optimizer)

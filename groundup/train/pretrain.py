@@ -50,6 +50,8 @@ class PretrainSettings:
     min_lr: float = option(3e-4, "learning rate at the end of the cosine")
     warmup: int = option(20, "linear warm-up steps")
     weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")
+    optimizer: str = option("adamw", "adamw, or adamw8bit: both moments in 8-bit blocks (2 bytes of state per "
+                            "weight instead of 8)", choices=("adamw", "adamw8bit"))
     grad_clip: float = option(1.0, "gradient norm clip")
     dtype: str = option("float32", "training dtype", choices=("float32", "bfloat16"))
     eval_every: int = option(50, "steps between validation losses")
@@ -125,7 +127,7 @@ def run(s: PretrainSettings, log=print) -> dict:
         saved = {k: v for k, v in dataclasses.asdict(s).items() if k != "resume"}
         atomic_write_text(out / SETTINGS, json.dumps(saved, indent=2))
     targs = TrainArgs(out_dir=str(out), steps=s.steps, batch_size=s.batch_size, micro_batch=s.micro_batch,
-                      lr=s.lr, min_lr=s.min_lr, warmup=s.warmup, weight_decay=s.weight_decay,
+                      lr=s.lr, min_lr=s.min_lr, warmup=s.warmup, weight_decay=s.weight_decay, optimizer=s.optimizer,
                       grad_clip=s.grad_clip, dtype=s.dtype, eval_every=s.eval_every,
                       eval_batches=s.eval_batches, save_every=s.save_every, seed=s.seed,
                       activation_checkpointing=bool(s.activation_checkpointing), compile=bool(s.compile),

@@ -109,11 +109,15 @@ def test_qlora_trains_adapters_over_a_4bit_base_and_merges(base, tmp_path, capsy
     assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 60
 
 
-def test_full_finetuning_writes_a_model_checkpoint(base, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit"])
+def test_full_finetuning_writes_a_model_checkpoint(base, tmp_path, optimizer):
     folder, data = base
     out = tmp_path / "full"
     assert main(["finetune", str(folder), "--data", str(data), "--method", "full", "--steps", "4",
-                 "--batch-size", "4", "--out", str(out), "--quiet"]) == 0
+                 "--batch-size", "4", "--optimizer", optimizer, "--out", str(out), "--quiet"]) == 0
+    if optimizer == "adamw8bit":  # and it resumes from its 8-bit state
+        assert main(["finetune", str(folder), "--data", str(data), "--method", "full", "--steps", "6",
+                     "--batch-size", "4", "--optimizer", optimizer, "--out", str(out), "--resume", "--quiet"]) == 0
     model = gu.from_pretrained(out / "checkpoint")
     before = gu.from_pretrained(folder)
     assert not torch.equal(model.blocks[0].attn.q_proj.weight, before.blocks[0].attn.q_proj.weight)
