@@ -1,10 +1,12 @@
-"""Peak training memory of LoRA against full fine-tuning on the same model, measured.
+"""Peak training memory of full fine-tuning (AdamW, 8-bit AdamW), LoRA (fp32 and bf16 base), QLoRA and the other
+methods on the same model, measured.
 
-    python bench/finetune_memory.py [--model DIR] [--steps 10] [--out docs/bench_finetune_memory.md]
+    python bench/finetune_memory.py [--model DIR] [--steps 10] [--runs NAME ...] [--out docs/bench_finetune_memory.md]
 
 Each method trains in its own `groundup finetune` process; its peak resident memory is read from the
 operating system when it exits (os.wait4, in bench/report.py), so it counts everything the process held:
-the interpreter, torch, the model, gradients, AdamW's two moments, activations. The data is a Goat-style arithmetic set.
+the interpreter, torch, the model, gradients, the optimizer's moments, activations. "weights" is the bytes of
+the model's tensors (base and adapters) as trained. The data is a Goat-style arithmetic set.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import command, emit, finetune_child
+from report import command, emit, finetune_child, machine
 
 from groundup.data.arithmetic import dataset
 
-RUNS = {"full": [], "lora r=8 (q, v)": ["--method", "lora", "--r", "8"],
-        "lora r=8 (all linear layers)": ["--method", "lora", "--r", "8", "--target-modules", "q_proj", "k_proj",
-                                         "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+ALL = ["--target-modules", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+RUNS = {"full": [], "full, adamw8bit": ["--method", "full", "--optimizer", "adamw8bit"],
+        "lora r=8 (q, v)": ["--method", "lora", "--r", "8"],
+        "lora r=8 (all linear layers)": ["--method", "lora", "--r", "8", *ALL],
+        "lora r=8 (all linear), bf16 base": ["--method", "lora", "--r", "8", *ALL, "--base-dtype", "bfloat16"],
+        "qlora r=8 (all linear), nf4 + double quant": ["--method", "qlora", "--r", "8", *ALL],
+        "qlora, fp32 products": ["--method", "qlora", "--r", "8", *ALL, "--compute-dtype", "float32"],
         "ia3": ["--method", "ia3"], "prompt (20 tokens)": ["--method", "prompt"]}
 
 
@@ -32,6 +38,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--work", default="out/finetune_memory")
+    ap.add_argument("--runs", nargs="*", default=list(RUNS), help="which rows (default all; 'full' always runs)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if not (Path(args.model) / "config.json").is_file():
@@ -42,22 +49,26 @@ def main() -> None:
     data.write_text("".join(json.dumps(r) + "\n" for r in dataset(500, seed=0, digits=3)))
     rows = []
     for name, extra in RUNS.items():
-        out = work / name.split()[0]
+        if name != "full" and name not in args.runs:
+            continue
+        out = work / name.split()[0].strip(",")
         method = ["--method", "full"] if name == "full" else []
         s = finetune_child(args.model, str(data), str(out),
                            [*method, *extra, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                             "--eval-every", str(args.steps), "--save-every", str(args.steps)])
-        rows.append((name, s["trainable"], s["total"], s["child_peak_mb"], s["seconds"] / args.steps))
+        rows.append((name, s["trainable"], s["total"], s["weights_mib"], s["child_peak_mb"], s["seconds"] / args.steps))
         print(rows[-1], flush=True)
-    full_mb = rows[0][3]
+    full_mb = rows[0][4]
     lines = [f"Command: `{command()}`", "",
-             f"Model {args.model} ({rows[0][2]:,} parameters, fp32), batch {args.batch_size}, {args.steps} steps; "
-             "peak resident memory of each training process (interpreter and torch included).", "",
-             "| method | trainable parameters | % of total | peak memory MB | vs full | s / step |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name, n, total, mb, sec in rows:
-        lines.append(f"| {name} | {n:,} | {100 * n / total:.2f}% | {mb:,.0f} | {mb - full_mb:+,.0f} MB | {sec:.2f} |")
-    emit("Fine-tuning memory: LoRA and the other methods against full fine-tuning", lines, args.out)
+             f"Model {args.model} ({rows[0][2]:,} parameters), batch {args.batch_size}, {args.steps} steps; "
+             "weights: the bytes of the model's tensors as trained; peak memory: the resident memory of each training "
+             "process (interpreter and torch included).", "", f"CPU: {machine()}", "",
+             "| method | trainable parameters | % of total | weights MiB | peak memory MB | vs full | s / step |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, n, total, wmb, mb, sec in rows:
+        lines.append(f"| {name} | {n:,} | {100 * n / total:.2f}% | {wmb:,.1f} | {mb:,.0f} | {mb - full_mb:+,.0f} MB "
+                     f"| {sec:.2f} |")
+    emit("Fine-tuning memory: full, LoRA, QLoRA and the other methods on one model", lines, args.out)
 
 
 if __name__ == "__main__":

@@ -199,14 +199,14 @@ def test_a_tied_head_is_untied_into_a_quantized_copy(tmp_path):
 def test_dequantized_products_in_row_blocks_equal_one_block(cls, monkeypatch):
     """The dequantizing paths build the float weight a block of rows at a time (bounded memory): blocks of
     10 rows (with a ragged last one) give the one-block result."""
-    import groundup.nn.qlinear as ql
+    import groundup.nn.qproduct as qp
 
     torch.manual_seed(1)
     lin = torch.nn.Linear(128, 96)
     q = cls.from_linear(lin) if cls is Int8Linear else cls.from_linear(lin, group_size=32)
     x = torch.randn(5, 128).bfloat16()
     whole = {n: q._product(n, x) for n in ("dequant", "dequant32")}
-    monkeypatch.setattr(ql, "CHUNK_BYTES", 4 * 128 * 10)
+    monkeypatch.setattr(qp, "CHUNK_BYTES", 4 * 128 * 10)
     for name, want in whole.items():
         assert torch.equal(q._product(name, x), want), name
 
@@ -215,11 +215,11 @@ def test_dequantized_products_in_row_blocks_equal_one_block(cls, monkeypatch):
 def test_the_int4_kernel_layout_built_in_row_blocks_equals_one_block(out, monkeypatch):
     """The CPU kernel's layout is converted 64 output rows at a time (bounded int32 codes); widths 64 does not
     divide (48) go in one block. Same bytes, same products as one conversion of the whole matrix."""
-    import groundup.nn.qlinear as ql
+    import groundup.nn.qproduct as qp
 
     torch.manual_seed(2)
     q = Int4Linear.from_linear(torch.nn.Linear(256, out), group_size=32)
     whole = q._kernel_weights()[0].clone()
     q._kernel = None
-    monkeypatch.setattr(ql, "CHUNK_BYTES", 4 * 256 * 64)  # one 64-row block at a time
+    monkeypatch.setattr(qp, "CHUNK_BYTES", 4 * 256 * 64)  # one 64-row block at a time
     assert torch.equal(q._kernel_weights()[0], whole)

@@ -107,7 +107,9 @@ class LoraLinear(Wrapper):
         out_f, in_f = io_shape(base_layer)  # a quantized weight holds codes, not [out, in]
         self.base_layer = base_layer
         w = base_layer.weight
-        dtype = w.dtype if w.dtype.is_floating_point else torch.float32
+        # fp32 adapters over a bf16/fp16 or quantized base, as peft's autocast_adapter_dtype: AdamW on 16-bit
+        # adapter weights would lose the small updates
+        dtype = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32
         self.lora_A = nn.Linear(in_f, r, bias=False, device=w.device, dtype=dtype)  # weight [r, in]
         self.lora_B = nn.Linear(r, out_f, bias=False, device=w.device, dtype=dtype)  # weight [out, r]
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

@@ -39,6 +39,8 @@ class FinetuneSettings:
     r: int = option(8, "LoRA rank")
     alpha: float = option(16.0, "LoRA alpha (the update is scaled by alpha / r)")
     lora_dropout: float = option(0.0, "LoRA dropout")
+    base_dtype: str = option("float32", "dtype the base is held in (LoRA, IA3, BitFit, prompt, prefix: bfloat16 "
+                             "halves the frozen weights; the adapters stay fp32)", choices=("float32", "bfloat16"))
     compute_dtype: str = option("bfloat16", "QLoRA: dtype of the 4-bit layers' products (float32 runs faster on "
                                 "CPUs without bf16 arithmetic)", choices=("bfloat16", "float32"))
     target_modules: list | None = option_list("module-name suffixes to adapt (LoRA: q_proj v_proj; IA3: k_proj v_proj "
@@ -80,6 +82,9 @@ def adapter_of(s: FinetuneSettings) -> Any:
     bad setting fails before any data or weight is read."""
     from .. import peft
 
+    if s.base_dtype != "float32" and s.method in ("full", "qlora"):
+        raise ValueError(f"--base-dtype {s.base_dtype} goes with the adapter methods; {s.method} holds its base "
+                         "in " + ("fp32 (it trains it)" if s.method == "full" else "NF4 and bf16"))
     if s.modules_to_save and s.method not in ("lora", "qlora", "ia3"):
         raise ValueError(f"--modules-to-save goes with --method lora, qlora or ia3, not {s.method}")
     if s.method in ("lora", "qlora"):
@@ -116,15 +121,16 @@ def apply_method(model, s: FinetuneSettings, adapter: Any, tok) -> None:
 
 
 def load_base(s: FinetuneSettings):
-    """The base model: fp32 for training it or adapters beside it; for QLoRA its linear layers in NF4 (read
-    into 4 bits as loaded, the float parts in bf16), or a quantized folder as it is."""
+    """The base model: in ``base_dtype`` (fp32 unless asked) for training it or adapters beside it; for QLoRA
+    its linear layers in NF4 (read into 4 bits as loaded, the float parts in bf16), or a quantized folder as
+    it is."""
     import torch
 
     from ..checkpoint.hf import from_pretrained
     from ..checkpoint.io import read_json
 
     if s.method != "qlora":
-        return from_pretrained(s.model, dtype=torch.float32)
+        return from_pretrained(s.model, dtype=getattr(torch, s.base_dtype))
     if read_json(Path(s.model) / "config.json").get("quantization_config"):
         return from_pretrained(s.model)  # 4 bits already (NF4, or int4 / GPTQ): trained over as it is
     from ..quant import load_quantized
@@ -167,12 +173,15 @@ def run(s: FinetuneSettings, log=print) -> dict[str, Any]:
     total = sum(p.numel() for p in model.parameters())
     apply_method(model, s, adapter, tok)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"method: {s.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+    weights = sum({t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}.values())
+    log(f"method: {s.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%); "
+        f"weights {weights / 2**20:,.1f} MiB")
     out = Path(s.out)
     atomic_write_text(out / "settings.json", json.dumps(dataclasses.asdict(s), indent=2, default=str))
     t0 = time.perf_counter()
     summary = train(model, data, targs, tokenizer=tok, resume=s.resume, log=log)
-    summary.update(method=s.method, trainable=trainable, total=total, seconds=time.perf_counter() - t0,
+    summary.update(method=s.method, trainable=trainable, total=total, weights_mib=weights / 2**20,
+                   seconds=time.perf_counter() - t0,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if adapter is not None:
         peft.save_adapter(model, out / "adapter")
