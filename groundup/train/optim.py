@@ -72,6 +72,8 @@ class AdamW8bit(torch.optim.Optimizer):
             raise ValueError(f"AdamW8bit: lr={lr}, eps={eps} must be >= 0 and betas={betas} in [0, 1)")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.min_8bit_size, self.blocksize = min_8bit_size, blocksize
+        if self.CHUNK % blocksize:
+            raise ValueError(f"AdamW8bit: blocksize={blocksize} must divide {self.CHUNK}")
         self.maps = (dynamic_map(signed=True), dynamic_map(signed=False))
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -84,18 +86,38 @@ class AdamW8bit(torch.optim.Optimizer):
             p = params[idx]
             self.state[p] = {k: v.to(p.device) if torch.is_tensor(v) else v for k, v in st.items()}
 
-    def _moment(self, state: dict, i: int) -> torch.Tensor:
-        if f"absmax{i}" not in state:
-            return state[f"state{i}"]
-        q, absmax = state[f"state{i}"], state[f"absmax{i}"]
-        return dequantize_8bit(q, absmax, self.maps[i - 1].to(q.device), self.blocksize).view(q.shape)
+    CHUNK = 2**20  # values updated at a time (a multiple of any block size): the fp32 copies stay small
 
-    def _store(self, state: dict, i: int, value: torch.Tensor) -> None:
-        if f"absmax{i}" not in state:
-            state[f"state{i}"] = value
-            return
-        q, absmax = quantize_8bit(value, self.maps[i - 1].to(value.device), self.blocksize)
-        state[f"state{i}"], state[f"absmax{i}"] = q.view(value.shape), absmax
+    def _update(self, p: torch.Tensor, state: dict, lr: float, beta1: float, beta2: float, eps: float, wd: float,
+                part: slice) -> None:
+        """The AdamW step on the flattened values ``part`` of p (whole blocks): dequantize m and v there,
+        update in fp32, quantize them again."""
+        t = state["step"]
+        flat_p, grad = p.view(-1), p.grad.reshape(-1)[part].float()
+        moments = []
+        for i in (1, 2):
+            if f"absmax{i}" in state:
+                blocks = slice(part.start // self.blocksize, -(-part.stop // self.blocksize))
+                q = state[f"state{i}"].view(-1)[part]
+                moments.append(dequantize_8bit(q, state[f"absmax{i}"][blocks], self.maps[i - 1].to(q.device),
+                                               self.blocksize))
+            else:
+                moments.append(state[f"state{i}"].view(-1)[part])  # fp32, updated in place
+        m, v = moments
+        w = flat_p[part].float()
+        m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        denom = (v.sqrt() / math.sqrt(1.0 - beta2**t)).add_(eps)
+        if wd > 0:
+            w.mul_(1.0 - lr * wd)  # decoupled weight decay (Loshchilov & Hutter)
+        w.addcdiv_(m, denom, value=-lr / (1.0 - beta1**t))
+        flat_p[part] = w
+        for i, value in ((1, m), (2, v)):
+            if f"absmax{i}" in state:
+                q, absmax = quantize_8bit(value, self.maps[i - 1].to(value.device), self.blocksize)
+                state[f"state{i}"].view(-1)[part] = q
+                first = part.start // self.blocksize
+                state[f"absmax{i}"][first: first + absmax.numel()] = absmax
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -118,16 +140,7 @@ class AdamW8bit(torch.optim.Optimizer):
                         else:
                             state[f"state{i}"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
                 state["step"] += 1
-                t = state["step"]
-                grad, w = p.grad.float(), p.float()
-                m, v = self._moment(state, 1), self._moment(state, 2)
-                m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-                denom = (v.sqrt() / math.sqrt(1.0 - beta2**t)).add_(eps)
-                if wd > 0:
-                    w.mul_(1.0 - lr * wd)  # decoupled weight decay (Loshchilov & Hutter)
-                w.addcdiv_(m, denom, value=-lr / (1.0 - beta1**t))
-                p.copy_(w)
-                self._store(state, 1, m)
-                self._store(state, 2, v)
+                step = self.CHUNK // self.blocksize * self.blocksize
+                for start in range(0, p.numel(), step):  # blocks are independent: chunks give the whole result
+                    self._update(p, state, lr, beta1, beta2, eps, wd, slice(start, min(start + step, p.numel())))
         return loss
