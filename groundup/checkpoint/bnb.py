@@ -35,15 +35,15 @@ def is_bnb(quantization_config: dict[str, Any] | None) -> bool:
     return bool(quantization_config) and quantization_config.get("quant_method") == "bitsandbytes"
 
 
-def check_family(cfg: Config, where: str) -> None:
-    """Refuse a family whose HF layout fuses or transposes matrices: a packed 4-bit matrix cannot be cut or
+def check_family(cfg: Config, where: str, what: str = "4-bit bitsandbytes") -> None:
+    """Refuse a family whose HF layout fuses or transposes matrices: a packed quantized matrix cannot be cut or
     joined into groundup's separate projections."""
     family = family_of(cfg)
     if family.qkv_groups is not None or family.fused_gate_up or family.conv1d:
-        raise CheckpointError(f"{where}: 4-bit bitsandbytes layers of {cfg.family} fuse or transpose matrices "
-                              "(q/k/v, gate/up or Conv1D), which a packed 4-bit tensor cannot be split into; "
-                              "quantize a float copy with groundup instead (groundup quantize --to nf4 works on "
-                              "llama, mistral, qwen2, gemma ...)")
+        raise CheckpointError(f"{where}: {what} layers of {cfg.family} fuse or transpose matrices (q/k/v, gate/up "
+                              "or Conv1D), which a packed quantized tensor cannot be split into; quantize with "
+                              "groundup to int4/int8 instead, or pick a family with separate projections (llama, "
+                              "mistral, qwen2, gemma ...)")
 
 
 def spec_from_file(qc: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> dict[str, Any]:

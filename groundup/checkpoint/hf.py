@@ -281,7 +281,10 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
     # (T5 v1.1 files whose config.json leaves tie_word_embeddings unset).
     if any(a in state and s in state and not torch.equal(state[a], state[s]) for a, s in model.tied_keys().items()):
         model = meta_model(cfg.replace(tie_embeddings=False))
-    if quant is not None:  # a folder groundup.quant wrote: the quantized layers first, then their tensors
+    if quant is not None and quant.get("format") == "gptq":  # the GPTQ layers are those the file has codes for
+        bnb.check_family(cfg, str(folder / "config.json"), "GPTQ")
+        quant["modules"] = sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight"))
+    if quant is not None:  # a quantized folder: the quantized layers first, then their tensors
         try:
             swap_in(model, quant, convert=False)
         except ValueError as err:
@@ -359,10 +362,19 @@ def _quantization_spec(hf: dict[str, Any], folder: Path) -> dict[str, Any] | Non
     q = hf.get("quantization_config")
     if q is None:
         return None
+    if q.get("quant_method") == "gptq":  # GPTQ's checkpoint layout (AutoGPTQ, GPTQModel, groundup's gptq/awq)
+        fmt = q.get("checkpoint_format", "gptq")
+        if fmt not in ("gptq", "gptq_v2") or q.get("bits") not in (2, 3, 4, 8):
+            raise CheckpointError(f"{folder / 'config.json'}: quantization_config: GPTQ checkpoint_format={fmt!r} "
+                                  f"bits={q.get('bits')!r} is not supported (gptq or gptq_v2 at 2, 3, 4 or 8 bits)")
+        return {"format": "gptq", "bits": q["bits"], "group_size": int(q.get("group_size", 128)),
+                "desc_act": bool(q.get("desc_act", False)), "sym": bool(q.get("sym", True)),
+                "checkpoint_format": fmt, "modules": []}
     if q.get("quant_method") != "groundup":
         raise CheckpointError(f"{folder / 'config.json'}: quantization_config.quant_method="
                               f"{q.get('quant_method')!r} is not supported; groundup reads its own "
-                              "('groundup', written by groundup quantize) or unquantized folders")
+                              "('groundup', written by groundup quantize), bitsandbytes 4-bit, GPTQ or unquantized "
+                              "folders")
     if not isinstance(q.get("modules"), list) or q.get("bits") not in (4, 8):
         raise CheckpointError(f"{folder / 'config.json'}: quantization_config needs bits (8 or 4) and modules")
     return q
@@ -386,6 +398,13 @@ def write_model(model: Model, folder: Path, *, max_shard_bytes: int = 5 * 2**30,
                          if isinstance(m, torch.nn.Linear)} - set(layers))
         body["quantization_config"] = bnb.config_for(spec, floats)
         tensors = bnb.to_file(state_dict_to_hf(params, cfg), layers)
+    elif spec and spec.get("format") == "gptq":  # the layout transformers / GPTQModel read
+        bnb.check_family(cfg, str(folder), "GPTQ")
+        body["quantization_config"] = {"quant_method": "gptq", "bits": spec["bits"], "group_size": spec["group_size"],
+                                       "desc_act": spec["desc_act"], "sym": spec["sym"],
+                                       "checkpoint_format": spec["checkpoint_format"],
+                                       "damp_percent": spec.get("damp_percent", 0.01), "true_sequential": False,
+                                       "static_groups": False}
     elif spec:  # read back by from_pretrained (transformers does not know it)
         body["quantization_config"] = {"quant_method": "groundup", **spec}
     (folder / "config.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")

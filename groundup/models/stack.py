@@ -6,6 +6,7 @@ output."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 import torch.utils.checkpoint
@@ -100,6 +101,18 @@ class Stack(nn.Module):
             if i == weights_of:
                 weights = w
         return self.norm(x), aux_total, weights
+
+    def block_runner(self, x: torch.Tensor, rope: Ropes | None) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """A function (i, h) -> block i's output for inputs h [B, T, C] shaped like ``x`` (same T, no cache, no
+        padding): the blocks one at a time, as Stack.run calls them, for layer-by-layer calibration
+        (groundup.quant.calibrate)."""
+        masks = {w: self._mask(w, None, None, x) for w in self.distinct_windows}
+
+        def run(i: int, h: torch.Tensor) -> torch.Tensor:
+            layer_rope = rope[self.rope_kinds[i]] if isinstance(rope, dict) else rope
+            return self.blocks[i](h, masks[self.windows[i]], rope=layer_rope)[0]
+
+        return run
 
     def _mask(self, window: int | None, attention_mask: torch.Tensor | None, cache: DecoderCache | None,
               x: torch.Tensor) -> MaskSpec:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import nf4, qproduct
+from .gptq_linear import GPTQLinear
 from .qproduct import dequant_product, dispatch, frozen_linear
 
 GROUP_SIZES = (32, 64, 128)
@@ -248,7 +249,7 @@ class NF4Linear(nn.Module):
                 f"blocksize={self.blocksize}, double_quant={self.double_quant}, compute_dtype={self.compute_dtype}")
 
 
-QUANTIZED = (Int8Linear, Int4Linear, NF4Linear)
+QUANTIZED = (Int8Linear, Int4Linear, NF4Linear, GPTQLinear)
 
 
 def is_linear(m: nn.Module) -> bool:
@@ -278,6 +279,12 @@ def make_quantized(lin: nn.Module, spec: dict, convert: bool = True) -> nn.Modul
     ``in_features``, ``out_features``): its weights quantized (``convert``) or empty on lin's device (meta, for
     a checkpoint load to fill)."""
     dev, bias = lin.weight.device, lin.bias is not None
+    if spec.get("format") == "gptq":  # codes from calibration (quant.gptq / quant.awq), read from a checkpoint
+        if convert:
+            raise ValueError("GPTQ layers come from calibration: groundup.quant.quantize_gptq or quantize_awq")
+        group = spec["group_size"] if spec["group_size"] > 0 else lin.in_features  # -1: one group a row
+        return GPTQLinear(lin.in_features, lin.out_features, bias, bits=spec["bits"], group_size=group,
+                          checkpoint_format=spec.get("checkpoint_format", "gptq"), device=dev)
     if spec.get("quant_type"):  # NF4 / FP4
         opts = dict(quant_type=spec["quant_type"], blocksize=spec.get("blocksize", 64),
                     double_quant=spec.get("double_quant", True),
@@ -302,7 +309,7 @@ def swap_in(model: nn.Module, spec: dict, *, convert: bool = True) -> nn.Module:
     ``convert`` quantizes the current weights; without it empty layers are made on the weights' device (meta,
     to be filled by a checkpoint load). Every name is checked before the first layer changes."""
     bits, group = spec["bits"], spec.get("group_size", 64)
-    if bits not in (4, 8):
+    if bits not in (4, 8) and spec.get("format") != "gptq":
         raise ValueError(f"bits={bits} must be 8 (int8) or 4 (int4)")
     if spec.get("quant_type") and spec["quant_type"] not in nf4.QUANT_TYPES:
         raise ValueError(f"quant_type={spec['quant_type']!r} must be one of {', '.join(nf4.QUANT_TYPES)}")
@@ -310,12 +317,15 @@ def swap_in(model: nn.Module, spec: dict, *, convert: bool = True) -> nn.Module:
         lin = model.get_submodule(name) if name in dict(model.named_modules()) else None
         if not isinstance(lin, nn.Linear):
             raise ValueError(f"quantization module {name!r} is not a linear layer of this model")
-        if bits == 4 and not spec.get("quant_type") and name in spec["modules"] and lin.in_features % group:
+        if bits == 4 and not spec.get("quant_type") and not spec.get("format") and name in spec["modules"] \
+                and lin.in_features % group:
             raise ValueError(f"{name}: group_size={group} does not divide its input width {lin.in_features}; "
                              f"pick a group size dividing it ({', '.join(map(str, GROUP_SIZES))})")
     for name in [*spec.get("int8_modules", []), *spec["modules"]]:
-        _set(model, name, make_quantized(model.get_submodule(name), layer_spec(spec, name), convert))
-    if spec.get("quant_type"):
+        replace_module(model, name, make_quantized(model.get_submodule(name), layer_spec(spec, name), convert))
+    if spec.get("format") == "gptq":
+        model.quantization = {**spec, "modules": list(spec["modules"])}
+    elif spec.get("quant_type"):
         model.quantization = {k: v for k, v in spec.items() if k != "group_size"} | {"modules": list(spec["modules"])}
     else:
         model.quantization = {"bits": bits, "group_size": group if bits == 4 else None,
@@ -324,14 +334,16 @@ def swap_in(model: nn.Module, spec: dict, *, convert: bool = True) -> nn.Module:
     return model
 
 
-def spec_of(layer: nn.Module) -> dict:
+def spec_of(layer: nn.Module) -> dict | None:
     """The settings a quantized layer was made with, as make_quantized takes them (to quantize a new weight the
-    same way)."""
+    same way); None for a calibrated (GPTQ/AWQ) layer, which the weight alone cannot reproduce."""
     if isinstance(layer, NF4Linear):
         return {"bits": 4, "quant_type": layer.quant_type, "blocksize": layer.blocksize,
                 "double_quant": layer.double_quant, "compute_dtype": str(layer.compute_dtype).removeprefix("torch.")}
     if isinstance(layer, Int4Linear):
         return {"bits": 4, "group_size": layer.group_size}
+    if isinstance(layer, GPTQLinear):
+        return None  # its codes come from calibration, not from the weight alone
     return {"bits": 8}
 
 
@@ -340,6 +352,7 @@ def layer_spec(spec: dict, name: str) -> dict:
     return {"bits": 8} if name in spec.get("int8_modules", ()) else spec
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted path ``name`` of ``model``."""
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, module)

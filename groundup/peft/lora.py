@@ -282,9 +282,13 @@ def merge_quantized(model: nn.Module, *, requantize: bool = False) -> dict[str, 
     the base's weight dtype (bf16 for a QLoRA base). With it, W' is quantized again the way W was (the model
     stays quantized and saves in the same format). Returns per merged layer the relative size of the update,
     |BA| / |W|, and the error requantizing introduces (or would introduce, when kept float), |Q(W') - W'| / |W'|;
-    Frobenius norms."""
+    Frobenius norms (None for GPTQ/AWQ layers, which only calibration requantizes)."""
     report = {}
     merged = {n: m for n, m in lora_layers(model).items() if isinstance(m.base_layer, QUANTIZED)}
+    calibrated = next((n for n, m in merged.items() if spec_of(m.base_layer) is None), None)
+    if requantize and calibrated is not None:
+        raise ValueError(f"{calibrated} is a calibrated (GPTQ/AWQ) layer: requantizing needs calibration again; merge "
+                         "to float (requantize=False) and quantize the merged model with GPTQ/AWQ")
     others = {} if requantize else {n: m for n, m in model.named_modules()
                                     if isinstance(m, QUANTIZED) and not n.endswith(".base_layer")}
     for name, layer in [*merged.items(), *others.items()]:
@@ -299,12 +303,14 @@ def merge_quantized(model: nn.Module, *, requantize: bool = False) -> dict[str, 
         set_module(model, name, lin.requires_grad_(False))
         if name not in merged:
             continue
+        report[name] = {"update": float(delta.norm() / w.norm().clamp(min=1e-30)), "requantize_error": None}
+        if spec_of(base) is None:
+            continue
         again = make_quantized(lin, spec_of(base))
         if requantize:
             set_module(model, name, again)
         again_w = again.dequantize(torch.float32)
-        report[name] = {"update": float(delta.norm() / w.norm().clamp(min=1e-30)),
-                        "requantize_error": float((again_w - w - delta).norm() / (w + delta).norm().clamp(min=1e-30))}
+        report[name]["requantize_error"] = float((again_w - w - delta).norm() / (w + delta).norm().clamp(min=1e-30))
     if not requantize:
         model.quantization = None
     return report

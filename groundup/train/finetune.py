@@ -192,9 +192,10 @@ def run(s: FinetuneSettings, log=print) -> dict[str, Any]:
                                      "before a prompt's ids)"
         if s.merge:
             if s.method == "qlora":  # a float (bf16) merged folder; what requantizing it to NF4 would cost
-                errors = peft.merge_quantized(model).values()
-                summary["requantize error"] = f"{max(e['requantize_error'] for e in errors):.2%} (largest layer, " \
-                                              "relative Frobenius; the float folder has none)"
+                errors = [e["requantize_error"] for e in peft.merge_quantized(model).values()]
+                if errors and None not in errors:
+                    summary["requantize error"] = f"{max(errors):.2%} (largest layer, relative Frobenius; the " \
+                                                  "float folder has none)"
             peft.merge_and_unload(model).save_pretrained(out / "merged")
             tok.save_pretrained(out / "merged")
             summary["merged"] = str(out / "merged")
