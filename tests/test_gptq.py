@@ -161,3 +161,32 @@ def test_calibration_errors_come_first(tmp_path):
         quantize_gptq(model, torch.zeros(1, 8, dtype=torch.long))
     with pytest.raises(ValueError, match="bits=5"):
         quantize_gptq(model, torch.zeros(1, 8, dtype=torch.long), bits=5)
+
+
+def test_the_cli_quantizes_with_gptq_and_awq_and_refuses_bad_input_first(tmp_path, capsys):
+    from groundup.cli import main
+
+    text = _tiny_text(tmp_path)
+    tok = gu.Tokenizer.train([text.read_text()], 300, special_tokens=["<|endoftext|>"], eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = gu.Config.preset("tiny-llama").replace(vocab_size=tok.vocab_size, d_model=64, n_heads=4, n_kv_heads=4,
+                                                 d_ff=128)
+    src = tmp_path / "base"
+    gu.CausalLM(cfg).save_pretrained(src)
+    tok.save_pretrained(src)
+    common = ["--calib", str(text), "--samples", "4", "--seqlen", "32", "--group", "32"]
+    for method in ("gptq", "awq"):
+        out = tmp_path / method
+        assert main(["quantize", str(src), "--to", "int4", "--method", method, *common, "--out", str(out)]) == 0
+        assert f"-> {method} int4 (groups of 32)" in capsys.readouterr().out
+        assert isinstance(gu.from_pretrained(out).blocks[0].mlp.up_proj, GPTQLinear)
+        assert main(["generate", str(out), "the cat", "--max-new-tokens", "4"]) == 0
+        capsys.readouterr()
+    for bad, message in [(["--samples", "999"], "calibration data too short"),
+                         (["--to", "nf4"], "use --to int4"), (["--calib"], "needs calibration text")]:
+        args = ["quantize", str(src), "--to", "int4", "--method", "gptq", *common, "--out", str(tmp_path / "bad"), *bad]
+        if bad == ["--calib"]:
+            args = [a for a in args if a not in ("--calib", str(text))]
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
