@@ -182,6 +182,11 @@ def test_the_cli_quantizes_with_gptq_and_awq_and_refuses_bad_input_first(tmp_pat
         assert isinstance(gu.from_pretrained(out).blocks[0].mlp.up_proj, GPTQLinear)
         assert main(["generate", str(out), "the cat", "--max-new-tokens", "4"]) == 0
         capsys.readouterr()
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "the cat", "completion": " sat on a mat"}) + "\n" for _ in range(20)))
+    assert main(["finetune", str(tmp_path / "gptq"), "--data", str(data), "--method", "qlora", "--steps", "2",
+                 "--batch-size", "4", "--out", str(tmp_path / "ft"), "--quiet"]) == 0  # adapters over GPTQ layers
+    assert (tmp_path / "ft" / "adapter" / "adapter_config.json").is_file()
     for bad, message in [(["--samples", "999"], "calibration data too short"),
                          (["--to", "nf4"], "use --to int4"), (["--calib"], "needs calibration text")]:
         args = ["quantize", str(src), "--to", "int4", "--method", "gptq", *common, "--out", str(tmp_path / "bad"), *bad]
