@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..nn.gptq_linear import GPTQLinear
 from ..nn.mlp import GatedMLP
-from ..nn.qlinear import replace_module
-from .calibrate import Calibration, block_linears
-from .gptq import check, finish, group_params
+from .calibrate import Calibration
+from .gptq import group_params, quantize_blocks
 
 
 def rtn(w: torch.Tensor, bits: int, group_size: int, max_abs: torch.Tensor | None = None
@@ -141,20 +138,17 @@ def quantize_awq(model: nn.Module, ids: torch.Tensor, *, bits: int = 4, group_si
     block, the scales searched and folded (the float block's outputs checked unchanged), clipping searched, then
     round to nearest into GPTQLinear layers; the next block sees this block's quantized outputs. The searches use
     ``search_tokens`` calibration tokens drawn at random (all of them feed the block outputs)."""
-    check(model, bits, group_size)
     cfg = model.config
     if cfg.norm_placement not in ("pre", "sandwich") or cfg.residual != "sequential" or cfg.n_experts:
         raise ValueError("AWQ folds its scales into the norm before each group of layers: it needs pre-norm blocks "
                          "without parallel residuals or experts; use GPTQ for this model")
-    cal = Calibration(model, ids, micro_batch)
-    names = [n for i in range(len(model.blocks)) for n in block_linears(model, i)]
-    bar = tqdm(total=len(names), desc="awq", unit="layer", disable=not progress)
     pick = torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(0))[:search_tokens]
-    for i, block in enumerate(model.blocks):
-        layers = block_linears(model, i)
+
+    def prepare(cal: Calibration, i: int, layers: dict[str, nn.Linear]) -> dict[str, torch.Tensor]:
+        """Search and fold block i's scales; the layers' inputs as the scaled layers now see them."""
         feats = _inputs(cal, i, layers, pick)
         before = cal.forward(i, cal.inputs[:2])
-        for prev, group, judge in groups_of(block, f"blocks.{i}."):
+        for prev, group, judge in groups_of(model.blocks[i], f"blocks.{i}."):
             s, _ = search_scale(feats[group[0]], [layers[n] for n in group], judge, bits, group_size, grid)
             fold(prev, s)
             with torch.no_grad():
@@ -166,19 +160,16 @@ def quantize_awq(model: nn.Module, ids: torch.Tensor, *, bits: int = 4, group_si
         if drift > (1e-3 if before.dtype == torch.float32 else 3e-2):  # 16-bit weights round once more when scaled
             raise ValueError(f"blocks.{i}: folding the AWQ scales changed the float block's output; this block "
                              "layout is not one AWQ can fold into (use GPTQ)")
-        for name, lin in layers.items():
-            bar.set_postfix_str(name)
-            # clipping is judged on 1024 of the tokens (the paper's implementation uses 512)
-            max_abs = search_clip(feats[name][:1024], lin.weight, bits, group_size, grid) if clip else None
-            codes, scales, zeros = rtn(lin.weight, bits, group_size, max_abs)
-            g_idx = torch.arange(lin.in_features) // group_size
-            replace_module(model, name, GPTQLinear.from_codes(codes, scales, zeros, g_idx, bits=bits,
-                                                              group_size=group_size, bias=lin.bias))
-            bar.update()
-        cal.advance(i)
-    bar.close()
-    return finish(model, names, {"bits": bits, "group_size": group_size, "desc_act": False, "sym": False,
-                                 "quantizer": "awq"})
+        return feats
+
+    def codes(name: str, lin: nn.Linear, feats: dict[str, torch.Tensor]):
+        # clipping is judged on 1024 of the tokens (the paper's implementation uses 512)
+        max_abs = search_clip(feats[name][:1024], lin.weight, bits, group_size, grid) if clip else None
+        return (*rtn(lin.weight, bits, group_size, max_abs), torch.arange(lin.in_features) // group_size)
+
+    return quantize_blocks(model, ids, prepare, codes, bits=bits, group_size=group_size, micro_batch=micro_batch,
+                           progress=progress, desc="awq", settings={"desc_act": False, "sym": False,
+                                                                    "quantizer": "awq"})
 
 
 def _inputs(cal: Calibration, i: int, layers: dict[str, nn.Linear], pick: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -13,6 +13,8 @@ matrix once per block (a matrix product).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -102,27 +104,40 @@ def quantize_gptq(model: nn.Module, ids: torch.Tensor, *, bits: int = 4, group_s
     (calibrate.calibration_ids): block by block, each block's Hessians from the outputs of the blocks already
     quantized; the layers become nn/gptq_linear.GPTQLinear. Everything is checked before the first layer changes;
     a layer whose Hessian stays singular is named (the model is then left partly quantized: reload it)."""
+
+    def codes(name: str, lin: nn.Linear, hessians: dict[str, torch.Tensor]):
+        if name not in hessians:
+            raise ValueError(f"{name}: no calibration input reached it")
+        return gptq(lin.weight, hessians[name], bits=bits, group_size=group_size, damp=damp, act_order=act_order,
+                    sym=sym, name=name)
+
+    return quantize_blocks(model, ids, lambda cal, i, layers: cal.hessians(i, list(layers)), codes, bits=bits,
+                           group_size=group_size, micro_batch=micro_batch, progress=progress, desc="gptq",
+                           settings={"desc_act": act_order, "sym": sym, "damp_percent": damp})
+
+
+def quantize_blocks(model: nn.Module, ids: torch.Tensor, prepare: Callable, codes: Callable, *, bits: int,
+                    group_size: int, micro_batch: int, progress: bool, desc: str, settings: dict) -> nn.Module:
+    """The loop GPTQ and AWQ share: check, then for each block ``prepare(cal, i, layers)`` (Hessians, or AWQ's
+    folded scales and inputs), each of its linear layers replaced by the GPTQLinear of ``codes(name, layer,
+    prepared)`` (codes, scales, zeros, g_idx), a progress bar a layer, and the next block fed this block's
+    quantized outputs."""
     check(model, bits, group_size)
     cal = Calibration(model, ids, micro_batch)
     names = [n for i in range(len(model.blocks)) for n in block_linears(model, i)]
-    bar = tqdm(total=len(names), desc="gptq", unit="layer", disable=not progress)
+    bar = tqdm(total=len(names), desc=desc, unit="layer", disable=not progress)
     for i in range(len(model.blocks)):
         layers = block_linears(model, i)
-        hessians = cal.hessians(i, list(layers))
+        prepared = prepare(cal, i, layers)
         for name, lin in layers.items():
             bar.set_postfix_str(name)
-            H = hessians.get(name)
-            if H is None:
-                raise ValueError(f"{name}: no calibration input reached it")
-            codes, scales, zeros, g_idx = gptq(lin.weight, H, bits=bits, group_size=group_size, damp=damp,
-                                               act_order=act_order, sym=sym, name=name)
-            replace_module(model, name, GPTQLinear.from_codes(codes, scales, zeros, g_idx, bits=bits,
-                                                          group_size=group_size, bias=lin.bias))
+            q, scales, zeros, g_idx = codes(name, lin, prepared)
+            replace_module(model, name, GPTQLinear.from_codes(q, scales, zeros, g_idx, bits=bits,
+                                                              group_size=group_size, bias=lin.bias))
             bar.update()
         cal.advance(i)
     bar.close()
-    return finish(model, names, {"bits": bits, "group_size": group_size, "desc_act": act_order, "sym": sym,
-                                 "damp_percent": damp})
+    return finish(model, names, {"bits": bits, "group_size": group_size, **settings})
 
 
 def check(model: nn.Module, bits: int, group_size: int) -> None:
