@@ -66,9 +66,9 @@ def main() -> None:
         "float": lambda m: m,
         f"RTN int4 g{g}": lambda m: quantize(m, "int4", group_size=g, indivisible="int8"),
         "NF4 (blocks of 64, double quant)": lambda m: quantize(m, "nf4", compute_dtype=torch.float32),
-        f"GPTQ int4 g{g}": lambda m: quantize_gptq(m, calib, group_size=g, progress=False),
-        f"GPTQ int4 g{g} act-order": lambda m: quantize_gptq(m, calib, group_size=g, act_order=True, progress=False),
-        f"AWQ int4 g{g}": lambda m: quantize_awq(m, calib, group_size=g, progress=False),
+        f"GPTQ int4 g{g}": lambda m: quantize_gptq(m, calib, group_size=g),
+        f"GPTQ int4 g{g} act-order": lambda m: quantize_gptq(m, calib, group_size=g, act_order=True),
+        f"AWQ int4 g{g}": lambda m: quantize_awq(m, calib, group_size=g),
     }
     rows, ref = [], None
     for name, make in variants.items():
