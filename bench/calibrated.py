@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 import torch.nn.functional as F
-from report import command, emit, machine
+from report import command, emit
 
 import groundup as gu
 from groundup.quant import quantize
@@ -90,7 +90,7 @@ def main() -> None:
              f"Model {args.model} ({base.num_params():,} parameters); calibration: {args.samples} windows of "
              f"{args.seqlen} tokens from {', '.join(Path(c).name for c in args.calib)}; held out: {held.shape[0]} "
              f"windows of {args.seqlen} tokens of {Path(args.text).name} ({held.numel():,} tokens).", "",
-             f"CPU: {machine()}, {torch.get_num_threads()} threads", "",
+             f"{torch.get_num_threads()} threads.", "",
              "| variant | perplexity | vs float | KL(float \\|\\| variant) / token | quantize time s |",
              "|---|---:|---:|---:|---:|"]
     for name, ppl, kl, seconds in rows:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import command, emit, finetune_child, machine
+from report import command, emit, finetune_child
 
 from groundup.data.arithmetic import dataset
 
@@ -28,7 +28,8 @@ RUNS = {"full": [], "full, adamw8bit": ["--method", "full", "--optimizer", "adam
         "lora r=8 (all linear layers)": ["--method", "lora", "--r", "8", *ALL],
         "lora r=8 (all linear), bf16 base": ["--method", "lora", "--r", "8", *ALL, "--base-dtype", "bfloat16"],
         "qlora r=8 (all linear), nf4 + double quant": ["--method", "qlora", "--r", "8", *ALL],
-        "qlora, fp32 products": ["--method", "qlora", "--r", "8", *ALL, "--compute-dtype", "float32"],
+        "qlora r=8 (all linear), fp32 products": ["--method", "qlora", "--r", "8", *ALL, "--compute-dtype",
+                                                   "float32"],
         "ia3": ["--method", "ia3"], "prompt (20 tokens)": ["--method", "prompt"]}
 
 
@@ -62,7 +63,7 @@ def main() -> None:
     lines = [f"Command: `{command()}`", "",
              f"Model {args.model} ({rows[0][2]:,} parameters), batch {args.batch_size}, {args.steps} steps; "
              "weights: the bytes of the model's tensors as trained; peak memory: the resident memory of each training "
-             "process (interpreter and torch included).", "", f"CPU: {machine()}", "",
+             "process (interpreter and torch included).", "",
              "| method | trainable parameters | % of total | weights MiB | peak memory MB | vs full | s / step |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, n, total, wmb, mb, sec in rows:

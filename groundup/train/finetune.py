@@ -145,6 +145,7 @@ def run(s: FinetuneSettings, log=print) -> dict[str, Any]:
     from ..checkpoint.hf import check_model_folder, config_from_hf
     from ..checkpoint.io import read_json
     from ..data.instruct import SEPARATOR, InstructionData, load_examples, prefixed
+    from ..nn.qlinear import QUANTIZED
     from ..tokenizer import Tokenizer
     from .loop import TrainArgs, train
 
@@ -170,7 +171,9 @@ def run(s: FinetuneSettings, log=print) -> dict[str, Any]:
         f"{data.block_size + 1} tokens")
 
     model = load_base(s)
-    total = sum(p.numel() for p in model.parameters())
+    # a quantized layer's weights are buffers of codes: counted as the in x out weights they stand for
+    total = sum(p.numel() for p in model.parameters()) + sum(
+        m.in_features * m.out_features for m in model.modules() if isinstance(m, QUANTIZED))
     apply_method(model, s, adapter, tok)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     weights = sum({t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}.values())
