@@ -324,8 +324,8 @@ def from_pretrained_quantized(folder: str | Path, plan: Callable[[Model], dict[s
             module, _, leaf = key.rpartition(".")
             if leaf == "weight" and module in layers:
                 keep_quantized(module, part)
-            else:
-                state[key] = part
+            else:  # a copy: a view would keep the file's memory map (all of it, as read) resident
+                state[key] = part.clone()
     if "lm_head" in layers and "lm_head.weight" not in state and "embed.weight" in state:
         keep_quantized("lm_head", state["embed.weight"])
     return load_into(model, state, str(folder)).eval()
