@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--windows", type=int, default=32)
     ap.add_argument("--skip", nargs="*", default=[], help="variants to leave out (e.g. 'awq')")
+    ap.add_argument("--only", nargs="*", default=None, help="run only the variants with these exact names (the float "
+                    "reference always runs)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     tok = gu.Tokenizer.from_file(args.model)
@@ -73,6 +75,8 @@ def main() -> None:
     rows, ref = [], None
     for name, make in variants.items():
         if any(s.lower() in name.lower() for s in args.skip):
+            continue
+        if args.only is not None and name != "float" and name not in args.only:
             continue
         model = copy.deepcopy(base)
         t0 = time.perf_counter()
