@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .qproduct import dequant_product, dispatch
+from .qproduct import DispatchedLinear
 
 BITS = (2, 3, 4, 8)
 FORMATS = ("gptq", "gptq_v2")
@@ -65,9 +65,11 @@ def unpack_bits(words: torch.Tensor, bits: int, dim: int = 0) -> torch.Tensor:
     return out.reshape(-1, *w.shape[1:]).movedim(0, dim)
 
 
-class GPTQLinear(nn.Module):
+class GPTQLinear(DispatchedLinear):
     """y = x W^T + b with W in ``bits``-bit integer codes, a scale and an integer zero point per group of
     ``group_size`` inputs (see the module docstring)."""
+
+    KERNEL = "int4mm"  # at 4 bits only: has_kernel
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, bits: int = 4,
                  group_size: int = 128, checkpoint_format: str = "gptq", device=None) -> None:
@@ -170,15 +172,9 @@ class GPTQLinear(nn.Module):
         if self.has_kernel:
             self._kernel_weights()
 
-    def _product(self, name: str, x: torch.Tensor) -> torch.Tensor:  # x [M, in] bf16
-        if name == "int4mm":
-            order, packed, sz = self._kernel_weights()
-            return torch.ops.aten._weight_int4pack_mm_for_cpu(x[:, order].contiguous(), packed, self.group_size, sz)
-        return dequant_product(name, x, self.dequantize, self.out_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = ("int4mm",) if self.has_kernel else ()
-        return dispatch(self, x, (*kernel, "dequant", "dequant32") if x.device.type == "cpu" else ("dequant",))
+    def _kernel_product(self, x: torch.Tensor) -> torch.Tensor:
+        order, packed, sz = self._kernel_weights()
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x[:, order].contiguous(), packed, self.group_size, sz)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "

@@ -24,7 +24,7 @@ from torch import nn
 
 from . import nf4, qproduct
 from .gptq_linear import GPTQLinear
-from .qproduct import dequant_product, dispatch, frozen_linear
+from .qproduct import DispatchedLinear, frozen_linear
 
 GROUP_SIZES = (32, 64, 128)
 
@@ -62,10 +62,10 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((packed & 0xF, packed >> 4), dim=-1).flatten(-2)
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(DispatchedLinear):
     """y = x (q s)^T + b with int8 codes q [out, in] and per-row scales s."""
 
-    bits = 8
+    bits, KERNEL = 8, "int8mm"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, device=None) -> None:
         super().__init__()
@@ -86,22 +86,17 @@ class Int8Linear(nn.Module):
         """The weight these codes stand for, [out, in] (or the output rows ``rows`` of it)."""
         return (self.weight[rows].float() * self.weight_scale[rows].float()[:, None]).to(dtype)
 
-    def _product(self, name: str, x: torch.Tensor) -> torch.Tensor:  # x [M, in] bf16
-        if name == "int8mm":
-            return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.weight_scale.to(torch.bfloat16))
-        return dequant_product(name, x, self.dequantize, self.out_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dispatch(self, x, ("int8mm", "dequant", "dequant32") if x.device.type == "cpu" else ("dequant",))
+    def _kernel_product(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.weight_scale.to(torch.bfloat16))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits=8"
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(DispatchedLinear):
     """y = x (q s + m)^T + b with 4-bit codes q and a scale s and minimum m per group of inputs."""
 
-    bits = 4
+    bits, KERNEL = 4, "int4mm"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group_size: int = 64,
                  device=None) -> None:
@@ -161,15 +156,9 @@ class Int4Linear(nn.Module):
             self._kernel = (self.weight, packed, sz.contiguous().to(torch.bfloat16))
         return self._kernel[1], self._kernel[2]
 
-    def _product(self, name: str, x: torch.Tensor) -> torch.Tensor:  # x [M, in] bf16
-        if name == "int4mm":
-            packed, sz = self._kernel_weights()
-            return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, self.group_size, sz)
-        return dequant_product(name, x, self.dequantize, self.out_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = ("int4mm",) if self.has_kernel else ()
-        return dispatch(self, x, (*kernel, "dequant", "dequant32") if x.device.type == "cpu" else ("dequant",))
+    def _kernel_product(self, x: torch.Tensor) -> torch.Tensor:
+        packed, sz = self._kernel_weights()
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, self.group_size, sz)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits=4, "

@@ -86,3 +86,24 @@ def dispatch(layer: nn.Module, x: torch.Tensor, names: tuple[str, ...]) -> torch
     if layer.bias is not None:
         y = y + layer.bias.to(x.dtype)
     return y.reshape(*lead, layer.out_features)
+
+
+class DispatchedLinear(nn.Module):
+    """A weight-only quantized linear layer whose product is measured among its kernel (``KERNEL``, where
+    ``has_kernel``) and the weight dequantized to bf16 or fp32 (``dispatch``). A subclass gives ``dequantize``,
+    ``_kernel_product(x)`` for x [M, in] bf16, and ``has_kernel`` when the kernel does not serve every shape."""
+
+    KERNEL = ""
+    has_kernel = True
+
+    def _kernel_product(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _product(self, name: str, x: torch.Tensor) -> torch.Tensor:  # x [M, in] bf16
+        if name == self.KERNEL:
+            return self._kernel_product(x)
+        return dequant_product(name, x, self.dequantize, self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = (self.KERNEL,) if self.has_kernel else ()
+        return dispatch(self, x, (*kernel, "dequant", "dequant32") if x.device.type == "cpu" else ("dequant",))
