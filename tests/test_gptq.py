@@ -138,6 +138,8 @@ def test_a_gptq_model_decodes_close_to_float_and_reloads_identically(tmp_path):
     assert qc["quant_method"] == "gptq" and qc["bits"] == 4 and qc["group_size"] == 32 and qc["desc_act"]
     again = gu.from_pretrained(tmp_path / "q")
     assert isinstance(again.blocks[0].attn.q_proj, GPTQLinear)
+    cast = gu.from_pretrained(tmp_path / "q", dtype=torch.bfloat16)  # the float parts only: scales stay fp16
+    assert cast.blocks[0].attn.q_proj.scales.dtype == torch.float16 and cast.embed.weight.dtype == torch.bfloat16
     with torch.no_grad():
         assert torch.equal(again(ids), got)
     # and adapters train over it (QLoRA over a GPTQ base)

@@ -27,7 +27,6 @@ from .registry import family_of
 # NF4Linear's own tensor names -> the suffix after the module name in the file
 _FILE_NAMES = {"absmax": "weight.absmax", "quant_map": "weight.quant_map", "nested_absmax": "weight.nested_absmax",
                "nested_quant_map": "weight.nested_quant_map"}
-QUANT_TENSORS = ("quant_map", "absmax", "nested_absmax", "nested_quant_map", "nested_offset")
 _STATE = re.compile(r"(.+)\.weight\.quant_state\.bitsandbytes__(\w+)")
 
 

@@ -259,7 +259,8 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
     """Load a local HF folder (config.json + safetensors) of a supported family, or a ``.gguf`` file.
 
     Returns a CausalLM, Encoder or Seq2Seq by the folder's architecture. Weights keep the checkpoint's
-    dtype unless ``dtype`` is given.
+    dtype unless ``dtype`` is given; the tensors of quantized layers (groundup's int8/int4, bitsandbytes' 4-bit,
+    GPTQ) always keep theirs.
     """
     folder = Path(folder)
     if folder.suffix == ".gguf":  # llama.cpp's single file
@@ -269,26 +270,46 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder; from_pretrained reads a local HF model folder "
                               "(config.json + model.safetensors) and never downloads")
+    where = str(folder / "config.json")
     hf = read_json(folder / "config.json")
-    cfg = config_from_hf(hf, str(folder / "config.json"))
-    if bnb.is_bnb(hf.get("quantization_config")):
-        return _from_bnb(folder, cfg, hf["quantization_config"], dtype)
-    quant = _quantization_spec(hf, folder)
-    tensors = load_tensors(folder, dtype)
+    cfg = config_from_hf(hf, where)
+    tensors, metas = load_tensors(folder), {}
+    if bnb.is_bnb(hf.get("quantization_config")):  # transformers' bitsandbytes 4-bit folder
+        bnb.check_family(cfg, where)
+        quant = bnb.spec_from_file(hf["quantization_config"], tensors, where)
+        tensors, metas = bnb.from_file(tensors, where)
+    else:
+        quant = _quantization_spec(hf, folder)
     state = state_dict_from_hf(tensors, cfg)
+    if quant is not None and quant.get("format") == "gptq":  # the GPTQ layers are those the file has codes for
+        bnb.check_family(cfg, where, "GPTQ")
+        quant["modules"] = sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight"))
+    if metas:  # the bitsandbytes states name their HF modules
+        names = {m: module_name_from_hf(cfg, m) for m in metas}
+        if None in names.values():
+            raise CheckpointError(f"{where}: quantized module {next(m for m, g in names.items() if g is None)} is "
+                                  f"not part of a {cfg.family} model")
+        quant["modules"] = sorted(names.values())
+    coded = set(quant["modules"]) | set(quant.get("int8_modules", [])) if quant else set()
+    if dtype is not None:  # the float parts only: codes, scales and quant states keep the dtypes they were made in
+        state = {k: v.to(dtype) if v.is_floating_point() and k.rpartition(".")[0] not in coded else v
+                 for k, v in state.items()}
     model = meta_model(cfg)
     # A config that says "tied" while the file holds a different head keeps both, as transformers does
     # (T5 v1.1 files whose config.json leaves tie_word_embeddings unset).
     if any(a in state and s in state and not torch.equal(state[a], state[s]) for a, s in model.tied_keys().items()):
         model = meta_model(cfg.replace(tie_embeddings=False))
-    if quant is not None and quant.get("format") == "gptq":  # the GPTQ layers are those the file has codes for
-        bnb.check_family(cfg, str(folder / "config.json"), "GPTQ")
-        quant["modules"] = sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight"))
     if quant is not None:  # a quantized folder: the quantized layers first, then their tensors
         try:
             swap_in(model, quant, convert=False)
         except ValueError as err:
-            raise CheckpointError(f"{folder / 'config.json'}: quantization_config: {err}") from None
+            raise CheckpointError(f"{where}: quantization_config: {err}") from None
+    for hf_name, meta in metas.items():  # per bitsandbytes layer: the shape and dtype it was quantized from
+        layer = model.get_submodule(names[hf_name])
+        if list(meta.get("shape", ())) != [layer.out_features, layer.in_features]:
+            raise CheckpointError(f"{where}: {hf_name}: the quant state's shape {meta.get('shape')} is not "
+                                  f"[{layer.out_features}, {layer.in_features}], the config's")
+        layer.weight_dtype = getattr(torch, meta.get("dtype", "bfloat16"))
     return load_into(model, state, str(folder)).eval()
 
 
@@ -329,32 +350,6 @@ def from_pretrained_quantized(folder: str | Path, plan: Callable[[Model], dict[s
     if "lm_head" in layers and "lm_head.weight" not in state and "embed.weight" in state:
         keep_quantized("lm_head", state["embed.weight"])
     return load_into(model, state, str(folder)).eval()
-
-
-def _from_bnb(folder: Path, cfg: Config, qc: dict[str, Any], dtype: torch.dtype | None) -> Model:
-    """A transformers bitsandbytes 4-bit folder (checkpoint/bnb.py): NF4Linear layers where the file has quant
-    states, the rest as usual (``dtype`` casts only those: the quant states keep theirs)."""
-    where = str(folder / "config.json")
-    bnb.check_family(cfg, where)
-    raw = load_tensors(folder)
-    spec = bnb.spec_from_file(qc, raw, where)
-    tensors, metas = bnb.from_file(raw, where)
-    quantized = {f"{m}.{leaf}" for m in spec["modules"] for leaf in ("weight", "bias", *bnb.QUANT_TENSORS)}
-    if dtype is not None:
-        tensors = {k: v if k in quantized or not v.is_floating_point() else v.to(dtype) for k, v in tensors.items()}
-    names = {m: module_name_from_hf(cfg, m) for m in spec["modules"]}
-    if None in names.values():
-        raise CheckpointError(f"{where}: quantized module {next(m for m, g in names.items() if g is None)} is not "
-                              f"part of a {cfg.family} model")
-    model = meta_model(cfg)
-    swap_in(model, {**spec, "modules": [names[m] for m in spec["modules"]]}, convert=False)
-    for hf_name, meta in metas.items():
-        layer = model.get_submodule(names[hf_name])
-        if list(meta.get("shape", ())) != [layer.out_features, layer.in_features]:
-            raise CheckpointError(f"{where}: {hf_name}: the quant state's shape {meta.get('shape')} is not "
-                                  f"[{layer.out_features}, {layer.in_features}], the config's")
-        layer.weight_dtype = getattr(torch, meta.get("dtype", "bfloat16"))
-    return load_into(model, state_dict_from_hf(tensors, cfg), str(folder)).eval()
 
 
 def _quantization_spec(hf: dict[str, Any], folder: Path) -> dict[str, Any] | None:
