@@ -109,3 +109,17 @@ def test_bad_arguments_are_named():
         nf4.quantize_4bit(torch.randn(64), 48)
     with pytest.raises(ValueError, match="quant_type='int3'"):
         nf4.levels("int3")
+
+
+def test_an_nf4_layer_dequantizes_rows_as_the_whole():
+    """A row block decodes only its blocks' absmax (double-quantized across 256-block boundaries, rows that cut
+    blocks): the same numbers as the whole matrix's dequantization."""
+    from groundup.nn.qlinear import NF4Linear
+
+    torch.manual_seed(4)
+    layer = NF4Linear.from_linear(torch.nn.Linear(100, 400))  # 625 blocks: three nested blocks of 256
+    whole = layer.dequantize(torch.float32)
+    for rows in (slice(0, 7), slice(150, 200), slice(163, 170), slice(390, None)):
+        assert torch.equal(layer.dequantize(torch.float32, rows), whole[rows])
+    assert torch.equal(layer.block_absmax(), nf4.dequantize_8bit(layer.absmax, layer.nested_absmax,
+                                                                 layer.nested_quant_map) + layer.nested_offset)

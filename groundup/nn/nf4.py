@@ -104,24 +104,31 @@ def unpack_4bit(codes: torch.Tensor, start: int = 0, stop: int | None = None) ->
     return pairs[start % 2: start % 2 + stop - start].long()
 
 
-def dequantize_4bit(codes: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, ...], code: torch.Tensor,
-                    blocksize: int = 64, dtype: torch.dtype = torch.float32, *, rows: slice = slice(None)
-                    ) -> torch.Tensor:
-    """code[level] x absmax in fp32, then ``dtype``: the tensor of ``shape`` (or the leading-dimension rows
-    ``rows`` of it). ``code`` is the 16 levels (``levels(quant_type)``, or a file's quant_map); absmax fp32
-    (absmax_of gives a double-quantized one)."""
+def block_span(shape: tuple[int, ...], blocksize: int, rows: slice = slice(None)) -> tuple[int, int, int, int]:
+    """(first element, end element, first block, end block) of the leading-dimension rows ``rows`` of a tensor
+    of ``shape`` flattened into blocks: what a dequantization of those rows reads."""
     width = 1
     for d in shape[1:]:
         width *= d
     first, last, _ = rows.indices(shape[0])
     start, stop = first * width, max(first, last) * width
+    return start, stop, start // blocksize, -(-stop // blocksize)
+
+
+def dequantize_4bit(codes: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, ...], code: torch.Tensor,
+                    blocksize: int = 64, dtype: torch.dtype = torch.float32, *, rows: slice = slice(None),
+                    first_block: int = 0) -> torch.Tensor:
+    """code[level] x absmax in fp32, then ``dtype``: the tensor of ``shape`` (or the leading-dimension rows
+    ``rows`` of it). ``code`` is the 16 levels (``levels(quant_type)``, or a file's quant_map); absmax fp32
+    (absmax_of gives a double-quantized one), of every block or of the blocks from ``first_block`` on."""
+    start, stop, _, _ = block_span(shape, blocksize, rows)
     idx = unpack_4bit(codes, start, stop)
     values = code.float()[idx]
     if start % blocksize == 0 and (stop - start) % blocksize == 0:  # whole blocks: scale by rows of the grid
-        scale = absmax[start // blocksize: stop // blocksize, None]
+        scale = absmax[start // blocksize - first_block: stop // blocksize - first_block, None]
         out = (values.view(-1, blocksize) * scale).reshape(-1)
     else:  # rows that cut blocks: one scale per element
-        out = values * absmax[torch.arange(start, stop, device=codes.device) // blocksize]
+        out = values * absmax[torch.arange(start, stop, device=codes.device) // blocksize - first_block]
     return out.reshape(-1, *shape[1:]).to(dtype)
 
 
@@ -167,6 +174,10 @@ def compress_absmax(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 def absmax_of(q: torch.Tensor, nested_absmax: torch.Tensor, offset: torch.Tensor,
-              code: torch.Tensor | None = None) -> torch.Tensor:
-    """The fp32 absmax values a double-quantized state stands for (the inverse of compress_absmax)."""
-    return dequantize_8bit(q, nested_absmax, dynamic_map() if code is None else code) + offset
+              code: torch.Tensor | None = None, *, blocks: slice = slice(None)) -> torch.Tensor:
+    """The fp32 absmax values a double-quantized state stands for (the inverse of compress_absmax); of the
+    blocks ``blocks`` only (a dequantization of some rows needs no more)."""
+    code = dynamic_map() if code is None else code
+    first, last, _ = blocks.indices(q.numel())
+    nested = nested_absmax.float()[torch.arange(first, last, device=q.device) // NESTED_BLOCKSIZE]
+    return code.float()[q[first:last].long()] * nested + offset

@@ -215,17 +215,21 @@ class NF4Linear(nn.Module):
             q.bias = nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
         return q
 
-    def block_absmax(self) -> torch.Tensor:
-        """The fp32 absmax of every block (undoing the double quantization)."""
+    def block_absmax(self, blocks: slice = slice(None)) -> torch.Tensor:
+        """The fp32 absmax of the blocks ``blocks`` (all by default), undoing the double quantization."""
         if not self.double_quant:
-            return self.absmax
-        return nf4.absmax_of(self.absmax, self.nested_absmax, self.nested_offset, self.nested_quant_map)
+            return self.absmax[blocks]
+        return nf4.absmax_of(self.absmax, self.nested_absmax, self.nested_offset, self.nested_quant_map,
+                             blocks=blocks)
 
     def dequantize(self, dtype: torch.dtype = torch.bfloat16, rows: slice = slice(None)) -> torch.Tensor:
         """The weight [out, in] (or its output rows ``rows``): fp32 levels x absmax, rounded to the original
-        weight dtype first (as bitsandbytes' dequantize_4bit returns it), then to ``dtype``."""
-        w = nf4.dequantize_4bit(self.weight, self.block_absmax(), (self.out_features, self.in_features),
-                                self.quant_map, self.blocksize, self.weight_dtype, rows=rows)
+        weight dtype first (as bitsandbytes' dequantize_4bit returns it), then to ``dtype``. Only the blocks of
+        those rows have their absmax decoded (the products dequantize a block of rows at a time)."""
+        shape = (self.out_features, self.in_features)
+        _, _, first, end = nf4.block_span(shape, self.blocksize, rows)
+        w = nf4.dequantize_4bit(self.weight, self.block_absmax(slice(first, end)), shape, self.quant_map,
+                                self.blocksize, self.weight_dtype, rows=rows, first_block=first)
         return w.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
