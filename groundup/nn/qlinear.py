@@ -306,8 +306,9 @@ def swap_in(model: nn.Module, spec: dict, *, convert: bool = True) -> nn.Module:
         raise ValueError(f"bits={bits} must be 8 (int8) or 4 (int4)")
     if spec.get("quant_type") and spec["quant_type"] not in nf4.QUANT_TYPES:
         raise ValueError(f"quant_type={spec['quant_type']!r} must be one of {', '.join(nf4.QUANT_TYPES)}")
+    modules = dict(model.named_modules())
     for name in [*spec["modules"], *spec.get("int8_modules", [])]:
-        lin = model.get_submodule(name) if name in dict(model.named_modules()) else None
+        lin = modules.get(name)
         if not isinstance(lin, nn.Linear):
             raise ValueError(f"quantization module {name!r} is not a linear layer of this model")
         if bits == 4 and not spec.get("quant_type") and not spec.get("format") and name in spec["modules"] \

@@ -173,13 +173,27 @@ def quantize_awq(model: nn.Module, ids: torch.Tensor, *, bits: int = 4, group_si
 
 
 def _inputs(cal: Calibration, i: int, layers: dict[str, nn.Linear], pick: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The inputs [search tokens, in] each linear layer of block i sees, at the calibration tokens ``pick``."""
+    """The inputs [search tokens, in] each linear layer of block i sees, at the calibration tokens ``pick``
+    (indices into the N x T token positions), in pick's order: each micro-batch keeps only its picked rows, so
+    the inputs of the other calibration tokens are never held."""
+    pick, order = pick.sort()
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    handles = [lay.register_forward_pre_hook(lambda _m, args, n=n: seen[n].append(args[0].detach()))
-               for n, lay in layers.items()]
+    done = dict.fromkeys(layers, 0)  # token positions each layer has been shown so far
+
+    def take(name: str):
+        def hook(_module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1])  # [micro tokens, in]
+            lo, hi = done[name], done[name] + x.shape[0]
+            rows = pick[(pick >= lo) & (pick < hi)] - lo
+            seen[name].append(x[rows].clone())
+            done[name] = hi
+        return hook
+
+    handles = [lay.register_forward_pre_hook(take(n)) for n, lay in layers.items()]
     try:
         cal.forward(i)
     finally:
         for h in handles:
             h.remove()
-    return {n: torch.cat(v).reshape(-1, v[0].shape[-1])[pick] for n, v in seen.items()}
+    back = torch.argsort(order)  # rows came in position order; pick's (random) order, so any prefix is a sample
+    return {n: torch.cat(v)[back] for n, v in seen.items()}
