@@ -276,13 +276,15 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def merge_quantized(model: nn.Module, *, requantize: bool = False) -> dict[str, dict[str, float]]:
+def merge_quantized(model: nn.Module, *, requantize: bool = False, measure: bool = True
+                    ) -> dict[str, dict[str, float]]:
     """Merge LoRA layers over quantized bases (QLoRA) and unwrap them: W' = dequantize(W) + scaling B A. Without
     ``requantize`` the model becomes a float one: W' and every other quantized layer dequantized to nn.Linear in
     the base's weight dtype (bf16 for a QLoRA base). With it, W' is quantized again the way W was (the model
     stays quantized and saves in the same format). Returns per merged layer the relative size of the update,
     |BA| / |W|, and the error requantizing introduces (or would introduce, when kept float), |Q(W') - W'| / |W'|;
-    Frobenius norms (None for GPTQ/AWQ layers, which only calibration requantizes)."""
+    Frobenius norms (None for GPTQ/AWQ layers, which only calibration requantizes, and when kept float without
+    ``measure``: then no layer is quantized just to measure)."""
     report = {}
     merged = {n: m for n, m in lora_layers(model).items() if isinstance(m.base_layer, QUANTIZED)}
     calibrated = next((n for n, m in merged.items() if spec_of(m.base_layer) is None), None)
@@ -304,9 +306,10 @@ def merge_quantized(model: nn.Module, *, requantize: bool = False) -> dict[str, 
         if name not in merged:
             continue
         report[name] = {"update": float(delta.norm() / w.norm().clamp(min=1e-30)), "requantize_error": None}
-        if spec_of(base) is None:
+        spec = spec_of(base)
+        if spec is None or not (requantize or measure):
             continue
-        again = make_quantized(lin, spec_of(base))
+        again = make_quantized(lin, spec)
         if requantize:
             set_module(model, name, again)
         again_w = again.dequantize(torch.float32)
@@ -319,7 +322,7 @@ def merge_quantized(model: nn.Module, *, requantize: bool = False) -> dict[str, 
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge, then put the plain base layers back: the model is an ordinary one again (saveable with
     save_pretrained, loadable by transformers). Quantized bases become float layers (merge_quantized)."""
-    merge_quantized(model)
+    merge_quantized(model, measure=False)
     for name, layer in _wrappers(model).items():
         layer.merge()
         set_module(model, name, layer.base_layer)
