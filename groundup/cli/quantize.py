@@ -47,10 +47,7 @@ def main_quantize(args: argparse.Namespace) -> int:
         return _calibrated(args, src, out)
     extra = {"double_quant": not args.no_double_quant} if args.to in ("nf4", "fp4") else {}
     model = load_quantized(src, args.to, dtype=None, group_size=args.group, include_head=args.head, **extra)
-    model.save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, out / name)
+    _write(model, src, out)
     floats = sum(f.stat().st_size for f in weight_files(src))
     size = _tensor_bytes(model)
     print(f"{len(model.quantization['modules'])} linear layers -> {args.to}"
@@ -97,14 +94,19 @@ def _calibrated(args: argparse.Namespace, src: Path, out: Path) -> int:
         if not isinstance(module, QUANTIZED):
             for p in module.parameters(recurse=False):
                 p.data = p.data.to(stored)
-    model.save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, out / name)
+    _write(model, src, out)
     print(f"{len(model.quantization['modules'])} linear layers -> {args.method} int{bits} (groups of {args.group}) "
           f"in {seconds:.0f} s from {ids.shape[0]} x {ids.shape[1]} calibration tokens; wrote {out} (GPTQ layout, "
           f"{model.quantization['checkpoint_format']})")
     return 0
+
+
+def _write(model, src: Path, out: Path) -> None:
+    """The quantized folder, with the source's tokenizer files copied along."""
+    model.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / name)
 
 
 def _tensor_bytes(model) -> int:

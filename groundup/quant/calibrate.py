@@ -45,18 +45,16 @@ def block_linears(model: nn.Module, i: int) -> dict[str, nn.Linear]:
 class Calibration:
     """The blocks of ``model`` (a CausalLM) run one at a time over calibration ids [N, T], in micro-batches.
 
-    ``inputs`` holds block i's inputs [N, T, C] once ``advance`` has passed blocks 0..i-1."""
+    ``inputs`` holds the current block's inputs [N, T, C]: block i's once ``advance`` has passed blocks 0..i-1."""
 
     def __init__(self, model: nn.Module, ids: torch.Tensor, micro_batch: int = 8) -> None:
         self.model, self.micro = model, micro_batch
-        dtype = model.embed.weight.dtype
+        norm = getattr(model, "embed_norm", None)
         with torch.no_grad():
-            x, rope = model.inputs(model.embed, ids[:1], norm=getattr(model, "embed_norm", None))
-            self.run: Callable[[int, torch.Tensor], torch.Tensor] = model.block_runner(x, rope)
-            self.inputs = torch.cat([model.inputs(model.embed, ids[j:j + micro_batch],
-                                                  norm=getattr(model, "embed_norm", None))[0]
-                                     for j in range(0, ids.shape[0], micro_batch)]).to(dtype)
-        self.block = 0
+            parts = [model.inputs(model.embed, ids[j:j + micro_batch], norm=norm)
+                     for j in range(0, ids.shape[0], micro_batch)]  # (x [micro, T, C], rope) each
+            self.run: Callable[[int, torch.Tensor], torch.Tensor] = model.block_runner(*parts[0])
+            self.inputs = torch.cat([x for x, _ in parts]).to(model.embed.weight.dtype)
 
     def forward(self, i: int, x: torch.Tensor | None = None) -> torch.Tensor:
         """Block i over inputs x (default: the current inputs), in micro-batches."""
@@ -96,4 +94,3 @@ class Calibration:
     def advance(self, i: int) -> None:
         """Replace the inputs by block i's outputs (run with its layers as they are now: quantized)."""
         self.inputs = self.forward(i)
-        self.block = i + 1
