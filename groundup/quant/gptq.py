@@ -83,7 +83,9 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_size: i
             col = i1 + i
             if col % group_size == 0:  # the group's grid from its columns as they are now (earlier errors in)
                 g = col // group_size
-                region = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :group_size]
+                region = W1[:, i:i + group_size]  # a group longer than the block reaches past it into W
+                if region.shape[1] < group_size:
+                    region = torch.cat([region, W[:, i2:i2 + group_size - region.shape[1]]], dim=1)
                 scales[:, g], zeros[:, g] = group_params(region, bits, sym)
             g = col // group_size
             q, dq = quantize_column(W1[:, i], scales[:, g], zeros[:, g], bits)
