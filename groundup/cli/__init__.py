@@ -9,6 +9,7 @@ import sys
 from .arithmetic import add_arithmetic_parser
 from .calc import add_calc_parsers
 from .encoders import add_encoder_parsers
+from .eval import add_eval_parsers, run_lm_eval
 from .finetune import add_finetune_parser
 from .generate import add_attention_parser, add_chat_parser
 from .prep import add_prep_parser
@@ -33,10 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_prep_parser(sub)
     add_arithmetic_parser(sub)
     add_quantize_parser(sub)
+    add_eval_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # every later argument is lm_eval's own, options included
+        try:
+            return run_lm_eval(argv[1:])
+        except ValueError as err:
+            print(f"groundup lm-eval: error: {err}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

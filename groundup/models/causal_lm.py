@@ -51,6 +51,33 @@ class CausalLM(PreTrained, TiedHead, Stack):
         = n > 0 returns the logits of the last n positions only, [B, n, V]: generation needs the last
         one after a prompt, speculative decoding the verified drafts.
         """
+        x, aux_total = self.hidden(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        if targets is None:
+            out = self.head(x)
+            return (out, self._aux(aux_total)) if return_aux_loss else out
+        if self.config.lm_head_scale == "inv_sqrt_d":
+            x = x * self.config.d_model**-0.5
+        cap = self.config.logit_softcap
+        if type(self.lm_head) in (Linear, nn.Linear):
+            out = linear_cross_entropy(x, self.lm_head.weight, targets, self.lm_head.bias, reduction=reduction,
+                                       softcap=cap)
+        else:  # a wrapped head (adapters, quantization): its own forward, then the loss
+            out = cross_entropy(softcap(self.lm_head(x), cap), targets, reduction)
+        return (out, self._aux(aux_total)) if return_aux_loss else out
+
+    def _aux(self, aux_total: torch.Tensor) -> torch.Tensor:
+        """The summed balance loss -> its mean over MoE layers times router_aux_loss_coef."""
+        n_moe = self.config.n_layers if self.config.n_experts else 1
+        return aux_total * (self.config.router_aux_loss_coef / n_moe)
+
+    def hidden(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None,
+               cache: DecoderCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The final-norm hidden states [B, T, C] that the head reads, and the summed MoE balance loss.
+        ``head(hidden(...)[0])`` equals ``forward``'s logits; scoring code (groundup.eval) applies the head
+        only at the positions it scores, a few rows of [B, T, V]."""
         if self.prefix_tuning is not None:  # peft/prefix.py: trainable keys/values go into the cache first
             cache, attention_mask, position_ids = self._with_prefix(self.prefix_tuning, input_ids, cache,
                                                                     attention_mask, position_ids)
@@ -65,22 +92,13 @@ class CausalLM(PreTrained, TiedHead, Stack):
             position_ids = (attention_mask.cumsum(-1) * attention_mask - 1)[:, offset:]  # [B, T]
         x, rope = self.inputs(self.embed, input_ids, position_ids=position_ids, offset=offset, norm=self.embed_norm)
         x, aux_total, _ = self.run(x, rope=rope, attention_mask=attention_mask, cache=cache)
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
+        return x, aux_total
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Hidden states [..., C] -> logits [..., V]: the head's scale, lm_head, the soft-cap."""
         if self.config.lm_head_scale == "inv_sqrt_d":
             x = x * self.config.d_model**-0.5
-        cap = self.config.logit_softcap
-        if targets is None:
-            out = softcap(self.lm_head(x), cap)
-        elif type(self.lm_head) in (Linear, nn.Linear):
-            out = linear_cross_entropy(x, self.lm_head.weight, targets, self.lm_head.bias, reduction=reduction,
-                                       softcap=cap)
-        else:  # a wrapped head (adapters, quantization): its own forward, then the loss
-            out = cross_entropy(softcap(self.lm_head(x), cap), targets, reduction)
-        if return_aux_loss:
-            n_moe = self.config.n_layers if self.config.n_experts else 1
-            return out, aux_total * (self.config.router_aux_loss_coef / n_moe)
-        return out
+        return softcap(self.lm_head(x), self.config.logit_softcap)
 
     def _with_prefix(self, prefix: KVPrefix, ids: torch.Tensor, cache: DecoderCache | None,
                      attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None):
