@@ -69,7 +69,12 @@ def word_count(text: str) -> int:
 
 def strided_windows(n: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
     """(begin, end, first scored place) of each window over places 0..n-1 of [prefix] + ids; place p > 0
-    is predicted from the places before it. Every place 1..n-1 is scored once."""
+    is predicted from the places before it in its window. Every place 1..n-1 is scored once.
+
+    The windows are the transformers guide's: they start every ``stride`` places and score what no earlier
+    window scored, so with stride < window each token sees at least window - stride places. Where the guide
+    would leave a token unscored (stride = window: a window's first place has nothing before it), the
+    window starts one place earlier instead."""
     if window < 2:
         raise ValueError(f"window={window} must be >= 2 (one token of context and one to score)")
     if not 1 <= stride <= window:
@@ -77,6 +82,7 @@ def strided_windows(n: int, window: int, stride: int) -> Iterator[tuple[int, int
     done = 1  # place 0 is the prefix token: never scored
     begin = 0
     while done < n:
+        begin = min(begin, done - 1)  # the first scored place needs one place of context in the window
         end = min(begin + window, n)
         yield begin, end, done
         done = end
