@@ -1,6 +1,6 @@
 """lm-evaluation-harness through groundup equals lm-evaluation-harness through transformers: the same local
 folder and task files give identical accuracies and generations, and log-likelihoods within 1e-4 (fp32),
-for a multiple-choice task (2-shot), a rolling log-likelihood task and a generate_until task (1-shot), with
+for multiple-choice tasks (one-token answers 2-shot; HellaSwag-style multi-token endings), a rolling log-likelihood task and a generate_until task (1-shot), with
 the window cut to 64 so that contexts are truncated and texts span several windows."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-TASKS = ["tiny_mc", "tiny_text", "tiny_gen"]
+TASKS = ["tiny_mc", "tiny_cloze", "tiny_text", "tiny_gen"]
 SHOTS = {"tiny_mc": 2, "tiny_gen": 1}
 
 
@@ -57,7 +57,7 @@ def test_groundup_backend_reports_what_the_hf_backend_reports(runs):
             for rx, ry in zip(x["resps"], y["resps"], strict=True):
                 if task == "tiny_gen":
                     assert rx[0] == ry[0]
-                elif task == "tiny_mc":
+                elif task in ("tiny_mc", "tiny_cloze"):
                     assert abs(rx[0][0] - ry[0][0]) < 1e-4 and rx[0][1] == ry[0][1]
                 else:
                     assert abs(rx[0] - ry[0]) < 1e-4
@@ -88,7 +88,7 @@ def test_native_eval_equals_the_harness(lm_folder, runs):
         for k, v in metric_values(theirs).items():
             assert math.isclose(mine[k.split(",")[0]], v, rel_tol=1e-9), (task, k)
         for s, x in zip(their_samples, samples, strict=True):
-            if task == "tiny_mc":
+            if task in ("tiny_mc", "tiny_cloze"):
                 assert [r[0][0] for r in s["resps"]] == pytest.approx(x["loglikelihoods"], abs=1e-9)
             elif task == "tiny_gen":
                 assert s["resps"][0][0] == x["output"]
