@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .scoring import head_logprobs
+
 
 @dataclass
 class Perplexity:
@@ -134,15 +136,12 @@ def perplexity(model: torch.nn.Module, ids: Sequence[int], *, window: int | None
 
 def _score(model, h: torch.Tensor, tgt: torch.Tensor, reference,
            h_ref: torch.Tensor | None) -> tuple[float, float, int]:
-    """Summed NLL, summed KL(reference || model) and top-1 agreements of hidden states h [n, C] -> tgt [n],
-    in chunks so that at most ~64 MB of fp32 logits exist at once."""
-    step = max(1, (1 << 24) // model.config.vocab_size)
+    """Summed NLL, summed KL(reference || model) and top-1 agreements of hidden states h [n, C] -> tgt [n]."""
     nll, kl, agree = 0.0, 0.0, 0
-    for i in range(0, len(tgt), step):
-        logp = model.head(h[i: i + step]).float().log_softmax(-1)  # [n, V]
-        nll -= float(logp.gather(1, tgt[i: i + step, None]).double().sum())
+    for rows, logp in head_logprobs(model, h):  # logp [n, V]
+        nll -= float(logp.gather(1, tgt[rows, None]).double().sum())
         if h_ref is not None:
-            ref = reference.head(h_ref[i: i + step]).float().log_softmax(-1)
+            ref = reference.head(h_ref[rows]).float().log_softmax(-1)
             if ref.shape[-1] != logp.shape[-1]:
                 raise ValueError(f"the reference's vocabulary has {ref.shape[-1]} entries, the model's "
                                  f"{logp.shape[-1]}: KL needs the same tokenizer")

@@ -157,7 +157,8 @@ class Scorer:
                     out[it.index] = res
                 bar.update(len(chunk))
             shared.sort(key=lambda g: -(len(g[0].shared) + max(len(it.own) for it in g)))
-            for chunk in _batches(shared, self.batch_size):
+            # a chunk: up to batch_size contexts, and their requests' own inputs (short) up to 4x that many rows
+            for chunk in _batches(shared, self.batch_size, 4 * self.batch_size):
                 for it, res in self._score_shared(chunk):
                     out[it.index] = res
                 bar.update(sum(len(g) for g in chunk))
@@ -227,17 +228,13 @@ class Scorer:
         return list(zip(members, self._judge(picks, [it.targets for it in members]), strict=True))
 
     def _judge(self, picks: list[torch.Tensor], targets: list[list[int]]) -> list[tuple[float, bool]]:
-        """Hidden states [n_i, C] predicting targets [n_i] -> (sum of fp32 log-probs, all greedy) per row;
-        the head runs on chunks of rows so that at most ~64 MB of fp32 logits exist at once."""
+        """Hidden states [n_i, C] predicting targets [n_i] -> (sum of fp32 log-probs, all greedy) per row."""
         h = torch.cat(picks)  # [N, C]
         tgt = torch.tensor([t for ts in targets for t in ts], device=h.device)
-        step = max(1, (1 << 24) // self.model.config.vocab_size)
         lp, hit = torch.empty(len(tgt)), torch.empty(len(tgt), dtype=torch.bool)
-        for i in range(0, len(tgt), step):
-            logits = self.model.head(h[i: i + step]).float()  # [n, V]
-            logp = logits.log_softmax(-1)
-            lp[i: i + step] = logp.gather(1, tgt[i: i + step, None])[:, 0].cpu()
-            hit[i: i + step] = (logits.argmax(-1) == tgt[i: i + step]).cpu()
+        for rows, logp in head_logprobs(self.model, h):
+            lp[rows] = logp.gather(1, tgt[rows, None])[:, 0].cpu()
+            hit[rows] = (logp.argmax(-1) == tgt[rows]).cpu()
         out, at = [], 0
         for ts in targets:
             out.append((float(lp[at: at + len(ts)].double().sum()), bool(hit[at: at + len(ts)].all())))
@@ -259,14 +256,16 @@ class Scorer:
                              f"{self.max_length} tokens")
         eos_text = tok.decode([tok.eos_token_id]) if tok.eos_token_id is not None else None
         stops = [s for s in until if s] + ([eos_text] if eos_text and eos_text not in until else [])
-        prompts = []
+        prompts, cut = [], 0
         for c in contexts:
             ids = self.encode(c)
-            if len(ids) > keep:
-                self.truncated += 1
-                log.warning("a context of %d tokens keeps its last %d (window %d - max_gen_toks %d)", len(ids),
-                            keep, self.max_length, max_gen_toks)
+            cut += len(ids) > keep
             prompts.append(list(self.prefix_ids) + ids[-keep:])
+        if cut:
+            self.truncated += cut
+            log.warning("%d of %d contexts are longer than %d tokens (window %d - max_gen_toks %d): keeping their "
+                        "last tokens, as lm-evaluation-harness does", cut, len(contexts), keep, self.max_length,
+                        max_gen_toks)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         out: list[str] = [""] * len(prompts)
         eos = [i for i in ([*self.model.config.eos_ids, tok.eos_token_id]) if i is not None]
@@ -291,12 +290,21 @@ class Scorer:
         return out
 
 
-def _batches(groups: list[list[_Item]], rows: int) -> Iterator[list[list[_Item]]]:
-    """Consecutive groups whose requests add up to at most ``rows`` (one group alone may exceed it)."""
+def head_logprobs(model: torch.nn.Module, h: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(rows, fp32 log-probabilities [n, V]) of hidden states h [N, C] through the model's head, a chunk of
+    rows at a time, so that at most ~64 MB of logits exist at once."""
+    step = max(1, (1 << 24) // model.config.vocab_size)
+    for i in range(0, len(h), step):
+        yield slice(i, i + step), model.head(h[i: i + step]).float().log_softmax(-1)
+
+
+def _batches(groups: list[list[_Item]], contexts: int, rows: int) -> Iterator[list[list[_Item]]]:
+    """Runs of consecutive groups: at most ``contexts`` groups whose requests add up to at most ``rows`` (one
+    group alone may exceed it)."""
     chunk: list[list[_Item]] = []
     n = 0
     for g in groups:
-        if chunk and n + len(g) > rows:
+        if chunk and (n + len(g) > rows or len(chunk) == contexts):
             yield chunk
             chunk, n = [], 0
         chunk.append(g)
