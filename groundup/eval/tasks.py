@@ -34,7 +34,6 @@ Every record is checked before any model runs; an error names the file and line.
 from __future__ import annotations
 
 import ast
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,18 +196,16 @@ def _split_files(spec: dict, source: Path) -> dict[str, Path]:
 
 def read_jsonl(path: Path) -> list[Doc]:
     """The records of a JSONL file, each with its file:line."""
+    from ..data.instruct import InstructionDataError, read_records
+
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+    try:
+        for rec, where in read_records(path):
             if not isinstance(rec, dict):
-                raise TaskError(f"{path}:{n}: a record must be a JSON object")
-            docs.append(Doc(rec, f"{path}:{n}"))
+                raise TaskError(f"{where}: a record must be a JSON object")
+            docs.append(Doc(rec, where))
+    except InstructionDataError as e:  # not valid JSON, named by file and line
+        raise TaskError(str(e)) from None
     return docs
 
 

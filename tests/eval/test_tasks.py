@@ -134,3 +134,12 @@ def test_eval_command_refuses_bad_input_before_loading(tmp_path, capsys):
     assert "missing.txt: no such file" in capsys.readouterr().err
     assert main(["eval", "--write-tasks", str(tmp_path / "tasks")]) == 0
     assert (tmp_path / "tasks" / "tiny_mc.yaml").is_file()
+
+
+def test_lm_eval_missing_names_the_install(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lm_eval.models", None)  # as if lm-eval were not installed
+    assert ge.register() is False
+    assert main(["lm-eval", "--model", "groundup", "--tasks", "x"]) == 2
+    assert "pip install 'groundup[eval]'" in capsys.readouterr().err
