@@ -85,12 +85,14 @@ class BPE:
         # as in tokenizers.
         self.merge_map: dict[tuple[int, int], tuple[int, int]] = {}
         prefix_len = len(continuing_subword_prefix or "")
+        vocab, merge_map = self.vocab, self.merge_map  # locals: this loop runs once per merge (~50k) at load
         for rank, (a, b) in enumerate(self.merges):
             merged = a + (b[prefix_len:] if prefix_len and b.startswith(continuing_subword_prefix) else b)
-            for part in (a, b, merged):
-                if part not in self.vocab:
-                    raise ValueError(f"model.merges[{rank}] {a!r} + {b!r}: {part!r} is not in model.vocab")
-            self.merge_map[(self.vocab[a], self.vocab[b])] = (rank, self.vocab[merged])
+            try:
+                merge_map[(vocab[a], vocab[b])] = (rank, vocab[merged])
+            except KeyError:
+                part = next(p for p in (a, b, merged) if p not in vocab)
+                raise ValueError(f"model.merges[{rank}] {a!r} + {b!r}: {part!r} is not in model.vocab") from None
         self._byte_ids = [self.vocab.get(byte_token(b)) for b in range(256)] if byte_fallback else None
 
     # ------------------------------------------------------------------ per word

@@ -83,7 +83,7 @@ def _merges(raw: Any, where: str) -> list[tuple[str, str]]:
             parts = m
         else:
             parts = []
-        if len(parts) != 2 or not all(isinstance(p, str) for p in parts):
+        if len(parts) != 2 or type(parts[0]) is not str or type(parts[1]) is not str:
             raise UnsupportedTokenizer(f"{where}: model.merges[{i}] = {m!r} is not a pair of tokens")
         out.append((parts[0], parts[1]))
     return out
