@@ -92,7 +92,8 @@ def load_model(spec: str, adapter: str | None, dtype: str):
 
         check_model_folder(spec, "causal_lm", "a decoder-only")
     model, tok = load(spec, dtype, adapter)
-    return model.eval(), tok, _virtual_ids(model), p.name if p.name not in ("checkpoint", "") else str(p)
+    label = p.parent.name if p.name == "checkpoint" and p.parent.name else p.name or str(p)  # run/checkpoint -> run
+    return model.eval(), tok, _virtual_ids(model), label
 
 
 def main_eval(args: argparse.Namespace) -> int:

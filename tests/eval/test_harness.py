@@ -1,7 +1,8 @@
 """lm-evaluation-harness through groundup equals lm-evaluation-harness through transformers: the same local
 folder and task files give identical accuracies and generations, and log-likelihoods within 1e-4 (fp32),
-for multiple-choice tasks (one-token answers 2-shot; HellaSwag-style multi-token endings), a rolling log-likelihood task and a generate_until task (1-shot), with
-the window cut to 64 so that contexts are truncated and texts span several windows."""
+for multiple-choice tasks (one-token answers 2-shot; HellaSwag-style multi-token endings), a rolling
+log-likelihood task and a generate_until task (1-shot), with the window cut to 64 so that contexts are
+truncated and texts span several windows."""
 
 from __future__ import annotations
 
