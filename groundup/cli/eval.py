@@ -75,7 +75,7 @@ def run_lm_eval(argv: list[str]) -> int:
 
 def load_model(spec: str, adapter: str | None, dtype: str):
     """(model, tokenizer, prefix ids, label) of a folder, .gguf file or `groundup finetune` run folder."""
-    from ..eval.harness import _virtual_ids, load
+    from ..eval.run import load_model as load
 
     p = Path(spec)
     if (p / "summary.json").is_file() and (p / "settings.json").is_file():  # a finetune run
@@ -91,9 +91,9 @@ def load_model(spec: str, adapter: str | None, dtype: str):
         from ..checkpoint.hf import check_model_folder
 
         check_model_folder(spec, "causal_lm", "a decoder-only")
-    model, tok = load(spec, dtype, adapter)
+    model, tok, prefix = load(spec, dtype, adapter)
     label = p.parent.name if p.name == "checkpoint" and p.parent.name else p.name or str(p)  # run/checkpoint -> run
-    return model.eval(), tok, _virtual_ids(model), label
+    return model, tok, prefix, label
 
 
 def main_eval(args: argparse.Namespace) -> int:

@@ -24,11 +24,10 @@ try:
 except ImportError as e:  # pragma: no cover - the registry only imports this module when lm-eval exists
     raise ImportError("the lm-eval backend needs lm-evaluation-harness: pip install 'groundup[eval]'") from e
 
+from .run import load_model
 from .scoring import Scorer
 
 log = logging.getLogger("groundup.eval")
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "auto": None}
 
 
 def _flag(value: Any) -> bool:
@@ -45,7 +44,9 @@ class GroundupLM(LM):
         if model is None:
             if pretrained is None:
                 raise ValueError("--model_args pretrained=DIR is required (a local HF folder or .gguf file)")
-            model, tokenizer = load(pretrained, dtype, adapter)
+            model, tokenizer, prefix = load_model(pretrained, dtype, adapter)
+        else:
+            prefix = []
         device = str(device or "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():
             # the harness's command line asks for cuda by default; a CPU machine runs on its CPU
@@ -59,7 +60,7 @@ class GroundupLM(LM):
         bs = str(batch_size if batch_size is not None else 16)
         self.scorer = Scorer(self.model, tokenizer, max_length=int(max_length) if max_length else None,
                              batch_size=16 if bs.startswith("auto") else int(bs), share_contexts=_flag(share_contexts),
-                             prefix_ids=_virtual_ids(self.model))
+                             prefix_ids=prefix)
         self.pretrained = str(pretrained)
 
     # -- the three requests -----------------------------------------------------------------------------------
@@ -121,26 +122,3 @@ def _sampling(kw: dict[str, Any]) -> dict[str, Any]:
         return {}
     return {k: v for k, v in (("temperature", float(kw.get("temperature", 1.0))), ("top_k", kw.get("top_k")),
                                ("top_p", kw.get("top_p")), ("seed", kw.get("seed"))) if v is not None}
-
-
-def _virtual_ids(model) -> list[int]:
-    """A soft prompt's virtual ids (they precede every input), else none."""
-    from ..peft import soft_prompt
-
-    prompt = soft_prompt(model)
-    return prompt.prompt_ids() if prompt is not None else []
-
-
-def load(pretrained: str, dtype: str | None = "auto", adapter: str | None = None) -> tuple[torch.nn.Module, Any]:
-    """(model, tokenizer) of a folder or GGUF file, in ``dtype``, with a peft ``adapter`` if given."""
-    from ..checkpoint.hf import from_pretrained
-    from ..peft import load_adapter
-    from ..tokenizer import Tokenizer
-
-    if str(dtype) not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}: choose from {', '.join(DTYPES)}")
-    model = from_pretrained(pretrained, dtype=DTYPES[str(dtype)])
-    if adapter:
-        model = load_adapter(model, adapter)
-    return model, Tokenizer.from_file(pretrained) if str(pretrained).endswith(".gguf") else \
-        Tokenizer.from_pretrained(pretrained)

@@ -19,7 +19,10 @@ import random
 import re
 import string
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
+
+import torch
 
 from .perplexity import word_count
 from .scoring import Scorer
@@ -94,9 +97,10 @@ def evaluate_task(scorer: Scorer, task: Task, *, num_fewshot: int | None = None,
                   limit: int | None = None) -> dict[str, Any]:
     """Metrics of one task (and its per-document samples under "samples")."""
     n_shot = task.num_fewshot if num_fewshot is None else num_fewshot
-    if limit is not None:
-        task = _limited(task, limit)
-    task.num_fewshot = n_shot
+    if task.kind == "loglikelihood_rolling":
+        n_shot = 0  # a text is scored on its own
+    # a copy: the caller's task keeps its documents and shot count
+    task = replace(task, docs=task.docs[:limit] if limit is not None else task.docs, num_fewshot=n_shot)
     task.check()
     shots = shots_for(task, n_shot, seed)
     samples: list[dict[str, Any]] = []
@@ -144,12 +148,6 @@ def evaluate_task(scorer: Scorer, task: Task, *, num_fewshot: int | None = None,
         samples = [{"where": d.where, "loglikelihood": ll} for d, ll in zip(task.docs, lls, strict=True)]
     return {"kind": task.kind, "num_fewshot": n_shot, "n": len(task.docs), "source": task.source,
             "metrics": metrics, "samples": samples}
-
-
-def _limited(task: Task, limit: int) -> Task:
-    from dataclasses import replace
-
-    return replace(task, docs=task.docs[:limit])
 
 
 def evaluate(model, tokenizer, tasks: Sequence[Task], *, num_fewshot: int | None = None, seed: int = 1234,
@@ -219,3 +217,25 @@ def plot(runs: dict[str, dict[str, Any]], path: str) -> None:
     fig.tight_layout()
     atomic_file(path, lambda tmp: fig.savefig(tmp))
     plt.close(fig)
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "auto": None}
+
+
+def load_model(pretrained: str, dtype: str | None = "auto", adapter: str | None = None) -> tuple[Any, Any, list[int]]:
+    """(model, tokenizer, virtual ids) of an HF folder or .gguf file in ``dtype``, with a peft ``adapter``;
+    the virtual ids are a soft prompt's (they precede every input), else none."""
+    from ..checkpoint.hf import from_pretrained
+    from ..peft import load_adapter, soft_prompt
+    from ..tokenizer import Tokenizer
+
+    if str(dtype) not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: choose from {', '.join(DTYPES)}")
+    model = from_pretrained(pretrained, dtype=DTYPES[str(dtype)])
+    if adapter:
+        model = load_adapter(model, adapter)
+    gguf = str(pretrained).endswith(".gguf")
+    tok = Tokenizer.from_file(pretrained) if gguf else Tokenizer.from_pretrained(pretrained)
+    prompt = soft_prompt(model)
+    return model.eval(), tok, (prompt.prompt_ids() if prompt is not None else [])

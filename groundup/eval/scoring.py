@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -89,6 +90,10 @@ class Scorer:
                              "prefix ids: raise max_length")
 
     # -- tokenization, the harness's way ------------------------------------------------------------------
+    @cached_property
+    def _prefix_text(self) -> str:
+        return self.tokenizer.decode([self.prefix_token_id])  # read once: encode() asks for every text
+
     @property
     def prefix_token_id(self) -> int:
         """What an empty context becomes and what a rolling text is conditioned on: BOS, else EOS."""
@@ -103,7 +108,7 @@ class Scorer:
         already (or ``add_special_tokens`` says otherwise); special tokens written in the text are matched."""
         tok = self.tokenizer
         if add_special_tokens is None:
-            add_special_tokens = not text.startswith(tok.decode([self.prefix_token_id]))
+            add_special_tokens = not text.startswith(self._prefix_text)
         return tok.encode(text, allowed_special="all", add_special_tokens=add_special_tokens)
 
     def encode_pair(self, context: str, continuation: str) -> Pair:

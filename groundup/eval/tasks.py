@@ -34,6 +34,7 @@ Every record is checked before any model runs; an error names the file and line.
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +53,6 @@ class TaskError(ValueError):
 
 
 def _regex_replace(s: str, pattern: str, repl: str, count: int = 0) -> str:
-    import re
-
     return re.sub(pattern, repl, s, count=count)
 
 

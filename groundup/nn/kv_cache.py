@@ -192,17 +192,12 @@ class PagedPool:
     """One layer's keys and values in fixed-size blocks, [n_blocks + 1, block_size, K, D] each (allocated on the
     first write; slot-major, so the pool is one flat [slots, K, D] table of token slots); block ``n_blocks``
     stays zero and stands for padding. Which block holds which sequence's
-    tokens is the block manager's business (serve/blocks.py); a step reads and writes through PagedKVCache."""
+    tokens is the block manager's business (serve/blocks.py); a forward reads and writes through PagedKVCache."""
 
     def __init__(self, n_blocks: int, block_size: int) -> None:
         self.n_blocks, self.block_size = n_blocks, block_size
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
-
-    def slots(self, table: list[int], start: int, end: int) -> list[int]:
-        """Flat slot indices of logical positions start..end-1 of a sequence with block table ``table``."""
-        bs = self.block_size
-        return [table[p // bs] * bs + p % bs for p in range(start, end)]
 
     def _allocate(self, k: torch.Tensor) -> None:
         shape = (self.n_blocks + 1, self.block_size, k.shape[1], k.shape[3])
@@ -210,39 +205,58 @@ class PagedPool:
         self.v = k.new_zeros(shape)
 
 
-class PagedKVCache(KVCache):
-    """A batch's view of a PagedPool for one forward: row r has ``lens[r]`` positions cached in the blocks of
-    ``tables[r]``. Rows are right-aligned (left-padded) to the longest, as left-padded prompts are, so every
-    row's new queries sit at the same places; the caller's attention mask [B, width + T] hides the padding
-    and its position ids count each row's own tokens. ``append`` writes each row's new keys into its
-    blocks and returns every row's keys gathered from them, padding read from the zero block."""
+class PagedBatch:
+    """The slots one forward of a batch writes and reads, shared by every layer's PagedKVCache: row r has
+    ``lens[r]`` positions cached in the blocks of ``tables[r]`` (block ids of a PagedPool layout). Rows are
+    right-aligned (left-padded) to the longest, as left-padded prompts are, so every row's new queries sit
+    at the same places; the caller's attention mask [B, width + T] hides the padding and its position ids
+    count each row's own tokens. Every row's T new tokens are real."""
 
-    def __init__(self, pool: PagedPool, tables: list[list[int]], lens: list[int]) -> None:
-        super().__init__()
-        self.pool, self.tables, self.lens = pool, tables, list(lens)
+    def __init__(self, tables: list[list[int]], lens: list[int], n_blocks: int, block_size: int) -> None:
+        self.tables, self.lens, self.block_size = tables, list(lens), block_size
         self.width = max(lens, default=0)
+        self.pad = n_blocks * block_size  # the first slot of the zero block
+        self._index: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _slots(self, table: list[int], start: int, end: int) -> list[int]:
+        bs = self.block_size
+        return [table[p // bs] * bs + p % bs for p in range(start, end)]
+
+    def index(self, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slots written [B * T], slots read [B * (width + T)]), built once per forward, not per layer."""
+        key = (T, device)
+        if key not in self._index:
+            write, read = [], []
+            for table, n in zip(self.tables, self.lens, strict=True):
+                write += self._slots(table, n, n + T)
+                read += [self.pad] * (self.width - n) + self._slots(table, 0, n + T)
+            self._index[key] = (torch.tensor(write, device=device), torch.tensor(read, device=device))
+        return self._index[key]
+
+
+class PagedKVCache(KVCache):
+    """One layer's view of a PagedPool for one forward of a PagedBatch: ``append`` writes each row's new keys
+    into its blocks and returns every row's keys gathered from them, padding read from the zero block."""
+
+    def __init__(self, pool: PagedPool, batch: PagedBatch) -> None:
+        super().__init__()
+        self.pool, self.batch = pool, batch
 
     @property
     def length(self) -> int:
-        return self.width
+        return self.batch.width
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pool, (B, K, T, D) = self.pool, k.shape
         if pool.k is None:
             pool._allocate(k)
-        pad = pool.n_blocks * pool.block_size  # the first slot of the zero block
-        write, read = [], []
-        for r in range(B):
-            n = self.lens[r]
-            write += pool.slots(self.tables[r], n, n + T)
-            read += [pad] * (self.width - n) + pool.slots(self.tables[r], 0, n + T)
+        write, read = self.batch.index(T, k.device)
         flat_k, flat_v = pool.k.view(-1, K, D), pool.v.view(-1, K, D)  # [slots, K, D], views of the pool
-        idx = torch.tensor(write, device=k.device)
-        flat_k.index_copy_(0, idx, k.transpose(1, 2).reshape(-1, K, D))  # [B * T, K, D] in row order
-        flat_v.index_copy_(0, idx, v.transpose(1, 2).reshape(-1, K, D))
-        gather = torch.tensor(read, device=k.device)
-        keys = flat_k.index_select(0, gather).view(B, self.width + T, K, D).transpose(1, 2)  # [B, K, S, D]
-        vals = flat_v.index_select(0, gather).view(B, self.width + T, K, D).transpose(1, 2)
+        flat_k.index_copy_(0, write, k.transpose(1, 2).reshape(-1, K, D))  # [B * T, K, D] in row order
+        flat_v.index_copy_(0, write, v.transpose(1, 2).reshape(-1, K, D))
+        S = self.batch.width + T
+        keys = flat_k.index_select(0, read).view(B, S, K, D).transpose(1, 2)  # [B, K, S, D]
+        vals = flat_v.index_select(0, read).view(B, S, K, D).transpose(1, 2)
         return keys, vals
 
 

@@ -143,3 +143,13 @@ def test_lm_eval_missing_names_the_install(monkeypatch, capsys):
     assert ge.register() is False
     assert main(["lm-eval", "--model", "groundup", "--tasks", "x"]) == 2
     assert "pip install 'groundup[eval]'" in capsys.readouterr().err
+
+
+def test_eval_command_needs_no_lm_eval(lm_folder, monkeypatch, tmp_path):
+    import sys
+
+    for name in [m for m in sys.modules if m == "lm_eval" or m.startswith("lm_eval.")] + ["lm_eval"]:
+        monkeypatch.setitem(sys.modules, name, None)  # any import of lm-eval now fails
+    out = tmp_path / "r.json"
+    assert main(["eval", str(lm_folder), "--tasks", "tiny_mc", "--limit", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())[lm_folder.name]["tasks"]["tiny_mc"]["n"] == 2

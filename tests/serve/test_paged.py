@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_llama
 
 import groundup as gu
-from groundup.nn.kv_cache import BlockCache, DecoderCache, PagedKVCache, PagedPool
+from groundup.nn.kv_cache import BlockCache, DecoderCache, PagedBatch, PagedKVCache, PagedPool
 from groundup.serve import BlockPool
 
 
@@ -19,8 +19,8 @@ def paged_greedy(model, prompts, n_new, *, block_size=4, n_blocks=40, prefix_cac
     layers = [PagedPool(n_blocks, block_size) for _ in range(cfg.n_layers)]
 
     def view(seqs, lens):
-        tables = [pool.block_table(s) for s in seqs]
-        return DecoderCache([BlockCache(self_kv=PagedKVCache(p, tables, lens)) for p in layers])
+        batch = PagedBatch([pool.block_table(s) for s in seqs], lens, n_blocks, block_size)
+        return DecoderCache([BlockCache(self_kv=PagedKVCache(p, batch)) for p in layers])
 
     out, lens, cached_counts = {}, {}, []
     with torch.no_grad():
