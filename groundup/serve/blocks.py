@@ -63,9 +63,9 @@ class BlockPool:
     def blocks_needed(self, n_tokens: int) -> int:
         return -(-n_tokens // self.block_size)
 
-    def _cached_prefix(self, prompt: Sequence[int]) -> list[int]:
+    def _cached_prefix(self, prompt: Sequence[int], use_cache: bool = True) -> list[int]:
         """Blocks already holding the prompt's leading full blocks (all but the one with its last token)."""
-        if not self.prefix_caching:
+        if not (self.prefix_caching and use_cache):
             return []
         found = []
         for h in chain_hashes(prompt[: len(prompt) - 1], self.block_size):
@@ -75,25 +75,26 @@ class BlockPool:
             found.append(b)
         return found
 
-    def can_allocate(self, prompt: Sequence[int], reserve: int = 0) -> bool:
+    def can_allocate(self, prompt: Sequence[int], reserve: int = 0, *, use_cache: bool = True) -> bool:
         """Whether ``prompt`` (plus ``reserve`` more tokens) fits now, counting the blocks it would share."""
-        hit = self._cached_prefix(prompt)
+        hit = self._cached_prefix(prompt, use_cache)
         idle_hits = sum(1 for b in hit if self.ref[b] == 0)  # shared blocks that sit in the free list
         need = self.blocks_needed(len(prompt) + reserve) - len(hit)
         return need <= len(self.free) - idle_hits
 
     # -- a sequence's life ----------------------------------------------------------------------------------
-    def allocate(self, seq: object, prompt: Sequence[int]) -> int:
+    def allocate(self, seq: object, prompt: Sequence[int], *, use_cache: bool = True) -> int:
         """Give ``seq`` the blocks of its prompt; returns how many leading tokens are already cached (their
-        keys and values need no computing). Raises MemoryError when the pool cannot hold the prompt."""
+        keys and values need no computing; none with ``use_cache=False``, for a caller that needs every
+        position's logits). Raises MemoryError when the pool cannot hold the prompt."""
         if seq in self.tables:
             raise ValueError(f"sequence {seq!r} already holds blocks")
         if not prompt:
             raise ValueError("a prompt needs at least one token")
-        if not self.can_allocate(prompt):
+        if not self.can_allocate(prompt, use_cache=use_cache):
             raise MemoryError(f"{self.blocks_needed(len(prompt))} blocks needed, {len(self.free)} free")
         table = _Table(tokens=list(prompt))
-        for b in self._cached_prefix(prompt):
+        for b in self._cached_prefix(prompt, use_cache):
             self._take(b)
             table.blocks.append(b)
         self.hits += len(table.blocks)

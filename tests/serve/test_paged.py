@@ -5,7 +5,7 @@ from the prefix cache instead of computed."""
 from __future__ import annotations
 
 import torch
-from conftest import tiny_llama
+from serve_util import base
 
 import groundup as gu
 from groundup.nn.kv_cache import BlockCache, DecoderCache, PagedBatch, PagedKVCache, PagedPool
@@ -52,7 +52,7 @@ def reference(model, prompt, n):
 
 
 def test_uneven_batch_decodes_as_generate():
-    model = tiny_llama(3)
+    model = base(3)
     prompts = [[5, 9, 14, 3, 7], [11, 2, 8, 6, 4, 12, 13, 9, 10], [7, 7, 1]]
     got, cached, pool = paged_greedy(model, prompts, 12)
     assert got == [reference(model, p, 12) for p in prompts]
@@ -61,7 +61,7 @@ def test_uneven_batch_decodes_as_generate():
 
 
 def test_a_cached_prefix_is_read_not_computed_and_changes_nothing():
-    model = tiny_llama(4)
+    model = base(4)
     system = [3, 1, 4, 1, 5, 9, 2, 6]  # two blocks of 4
     prompts = [[*system, 10, 11], [*system, 12], [*system, 13, 14, 15]]
     got, cached, pool = paged_greedy(model, prompts, 8)
