@@ -15,6 +15,7 @@ from .generate import add_attention_parser, add_chat_parser
 from .prep import add_prep_parser
 from .pretrain import add_arguments, main_pretrain
 from .quantize import add_quantize_parser
+from .serve import add_serve_parser
 from .tokenizer import add_parser as add_tokenizer_parser
 
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arithmetic_parser(sub)
     add_quantize_parser(sub)
     add_eval_parsers(sub)
+    add_serve_parser(sub)
     return p
 
 

@@ -8,6 +8,7 @@ import argparse
 import torch
 
 from ..checkpoint.hf import check_model_folder
+from ..serve.embeddings import encoder_batch
 from .generate import add_sampling_arguments
 
 
@@ -19,19 +20,6 @@ def _load_model_and_tokenizer(folder: str, arch: str):
     kind = {"encoder": "an encoder (BERT-style)", "seq2seq": "an encoder-decoder (T5/Marian)"}[arch]
     check_model_folder(folder, arch, kind)
     return from_pretrained(folder), Tokenizer.from_pretrained(folder)
-
-
-def _batch(tok, texts: list[str], *, allowed_special="all"):
-    """ids, token types and attention mask [B, T] of the texts: the tokenizer's own truncation and padding
-    (a fixed length, for some sentence-embedding folders) and its masks, padded to the longest otherwise."""
-    from ..tokenizer.encoding import Padding
-
-    batch = tok.encode_batch_plus(texts, allowed_special=allowed_special)
-    if tok.padding is None:
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.token_to_id("[PAD]") or 0)
-        Padding(pad_id=pad).apply(batch)
-    return (torch.tensor([e.ids for e in batch]), torch.tensor([e.type_ids for e in batch]),
-            torch.tensor([e.attention_mask for e in batch]))
 
 
 def _special_id(tok, names: tuple[str, ...], what: str) -> int:
@@ -48,7 +36,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     mask_id = _special_id(tok, ("[MASK]", "<mask>"), "mask")
     mask_text = tok.id_to_token(mask_id)
     for text in args.text:
-        ids, types, mask = _batch(tok, [text])  # [MASK] in the text is the mask token
+        ids, types, mask = encoder_batch(tok, [text])  # [MASK] in the text is the mask token
         types = types if model.config.type_vocab_size else None
         (preds,) = model.fill_mask(ids, mask_token_id=mask_id, top_k=args.top_k, token_type_ids=types,
                                    attention_mask=mask)
@@ -63,7 +51,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     """Sentence vectors from an encoder and their cosine similarities."""
     model, tok = _load_model_and_tokenizer(args.model, "encoder")
-    ids, types, mask = _batch(tok, args.text, allowed_special=())
+    ids, types, mask = encoder_batch(tok, args.text, allowed_special=())
     types = types if model.config.type_vocab_size else None
     with torch.no_grad():
         vecs = model.features(ids, attention_mask=mask, token_type_ids=types, pooling=args.pooling)

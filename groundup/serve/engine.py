@@ -122,7 +122,7 @@ class Engine:
         self.fault = fault
         self._ids = itertools.count()
         self.stats = dict(prompt_tokens=0, generated_tokens=0, preemptions=0, steps=0, requests=0,
-                          cached_tokens=0)
+                          cached_tokens=0, aborted=0)
 
     # -- requests ------------------------------------------------------------------------------------------
     @property
@@ -175,6 +175,7 @@ class Engine:
         for s in [*self.running, *self.waiting]:
             if s.request_id == request_id:
                 self._finish(s, "abort")
+                self.stats["aborted"] += 1
 
     @property
     def has_work(self) -> bool:

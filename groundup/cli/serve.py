@@ -1,0 +1,109 @@
+"""`groundup serve FOLDER`: the OpenAI-compatible server (groundup.serve.app) under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def add_serve_parser(sub) -> None:
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat, embeddings) with "
+                       "continuous batching, a paged KV cache and many adapters in one batch")
+    s.add_argument("model", help="an HF model folder or a .gguf file (decoder), or an encoder folder (embeddings)")
+    s.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                   help="a peft LoRA or prompt-tuning folder served as MODEL:NAME (repeat for more)")
+    s.add_argument("--name", default=None, help="the model's name in the API (default: the folder's name)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=os.environ.get("GROUNDUP_API_KEY"),
+                   help="require Authorization: Bearer KEY (default: $GROUNDUP_API_KEY; none when unset)")
+    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    s.add_argument("--quantize", default=None, help="quantize the linear layers first (int8, int4, nf4, ...)")
+    s.add_argument("--block-size", type=int, default=16, help="positions per KV cache block")
+    s.add_argument("--kv-memory", type=float, default=1.0, help="GiB of memory for the KV cache")
+    s.add_argument("--num-blocks", type=int, default=None, help="KV cache blocks (instead of --kv-memory)")
+    s.add_argument("--max-seqs", type=int, default=64, help="sequences decoded together at most")
+    s.add_argument("--max-step-tokens", type=int, default=512, help="tokens one step runs at most (prefill chunks)")
+    s.add_argument("--no-prefix-caching", action="store_true", help="compute every prompt, shared or not")
+    s.add_argument("--max-tokens", type=int, default=4096, help="the largest max_tokens a request may ask")
+    s.add_argument("--max-requests", type=int, default=256, help="requests in flight at most (then 429)")
+    s.add_argument("--max-request-bytes", type=int, default=1 << 20, help="request body size limit (then 413)")
+    s.add_argument("--log-level", default="warning")
+    s.set_defaults(func=main_serve)
+
+
+def build_server(args: argparse.Namespace):
+    """The Server for parsed ``serve`` arguments (everything checked before the model loads)."""
+    from ..serve.app import Limits, Server
+
+    adapters = {}
+    for spec in args.adapter:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise SystemExit(f"--adapter {spec!r}: write NAME=DIR")
+        if not Path(folder).is_dir():
+            raise SystemExit(f"--adapter {spec!r}: {folder} is not a folder")
+        adapters[name] = folder
+    if not Path(args.model).exists():
+        raise SystemExit(f"{args.model}: no such model folder or file")
+    if not 0 < args.port < 65536:
+        raise SystemExit(f"--port {args.port}: give a port in 1..65535")
+    model, tok = _load(args.model, args.dtype)
+    name = args.name or Path(args.model).name.removesuffix(".gguf")
+    limits = Limits(max_request_bytes=args.max_request_bytes, max_tokens=args.max_tokens,
+                    max_requests=args.max_requests)
+    if model.config.arch != "causal_lm":
+        if adapters:
+            raise SystemExit("--adapter: adapters are served on decoder models")
+        return Server(model, tok, name=name, api_key=args.api_key, limits=limits)
+    if args.quantize:
+        from ..quant import quantize
+
+        model = quantize(model, args.quantize)
+    from ..serve.engine import Engine
+
+    engine = Engine(model, tok, block_size=args.block_size, n_blocks=args.num_blocks,
+                    kv_bytes=int(args.kv_memory * (1 << 30)), max_seqs=args.max_seqs,
+                    max_step_tokens=args.max_step_tokens,
+                    prefix_caching=not args.no_prefix_caching, adapters=adapters, fault=_fault())
+    return Server(model, tok, name=name, engine=engine, api_key=args.api_key, limits=limits)
+
+
+def _load(path: str, dtype: str):
+    from ..checkpoint.hf import from_pretrained
+    from ..eval.run import DTYPES
+    from ..tokenizer import Tokenizer
+
+    model = from_pretrained(path, dtype=DTYPES[dtype])
+    tok = Tokenizer.from_file(path) if path.endswith(".gguf") else Tokenizer.from_pretrained(path)
+    return model.eval(), tok
+
+
+def _fault():
+    """Fault injection for the server's tests: GROUNDUP_SERVE_FAULT=ID fails, inside its step, every sequence
+    whose prompt holds token ID once it has produced a token (the others must go on)."""
+    spec = os.environ.get("GROUNDUP_SERVE_FAULT")
+    if not spec:
+        return None
+    bad = int(spec)
+
+    def fault(seq) -> None:
+        if bad in seq.prompt and seq.output:
+            raise RuntimeError(f"fault injected (GROUNDUP_SERVE_FAULT={bad})")
+
+    return fault
+
+
+def main_serve(args: argparse.Namespace) -> int:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise SystemExit("groundup serve needs the server extra: pip install 'groundup[serve]'") from None
+    server = build_server(args)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"warning: serving on {args.host} without --api-key: anyone who reaches it can use it")
+    print(f"serving {server.name} ({', '.join(server._names())}) on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(server.app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
