@@ -81,16 +81,16 @@ def _load(path: str, dtype: str):
 
 
 def _fault():
-    """Fault injection for the server's tests: GROUNDUP_SERVE_FAULT=ID fails, inside its step, every sequence
-    whose prompt holds token ID once it has produced a token (the others must go on)."""
+    """Fault injection for the server's tests: GROUNDUP_SERVE_FAULT=ID,ID,... fails, inside its step, every
+    sequence whose prompt starts with those token ids once it has produced a token (the others must go on)."""
     spec = os.environ.get("GROUNDUP_SERVE_FAULT")
     if not spec:
         return None
-    bad = int(spec)
+    bad = [int(t) for t in spec.split(",")]
 
     def fault(seq) -> None:
-        if bad in seq.prompt and seq.output:
-            raise RuntimeError(f"fault injected (GROUNDUP_SERVE_FAULT={bad})")
+        if seq.prompt[: len(bad)] == bad and seq.output:
+            raise RuntimeError(f"fault injected (GROUNDUP_SERVE_FAULT={spec})")
 
     return fault
 

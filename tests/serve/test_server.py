@@ -21,7 +21,7 @@ from groundup.peft import load_adapter
 
 openai = pytest.importorskip("openai")
 KEY = "test-key"
-FAULT_ID = 7  # GROUNDUP_SERVE_FAULT: a prompt holding this id fails inside its step
+FAULT = [7, 7, 7]  # GROUNDUP_SERVE_FAULT: a prompt starting with these ids fails inside its step
 
 
 def free_port() -> int:
@@ -62,7 +62,7 @@ def server(lm_folder, lm_adapters):
     adapters = [f"--adapter={n}={d}" for n, d in lm_adapters.items() if n != "lora3"]
     proc, url = start([str(lm_folder), *adapters, "--api-key", KEY, "--block-size", "4", "--num-blocks", "40",
                        "--max-seqs", "8", "--max-step-tokens", "24", "--max-requests", "24", "--max-tokens", "64",
-                       "--max-request-bytes", "20000"], env={"GROUNDUP_SERVE_FAULT": str(FAULT_ID)})
+                       "--max-request-bytes", "20000"], env={"GROUNDUP_SERVE_FAULT": ",".join(map(str, FAULT))})
     yield url
     stop(proc)
 
@@ -213,7 +213,7 @@ def test_bad_requests_get_their_status_and_the_server_goes_on(server, client, lo
     assert post({"model": "tiny-lm", "input": "x"}, "/v1/embeddings").status_code == 400  # a decoder
     # an exception inside one request's step: a 500 for it, the others finish
     with ThreadPoolExecutor(3) as pool:
-        bad = pool.submit(post, {"model": "tiny-lm", "prompt": [FAULT_ID, 3, 4], "max_tokens": 8})
+        bad = pool.submit(post, {"model": "tiny-lm", "prompt": [*FAULT, 3, 4], "max_tokens": 8})
         good = [pool.submit(post, {**ok, "max_tokens": 8}) for _ in range(2)]
         assert bad.result().status_code == 500 and "fault injected" in bad.result().json()["error"]["message"]
         assert all(g.result().status_code == 200 for g in good)
@@ -266,3 +266,31 @@ def test_embeddings_from_an_encoder_folder(tmp_path):
         assert httpx.post(url + "/v1/completions", json={"model": "bert", "prompt": "x"}).status_code == 400
     finally:
         stop(proc)
+
+
+def test_lm_eval_local_completions_equals_its_hf_backend(server, lm_folder, monkeypatch):
+    """lm-evaluation-harness scoring a multiple-choice task through the server (echo + logprobs of token-id
+    prompts) reports what its own hf backend reports on the same folder."""
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    from groundup.eval import write_tasks
+
+    tasks = lm_folder.parent / "tasks"
+    write_tasks(tasks)
+    tm = TaskManager(include_path=str(tasks), include_defaults=False)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    common = dict(tasks=["tiny_mc"], num_fewshot=0, limit=12, task_manager=tm, bootstrap_iters=0, log_samples=True)
+    hf = lm_eval.simple_evaluate(model="hf", batch_size=4, **common,
+                                 model_args=f"pretrained={lm_folder},dtype=float32,max_length=150,device=cpu")
+    api = lm_eval.simple_evaluate(model="local-completions", model_args=(
+        f"base_url={server}/v1/completions,model=tiny-lm,tokenizer={lm_folder},tokenizer_backend=huggingface,"
+        "max_length=150,num_concurrent=4,max_retries=1"), **common)
+    for metric in ("acc,none", "acc_norm,none"):
+        assert api["results"]["tiny_mc"][metric] == hf["results"]["tiny_mc"][metric]
+    by_doc = {s["doc_id"]: s for s in hf["samples"]["tiny_mc"]}
+    for s in api["samples"]["tiny_mc"]:
+        want = [r[0] for r in by_doc[s["doc_id"]]["resps"]]
+        got = [r[0] for r in s["resps"]]
+        for (lp_got, greedy_got), (lp_want, greedy_want) in zip(got, want, strict=True):
+            assert float(lp_got) == pytest.approx(float(lp_want), abs=1e-3) and greedy_got == greedy_want
