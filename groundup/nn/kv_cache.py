@@ -189,9 +189,10 @@ class RollingKVCache(_BufferedKVCache):
 
 
 class PagedPool:
-    """One layer's keys and values in fixed-size blocks, [n_blocks + 1, block_size, K, D] each (allocated on the
+    """One layer's keys and values in fixed-size blocks, [n_blocks + 2, block_size, K, D] each (allocated on the
     first write; slot-major, so the pool is one flat [slots, K, D] table of token slots); block ``n_blocks``
-    stays zero and stands for padding. Which block holds which sequence's
+    stays zero and is read for padding, block ``n_blocks + 1`` takes the writes of padding tokens and is never
+    read. Which block holds which sequence's
     tokens is the block manager's business (serve/blocks.py); a forward reads and writes through PagedKVCache."""
 
     def __init__(self, n_blocks: int, block_size: int) -> None:
@@ -200,7 +201,7 @@ class PagedPool:
         self.v: torch.Tensor | None = None
 
     def _allocate(self, k: torch.Tensor) -> None:
-        shape = (self.n_blocks + 1, self.block_size, k.shape[1], k.shape[3])
+        shape = (self.n_blocks + 2, self.block_size, k.shape[1], k.shape[3])
         self.k = k.new_zeros(shape)
         self.v = k.new_zeros(shape)
 
@@ -210,12 +211,17 @@ class PagedBatch:
     ``lens[r]`` positions cached in the blocks of ``tables[r]`` (block ids of a PagedPool layout). Rows are
     right-aligned (left-padded) to the longest, as left-padded prompts are, so every row's new queries sit
     at the same places; the caller's attention mask [B, width + T] hides the padding and its position ids
-    count each row's own tokens. Every row's T new tokens are real."""
+    count each row's own tokens. ``new[r]`` of a row's T new tokens are real (default: all), the first
+    T - new[r] padding (prefill chunks of different lengths in one forward): they write to the scratch block
+    and are read back as the zero block, so the mask [0] * (width - lens[r]) + [1] * lens[r] +
+    [0] * (T - new[r]) + [1] * new[r] hides them."""
 
-    def __init__(self, tables: list[list[int]], lens: list[int], n_blocks: int, block_size: int) -> None:
-        self.tables, self.lens, self.block_size = tables, list(lens), block_size
+    def __init__(self, tables: list[list[int]], lens: list[int], n_blocks: int, block_size: int,
+                 new: list[int] | None = None) -> None:
+        self.tables, self.lens, self.block_size, self.new = tables, list(lens), block_size, new
         self.width = max(lens, default=0)
         self.pad = n_blocks * block_size  # the first slot of the zero block
+        self.scratch = (n_blocks + 1) * block_size  # padding tokens write here
         self._index: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _slots(self, table: list[int], start: int, end: int) -> list[int]:
@@ -227,9 +233,11 @@ class PagedBatch:
         key = (T, device)
         if key not in self._index:
             write, read = [], []
-            for table, n in zip(self.tables, self.lens, strict=True):
-                write += self._slots(table, n, n + T)
-                read += [self.pad] * (self.width - n) + self._slots(table, 0, n + T)
+            for r, (table, n) in enumerate(zip(self.tables, self.lens, strict=True)):
+                c = T if self.new is None else self.new[r]
+                write += [self.scratch] * (T - c) + self._slots(table, n, n + c)
+                read += [self.pad] * (self.width - n) + self._slots(table, 0, n) + [self.pad] * (T - c) + \
+                    self._slots(table, n, n + c)
             self._index[key] = (torch.tensor(write, device=device), torch.tensor(read, device=device))
         return self._index[key]
 

@@ -181,9 +181,10 @@ class Server:
                 task.cancel()
                 for h in handles:
                     self.runner.abort(h.request_id)
-        failed = [s for h in handles for s in h.seqs if s.finish_reason == "error"]
+        failed = [h.error for h in handles if h.error] + [s.error for h in handles for s in h.seqs
+                                                          if s.finish_reason == "error"]
         if failed:
-            raise APIError(500, f"the request failed while decoding: {failed[0].error}", type="server_error")
+            raise APIError(500, f"the request failed while decoding: {failed[0]}", type="server_error")
 
     def _max_tokens(self, params, prompt_len: int, adapter: str | None) -> None:
         """No max_tokens given: what the context leaves (chat), within the server's limit."""
@@ -256,7 +257,7 @@ class Server:
                           f"groundup_{name} {value}"])
 
         if self.runner is not None:
-            m = self.runner.call(self.engine.metrics)
+            m = self.engine.metrics()  # a snapshot without the lock: gauges may be one step apart
             put("queue_length", m["waiting"], "gauge", "sequences waiting for KV blocks or a batch slot")
             put("running_sequences", m["running"], "gauge", "sequences in the running batch")
             put("kv_blocks_used", m["kv_blocks_used"], "gauge", "KV cache blocks held")
@@ -338,7 +339,7 @@ class Server:
         return usage(prompt, sum(len(s.output) for h in handles for s in h.seqs))
 
     def _stream(self, handles, queue: asyncio.Queue, kind: str, model: str, include_usage: bool, delta) -> Response:
-        rid, open_ = new_id("cmpl" if kind == "text_completion" else "chatcmpl"), sum(len(h.seqs) for h in handles)
+        rid, open_ = new_id("cmpl" if kind == "text_completion" else "chatcmpl"), sum(h.open for h in handles)
         by_id = {h.request_id: h for h in handles}
         chunk_kind = kind if kind == "text_completion" else "chat.completion.chunk"
 

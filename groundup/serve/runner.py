@@ -1,8 +1,9 @@
 """The engine on its own thread, fed by asyncio request handlers.
 
-One thread steps the engine while there is work and sleeps when there is none; handlers add requests and
-abort them under one lock (a step holds it, so a request waits at most one step to join), and each request
-gets its sequences' progress as events on an asyncio queue of its own, pushed from the engine thread with
+One thread steps the engine while there is work and sleeps when there is none. Handlers never wait for it:
+they check a request (read-only, in their own thread) and drop it, or an abort, into an inbox that the
+engine thread empties between two steps, so the event loop keeps streaming while a step runs. Each request
+gets its sequences' progress as events on an asyncio queue, pushed from the engine thread with
 ``call_soon_threadsafe``. Events carry what is new since the last one: token ids, text, log-probabilities.
 """
 
@@ -42,6 +43,7 @@ class Handle:
     loop: asyncio.AbstractEventLoop
     sent: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # index -> (tokens, chars, logprobs)
     open: int = 0  # sequences not finished yet
+    error: str | None = None  # the engine refused the request after all
 
     async def events(self) -> AsyncIterator[Event]:
         while self.open:
@@ -63,6 +65,7 @@ class Runner:
         self.ttft_sum, self.ttft_count = 0.0, 0
         self.recent: deque[tuple[float, int]] = deque(maxlen=4096)  # (time, tokens) per step, for tokens/s
         self.errors = 0
+        self.inbox: deque[tuple] = deque()
         self.stopped = False
         self.thread = threading.Thread(target=self._loop, name="groundup-engine", daemon=True)
         self.thread.start()
@@ -75,23 +78,44 @@ class Runner:
                loop: asyncio.AbstractEventLoop, request_id: str, queue: asyncio.Queue | None = None) -> Handle:
         """Queue a request (checked first: ParamError, KeyError); raises OverflowError when full. Its events
         go to ``queue`` (several requests may share one) or to a queue of its own."""
-        with self.lock:
-            if len(self.handles) >= self.max_requests:
-                raise OverflowError(f"{len(self.handles)} requests in flight, the server's limit "
-                                    f"(--max-requests {self.max_requests}): retry later")
-            seqs = self.engine.add(prompt, params, adapter=adapter, request_id=request_id)
-            handle = Handle(request_id, seqs, queue if queue is not None else asyncio.Queue(), loop, open=len(seqs))
-            for s in seqs:
-                handle.sent[s.index] = (0, 0, 0)
-            self.handles[request_id] = handle
+        if len(self.handles) >= self.max_requests:
+            raise OverflowError(f"{len(self.handles)} requests in flight, the server's limit "
+                                f"(--max-requests {self.max_requests}): retry later")
+        self.engine.check(prompt, params, adapter)  # reads the engine's settings only
+        handle = Handle(request_id, [], queue if queue is not None else asyncio.Queue(), loop, open=params.n)
+        self.handles[request_id] = handle
+        self.inbox.append(("add", handle, list(prompt), params, adapter))
         self.wake.set()
         return handle
 
     def abort(self, request_id: str) -> None:
-        """Forget a request whose client went away; its sequences stop and free their blocks now."""
-        with self.lock:
-            if self.handles.pop(request_id, None) is not None:
-                self.engine.abort(request_id)
+        """Forget a request whose client went away; its sequences stop and free their blocks at the next
+        step boundary."""
+        if self.handles.pop(request_id, None) is not None:
+            self.inbox.append(("abort", request_id))
+            self.wake.set()
+
+    def _drain(self) -> None:
+        """Apply the inbox (engine thread, between steps)."""
+        while self.inbox:
+            cmd = self.inbox.popleft()
+            if cmd[0] == "abort":
+                self.engine.abort(cmd[1])
+                continue
+            _, handle, prompt, params, adapter = cmd
+            try:
+                handle.seqs = self.engine.add(prompt, params, adapter=adapter, request_id=handle.request_id)
+            except Exception as e:  # the engine changed since the check (an adapter re-registered ...)
+                handle.error = f"{type(e).__name__}: {e}"
+                self.handles.pop(handle.request_id, None)
+                for i in range(params.n):
+                    ev = Event(handle.request_id, i, [], "", [], "error", handle.error)
+                    handle.loop.call_soon_threadsafe(handle.queue.put_nowait, ev)
+                continue
+            for s in handle.seqs:
+                handle.sent[s.index] = (0, 0, 0)
+            if handle.request_id not in self.handles:  # aborted before it was added
+                self.engine.abort(handle.request_id)
 
     def call(self, fn, *args):
         """Run ``fn(*args)`` between two engine steps (registering an adapter, reading metrics)."""
@@ -105,6 +129,8 @@ class Runner:
 
     def _loop(self) -> None:
         while not self.stopped:
+            with self.lock:
+                self._drain()
             if not self.engine.has_work:
                 self.wake.wait(timeout=0.5)
                 self.wake.clear()

@@ -25,7 +25,7 @@ class CharTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return "".join(chr(97 + i % 26) for i in ids)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, **_) -> list[int]:
         return [ord(c) - 97 for c in text]
 
 

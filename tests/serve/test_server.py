@@ -50,11 +50,14 @@ def start(args: list[str], env: dict | None = None):
 
 
 def stop(proc) -> None:
+    """Stop the server; its log goes to the test's output (shown when a test failed)."""
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        out, _ = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+        out, _ = proc.communicate()
+    print(out.decode(errors="replace")[-5000:])
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +222,8 @@ def test_bad_requests_get_their_status_and_the_server_goes_on(server, client, lo
         assert all(g.result().status_code == 200 for g in good)
     # too many at once: 429 for those past --max-requests 24, nothing lost
     with ThreadPoolExecutor(40) as pool:
-        codes = [f.result().status_code for f in [pool.submit(post, {**ok, "max_tokens": 30}) for _ in range(40)]]
+        long = {**ok, "max_tokens": 64, "ignore_eos": True}  # each stays in flight a while
+        codes = [f.result().status_code for f in [pool.submit(post, long) for _ in range(40)]]
     assert set(codes) <= {200, 429} and 429 in codes and 200 in codes
     # a client that leaves mid-stream: its sequence is stopped and freed at once
     def aborted() -> int:
@@ -228,13 +232,13 @@ def test_bad_requests_get_their_status_and_the_server_goes_on(server, client, lo
 
     before = aborted()
     with httpx.stream("POST", server + "/v1/completions", headers=auth, timeout=60,
-                      json={**ok, "max_tokens": 60, "stream": True, "ignore_eos": True}) as r:
-        next(r.iter_lines())
+                      json={**ok, "max_tokens": 64, "n": 16, "stream": True, "ignore_eos": True}) as r:
+        next(r.iter_lines())  # 16 x 64 tokens: the client leaves long before they are done
     deadline = time.time() + 10
     while time.time() < deadline and "groundup_running_sequences 0" not in httpx.get(server + "/metrics").text:
         time.sleep(0.05)
     assert "groundup_requests_in_flight 0" in httpx.get(server + "/metrics").text
-    assert aborted() == before + 1
+    assert aborted() > before
     # and a normal request still works, token for token
     r = client.completions.create(model="tiny-lm", prompt="hello", max_tokens=5, temperature=0)
     assert r.choices[0].text == tok.decode(alone(model, tok.encode("hello", allowed_special="all"), 5),
