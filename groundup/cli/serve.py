@@ -29,6 +29,11 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--max-tokens", type=int, default=4096, help="the largest max_tokens a request may ask")
     s.add_argument("--max-requests", type=int, default=256, help="requests in flight at most (then 429)")
     s.add_argument("--max-request-bytes", type=int, default=1 << 20, help="request body size limit (then 413)")
+    s.add_argument("--cascade", default=None, metavar="M1,M2,...", help="serve model 'cascade': these served "
+                   "names (NAME or NAME:ADAPTER), cheapest first, each answer kept when its mean token logprob "
+                   "reaches the stage's threshold (fit them with bench/cascade.py)")
+    s.add_argument("--cascade-thresholds", default=None, metavar="T1,...", help="one threshold per stage but "
+                   "the last")
     s.add_argument("--log-level", default="warning")
     s.set_defaults(func=main_serve)
 
@@ -49,8 +54,9 @@ def build_server(args: argparse.Namespace):
         raise SystemExit(f"{args.model}: no such model folder or file")
     if not 0 < args.port < 65536:
         raise SystemExit(f"--port {args.port}: give a port in 1..65535")
-    model, tok = _load(args.model, args.dtype)
     name = args.name or Path(args.model).name.removesuffix(".gguf")
+    cascade = _cascade(args, name, adapters)
+    model, tok = _load(args.model, args.dtype)
     limits = Limits(max_request_bytes=args.max_request_bytes, max_tokens=args.max_tokens,
                     max_requests=args.max_requests)
     if model.config.arch != "causal_lm":
@@ -67,7 +73,26 @@ def build_server(args: argparse.Namespace):
                     kv_bytes=int(args.kv_memory * (1 << 30)), max_seqs=args.max_seqs,
                     max_step_tokens=args.max_step_tokens,
                     prefix_caching=not args.no_prefix_caching, adapters=adapters, fault=_fault())
-    return Server(model, tok, name=name, engine=engine, api_key=args.api_key, limits=limits)
+    return Server(model, tok, name=name, engine=engine, api_key=args.api_key, limits=limits, cascade=cascade)
+
+
+def _cascade(args: argparse.Namespace, name: str, adapters: dict[str, str]) -> list[tuple[str, float]] | None:
+    if not args.cascade:
+        return None
+    stages = [m.strip() for m in args.cascade.split(",") if m.strip()]
+    try:
+        thresholds = [float(t) for t in (args.cascade_thresholds or "").split(",") if t.strip()]
+    except ValueError:
+        raise SystemExit(f"--cascade-thresholds {args.cascade_thresholds!r}: give numbers, e.g. -0.3,-0.6") from None
+    if len(stages) < 2 or len(thresholds) != len(stages) - 1:
+        raise SystemExit(f"--cascade: {len(stages)} stages need {max(1, len(stages) - 1)} --cascade-thresholds "
+                         "(and at least two stages)")
+    for m in stages:
+        base, _, adapter = m.partition(":")
+        if base != name or (adapter and adapter not in adapters):
+            raise SystemExit(f"--cascade: {m!r} is not served here (the model is {name!r}; adapters: "
+                             f"{', '.join(adapters) or 'none'})")
+    return list(zip(stages, [*thresholds, float("-inf")], strict=True))
 
 
 def _load(path: str, dtype: str):

@@ -65,7 +65,7 @@ class Server:
     """The served model (a decoder through an Engine, or an encoder for embeddings) behind the routes."""
 
     def __init__(self, model, tokenizer, *, name: str, engine: Engine | None = None, api_key: str | None = None,
-                 limits: Limits | None = None, cascade=None) -> None:
+                 limits: Limits | None = None, cascade: list[tuple[str, float]] | None = None) -> None:
         self.model, self.tok, self.name, self.api_key = model, tokenizer, name, api_key
         self.limits = limits or Limits()
         self.engine = engine
@@ -78,8 +78,6 @@ class Server:
                   Route("/v1/embeddings", self.embeddings, methods=["POST"]),
                   Route("/v1/adapters", self.add_adapter, methods=["POST"]),
                   Route("/v1/attention", self.attention, methods=["POST"])]
-        if cascade is not None:
-            routes += cascade.routes(self)
         self.app = Starlette(routes=routes, exception_handlers={APIError: self._api_error, Exception: self._crash},
                              lifespan=self._lifespan)
 
@@ -136,8 +134,8 @@ class Server:
         names = [self.name]
         if self.engine is not None:
             names += [f"{self.name}:{a}" for a in self.engine.adapters.names]
-        if self.cascade is not None:
-            names += self.cascade.names()
+        if self.cascade:
+            names.append("cascade")
         return names
 
     def _need_decoder(self) -> Engine:
@@ -284,6 +282,8 @@ class Server:
     async def completions(self, request: Request) -> Response:
         body = await self._body(request)
         engine = self._need_decoder()
+        if body["model"] == "cascade" and self.cascade:
+            return await self._cascade(request, body)
         adapter = self._adapter(body["model"])
         params = sampling(body, chat=False, max_tokens_limit=self.limits.max_tokens)
         raw = prompts_of(body.get("prompt"))
@@ -309,6 +309,44 @@ class Server:
                 choices.append(self._completion_choice(i * n + s.index, s, echo, texts[i], params.logprobs))
         return JSONResponse(envelope("text_completion", new_id("cmpl"), body["model"], choices,
                                      usage=self._usage(handles)))
+
+    async def _cascade(self, request: Request, body: dict) -> Response:
+        """A FrugalGPT cascade over served models (``--cascade``): each prompt goes to the stages in order and
+        the first answer whose mean token log-probability reaches its stage's threshold is returned."""
+        if body.get("stream") or body.get("echo") or (body.get("n") or 1) != 1:
+            raise bad("model", "the cascade answers whole (a later stage may replace an answer): no stream, "
+                      "echo or n > 1")
+        params = sampling(body, chat=False, max_tokens_limit=self.limits.max_tokens)
+        raw = prompts_of(body.get("prompt"))
+        prompts = [self._encode(p) if isinstance(p, str) else list(p) for p in raw]
+        want_lp = params.logprobs
+        params.logprobs = want_lp or 0  # the scorer reads the answer's log-probabilities
+        params.max_tokens = 16 if params.max_tokens == -1 else params.max_tokens
+        check_params(params, self.engine.cfg.vocab_size)
+        chosen: dict[int, tuple[Seq, int, float]] = {}
+        todo = list(range(len(prompts)))
+        for stage, (name, threshold) in enumerate(self.cascade):
+            handles = self.submit([prompts[i] for i in todo], params, self._adapter(name))
+            await self.wait(request, handles)
+            rest = []
+            for i, h in zip(todo, handles, strict=True):
+                s = h.seqs[0]
+                score = sum(lp for lp, _ in s.logprobs) / max(1, len(s.logprobs))
+                if stage == len(self.cascade) - 1 or score >= threshold:
+                    chosen[i] = (s, stage, score)
+                else:
+                    rest.append(i)
+            todo = rest
+            if not todo:
+                break
+        choices = []
+        for i in range(len(prompts)):
+            s, stage, score = chosen[i]
+            c = self._completion_choice(i, s, False, "", want_lp)
+            choices.append({**c, "cascade": {"model": self.cascade[stage][0], "stage": stage, "score": score}})
+        n_out = sum(len(chosen[i][0].output) for i in chosen)
+        return JSONResponse(envelope("text_completion", new_id("cmpl"), "cascade", choices,
+                                     usage=usage(sum(map(len, prompts)), n_out)))
 
     def _echoed(self, s: Seq) -> tuple[list[int], list]:
         """The prompt ids a client sent (a soft prompt's virtual ids dropped) and their log-probabilities."""

@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
-def chain_hashes(tokens: Sequence[int], block_size: int) -> list[int]:
-    """One hash per full block of ``tokens``, each over the tokens of every block up to it."""
-    out, h = [], 0
+def chain_hashes(tokens: Sequence[int], block_size: int, salt: int = 0) -> list[int]:
+    """One hash per full block of ``tokens``, each over the tokens of every block up to it and ``salt`` (what
+    else the keys depend on: a LoRA adapter changes them, so its blocks are never another's)."""
+    out, h = [], salt
     for start in range(0, len(tokens) - block_size + 1, block_size):
         h = hash((h, tuple(tokens[start: start + block_size])))
         out.append(h)
@@ -35,6 +36,7 @@ class _Table:
     blocks: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)  # every token written or about to be
     hashed: int = 0  # leading blocks already registered in the prefix cache
+    salt: int = 0
 
 
 class BlockPool:
@@ -63,38 +65,39 @@ class BlockPool:
     def blocks_needed(self, n_tokens: int) -> int:
         return -(-n_tokens // self.block_size)
 
-    def _cached_prefix(self, prompt: Sequence[int], use_cache: bool = True) -> list[int]:
+    def _cached_prefix(self, prompt: Sequence[int], use_cache: bool = True, salt: int = 0) -> list[int]:
         """Blocks already holding the prompt's leading full blocks (all but the one with its last token)."""
         if not (self.prefix_caching and use_cache):
             return []
         found = []
-        for h in chain_hashes(prompt[: len(prompt) - 1], self.block_size):
+        for h in chain_hashes(prompt[: len(prompt) - 1], self.block_size, salt):
             b = self.cached.get(h)
             if b is None:
                 break
             found.append(b)
         return found
 
-    def can_allocate(self, prompt: Sequence[int], reserve: int = 0, *, use_cache: bool = True) -> bool:
+    def can_allocate(self, prompt: Sequence[int], reserve: int = 0, *, use_cache: bool = True, salt: int = 0) -> bool:
         """Whether ``prompt`` (plus ``reserve`` more tokens) fits now, counting the blocks it would share."""
-        hit = self._cached_prefix(prompt, use_cache)
+        hit = self._cached_prefix(prompt, use_cache, salt)
         idle_hits = sum(1 for b in hit if self.ref[b] == 0)  # shared blocks that sit in the free list
         need = self.blocks_needed(len(prompt) + reserve) - len(hit)
         return need <= len(self.free) - idle_hits
 
     # -- a sequence's life ----------------------------------------------------------------------------------
-    def allocate(self, seq: object, prompt: Sequence[int], *, use_cache: bool = True) -> int:
+    def allocate(self, seq: object, prompt: Sequence[int], *, use_cache: bool = True, salt: int = 0) -> int:
         """Give ``seq`` the blocks of its prompt; returns how many leading tokens are already cached (their
         keys and values need no computing; none with ``use_cache=False``, for a caller that needs every
-        position's logits). Raises MemoryError when the pool cannot hold the prompt."""
+        position's logits). Blocks are shared only between sequences of the same ``salt`` (see chain_hashes).
+        Raises MemoryError when the pool cannot hold the prompt."""
         if seq in self.tables:
             raise ValueError(f"sequence {seq!r} already holds blocks")
         if not prompt:
             raise ValueError("a prompt needs at least one token")
-        if not self.can_allocate(prompt, use_cache=use_cache):
+        if not self.can_allocate(prompt, use_cache=use_cache, salt=salt):
             raise MemoryError(f"{self.blocks_needed(len(prompt))} blocks needed, {len(self.free)} free")
-        table = _Table(tokens=list(prompt))
-        for b in self._cached_prefix(prompt, use_cache):
+        table = _Table(tokens=list(prompt), salt=salt)
+        for b in self._cached_prefix(prompt, use_cache, salt):
             self._take(b)
             table.blocks.append(b)
         self.hits += len(table.blocks)
@@ -121,7 +124,7 @@ class BlockPool:
         table = self.tables[seq]
         if not self.prefix_caching:
             return
-        hashes = chain_hashes(table.tokens[:computed], self.block_size)
+        hashes = chain_hashes(table.tokens[:computed], self.block_size, table.salt)
         for i in range(table.hashed, len(hashes)):
             b, h = table.blocks[i], hashes[i]
             if h not in self.cached:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -225,10 +226,11 @@ class Engine:
             # With others running, a few blocks stay free for their growth, so that admitting one does not
             # preempt another at the next step (vLLM's watermark); alone, a sequence may take them all.
             reserve = self.watermark * self.block_size if self.running else 0
-            if not self.pool.can_allocate(seq.tokens, reserve, use_cache=not fresh):
+            salt = _salt(seq)
+            if not self.pool.can_allocate(seq.tokens, reserve, use_cache=not fresh, salt=salt):
                 break  # first come, first served: nothing overtakes the head of the queue
             self.waiting.popleft()
-            seq.computed = self.pool.allocate(seq, seq.tokens, use_cache=not fresh)
+            seq.computed = self.pool.allocate(seq, seq.tokens, use_cache=not fresh, salt=salt)
             self.stats["cached_tokens"] += seq.computed
             if fresh:
                 seq.prompt_logprobs = []
@@ -414,6 +416,12 @@ class Engine:
         """Gauges and counters for /metrics."""
         return dict(waiting=len(self.waiting), running=len(self.running), kv_blocks_used=self.pool.used_blocks,
                     kv_blocks_total=self.n_blocks, prefix_cache_hits=self.pool.hits, **self.stats)
+
+
+def _salt(seq: Seq) -> int:
+    """What a sequence's cached keys depend on besides its tokens: its LoRA adapter (by name, which a
+    runtime registration does not renumber). A soft prompt is in the tokens already."""
+    return 0 if seq.lora < 0 else zlib.crc32(str(seq.adapter).encode()) + 1
 
 
 def _wants_prompt_logprobs(seq: Seq) -> bool:

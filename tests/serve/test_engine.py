@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from serve_util import CharTokenizer, base
+from serve_util import CharTokenizer, adapter_folders, base  # noqa: F401  (a fixture)
 
 import groundup as gu
 from groundup.peft import load_adapter
@@ -180,3 +180,14 @@ def test_bad_requests_are_named():
     with pytest.raises(ParamError, match="stop strings need a tokenizer"):
         engine.add([1, 2], SamplingParams(stop=["x"]))
     assert not engine.has_work  # nothing half-queued
+
+
+def test_the_prefix_cache_never_serves_one_adapters_keys_to_another(adapter_folders):
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2]  # four full blocks of 4
+    engine = Engine(base(), block_size=4, adapters={"lora1": adapter_folders["lora1"]})
+    plain = engine.run([(prompt, greedy(6))])[0][0]
+    adapted = engine.run([(prompt, greedy(6))], adapters=["lora1"])[0][0]
+    again = engine.run([(prompt, greedy(6))], adapters=["lora1"])[0][0]
+    assert plain.output == alone(base(), prompt, 6)
+    assert adapted.output == again.output == alone(load_adapter(base(), adapter_folders["lora1"]), prompt, 6)
+    assert engine.stats["cached_tokens"] == 16  # only the second lora1 request found its blocks

@@ -15,12 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import torch
+from serve_util import lm_adapters, lm_folder  # noqa: F401  (fixtures)
 
 import groundup as gu
 from groundup.peft import load_adapter
 
 openai = pytest.importorskip("openai")
 KEY = "test-key"
+CASCADE_T = -4.6  # the cascade keeps lora0's answer when its mean token logprob reaches this
 FAULT = [7, 7, 7]  # GROUNDUP_SERVE_FAULT: a prompt starting with these ids fails inside its step
 
 
@@ -65,7 +67,8 @@ def server(lm_folder, lm_adapters):
     adapters = [f"--adapter={n}={d}" for n, d in lm_adapters.items() if n != "lora3"]
     proc, url = start([str(lm_folder), *adapters, "--api-key", KEY, "--block-size", "4", "--num-blocks", "40",
                        "--max-seqs", "8", "--max-step-tokens", "24", "--max-requests", "24", "--max-tokens", "64",
-                       "--max-request-bytes", "20000"], env={"GROUNDUP_SERVE_FAULT": ",".join(map(str, FAULT))})
+                       "--max-request-bytes", "20000", "--cascade", "tiny-lm:lora0,tiny-lm",
+                       "--cascade-thresholds", str(CASCADE_T)], env={"GROUNDUP_SERVE_FAULT": ",".join(map(str, FAULT))})
     yield url
     stop(proc)
 
@@ -91,7 +94,8 @@ TEXTS = ["the quick brown fox", "def add(a, b):", "one two three", "hello world,
 
 def test_models_health_and_metrics(server, client):
     ids = [m.id for m in client.models.list().data]
-    assert ids == ["tiny-lm", "tiny-lm:lora0", "tiny-lm:lora1", "tiny-lm:lora2", "tiny-lm:soft0", "tiny-lm:soft1"]
+    assert ids == ["tiny-lm", "tiny-lm:lora0", "tiny-lm:lora1", "tiny-lm:lora2", "tiny-lm:soft0", "tiny-lm:soft1",
+                   "cascade"]
     assert httpx.get(server + "/health").json()["status"] == "ok"
     text = httpx.get(server + "/metrics").text
     for name in ("queue_length", "running_sequences", "kv_blocks_used", "generation_tokens_per_second",
@@ -298,3 +302,27 @@ def test_lm_eval_local_completions_equals_its_hf_backend(server, lm_folder, monk
         got = [r[0] for r in s["resps"]]
         for (lp_got, greedy_got), (lp_want, greedy_want) in zip(got, want, strict=True):
             assert float(lp_got) == pytest.approx(float(lp_want), abs=1e-3) and greedy_got == greedy_want
+
+
+def test_the_cascade_model_answers_from_the_first_confident_stage(client, local, lm_folder, lm_adapters):
+    model, tok = local
+    small = load_adapter(gu.from_pretrained(lm_folder).eval(), lm_adapters["lora0"])
+
+    def answer(m, ids):  # greedy answer and its mean token log-probability under the model that wrote it
+        out = alone(m, ids, 6)
+        with torch.no_grad():
+            full = torch.log_softmax(m(torch.tensor([ids + out])).float()[0], -1)
+        return out, sum(float(full[len(ids) - 1 + j, t]) for j, t in enumerate(out)) / len(out)
+
+    r = client.completions.create(model="cascade", prompt=TEXTS, max_tokens=6, temperature=0)
+    stages = []
+    for text, choice in zip(TEXTS, r.choices, strict=True):
+        ids = tok.encode(text, allowed_special="all")
+        (out0, s0), (out1, s1) = answer(small, ids), answer(model, ids)
+        stage = 0 if s0 >= CASCADE_T else 1
+        info = choice.model_extra["cascade"]
+        assert info["stage"] == stage and info["model"] == ["tiny-lm:lora0", "tiny-lm"][stage]
+        assert info["score"] == pytest.approx([s0, s1][stage], abs=1e-3)
+        assert choice.text == tok.decode([out0, out1][stage], skip_special_tokens=True)
+        stages.append((stage, round(s0, 2)))
+    assert {st for st, _ in stages} == {0, 1}, stages  # the threshold splits these prompts: both paths ran
