@@ -215,3 +215,26 @@ def hf_encdec_folder(tmp_path_factory: pytest.TempPathFactory):
         return getattr(T, cls_name)(config)
 
     return _saved_models(tmp_path_factory, build, reload=True)
+
+
+LORA_SPECS = [dict(r=2, alpha=4, target_modules=["q_proj", "v_proj"]),
+              dict(r=4, alpha=4, target_modules=["v_proj", "down_proj"]),
+              dict(r=3, alpha=9, target_modules=["o_proj", "up_proj", "q_proj"]),
+              dict(r=1, alpha=2, target_modules=["k_proj", "gate_proj"])]
+
+
+def lora_folders(factory, root, n: int, *, scale: float) -> list:
+    """peft LoRA folders for the model ``factory()`` builds: the first n of LORA_SPECS (different ranks,
+    scalings and target layers), A and B drawn at random times ``scale``."""
+    from groundup.peft import apply_lora, lora_layers, save_adapter
+
+    folders = []
+    for i, spec in enumerate(LORA_SPECS[:n]):
+        model = apply_lora(factory(), **spec)
+        g = torch.Generator().manual_seed(10 + i)
+        with torch.no_grad():
+            for layer in lora_layers(model).values():
+                layer.lora_A.weight.copy_(torch.randn(layer.lora_A.weight.shape, generator=g) * scale)
+                layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=g) * scale)
+        folders.append(save_adapter(model, root / f"task{i}"))
+    return folders

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB
+from conftest import VOCAB, lora_folders
 
 import groundup as gu
-from groundup.peft import apply_lora, load_adapter, lora_layers, save_adapter
+from groundup.peft import load_adapter
 from groundup.peft.multi import LoraBank
 
 ROWS = [[5, 9, 14, 3, 22, 7, 11, 30], [2, 4, 6, 8, 10, 12, 14, 16], [7, 7, 1, 2, 3, 4, 5, 6], [9, 8, 7, 6, 5, 4, 3, 2]]
@@ -23,20 +23,7 @@ def _base() -> gu.CausalLM:
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     """Three adapters of different ranks, scalings and target layers."""
-    root = tmp_path_factory.mktemp("bank")
-    specs = [dict(r=2, alpha=4, target_modules=["q_proj", "v_proj"]),
-             dict(r=4, alpha=4, target_modules=["v_proj", "down_proj"]),
-             dict(r=3, alpha=9, target_modules=["o_proj", "up_proj", "q_proj"])]
-    folders = []
-    for i, spec in enumerate(specs):
-        model = apply_lora(_base(), **spec)
-        g = torch.Generator().manual_seed(10 + i)
-        with torch.no_grad():
-            for layer in lora_layers(model).values():
-                layer.lora_A.weight.copy_(torch.randn(layer.lora_A.weight.shape, generator=g) * 0.3)
-                layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=g) * 0.3)
-        folders.append(save_adapter(model, root / f"task{i}"))
-    return folders
+    return lora_folders(_base, tmp_path_factory.mktemp("bank"), 3, scale=0.3)
 
 
 def test_a_mixed_batch_equals_each_adapter_alone(adapters):

@@ -33,21 +33,11 @@ class CharTokenizer:
 def make_adapters(factory, root) -> dict[str, str]:
     """Four LoRA folders (different ranks and layers) and two soft prompts (3 and 5 virtual tokens) for the
     model ``factory()`` builds, with large random weights so that each changes the output."""
-    from groundup.peft import apply_lora, apply_prompt_tuning, lora_layers, save_adapter
+    from conftest import lora_folders
 
-    specs = [dict(r=2, alpha=4, target_modules=["q_proj", "v_proj"]),
-             dict(r=4, alpha=4, target_modules=["v_proj", "down_proj"]),
-             dict(r=3, alpha=9, target_modules=["o_proj", "up_proj", "q_proj"]),
-             dict(r=1, alpha=2, target_modules=["k_proj", "gate_proj"])]
-    out = {}
-    for i, spec in enumerate(specs):
-        model = apply_lora(factory(), **spec)
-        g = torch.Generator().manual_seed(10 + i)
-        with torch.no_grad():
-            for layer in lora_layers(model).values():
-                layer.lora_A.weight.copy_(torch.randn(layer.lora_A.weight.shape, generator=g) * 0.5)
-                layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=g) * 0.5)
-        out[f"lora{i}"] = str(save_adapter(model, root / f"lora{i}"))
+    from groundup.peft import apply_prompt_tuning, save_adapter
+
+    out = {f"lora{i}": str(f) for i, f in enumerate(lora_folders(factory, root, 4, scale=0.5))}
     for i, n in enumerate((3, 5)):
         model = apply_prompt_tuning(factory(), n)
         with torch.no_grad():
