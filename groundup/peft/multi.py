@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..nn.qlinear import io_shape
-from .io import read_adapter
+from .io import AdapterFile, read_adapter
 from .lora import LoraConfig, Wrapper, set_module, wrap_targets
 
 
@@ -55,10 +55,11 @@ class LoraBank:
     forward passes and generation inside it, adapter 0 for row 0, adapter 2 for row 1 and none for row 2.
     """
 
-    def __init__(self, model: nn.Module, folders: Sequence[str | Path]) -> None:
+    def __init__(self, model: nn.Module, folders: Sequence[str | Path | AdapterFile]) -> None:
         if not folders:
             raise ValueError("LoraBank needs at least one adapter folder")
-        files = [read_adapter(model, f) for f in folders]  # every folder checked before the model changes
+        # every folder checked before the model changes; an AdapterFile (e.g. from combine) is taken as read
+        files = [f if isinstance(f, AdapterFile) else read_adapter(model, f) for f in folders]
         for f in files:
             if f.kind != "LORA":
                 raise ValueError(f"{f.path}: a {f.kind} adapter; LoraBank serves LoRA adapters")
@@ -81,7 +82,7 @@ class LoraBank:
                     A[i, :ri] = f.parts[name]["lora_A"].float()
                     B[i, :, :ri] = f.parts[name]["lora_B"].float() * (f.alpha / ri)
             set_module(model, name, MultiLoraLinear(modules[name], A, B))
-        self.model, self.names = model, [Path(f).name for f in folders]
+        self.model, self.names = model, [f.path.name if isinstance(f, AdapterFile) else Path(f).name for f in folders]
         self.layers = [m for m in model.modules() if isinstance(m, MultiLoraLinear)]
 
     @contextlib.contextmanager
@@ -100,3 +101,26 @@ class LoraBank:
         finally:
             for layer in self.layers:
                 layer.index = None
+
+
+def combine(files: Sequence[AdapterFile], weights: Sequence[float], name: str = "mix") -> AdapterFile:
+    """One LoRA adapter equal to the weighted sum of several: sum_i w_i (alpha_i / r_i) B_i A_i, exactly, as
+    their A stacked along the rank and their B side by side with the scalings folded in (rank = the sum of
+    the ranks, alpha = rank so the scaling is 1). A layer an adapter does not touch gets zeros for it."""
+    if len(files) != len(weights) or not files:
+        raise ValueError(f"{len(files)} adapters and {len(weights)} weights: give one weight per adapter")
+    for f in files:
+        if f.kind != "LORA" or f.saved:
+            raise ValueError(f"{f.path}: only LoRA adapters without modules_to_save can be combined")
+    R = sum(f.r for f in files)
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for layer in sorted({n for f in files for n in f.parts}):
+        some = next(f.parts[layer] for f in files if layer in f.parts)
+        in_f, out_f = some["lora_A"].shape[1], some["lora_B"].shape[0]
+        As, Bs = [], []
+        for f, w in zip(files, weights, strict=True):
+            p = f.parts.get(layer)
+            As.append(p["lora_A"].float() if p else torch.zeros(f.r, in_f))
+            Bs.append(p["lora_B"].float() * (w * f.alpha / f.r) if p else torch.zeros(out_f, f.r))
+        parts[layer] = {"lora_A": torch.cat(As, 0), "lora_B": torch.cat(Bs, 1)}  # [R, in], [out, R]
+    return AdapterFile("LORA", {"r": R, "lora_alpha": R}, parts, set(), Path(name))

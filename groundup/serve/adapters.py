@@ -18,6 +18,7 @@ from ..checkpoint.io import read_json
 from ..peft import AdapterError, LoraBank, MultiLoraLinear, SoftPromptEmbedding, soft_prompt
 from ..peft.io import CONFIG, WEIGHTS, read_adapter
 from ..peft.lora import set_module
+from ..peft.multi import combine
 from ..utils.files import read_safetensors
 
 
@@ -30,6 +31,7 @@ class Adapter:
     kind: str  # "LORA" | "PROMPT_TUNING"
     index: int  # the LoraBank row, or the soft prompt task
     prompt: torch.Tensor | None = None  # a soft prompt's embeddings [n, C]
+    mix: list[tuple[Path, float]] | None = None  # a weighted sum of LoRA adapters: (folder, weight) each
 
     @property
     def virtual(self) -> int:
@@ -61,10 +63,10 @@ class Adapters:
             raise AdapterError(f"{folder}: not a peft adapter folder (no {CONFIG})")
         kind = read_json(folder / CONFIG).get("peft_type")
         if kind == "LORA":
-            read_adapter(self.model, folder)  # checks every tensor; the bank reads it again when rebuilt
+            self._check_lora(folder)
             lora = [a for a in self.by_name.values() if a.kind == "LORA"]
             adapter = Adapter(name, folder, kind, len(lora))
-            self._rebuild_bank([*[a.folder for a in lora], folder])
+            self._rebuild_bank([*lora, adapter])
         elif kind == "PROMPT_TUNING":
             adapter = self._prompt(name, folder)
         else:
@@ -84,11 +86,55 @@ class Adapters:
         tasks = sum(1 for a in self.by_name.values() if a.kind == "PROMPT_TUNING")
         return Adapter(name, folder, "PROMPT_TUNING", tasks, prompt=t)
 
-    def _rebuild_bank(self, folders: list[Path]) -> None:
-        for name, module in list(self.model.named_modules()):
-            if isinstance(module, MultiLoraLinear):
-                set_module(self.model, name, module.base_layer)
-        self.bank = LoraBank(self.model, folders)
+    def mix(self, spec: str) -> str:
+        """The adapter ``spec`` = "a@0.7+b@0.3" (weights default to 1): the weighted sum of registered LoRA
+        adapters as one more row of the bank (peft.multi.combine), made on first use; returns its name."""
+        if spec in self.by_name:
+            return spec
+        terms = []
+        for term in spec.split("+"):
+            name, _, w = term.partition("@")
+            a = self.get(name)
+            if a.kind != "LORA" or a.mix is not None:
+                raise ValueError(f"adapter {name!r} in {spec!r}: only registered LoRA folders can be mixed")
+            try:
+                weight = float(w) if w else 1.0
+            except ValueError:
+                raise ValueError(f"adapter mix {spec!r}: {w!r} is not a weight (write name@0.5)") from None
+            terms.append((a.folder, weight))
+        if len(terms) < 2:
+            raise ValueError(f"adapter mix {spec!r}: name two or more adapters, a@w+b@w")
+        lora = [a for a in self.by_name.values() if a.kind == "LORA"]
+        adapter = Adapter(spec, Path(spec), "LORA", len(lora), mix=terms)
+        self._rebuild_bank([*lora, adapter])
+        self.by_name[spec] = adapter
+        return spec
+
+    def _check_lora(self, folder: Path) -> None:
+        """read_adapter's checks, against the unwrapped layers (the bank has wrapped them)."""
+        wrapped = self._unwrap()
+        try:
+            read_adapter(self.model, folder)
+        finally:
+            for name, module in wrapped:
+                set_module(self.model, name, module)
+
+    def _unwrap(self) -> list[tuple[str, MultiLoraLinear]]:
+        wrapped = [(n, m) for n, m in self.model.named_modules() if isinstance(m, MultiLoraLinear)]
+        for name, module in wrapped:
+            set_module(self.model, name, module.base_layer)
+        return wrapped
+
+    def _rebuild_bank(self, adapters: list[Adapter]) -> None:
+        self._unwrap()
+        sources = []
+        for a in adapters:  # read against the unwrapped model; a mix is combined from its folders
+            if a.mix is None:
+                sources.append(a.folder)
+            else:
+                files = [read_adapter(self.model, f) for f, _ in a.mix]
+                sources.append(combine(files, [w for _, w in a.mix], a.name))
+        self.bank = LoraBank(self.model, sources)
 
     def _rebuild_prompts(self) -> None:
         """One SoftPromptEmbedding over every soft prompt: task t's ids start at vocab + t * n_max; a shorter

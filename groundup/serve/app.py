@@ -125,10 +125,23 @@ class Server:
         if base != self.name:
             raise APIError(404, f"model {model!r} is not served here (served: {', '.join(self._names())})",
                            code="model_not_found", param="model")
-        if adapter and (self.engine is None or adapter not in self.engine.adapters.names):
+        if adapter and (self.engine is None or (adapter not in self.engine.adapters.names and "+" not in adapter)):
             raise APIError(404, f"adapter {adapter!r} is not registered (model {model!r}); see /v1/models",
                            code="model_not_found", param="model")
         return adapter or None
+
+    async def _resolve(self, model: str) -> str | None:
+        """_adapter, and a mix "base:a@0.7+b@0.3" of registered LoRA adapters built on first use (between two
+        engine steps); 404 names an unknown part, 400 a malformed mix."""
+        adapter = self._adapter(model)
+        if adapter is not None and "+" in adapter:
+            try:
+                await asyncio.to_thread(self.runner.call, self.engine.adapters.mix, adapter)
+            except KeyError as e:
+                raise APIError(404, str(e.args[0]), code="model_not_found", param="model") from None
+            except ValueError as e:
+                raise bad("model", str(e)) from None
+        return adapter
 
     def _names(self) -> list[str]:
         names = [self.name]
@@ -284,7 +297,7 @@ class Server:
         engine = self._need_decoder()
         if body["model"] == "cascade" and self.cascade:
             return await self._cascade(request, body)
-        adapter = self._adapter(body["model"])
+        adapter = await self._resolve(body["model"])
         params = sampling(body, chat=False, max_tokens_limit=self.limits.max_tokens)
         raw = prompts_of(body.get("prompt"))
         if len(raw) > self.limits.max_prompts:
@@ -414,7 +427,7 @@ class Server:
     async def chat(self, request: Request) -> Response:
         body = await self._body(request)
         engine = self._need_decoder()
-        adapter = self._adapter(body["model"])
+        adapter = await self._resolve(body["model"])
         messages = _messages(body.get("messages"))
         try:
             ids = self.tok.apply_chat_template(messages, add_generation_prompt=True)

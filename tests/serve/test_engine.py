@@ -191,3 +191,27 @@ def test_the_prefix_cache_never_serves_one_adapters_keys_to_another(adapter_fold
     assert plain.output == alone(base(), prompt, 6)
     assert adapted.output == again.output == alone(load_adapter(base(), adapter_folders["lora1"]), prompt, 6)
     assert engine.stats["cached_tokens"] == 16  # only the second lora1 request found its blocks
+
+
+def test_a_weighted_mix_of_adapters_in_one_request(adapter_folders):
+    """"lora0@0.5+lora2@-1.5" decodes as the base with 0.5 x lora0's update and -1.5 x lora2's merged in."""
+    from groundup.peft import merge_and_unload
+
+    engine = Engine(base(), adapters={n: adapter_folders[n] for n in ("lora0", "lora1", "lora2")})
+    spec = engine.adapters.mix("lora0@0.5+lora2@-1.5")
+    mixed, single = engine.run([(PROMPTS[1], greedy(8)), (PROMPTS[1], greedy(8))], adapters=[spec, "lora1"])
+    ref = base()
+    ref_w = dict(ref.named_parameters())
+    plain = dict(base().named_parameters())
+    with torch.no_grad():
+        for name, w in (("lora0", 0.5), ("lora2", -1.5)):
+            merged = dict(merge_and_unload(load_adapter(base(), adapter_folders[name])).named_parameters())
+            for k, p in merged.items():
+                ref_w[k] += w * (p - plain[k])
+    assert mixed[0].output == alone(ref, PROMPTS[1], 8)
+    assert single[0].output == alone(load_adapter(base(), adapter_folders["lora1"]), PROMPTS[1], 8)
+    assert mixed[0].output != alone(base(), PROMPTS[1], 8)
+    with pytest.raises(KeyError, match="unknown adapter 'nope'"):
+        engine.adapters.mix("lora0+nope")
+    with pytest.raises(ValueError, match="name two or more"):
+        engine.adapters.mix("lora0@2")

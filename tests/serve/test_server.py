@@ -179,6 +179,13 @@ def test_adapters_mixed_in_one_batch_equal_each_alone(client, local, lm_folder, 
         virtual = m.embed.prompt_ids() if name and name.startswith("soft") else []
         assert text == tok.decode(alone(m, virtual + ids, 8), skip_special_tokens=True), name
     assert len(set(got)) == len(names)
+    # several adapters with weights in one request: a mix built on first use, 1 x lora0 + 0 x lora1 = lora0
+    mix = client.completions.create(model="tiny-lm:lora0@1+lora1@0", prompt=ids, max_tokens=8, temperature=0)
+    assert mix.choices[0].text == got[1]
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="tiny-lm:lora0+nope", prompt=ids, max_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="tiny-lm:lora0+soft0", prompt=ids, max_tokens=2)
 
 
 def test_an_adapter_registered_at_runtime(server, client, local, lm_folder, lm_adapters):
