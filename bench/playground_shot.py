@@ -10,13 +10,12 @@ dependency). Not part of `make test`: installing a browser is too heavy for CI.
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serve import free_port, start  # bench/serve.py: a groundup serve subprocess on a free port
 
 
 def main() -> None:
@@ -33,18 +32,11 @@ def main() -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "groundup", "serve", args.model, "--port", str(port)])
+    port = free_port()
+    server = start([sys.executable, "-m", "groundup", "serve", args.model, "--port", str(port)], port,
+                   Path("/tmp/playground_shot_server.log"))
     url = f"http://127.0.0.1:{port}/"
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(url + "health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
         opts = webdriver.ChromeOptions()
         opts.binary_location = args.chromium
         for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"):

@@ -56,7 +56,9 @@ def build_server(args: argparse.Namespace):
         raise SystemExit(f"--port {args.port}: give a port in 1..65535")
     name = args.name or Path(args.model).name.removesuffix(".gguf")
     cascade = _cascade(args, name, adapters)
-    model, tok = _load(args.model, args.dtype)
+    from ..eval.run import load_model
+
+    model, tok, _ = load_model(args.model, args.dtype)
     limits = Limits(max_request_bytes=args.max_request_bytes, max_tokens=args.max_tokens,
                     max_requests=args.max_requests)
     if model.config.arch != "causal_lm":
@@ -93,16 +95,6 @@ def _cascade(args: argparse.Namespace, name: str, adapters: dict[str, str]) -> l
             raise SystemExit(f"--cascade: {m!r} is not served here (the model is {name!r}; adapters: "
                              f"{', '.join(adapters) or 'none'})")
     return list(zip(stages, [*thresholds, float("-inf")], strict=True))
-
-
-def _load(path: str, dtype: str):
-    from ..checkpoint.hf import from_pretrained
-    from ..eval.run import DTYPES
-    from ..tokenizer import Tokenizer
-
-    model = from_pretrained(path, dtype=DTYPES[dtype])
-    tok = Tokenizer.from_file(path) if path.endswith(".gguf") else Tokenizer.from_pretrained(path)
-    return model.eval(), tok
 
 
 def _fault():

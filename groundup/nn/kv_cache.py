@@ -224,6 +224,14 @@ class PagedBatch:
         self.scratch = (n_blocks + 1) * block_size  # padding tokens write here
         self._index: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def key_mask(self, T: int, device: torch.device) -> torch.Tensor | None:
+        """The attention mask [B, width + T] of this layout (1 = a real key), or None when no row is padded."""
+        new = self.new or [T] * len(self.lens)
+        if all(n == self.width for n in self.lens) and all(c == T for c in new):
+            return None
+        return torch.tensor([[0] * (self.width - n) + [1] * n + [0] * (T - c) + [1] * c
+                             for n, c in zip(self.lens, new, strict=True)], device=device)
+
     def _slots(self, table: list[int], start: int, end: int) -> list[int]:
         bs = self.block_size
         return [table[p // bs] * bs + p % bs for p in range(start, end)]

@@ -8,6 +8,7 @@ at runtime rebuilds the bank between engine steps; the base weights are never co
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,6 @@ class Adapters:
             raise AdapterError(f"{folder}: not a peft adapter folder (no {CONFIG})")
         kind = read_json(folder / CONFIG).get("peft_type")
         if kind == "LORA":
-            self._check_lora(folder)
             lora = [a for a in self.by_name.values() if a.kind == "LORA"]
             adapter = Adapter(name, folder, kind, len(lora))
             self._rebuild_bank([*lora, adapter])
@@ -110,15 +110,6 @@ class Adapters:
         self.by_name[spec] = adapter
         return spec
 
-    def _check_lora(self, folder: Path) -> None:
-        """read_adapter's checks, against the unwrapped layers (the bank has wrapped them)."""
-        wrapped = self._unwrap()
-        try:
-            read_adapter(self.model, folder)
-        finally:
-            for name, module in wrapped:
-                set_module(self.model, name, module)
-
     def _unwrap(self) -> list[tuple[str, MultiLoraLinear]]:
         wrapped = [(n, m) for n, m in self.model.named_modules() if isinstance(m, MultiLoraLinear)]
         for name, module in wrapped:
@@ -126,15 +117,20 @@ class Adapters:
         return wrapped
 
     def _rebuild_bank(self, adapters: list[Adapter]) -> None:
-        self._unwrap()
-        sources = []
-        for a in adapters:  # read against the unwrapped model; a mix is combined from its folders
-            if a.mix is None:
-                sources.append(a.folder)
-            else:
-                files = [read_adapter(self.model, f) for f, _ in a.mix]
-                sources.append(combine(files, [w for _, w in a.mix], a.name))
-        self.bank = LoraBank(self.model, sources)
+        """A new LoraBank over ``adapters`` (each folder read and checked once, against the unwrapped
+        layers; a mix combined from its folders). On any error the old bank is put back."""
+        wrapped = self._unwrap()
+        try:
+            files = [read_adapter(self.model, a.folder) if a.mix is None else
+                     combine([read_adapter(self.model, f) for f, _ in a.mix], [w for _, w in a.mix], a.name)
+                     for a in adapters]
+            bank = LoraBank(self.model, files)
+        except Exception:
+            self._unwrap()
+            for name, module in wrapped:
+                set_module(self.model, name, module)
+            raise
+        self.bank = bank
 
     def _rebuild_prompts(self) -> None:
         """One SoftPromptEmbedding over every soft prompt: task t's ids start at vocab + t * n_max; a shorter
@@ -148,6 +144,10 @@ class Adapters:
                 soft.prompt_embeddings[a.index * n: a.index * n + a.virtual] = a.prompt.to(soft.prompt_embeddings)
         soft.requires_grad_(False)
         self.model.embed = soft
+
+    def rows(self, loras: list[int]) -> contextlib.AbstractContextManager:
+        """LoraBank.rows for a batch (one bank row per batch row, -1: the base), or nothing without LoRA."""
+        return self.bank.rows(loras) if self.bank is not None else contextlib.nullcontext()
 
     def prefix(self, name: str | None) -> list[int]:
         """The ids to put before a prompt for adapter ``name`` (a soft prompt's virtual ids; else none)."""

@@ -28,8 +28,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .cascade import mean_logprob
 from .engine import Engine, Seq
-from .params import ParamError
 from .protocol import (
     APIError,
     bad,
@@ -41,6 +41,7 @@ from .protocol import (
     envelope,
     new_id,
     prompts_of,
+    request_error,
     sampling,
     usage,
 )
@@ -104,6 +105,11 @@ class Server:
                            code="invalid_api_key")
 
     async def _body(self, request: Request) -> dict:
+        """An OpenAI request body: authorised, size-bounded JSON whose fields are all known (see _json)."""
+        return check_fields(await self._json(request))
+
+    async def _json(self, request: Request) -> Any:
+        """The request's JSON after the API key check, read no further than --max-request-bytes (413)."""
         self._auth(request)
         limit = self.limits.max_request_bytes
         declared = request.headers.get("content-length")
@@ -115,7 +121,7 @@ class Server:
             if len(data) > limit:
                 raise APIError(413, f"the request body is over the server's limit of {limit} bytes")
         try:
-            return check_fields(json.loads(bytes(data)))
+            return json.loads(bytes(data))
         except json.JSONDecodeError as e:
             raise APIError(400, f"the body is not valid JSON: {e}") from None
 
@@ -137,10 +143,8 @@ class Server:
         if adapter is not None and "+" in adapter:
             try:
                 await asyncio.to_thread(self.runner.call, self.engine.adapters.mix, adapter)
-            except KeyError as e:
-                raise APIError(404, str(e.args[0]), code="model_not_found", param="model") from None
-            except ValueError as e:
-                raise bad("model", str(e)) from None
+            except (KeyError, ValueError) as e:
+                raise request_error(e, param="model") from None
         return adapter
 
     def _names(self) -> list[str]:
@@ -165,14 +169,10 @@ class Server:
         try:
             for ids in prompts:
                 handles.append(self.runner.submit(ids, copy.deepcopy(params), adapter, loop, new_id("seq"), queue))
-        except (ParamError, KeyError, OverflowError) as e:
+        except (ValueError, KeyError, OverflowError) as e:  # ParamError is a ValueError
             for h in handles:
                 self.runner.abort(h.request_id)
-            if isinstance(e, ParamError):
-                raise bad(e.field, str(e).split(": ", 1)[1]) from None
-            if isinstance(e, KeyError):
-                raise APIError(404, str(e.args[0]), code="model_not_found", param="model") from None
-            raise APIError(429, str(e), type="rate_limit_error") from None
+            raise request_error(e, param="model") from None
         return handles
 
     async def wait(self, request: Request, handles) -> None:
@@ -226,23 +226,18 @@ class Server:
         return JSONResponse({"id": f"{self.name}:{a.name}", "object": "model", "kind": a.kind})
 
     async def _adapter_body(self, request: Request) -> dict:
-        self._auth(request)
-        try:
-            body = json.loads(await request.body())
-        except json.JSONDecodeError as e:
-            raise APIError(400, f"the body is not valid JSON: {e}") from None
+        body = await self._json(request)
         if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(body.get("path"), str):
             raise APIError(400, 'give {"name": ..., "path": "<a peft adapter folder on the server>"}')
         return body
 
     async def attention(self, request: Request) -> Response:
         """One head's attention probabilities over a text (the playground's heatmap): tokens and [T][T]."""
-        self._auth(request)
+        body = await self._json(request)
         engine = self._need_decoder()
         try:
-            body = json.loads(await request.body())
             text, layer, head = body["text"], int(body.get("layer", 0)), int(body.get("head", 0))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):
             raise APIError(400, 'give {"text": ..., "layer": L, "head": H}') from None
         cfg = engine.cfg
         if not isinstance(text, str) or not text:
@@ -312,8 +307,9 @@ class Server:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             queue: asyncio.Queue = asyncio.Queue()
             handles = self.submit(prompts, params, adapter, queue)
+            order = {h.request_id: i for i, h in enumerate(handles)}
             return self._stream(handles, queue, "text_completion", body["model"], include_usage,
-                                lambda h, ev, first: self._completion_delta(h, ev, first, echo, texts, handles))
+                                lambda h, ev, first: self._completion_delta(h, ev, first, echo, texts, order))
         handles = self.submit(prompts, params, adapter)
         await self.wait(request, handles)
         choices = []
@@ -344,7 +340,7 @@ class Server:
             rest = []
             for i, h in zip(todo, handles, strict=True):
                 s = h.seqs[0]
-                score = sum(lp for lp, _ in s.logprobs) / max(1, len(s.logprobs))
+                score = mean_logprob([lp for lp, _ in s.logprobs])
                 if stage == len(self.cascade) - 1 or score >= threshold:
                     chosen[i] = (s, stage, score)
                 else:
@@ -373,8 +369,9 @@ class Server:
             lp = completion_logprobs(self.tok, ids + s.output, list(entries) + s.logprobs, 0)
         return {"index": index, "text": text, "logprobs": lp, "finish_reason": _reason(s)}
 
-    def _completion_delta(self, h, ev: Event, first: bool, echo: bool, texts: list[str], handles) -> dict:
-        i = handles.index(h)
+    def _completion_delta(self, h, ev: Event, first: bool, echo: bool, texts: list[str],
+                          order: dict[str, int]) -> dict:
+        i = order[h.request_id]  # which prompt of the request
         s = h.seqs[ev.index]
         text, lp = ev.text, None
         if echo and first:

@@ -19,12 +19,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
+def next_hash(previous: int, block: Sequence[int]) -> int:
+    """The chained hash of a full block: its tokens and the hash of every block before it."""
+    return hash((previous, tuple(block)))
+
+
 def chain_hashes(tokens: Sequence[int], block_size: int, salt: int = 0) -> list[int]:
     """One hash per full block of ``tokens``, each over the tokens of every block up to it and ``salt`` (what
     else the keys depend on: a LoRA adapter changes them, so its blocks are never another's)."""
     out, h = [], salt
     for start in range(0, len(tokens) - block_size + 1, block_size):
-        h = hash((h, tuple(tokens[start: start + block_size])))
+        h = next_hash(h, tokens[start: start + block_size])
         out.append(h)
     return out
 
@@ -35,7 +40,7 @@ class _Table:
 
     blocks: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)  # every token written or about to be
-    hashed: int = 0  # leading blocks already registered in the prefix cache
+    hashes: list[int] = field(default_factory=list)  # chained hashes of the leading blocks known to the cache
     salt: int = 0
 
 
@@ -65,47 +70,54 @@ class BlockPool:
     def blocks_needed(self, n_tokens: int) -> int:
         return -(-n_tokens // self.block_size)
 
-    def _cached_prefix(self, prompt: Sequence[int], use_cache: bool = True, salt: int = 0) -> list[int]:
-        """Blocks already holding the prompt's leading full blocks (all but the one with its last token)."""
+    def _cached_prefix(self, prompt: Sequence[int], use_cache: bool, salt: int) -> tuple[list[int], list[int]]:
+        """(hashes, blocks) of the prompt's leading full blocks already in the cache (never the block with
+        its last token, whose logits start the answer); hashing stops at the first miss."""
+        hashes: list[int] = []
+        blocks: list[int] = []
         if not (self.prefix_caching and use_cache):
-            return []
-        found = []
-        for h in chain_hashes(prompt[: len(prompt) - 1], self.block_size, salt):
+            return hashes, blocks
+        h, bs = salt, self.block_size
+        for start in range(0, len(prompt) - bs, bs):  # full blocks of prompt[:-1]
+            h = next_hash(h, prompt[start: start + bs])
             b = self.cached.get(h)
             if b is None:
                 break
-            found.append(b)
-        return found
+            hashes.append(h)
+            blocks.append(b)
+        return hashes, blocks
+
+    def _fits(self, hit: list[int], n_tokens: int) -> bool:
+        idle_hits = sum(1 for b in hit if self.ref[b] == 0)  # shared blocks that sit in the free list
+        return self.blocks_needed(n_tokens) - len(hit) <= len(self.free) - idle_hits
 
     def can_allocate(self, prompt: Sequence[int], reserve: int = 0, *, use_cache: bool = True, salt: int = 0) -> bool:
         """Whether ``prompt`` (plus ``reserve`` more tokens) fits now, counting the blocks it would share."""
-        hit = self._cached_prefix(prompt, use_cache, salt)
-        idle_hits = sum(1 for b in hit if self.ref[b] == 0)  # shared blocks that sit in the free list
-        need = self.blocks_needed(len(prompt) + reserve) - len(hit)
-        return need <= len(self.free) - idle_hits
+        return self._fits(self._cached_prefix(prompt, use_cache, salt)[1], len(prompt) + reserve)
 
     # -- a sequence's life ----------------------------------------------------------------------------------
-    def allocate(self, seq: object, prompt: Sequence[int], *, use_cache: bool = True, salt: int = 0) -> int:
+    def allocate(self, seq: object, prompt: Sequence[int], *, reserve: int = 0, use_cache: bool = True,
+                 salt: int = 0) -> int:
         """Give ``seq`` the blocks of its prompt; returns how many leading tokens are already cached (their
         keys and values need no computing; none with ``use_cache=False``, for a caller that needs every
         position's logits). Blocks are shared only between sequences of the same ``salt`` (see chain_hashes).
-        Raises MemoryError when the pool cannot hold the prompt."""
+        Raises MemoryError, changing nothing, when the pool cannot hold the prompt plus ``reserve`` tokens."""
         if seq in self.tables:
             raise ValueError(f"sequence {seq!r} already holds blocks")
         if not prompt:
             raise ValueError("a prompt needs at least one token")
-        if not self.can_allocate(prompt, use_cache=use_cache, salt=salt):
-            raise MemoryError(f"{self.blocks_needed(len(prompt))} blocks needed, {len(self.free)} free")
-        table = _Table(tokens=list(prompt), salt=salt)
-        for b in self._cached_prefix(prompt, use_cache, salt):
+        hashes, hit = self._cached_prefix(prompt, use_cache, salt)
+        if not self._fits(hit, len(prompt) + reserve):
+            raise MemoryError(f"{self.blocks_needed(len(prompt) + reserve)} blocks needed, {len(self.free)} free")
+        table = _Table(tokens=list(prompt), hashes=hashes, salt=salt)
+        for b in hit:
             self._take(b)
             table.blocks.append(b)
-        self.hits += len(table.blocks)
-        table.hashed = len(table.blocks)
+        self.hits += len(hit)
         while len(table.blocks) < self.blocks_needed(len(prompt)):
             table.blocks.append(self._take(None))
         self.tables[seq] = table
-        return len(table.blocks[: table.hashed]) * self.block_size
+        return len(hit) * self.block_size
 
     def append(self, seq: object, token: int) -> bool:
         """Room for one more token of ``seq`` (a new block when its last one is full); False when the pool
@@ -124,12 +136,12 @@ class BlockPool:
         table = self.tables[seq]
         if not self.prefix_caching:
             return
-        hashes = chain_hashes(table.tokens[:computed], self.block_size, table.salt)
-        for i in range(table.hashed, len(hashes)):
-            b, h = table.blocks[i], hashes[i]
+        bs = self.block_size
+        for i in range(len(table.hashes), computed // bs):  # only the blocks filled since the last commit
+            h = next_hash(table.hashes[-1] if table.hashes else table.salt, table.tokens[i * bs: (i + 1) * bs])
+            table.hashes.append(h)
             if h not in self.cached:
-                self.cached[h], self.hash_of[b] = b, h
-        table.hashed = max(table.hashed, len(hashes))
+                self.cached[h], self.hash_of[table.blocks[i]] = table.blocks[i], h
 
     def release(self, seq: object) -> None:
         """``seq`` is finished or preempted: its blocks return to the pool (still findable by their hash

@@ -37,6 +37,11 @@ class Answer:
     tokens: list[int] | None = None
 
 
+def mean_logprob(logprobs: Sequence[float]) -> float:
+    """The cascade's default score of an answer: its mean token log-probability (-inf for no token)."""
+    return sum(logprobs) / len(logprobs) if logprobs else -math.inf
+
+
 class EngineStage:
     """A model behind an Engine as a cascade stage: greedy answers, scored by their mean token log-probability.
 
@@ -60,7 +65,7 @@ class EngineStage:
         out = []
         for prompt_ids, (s,) in zip(ids, seqs, strict=True):
             lps = [lp for lp, _ in s.logprobs]
-            out.append(Answer(s.text, sum(lps) / len(lps) if lps else -math.inf,
+            out.append(Answer(s.text, mean_logprob(lps),
                               self.cost_per_token * (len(prompt_ids) + len(s.output)), lps, list(s.output)))
         return out
 

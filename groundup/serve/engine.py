@@ -8,9 +8,10 @@ never stalls the sequences already streaming for more than one chunk.
 
 Memory is a pool of fixed-size blocks (serve/blocks.py, keys and values in nn/kv_cache.PagedPool): a request
 is admitted only when its prompt's blocks are free, shared prompt prefixes are read from the prefix cache
-instead of computed, and when a growing sequence finds no free block the most recently admitted one is
-preempted: its blocks go back and it is recomputed later (Kwon et al., 2023, vLLM's recompute policy). Its
-tokens so far are kept, so its output is unchanged.
+instead of computed (every full block is registered as it fills, generated ones too, so a preempted
+sequence often finds its own blocks again), and when a growing sequence finds no free block the most
+recently admitted one is preempted: its blocks go back and it is recomputed later (Kwon et al., 2023,
+vLLM's recompute policy). Its tokens so far are kept, so its output is unchanged.
 
 Each sequence samples with its own settings through generate/sampling.py, exactly as gu.generate does for
 one row; each row of a batch may use its own LoRA adapter or soft prompt (serve/adapters.py).
@@ -199,9 +200,9 @@ class Engine:
         decode, prefill = self._schedule()
         changed: list[Seq] = []
         if decode:
-            changed += self._forward_decode(decode)
+            changed += self._forward([(s, 1) for s in decode])
         for group in _prefill_groups(prefill):
-            changed += self._forward_prefill_group(group)
+            changed += self._forward(group)
         self.stats["steps"] += 1
         return changed
 
@@ -226,11 +227,12 @@ class Engine:
             # With others running, a few blocks stay free for their growth, so that admitting one does not
             # preempt another at the next step (vLLM's watermark); alone, a sequence may take them all.
             reserve = self.watermark * self.block_size if self.running else 0
-            salt = _salt(seq)
-            if not self.pool.can_allocate(seq.tokens, reserve, use_cache=not fresh, salt=salt):
+            try:
+                seq.computed = self.pool.allocate(seq, seq.tokens, reserve=reserve, use_cache=not fresh,
+                                                  salt=_salt(seq))
+            except MemoryError:
                 break  # first come, first served: nothing overtakes the head of the queue
             self.waiting.popleft()
-            seq.computed = self.pool.allocate(seq, seq.tokens, use_cache=not fresh, salt=salt)
             self.stats["cached_tokens"] += seq.computed
             if fresh:
                 seq.prompt_logprobs = []
@@ -260,76 +262,36 @@ class Engine:
         self.waiting.appendleft(seq)
         self.stats["preemptions"] += 1
 
-    def _cache(self, seqs: list[Seq], new: list[int] | None = None) -> DecoderCache:
-        batch = PagedBatch([self.pool.block_table(s) for s in seqs], [s.computed for s in seqs], self.n_blocks,
-                           self.block_size, new)
-        return DecoderCache([BlockCache(self_kv=PagedKVCache(p, batch)) for p in self.layers])
-
-    def _run(self, seqs: list[Seq], ids: torch.Tensor, new: list[int] | None = None, **kwargs) -> torch.Tensor:
-        if self.fault is not None:
-            for s in seqs:
-                self.fault(s)
-        bank = self.adapters.bank
-        with torch.no_grad(), trusted_inputs():
-            if bank is None:
-                return self.model(ids, cache=self._cache(seqs, new), **kwargs)
-            with bank.rows([s.lora for s in seqs]):
-                return self.model(ids, cache=self._cache(seqs, new), **kwargs)
-
-    def _forward_decode(self, seqs: list[Seq]) -> list[Seq]:
-        width = max(s.computed for s in seqs)
-        mask = torch.tensor([[0] * (width - s.computed) + [1] * (s.computed + 1) for s in seqs], device=self.device)
-        ids = torch.tensor([[s.tokens[-1]] for s in seqs], device=self.device)
-        pos = torch.tensor([[s.computed] for s in seqs], device=self.device)
-        try:
-            logits = self._run(seqs, ids, attention_mask=mask, position_ids=pos)[:, -1].float()  # [B, V]
-        except Exception as e:  # one request's failure must not stop the others
-            if len(seqs) == 1:
-                self._fail(seqs[0], e)
-                return seqs
-            # find the failing row by running each alone (they rewrite the same cache slots)
-            return [c for s in seqs for c in self._forward_decode([s])]
-        for r, s in enumerate(seqs):
-            s.computed += 1
-            self._guard(s, self._sample, s, logits[r])
-        return seqs
-
-    def _forward_prefill_group(self, group: list[tuple[Seq, int]]) -> list[Seq]:
-        """Prefill chunks of several sequences in one forward, each left-padded to the longest chunk (a
-        product of many rows runs far faster per token on a CPU than one per sequence)."""
-        if len(group) == 1:
-            return self._forward_prefill(*group[0])
+    def _forward(self, group: list[tuple[Seq, int]]) -> list[Seq]:
+        """One forward over the next n tokens of each sequence: decode steps (n = 1) or prefill chunks,
+        left-padded to the longest (a product of many rows runs far faster per token on a CPU than one per
+        sequence). A failing batch is run again row by row, so that only the failing sequence fails."""
         seqs, T = [s for s, _ in group], max(n for _, n in group)
-        width = max(s.computed for s in seqs)
-        ids, pos, mask = [], [], []
-        for s, n in group:
-            pad = T - n
-            ids.append([0] * pad + s.tokens[s.computed: s.computed + n])
-            pos.append([0] * pad + list(range(s.computed, s.computed + n)))
-            mask.append([0] * (width - s.computed) + [1] * s.computed + [0] * pad + [1] * n)
+        batch = PagedBatch([self.pool.block_table(s) for s in seqs], [s.computed for s in seqs], self.n_blocks,
+                           self.block_size, [n for _, n in group])
+        ids = [[0] * (T - n) + s.tokens[s.computed: s.computed + n] for s, n in group]
+        pos = [[0] * (T - n) + list(range(s.computed, s.computed + n)) for s, n in group]
+        keep_all = len(group) == 1 and _wants_prompt_logprobs(seqs[0])  # every position's logits
         t = partial(torch.tensor, device=self.device)
         try:
-            logits = self._run(seqs, t(ids), [n for _, n in group], attention_mask=t(mask), position_ids=t(pos),
-                               logits_to_keep=1)[:, -1].float()  # [B, V]: every row's last token is real
-        except Exception:  # find the failing row by running each alone
-            return [c for s, n in group for c in self._forward_prefill(s, n)]
-        return [c for r, (s, n) in enumerate(group) for c in self._after_prefill(s, n, logits[r:r + 1])]
+            if self.fault is not None:
+                for s in seqs:
+                    self.fault(s)
+            with torch.no_grad(), trusted_inputs(), self.adapters.rows([s.lora for s in seqs]):
+                cache = DecoderCache([BlockCache(self_kv=PagedKVCache(p, batch)) for p in self.layers])
+                logits = self.model(t(ids), cache=cache, attention_mask=batch.key_mask(T, self.device),
+                                    position_ids=t(pos), logits_to_keep=0 if keep_all else 1).float()
+        except Exception as e:  # one request's failure must not stop the others
+            if len(group) > 1:  # the rows rewrite the same cache slots alone
+                return [c for item in group for c in self._forward([item])]
+            self._fail(seqs[0], e)
+            return seqs
+        # logits [B, T or 1, V]: every row's last position is real
+        return [c for r, (s, n) in enumerate(group) for c in self._advance(s, n, logits[r])]
 
-    def _forward_prefill(self, seq: Seq, n: int) -> list[Seq]:
-        start = seq.computed
-        chunk = seq.tokens[start: start + n]
-        ids = torch.tensor([chunk], device=self.device)
-        pos = torch.arange(start, start + n, device=self.device)[None]
-        try:
-            logits = self._run([seq], ids, position_ids=pos,
-                               logits_to_keep=0 if _wants_prompt_logprobs(seq) else 1)[0].float()
-        except Exception as e:  # fails this sequence alone
-            self._fail(seq, e)
-            return [seq]
-        return self._after_prefill(seq, n, logits)
-
-    def _after_prefill(self, seq: Seq, n: int, logits: torch.Tensor) -> list[Seq]:
-        """``seq``'s chunk of n tokens is in the cache; logits [n or 1, V] of its positions."""
+    def _advance(self, seq: Seq, n: int, logits: torch.Tensor) -> list[Seq]:
+        """``seq``'s next n tokens are in the cache (a prefill chunk, or the one token of a decode step);
+        logits [n or 1, V] of their positions. Samples the next token once nothing is pending."""
         start, want_lp = seq.computed, _wants_prompt_logprobs(seq)
         seq.computed += n
         if want_lp:

@@ -83,11 +83,23 @@ def sampling(body: dict, *, chat: bool, max_tokens_limit: int) -> SamplingParams
     return params
 
 
+def request_error(e: Exception, *, param: str | None = None) -> APIError:
+    """The APIError of what the engine refused: a ParamError names its field (400), a KeyError is an unknown
+    adapter (404), an OverflowError a full server (429), another ValueError a bad ``param`` (400)."""
+    if isinstance(e, ParamError):
+        return bad(e.field, e.message)
+    if isinstance(e, KeyError):
+        return APIError(404, str(e.args[0]), code="model_not_found", param="model")
+    if isinstance(e, OverflowError):
+        return APIError(429, str(e), type="rate_limit_error")
+    return APIError(400, str(e), param=param)
+
+
 def check_params(params: SamplingParams, vocab_size: int) -> None:
     try:
         params.check(vocab_size)
     except ParamError as e:
-        raise bad(e.field, str(e).split(": ", 1)[1]) from None
+        raise request_error(e) from None
 
 
 def prompts_of(prompt: Any) -> list[str | list[int]]:

@@ -118,7 +118,7 @@ class Runner:
                 self.engine.abort(handle.request_id)
 
     def call(self, fn, *args):
-        """Run ``fn(*args)`` between two engine steps (registering an adapter, reading metrics)."""
+        """Run ``fn(*args)`` between two engine steps (registering or mixing adapters, an attention map)."""
         with self.lock:
             return fn(*args)
 
