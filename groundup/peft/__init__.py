@@ -8,6 +8,7 @@ from .io import AdapterError, adapter_layers, has_adapter, load_adapter, save_ad
 from .lora import (
                    LoraConfig,
                    LoraLinear,
+                   adapters_disabled,
                    apply_lora,
                    lora_layers,
                    merge_and_unload,
@@ -20,7 +21,8 @@ from .prefix import PrefixTuning, apply_prefix_tuning, prefix_of
 from .prompt import SoftPromptEmbedding, apply_prompt_tuning, soft_prompt
 
 __all__ = ["AdapterError", "IA3Config", "IA3Linear", "LoraBank", "LoraConfig", "LoraLinear", "MultiLoraLinear",
-           "PrefixTuning", "SoftPromptEmbedding", "adapter_layers", "apply_bitfit", "apply_ia3", "apply_lora",
+           "PrefixTuning", "SoftPromptEmbedding", "adapter_layers", "adapters_disabled", "apply_bitfit", "apply_ia3",
+           "apply_lora",
            "apply_prefix_tuning", "apply_prompt_tuning", "has_adapter", "ia3_layers", "load_adapter", "lora_layers",
            "merge_and_unload", "merge_lora", "merge_quantized", "prefix_of", "save_adapter", "soft_prompt",
            "unmerge_lora", "write_adapter"]

@@ -15,9 +15,10 @@ adapters translate to its format by renaming modules only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -115,6 +116,7 @@ class LoraLinear(Wrapper):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
         self.merged = False
+        self.disabled = False  # adapters_disabled(): the base layer alone (a reference model for alignment)
         self.reset_lora()
 
     @property
@@ -136,7 +138,7 @@ class LoraLinear(Wrapper):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
-        if self.merged:
+        if self.merged or self.disabled:
             return y
         a = self.lora_A.weight
         # scaled in the adapter's dtype, then cast (as peft does: the same bf16 sum over a 4-bit base)
@@ -249,6 +251,23 @@ def apply_lora(model: nn.Module, config: LoraConfig | None = None, **kwargs) -> 
         set_module(model, name, LoraLinear(model.get_submodule(name), config.r, config.alpha, config.dropout))
     model.lora_config = config
     return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block the model computes as its frozen base (every LoRA update skipped), so one copy of the
+    weights serves as both the trained policy and its reference (peft's ``disable_adapter``). A merged
+    adapter cannot be skipped: refused."""
+    layers = list(lora_layers(model).values())
+    if any(m.merged for m in layers):
+        raise ValueError("adapters_disabled: the LoRA update is merged into the base weights; unmerge_lora first")
+    for m in layers:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.disabled = False
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:

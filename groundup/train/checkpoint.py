@@ -37,6 +37,17 @@ from ..utils.files import atomic_folder, read_safetensors
 STATE = "trainer_state.json"
 
 
+class Checkpointable:
+    """A trained module that is not a plain model (a reward model with its score head, a policy with a value
+    head): it writes and reads its own weights in a checkpoint folder; the loop adds the rest."""
+
+    def write_checkpoint(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def read_checkpoint(self, folder: Path) -> None:
+        raise NotImplementedError
+
+
 def _full(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor on CPU; for a DTensor shard this is a collective (all ranks must call it)."""
     if isinstance(t, DTensor):
@@ -77,7 +88,9 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
         rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
 
     def write(tmp: Path) -> None:
-        if adapter_layers(model):  # a frozen base: only the adapter changes, in peft's format
+        if isinstance(model, Checkpointable):
+            model.write_checkpoint(tmp)
+        elif adapter_layers(model):  # a frozen base: only the adapter changes, in peft's format
             write_adapter(model, tmp)
         else:
             write_model(model, tmp, state_dict=model_state)
@@ -98,7 +111,9 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
     folder = Path(folder)
     if not (folder / STATE).is_file():
         raise FileNotFoundError(f"{folder} is not a training checkpoint (no {STATE}); nothing to resume")
-    if has_adapter(folder):
+    if isinstance(model, Checkpointable):
+        model.read_checkpoint(folder)
+    elif has_adapter(folder):
         load_adapter(model, folder, into_existing=True)
     else:
         loaded = from_pretrained(folder)

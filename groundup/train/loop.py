@@ -22,7 +22,7 @@ import torch
 from ..models.common import trusted_inputs
 from ..utils.files import atomic_file
 from .checkpoint import DTensor, load_checkpoint, save_checkpoint
-from .objective import Objective
+from .objective import Objective, TrainObjective
 from .optim import OPTIMIZERS, lr_at, make_optimizer
 
 
@@ -90,25 +90,38 @@ def shard_model(model: torch.nn.Module) -> int:
     return len(blocks) + 1
 
 
-def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective, index: int,
+def lm_loss(model: torch.nn.Module, batch: Any, objective: TrainObjective, index: int,
             rows: list[int] | None = None) -> torch.Tensor:
     """The mean training loss of one micro-batch (with the MoE auxiliary loss for causal models)."""
-    return objective.loss(model, x, y, index, rows=rows)[0]
+    return objective.loss(model, batch, index, rows=rows)[0]
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A batch on ``device``: an (inputs, targets) pair of tensors, or a batch object with ``to``."""
+    if isinstance(batch, tuple):
+        return tuple(t.to(device) for t in batch)
+    return batch.to(device)
+
+
+def batch_tokens(batch: Any) -> int:
+    """Token positions in a batch (padding included): the rows times their length."""
+    return batch[0].numel() if isinstance(batch, tuple) else batch.tokens
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, mixture, micro_batch: int, max_batches: int, dtype: str,
-             objective: Objective | None = None) -> float:
-    """Mean validation loss per predicted token over the mixture's fixed validation batches (nan when it
-    has none). Masks and spans are seeded by batch index, so every evaluation scores the same task."""
+             objective: TrainObjective | None = None) -> float:
+    """Mean validation loss per predicted token (or per item the objective counts) over the mixture's fixed
+    validation batches (nan when it has none). Masks and spans are seeded by batch index, so every
+    evaluation scores the same task."""
     objective = objective or Objective("causal_lm", None, mixture.block_size, 0)
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
     device = next(model.parameters()).device
-    for i, (x, y) in enumerate(mixture.val_batches(micro_batch, max_batches)):
+    for i, batch in enumerate(mixture.val_batches(micro_batch, max_batches)):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            loss, count = objective.loss(model, x.to(device), y.to(device), (1 << 40) + i, reduction="sum")
+            loss, count = objective.loss(model, to_device(batch, device), (1 << 40) + i, reduction="sum")
         total += loss.item()
         n += count
     model.train(was_training)
@@ -136,15 +149,17 @@ def _wrap(core: torch.nn.Module, args: TrainArgs, world: int, log) -> tuple[torc
     return model, sharded
 
 
-def _accumulate(model: torch.nn.Module, core: torch.nn.Module, mixture, objective: Objective, args: TrainArgs, *,
-                step: int, micro: int, accum: int, rank: int, world: int, sharded: bool, trusted: bool,
-                ckpt: Path, device: torch.device) -> torch.Tensor:
+def _accumulate(model: torch.nn.Module, core: torch.nn.Module, mixture, objective: TrainObjective,
+                args: TrainArgs, *, step: int, micro: int, accum: int, rank: int, world: int, sharded: bool,
+                trusted: bool, ckpt: Path, device: torch.device) -> tuple[torch.Tensor, int]:
     """Forward and backward over the ``accum`` micro-batches of one optimizer step; the mean loss (a tensor:
-    reading it is the caller's one sync per step). Gradients are reduced over processes on the last one."""
+    reading it is the caller's one sync per step) and this rank's token positions. Gradients are reduced
+    over processes on the last micro-batch."""
     loss_sum = torch.zeros((), device=device)
+    tokens = 0
     for k in range(accum):
-        x, y = mixture.next_batch(micro * world, rank=rank, world=world)
-        x, y = x.to(device), y.to(device)
+        batch = to_device(mixture.next_batch(micro * world, rank=rank, world=world), device)
+        tokens += batch_tokens(batch)
         sync = world == 1 or k == accum - 1  # reduce gradients over processes on the last micro-batch only
         ctx = model.no_sync() if not sync and not sharded else contextlib.nullcontext()
         if sharded:
@@ -152,16 +167,16 @@ def _accumulate(model: torch.nn.Module, core: torch.nn.Module, mixture, objectiv
         # the first step's batch is checked (ids in range ...); later ones come from the same data
         checks = trusted_inputs() if trusted else contextlib.nullcontext()
         with ctx, checks, torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
-            rows = [rank + world * i for i in range(x.shape[0])]  # this rank's rows of the global batch
-            if world > 1 and objective.arch != "causal_lm":
+            rows = [rank + world * i for i in range(micro)]  # this rank's rows of the global batch
+            if world > 1 and objective.arch not in ("causal_lm", None):
                 # Masked tokens per rank vary: divide the rank's sum by the global count (times world,
                 # as DDP averages gradients), so the gradient is the one-process mean over all of them.
-                total, count = objective.loss(model, x, y, step * accum + k, reduction="sum", rows=rows)
+                total, count = objective.loss(model, batch, step * accum + k, reduction="sum", rows=rows)
                 n = torch.tensor(float(count), device=device)
                 torch.distributed.all_reduce(n)
                 loss = total * world / n.clamp(min=1) / accum
             else:
-                loss = lm_loss(model, x, y, objective, step * accum + k, rows) / accum
+                loss = lm_loss(model, batch, objective, step * accum + k, rows) / accum
         if not torch.isfinite(loss):
             raise TrainingError(f"step {step + 1}: the loss is {loss.item() * accum} (not finite); stopped "
                                 f"before updating the weights. The last good checkpoint is kept in {ckpt}; "
@@ -169,14 +184,15 @@ def _accumulate(model: torch.nn.Module, core: torch.nn.Module, mixture, objectiv
         with ctx:
             loss.backward()
         loss_sum += loss.detach()
-    return loss_sum
+    return loss_sum, tokens
 
 
 def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = None, resume: bool = False,
-          log=print) -> dict:
+          log=print, objective: TrainObjective | None = None) -> dict:
     """Train `model` (a CausalLM, Encoder or Seq2Seq) on `mixture`; return a summary dict. When
     torch.distributed is initialized the model is wrapped in DDP, or sharded in place with ``args.fsdp``.
-    Writes <out_dir>/checkpoint, metrics.jsonl, loss.png."""
+    ``objective`` replaces the architecture's pre-training loss (alignment methods bring theirs, with
+    their batches as `mixture`). Writes <out_dir>/checkpoint, metrics.jsonl, loss.png."""
     rank, world = _dist()
     device = next(model.parameters()).device
     micro = args.micro_batch or args.batch_size // world
@@ -188,7 +204,8 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
     ckpt = out / "checkpoint"
     core = model
     model, sharded = _wrap(core, args, world, log)
-    objective = Objective(core.config.arch, tokenizer, mixture.block_size, core.config.vocab_size, args.seed)
+    if objective is None:
+        objective = Objective(core.config.arch, tokenizer, mixture.block_size, core.config.vocab_size, args.seed)
     optimizer = make_optimizer(core, lr=args.lr, weight_decay=args.weight_decay, kind=args.optimizer)
     step, tokens_seen = 0, 0
     if resume:
@@ -215,9 +232,19 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
             save_checkpoint(ckpt, core, optimizer, {"step": step, "tokens": tokens_seen, "data": mixture.state_dict(),
                                                     "args": asdict(args)}, tokenizer, write=rank == 0)
 
-    val_start = evaluate(core, mixture, micro, args.eval_batches, args.dtype, objective)
-    record({"step": step, "val_loss": val_start, "val_ppl": math.exp(val_start)})
-    log(f"validation at step {step}: loss {val_start:.3f}, perplexity {math.exp(val_start):,.1f}")
+    def validate() -> float:
+        loss = evaluate(core, mixture, micro, args.eval_batches, args.dtype, objective)
+        row = {"step": step, "val_loss": loss, **{f"val_{k}": v for k, v in objective.metrics().items()}}
+        if objective.perplexity:
+            row["val_ppl"] = math.exp(loss)
+        record(row)
+        return loss
+
+    val_start = validate()
+    if objective.perplexity:
+        log(f"validation at step {step}: loss {val_start:.3f}, perplexity {math.exp(val_start):,.1f}")
+    elif val_start == val_start:  # not nan: there is held-out data
+        log(f"validation at step {step}: loss {val_start:.4f}")
     bar = None
     if args.progress and rank == 0:
         from tqdm import tqdm
@@ -230,9 +257,9 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
         lr = lr_at(step, lr=args.lr, warmup=args.warmup, max_steps=args.steps, min_lr=args.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = _accumulate(model, core, mixture, objective, args, step=step, micro=micro, accum=accum,
-                               rank=rank, world=world, sharded=sharded, trusted=step > first_step, ckpt=ckpt,
-                               device=device)
+        loss_sum, tokens = _accumulate(model, core, mixture, objective, args, step=step, micro=micro, accum=accum,
+                                       rank=rank, world=world, sharded=sharded, trusted=step > first_step,
+                                       ckpt=ckpt, device=device)
         if world > 1:
             torch.distributed.all_reduce(loss_sum)
             loss_sum /= world
@@ -242,18 +269,19 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        tokens_seen += args.batch_size * mixture.block_size
+        tokens_seen += tokens * world
         elapsed = time.perf_counter() - t_start
         tok_s = (tokens_seen - tokens_start) / max(elapsed, 1e-9)
         train_loss = loss_sum.item()
+        extra = objective.metrics()
         record({"step": step, "loss": train_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_seen,
-                "tok_per_s": tok_s, "seconds": elapsed})
+                "tok_per_s": tok_s, "seconds": elapsed, **extra})
         if bar is not None:
-            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
+                            **{k: f"{extra[k]:.3g}" for k in objective.shown if k in extra})
             bar.update(1)
         if step % args.eval_every == 0 or step == args.steps:
-            val_loss = evaluate(core, mixture, micro, args.eval_batches, args.dtype, objective)
-            record({"step": step, "val_loss": val_loss, "val_ppl": math.exp(val_loss)})
+            val_loss = validate()
         if step % args.save_every == 0 or step == args.steps:
             save()
     if bar is not None:

@@ -27,8 +27,29 @@ def _token(tokenizer, names: tuple[str, ...], what: str) -> int:
                      f"train the tokenizer with special_tokens including it")
 
 
-class Objective:
-    """loss(model, x, y, index) for the model's architecture; built (and checked) before training."""
+class TrainObjective:
+    """What the training loop asks of a loss: ``loss(model, batch, index, reduction, rows) -> (loss, count)``
+    (the mean, or with reduction="sum" the sum, over ``count`` items), and ``metrics()``: figures gathered
+    since the last call (logged with each step, and with "val_" after a validation). ``perplexity`` says
+    whether exp(loss) means anything; ``shown`` names metrics for the progress bar; ``arch`` is the model
+    architecture whose masked objectives need a global token count over processes (None: none)."""
+
+    arch: str | None = None
+    perplexity: bool = False
+    shown: tuple[str, ...] = ()
+
+    def loss(self, model: torch.nn.Module, batch, index: int, reduction: str = "mean",
+             rows: list[int] | None = None) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+
+class Objective(TrainObjective):
+    """loss(model, (x, y), index) for the model's architecture; built (and checked) before training."""
+
+    perplexity = True
 
     def __init__(self, arch: str, tokenizer, block_size: int, vocab_size: int, seed: int = 0):
         self.arch, self.seed, self.vocab_size = arch, seed, vocab_size
@@ -48,10 +69,12 @@ class Objective:
                 for i, r in enumerate(rows)]
         return tuple(torch.cat(parts).to(x.device) for parts in zip(*outs, strict=True))
 
-    def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, index: int,
+    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], index: int,
              reduction: str = "mean", rows: list[int] | None = None) -> tuple[torch.Tensor, int]:
-        """(loss, number of predicted tokens) on one micro-batch. `index` numbers the global micro-batch and
-        `rows` gives each row's place in it (default 0..B-1); together they seed the random choices."""
+        """(loss, number of predicted tokens) on one micro-batch (x, y). `index` numbers the global
+        micro-batch and `rows` gives each row's place in it (default 0..B-1); together they seed the random
+        choices."""
+        x, y = batch
         if self.arch == "causal_lm":  # the fused lm_head + loss: no B x T x V logits
             loss, aux = model(x, targets=y, reduction=reduction, return_aux_loss=True)
             return loss + (aux if reduction == "mean" else 0), int((y != -100).sum())  # -100: no target
