@@ -243,7 +243,7 @@ class _Logged(TrainObjective):
 
     def _log(self, **values: float | torch.Tensor) -> None:
         for k, v in values.items():
-            self._sums[k] += float(v)
+            self._sums[k] += float(v.detach()) if torch.is_tensor(v) else float(v)
             self._n[k] += 1
 
     def metrics(self) -> dict[str, float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .align import add_align_parser
 from .arithmetic import add_arithmetic_parser
 from .calc import add_calc_parsers
 from .encoders import add_encoder_parsers
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(pt)
     pt.set_defaults(func=main_pretrain)
     add_finetune_parser(sub)
+    add_align_parser(sub)
     add_prep_parser(sub)
     add_arithmetic_parser(sub)
     add_quantize_parser(sub)

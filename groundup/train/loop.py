@@ -234,7 +234,10 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
 
     def validate() -> float:
         loss = evaluate(core, mixture, micro, args.eval_batches, args.dtype, objective)
-        row = {"step": step, "val_loss": loss, **{f"val_{k}": v for k, v in objective.metrics().items()}}
+        extra = {f"val_{k}": v for k, v in objective.metrics().items()}
+        if loss != loss and not extra:  # no held-out data (an online method's rollouts): nothing to record
+            return loss
+        row = {"step": step, "val_loss": loss, **extra}
         if objective.perplexity:
             row["val_ppl"] = math.exp(loss)
         record(row)

@@ -1,0 +1,335 @@
+"""The alignment pipeline behind `groundup align` (and `groundup reward train|score`): data, base, method,
+the one training loop, the output folders.
+
+Order of work, so that bad input fails before anything long: the settings, the data (every record, with
+file:line errors), the reward model or reward functions, then the base; for DPO, IPO and KTO the
+reference log-probs of every answer are computed from the base once, before any adapter is applied.
+Outputs: ``rm`` writes <out>/reward_model (transformers' sequence-classification folder with the
+tokenizer); the policy methods write <out>/adapter (peft's folder) with --lora / --qlora, or <out>/model
+with full weights, and with --merge also <out>/merged. <out>/checkpoint is resumable (--resume);
+metrics.jsonl, loss.png and align.png (the method's curves) are written as the loop runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..utils.files import atomic_file, atomic_write_text
+from ..utils.settings import option, option_list
+
+METHODS = ("rm", "ppo", "dpo", "ipo", "kto", "orpo", "simpo", "grpo")
+BETA = {"dpo": 0.1, "ipo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0, "grpo": 0.04}
+
+
+@dataclass
+class AlignSettings:
+    """Every setting of an alignment run, with its default."""
+
+    model: str = option("", "HF folder of a decoder-only model (the SFT model) with tokenizer.json", positional=True)
+    method: str = option("dpo", "what is trained: a reward model (rm) or the policy by ppo, dpo, ipo, kto, orpo, "
+                         "simpo or grpo", choices=METHODS)
+    data: list = option_list("JSONL files: preference records (rm, dpo, ...; kto also takes completion + label) "
+                             "or prompts (ppo, grpo)", required=True)
+    reward_model: str | None = option(None, "ppo: the reward model folder (from --method rm)")
+    reward: list | None = option_list("grpo: reward functions, built-in (goat_exact, goat_format) or file.py:function")
+    reward_weights: list | None = option_list("grpo: a weight per reward function")
+    lora: bool = option(False, "train a LoRA adapter over the frozen base (the reference is the base: no copy)")
+    qlora: bool = option(False, "LoRA over a 4-bit NF4 base")
+    r: int = option(8, "LoRA rank")
+    alpha: float = option(16.0, "LoRA alpha")
+    lora_dropout: float = option(0.0, "LoRA dropout")
+    target_modules: list | None = option_list("LoRA target module suffixes (default q_proj v_proj)")
+    steps: int = option(200, "optimizer steps")
+    batch_size: int = option(8, "preference records (prompts) per optimizer step; ppo/grpo: prompts per minibatch")
+    micro_batch: int | None = option(None, "records per forward (gradient accumulation; offline methods)")
+    lr: float | None = option(None, "peak learning rate (default 1e-5 full, 1e-4 LoRA)")
+    min_lr: float | None = option(None, "final learning rate (default lr / 10)")
+    warmup: int = option(10, "linear warm-up steps")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "gradient norm clip")
+    beta: float | None = option(None, "dpo/ipo/kto: KL weight; orpo: lambda; simpo: reward scale; grpo: k3 KL weight "
+                                "(defaults " + ", ".join(f"{k} {v:g}" for k, v in BETA.items()) + ")")
+    dpo_loss: str = option("sigmoid", "dpo: sigmoid, robust (noisy labels) or hinge",
+                           choices=("sigmoid", "robust", "hinge"))
+    label_smoothing: float = option(0.0, "dpo/simpo: assumed fraction of flipped labels")
+    desirable_weight: float = option(1.0, "kto: weight of desirable answers")
+    undesirable_weight: float = option(1.0, "kto: weight of undesirable answers")
+    simpo_gamma: float = option(0.5, "simpo: target reward margin")
+    orpo_nll: str = option("full", "orpo: NLL over the chosen rows' prompt and answer (trl) or the answer",
+                           choices=("full", "answer"))
+    center_rewards: float | None = option(None, "rm: coefficient of the centering term mean((r_c + r_r)^2)")
+    kl_coef: float = option(0.05, "ppo: KL penalty per token")
+    kl_target: float | None = option(None, "ppo: adaptive KL controller's target KL per answer (default: fixed)")
+    gamma: float = option(1.0, "ppo: discount")
+    lam: float = option(0.95, "ppo: GAE lambda")
+    cliprange: float = option(0.2, "ppo: policy ratio clip")
+    cliprange_value: float = option(0.2, "ppo: value clip")
+    vf_coef: float = option(0.1, "ppo: value loss weight")
+    whiten_rewards: bool = option(False, "ppo: whiten the per-token rewards")
+    missing_eos_penalty: float | None = option(None, "ppo: subtracted from the score of answers without an end")
+    value_model: str = option("shared", "ppo: value head on the policy's trunk (shared) or a trained copy of the "
+                              "reward model (separate, as trl 1.12)", choices=("shared", "separate"))
+    epochs: int | None = option(None, "ppo/grpo: optimizer passes over each rollout (default 4 for ppo; grpo's mu, 1)")
+    minibatches: int = option(1, "ppo/grpo: minibatches per pass (a rollout is batch_size x minibatches prompts)")
+    group: int = option(8, "grpo: completions per prompt")
+    epsilon: float = option(0.2, "grpo: ratio clip")
+    grpo_loss: str = option("grpo", "grpo: per-completion means (grpo), token sum / generation tokens (dapo), "
+                            "token mean (bnpo)", choices=("grpo", "dapo", "bnpo"))
+    scale_rewards: str = option("group", "grpo: advantage scale", choices=("group", "batch", "none"))
+    max_new_tokens: int = option(48, "ppo/grpo: answer length limit")
+    temperature: float = option(1.0, "ppo/grpo: sampling temperature")
+    top_k: int | None = option(None, "ppo/grpo: top-k sampling")
+    top_p: float | None = option(None, "ppo/grpo: nucleus sampling")
+    max_len: int | None = option(None, "context of a row (default: the model's); longer prompts are cut from the left")
+    separator: str | None = option(None, "prompt/answer separator of string prompts (default '\\n\\n###\\n\\n', as "
+                                   "finetune)")
+    val_fraction: float = option(0.05, "share of preference records held out")
+    eval_every: int = option(50, "steps between validations")
+    save_every: int = option(100, "steps between checkpoints")
+    seed: int = option(0, "seed")
+    dtype: str = option("float32", "training dtype", choices=("float32", "bfloat16"))
+    out: str = option("out/align", "output folder")
+    resume: bool = option(False, "continue from <out>/checkpoint")
+    merge: bool = option(False, "with --lora: also write <out>/merged, a plain model folder")
+    quiet: bool = option(False, "no progress bars")
+
+    def check(self) -> None:
+        """Refuse contradictory settings before anything is read."""
+        online = self.method in ("ppo", "grpo")
+        if self.lora and self.qlora:
+            raise ValueError("--lora and --qlora: pick one (--qlora is LoRA over a 4-bit base)")
+        if self.merge and not (self.lora or self.qlora):
+            raise ValueError("--merge goes with --lora or --qlora (full weights are written as a model folder)")
+        if self.method == "ppo" and not self.reward_model:
+            raise ValueError("--method ppo needs --reward-model RM_FOLDER (train one with --method rm)")
+        if self.method != "ppo" and self.reward_model:
+            raise ValueError(f"--reward-model goes with --method ppo, not {self.method}")
+        if self.method == "grpo" and not self.reward:
+            raise ValueError("--method grpo needs --reward (e.g. goat_exact, or file.py:function)")
+        if self.method != "grpo" and self.reward:
+            raise ValueError(f"--reward goes with --method grpo, not {self.method}")
+        if online and self.micro_batch:
+            raise ValueError("--micro-batch goes with the offline methods; ppo/grpo size work by --batch-size and "
+                             "--minibatches")
+        if self.method == "grpo" and self.group < 2:
+            raise ValueError(f"--group {self.group}: GRPO compares at least 2 completions per prompt")
+        for name in ("steps", "batch_size", "epochs", "minibatches", "max_new_tokens", "r"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
+        if self.beta is not None and self.beta < 0:
+            raise ValueError(f"--beta {self.beta} must be >= 0")
+
+
+def _load_base(s: AlignSettings):
+    from ..checkpoint.hf import from_pretrained
+
+    if not s.qlora:
+        return from_pretrained(s.model, dtype=torch.float32)
+    from ..quant import load_quantized
+
+    return load_quantized(s.model, "nf4", double_quant=True, compute_dtype=torch.float32)
+
+
+def _apply_lora(model, s: AlignSettings) -> None:
+    from .. import peft
+
+    peft.apply_lora(model, peft.LoraConfig(r=s.r, alpha=s.alpha, dropout=s.lora_dropout,
+                                           target_modules=s.target_modules or ["q_proj", "v_proj"]))
+
+
+def run(s: AlignSettings, log=print) -> dict[str, Any]:
+    """Check, read the data, load the models, train, write the folders; the run's summary."""
+    from .. import peft
+    from ..checkpoint.hf import check_model_folder, config_from_hf
+    from ..checkpoint.io import read_json
+    from ..data.instruct import SEPARATOR
+    from ..data.preference import PreferenceData, load_preferences, load_prompts, unpaired
+    from ..tokenizer import Tokenizer
+    from ..train.loop import TrainArgs, train
+    from . import direct, online
+    from .reward import RewardModel, load_reward_model
+    from .rewards import load_reward_fn
+
+    s.check()
+    check_model_folder(s.model, "causal_lm", "a decoder-only")
+    tok = Tokenizer.from_pretrained(s.model)
+    cfg = config_from_hf(read_json(Path(s.model) / "config.json"))
+    max_len = s.max_len or cfg.max_seq_len
+    sep = SEPARATOR if s.separator is None else s.separator
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    beta = s.beta if s.beta is not None else BETA.get(s.method, 0.1)
+    online_method = s.method in ("ppo", "grpo")
+    if online_method:
+        prompts = load_prompts(s.data, tok, separator=sep, max_len=max_len - s.max_new_tokens)
+        log(f"data: {len(prompts):,} prompts")
+    else:
+        groups, stats = load_preferences(s.data, tok, separator=sep, max_len=max_len,
+                                         need="labels" if s.method == "kto" else "pairs")
+        if s.method == "kto":
+            groups = unpaired(groups, s.seed)
+        data = PreferenceData.split(groups, val_fraction=s.val_fraction, pad_id=pad, seed=s.seed)
+        log(f"data: {stats.records:,} records, {stats.pairs:,} pairs; {len(data.train):,} training / "
+            f"{len(data.val):,} held-out {'answers' if s.method == 'kto' else 'prompts'}; dropped "
+            f"{stats.equal_dropped} equal pairs and {stats.too_long_dropped} too long, {stats.truncated} prompts cut")
+    rm = fns = None
+    if s.method == "ppo":
+        rm = load_reward_model(s.reward_model, dtype=torch.float32)
+        if rm.config.vocab_size != cfg.vocab_size:
+            raise ValueError(f"--reward-model {s.reward_model}: vocabulary of {rm.config.vocab_size}, the policy's is "
+                             f"{cfg.vocab_size}; the reward model must read the policy's tokens")
+        rm.requires_grad_(False)
+    if s.method == "grpo":
+        fns = [load_reward_fn(spec) for spec in s.reward]
+
+    model = _load_base(s)
+    if s.method in direct.NEEDS_REFERENCE:  # the base is the reference: its log-probs once, before any adapter
+        direct.attach_reference(data.train + data.val, model, pad, batch_size=s.micro_batch or s.batch_size,
+                                progress=not s.quiet)
+    adapter = s.lora or s.qlora
+    ref = online.frozen_copy(model) if online_method and not adapter and (s.method == "ppo" or beta) else None
+    if adapter:
+        _apply_lora(model, s)
+    else:
+        model.requires_grad_(True)
+    eos = cfg.eos_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+    epochs = s.epochs if s.epochs is not None else (4 if s.method == "ppo" else 1)
+    rollout = online.RolloutSettings(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                                     top_p=s.top_p, epochs=epochs, minibatches=s.minibatches, seed=s.seed)
+    if s.method == "rm":
+        trained = RewardModel(model)
+        objective = direct.PreferenceObjective("rm", direct.DirectSettings(center_rewards=s.center_rewards))
+    elif s.method == "ppo":
+        value = None
+        if s.value_model == "separate":
+            value = load_reward_model(s.reward_model, dtype=torch.float32).train()
+        trained = online.PolicyValue(model, value)
+        ppo = online.PPOSettings(kl_coef=s.kl_coef, kl_target=s.kl_target, gamma=s.gamma, lam=s.lam,
+                                 cliprange=s.cliprange, cliprange_value=s.cliprange_value, vf_coef=s.vf_coef,
+                                 whiten_rewards=s.whiten_rewards, missing_eos_penalty=s.missing_eos_penalty)
+        data = online.PPOSource(prompts, trained, rm, tok, rollout, ppo, pad_id=pad, eos_ids=eos, ref=ref)
+        objective = online.PPOObjective(ppo, s.temperature)
+        objective.source = data
+    elif s.method == "grpo":
+        trained = model
+        grpo = online.GRPOSettings(group=s.group, beta=beta, epsilon=s.epsilon, loss=s.grpo_loss,
+                                   scale_rewards=s.scale_rewards,
+                                   reward_weights=[float(w) for w in s.reward_weights] if s.reward_weights else None)
+        data = online.GRPOSource(prompts, model, tok, rollout, grpo, fns, pad_id=pad, eos_ids=eos, ref=ref)
+        objective = online.GRPOObjective(grpo, s.temperature)
+        objective.source = data
+    else:
+        trained = model
+        objective = direct.PreferenceObjective(s.method, direct.DirectSettings(
+            beta=beta, dpo_loss=s.dpo_loss, label_smoothing=s.label_smoothing, desirable_weight=s.desirable_weight,
+            undesirable_weight=s.undesirable_weight, simpo_gamma=s.simpo_gamma, orpo_nll=s.orpo_nll))
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in {id(p): p for p in trained.parameters()}.values())
+    log(f"method: {s.method} ({'qlora' if s.qlora else 'lora' if s.lora else 'full weights'}): {trainable:,} "
+        f"trainable of {total:,} parameters")
+    lr = s.lr if s.lr is not None else (1e-4 if adapter else 1e-5)
+    targs = TrainArgs(out_dir=s.out, steps=s.steps, batch_size=s.batch_size, micro_batch=s.micro_batch, lr=lr,
+                      min_lr=s.min_lr if s.min_lr is not None else lr / 10, warmup=s.warmup,
+                      weight_decay=s.weight_decay, grad_clip=s.grad_clip, dtype=s.dtype, eval_every=s.eval_every,
+                      save_every=s.save_every, seed=s.seed, progress=not s.quiet, name=f"align {s.method}")
+    out = Path(s.out)
+    atomic_write_text(out / "settings.json", json.dumps(dataclasses.asdict(s), indent=2, default=str))
+    t0 = time.perf_counter()
+    summary = train(trained, data, targs, tokenizer=tok, resume=s.resume, log=log, objective=objective)
+    summary.update(method=s.method, trainable=trainable, total=total, seconds=time.perf_counter() - t0,
+                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if s.method == "rm":
+        trained.save_pretrained(out / "reward_model")
+        tok.save_pretrained(out / "reward_model")
+        summary["reward_model"] = str(out / "reward_model")
+        summary.update({f"held_out_{k}": v for k, v in direct.reward_accuracy(trained, data).items()})
+    elif adapter:
+        peft.save_adapter(model, out / "adapter")
+        tok.save_pretrained(out / "adapter")
+        summary["adapter"] = str(out / "adapter")
+        if s.merge:
+            peft.merge_and_unload(model).save_pretrained(out / "merged")
+            tok.save_pretrained(out / "merged")
+            summary["merged"] = str(out / "merged")
+    else:
+        model.save_pretrained(out / "model")
+        tok.save_pretrained(out / "model")
+        summary["model"] = str(out / "model")
+    plot_alignment(out / "metrics.jsonl", out / "align.png", s.method)
+    summary["plot"] = str(out / "align.png")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+CURVES = {"rm": ("loss", "accuracy", "margin"), "ppo": ("score", "kl", "loss"), "grpo": ("reward", "kl", "loss"),
+          "kto": ("loss", "kl", "rewards_chosen")}
+
+
+def plot_alignment(metrics: Path, png: Path, method: str) -> None:
+    """The method's curves against step from metrics.jsonl (training and, dashed, held-out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    keys = CURVES.get(method, ("loss", "accuracy", "margin"))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    for ax, key in zip(axes, keys, strict=True):
+        for name, style in ((key, "-"), (f"val_{key}", "o--")):
+            pts = [(r["step"], r[name]) for r in rows if name in r and r[name] == r[name]]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, lw=1, label="held out" if name.startswith("val") else "train")
+        ax.set_title(key)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"groundup align --method {method}")
+    fig.tight_layout()
+    atomic_file(png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+@torch.no_grad()
+def score_file(rm_folder: str, data: list[str], *, batch_size: int = 16, separator: str | None = None
+               ) -> dict[str, Any]:
+    """`groundup reward score`: the reward of every answer in preference or prompt/completion files; for
+    pairs and rankings also the pair accuracy."""
+    from ..data.instruct import SEPARATOR, read_records
+    from ..data.preference import PreferenceFormatter, PreferenceGroup, PreferenceStats, collate_groups
+    from ..tokenizer import Tokenizer
+    from .logps import last_index
+    from .reward import load_reward_model
+
+    rm = load_reward_model(rm_folder)
+    tok = Tokenizer.from_pretrained(rm_folder)
+    fmt = PreferenceFormatter(tok, SEPARATOR if separator is None else separator)
+    stats, groups = PreferenceStats(), []
+    for path in data:
+        for rec, where in read_records(path):
+            if isinstance(rec, dict) and "completion" in rec and "label" not in rec:
+                rec = {**rec, "label": True}  # a bare prompt/completion record: scored, not judged
+            g = fmt(rec, where, stats)
+            if g is not None:
+                groups.append(g)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    rows, correct, pairs = [], 0, 0
+    for start in range(0, len(groups), batch_size):
+        part: list[PreferenceGroup] = groups[start: start + batch_size]
+        b = collate_groups(part, pad)
+        real = torch.arange(b.ids.shape[1]) <= last_index(b.mask).unsqueeze(1)
+        r = rm(b.ids, real).tolist()
+        correct += sum(r[c] > r[j] for c, j in zip(b.chosen.tolist(), b.rejected.tolist(), strict=True))
+        pairs += b.chosen.numel()
+        k = 0
+        for g in part:
+            rows.append({"source": g.source, "rewards": r[k: k + len(g.completions)]})
+            k += len(g.completions)
+    return {"scores": rows, "pairs": pairs, "accuracy": correct / pairs if pairs else None}
