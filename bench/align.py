@@ -1,17 +1,19 @@
-"""Alignment end to end on a preference whose truth is known: Goat arithmetic, where the better answer is the
-correct one, so every policy can be scored exactly (greedy exact match on held-out problems).
+"""Alignment end to end on Goat arithmetic with two preferences whose truth is known exactly.
 
     python bench/align.py --sft out/goat_know/full/checkpoint --data out/goat_know --work out/align \
-        --out docs/align.md
+        --out docs/align_bench.md
 
-1. Preference data from the Goat training problems: per prompt, a ranking of three answers: the reference
-   solution, one whose final answer is off by 1-3 (a near miss) and one off by 10-99, ranked in that order
-   (so K=3 gives 3 pairs: InstructGPT's K(K-1)/2).
-2. SFT -> reward model (`--method rm`), held-out pair accuracy.
-3. SFT -> PPO against that reward model; SFT -> DPO on the (correct, near miss) pairs; SFT -> GRPO with the
-   exact-match reward function (goat_exact).
-4. The table: greedy exact match on the 200 held-out problems, the KL to the SFT model of each policy on
-   them, and the training time; curves in docs/align_curves.png.
+1. A hidden labeler's rule for RLHF (reward model, PPO, DPO): of two answers to a training problem that
+   differ only in their last digit (the reference answer and the same with that digit moved by one), the
+   labeler prefers the one whose last digit is even. A policy's true score is the share of its greedy
+   answers to the 200 held-out problems that end in an even digit.
+2. Correctness for GRPO: the verifiable reward is the exact match of the final answer (goat_exact), and the
+   true score is the exact match of greedy answers (docs/goat.md's metric).
+3. SFT -> reward model (`--method rm`, held-out pair accuracy); SFT -> PPO against it; SFT -> DPO on the
+   same pairs; SFT -> GRPO. Each policy's KL to the SFT model is measured on its own samples.
+
+A reward model that judges correctness itself (the reference answer against a near miss) was tried and
+does not learn on this 5M-parameter model: 50-53% held-out pair accuracy after 250 steps (docs/align.md).
 """
 
 from __future__ import annotations
@@ -20,49 +22,57 @@ import argparse
 import json
 import platform
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from groundup.align.run import AlignSettings, run  # noqa: E402
-from groundup.cli.arithmetic import exact_match, read_problems  # noqa: E402
-from groundup.data.arithmetic import final_answer, kind_of  # noqa: E402
+from groundup.align.run import AlignSettings, run
+from groundup.cli.arithmetic import exact_match, read_problems
+from groundup.data.arithmetic import kind_of
 
 
-def wrong(completion: str, rng: random.Random, far: bool) -> str:
-    """The completion with its final answer changed: by 1-3 (near) or 10-99 (far)."""
-    a = final_answer(completion)
-    step = rng.randint(10, 99) if far else rng.randint(1, 3)
-    step *= rng.choice([-1, 1])
-    if " R " in a:
-        q, r = a.split(" R ")
-        new = f"{int(q) + step} R {r}"
-    else:
-        new = str(int(a) + step)
-    i = completion.rfind(a)
-    return completion[:i] + new + completion[i + len(a):]
+def last_digit_moved(completion: str, rng: random.Random) -> str:
+    """The completion with its last digit moved by one (up or down, staying a digit)."""
+    d = int(completion[-1])
+    new = d + 1 if d == 0 else d - 1 if d == 9 else d + rng.choice([-1, 1])
+    return completion[:-1] + str(new)
+
+
+def even_end(text: str) -> bool:
+    """The hidden rule: the answer's last character is an even digit."""
+    text = text.strip()
+    return bool(text) and text[-1] in "02468"
 
 
 def make_data(src: Path, work: Path, seed: int = 0) -> dict[str, Path]:
     rng = random.Random(seed)
     train = read_problems(src / "train.jsonl")
     work.mkdir(parents=True, exist_ok=True)
-    paths = {k: work / f"{k}.jsonl" for k in ("rankings", "pairs", "prompts")}
-    with open(paths["rankings"], "w") as r, open(paths["pairs"], "w") as p, open(paths["prompts"], "w") as q:
+    paths = {k: work / f"{k}.jsonl" for k in ("pairs", "prompts")}
+    with open(paths["pairs"], "w") as p, open(paths["prompts"], "w") as q:
         for rec in train:
-            near, far = wrong(rec["completion"], rng, False), wrong(rec["completion"], rng, True)
-            order = [0, 1, 2]
-            rng.shuffle(order)  # completions in a random order, the ranking says which is which
-            comps = [[rec["completion"], near, far][i] for i in order]
-            ranking = [order.index(i) for i in range(3)]
-            r.write(json.dumps({"prompt": rec["prompt"], "completions": comps, "ranking": ranking}) + "\n")
-            p.write(json.dumps({"prompt": rec["prompt"], "chosen": rec["completion"], "rejected": near}) + "\n")
+            a, b = rec["completion"], last_digit_moved(rec["completion"], rng)
+            chosen, rejected = (a, b) if even_end(a) else (b, a)
+            p.write(json.dumps({"prompt": rec["prompt"], "chosen": chosen, "rejected": rejected}) + "\n")
             q.write(json.dumps(rec) + "\n")
     return paths
+
+
+def greedy_answers(model, tok, records, batch: int = 50) -> list[str]:
+    from groundup.data.instruct import SEPARATOR
+    from groundup.generate import generate
+
+    eos = tok.eos_token_id
+    out_texts = []
+    with torch.no_grad():
+        for i in range(0, len(records), batch):
+            prompts = [tok.encode(r["prompt"] + SEPARATOR) for r in records[i: i + batch]]
+            out = generate(model, prompts, 64, eos_token_id=eos, pad_token_id=eos)
+            w = max(map(len, prompts))
+            out_texts += [tok.decode([t for t in ids if t != eos], skip_special_tokens=True)
+                          for ids in out[:, w:].tolist()]
+    return out_texts
 
 
 @torch.no_grad()
@@ -107,30 +117,30 @@ def main() -> None:
     ap.add_argument("--sft", default="out/goat_know/full/checkpoint")
     ap.add_argument("--data", default="out/goat_know")
     ap.add_argument("--work", default="out/align")
-    ap.add_argument("--out", default="docs/align.md")
-    ap.add_argument("--stages", nargs="+", default=["rm", "ppo", "dpo", "grpo"])
-    ap.add_argument("--rm-steps", type=int, default=400)
+    ap.add_argument("--out", default="docs/align_bench.md")
+    ap.add_argument("--stages", nargs="*", default=["rm", "ppo", "dpo", "grpo"], help="none: rewrite the page only")
+    ap.add_argument("--rm-steps", type=int, default=300)
     ap.add_argument("--ppo-steps", type=int, default=200)
-    ap.add_argument("--dpo-steps", type=int, default=300)
-    ap.add_argument("--grpo-steps", type=int, default=150)
+    ap.add_argument("--dpo-steps", type=int, default=200)
+    ap.add_argument("--grpo-steps", type=int, default=120)
     args = ap.parse_args()
     torch.set_num_threads(2)
     work = Path(args.work)
     paths = make_data(Path(args.data), work)
     test = read_problems(Path(args.data) / "test.jsonl")
     runs = {
-        "rm": AlignSettings(model=args.sft, method="rm", data=[str(paths["rankings"])], steps=args.rm_steps,
+        "rm": AlignSettings(model=args.sft, method="rm", data=[str(paths["pairs"])], steps=args.rm_steps,
                             batch_size=16, lr=1e-4, warmup=20, val_fraction=0.1, eval_every=50, save_every=10**6,
                             out=str(work / "rm"), quiet=True),
         "ppo": AlignSettings(model=args.sft, method="ppo", data=[str(paths["prompts"])],
                              reward_model=str(work / "rm" / "reward_model"), steps=args.ppo_steps, batch_size=16,
-                             epochs=4, lr=3e-5, warmup=10, kl_coef=0.05, max_new_tokens=48, save_every=10**6,
+                             epochs=4, lr=5e-5, warmup=10, kl_coef=0.05, max_new_tokens=48, save_every=10**6,
                              out=str(work / "ppo"), quiet=True),
         "dpo": AlignSettings(model=args.sft, method="dpo", data=[str(paths["pairs"])], steps=args.dpo_steps,
-                             batch_size=16, lr=3e-5, warmup=20, beta=0.1, eval_every=50, save_every=10**6,
+                             batch_size=16, lr=5e-5, warmup=20, beta=0.1, eval_every=50, save_every=10**6,
                              out=str(work / "dpo"), quiet=True),
         "grpo": AlignSettings(model=args.sft, method="grpo", data=[str(paths["prompts"])], reward=["goat_exact"],
-                              steps=args.grpo_steps, batch_size=4, group=8, lr=3e-5, warmup=10, max_new_tokens=48,
+                              steps=args.grpo_steps, batch_size=4, group=8, lr=5e-5, warmup=10, max_new_tokens=48,
                               save_every=10**6, out=str(work / "grpo"), quiet=True),
     }
     results_file = work / "results.json"
@@ -141,7 +151,8 @@ def main() -> None:
     tok = Tokenizer.from_pretrained(args.sft)
     sft = gu.from_pretrained(args.sft, dtype=torch.float32).eval()
     if "sft" not in results:
-        results["sft"] = {"right": exact_match(sft, tok, test)}
+        results["sft"] = {"right": exact_match(sft, tok, test),
+                          "even": [even_end(t) for t in greedy_answers(sft, tok, test)]}
     for stage in args.stages:
         t0 = time.perf_counter()
         summary = run(runs[stage], log=print)
@@ -151,25 +162,65 @@ def main() -> None:
         else:
             policy = load_policy(args.sft, work / stage)
             row["right"] = exact_match(policy, tok, test)
+            row["even"] = [even_end(t) for t in greedy_answers(policy, tok, test)]
             row["kl"] = kl_to(policy, sft, tok, test)
         results[stage] = row
         results_file.write_text(json.dumps(results, indent=2, default=str))
-        print(stage, {k: v for k, v in row.items() if k not in ("summary", "right")},
-              f"exact {sum(row['right']) / len(row['right']):.1%}" if "right" in row else "")
+        print(stage, {k: v for k, v in row.items() if k not in ("summary", "right", "even")},
+              f"exact {sum(row['right']) / len(row['right']):.1%}, even {sum(row['even']) / len(row['even']):.1%}"
+              if "right" in row else "")
+    curves(work, Path(args.out).with_name("align_curves.png"))
     write_doc(results, test, args, Path(args.out), work)
+
+
+def curves(work: Path, png: Path) -> None:
+    """Reward-model accuracy, PPO's score and KL, DPO's held-out margin, GRPO's reward: one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(run: str, key: str) -> list[tuple[int, float]]:
+        path = work / run / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        return [(r["step"], r[key]) for r in rows if key in r and r[key] == r[key]]
+
+    panels = [("reward model: held-out pair accuracy", [("rm", "val_accuracy", "held out"),
+                                                        ("rm", "accuracy", "train")]),
+              ("PPO: reward-model score per answer", [("ppo", "score", "score")]),
+              ("PPO: KL to the SFT model per answer", [("ppo", "kl", "KL")]),
+              ("DPO: held-out implicit reward margin", [("dpo", "val_margin", "held out")]),
+              ("GRPO: exact-match reward of samples", [("grpo", "reward", "reward")])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3))
+    for ax, (title, lines) in zip(axes, panels, strict=True):
+        for name, key, label in lines:
+            pts = series(name, key)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), lw=1, marker="o" if key.startswith("val") else None, ms=3,
+                        label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 def write_doc(results: dict, test: list, args, out: Path, work: Path) -> None:
     kinds = list(dict.fromkeys(kind_of(r) for r in test))
-    lines = ["| policy | exact match | " + " | ".join(kinds) + " | KL to SFT (nats/answer) | training s |",
-             "|---|---:|" + "---:|" * len(kinds) + "---:|---:|"]
+    lines = ["| policy | even last digit (the labeler's rule) | exact match | " + " | ".join(kinds)
+             + " | KL to SFT (nats/answer) | training s |", "|---|---:|---:|" + "---:|" * len(kinds) + "---:|---:|"]
     for name in ("sft", "ppo", "dpo", "grpo"):
         if name not in results:
             continue
         r = results[name]
         per = [sum(ok for ok, t in zip(r["right"], test, strict=True) if kind_of(t) == k)
                / max(1, sum(kind_of(t) == k for t in test)) for k in kinds]
-        lines.append(f"| {name} | {sum(r['right']) / len(r['right']):.1%} | " + " | ".join(f"{p:.0%}" for p in per)
+        lines.append(f"| {name} | {sum(r['even']) / len(r['even']):.1%} | {sum(r['right']) / len(r['right']):.1%} | "
+                     + " | ".join(f"{p:.0%}" for p in per)
                      + f" | {r.get('kl', 0.0):.2f} | {r.get('seconds', 0):.0f} |")
     rm = results.get("rm", {})
     text = ["# Alignment on Goat arithmetic: the preferred answer is the correct one", "",
