@@ -118,7 +118,8 @@ def main() -> None:
     ap.add_argument("--data", default="out/goat_know")
     ap.add_argument("--work", default="out/align")
     ap.add_argument("--out", default="docs/align_bench.md")
-    ap.add_argument("--stages", nargs="*", default=["rm", "ppo", "dpo", "grpo"], help="none: rewrite the page only")
+    ap.add_argument("--stages", nargs="*", default=["rm", "ppo", "dpo", "dpo_sft", "grpo"],
+                    help="none: rewrite the page only")
     ap.add_argument("--rm-steps", type=int, default=300)
     ap.add_argument("--ppo-steps", type=int, default=200)
     ap.add_argument("--dpo-steps", type=int, default=200)
@@ -139,6 +140,9 @@ def main() -> None:
         "dpo": AlignSettings(model=args.sft, method="dpo", data=[str(paths["pairs"])], steps=args.dpo_steps,
                              batch_size=16, lr=5e-5, warmup=20, beta=0.1, eval_every=50, save_every=10**6,
                              out=str(work / "dpo"), quiet=True),
+        "dpo_sft": AlignSettings(model=args.sft, method="dpo", data=[str(paths["pairs"])], steps=args.dpo_steps,
+                                 batch_size=16, lr=5e-5, warmup=20, beta=0.1, sft_weight=1.0, eval_every=50,
+                                 save_every=10**6, out=str(work / "dpo_sft"), quiet=True),
         "grpo": AlignSettings(model=args.sft, method="grpo", data=[str(paths["prompts"])], reward=["goat_exact"],
                               steps=args.grpo_steps, batch_size=4, group=8, lr=5e-5, warmup=10, max_new_tokens=48,
                               save_every=10**6, out=str(work / "grpo"), quiet=True),
@@ -191,7 +195,8 @@ def curves(work: Path, png: Path) -> None:
                                                         ("rm", "accuracy", "train")]),
               ("PPO: reward-model score per answer", [("ppo", "score", "score")]),
               ("PPO: KL to the SFT model per answer", [("ppo", "kl", "KL")]),
-              ("DPO: held-out implicit reward margin", [("dpo", "val_margin", "held out")]),
+              ("DPO: held-out chosen log-prob per answer", [("dpo", "val_logps_chosen", "DPO"),
+                                                           ("dpo_sft", "val_logps_chosen", "DPO + SFT term")]),
               ("GRPO: exact-match reward of samples", [("grpo", "reward", "reward")])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3))
     for ax, (title, lines) in zip(axes, panels, strict=True):
@@ -213,7 +218,7 @@ def write_doc(results: dict, test: list, args, out: Path, work: Path) -> None:
     kinds = list(dict.fromkeys(kind_of(r) for r in test))
     lines = ["| policy | even last digit (the labeler's rule) | exact match | " + " | ".join(kinds)
              + " | KL to SFT (nats/answer) | training s |", "|---|---:|---:|" + "---:|" * len(kinds) + "---:|---:|"]
-    for name in ("sft", "ppo", "dpo", "grpo"):
+    for name in ("sft", "ppo", "dpo", "dpo_sft", "grpo"):
         if name not in results:
             continue
         r = results[name]

@@ -35,6 +35,7 @@ class DirectSettings:
     simpo_gamma: float = 0.5  # SimPO's target margin
     orpo_nll: str = "full"  # ORPO's NLL over the chosen rows' prompt and answer (trl), or "answer" only
     center_rewards: float | None = None  # rm: coefficient of mean (r_c + r_r)^2
+    sft_weight: float = 0.0  # dpo/ipo: + weight x the chosen answers' per-token NLL (RPO, Pang et al. 2024)
 
 
 class PreferenceObjective(TrainObjective):
@@ -111,6 +112,11 @@ class PreferenceObjective(TrainObjective):
         len_c, len_r = self._pairs(lp.lengths.to(c.dtype), b)
         loss, rc, rr = losses.dpo_loss(c, r, ref_c, ref_r, beta=self.s.beta, kind=kind or self.s.dpo_loss,
                                        label_smoothing=self.s.label_smoothing, chosen_len=len_c, rejected_len=len_r)
+        if self.s.sft_weight:  # keeps the chosen answers likely: DPO alone can lower both answers' log-probs
+            m = lp.mask[b.chosen]
+            nll = -(lp.logps[b.chosen] * m).sum() / m.sum()
+            loss = loss + self.s.sft_weight * nll
+            self._log(nll=nll)
         self._log_rewards(rc, rr, c, r)
         return loss, int(b.chosen.numel())
 

@@ -66,6 +66,8 @@ class AlignSettings:
     orpo_nll: str = option("full", "orpo: NLL over the chosen rows' prompt and answer (trl) or the answer",
                            choices=("full", "answer"))
     center_rewards: float | None = option(None, "rm: coefficient of the centering term mean((r_c + r_r)^2)")
+    sft_weight: float = option(0.0, "dpo/ipo: add this times the chosen answers' NLL per token (RPO; trl's 'sft' "
+                               "loss term), which keeps DPO from lowering the chosen answers' likelihood")
     kl_coef: float = option(0.05, "ppo: KL penalty per token")
     kl_target: float | None = option(None, "ppo: adaptive KL controller's target KL per answer (default: fixed)")
     gamma: float = option(1.0, "ppo: discount")
@@ -229,7 +231,8 @@ def run(s: AlignSettings, log=print) -> dict[str, Any]:
         trained = model
         objective = direct.PreferenceObjective(s.method, direct.DirectSettings(
             beta=beta, dpo_loss=s.dpo_loss, label_smoothing=s.label_smoothing, desirable_weight=s.desirable_weight,
-            undesirable_weight=s.undesirable_weight, simpo_gamma=s.simpo_gamma, orpo_nll=s.orpo_nll))
+            undesirable_weight=s.undesirable_weight, simpo_gamma=s.simpo_gamma, orpo_nll=s.orpo_nll,
+            sft_weight=s.sft_weight))
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     total = sum(p.numel() for p in {id(p): p for p in trained.parameters()}.values())
     log(f"method: {s.method} ({'qlora' if s.qlora else 'lora' if s.lora else 'full weights'}): {trainable:,} "

@@ -73,6 +73,8 @@ def dpo_trainer(folders, tmp_path, **cfg):
      {"loss_type": ["robust"], "beta": 0.3, "label_smoothing": 0.1}),
     ({"method": "dpo", "beta": 0.2, "dpo_loss": "hinge"}, {"loss_type": ["hinge"], "beta": 0.2}),
     ({"method": "ipo", "beta": 0.5}, {"loss_type": ["ipo"], "beta": 0.5}),
+    ({"method": "dpo", "beta": 0.1, "sft_weight": 0.7}, {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.7],
+                                                          "beta": 0.1}),
 ])
 def test_dpo_family_equals_trl(align_folders, tmp_path, ours, theirs):
     records = fixed_pairs(align_folders["tok"].vocab_size)
