@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import time
 from pathlib import Path
 
 import torch
+from report import machine
 
 from groundup.align.run import AlignSettings, run
 from groundup.cli.arithmetic import exact_match, read_problems
@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--rm-steps", type=int, default=300)
     ap.add_argument("--ppo-steps", type=int, default=200)
     ap.add_argument("--dpo-steps", type=int, default=200)
-    ap.add_argument("--grpo-steps", type=int, default=120)
+    ap.add_argument("--grpo-steps", type=int, default=300)
     args = ap.parse_args()
     torch.set_num_threads(2)
     work = Path(args.work)
@@ -144,7 +144,8 @@ def main() -> None:
                                  batch_size=16, lr=5e-5, warmup=20, beta=0.1, sft_weight=1.0, eval_every=50,
                                  save_every=10**6, out=str(work / "dpo_sft"), quiet=True),
         "grpo": AlignSettings(model=args.sft, method="grpo", data=[str(paths["prompts"])], reward=["goat_exact"],
-                              steps=args.grpo_steps, batch_size=4, group=8, lr=5e-5, warmup=10, max_new_tokens=48,
+                              steps=args.grpo_steps, batch_size=8, group=8, epochs=2, temperature=0.7, lr=1e-4,
+                              warmup=10, max_new_tokens=48,
                               save_every=10**6, out=str(work / "grpo"), quiet=True),
     }
     results_file = work / "results.json"
@@ -230,7 +231,7 @@ def write_doc(results: dict, test: list, args, out: Path, work: Path) -> None:
     rm = results.get("rm", {})
     text = ["# Alignment on Goat arithmetic: the preferred answer is the correct one", "",
             f"Command: `python bench/align.py --sft {args.sft} --data {args.data} --work {args.work} --out {args.out}`",
-            f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 2 threads.", "",
+            f"Machine: {machine()}; torch {torch.__version__}, 2 threads.", "",
             f"Reward model held-out pair accuracy: {rm.get('accuracy', float('nan')):.1%}", "", *lines, ""]
     out.write_text("\n".join(text) + "\n")
     print("\n".join(text))

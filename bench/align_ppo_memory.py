@@ -13,22 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from report import machine
 
 
 def main() -> None:
@@ -71,7 +61,7 @@ def main() -> None:
                      "seconds_per_iteration": s["seconds"] / args.iterations, "peak_rss_mb": s["peak_rss_mb"]})
     lora, full = rows
     lines = [f"Model {args.model}, {args.batch_size} prompts per rollout, {args.max_new_tokens} new tokens, "
-             f"{args.epochs} PPO epochs, {args.iterations} iterations, fp32; CPU: {cpu_model()}, "
+             f"{args.epochs} PPO epochs, {args.iterations} iterations, fp32; {machine()}, "
              f"{torch.get_num_threads()} threads, torch {torch.__version__}.", "",
              "| configuration | trainable parameters | parameters of the trained module | peak RSS MB "
              "| s / iteration |",

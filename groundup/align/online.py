@@ -77,9 +77,9 @@ class PolicyValue(nn.Module, Checkpointable):
         else:
             write_model(self.policy, folder)
         heads = {} if self.value_head is None else {"value_head.weight": self.value_head.weight.detach().cpu()}
-        if self.value_model is not None:
+        if self.value_model is not None:  # tied aliases (the trunk's unused head) are not written twice
             heads.update({f"value_model.{k}": v.detach().cpu().contiguous()
-                          for k, v in self.value_model.state_dict().items()})
+                          for k, v in self.value_model.state_dict().items() if k not in self._value_aliases()})
         save_file(heads, str(folder / "value.safetensors"))
 
     def read_checkpoint(self, folder: Path) -> None:
@@ -94,7 +94,15 @@ class PolicyValue(nn.Module, Checkpointable):
             with torch.no_grad():
                 self.value_head.weight.copy_(heads["value_head.weight"])
         if self.value_model is not None:
-            self.value_model.load_state_dict({k.removeprefix("value_model."): v for k, v in heads.items()})
+            state = {k.removeprefix("value_model."): v for k, v in heads.items() if k.startswith("value_model.")}
+            missing, unexpected = self.value_model.load_state_dict(state, strict=False)
+            if unexpected or set(missing) - self._value_aliases():
+                raise ValueError(f"{folder}/value.safetensors: not this value model's tensors (missing "
+                                 f"{sorted(set(missing) - self._value_aliases())[:5]}, unexpected {unexpected[:5]})")
+            self.value_model.backbone.tie_weights()
+
+    def _value_aliases(self) -> set[str]:
+        return {f"backbone.{k}" for k in self.value_model.backbone.tied_keys()}
 
 
 def reference_of(policy: nn.Module, ref: nn.Module | None) -> Callable[[], contextlib.AbstractContextManager]:

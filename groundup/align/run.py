@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..train.finetune import RunSettings
 from ..utils.files import atomic_file, atomic_write_text
 from ..utils.settings import option, option_list
 
@@ -30,7 +31,7 @@ BETA = {"dpo": 0.1, "ipo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0, "grpo": 0
 
 
 @dataclass
-class AlignSettings:
+class AlignSettings(RunSettings):
     """Every setting of an alignment run, with its default."""
 
     model: str = option("", "HF folder of a decoder-only model (the SFT model) with tokenizer.json", positional=True)
@@ -93,15 +94,8 @@ class AlignSettings:
     max_len: int | None = option(None, "context of a row (default: the model's); longer prompts are cut from the left")
     separator: str | None = option(None, "prompt/answer separator of string prompts (default '\\n\\n###\\n\\n', as "
                                    "finetune)")
-    val_fraction: float = option(0.05, "share of preference records held out")
-    eval_every: int = option(50, "steps between validations")
-    save_every: int = option(100, "steps between checkpoints")
-    seed: int = option(0, "seed")
-    dtype: str = option("float32", "training dtype", choices=("float32", "bfloat16"))
     out: str = option("out/align", "output folder")
-    resume: bool = option(False, "continue from <out>/checkpoint")
     merge: bool = option(False, "with --lora: also write <out>/merged, a plain model folder")
-    quiet: bool = option(False, "no progress bars")
 
     def check(self) -> None:
         """Refuse contradictory settings before anything is read."""
@@ -271,8 +265,8 @@ def run(s: AlignSettings, log=print) -> dict[str, Any]:
     return summary
 
 
-CURVES = {"rm": ("loss", "accuracy", "margin"), "ppo": ("score", "kl", "loss"), "grpo": ("reward", "kl", "loss"),
-          "kto": ("loss", "kl", "rewards_chosen")}
+CURVES = {"rm": ("loss", "accuracy", "margin"), "ppo": ("score", "kl", "entropy", "clipfrac", "vf_loss"),
+          "grpo": ("reward", "kl", "clip_ratio", "loss"), "kto": ("loss", "kl", "rewards_chosen")}
 
 
 def plot_alignment(metrics: Path, png: Path, method: str) -> None:

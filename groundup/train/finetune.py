@@ -30,7 +30,20 @@ LR = {"full": 1e-4, "lora": 1e-3, "qlora": 1e-3, "ia3": 3e-3, "bitfit": 1e-3, "p
 
 
 @dataclass
-class FinetuneSettings:
+class RunSettings:
+    """The settings every training command on instruction or preference data shares (finetune, align)."""
+
+    val_fraction: float = option(0.05, "share of examples held out")
+    eval_every: int = option(50, "steps between validations")
+    save_every: int = option(100, "steps between checkpoints")
+    seed: int = option(0, "seed of the split, order and initialisation")
+    dtype: str = option("float32", "training dtype", choices=("float32", "bfloat16"))
+    resume: bool = option(False, "continue from <out>/checkpoint")
+    quiet: bool = option(False, "no progress bars")
+
+
+@dataclass
+class FinetuneSettings(RunSettings):
     """Every setting of a fine-tuning run, with its default."""
 
     model: str = option("", "HF folder of a decoder-only model with tokenizer.json", positional=True)
@@ -66,15 +79,8 @@ class FinetuneSettings:
     weight_decay: float = option(0.0, "AdamW weight decay")
     optimizer: str = option("adamw", "adamw, or adamw8bit: both moments in 8-bit blocks (2 bytes of state per "
                             "weight instead of 8; for full fine-tuning)", choices=("adamw", "adamw8bit"))
-    val_fraction: float = option(0.05, "share of examples held out")
-    eval_every: int = option(50, "steps between validation losses")
-    save_every: int = option(100, "steps between checkpoints")
-    seed: int = option(0, "seed of the split, order and initialisation")
-    dtype: str = option("float32", "training dtype", choices=("float32", "bfloat16"))
     out: str = option("out/finetune", "output folder")
-    resume: bool = option(False, "continue from <out>/checkpoint")
     merge: bool = option(False, "LoRA/IA3: also write <out>/merged, a plain model folder")
-    quiet: bool = option(False, "no progress bars")
 
 
 def adapter_of(s: FinetuneSettings) -> Any:

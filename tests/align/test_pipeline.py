@@ -210,3 +210,29 @@ def test_cli_names_the_bad_line(align_folders, tmp_path):
     out = subprocess.run([sys.executable, "-m", "groundup", "reward", "train", str(align_folders["policy"]), "--data",
                           str(data), "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and f"{data}:41: a pair does not take field(s) ['ranking']" in out.stderr
+
+
+def test_ppo_full_weights_with_a_separate_value_model_resumes(reward_run, align_folders, tmp_path):
+    """trl 1.12's layout: a trained policy, a frozen reference copy and a value model copied from the reward
+    model; its checkpoint (policy folder + value model tensors, tied head written once) resumes."""
+    _, _, rm_tmp = reward_run
+    common = ("--model", str(align_folders["policy"]), "--method", "ppo", "--data", str(prompts(tmp_path)),
+              "--reward-model", str(rm_tmp / "rm" / "reward_model"), "--value-model", "separate", "--batch-size",
+              "2", "--epochs", "1", "--max-new-tokens", "4", "--lr", "1e-3", "--warmup", "1", "--out",
+              str(tmp_path / "ppo"))
+    align(*common, "--steps", "2", "--save-every", "2")
+    summary = align(*common, "--steps", "3", "--resume")
+    assert summary["steps"] == 3 and (tmp_path / "ppo" / "model" / "config.json").is_file()
+    import groundup as gu
+
+    policy = sum(p.numel() for p in gu.from_pretrained(align_folders["policy"]).parameters())
+    assert summary["trainable"] > 1.5 * policy  # the policy and the value model (a trunk with a tied head) train
+
+
+def test_dpo_over_a_4_bit_base(align_folders, tmp_path):
+    """--qlora: the reference log-probs come from the NF4 base, the LoRA adapter trains over it."""
+    summary = align("--model", str(align_folders["policy"]), "--method", "dpo", "--data", str(prefs(tmp_path, 12)),
+                    "--qlora", "--steps", "2", "--batch-size", "4", "--lr", "1e-3", "--warmup", "1",
+                    "--out", str(tmp_path / "q"))
+    assert (tmp_path / "q" / "adapter" / "adapter_config.json").is_file()
+    assert summary["trainable"] < summary["total"] / 5
