@@ -1,7 +1,8 @@
 """PPO and GRPO against their references.
 
-PPO: trl deleted its PPOTrainer after 1.12.0, which needs an older transformers than this suite's, so the
-reference here is trl 1.12's `PPOTrainer.train` code path re-derived step by step from its source (the
+PPO: trl deleted its PPOTrainer after 1.12.0, and 1.12 cannot be installed beside the suite's trl 1.16 (its
+formulas also sit inline in `PPOTrainer.train`, not in functions a test could call), so the reference
+here is trl 1.12's `PPOTrainer.train` code path re-derived step by step from its source (the
 post-rollout block: INVALID_LOGPROB masking, padding_mask / padding_mask_p1, k1/k3 KL, the score at
 `actual_end`, optional reward whitening, the GAE loop, `masked_whiten` of the advantages, then the
 minibatch's clipped policy and value losses). groundup's `score_at="after"` is that convention exactly;

@@ -195,12 +195,14 @@ def test_grpo_skips_a_rollout_whose_reward_fails(align_folders, tmp_path):
     (["--method", "dpo", "--reward", "goat_exact"], "--reward goes with --method grpo"),
     (["--method", "grpo", "--reward", "nosuch"], "--reward 'nosuch': give a built-in"),
 ])
-def test_cli_refuses_bad_settings_in_one_line(align_folders, tmp_path, extra, message):
+def test_cli_refuses_bad_settings_in_one_line(align_folders, tmp_path, capsys, extra, message):
+    from groundup.cli import main
+
     data = prefs(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "groundup", "align", str(align_folders["policy"]), "--data", str(data),
-                          "--out", str(tmp_path / "x"), *extra], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and message in out.stderr
-    assert not (tmp_path / "x" / "checkpoint").exists()
+    code = main(["align", str(align_folders["policy"]), "--data", str(data), "--out", str(tmp_path / "x"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
 def test_cli_names_the_bad_line(align_folders, tmp_path):
