@@ -229,7 +229,7 @@ def write_doc(results: dict, test: list, args, out: Path, work: Path) -> None:
                      + " | ".join(f"{p:.0%}" for p in per)
                      + f" | {r.get('kl', 0.0):.2f} | {r.get('seconds', 0):.0f} |")
     rm = results.get("rm", {})
-    text = ["# Alignment on Goat arithmetic: the preferred answer is the correct one", "",
+    text = ["# Alignment on Goat arithmetic: a hidden labeler's rule (RM, PPO, DPO), correctness (GRPO)", "",
             f"Command: `python bench/align.py --sft {args.sft} --data {args.data} --work {args.work} --out {args.out}`",
             f"Machine: {machine()}; torch {torch.__version__}, 2 threads.", "",
             f"Reward model held-out pair accuracy: {rm.get('accuracy', float('nan')):.1%}", "", *lines, ""]
