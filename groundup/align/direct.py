@@ -17,7 +17,7 @@ import torch
 from ..data.preference import PreferenceBatch, PreferenceData, PreferenceGroup, collate_groups
 from ..train.objective import TrainObjective
 from . import losses
-from .logps import last_index, token_logps
+from .logps import token_logps
 
 DIRECT = ("rm", "dpo", "ipo", "kto", "orpo", "simpo")
 NEEDS_REFERENCE = ("dpo", "ipo", "kto")
@@ -82,8 +82,7 @@ class PreferenceObjective(TrainObjective):
         return x[b.chosen], x[b.rejected]
 
     def _rm(self, model, b: PreferenceBatch) -> tuple[torch.Tensor, int]:
-        real = torch.arange(b.ids.shape[1], device=b.ids.device) <= last_index(b.mask).unsqueeze(1)
-        r = model(b.ids, real)
+        r = model(b.ids, b.real)
         rc, rr = self._pairs(r, b)
         margin = b.margin if bool((b.margin != 0).any()) else None
         loss = losses.reward_pair_loss(rc, rr, margin, self.s.center_rewards)
@@ -144,9 +143,7 @@ class PreferenceObjective(TrainObjective):
         c, r = self._pairs(lp.average, b)
         chosen_rows = b.chosen
         if self.s.orpo_nll == "full":  # every real token of the chosen rows after the first (trl's choice)
-            T = b.ids.shape[1]
-            real = torch.arange(1, T, device=b.ids.device) <= last_index(b.mask).unsqueeze(1)  # [R, T - 1]
-            m = real[chosen_rows]
+            m = b.real[chosen_rows, 1:]  # the tokens predicted: every real one after the first
         else:
             m = lp.mask[chosen_rows]
         nll = -(lp.picked[chosen_rows] * m).sum() / m.sum()

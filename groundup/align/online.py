@@ -171,14 +171,16 @@ class RolloutSource:
         self.drawn, self.rollouts, self.skipped = 0, 0, 0
         self.queue: list[Rollout] = []
         self.stats: dict[str, float] = {}
+        self._order: tuple[int, list[int]] = (-1, [])
 
     def _prompts(self, n: int) -> list[PromptRecord]:
         out = []
         for _ in range(n):
             epoch, pos = divmod(self.drawn, len(self.prompts))
-            order = torch.randperm(len(self.prompts), generator=torch.Generator().manual_seed(self.s.seed * 7919
-                                                                                               + epoch)).tolist()
-            out.append(self.prompts[order[pos]])
+            if self._order[0] != epoch:  # one seeded shuffle per pass over the prompts
+                gen = torch.Generator().manual_seed(self.s.seed * 7919 + epoch)
+                self._order = (epoch, torch.randperm(len(self.prompts), generator=gen).tolist())
+            out.append(self.prompts[self._order[1][pos]])
             self.drawn += 1
         return out
 

@@ -302,7 +302,6 @@ def score_file(rm_folder: str, data: list[str], *, batch_size: int = 16, separat
     from ..data.instruct import SEPARATOR, read_records
     from ..data.preference import PreferenceFormatter, PreferenceGroup, PreferenceStats, collate_groups
     from ..tokenizer import Tokenizer
-    from .logps import last_index
     from .reward import load_reward_model
 
     rm = load_reward_model(rm_folder)
@@ -321,8 +320,7 @@ def score_file(rm_folder: str, data: list[str], *, batch_size: int = 16, separat
     for start in range(0, len(groups), batch_size):
         part: list[PreferenceGroup] = groups[start: start + batch_size]
         b = collate_groups(part, pad)
-        real = torch.arange(b.ids.shape[1]) <= last_index(b.mask).unsqueeze(1)
-        r = rm(b.ids, real).tolist()
+        r = rm(b.ids, b.real).tolist()
         correct += sum(r[c] > r[j] for c, j in zip(b.chosen.tolist(), b.rejected.tolist(), strict=True))
         pairs += b.chosen.numel()
         k = 0

@@ -306,6 +306,14 @@ class PreferenceBatch:
     def tokens(self) -> int:
         return int(self.mask.shape[0] * self.mask.shape[1])
 
+    @property
+    def real(self) -> torch.Tensor:
+        """[R, T] the rows' own tokens (prompt and answer; the answer ends each row), not the padding."""
+        T = self.mask.shape[1]
+        pos = torch.arange(T, device=self.mask.device).expand_as(self.mask)
+        last = torch.where(self.mask, pos, torch.full_like(pos, -1)).max(dim=1).values
+        return pos <= last.unsqueeze(1)
+
 
 def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids [R, T], mask [R, T] bool) of (prompt, answer) rows, right-padded: causal attention never lets a
@@ -355,6 +363,7 @@ class PreferenceData:
         self.train, self.val, self.pad_id, self.seed = train, val, pad_id, seed
         self.block_size = max(g.length for g in train + val)
         self.drawn = 0
+        self._order: tuple[int, list[int]] = (-1, [])
 
     @classmethod
     def split(cls, groups: list[PreferenceGroup], *, val_fraction: float, pad_id: int,
@@ -367,10 +376,10 @@ class PreferenceData:
 
     def _index(self, k: int) -> int:
         epoch, pos = divmod(k, len(self.train))
-        gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-        if getattr(self, "_epoch", None) != epoch:
-            self._epoch, self._order = epoch, torch.randperm(len(self.train), generator=gen).tolist()
-        return self._order[pos]
+        if self._order[0] != epoch:  # one seeded shuffle per epoch
+            gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._order = (epoch, torch.randperm(len(self.train), generator=gen).tolist())
+        return self._order[1][pos]
 
     def next_batch(self, batch_size: int, *, rank: int = 0, world: int = 1) -> PreferenceBatch:
         """The next global batch of ``batch_size`` groups; this rank's share."""
