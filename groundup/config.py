@@ -23,7 +23,13 @@ Norm = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "post", "sublayer", "sandwich"]
 Residual = Literal["sequential", "parallel"]
 RopeScaling = Literal["none", "linear", "ntk", "dynamic", "llama3", "yarn", "longrope"]
-Router = Literal["topk_softmax", "softmax_topk"]
+# topk_softmax: softmax over the k largest logits (Mixtral); softmax_topk: the k largest of the softmax over all
+# (GShard, Qwen2-MoE); switch: softmax_topk with k = 1 (Fedus et al., 2021); expert_choice: each expert takes its
+# top-capacity tokens (Zhou et al., 2022)
+Router = Literal["topk_softmax", "softmax_topk", "switch", "expert_choice"]
+RouterGroup = Literal["batch", "sequence"]  # the tokens that share the experts' capacity and the balance statistics
+RouterPriority = Literal["sequence", "score"]  # who keeps a full expert: the earlier token, or the surer one (BPR)
+BalanceScope = Literal["stack", "layer"]  # f and P pooled over a stack's MoE layers (transformers), or per layer
 Kernel = Literal["eager", "sdpa", "flash"]
 QKNorm = Literal["none", "head", "full"]
 LayerType = Literal["global", "local"]  # full causal attention, or the sliding window
@@ -139,9 +145,28 @@ class Config:
 
     # mixture of experts on the FFN (n_experts == 0: dense FFN)
     n_experts: int = 0
-    top_k: int = 2
+    top_k: int = 2  # experts per token; for expert_choice, the mean number of experts a token gets
     router: Router = "topk_softmax"
-    router_aux_loss_coef: float = 0.01
+    router_aux_loss_coef: float = 0.01  # alpha of the load-balancing loss alpha * E * sum_e f_e P_e
+    router_z_loss_coef: float = 0.0  # ST-MoE's router z-loss, mean logsumexp(logits)^2 (Zoph et al., 2022)
+    balance_scope: BalanceScope = "stack"
+    router_group: RouterGroup = "batch"
+    # capacity per expert and group = ceil(top_k x tokens per group x factor / n_experts); None: no limit (no token
+    # is dropped). A token past its expert's capacity gets no output from it: the residual carries it on.
+    capacity_factor: float | None = None
+    eval_capacity_factor: float | None = None  # in eval mode; None: capacity_factor
+    expert_capacity: int | None = None  # a fixed capacity in tokens (SwitchTransformers' config), over the factors
+    router_priority: RouterPriority = "sequence"
+    router_jitter: float = 0.0  # training: router inputs x U(1 - eps, 1 + eps) (Switch)
+    router_noise: bool = False  # training: noisy top-k gating, logits + N(0, 1) softplus(x W_noise) (Shazeer, 2017)
+    router_bias: bool = False
+    # expert_choice looks at every token of a group before choosing, future ones included: in a causal stack it is
+    # refused unless this opt-in is set (training sees the future, and generation's one-token steps route differently)
+    expert_choice_causal: bool = False
+    expert_d_ff: int | None = None  # routed experts' width (fine-grained experts); None: d_ff
+    shared_expert_d_ff: int = 0  # an always-on expert of this width (DeepSeekMoE, Qwen2-MoE); 0: none
+    shared_expert_gate: bool = False  # its output x sigmoid(x . w) (Qwen2-MoE)
+    moe_layers: list[int] | None = None  # the stack layers that are MoE (seq2seq: decoder layers after the encoder's)
 
     # implementation
     attn_kernel: Kernel = "sdpa"
@@ -254,7 +279,63 @@ class Config:
             raise ValueError(f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}")
         if self.n_experts == 1:
             raise ValueError("n_experts=1 is a dense FFN with a router; use n_experts=0")
+        self._check_moe()
         self._check_token_ids()
+
+    def _check_moe(self) -> None:
+        for name in ("capacity_factor", "eval_capacity_factor"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+                raise ValueError(f"{name}={value!r} must be a positive number (1.0: room for an even share) or None "
+                                 "(no capacity limit)")
+        for name in ("expert_capacity", "expert_d_ff"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name}={value!r} must be a positive integer or None")
+        if not isinstance(self.shared_expert_d_ff, int) or self.shared_expert_d_ff < 0:
+            raise ValueError(f"shared_expert_d_ff={self.shared_expert_d_ff!r} must be >= 0 (0: no shared expert)")
+        if self.shared_expert_gate and not self.shared_expert_d_ff:
+            raise ValueError("shared_expert_gate=True gates the shared expert: set shared_expert_d_ff")
+        if not 0.0 <= self.router_jitter < 1.0:
+            raise ValueError(f"router_jitter={self.router_jitter} must be in [0, 1)")
+        for name in ("router_aux_loss_coef", "router_z_loss_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if not self.n_experts:
+            if self.moe_layers is not None:
+                raise ValueError("moe_layers needs n_experts > 0")
+            return
+        if self.router == "switch" and self.top_k != 1:
+            raise ValueError(f"router='switch' routes each token to one expert: top_k={self.top_k} must be 1")
+        if self.router == "expert_choice":
+            if self.capacity_factor is None and self.expert_capacity is None:
+                raise ValueError("router='expert_choice' gives each expert a fixed number of tokens: set "
+                                 "capacity_factor (e.g. 1.0) or expert_capacity")
+            if self.router_noise:
+                raise ValueError("router_noise (noisy top-k gating) is for token-choice routers, not expert_choice")
+        if self.moe_layers is not None:
+            n = self.n_stack_layers
+            if (not isinstance(self.moe_layers, list) or any(isinstance(i, bool) or not isinstance(i, int)
+                                                             or not 0 <= i < n for i in self.moe_layers)
+                    or len(set(self.moe_layers)) != len(self.moe_layers)):
+                raise ValueError(f"moe_layers={self.moe_layers!r} must list distinct layer indices in [0, {n})"
+                                 + (" (encoder layers first, then the decoder's)" if self.arch == "seq2seq" else ""))
+        causal_moe = [i for i in range(self.n_stack_layers) if self.is_moe_layer(i)
+                      and (self.arch == "causal_lm" or i >= self.n_layers)]
+        if self.router == "expert_choice" and causal_moe and not self.expert_choice_causal:
+            raise ValueError(f"router='expert_choice' in a causal stack (MoE layers {causal_moe[:4]}): each expert "
+                             "picks among all tokens of a group, future ones too, so a token's output depends on what "
+                             "follows it and cached generation routes differently; set expert_choice_causal=True "
+                             "to accept that, or use a token-choice router")
+
+    def is_moe_layer(self, i: int) -> bool:
+        """Whether stack layer i (seq2seq: encoder layers, then decoder layers) has routed experts."""
+        return bool(self.n_experts) and (self.moe_layers is None or i in self.moe_layers)
+
+    @property
+    def moe_layer_count(self) -> int:
+        """Number of MoE layers over all stacks."""
+        return sum(self.is_moe_layer(i) for i in range(self.n_stack_layers))
 
     def _check_layer_types(self) -> None:
         kinds = self.layer_types
@@ -292,9 +373,9 @@ class Config:
         if self.arch == "encoder" and self.causal:
             raise ValueError("causal=True with arch='encoder': an encoder attends in both directions; "
                              "use arch='causal_lm' for a decoder")
-        if self.arch != "causal_lm" and self.n_experts:
+        if self.arch == "encoder" and self.n_experts:
             raise ValueError(f"n_experts={self.n_experts}: mixture-of-experts layers are implemented for "
-                             "arch='causal_lm' only")
+                             "arch='causal_lm' and 'seq2seq'")
         if self.arch == "seq2seq" and self.residual == "parallel":
             raise ValueError("residual='parallel' is not defined for arch='seq2seq' (no parallel cross-attention)")
         if self.arch == "seq2seq" and not self.causal:

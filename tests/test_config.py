@@ -45,7 +45,7 @@ from groundup.presets import PRESETS
     (dict(type_vocab_size=2), "type_vocab_size=2 needs arch='encoder'"),
     (dict(arch="encoder", nsp_head=True), "need pooler=True"),
     (dict(arch="encoder", num_labels=-1), "num_labels=-1 must be >= 0"),
-    (dict(arch="seq2seq", n_experts=4), "n_experts=4: mixture-of-experts"),
+    (dict(arch="encoder", n_experts=4), "n_experts=4: mixture-of-experts"),
     (dict(pos="relative", rel_buckets=1), "rel_buckets=1 must be >= 2"),
     (dict(embed_scale="inv_sqrt_d"), "embed_scale takes none|sqrt_d"),
     (dict(sinusoidal_layout="zigzag"), "sinusoidal_layout='zigzag'"),

@@ -73,15 +73,14 @@ def test_padding_mask_matches_hf(name, hf_folder):
 
 
 def test_mixtral_balance_loss_matches_hf(hf_folder):
-    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
-
-    path, _ref = hf_folder("mixtral")
+    """The whole model's balance loss: f and P pooled over every MoE layer, as transformers computes it."""
+    path, ref = hf_folder("mixtral")
     model = gu.from_pretrained(path)
-    x = torch.randn(24, 32, generator=torch.Generator().manual_seed(0))
-    moe = model.blocks[0].mlp
-    _, aux = moe(x)
-    want = load_balancing_loss_func((moe.router(x),), num_experts=4, top_k=2)
-    torch.testing.assert_close(aux, want, atol=1e-6, rtol=1e-6)
+    ids = _ids(seed=5)
+    with torch.no_grad():
+        _, aux = model(ids, return_aux_loss=True)
+        want = ref(ids, output_router_logits=True).aux_loss * ref.config.router_aux_loss_coef
+    torch.testing.assert_close(aux, want, atol=1e-6, rtol=1e-5)
 
 
 def test_bf16_logits_close_to_hf(hf_folder):

@@ -38,8 +38,9 @@ class CausalLM(PreTrained, TiedHead, Stack):
         """input_ids [B, T] -> logits [B, T, V], or with ``targets`` the cross-entropy loss.
 
         attention_mask [B, T] (1 = token, 0 = padding) hides padded keys; position_ids [B, T] or [T]
-        default to 0..T-1. With ``return_aux_loss`` the MoE load-balancing loss (mean over layers, already
-        multiplied by ``router_aux_loss_coef``; zero for dense models) is returned as well.
+        default to 0..T-1. With ``return_aux_loss`` the MoE router losses are returned as well: the
+        load-balancing loss times ``router_aux_loss_coef`` plus the z-loss times ``router_z_loss_coef``
+        (nn/moe.router_loss; zero for dense models), what training adds to the cross-entropy.
 
         targets [B, T] (token ids aligned with the positions, -100 = no target) makes the forward return
         the fp32 cross-entropy ("mean" over targets or "sum") in place of the logits. It is computed by
@@ -56,7 +57,7 @@ class CausalLM(PreTrained, TiedHead, Stack):
             x = x[:, -logits_to_keep:]
         if targets is None:
             out = self.head(x)
-            return (out, self._aux(aux_total)) if return_aux_loss else out
+            return (out, aux_total) if return_aux_loss else out
         if self.config.lm_head_scale == "inv_sqrt_d":
             x = x * self.config.d_model**-0.5
         cap = self.config.logit_softcap
@@ -65,17 +66,12 @@ class CausalLM(PreTrained, TiedHead, Stack):
                                        softcap=cap)
         else:  # a wrapped head (adapters, quantization): its own forward, then the loss
             out = cross_entropy(softcap(self.lm_head(x), cap), targets, reduction)
-        return (out, self._aux(aux_total)) if return_aux_loss else out
-
-    def _aux(self, aux_total: torch.Tensor) -> torch.Tensor:
-        """The summed balance loss -> its mean over MoE layers times router_aux_loss_coef."""
-        n_moe = self.config.n_layers if self.config.n_experts else 1
-        return aux_total * (self.config.router_aux_loss_coef / n_moe)
+        return (out, aux_total) if return_aux_loss else out
 
     def hidden(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                position_ids: torch.Tensor | None = None,
                cache: DecoderCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The final-norm hidden states [B, T, C] that the head reads, and the summed MoE balance loss.
+        """The final-norm hidden states [B, T, C] that the head reads, and the MoE router losses.
         ``head(hidden(...)[0])`` equals ``forward``'s logits; scoring code (groundup.eval) applies the head
         only at the positions it scores, a few rows of [B, T, V]."""
         if self.prefix_tuning is not None:  # peft/prefix.py: trainable keys/values go into the cache first

@@ -29,7 +29,7 @@ class Seq2Seq(PreTrained, TiedHead, nn.Module):
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.encoder = Stack(cfg, cfg.n_layers, causal=False)
-        self.decoder = Stack(cfg, cfg.n_decoder_layers, causal=True, cross=True)
+        self.decoder = Stack(cfg, cfg.n_decoder_layers, causal=True, cross=True, first=cfg.n_layers)
         self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
         self.tie_weights()
         self.init_hooks()
@@ -38,12 +38,13 @@ class Seq2Seq(PreTrained, TiedHead, nn.Module):
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None, *, decoder_input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None
-                ) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                return_aux_loss: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Source ids [B, S] and target ids [B, T] (starting with the decoder start token) -> logits [B, T, V].
 
         attention_mask [B, S] hides source padding from the encoder and from cross-attention;
-        decoder_attention_mask [B, T] hides target padding.
+        decoder_attention_mask [B, T] hides target padding. With ``return_aux_loss`` the MoE router losses
+        of both stacks (each stack's own, summed, as SwitchTransformers adds them) are returned as well.
         """
         if input_ids is None:
             raise ValueError("Seq2Seq needs encoder inputs: pass input_ids (the source token ids [B, S]); "
@@ -51,15 +52,21 @@ class Seq2Seq(PreTrained, TiedHead, nn.Module):
         if decoder_input_ids is None:
             raise ValueError("Seq2Seq needs decoder_input_ids [B, T]: the target shifted right, starting with "
                              f"the decoder start token (id {self.decoder_start_token_id})")
-        memory = self.encode(input_ids, attention_mask=attention_mask)
-        return self.decode(decoder_input_ids, memory, memory_mask=attention_mask,
-                           decoder_attention_mask=decoder_attention_mask)
+        memory, enc_aux = self._encode(input_ids, attention_mask)
+        logits, dec_aux = self._decode(decoder_input_ids, memory, memory_mask=attention_mask,
+                                       decoder_attention_mask=decoder_attention_mask)
+        return (logits, enc_aux + dec_aux) if return_aux_loss else logits
 
     def encode(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output [B, S, C] for source ids [B, S]."""
+        return self._encode(input_ids, attention_mask)[0]
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         check_ids(self.config, input_ids, attention_mask)
         x, rope = self.encoder.inputs(self.embed, input_ids)
-        return self.encoder.run(x, rope=rope, attention_mask=attention_mask)[0]
+        h, aux, _ = self.encoder.run(x, rope=rope, attention_mask=attention_mask)
+        return h, aux
 
     def decode(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor, *,
                memory_mask: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
@@ -69,6 +76,12 @@ class Seq2Seq(PreTrained, TiedHead, nn.Module):
         With a ``cache`` the ids are the new steps only; they sit after the cached positions, and
         ``decoder_attention_mask`` (if any) covers cached and new positions.
         """
+        return self._decode(decoder_input_ids, memory, memory_mask=memory_mask,
+                            decoder_attention_mask=decoder_attention_mask, cache=cache)[0]
+
+    def _decode(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor, *,
+                memory_mask: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                cache: DecoderCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         offset = cache.length if cache is not None else 0
         check_ids(cfg, decoder_input_ids, None, name="decoder_input_ids",
@@ -80,11 +93,11 @@ class Seq2Seq(PreTrained, TiedHead, nn.Module):
             raise ValueError(f"attention_mask shape {tuple(memory_mask.shape)} must match the encoder output "
                              f"{tuple(memory.shape[:2])}")
         x, rope = self.decoder.inputs(self.embed, decoder_input_ids, offset=offset)
-        h, _, _ = self.decoder.run(x, rope=rope, attention_mask=decoder_attention_mask, memory=memory,
-                                memory_mask=memory_mask, cache=cache)
+        h, aux, _ = self.decoder.run(x, rope=rope, attention_mask=decoder_attention_mask, memory=memory,
+                                     memory_mask=memory_mask, cache=cache)
         if cfg.lm_head_scale == "inv_sqrt_d":
             h = h * cfg.d_model**-0.5  # T5 v1.0 rescales before its tied head
-        return self.lm_head(h)
+        return self.lm_head(h), aux
 
     def new_cache(self) -> DecoderCache:
         """An empty decoder cache for incremental decoding."""

@@ -16,6 +16,7 @@ from ..config import Config
 from ..nn.attention import MaskSpec
 from ..nn.block import Block
 from ..nn.kv_cache import DecoderCache
+from ..nn.moe import router_loss
 from ..nn.norm import make_norm
 from .common import Ropes, add_positions, dropout, embed, has_padding, mask_spec
 
@@ -24,9 +25,11 @@ class Stack(nn.Module):
     """``n_layers`` blocks; ``causal`` picks decoder or encoder masking, ``cross`` adds cross-attention.
 
     T5 keeps one relative-bias table per stack (``rel_bias``, [n_buckets, H]), shared by all its layers.
+    ``first`` is the stack's first layer among all of the model's (a seq2seq decoder's follow the encoder's):
+    Config.is_moe_layer counts that way.
     """
 
-    def __init__(self, cfg: Config, n_layers: int, *, causal: bool, cross: bool = False) -> None:
+    def __init__(self, cfg: Config, n_layers: int, *, causal: bool, cross: bool = False, first: int = 0) -> None:
         super().__init__()
         self.config, self.causal = cfg, causal
         if cfg.pos == "learned":
@@ -40,7 +43,7 @@ class Stack(nn.Module):
         # each distinct window (a tuple: traced code iterates it) and the first layer with it, whose cache offsets
         self.distinct_windows = tuple(dict.fromkeys(self.windows))
         self.first_of_window = {w: self.windows.index(w) for w in self.distinct_windows}
-        self.blocks = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, cross=cross, moe=cfg.is_moe_layer(first + i)) for i in range(n_layers))
         self.norm = make_norm(cfg) if cfg.final_norm else nn.Identity()
 
     def inputs(self, table: nn.Embedding, ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
@@ -68,8 +71,9 @@ class Stack(nn.Module):
             memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
             cache: DecoderCache | None = None, weights_of: int | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Stack inputs x [B, T, C] -> (normed hidden states [B, T, C], summed MoE balance loss (a zero
-        scalar for dense layers), attention weights of layer ``weights_of`` or None).
+        """Stack inputs x [B, T, C] -> (normed hidden states [B, T, C], the stack's router losses (balance and
+        z-loss with their coefficients, nn/moe.router_loss; a zero scalar without MoE layers), attention
+        weights of layer ``weights_of`` or None).
 
         ``attention_mask`` [B, S] marks real tokens among this stack's keys (with a cache: the cached and
         the new positions); ``memory`` [B, S_enc, C] with ``memory_mask`` [B, S_enc] is the encoder output
@@ -81,7 +85,7 @@ class Stack(nn.Module):
             # cross-attention sees every real encoder token: no causality, no position bias
             cross_mask = MaskSpec(causal=False, key_padding=has_padding(memory_mask))
         weights = None
-        aux_total = x.new_zeros((), dtype=torch.float32)
+        stats = []
         recompute = (getattr(self, "activation_checkpointing", False) and self.training and cache is None
                      and torch.is_grad_enabled())
         for i, block in enumerate(self.blocks):
@@ -97,9 +101,12 @@ class Stack(nn.Module):
                 x, aux, w = block(x, mask, rope=layer_rope, memory=memory, memory_mask=cross_mask, cache=layer_cache,
                                   return_weights=i == weights_of)
             if aux is not None:
-                aux_total = aux_total + aux
+                stats.append(aux)
             if i == weights_of:
                 weights = w
+        aux_total = router_loss(self.config, stats)
+        if aux_total is None:
+            aux_total = x.new_zeros((), dtype=torch.float32)
         return self.norm(x), aux_total, weights
 
     def block_runner(self, x: torch.Tensor, rope: Ropes | None) -> Callable[[int, torch.Tensor], torch.Tensor]:

@@ -20,16 +20,17 @@ from ..config import Config
 from .attention import Attention, MaskSpec
 from .kv_cache import BlockCache
 from .mlp import make_ffn
-from .moe import MoE
+from .moe import MoE, RouterStats
 from .norm import make_norm
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 class Block(nn.Module):
-    """One layer; forward returns (hidden [B, T, C], MoE balance loss or None, attention weights or None)."""
+    """One layer; forward returns (hidden [B, T, C], the MoE layer's RouterStats or None, attention weights or
+    None). ``moe`` makes the FFN routed experts (Config.is_moe_layer says which layers are)."""
 
-    def __init__(self, cfg: Config, *, cross: bool = False) -> None:
+    def __init__(self, cfg: Config, *, cross: bool = False, moe: bool | None = None) -> None:
         super().__init__()
         self.placement, self.parallel = cfg.norm_placement, cfg.residual == "parallel"
         self.dropout = cfg.dropout
@@ -38,12 +39,12 @@ class Block(nn.Module):
         self.cross_attn_norm = make_norm(cfg) if cross else None
         self.cross_attn = Attention(cfg) if cross else None
         self.mlp_norm = None if cfg.shared_norm else make_norm(cfg)
-        self.mlp = MoE(cfg) if cfg.n_experts else make_ffn(cfg)
+        self.mlp = MoE(cfg) if (bool(cfg.n_experts) if moe is None else moe) else make_ffn(cfg)
         sandwich = cfg.norm_placement == "sandwich"  # a second norm on each sublayer's output
         self.post_attn_norm = make_norm(cfg) if sandwich else None
         self.post_mlp_norm = make_norm(cfg) if sandwich else None
 
-    def _ffn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _ffn(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats | None]:
         if isinstance(self.mlp, MoE):
             return self.mlp(x)
         return self.mlp(x), None
@@ -54,7 +55,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, mask: MaskSpec, *, rope: Rope | None = None,
                 memory: torch.Tensor | None = None, memory_mask: MaskSpec | None = None,
                 cache: BlockCache | None = None, return_weights: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+                ) -> tuple[torch.Tensor, RouterStats | None, torch.Tensor | None]:
         """x [B, T, C]; ``memory`` [B, S, C] and ``memory_mask`` feed the cross-attention of a decoder block."""
         if (memory is None) != (self.cross_attn is None):
             raise ValueError("a decoder block with cross-attention needs the encoder output (memory), and "

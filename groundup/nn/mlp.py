@@ -56,6 +56,6 @@ class GatedMLP(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
-def make_ffn(cfg: Config) -> nn.Module:
-    """A dense FFN of the configured kind."""
-    return GatedMLP(cfg) if cfg.gated else MLP(cfg)
+def make_ffn(cfg: Config, d_ff: int | None = None) -> nn.Module:
+    """A dense FFN of the configured kind, d_ff wide (default cfg.d_ff)."""
+    return GatedMLP(cfg, d_ff) if cfg.gated else MLP(cfg, d_ff)

@@ -1,16 +1,33 @@
-"""Sparse mixture of experts on the FFN (Shazeer et al., 2017; Switch, Fedus et al., 2021; Mixtral, 2024).
+"""Sparse mixture of experts on the FFN (Shazeer et al., 2017; GShard, Lepikhin et al., 2020; Switch, Fedus et
+al., 2021; ST-MoE, Zoph et al., 2022; expert choice, Zhou et al., 2022; DeepSeekMoE, Dai et al., 2024; Mixtral).
 
-A linear router scores every token against E experts; each token is processed by its top-k experts and
-their outputs are mixed with the routing weights. Two routers:
-    topk_softmax  pick the k largest logits, softmax over those k (Mixtral; weights sum to 1);
-    softmax_topk  softmax over all E, then keep the k largest probabilities as they are (Switch, GShard).
-The load-balancing loss (Switch Transformer, eq. 4) is E * sum_e f_e * P_e, where f_e is the fraction of
-routing slots sent to expert e and P_e its mean router probability; it equals k when routing is uniform.
+A linear router scores every token against E experts (in fp32: near-ties decide routes). Routers:
+    topk_softmax   each token picks the k largest logits; softmax over those k (Mixtral; weights sum to 1)
+    softmax_topk   softmax over all E, keep the k largest probabilities as they are (GShard, Qwen2-MoE)
+    switch         softmax_topk with k = 1 (Switch Transformer)
+    expert_choice  each expert picks its top-capacity tokens of the group by probability; a token may get
+                   any number of experts, each expert gets exactly its capacity (perfect balance, no drops)
+Capacity (token-choice routers): within a group (one sequence, or the whole batch) expert e takes at most
+ceil(k x tokens per group x capacity factor / E) routing slots. Slots compete in priority order: every
+token's first choice before any second choice, and within a rank sequence order or, with
+router_priority='score', the most confident token first (batch-prioritised routing, Riquelme et al., 2021).
+A slot past the capacity is dropped: the token gets nothing from that expert and the residual carries it.
+
+Dispatch sorts the kept slots by expert once, gathers their tokens into one [M, C] matrix and runs each
+expert on its contiguous rows (one GEMM per expert and matrix; no loop over tokens); the outputs are weighted
+and put back by index. The losses (returned as RouterStats, reduced by ``router_loss``):
+    balance  alpha E sum_e f_e P_e, f_e the fraction of routing choices (before capacity) for e, P_e its mean
+             probability (Switch eq. 4); k when routing is uniform; per group, averaged over groups
+    z-loss   mean over tokens of logsumexp(logits)^2 (ST-MoE eq. 5), keeping router logits small
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
@@ -18,50 +35,187 @@ from .linear import Linear
 from .mlp import make_ffn
 
 
+@dataclass
+class RouterStats:
+    """One MoE layer's routing in one forward: the sums the losses need. slots / probs [G, E] count routing
+    choices (before capacity) and sum router probabilities per group; zsq sums logsumexp(logits)^2 over tokens."""
+
+    slots: torch.Tensor
+    probs: torch.Tensor
+    zsq: torch.Tensor
+    tokens: int  # per group
+    balanced: bool  # expert choice: balanced by construction, no balance loss
+
+
 class MoE(nn.Module):
-    """Top-k routed experts; forward returns (output, load-balancing loss)."""
+    """Routed experts (plus an optional shared one); forward returns (output, RouterStats)."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.n_experts, self.top_k, self.router_kind = cfg.n_experts, cfg.top_k, cfg.router
-        self.router = Linear(cfg.d_model, cfg.n_experts, bias=False)
-        self.experts = nn.ModuleList(make_ffn(cfg) for _ in range(cfg.n_experts))
+        self.cfg = cfg
+        self.router = Linear(cfg.d_model, cfg.n_experts, bias=cfg.router_bias)
+        self.noise = Linear(cfg.d_model, cfg.n_experts, bias=False) if cfg.router_noise else None
+        self.experts = nn.ModuleList(make_ffn(cfg, cfg.expert_d_ff) for _ in range(cfg.n_experts))
+        self.shared = make_ffn(cfg, cfg.shared_expert_d_ff) if cfg.shared_expert_d_ff else None
+        self.shared_gate = Linear(cfg.d_model, 1, bias=False) if cfg.shared_expert_gate else None
+        # utilisation since the last reset (groundup.train reads and clears them): slots each expert processed,
+        # slots routed, tokens that got no expert at all, tokens seen; not saved with the weights
+        for name, size in (("usage", cfg.n_experts), ("routed", ()), ("dropped", ()), ("seen", ())):
+            self.register_buffer(name, torch.zeros(size, dtype=torch.long), persistent=False)
+
+    # routing ---------------------------------------------------------------------------------------
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Router logits [N, E] in fp32 for tokens x [N, C] (jitter and noise only in training)."""
+        if self.training and self.cfg.router_jitter:
+            eps = self.cfg.router_jitter
+            x = x * torch.empty_like(x).uniform_(1.0 - eps, 1.0 + eps)
+        if type(self.router) in (Linear, nn.Linear):  # the product itself in fp32, not just its result
+            bias = None if self.router.bias is None else self.router.bias.float()
+            logits = F.linear(x.float(), self.router.weight.float(), bias)
+        else:  # a wrapped router (adapter, quantized): its own forward
+            logits = self.router(x).float()
+        if self.noise is not None and self.training:
+            logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x).float())
+        return logits
+
+    def capacity(self, tokens_per_group: int) -> int | None:
+        """Slots each expert takes per group: expert_capacity, or ceil(k n cf / E); None without a limit."""
+        cfg = self.cfg
+        if cfg.expert_capacity is not None:
+            return cfg.expert_capacity
+        factor = cfg.capacity_factor if self.training else (cfg.eval_capacity_factor or cfg.capacity_factor)
+        if factor is None:
+            return None
+        return max(1, math.ceil(self.top_k * tokens_per_group * factor / self.n_experts - 1e-9))
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [N, C] -> (weights [N, k], expert ids [N, k], router probabilities over all experts [N, E])."""
-        logits = self.router(x).float()  # routing decisions in fp32: ties and near-ties matter
+        """Token choice for x [N, C] -> (weights [N, k], expert ids [N, k], probabilities over all experts [N, E])."""
+        logits = self.logits(x)
         probs = torch.softmax(logits, dim=-1)
-        top_vals, top_idx = torch.topk(logits, self.top_k, dim=-1)
+        return (*self._choose(logits, probs), probs)
+
+    def _choose(self, logits: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        top_vals, top_idx = torch.topk(logits, self.top_k, dim=-1)  # [N, k]
         if self.router_kind == "topk_softmax":
-            weights = torch.softmax(top_vals, dim=-1)
+            return torch.softmax(top_vals, dim=-1), top_idx
+        return probs.gather(-1, top_idx), top_idx
+
+    def _token_choice(self, weights: torch.Tensor, idx: torch.Tensor, groups: int, n: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The kept slots sorted by expert: (token of each slot [M], its weight [M], slots per expert [E])."""
+        N, k = idx.shape
+        E = self.n_experts
+        cap = self.capacity(n)
+        if cap is None:
+            order = torch.argsort(idx.reshape(-1), stable=True)  # slot s = token * k + rank
         else:
-            weights = probs.gather(-1, top_idx)
-        return weights, top_idx, probs
+            if self.cfg.router_priority == "score":  # the surest tokens of a group first
+                by_score = torch.argsort(-weights[:, 0].view(groups, n), dim=1, stable=True)  # [G, n]
+                rank = torch.empty_like(by_score).scatter_(1, by_score, torch.arange(n, device=idx.device)
+                                                           .expand(groups, n)).reshape(N, 1)
+            else:
+                rank = (torch.arange(N, device=idx.device) % n)[:, None]  # sequence order within the group
+            group = torch.arange(N, device=idx.device)[:, None] // n  # [N, 1]
+            segment = idx * groups + group  # [N, k]: (expert, group)
+            priority = torch.arange(k, device=idx.device)[None, :] * n + rank  # first choices before second
+            order = torch.argsort((segment * (k * n) + priority).reshape(-1))  # by expert, group, priority
+            seg_sorted = segment.reshape(-1)[order]
+            counts = torch.bincount(seg_sorted, minlength=E * groups)
+            starts = counts.cumsum(0) - counts
+            place = torch.arange(N * k, device=idx.device) - starts[seg_sorted]  # 0, 1, ... within (expert, group)
+            order = order[place < cap]
+        per_expert = torch.bincount(idx.reshape(-1)[order], minlength=E)
+        return order // k, weights.reshape(-1)[order], per_expert
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1])  # [N, C], N = B*T
-        weights, idx, probs = self.route(flat)
-        out = torch.zeros_like(flat)
-        # Group the N*k routing slots by expert: one gather, one expert call and one scatter-add each.
-        slot_expert = idx.reshape(-1)  # [N*k]
-        order = torch.argsort(slot_expert, stable=True)
-        counts = torch.bincount(slot_expert, minlength=self.n_experts).tolist()
-        token_of_slot = order // self.top_k
-        slot_weight = weights.reshape(-1)[order].to(x.dtype)
+    def _expert_choice(self, probs: torch.Tensor, groups: int, n: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each expert's top-capacity tokens of each group, sorted by expert: (token [M], weight [M], counts [E])."""
+        cap = min(self.capacity(n), n)
+        w, tok = torch.topk(probs.view(groups, n, -1).transpose(1, 2), cap, dim=-1)  # [G, E, cap]
+        tok = tok + (torch.arange(groups, device=probs.device) * n)[:, None, None]
+        E = self.n_experts
+        counts = torch.full((E,), groups * cap, dtype=torch.long, device=probs.device)
+        return tok.transpose(0, 1).reshape(-1), w.transpose(0, 1).reshape(-1), counts  # [E, G, cap] -> [M]
+
+    # forward ---------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
+        """x [B, T, C] -> (output [B, T, C], the layer's RouterStats)."""
+        B, T, C = x.shape
+        groups, n = (B, T) if self.cfg.router_group == "sequence" else (1, B * T)
+        flat = x.reshape(-1, C)  # [N, C], N = B*T = groups * n
+        logits = self.logits(flat)
+        probs = torch.softmax(logits, dim=-1)  # [N, E]
+        if self.router_kind == "expert_choice":
+            token, weight, counts = self._expert_choice(probs, groups, n)
+            slots = torch.zeros(groups, self.n_experts, device=x.device)
+        else:
+            weights, idx = self._choose(logits, probs)
+            token, weight, counts = self._token_choice(weights, idx, groups, n)
+            slots = F.one_hot(idx, self.n_experts).sum(1).view(groups, n, -1).sum(1).float()  # [G, E]
+        out = self._dispatch(flat, token, weight, counts)
+        if self.shared is not None:
+            s = self.shared(flat)
+            out = out + (s * torch.sigmoid(self.shared_gate(flat)) if self.shared_gate is not None else s)
+        self._count(token, counts, flat.shape[0])
+        stats = RouterStats(slots, probs.view(groups, n, -1).sum(1), (torch.logsumexp(logits, -1) ** 2).sum(), n,
+                            self.router_kind == "expert_choice")
+        return out.view(B, T, C), stats
+
+    def _dispatch(self, flat: torch.Tensor, token: torch.Tensor, weight: torch.Tensor,
+                  counts: torch.Tensor) -> torch.Tensor:
+        """sum over kept slots of weight x expert(token): one gather, one contiguous GEMM run per expert, one
+        index_add back."""
+        xs = flat[token]  # [M, C], rows grouped by expert
+        ys = []
         start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            tokens = token_of_slot[start:start + n]
-            y = self.experts[e](flat[tokens]) * slot_weight[start:start + n, None]
-            out.index_add_(0, tokens, y)
-            start += n
-        return out.view(shape), self.balance_loss(idx, probs)
+        for e, c in enumerate(counts.tolist()):  # the one host sync: the experts' row counts
+            if c:
+                ys.append(self.experts[e](xs[start:start + c]))
+            start += c
+        out = torch.zeros_like(flat)
+        if ys:
+            y = torch.cat(ys) if len(ys) > 1 else ys[0]
+            out.index_add_(0, token, y * weight[:, None].to(y.dtype))
+        return out
 
-    def balance_loss(self, idx: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """E * sum_e f_e P_e with f_e counted over all k routing slots of each token."""
-        n_tokens = idx.shape[0]
-        f = torch.bincount(idx.reshape(-1), minlength=self.n_experts).to(probs.dtype) / n_tokens  # [E]
-        p = probs.mean(dim=0)  # [E]
-        return self.n_experts * (f * p).sum()
+    @torch.no_grad()
+    def _count(self, token: torch.Tensor, counts: torch.Tensor, n_tokens: int) -> None:
+        served = torch.bincount(token, minlength=n_tokens)
+        self.usage += counts
+        self.routed += n_tokens * (self.top_k if self.router_kind != "expert_choice" else 1)
+        self.dropped += (served == 0).sum()
+        self.seen += n_tokens
+
+    def reset_usage(self) -> None:
+        for b in (self.usage, self.routed, self.dropped, self.seen):
+            b.zero_()
+
+
+def router_loss(cfg: Config, stats: list[RouterStats]) -> torch.Tensor | None:
+    """The coefficient-weighted balance and z-losses of one stack's MoE layers (None without any).
+
+    balance_scope='stack' pools f and P over the layers before the product, as transformers' Mixtral,
+    Qwen2-MoE and SwitchTransformers do; 'layer' takes each layer's E sum f P and averages them.
+    """
+    if not stats:
+        return None
+    E, L, n = cfg.n_experts, len(stats), stats[0].tokens
+    total = stats[0].zsq.new_zeros(())
+    if cfg.router_aux_loss_coef and not stats[0].balanced:
+        if cfg.balance_scope == "stack":
+            f = sum(s.slots for s in stats) / (L * n)  # [G, E]
+            p = sum(s.probs for s in stats) / (L * n)
+            balance = E * (f * p).sum(-1).mean()
+        else:
+            balance = sum(E * (s.slots / n * s.probs / n).sum(-1).mean() for s in stats) / L
+        total = total + cfg.router_aux_loss_coef * balance
+    if cfg.router_z_loss_coef:
+        tokens = L * stats[0].slots.shape[0] * n
+        total = total + cfg.router_z_loss_coef * sum(s.zsq for s in stats) / tokens
+    return total
+
+
+def moe_layers(model: nn.Module) -> list[tuple[str, MoE]]:
+    """(name, MoE) of every MoE layer of a model, in order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, MoE)]

@@ -86,5 +86,7 @@ class Objective(TrainObjective):
             inputs, labels = self._rows(x, index, rows, lambda r, g: span_corruption(
                 r, sentinel_ids=self.sentinels, eos_id=self.eos, generator=g))
             core = getattr(model, "module", model)  # DDP wraps the model
-            logits = model(inputs, decoder_input_ids=core.shift_right(labels))
+            logits, aux = model(inputs, decoder_input_ids=core.shift_right(labels), return_aux_loss=True)
+            loss = cross_entropy(logits, labels, reduction)
+            return loss + (aux if reduction == "mean" else 0), int((labels != -100).sum())
         return cross_entropy(logits, labels, reduction), int((labels != -100).sum())
