@@ -125,6 +125,12 @@ def hf_configs() -> dict[str, object]:
         "olmo2": T.Olmo2Config(**llama),
         "qwen3": T.Qwen3Config(**llama, head_dim=16),
         "mixtral": T.MixtralConfig(**llama, num_local_experts=4, num_experts_per_tok=2),
+        # Qwen2-MoE: a dense first layer (mlp_only_layers), fine-grained experts, the sigmoid-gated shared expert
+        "qwen2_moe": T.Qwen2MoeConfig(**llama, moe_intermediate_size=16, shared_expert_intermediate_size=40,
+                                      num_experts=4, num_experts_per_tok=2, mlp_only_layers=[0]),
+        "qwen3_moe": T.Qwen3MoeConfig(**llama, head_dim=16, moe_intermediate_size=24, num_experts=4,
+                                      num_experts_per_tok=2, norm_topk_prob=True),
+        "olmoe": T.OlmoeConfig(**llama, num_experts=4, num_experts_per_tok=2),
     }
 
 
@@ -184,6 +190,12 @@ def hf_encdec_configs() -> dict[str, tuple[object, str]]:
         "t5-v1_1": (T.T5Config(**t5, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
                     "T5ForConditionalGeneration"),
         "marian": (T.MarianConfig(**marian, scale_embedding=True, activation_function="swish"), "MarianMTModel"),
+        # SwitchTransformers: layer 1 of each stack sparse (step 2, as switch-base-8; at step 1 transformers computes
+        # no router loss for the stack), 4 experts with room for 2 tokens each per sequence: sequences drop tokens
+        "switch": (T.SwitchTransformersConfig(**{**t5, "num_decoder_layers": 2}, num_experts=4, expert_capacity=2,
+                                              num_sparse_encoder_layers=1, num_sparse_decoder_layers=1,
+                                              router_z_loss_coef=0.001, router_aux_loss_coef=0.01),
+                   "SwitchTransformersForConditionalGeneration"),
     }
 
 

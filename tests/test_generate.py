@@ -29,7 +29,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "mixtral", "gpt_neox", "mpt", "falcon-gqa",
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "mixtral", "qwen2_moe", "gpt_neox", "mpt", "falcon-gqa",
                                   "llama3-rope", "qwen2", "qwen3", "gemma", "phi3",
                                   "bloom", "olmo2", "qwen2-yarn", "gemma2", "gemma3", "llama-dynamic",
                                   "phi3-longrope"])

@@ -72,9 +72,10 @@ def test_padding_mask_matches_hf(name, hf_folder):
             torch.testing.assert_close(got[real], want[real], atol=TOL, rtol=0, msg=kernel)
 
 
-def test_mixtral_balance_loss_matches_hf(hf_folder):
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe", "qwen3_moe"])
+def test_moe_balance_loss_matches_hf(name, hf_folder):
     """The whole model's balance loss: f and P pooled over every MoE layer, as transformers computes it."""
-    path, ref = hf_folder("mixtral")
+    path, ref = hf_folder(name)
     model = gu.from_pretrained(path)
     ids = _ids(seed=5)
     with torch.no_grad():

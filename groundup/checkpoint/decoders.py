@@ -8,7 +8,7 @@ from functools import partial
 from typing import Any
 
 from ..config import Config
-from .layout import Family, activation_from_hf, activation_to_hf, first_of, require
+from .layout import Family, activation_from_hf, activation_to_hf, first_of, require, require_moe
 
 
 def rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
@@ -346,17 +346,18 @@ def llama_to_hf(cfg: Config) -> dict[str, Any]:
                attention_bias=cfg.attn_bias, mlp_bias=cfg.mlp_bias, sliding_window=cfg.sliding_window,
                attention_dropout=cfg.attn_dropout, **rope_to_hf(cfg))
     if cfg.n_experts:
-        require(cfg.router == "topk_softmax", "Mixtral layout routes with router='topk_softmax'")
+        require_moe(cfg, routers=("topk_softmax",))
         out.update(num_local_experts=cfg.n_experts, num_experts_per_tok=cfg.top_k,
                    router_aux_loss_coef=cfg.router_aux_loss_coef)
     return out
 
 
-def llama_keys(cfg: Config, *, fused: bool = False) -> list[tuple[str, str]]:
+def llama_keys(cfg: Config, *, fused: bool = False,
+               moe: Callable[[str], list[tuple[str, str]]] | None = None) -> list[tuple[str, str]]:
     """The Llama module names, which Mistral, Mixtral, Qwen, Gemma, OLMo 2 and Phi-3 share: with q/k norms
     when the config has them, the norms named after the sublayer outputs for norm_placement='sublayer'
     (OLMo 2), four norms a layer for 'sandwich' (Gemma 2/3), and with ``fused`` one qkv_proj and one
-    gate_up_proj (Phi-3)."""
+    gate_up_proj (Phi-3). ``moe`` names an MoE layer's modules from the layer prefix (default Mixtral's)."""
     h = "model.layers.{i}."
     norms = (("post_attention_layernorm", "post_feedforward_layernorm") if cfg.norm_placement == "sublayer"
              else ("input_layernorm", "pre_feedforward_layernorm") if cfg.norm_placement == "sandwich"
@@ -374,13 +375,17 @@ def llama_keys(cfg: Config, *, fused: bool = False) -> list[tuple[str, str]]:
     if cfg.qk_norm != "none":
         keys += [(f"blocks.{{i}}.attn.{p}_norm", h + f"self_attn.{p}_norm") for p in "qk"]
     if cfg.n_experts:
-        m = h + "block_sparse_moe."
-        keys += [("blocks.{i}.mlp.router", m + "gate"), ("blocks.{i}.mlp.experts.{e}.gate_proj", m + "experts.{e}.w1"),
-                 ("blocks.{i}.mlp.experts.{e}.down_proj", m + "experts.{e}.w2"),
-                 ("blocks.{i}.mlp.experts.{e}.up_proj", m + "experts.{e}.w3")]
-    else:
+        keys += (moe or _mixtral_moe_keys)(h)
+    if not cfg.n_experts or cfg.moe_layers is not None:  # the dense layers among MoE ones are named as Llama's
         keys += [(f"blocks.{{i}}.mlp.{p}_proj", h + f"mlp.{p}_proj") for p in ("gate", "up", "down")]
     return keys
+
+
+def _mixtral_moe_keys(h: str) -> list[tuple[str, str]]:
+    m = h + "block_sparse_moe."
+    return [("blocks.{i}.mlp.router", m + "gate"), ("blocks.{i}.mlp.experts.{e}.gate_proj", m + "experts.{e}.w1"),
+            ("blocks.{i}.mlp.experts.{e}.down_proj", m + "experts.{e}.w2"),
+            ("blocks.{i}.mlp.experts.{e}.up_proj", m + "experts.{e}.w3")]
 
 
 # Phi-3 / Phi-3.5-mini (Abdin et al., 2024): the Llama architecture with q/k/v fused into qkv_proj (q rows,

@@ -1,5 +1,5 @@
 """The one family registry: every Hugging Face ``model_type`` groundup reads and writes, of every architecture
-(decoder-only, encoder-only, encoder-decoder), by name.
+(decoder-only, encoder-only, encoder-decoder, mixture of experts), by name.
 
 Everything that translates between groundup and an HF layout (checkpoint/hf.py for whole models, peft/io.py
 for adapters, calc for folders) looks a family up here, so a family added to decoders.py, gemma.py or
@@ -15,8 +15,9 @@ from .encoders import ENCODERS
 from .gemma import GEMMAS, REFUSED
 from .io import CheckpointError
 from .layout import Family, UnsupportedConfig
+from .moe import MOES
 
-FAMILIES: dict[str, Family] = {**DECODERS, **GEMMAS, **ENCODERS}
+FAMILIES: dict[str, Family] = {**DECODERS, **GEMMAS, **ENCODERS, **MOES}
 # Config fields that only some layouts hold (Family.expresses); None means off
 OPTIONAL_FIELDS = ("layer_types", "rope_local_theta", "attn_softcap", "logit_softcap", "attn_scale_dim")
 

@@ -59,10 +59,10 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList(make_ffn(cfg, cfg.expert_d_ff) for _ in range(cfg.n_experts))
         self.shared = make_ffn(cfg, cfg.shared_expert_d_ff) if cfg.shared_expert_d_ff else None
         self.shared_gate = Linear(cfg.d_model, 1, bias=False) if cfg.shared_expert_gate else None
-        # utilisation since the last reset (groundup.train reads and clears them): slots each expert processed,
-        # slots routed, tokens that got no expert at all, tokens seen; not saved with the weights
-        for name, size in (("usage", cfg.n_experts), ("routed", ()), ("dropped", ()), ("seen", ())):
-            self.register_buffer(name, torch.zeros(size, dtype=torch.long), persistent=False)
+        # utilisation since the last reset (groundup.train reads and clears it): slots each expert processed, then
+        # slots routed, tokens that got no expert at all, tokens seen. A plain tensor, not a buffer: not saved,
+        # never on the meta device of a model being loaded, not broadcast by DDP; made where the tokens are.
+        self._counts: torch.Tensor | None = None
 
     # routing ---------------------------------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,15 +181,41 @@ class MoE(nn.Module):
 
     @torch.no_grad()
     def _count(self, token: torch.Tensor, counts: torch.Tensor, n_tokens: int) -> None:
+        E = self.n_experts
+        if self._counts is None or self._counts.device != token.device:
+            self._counts = torch.zeros(E + 3, dtype=torch.long, device=token.device)
         served = torch.bincount(token, minlength=n_tokens)
-        self.usage += counts
-        self.routed += n_tokens * (self.top_k if self.router_kind != "expert_choice" else 1)
-        self.dropped += (served == 0).sum()
-        self.seen += n_tokens
+        self._counts[:E] += counts
+        self._counts[E] += n_tokens * (self.top_k if self.router_kind != "expert_choice" else 1)
+        self._counts[E + 1] += (served == 0).sum()
+        self._counts[E + 2] += n_tokens
+
+    def _counter(self, i: int | slice) -> torch.Tensor:
+        counts = self._counts if self._counts is not None else torch.zeros(self.n_experts + 3, dtype=torch.long)
+        return counts[i]
+
+    @property
+    def usage(self) -> torch.Tensor:
+        """Routing slots each expert processed since the last reset [E]."""
+        return self._counter(slice(0, self.n_experts))
+
+    @property
+    def routed(self) -> torch.Tensor:
+        """Routing slots asked for (k per token; one per token for expert choice)."""
+        return self._counter(self.n_experts)
+
+    @property
+    def dropped(self) -> torch.Tensor:
+        """Tokens that no expert processed (every slot past its expert's capacity; in expert choice, unpicked)."""
+        return self._counter(self.n_experts + 1)
+
+    @property
+    def seen(self) -> torch.Tensor:
+        """Tokens routed since the last reset."""
+        return self._counter(self.n_experts + 2)
 
     def reset_usage(self) -> None:
-        for b in (self.usage, self.routed, self.dropped, self.seen):
-            b.zero_()
+        self._counts = None
 
 
 def router_loss(cfg: Config, stats: list[RouterStats]) -> torch.Tensor | None:
