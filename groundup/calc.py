@@ -40,10 +40,26 @@ def attention_params(cfg: Config) -> int:
             + _linear(q, cfg.d_model, cfg.attn_out_bias) + qk_norm)
 
 
-def ffn_params(cfg: Config) -> int:
-    """One dense FFN (one expert, for MoE)."""
+def ffn_params(cfg: Config, d_ff: int | None = None) -> int:
+    """One FFN d_ff wide (default: cfg.d_ff, a dense layer's)."""
+    d_ff = d_ff or cfg.d_ff
     n_in = 2 if cfg.gated else 1
-    return n_in * _linear(cfg.d_model, cfg.d_ff, cfg.mlp_bias) + _linear(cfg.d_ff, cfg.d_model, cfg.mlp_bias)
+    return n_in * _linear(cfg.d_model, d_ff, cfg.mlp_bias) + _linear(d_ff, cfg.d_model, cfg.mlp_bias)
+
+
+def expert_params(cfg: Config) -> int:
+    """One routed expert (expert_d_ff wide; d_ff when unset)."""
+    return ffn_params(cfg, cfg.expert_d_ff)
+
+
+def moe_layer_params(cfg: Config) -> tuple[int, int]:
+    """(total, active per token) parameters of one MoE layer: the experts (top_k of them active), the router
+    (and its noise weights), the shared expert and its gate, which every token uses."""
+    E, C = cfg.n_experts, cfg.d_model
+    always = _linear(C, E, cfg.router_bias) + (C * E if cfg.router_noise else 0)
+    if cfg.shared_expert_d_ff:
+        always += ffn_params(cfg, cfg.shared_expert_d_ff) + (C if cfg.shared_expert_gate else 0)
+    return E * expert_params(cfg) + always, cfg.top_k * expert_params(cfg) + always
 
 
 def norm_params(cfg: Config) -> int:
@@ -81,12 +97,10 @@ def param_breakdown(cfg: Config) -> dict[str, int]:
         elif cfg.pos == "relative":
             emb += cfg.rel_buckets * cfg.n_heads
     L = sum(n for n, _ in stacks)
-    per_ffn = ffn_params(cfg)
-    if cfg.n_experts:
-        ffn = L * (cfg.n_experts * per_ffn + cfg.d_model * cfg.n_experts)
-        ffn_active = L * (cfg.top_k * per_ffn + cfg.d_model * cfg.n_experts)
-    else:
-        ffn = ffn_active = L * per_ffn
+    n_moe = cfg.moe_layer_count
+    moe_total, moe_active = moe_layer_params(cfg) if n_moe else (0, 0)
+    ffn = (L - n_moe) * ffn_params(cfg) + n_moe * moe_total
+    ffn_active = (L - n_moe) * ffn_params(cfg) + n_moe * moe_active
     attn = sum(n * attention_params(cfg) * (2 if cross else 1) for n, cross in stacks)
     # two norms a block (one with shared_norm, four in a sandwich), one more for cross-attention
     per_layer = 1 if cfg.shared_norm else 4 if cfg.norm_placement == "sandwich" else 2
@@ -177,8 +191,7 @@ def matmul_params_per_token(cfg: Config) -> int:
     token, the equal-length convention of Raffel et al., 2020).
     """
     b = param_breakdown(cfg)
-    ffn_active = b["ffn"] if not cfg.n_experts else cfg.n_layers * (cfg.top_k * ffn_params(cfg)
-                                                                        + cfg.d_model * cfg.n_experts)
+    ffn_active = b["ffn"] - (b["total"] - b["active"])  # the routed experts a token does not use drop out
     vocab = cfg.arch != "encoder" or cfg.mlm_head
     return b["attention"] + ffn_active + (cfg.vocab_size * cfg.d_model if vocab else 0)
 
@@ -245,8 +258,13 @@ def report(cfg: Config, *, batch: int = 1, seq_len: int | None = None, dtype: st
     b = param_breakdown(cfg)
     rows = [(k, f"{v:,}", human(v)) for k, v in b.items()]
     rows[2:2] = [("  attention / layer", f"{attention_params(cfg):,}", human(attention_params(cfg))),
-                 ("  ffn / layer" + (" (one expert)" if cfg.n_experts else ""), f"{ffn_params(cfg):,}",
-                  human(ffn_params(cfg)))]
+                 ("  ffn / dense layer", f"{ffn_params(cfg):,}", human(ffn_params(cfg)))]
+    if cfg.n_experts:
+        total, active = moe_layer_params(cfg)
+        rows[4:4] = [("  one expert", f"{expert_params(cfg):,}", human(expert_params(cfg))),
+                     (f"  MoE layer ({cfg.moe_layer_count} of {cfg.n_stack_layers})", f"{total:,}", human(total)),
+                     (f"  MoE layer, active (top-{cfg.top_k}" + (" + shared" if cfg.shared_expert_d_ff else "") + ")",
+                      f"{active:,}", human(active))]
     per_tok = kv_cache_bytes_per_token(cfg, dtype)
     mem = serving_memory(cfg, batch, T, dtype)
     ch = chinchilla(b["total"])
@@ -262,9 +280,13 @@ def report(cfg: Config, *, batch: int = 1, seq_len: int | None = None, dtype: st
         (f"forward FLOPs / token (ctx {T})", f"{flops_per_token(cfg, T):.3e}", human(flops_per_token(cfg, T))),
         (f"training FLOPs / token (ctx {T})", f"{flops_per_token(cfg, T, training=True):.3e}",
          human(flops_per_token(cfg, T, training=True))),
+        *_capacity_rows(cfg, batch, T),
         ("chinchilla tokens", f"{ch['tokens']:.3e}", human(ch["tokens"])),
         ("chinchilla FLOPs (6ND)", f"{ch['flops']:.3e}", ""),
     ]
+    if cfg.n_experts:
+        rows.insert(next(i for i, r in enumerate(rows) if r[0] == "active") + 1,
+                    ("  active / total", f"{b['active'] / b['total']:.1%}", ""))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     title = cfg.name or "config"
@@ -274,3 +296,19 @@ def report(cfg: Config, *, batch: int = 1, seq_len: int | None = None, dtype: st
              + (f", {cfg.n_experts} experts top-{cfg.top_k}" if cfg.n_experts else "")]
     lines += [f"  {a:<{w0}}  {b_:>{w1}}  {c}" for a, b_, c in rows]
     return "\n".join(lines)
+
+
+def _capacity_rows(cfg: Config, batch: int, seq_len: int) -> list[tuple[str, str, str]]:
+    """The expert capacity in tokens for one group (a sequence, or the batch), training and eval."""
+    if not cfg.n_experts:
+        return []
+    n = seq_len if cfg.router_group == "sequence" else batch * seq_len
+    group = f"{cfg.router_group} of {n:,} tokens"
+    cap, cap_eval = cfg.capacity(n), cfg.capacity(n, training=False)
+    if cap is None and cap_eval is None:
+        return [(f"expert capacity ({group})", "unlimited", "no token dropped")]
+    even = cfg.top_k * n / cfg.n_experts
+    return [(f"expert capacity ({group}), training", f"{cap:,}" if cap else "unlimited",
+             f"{cap / even:.2f}x an even share" if cap else ""),
+            ("expert capacity, eval", f"{cap_eval:,}" if cap_eval else "unlimited",
+             f"{cap_eval / even:.2f}x an even share" if cap_eval else "")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
@@ -331,6 +332,18 @@ class Config:
     def is_moe_layer(self, i: int) -> bool:
         """Whether stack layer i (seq2seq: encoder layers, then decoder layers) has routed experts."""
         return bool(self.n_experts) and (self.moe_layers is None or i in self.moe_layers)
+
+    def capacity(self, tokens_per_group: int, *, training: bool = True) -> int | None:
+        """Routing slots one expert takes per group: expert_capacity, else ceil(top_k x tokens x factor / E)
+        with the training or eval factor; None without a limit. (MIT's example: 6 tokens, 3 experts, top-1,
+        factor 1.0 -> 2; 1.5 -> 3.)"""
+        if self.expert_capacity is not None:
+            return self.expert_capacity
+        factor = self.capacity_factor if training else (self.eval_capacity_factor or self.capacity_factor)
+        if factor is None or not self.n_experts:
+            return None
+        # the epsilon keeps an exact product (6 x 1.0 / 3 = 2.0000000000000004 in floats) from rounding up
+        return max(1, math.ceil(self.top_k * tokens_per_group * factor / self.n_experts - 1e-9))
 
     @property
     def moe_layer_count(self) -> int:

@@ -346,6 +346,8 @@ def llama_to_hf(cfg: Config) -> dict[str, Any]:
                attention_bias=cfg.attn_bias, mlp_bias=cfg.mlp_bias, sliding_window=cfg.sliding_window,
                attention_dropout=cfg.attn_dropout, **rope_to_hf(cfg))
     if cfg.n_experts:
+        require(cfg.family == "mixtral", f"the {cfg.family} layout has no experts (mixtral, qwen2_moe, qwen3_moe and "
+                "olmoe have)")
         require_moe(cfg, routers=("topk_softmax",))
         out.update(num_local_experts=cfg.n_experts, num_experts_per_tok=cfg.top_k,
                    router_aux_loss_coef=cfg.router_aux_loss_coef)

@@ -98,7 +98,9 @@ def config_to_hf(cfg: Config, dtype: torch.dtype = torch.float32) -> dict[str, A
         body = family.to_hf(cfg)
         architecture = family.architecture_of(cfg)
     except UnsupportedConfig as err:
-        raise CheckpointError(f"cannot write this config as {cfg.family}: {err}") from None
+        native = "groundup_seq2seq" if cfg.arch == "seq2seq" else "groundup"
+        raise CheckpointError(f"cannot write this config as {cfg.family}: {err}; family={native!r} saves any "
+                              "config in groundup's own layout (which transformers does not read)") from None
     return {"architectures": [architecture], "model_type": family.model_type, "vocab_size": cfg.vocab_size,
             "tie_word_embeddings": cfg.tie_embeddings, "dtype": str(dtype).removeprefix("torch."),
             **{k: getattr(cfg, k) for k in TOKEN_IDS if getattr(cfg, k) is not None}, **cfg.extra, **body}

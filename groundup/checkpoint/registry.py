@@ -16,8 +16,9 @@ from .gemma import GEMMAS, REFUSED
 from .io import CheckpointError
 from .layout import Family, UnsupportedConfig
 from .moe import MOES
+from .native import NATIVE
 
-FAMILIES: dict[str, Family] = {**DECODERS, **GEMMAS, **ENCODERS, **MOES}
+FAMILIES: dict[str, Family] = {**DECODERS, **GEMMAS, **ENCODERS, **MOES, **NATIVE}
 # Config fields that only some layouts hold (Family.expresses); None means off
 OPTIONAL_FIELDS = ("layer_types", "rope_local_theta", "attn_softcap", "logit_softcap", "attn_scale_dim")
 

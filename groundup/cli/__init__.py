@@ -13,6 +13,7 @@ from .encoders import add_encoder_parsers
 from .eval import add_eval_parsers, run_lm_eval
 from .finetune import add_finetune_parser
 from .generate import add_attention_parser, add_chat_parser
+from .moe import add_moe_parser
 from .prep import add_prep_parser
 from .pretrain import add_arguments, main_pretrain
 from .quantize import add_quantize_parser
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_prep_parser(sub)
     add_arithmetic_parser(sub)
     add_quantize_parser(sub)
+    add_moe_parser(sub)
     add_eval_parsers(sub)
     add_serve_parser(sub)
     return p

@@ -23,7 +23,6 @@ and put back by index. The losses (returned as RouterStats, reduced by ``router_
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -80,14 +79,8 @@ class MoE(nn.Module):
         return logits
 
     def capacity(self, tokens_per_group: int) -> int | None:
-        """Slots each expert takes per group: expert_capacity, or ceil(k n cf / E); None without a limit."""
-        cfg = self.cfg
-        if cfg.expert_capacity is not None:
-            return cfg.expert_capacity
-        factor = cfg.capacity_factor if self.training else (cfg.eval_capacity_factor or cfg.capacity_factor)
-        if factor is None:
-            return None
-        return max(1, math.ceil(self.top_k * tokens_per_group * factor / self.n_experts - 1e-9))
+        """Slots each expert takes per group (Config.capacity, with the training or eval factor)."""
+        return self.cfg.capacity(tokens_per_group, training=self.training)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token choice for x [N, C] -> (weights [N, k], expert ids [N, k], probabilities over all experts [N, E])."""
@@ -152,7 +145,9 @@ class MoE(nn.Module):
         else:
             weights, idx = self._choose(logits, probs)
             token, weight, counts = self._token_choice(weights, idx, groups, n)
-            slots = F.one_hot(idx, self.n_experts).sum(1).view(groups, n, -1).sum(1).float()  # [G, E]
+            group = torch.arange(idx.shape[0], device=x.device)[:, None] // n  # [N, 1]
+            slots = torch.bincount((group * self.n_experts + idx).reshape(-1), minlength=groups * self.n_experts)
+            slots = slots.view(groups, self.n_experts).float()  # [G, E] routing choices per group
         out = self._dispatch(flat, token, weight, counts)
         if self.shared is not None:
             s = self.shared(flat)
@@ -164,19 +159,17 @@ class MoE(nn.Module):
 
     def _dispatch(self, flat: torch.Tensor, token: torch.Tensor, weight: torch.Tensor,
                   counts: torch.Tensor) -> torch.Tensor:
-        """sum over kept slots of weight x expert(token): one gather, one contiguous GEMM run per expert, one
-        index_add back."""
+        """sum over kept slots of weight x expert(token): one gather, then per expert one contiguous run of its
+        rows through its matrices and one index_add of the weighted result (no concatenation)."""
         xs = flat[token]  # [M, C], rows grouped by expert
-        ys = []
+        w = weight.to(flat.dtype)[:, None]  # [M, 1]
+        out = torch.zeros_like(flat)
         start = 0
         for e, c in enumerate(counts.tolist()):  # the one host sync: the experts' row counts
             if c:
-                ys.append(self.experts[e](xs[start:start + c]))
+                rows = slice(start, start + c)
+                out.index_add_(0, token[rows], self.experts[e](xs[rows]) * w[rows])
             start += c
-        out = torch.zeros_like(flat)
-        if ys:
-            y = torch.cat(ys) if len(ys) > 1 else ys[0]
-            out.index_add_(0, token, y * weight[:, None].to(y.dtype))
         return out
 
     @torch.no_grad()

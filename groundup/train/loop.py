@@ -22,6 +22,7 @@ import torch
 from ..models.common import trusted_inputs
 from ..utils.files import atomic_file
 from .checkpoint import DTensor, load_checkpoint, save_checkpoint
+from .experts import ExpertLog, plot_experts
 from .objective import Objective, TrainObjective
 from .optim import OPTIMIZERS, lr_at, make_optimizer
 
@@ -192,7 +193,8 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
     """Train `model` (a CausalLM, Encoder or Seq2Seq) on `mixture`; return a summary dict. When
     torch.distributed is initialized the model is wrapped in DDP, or sharded in place with ``args.fsdp``.
     ``objective`` replaces the architecture's pre-training loss (alignment methods bring theirs, with
-    their batches as `mixture`). Writes <out_dir>/checkpoint, metrics.jsonl, loss.png."""
+    their batches as `mixture`). Writes <out_dir>/checkpoint, metrics.jsonl, loss.png, and for an MoE model
+    each step's expert shares and dropped-token fraction (train/experts.py) with experts.png."""
     rank, world = _dist()
     device = next(model.parameters()).device
     micro = args.micro_batch or args.batch_size // world
@@ -204,6 +206,7 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
     ckpt = out / "checkpoint"
     core = model
     model, sharded = _wrap(core, args, world, log)
+    experts = ExpertLog(core)  # empty (false) for a dense model
     if objective is None:
         objective = Objective(core.config.arch, tokenizer, mixture.block_size, core.config.vocab_size, args.seed)
     optimizer = make_optimizer(core, lr=args.lr, weight_decay=args.weight_decay, kind=args.optimizer)
@@ -260,6 +263,8 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
         lr = lr_at(step, lr=args.lr, warmup=args.warmup, max_steps=args.steps, min_lr=args.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if experts:
+            experts.reset()  # the counts below are this step's
         loss_sum, tokens = _accumulate(model, core, mixture, objective, args, step=step, micro=micro, accum=accum,
                                        rank=rank, world=world, sharded=sharded, trusted=step > first_step,
                                        ckpt=ckpt, device=device)
@@ -277,8 +282,9 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
         tok_s = (tokens_seen - tokens_start) / max(elapsed, 1e-9)
         train_loss = loss_sum.item()
         extra = objective.metrics()
+        routing = experts.read() if experts else {}
         record({"step": step, "loss": train_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_seen,
-                "tok_per_s": tok_s, "seconds": elapsed, **extra})
+                "tok_per_s": tok_s, "seconds": elapsed, **extra, **routing})
         if bar is not None:
             bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
                             **{k: f"{extra[k]:.3g}" for k in objective.shown if k in extra})
@@ -291,11 +297,13 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
         bar.close()
     if rank == 0:
         plot_losses(metrics, out / "loss.png")
+        if experts:
+            plot_experts(metrics, experts, out / "experts.png")
     return {"parameters": sum(p.numel() for p in {id(p): p for p in core.parameters()}.values()),
             "steps": step, "tokens": tokens_seen, "seconds": time.perf_counter() - t_start,
             "val_loss_start": val_start, "val_ppl_start": math.exp(val_start), "val_loss": val_loss,
             "val_ppl": math.exp(val_loss), "checkpoint": str(ckpt), "metrics": str(metrics),
-            "plot": str(out / "loss.png")}
+            "plot": str(out / "loss.png"), **({"experts_plot": str(out / "experts.png")} if experts else {})}
 
 
 def plot_losses(metrics: Path, png: Path) -> None:
