@@ -30,7 +30,9 @@ RopeScaling = Literal["none", "linear", "ntk", "dynamic", "llama3", "yarn", "lon
 Router = Literal["topk_softmax", "softmax_topk", "switch", "expert_choice"]
 RouterGroup = Literal["batch", "sequence"]  # the tokens that share the experts' capacity and the balance statistics
 RouterPriority = Literal["sequence", "score"]  # who keeps a full expert: the earlier token, or the surer one (BPR)
-BalanceScope = Literal["stack", "layer"]  # f and P pooled over a stack's MoE layers (transformers), or per layer
+# per layer: each MoE layer's E sum f P, averaged (Switch); stack: f and P pooled over the stack's MoE layers first,
+# as transformers computes it (its families load with it), which lets one layer's skew offset another's
+BalanceScope = Literal["layer", "stack"]
 Kernel = Literal["eager", "sdpa", "flash"]
 QKNorm = Literal["none", "head", "full"]
 LayerType = Literal["global", "local"]  # full causal attention, or the sliding window
@@ -150,7 +152,7 @@ class Config:
     router: Router = "topk_softmax"
     router_aux_loss_coef: float = 0.01  # alpha of the load-balancing loss alpha * E * sum_e f_e P_e
     router_z_loss_coef: float = 0.0  # ST-MoE's router z-loss, mean logsumexp(logits)^2 (Zoph et al., 2022)
-    balance_scope: BalanceScope = "stack"
+    balance_scope: BalanceScope = "layer"
     router_group: RouterGroup = "batch"
     # capacity per expert and group = ceil(top_k x tokens per group x factor / n_experts); None: no limit (no token
     # is dropped). A token past its expert's capacity gets no output from it: the residual carries it on.

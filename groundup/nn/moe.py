@@ -152,7 +152,7 @@ class MoE(nn.Module):
         if self.shared is not None:
             s = self.shared(flat)
             out = out + (s * torch.sigmoid(self.shared_gate(flat)) if self.shared_gate is not None else s)
-        self._count(token, counts, flat.shape[0])
+        self._count(token, counts, slots.sum(0) if self.router_kind != "expert_choice" else counts, flat.shape[0])
         stats = RouterStats(slots, probs.view(groups, n, -1).sum(1), (torch.logsumexp(logits, -1) ** 2).sum(), n,
                             self.router_kind == "expert_choice")
         return out.view(B, T, C), stats
@@ -173,39 +173,45 @@ class MoE(nn.Module):
         return out
 
     @torch.no_grad()
-    def _count(self, token: torch.Tensor, counts: torch.Tensor, n_tokens: int) -> None:
+    def _count(self, token: torch.Tensor, counts: torch.Tensor, wanted: torch.Tensor, n_tokens: int) -> None:
         E = self.n_experts
         if self._counts is None or self._counts.device != token.device:
-            self._counts = torch.zeros(E + 3, dtype=torch.long, device=token.device)
+            self._counts = torch.zeros(2 * E + 3, dtype=torch.long, device=token.device)
         served = torch.bincount(token, minlength=n_tokens)
         self._counts[:E] += counts
-        self._counts[E] += n_tokens * (self.top_k if self.router_kind != "expert_choice" else 1)
-        self._counts[E + 1] += (served == 0).sum()
-        self._counts[E + 2] += n_tokens
+        self._counts[E:2 * E] += wanted.long()
+        self._counts[2 * E] += n_tokens * (self.top_k if self.router_kind != "expert_choice" else 1)
+        self._counts[2 * E + 1] += (served == 0).sum()
+        self._counts[2 * E + 2] += n_tokens
 
     def _counter(self, i: int | slice) -> torch.Tensor:
-        counts = self._counts if self._counts is not None else torch.zeros(self.n_experts + 3, dtype=torch.long)
+        counts = self._counts if self._counts is not None else torch.zeros(2 * self.n_experts + 3, dtype=torch.long)
         return counts[i]
 
     @property
     def usage(self) -> torch.Tensor:
-        """Routing slots each expert processed since the last reset [E]."""
+        """Routing slots each expert processed since the last reset [E] (at most its capacity per group)."""
         return self._counter(slice(0, self.n_experts))
+
+    @property
+    def wanted(self) -> torch.Tensor:
+        """Routing choices for each expert before the capacity cut [E]: the router's own preference."""
+        return self._counter(slice(self.n_experts, 2 * self.n_experts))
 
     @property
     def routed(self) -> torch.Tensor:
         """Routing slots asked for (k per token; one per token for expert choice)."""
-        return self._counter(self.n_experts)
+        return self._counter(2 * self.n_experts)
 
     @property
     def dropped(self) -> torch.Tensor:
         """Tokens that no expert processed (every slot past its expert's capacity; in expert choice, unpicked)."""
-        return self._counter(self.n_experts + 1)
+        return self._counter(2 * self.n_experts + 1)
 
     @property
     def seen(self) -> torch.Tensor:
         """Tokens routed since the last reset."""
-        return self._counter(self.n_experts + 2)
+        return self._counter(2 * self.n_experts + 2)
 
     def reset_usage(self) -> None:
         self._counts = None
@@ -214,8 +220,8 @@ class MoE(nn.Module):
 def router_loss(cfg: Config, stats: list[RouterStats]) -> torch.Tensor | None:
     """The coefficient-weighted balance and z-losses of one stack's MoE layers (None without any).
 
-    balance_scope='stack' pools f and P over the layers before the product, as transformers' Mixtral,
-    Qwen2-MoE and SwitchTransformers do; 'layer' takes each layer's E sum f P and averages them.
+    balance_scope='layer' takes each layer's E sum f P and averages them (Switch); 'stack' pools f and P over
+    the layers before the product, as transformers' Mixtral, Qwen2-MoE and SwitchTransformers do.
     """
     if not stats:
         return None

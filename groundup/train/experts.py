@@ -1,4 +1,4 @@
-"""Expert utilisation while training an MoE: each step's share of routing slots per expert and layer, the
+"""Expert utilisation while training an MoE: each step's share of routing choices per expert and layer, the
 fraction of tokens dropped by the capacity, and a plot of both (experts.png in the run folder).
 
 The MoE layers count what they route (nn/moe.MoE.usage, .dropped ...); the loop clears the counts before a
@@ -32,11 +32,12 @@ class ExpertLog:
             m.reset_usage()
 
     def read(self) -> dict[str, float | list]:
-        """This step's figures: per layer the experts' shares of the processed slots and the dropped fraction;
-        over layers the mean dropped fraction and the largest load relative to an even share (1.0 = balanced)."""
+        """This step's figures: per layer the experts' shares of the routing choices (what the router asked for,
+        before the capacity cut) and the dropped fraction; over layers the mean dropped fraction and the largest
+        load relative to an even share (1.0 = balanced)."""
         shares, dropped, imbalance = [], [], []
         for name, m in self.layers:
-            usage = m.usage.double().cpu()
+            usage = m.wanted.double().cpu()
             self.totals[name] = self.totals.get(name, torch.zeros_like(usage)) + usage
             total = float(usage.sum())
             share = (usage / total).tolist() if total else [0.0] * m.n_experts
@@ -50,7 +51,7 @@ class ExpertLog:
 
 
 def plot_experts(metrics: Path, log: ExpertLog, png: Path) -> None:
-    """Left: each layer's share of routing slots per expert over the run (a heatmap; an even load is 1/E
+    """Left: each layer's share of routing choices per expert over the run (a heatmap; an even load is 1/E
     everywhere). Right: the dropped-token fraction and the largest expert load (x an even share) per step."""
     import matplotlib
 
@@ -66,7 +67,7 @@ def plot_experts(metrics: Path, log: ExpertLog, png: Path) -> None:
         im = left.imshow(share, aspect="auto", cmap="viridis", vmin=0)
         left.set_yticks(range(len(names)), [n.replace(".mlp", "") for n in names], fontsize=7)
         left.set_xlabel("expert")
-        left.set_title(f"share of routing slots (even = 1/{share.shape[1]})", fontsize=9)
+        left.set_title(f"share of routing choices (even = 1/{share.shape[1]})", fontsize=9)
         fig.colorbar(im, ax=left, fraction=0.046)
     if rows:
         steps = [r["step"] for r in rows]

@@ -62,25 +62,28 @@ def _course_moe(capacity_factor: float) -> MoE:
     return moe
 
 
-def test_course_example_capacity_factor_one_drops_one_token_and_one_and_a_half_drops_none(capsys):
+def test_course_example_capacity_factor_one_drops_one_token_and_one_and_a_half_drops_none():
     """MIT lecture: 6 tokens, 3 experts. The router sends 3 tokens to expert 0, 2 to expert 1, 1 to expert 2.
     capacity factor 1.0 -> 6 / 3 x 1.0 = 2 slots: expert 0's third token is dropped and passes through on the
     residual (zero expert output); 1.5 -> 3 slots: all six are processed."""
     choice = [0, 0, 1, 0, 1, 2]
     x = torch.eye(3)[choice][None]  # [1, 6, 3]
+    lines = []
     for cf, capacity, dropped in ((1.0, 2, [3]), (1.5, 3, [])):
         moe = _course_moe(cf)
         assert moe.capacity(6) == capacity
         out, _ = moe(x)
         got = [(t, choice[t] if out[0, t].abs().sum() > 0 else None) for t in range(6)]
-        print(f"capacity factor {cf}: capacity {capacity}; token -> expert (None = dropped): {got}")
+        lines.append(f"capacity factor {cf}: capacity {capacity}; token -> expert (None = dropped): {got}")
+        print(lines[-1])  # pytest -s shows the assignment
         assert [t for t, e in got if e is None] == dropped
         for t, e in got:
             if e is not None:  # a processed token carries its expert's output times its router probability
                 p = torch.softmax(4 * x[0, t], -1)[e]
                 torch.testing.assert_close(out[0, t], torch.full((3,), (e + 1) * 1.0) * p)
         assert moe.dropped.item() == len(dropped) and moe.usage.tolist() == [3 - len(dropped), 2, 1]
-    assert "capacity factor 1.0: capacity 2" in capsys.readouterr().out
+        assert moe.wanted.tolist() == [3, 2, 1]  # what the router asked for, before the capacity cut
+    assert lines[0].endswith("[(0, 0), (1, 0), (2, 1), (3, None), (4, 1), (5, 2)]")
 
 
 def test_capacity_priority_first_choices_before_second_and_groups_per_sequence():
@@ -168,7 +171,7 @@ def test_balance_loss_is_k_when_uniform_and_larger_when_skewed():
     assert router_loss(cfg, [skewed]).item() > 3.0
     # pooled over layers (transformers) vs per layer: two opposite skews balance when pooled
     flipped = RouterStats(skewed.slots.flip(-1), skewed.probs.flip(-1), torch.zeros(()), n, False)
-    pooled = router_loss(cfg, [skewed, flipped]).item()
+    pooled = router_loss(cfg.replace(balance_scope="stack"), [skewed, flipped]).item()
     per_layer = router_loss(cfg.replace(balance_scope="layer"), [skewed, flipped]).item()
     assert per_layer == pytest.approx(router_loss(cfg, [skewed]).item()) and pooled < per_layer
 
