@@ -30,13 +30,14 @@ BASE = dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=384, max_seq_
 MOE = dict(family="groundup", n_experts=8, router_aux_loss_coef=0.01)
 
 
-def configs() -> dict[str, gu.Config]:
+def configs(aux: float = 0.01) -> dict[str, gu.Config]:
     base = gu.Config.preset("tiny-llama", **BASE)
     out = {"dense": base}
+    moe = {**MOE, "router_aux_loss_coef": aux}
     for cf in (1.0, 1.25, 2.0):
-        out[f"switch-cf{cf:g}"] = base.replace(**MOE, top_k=1, router="switch", capacity_factor=cf,
+        out[f"switch-cf{cf:g}"] = base.replace(**moe, top_k=1, router="switch", capacity_factor=cf,
                                                 eval_capacity_factor=cf, router_z_loss_coef=1e-3)
-    out["top2"] = base.replace(**MOE, top_k=2, router="topk_softmax", expert_d_ff=BASE["d_ff"] // 2)
+    out["top2"] = base.replace(**moe, top_k=2, router="topk_softmax", expert_d_ff=BASE["d_ff"] // 2)
     return out
 
 
@@ -48,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-bytes", type=int, default=6_000_000)
     p.add_argument("--work", default="out/moe_train")
     p.add_argument("--only", default=None, help="comma-separated run names (default: all)")
+    p.add_argument("--aux", type=float, default=0.01, help="the MoE runs' load-balancing coefficient alpha")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    runs = configs()
+    runs = configs(a.aux)
     chosen = a.only.split(",") if a.only else list(runs)
     results = {}
     for name in chosen:
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
              f"({a.steps * a.batch_size * a.block_size:,} training tokens), python-stdlib text ({a.max_bytes:,} "
              "bytes per source), one 4,096-token BPE for all runs, the same seed and batch order. Dropped = the "
              "mean over training steps of the tokens no expert processed; max load = the busiest expert's "
-             "share of routing slots over an even share (1.0 = balanced), mean over steps.", "",
+             "share of routing choices over an even share (1.0 = balanced), mean over steps. Load-balancing "
+             f"coefficient alpha = {a.aux:g} in the MoE runs.", "",
              "| run | params | active | train FLOPs / token | val loss | val ppl | dropped | max load | tok/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     dense_loss = results["dense"][1]["val_loss"] if "dense" in results else None
@@ -96,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
                      + (f"{sum(dropped) / len(dropped):.1%}" if dropped else "-") + " | "
                      + (f"{sum(load) / len(load):.2f}" if load else "-") + " | "
                      f"{summary['tokens'] / summary['seconds']:,.0f} |")
-    plot(results, Path(a.out).with_name("moe_curves.png") if a.out else work / "moe_curves.png")
-    if a.out and (work / "switch-cf1.25" / "experts.png").is_file():
-        shutil.copy(work / "switch-cf1.25" / "experts.png", Path(a.out).with_name("moe_experts.png"))
+    stem = Path(a.out).stem if a.out else "moe_bench"
+    plot(results, Path(a.out).with_name(f"{stem}_curves.png") if a.out else work / "moe_curves.png")
+    for name in ("switch-cf1.25", "top2"):
+        if a.out and (work / name / "experts.png").is_file():
+            shutil.copy(work / name / "experts.png", Path(a.out).with_name(f"{stem}_experts_{name}.png"))
     emit("MoE vs dense at equal active compute", lines, a.out)
     return 0
 

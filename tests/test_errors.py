@@ -45,7 +45,8 @@ def test_unknown_model_type_lists_supported(hf_folder, tmp_path):
     path = _copy(hf_folder, "llama", tmp_path)
     cfg = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**cfg, "model_type": "rwkv"}))
-    supported = "bert, bloom, falcon, gemma, gemma2, gemma3_text, gpt2, gpt_neox, groundup, groundup_seq2seq, llama, marian"  # sorted, all
+    supported = ("bert, bloom, falcon, gemma, gemma2, gemma3_text, gpt2, gpt_neox, groundup, groundup_seq2seq, llama, "
+                 "marian")  # sorted, all
     with pytest.raises(CheckpointError, match=f"model_type=.rwkv. is not a supported family.*{supported}"):
         gu.from_pretrained(path)
 

@@ -32,6 +32,12 @@ def main_upcycle(args: argparse.Namespace) -> int:
     if model is None:
         raise ValueError(f"no layout holds the upcycled model: {error}")
     model.save_pretrained(args.out)
+    from pathlib import Path
+
+    if (Path(args.model) / "tokenizer.json").is_file():  # the tokenizer travels with the weights
+        from ..tokenizer import Tokenizer
+
+        Tokenizer.from_pretrained(args.model).save_pretrained(args.out)
     total, active = model.num_params(), model.num_params(active=True)
     print(f"upcycled {args.model} -> {args.out} ({model.config.family}): {args.experts} experts top-{args.top_k} "
           f"in {model.config.moe_layer_count} layers; {total:,} parameters, {active:,} active "

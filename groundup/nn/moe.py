@@ -58,9 +58,10 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList(make_ffn(cfg, cfg.expert_d_ff) for _ in range(cfg.n_experts))
         self.shared = make_ffn(cfg, cfg.shared_expert_d_ff) if cfg.shared_expert_d_ff else None
         self.shared_gate = Linear(cfg.d_model, 1, bias=False) if cfg.shared_expert_gate else None
-        # utilisation since the last reset (groundup.train reads and clears it): slots each expert processed, then
-        # slots routed, tokens that got no expert at all, tokens seen. A plain tensor, not a buffer: not saved,
-        # never on the meta device of a model being loaded, not broadcast by DDP; made where the tokens are.
+        # utilisation since the last reset (groundup.train reads and clears it): slots each expert processed [E],
+        # choices it got before the capacity cut [E], slots routed, tokens no expert processed, tokens seen.
+        # A plain tensor, not a buffer: not saved, never on the meta device of a model being loaded, not
+        # broadcast by DDP; made where the tokens are.
         self._counts: torch.Tensor | None = None
 
     # routing ---------------------------------------------------------------------------------------
