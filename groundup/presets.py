@@ -169,29 +169,28 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mistral-7b": dict(_MISTRAL),
     "mixtral-8x7b": dict(
         _MISTRAL, family="mixtral", sliding_window=None, rope_theta=1e6, n_experts=8, top_k=2,
-        router="topk_softmax", router_aux_loss_coef=0.02, balance_scope="stack",
+        router="topk_softmax", router_aux_loss_coef=0.02,
     ),
     # Qwen1.5-MoE-A2.7B (Qwen2-MoE): 60 fine-grained experts top-4 (not renormalised) plus a sigmoid-gated shared
     # expert four experts wide; 14.3B parameters, 2.7B active
     "qwen1.5-moe-a2.7b": dict(_QWEN2, family="qwen2_moe", vocab_size=151936, d_model=2048, n_layers=24, n_heads=16,
                               d_ff=5632, max_seq_len=8192, n_experts=60, top_k=4, router="softmax_topk",
                               router_aux_loss_coef=0.001, expert_d_ff=1408, shared_expert_d_ff=5632,
-                              shared_expert_gate=True, balance_scope="stack"),
+                              shared_expert_gate=True),
     # Qwen3-30B-A3B: 128 experts top-8, renormalised, no shared expert
     "qwen3-30b-a3b": dict(_QWEN2, family="qwen3_moe", attn_bias=False, qk_norm="head", d_model=2048, n_layers=48,
                           n_heads=32, n_kv_heads=4, head_dim=128, d_ff=6144, max_seq_len=40960, n_experts=128,
-                          top_k=8, router="topk_softmax", router_aux_loss_coef=0.001, expert_d_ff=768,
-                          balance_scope="stack"),
+                          top_k=8, router="topk_softmax", router_aux_loss_coef=0.001, expert_d_ff=768),
     # OLMoE-1B-7B (Muennighoff et al., 2024): 64 experts top-8 in every layer; 6.9B parameters, 1.3B active
     "olmoe-1b-7b": dict(_LLAMA, family="olmoe", vocab_size=50304, d_model=2048, n_layers=16, n_heads=16, d_ff=1024,
                         max_seq_len=4096, norm_eps=1e-5, qk_norm="full", n_experts=64, top_k=8,
-                        router="softmax_topk", router_aux_loss_coef=0.01, balance_scope="stack"),
+                        router="softmax_topk", router_aux_loss_coef=0.01),
     # Switch-Base-8 (Fedus et al., 2021): T5-Base with every other FFN a top-1 Switch layer of 8 experts, 64 token
     # slots per expert and sequence, router z-loss (ST-MoE)
     "switch-base-8": dict(_T5, family="switch_transformers", d_model=768, n_layers=12, n_heads=12, d_ff=3072,
                           n_experts=8, top_k=1, router="switch", router_group="sequence", expert_capacity=64,
                           router_jitter=0.01, router_aux_loss_coef=0.001, router_z_loss_coef=0.001,
-                          moe_layers=[i for i in range(24) if i % 2 == 1], balance_scope="stack"),
+                          moe_layers=[i for i in range(24) if i % 2 == 1]),
     # A ~125M Llama-style GQA model (the benchmark's second config)
     "llama-125m": dict(_LLAMA, d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=2048,
                        max_seq_len=2048),
@@ -215,8 +214,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny-mistral": dict(_MISTRAL, vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                          d_ff=128, max_seq_len=128, sliding_window=16),
     "tiny-mixtral": dict(_MISTRAL, family="mixtral", vocab_size=256, d_model=64, n_layers=2, n_heads=4,
-                         n_kv_heads=2, d_ff=96, max_seq_len=128, sliding_window=None, n_experts=4, top_k=2,
-                         balance_scope="stack"),
+                         n_kv_heads=2, d_ff=96, max_seq_len=128, sliding_window=None, n_experts=4, top_k=2),
     # a Switch decoder (no transformers layout holds one: saved in groundup's own): top-1 with capacity factor
     # 1.25 in training and 2.0 in eval, layer 1 of 2 MoE, router z-loss
     "tiny-switch": dict(_LLAMA, family="groundup", vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,

@@ -60,10 +60,3 @@ def token_logps(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *
             p = torch.softmax(logits, dim=-1)
             ent = logz - (p * logits).sum(-1)
     return TokenLogps(torch.where(m, picked, torch.zeros_like(picked)), m, ent, hidden, aux, picked)
-
-
-def last_index(mask: torch.Tensor) -> torch.Tensor:
-    """[R] the position of each row's last True in mask [R, T] (a row's last real token)."""
-    T = mask.shape[1]
-    pos = torch.arange(T, device=mask.device).expand_as(mask)
-    return torch.where(mask.bool(), pos, torch.full_like(pos, -1)).max(dim=1).values

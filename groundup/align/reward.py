@@ -18,11 +18,11 @@ from torch import nn
 
 from ..checkpoint.hf import config_from_hf, config_to_hf, load_into, state_dict_from_hf, state_dict_to_hf
 from ..checkpoint.io import CheckpointError, load_tensors, read_json, write_tensors
+from ..data.preference import last_index
 from ..models import meta_model
 from ..peft import adapter_layers, load_adapter, merge_and_unload, write_adapter
 from ..train.checkpoint import Checkpointable
 from ..utils.files import atomic_folder, read_safetensors
-from .logps import last_index
 
 SCORE = "score.weight"
 

@@ -333,8 +333,7 @@ def llama_config(hf: dict[str, Any]) -> dict[str, Any]:
                sliding_window=hf.get("sliding_window"))
     if "num_local_experts" in hf:
         out.update(n_experts=hf["num_local_experts"], top_k=hf.get("num_experts_per_tok", 2),
-                   router="topk_softmax", router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.02),
-                   balance_scope="stack")
+                   router="topk_softmax", router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.02))
     return out
 
 

@@ -73,6 +73,8 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> Config:
         raise CheckpointError(f"{source} ({model_type}): {err}") from None
     except KeyError as err:
         raise CheckpointError(f"{source} ({model_type}): required field {err.args[0]!r} is missing") from None
+    if kwargs.get("n_experts"):  # every transformers MoE pools f and P over the layers in its balance loss
+        kwargs.setdefault("balance_scope", "stack")  # (groundup's own layout carries its field)
     extra = {k: hf[k] for k in PASSTHROUGH if k in hf}
     ids = {k: hf[k] for k in TOKEN_IDS if hf.get(k) is not None}
     try:

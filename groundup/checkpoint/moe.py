@@ -24,7 +24,7 @@ def _decoder_moe(hf: dict[str, Any], *, shared: bool) -> dict[str, Any]:
     out = dict(n_experts=E, top_k=hf.get("num_experts_per_tok", 2),
                router="topk_softmax" if hf.get("norm_topk_prob", False) else "softmax_topk",
                router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.001),
-               router_z_loss_coef=hf.get("router_z_loss_coef", 0.0), balance_scope="stack",
+               router_z_loss_coef=hf.get("router_z_loss_coef", 0.0),
                expert_d_ff=hf.get("moe_intermediate_size") or hf["intermediate_size"],
                moe_layers=None if len(layers) == L else layers)
     if shared and hf.get("shared_expert_intermediate_size"):
@@ -123,8 +123,7 @@ def _switch_config(hf: dict[str, Any]) -> dict[str, Any]:
             "expert_capacity": hf.get("expert_capacity", 64), "router_bias": hf.get("router_bias", False),
             "router_jitter": float(hf.get("router_jitter_noise", 0.01)),
             "router_aux_loss_coef": hf.get("router_aux_loss_coef", 0.001),
-            "router_z_loss_coef": hf.get("router_z_loss_coef", 0.001), "moe_layers": layers,
-            "balance_scope": "stack"}
+            "router_z_loss_coef": hf.get("router_z_loss_coef", 0.001), "moe_layers": layers}
 
 
 def _switch_to_hf(cfg: Config) -> dict[str, Any]:

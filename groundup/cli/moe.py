@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import get_args
 
 
 def main_upcycle(args: argparse.Namespace) -> int:
     from ..checkpoint.hf import config_to_hf, from_pretrained
     from ..checkpoint.io import CheckpointError
-    from ..models.upcycle import upcycle
+    from ..models.upcycle import upcycle, upcycled_config
 
     dense = from_pretrained(args.model)
     moe = dict(router=args.router, capacity_factor=args.capacity_factor,
@@ -19,21 +20,21 @@ def main_upcycle(args: argparse.Namespace) -> int:
         layers = [i for i in range(dense.config.n_stack_layers) if (i + 1) % args.every == 0]
     # the first layout that holds the result: the dense family's MoE sibling, else groundup's own
     sibling = {"llama": "mixtral", "mistral": "mixtral", "qwen2": "qwen2_moe", "qwen3": "qwen3_moe"}
-    candidates = [args.family] if args.family else [sibling.get(dense.config.family, ""), "groundup"
-                                                    if dense.config.arch != "seq2seq" else "groundup_seq2seq"]
-    model, error = None, None
-    for family in [c for c in candidates if c]:
+    native = "groundup_seq2seq" if dense.config.arch == "seq2seq" else "groundup"
+    candidates = [args.family] if args.family else [sibling.get(dense.config.family, ""), native]
+    family, error = None, None
+    for name in [c for c in candidates if c]:  # checked on the config alone: the weights are copied once
         try:
-            model = upcycle(dense, args.experts, args.top_k, moe_layers=layers, family=family, **moe)
-            config_to_hf(model.config)
+            config_to_hf(upcycled_config(dense.config, args.experts, args.top_k, moe_layers=layers, family=name,
+                                         **moe))
+            family = name
             break
         except CheckpointError as err:
-            model, error = None, err
-    if model is None:
+            error = err
+    if family is None:
         raise ValueError(f"no layout holds the upcycled model: {error}")
+    model = upcycle(dense, args.experts, args.top_k, moe_layers=layers, family=family, **moe)
     model.save_pretrained(args.out)
-    from pathlib import Path
-
     if (Path(args.model) / "tokenizer.json").is_file():  # the tokenizer travels with the weights
         from ..tokenizer import Tokenizer
 

@@ -309,10 +309,14 @@ class PreferenceBatch:
     @property
     def real(self) -> torch.Tensor:
         """[R, T] the rows' own tokens (prompt and answer; the answer ends each row), not the padding."""
-        T = self.mask.shape[1]
-        pos = torch.arange(T, device=self.mask.device).expand_as(self.mask)
-        last = torch.where(self.mask, pos, torch.full_like(pos, -1)).max(dim=1).values
-        return pos <= last.unsqueeze(1)
+        pos = torch.arange(self.mask.shape[1], device=self.mask.device)
+        return pos <= last_index(self.mask).unsqueeze(1)
+
+
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """[R] the position of each row's last True in mask [R, T] (a row's last real token; -1 for none)."""
+    pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask.bool(), pos, torch.full_like(pos, -1)).max(dim=1).values
 
 
 def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,15 @@ from ..nn.moe import MoE
 from . import build_model
 
 
+def upcycled_config(cfg: Config, n_experts: int, top_k: int = 2, *, moe_layers: list[int] | None = None,
+                    **moe: Any) -> Config:
+    """The Config of ``cfg``'s model upcycled: experts of the dense FFN's width on ``moe_layers`` (all by
+    default), and any other MoE field in ``moe``. Raises for a model that has experts already."""
+    if cfg.n_experts:
+        raise ValueError(f"the model already has n_experts={cfg.n_experts}; upcycling starts from a dense model")
+    return cfg.replace(n_experts=n_experts, top_k=top_k, moe_layers=moe_layers, expert_d_ff=None, **moe)
+
+
 def upcycle(model: torch.nn.Module, n_experts: int, top_k: int = 2, *, moe_layers: list[int] | None = None,
             router_std: float | None = None, **moe: Any) -> torch.nn.Module:
     """A new model: ``model``'s weights, with the FFN of each layer in ``moe_layers`` (default: all) copied into
@@ -24,9 +33,7 @@ def upcycle(model: torch.nn.Module, n_experts: int, top_k: int = 2, *, moe_layer
     ``moe`` sets any other MoE field of Config (router, capacity_factor, router_z_loss_coef, family ...).
     The experts keep the dense FFN's width; the dense model must not be an MoE already."""
     cfg: Config = model.config
-    if cfg.n_experts:
-        raise ValueError(f"the model already has n_experts={cfg.n_experts}; upcycling starts from a dense model")
-    new_cfg = cfg.replace(n_experts=n_experts, top_k=top_k, moe_layers=moe_layers, expert_d_ff=None, **moe)
+    new_cfg = upcycled_config(cfg, n_experts, top_k, moe_layers=moe_layers, **moe)
     with torch.device("meta"):
         sparse = build_model(new_cfg)
     dense_state = model.state_dict()

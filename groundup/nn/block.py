@@ -30,7 +30,7 @@ class Block(nn.Module):
     """One layer; forward returns (hidden [B, T, C], the MoE layer's RouterStats or None, attention weights or
     None). ``moe`` makes the FFN routed experts (Config.is_moe_layer says which layers are)."""
 
-    def __init__(self, cfg: Config, *, cross: bool = False, moe: bool | None = None) -> None:
+    def __init__(self, cfg: Config, *, cross: bool = False, moe: bool = False) -> None:
         super().__init__()
         self.placement, self.parallel = cfg.norm_placement, cfg.residual == "parallel"
         self.dropout = cfg.dropout
@@ -39,7 +39,7 @@ class Block(nn.Module):
         self.cross_attn_norm = make_norm(cfg) if cross else None
         self.cross_attn = Attention(cfg) if cross else None
         self.mlp_norm = None if cfg.shared_norm else make_norm(cfg)
-        self.mlp = MoE(cfg) if (bool(cfg.n_experts) if moe is None else moe) else make_ffn(cfg)
+        self.mlp = MoE(cfg) if moe else make_ffn(cfg)
         sandwich = cfg.norm_placement == "sandwich"  # a second norm on each sublayer's output
         self.post_attn_norm = make_norm(cfg) if sandwich else None
         self.post_mlp_norm = make_norm(cfg) if sandwich else None

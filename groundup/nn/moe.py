@@ -36,14 +36,30 @@ from .mlp import make_ffn
 
 @dataclass
 class RouterStats:
-    """One MoE layer's routing in one forward: the sums the losses need. slots / probs [G, E] count routing
-    choices (before capacity) and sum router probabilities per group; zsq sums logsumexp(logits)^2 over tokens."""
+    """One MoE layer's routing in one forward: logits and probs [N, E] of its N = groups x tokens routed tokens,
+    and the experts each chose (idx [N, k]; None for expert choice, balanced by construction). The sums the
+    losses need are taken by router_loss, and only for the terms whose coefficient is set."""
 
-    slots: torch.Tensor
+    logits: torch.Tensor
     probs: torch.Tensor
-    zsq: torch.Tensor
+    idx: torch.Tensor | None
+    groups: int
     tokens: int  # per group
-    balanced: bool  # expert choice: balanced by construction, no balance loss
+
+    @property
+    def balanced(self) -> bool:
+        """Expert choice: every expert takes its capacity, so there is no balance loss."""
+        return self.idx is None
+
+    def slots(self) -> torch.Tensor:
+        """[G, E] routing choices per group and expert (before the capacity cut)."""
+        G, E = self.groups, self.probs.shape[-1]
+        group = torch.arange(self.idx.shape[0], device=self.idx.device)[:, None] // self.tokens  # [N, 1]
+        return torch.bincount((group * E + self.idx).reshape(-1), minlength=G * E).view(G, E).float()
+
+    def prob_sums(self) -> torch.Tensor:
+        """[G, E] router probabilities summed over each group's tokens."""
+        return self.probs.view(self.groups, self.tokens, -1).sum(1)
 
 
 class MoE(nn.Module):
@@ -140,23 +156,18 @@ class MoE(nn.Module):
         flat = x.reshape(-1, C)  # [N, C], N = B*T = groups * n
         logits = self.logits(flat)
         probs = torch.softmax(logits, dim=-1)  # [N, E]
+        idx = None
         if self.router_kind == "expert_choice":
             token, weight, counts = self._expert_choice(probs, groups, n)
-            slots = torch.zeros(groups, self.n_experts, device=x.device)
         else:
             weights, idx = self._choose(logits, probs)
             token, weight, counts = self._token_choice(weights, idx, groups, n)
-            group = torch.arange(idx.shape[0], device=x.device)[:, None] // n  # [N, 1]
-            slots = torch.bincount((group * self.n_experts + idx).reshape(-1), minlength=groups * self.n_experts)
-            slots = slots.view(groups, self.n_experts).float()  # [G, E] routing choices per group
         out = self._dispatch(flat, token, weight, counts)
         if self.shared is not None:
             s = self.shared(flat)
             out = out + (s * torch.sigmoid(self.shared_gate(flat)) if self.shared_gate is not None else s)
-        self._count(token, counts, slots.sum(0) if self.router_kind != "expert_choice" else counts, flat.shape[0])
-        stats = RouterStats(slots, probs.view(groups, n, -1).sum(1), (torch.logsumexp(logits, -1) ** 2).sum(), n,
-                            self.router_kind == "expert_choice")
-        return out.view(B, T, C), stats
+        self._count(token, counts, idx, flat.shape[0], n)
+        return out.view(B, T, C), RouterStats(logits, probs, idx, groups, n)
 
     def _dispatch(self, flat: torch.Tensor, token: torch.Tensor, weight: torch.Tensor,
                   counts: torch.Tensor) -> torch.Tensor:
@@ -174,20 +185,27 @@ class MoE(nn.Module):
         return out
 
     @torch.no_grad()
-    def _count(self, token: torch.Tensor, counts: torch.Tensor, wanted: torch.Tensor, n_tokens: int) -> None:
-        E = self.n_experts
-        if self._counts is None or self._counts.device != token.device:
-            self._counts = torch.zeros(2 * E + 3, dtype=torch.long, device=token.device)
-        served = torch.bincount(token, minlength=n_tokens)
-        self._counts[:E] += counts
-        self._counts[E:2 * E] += wanted.long()
-        self._counts[2 * E] += n_tokens * (self.top_k if self.router_kind != "expert_choice" else 1)
-        self._counts[2 * E + 1] += (served == 0).sum()
-        self._counts[2 * E + 2] += n_tokens
+    def _count(self, token: torch.Tensor, counts: torch.Tensor, idx: torch.Tensor | None, n_tokens: int,
+               n: int) -> None:
+        """Add this forward's figures to the counters in one in-place add: slots each expert processed, choices
+        it got (expert choice: its picks), slots routed, tokens no expert processed, tokens seen."""
+        wanted = counts if idx is None else torch.bincount(idx.reshape(-1), minlength=self.n_experts)
+        if idx is not None and self.capacity(n) is None:  # no capacity: no token can be dropped, skip the count
+            dropped = counts.new_zeros(1)
+        else:
+            dropped = (torch.bincount(token, minlength=n_tokens) == 0).sum().reshape(1)
+        routed = n_tokens * (self.top_k if idx is not None else 1)
+        add = torch.cat([counts, wanted, dropped.new_tensor([routed]), dropped, dropped.new_tensor([n_tokens])])
+        self._counts = add if self._counts is None or self._counts.device != add.device else self._counts.add_(add)
 
     def _counter(self, i: int | slice) -> torch.Tensor:
         counts = self._counts if self._counts is not None else torch.zeros(2 * self.n_experts + 3, dtype=torch.long)
         return counts[i]
+
+    @property
+    def counters(self) -> torch.Tensor:
+        """[2E + 3] every count at once: usage, wanted, routed, dropped, seen (one transfer to read them)."""
+        return self._counter(slice(None))
 
     @property
     def usage(self) -> torch.Tensor:
@@ -226,19 +244,19 @@ def router_loss(cfg: Config, stats: list[RouterStats]) -> torch.Tensor | None:
     """
     if not stats:
         return None
-    E, L, n = cfg.n_experts, len(stats), stats[0].tokens
-    total = stats[0].zsq.new_zeros(())
+    E, L, n, G = cfg.n_experts, len(stats), stats[0].tokens, stats[0].groups
+    total = stats[0].logits.new_zeros(())
     if cfg.router_aux_loss_coef and not stats[0].balanced:
         if cfg.balance_scope == "stack":
-            f = sum(s.slots for s in stats) / (L * n)  # [G, E]
-            p = sum(s.probs for s in stats) / (L * n)
+            f = sum(s.slots() for s in stats) / (L * n)  # [G, E]
+            p = sum(s.prob_sums() for s in stats) / (L * n)
             balance = E * (f * p).sum(-1).mean()
         else:
-            balance = sum(E * (s.slots / n * s.probs / n).sum(-1).mean() for s in stats) / L
+            balance = sum(E * (s.slots() / n * s.prob_sums() / n).sum(-1).mean() for s in stats) / L
         total = total + cfg.router_aux_loss_coef * balance
     if cfg.router_z_loss_coef:
-        tokens = L * stats[0].slots.shape[0] * n
-        total = total + cfg.router_z_loss_coef * sum(s.zsq for s in stats) / tokens
+        zsq = sum((torch.logsumexp(s.logits, -1) ** 2).sum() for s in stats)
+        total = total + cfg.router_z_loss_coef * zsq / (L * G * n)
     return total
 
 

@@ -35,16 +35,15 @@ class ExpertLog:
         """This step's figures: per layer the experts' shares of the routing choices (what the router asked for,
         before the capacity cut) and the dropped fraction; over layers the mean dropped fraction and the largest
         load relative to an even share (1.0 = balanced)."""
-        shares, dropped, imbalance = [], [], []
-        for name, m in self.layers:
-            usage = m.wanted.double().cpu()
+        E = self.layers[0][1].n_experts
+        counts = torch.stack([m.counters.to(torch.float64) for _, m in self.layers]).cpu()  # [L, 2E + 3], one sync
+        wanted, dropped, seen = counts[:, E:2 * E], counts[:, 2 * E + 1], counts[:, 2 * E + 2]
+        for (name, _), usage in zip(self.layers, wanted, strict=True):
             self.totals[name] = self.totals.get(name, torch.zeros_like(usage)) + usage
-            total = float(usage.sum())
-            share = (usage / total).tolist() if total else [0.0] * m.n_experts
-            seen = float(m.seen)
-            shares.append([round(s, 4) for s in share])
-            dropped.append(float(m.dropped) / seen if seen else 0.0)
-            imbalance.append(max(share) * m.n_experts)
+        share = wanted / wanted.sum(1, keepdim=True).clamp(min=1)  # [L, E]
+        dropped = (dropped / seen.clamp(min=1)).tolist()
+        imbalance = (share.max(1).values * E).tolist()
+        shares = [[round(x, 4) for x in row] for row in share.tolist()]
         n = len(self.layers)
         return {"moe_dropped": sum(dropped) / n, "moe_max_load": max(imbalance), "moe_share": shares,
                 "moe_dropped_per_layer": [round(d, 4) for d in dropped]}

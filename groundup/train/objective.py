@@ -75,18 +75,18 @@ class Objective(TrainObjective):
         micro-batch and `rows` gives each row's place in it (default 0..B-1); together they seed the random
         choices."""
         x, y = batch
+        aux = 0  # the MoE router losses (causal LM, seq2seq), added to a mean loss only
         if self.arch == "causal_lm":  # the fused lm_head + loss: no B x T x V logits
             loss, aux = model(x, targets=y, reduction=reduction, return_aux_loss=True)
-            return loss + (aux if reduction == "mean" else 0), int((y != -100).sum())  # -100: no target
-        if self.arch == "encoder":
+            labels = y  # -100: no target
+        elif self.arch == "encoder":
             inputs, labels = self._rows(x, index, rows, lambda r, g: mask_tokens(
                 r, mask_token_id=self.mask_id, vocab_size=self.vocab_size, special_ids=self.special, generator=g))
-            logits = model(inputs)
+            loss = cross_entropy(model(inputs), labels, reduction)
         else:
             inputs, labels = self._rows(x, index, rows, lambda r, g: span_corruption(
                 r, sentinel_ids=self.sentinels, eos_id=self.eos, generator=g))
             core = getattr(model, "module", model)  # DDP wraps the model
             logits, aux = model(inputs, decoder_input_ids=core.shift_right(labels), return_aux_loss=True)
             loss = cross_entropy(logits, labels, reduction)
-            return loss + (aux if reduction == "mean" else 0), int((labels != -100).sum())
-        return cross_entropy(logits, labels, reduction), int((labels != -100).sum())
+        return loss + (aux if reduction == "mean" else 0), int((labels != -100).sum())

@@ -114,6 +114,7 @@ def run(s: PretrainSettings, log=print) -> dict:
     import torch
 
     from .. import Config, Tokenizer
+    from ..checkpoint.hf import config_to_hf
     from ..data import Mixture
     from ..generate import generate
     from ..models import build_model
@@ -137,8 +138,6 @@ def run(s: PretrainSettings, log=print) -> dict:
     if "n_heads" in overrides and "n_kv_heads" not in overrides and (cfg.n_kv_heads or 0) > overrides["n_heads"]:
         overrides["n_kv_heads"] = overrides["n_heads"]
     cfg = cfg.replace(**overrides)
-    from ..checkpoint.hf import config_to_hf
-
     config_to_hf(cfg)  # a config its family's layout cannot hold fails now, not at the first checkpoint
     if s.block_size > cfg.max_seq_len:
         raise ValueError(f"--block-size {s.block_size} is above the model's max_seq_len {cfg.max_seq_len}: "

@@ -161,16 +161,21 @@ def test_bad_moe_configs_name_the_field(changes, field):
         gu.Config.preset("tiny-mixtral", **changes)
 
 
+def _stats(idx: torch.Tensor, probs: torch.Tensor) -> RouterStats:
+    """One group of len(idx) tokens: the experts they chose [N, k] and their router probabilities [N, E]."""
+    return RouterStats(probs.log(), probs, idx, 1, idx.shape[0])
+
+
 def test_balance_loss_is_k_when_uniform_and_larger_when_skewed():
     cfg = gu.Config.preset("tiny-mixtral", router_aux_loss_coef=1.0)
     n, E = 1000, cfg.n_experts
-    uniform = RouterStats(torch.full((1, E), 2 * n / E), torch.full((1, E), n / E), torch.zeros(()), n, False)
+    t = torch.arange(n)
+    uniform = _stats(torch.stack([t % E, (t + 1) % E], -1), torch.full((n, E), 1 / E))
     assert router_loss(cfg, [uniform, uniform]).item() == pytest.approx(2.0)
-    skewed = RouterStats(torch.tensor([[n, n, 0, 0]]).float(), torch.tensor([[0.6, 0.3, 0.05, 0.05]]) * n,
-                         torch.zeros(()), n, False)
+    skewed = _stats(torch.tensor([[0, 1]]).expand(n, 2), torch.tensor([[0.6, 0.3, 0.05, 0.05]]).expand(n, E))
     assert router_loss(cfg, [skewed]).item() > 3.0
     # pooled over layers (transformers) vs per layer: two opposite skews balance when pooled
-    flipped = RouterStats(skewed.slots.flip(-1), skewed.probs.flip(-1), torch.zeros(()), n, False)
+    flipped = _stats(E - 1 - skewed.idx, skewed.probs.flip(-1))
     pooled = router_loss(cfg.replace(balance_scope="stack"), [skewed, flipped]).item()
     per_layer = router_loss(cfg.replace(balance_scope="layer"), [skewed, flipped]).item()
     assert per_layer == pytest.approx(router_loss(cfg, [skewed]).item()) and pooled < per_layer
