@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
-Arch = Literal["causal_lm", "encoder", "seq2seq"]
+Arch = Literal["causal_lm", "encoder", "seq2seq", "vision"]
 Pos = Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"]
 SinusoidalLayout = Literal["interleaved", "split"]
 Scale = Literal["none", "sqrt_d", "inv_sqrt_d"]
-Ffn = Literal["relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "geglu_tanh", "reglu"]
+# quick_gelu: x sigmoid(1.702 x), the GELU approximation OpenAI's CLIP was trained with
+Ffn = Literal["relu", "gelu", "gelu_tanh", "quick_gelu", "silu", "swiglu", "geglu", "geglu_tanh", "reglu"]
 Norm = Literal["layernorm", "rmsnorm"]
 # sublayer: x + norm(f(x)) (OLMo 2); sandwich: x + norm_out(f(norm_in(x))) (Gemma 2/3)
 NormPlacement = Literal["pre", "post", "sublayer", "sandwich"]
@@ -37,6 +38,10 @@ Kernel = Literal["eager", "sdpa", "flash"]
 QKNorm = Literal["none", "head", "full"]
 LayerType = Literal["global", "local"]  # full causal attention, or the sliding window
 
+# a vision encoder's pooled output: the [CLS] token, attention pooling by a learned probe (SigLIP's MAP head,
+# Zhai et al., 2023; Lee et al., 2019), or none
+VisionPool = Literal["cls", "map", "none"]
+
 GATED_FFNS = ("swiglu", "geglu", "geglu_tanh", "reglu")
 
 
@@ -45,10 +50,12 @@ class Config:
     """Architecture of a transformer language model.
 
     ``arch`` picks the family: ``causal_lm`` (decoder-only, CausalLM), ``encoder`` (encoder-only, BERT-style
-    Encoder) or ``seq2seq`` (encoder-decoder, Seq2Seq; ``n_layers`` encoder and ``n_decoder_layers`` decoder
-    layers). Derived fields default when left None: ``n_kv_heads`` (MHA), ``head_dim`` (``d_model //
-    n_heads``), ``d_ff`` (``4 * d_model``), ``n_decoder_layers`` (``n_layers``) and ``causal`` (True for
-    causal_lm, False for encoder; a seq2seq decoder is always causal and its encoder never is).
+    Encoder), ``seq2seq`` (encoder-decoder, Seq2Seq; ``n_layers`` encoder and ``n_decoder_layers`` decoder
+    layers) or ``vision`` (an encoder over image patches, VisionEncoder: ViT and the image towers of CLIP,
+    SigLIP and LLaVA; its ``max_seq_len`` is derived: patches plus the [CLS] token). Derived fields default
+    when left None: ``n_kv_heads`` (MHA), ``head_dim`` (``d_model // n_heads``), ``d_ff`` (``4 * d_model``),
+    ``n_decoder_layers`` (``n_layers``) and ``causal`` (True for causal_lm, False for encoder and vision; a
+    seq2seq decoder is always causal and its encoder never is).
     """
 
     arch: Arch = "causal_lm"
@@ -146,6 +153,16 @@ class Config:
     nsp_head: bool = False  # next-sentence prediction on the pooled output: 2 classes
     num_labels: int = 0  # sequence classification on the pooled output; 0 = no classifier
 
+    # vision encoders (arch="vision", Dosovitskiy et al., 2021): the image is cut into patch_size x patch_size
+    # patches, each projected to d_model by a strided convolution; learned positions, one per patch (+ [CLS])
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    patch_bias: bool = True  # CLIP's patch projection has no bias
+    cls_token: bool = True  # a learned [CLS] before the patches (ViT, CLIP); SigLIP has none
+    vision_pool: VisionPool = "cls"
+    pool_norm: bool = False  # a norm on the pooled [CLS] only (CLIP's post_layernorm; its final_norm is off)
+
     # mixture of experts on the FFN (n_experts == 0: dense FFN)
     n_experts: int = 0
     top_k: int = 2  # experts per token; for expert_choice, the mean number of experts a token gets
@@ -191,7 +208,9 @@ class Config:
     def __post_init__(self) -> None:
         self._check_literals()
         if self.causal is None:
-            self.causal = self.arch != "encoder"
+            self.causal = self.arch not in ("encoder", "vision")
+        if self.arch == "vision":
+            self._check_vision()
         if self.n_decoder_layers is None and self.arch == "seq2seq":
             self.n_decoder_layers = self.n_layers
         self._check_arch()
@@ -284,6 +303,30 @@ class Config:
             raise ValueError("n_experts=1 is a dense FFN with a router; use n_experts=0")
         self._check_moe()
         self._check_token_ids()
+
+    def _check_vision(self) -> None:
+        for name in ("image_size", "patch_size", "num_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}: the "
+                             "image must split into whole patches")
+        if self.pos != "learned" or self.causal:
+            raise ValueError(f"arch='vision' takes learned positions over bidirectional attention (pos={self.pos!r}, "
+                             f"causal={self.causal!r})")
+        if self.vision_pool == "cls" and not self.cls_token:
+            raise ValueError("vision_pool='cls' pools the [CLS] token: set cls_token=True or vision_pool='map'")
+        if self.pool_norm and self.vision_pool != "cls":
+            raise ValueError("pool_norm normalises the pooled [CLS] token: it needs vision_pool='cls'")
+        if self.num_labels and not self.cls_token:
+            raise ValueError("num_labels classifies the [CLS] token: it needs cls_token=True")
+        self.max_seq_len = self.image_tokens  # derived: one learned position per patch, plus the [CLS]
+
+    @property
+    def image_tokens(self) -> int:
+        """Tokens a vision encoder makes of an image at image_size: patches (+ [CLS]); 577 for ViT-L/14 at 336."""
+        return (self.image_size // self.patch_size) ** 2 + int(self.cls_token)
 
     def _check_moe(self) -> None:
         for name in ("capacity_factor", "eval_capacity_factor"):
@@ -385,10 +428,10 @@ class Config:
                                  + (" (or a list of them)" if name == "eos_token_id" else ""))
 
     def _check_arch(self) -> None:
-        if self.arch == "encoder" and self.causal:
+        if self.arch in ("encoder", "vision") and self.causal:
             raise ValueError("causal=True with arch='encoder': an encoder attends in both directions; "
                              "use arch='causal_lm' for a decoder")
-        if self.arch == "encoder" and self.n_experts:
+        if self.arch in ("encoder", "vision") and self.n_experts:
             raise ValueError(f"n_experts={self.n_experts}: mixture-of-experts layers are implemented for "
                              "arch='causal_lm' and 'seq2seq'")
         if self.arch == "seq2seq" and self.residual == "parallel":
@@ -404,12 +447,14 @@ class Config:
         encoder_only = dict(type_vocab_size=self.type_vocab_size, pooler=self.pooler,
                             mlm_head=self.mlm_head, nsp_head=self.nsp_head, num_labels=self.num_labels)
         for name, value in encoder_only.items():
+            if name in ("pooler", "num_labels") and self.arch == "vision":
+                continue  # ViT's pooler (dense + tanh) and its classifier on the [CLS] token
             if value and self.arch != "encoder":
                 raise ValueError(f"{name}={value!r} needs arch='encoder' (BERT-style heads and embeddings)")
         for name in ("type_vocab_size", "num_labels"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        if (self.nsp_head or self.num_labels) and not self.pooler:
+        if (self.nsp_head or self.num_labels) and not self.pooler and self.arch == "encoder":
             raise ValueError("nsp_head/num_labels classify the pooled [CLS] output: they need pooler=True")
         if self.pos == "relative" and (self.rel_buckets < 2 or self.rel_max_distance < self.rel_buckets // 2):
             raise ValueError(f"rel_buckets={self.rel_buckets} must be >= 2 and rel_max_distance="

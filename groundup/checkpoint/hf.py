@@ -18,7 +18,7 @@ import torch
 from ..config import Config
 from ..models import meta_model
 from ..nn.qlinear import NF4Linear, layer_spec, make_quantized, swap_in
-from . import bnb
+from . import bnb, vision
 from .io import CheckpointError, atomic_folder, iter_tensors, load_tensors, read_json, write_tensors
 from .registry import FAMILIES, OPTIONAL_FIELDS, REFUSED, UnsupportedConfig, family_of
 
@@ -276,6 +276,8 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
                               "(config.json + model.safetensors) and never downloads")
     where = str(folder / "config.json")
     hf = read_json(folder / "config.json")
+    if hf.get("model_type") in vision.MODEL_TYPES:  # ViT, CLIP, SigLIP, LLaVA: a config per tower
+        return vision.load(folder, hf, dtype)
     cfg = config_from_hf(hf, where)
     tensors, metas = load_tensors(folder), {}
     if bnb.is_bnb(hf.get("quantization_config")):  # transformers' bitsandbytes 4-bit folder
@@ -384,6 +386,8 @@ def write_model(model: Model, folder: Path, *, max_shard_bytes: int = 5 * 2**30,
     """config.json + safetensors into an existing folder (no atomicity: see save_pretrained). `state_dict`
     replaces model.state_dict() (e.g. the full tensors gathered from a sharded model)."""
     cfg = model.config
+    if not isinstance(cfg, Config) or cfg.arch == "vision":  # the towers' own layouts
+        return vision.write(model, folder, max_shard_bytes=max_shard_bytes)
     state_dict = model.state_dict() if state_dict is None else state_dict
     params = {k: v for k, v in state_dict.items() if k not in model.tied_keys()}
     dtype = params["embed.weight"].dtype

@@ -6,22 +6,28 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..multimodal import CLIPConfig, LlavaConfig
 from .causal_lm import CausalLM
 from .encoder import Encoder
 from .seq2seq import Seq2Seq
+from .vision import CLIP, TextTower, VisionEncoder
+from .vlm import Llava
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"causal_lm": CausalLM, "encoder": Encoder, "seq2seq": Seq2Seq}
+# Config.arch, or a composite config's (multimodal.py: CLIPConfig "dual_encoder", LlavaConfig "vlm")
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"causal_lm": CausalLM, "encoder": Encoder, "seq2seq": Seq2Seq,
+                                             "vision": VisionEncoder, "dual_encoder": CLIP, "vlm": Llava}
 
 
-def build_model(cfg: Config) -> CausalLM | Encoder | Seq2Seq:
+def build_model(cfg: Config | CLIPConfig | LlavaConfig) -> nn.Module:
     """The model class for ``cfg.arch`` built from ``cfg`` (randomly initialised)."""
     return MODEL_CLASSES[cfg.arch](cfg)
 
 
-def meta_model(cfg: Config) -> CausalLM | Encoder | Seq2Seq:
+def meta_model(cfg: Config | CLIPConfig | LlavaConfig) -> nn.Module:
     """A model on the meta device: shapes without memory (for parameter counts of 175B models)."""
     with torch.device("meta"):
         return build_model(cfg)
 
 
-__all__ = ["MODEL_CLASSES", "CausalLM", "Encoder", "Seq2Seq", "build_model", "meta_model"]
+__all__ = ["CLIP", "MODEL_CLASSES", "CausalLM", "Encoder", "Llava", "Seq2Seq", "TextTower", "VisionEncoder",
+           "build_model", "meta_model"]

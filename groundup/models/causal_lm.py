@@ -34,7 +34,8 @@ class CausalLM(PreTrained, TiedHead, Stack):
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, return_aux_loss: bool = False,
                 targets: torch.Tensor | None = None, reduction: str = "mean", cache: DecoderCache | None = None,
-                logits_to_keep: int = 0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                logits_to_keep: int = 0, inputs_embeds: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """input_ids [B, T] -> logits [B, T, V], or with ``targets`` the cross-entropy loss.
 
         attention_mask [B, T] (1 = token, 0 = padding) hides padded keys; position_ids [B, T] or [T]
@@ -51,8 +52,12 @@ class CausalLM(PreTrained, TiedHead, Stack):
         follow the cached ones, and ``attention_mask`` [B, cached + T] covers both. ``logits_to_keep``
         = n > 0 returns the logits of the last n positions only, [B, n, V]: generation needs the last
         one after a prompt, speculative decoding the verified drafts.
+
+        ``inputs_embeds`` [B, T, C] stands in for the token embeddings of ``input_ids`` (which still give the
+        shape and are checked): a vision-language model's image features at its placeholder tokens.
         """
-        x, aux_total = self.hidden(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+        x, aux_total = self.hidden(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                                   inputs_embeds=inputs_embeds)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         if targets is None:
@@ -70,7 +75,8 @@ class CausalLM(PreTrained, TiedHead, Stack):
 
     def hidden(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                position_ids: torch.Tensor | None = None,
-               cache: DecoderCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               cache: DecoderCache | None = None, inputs_embeds: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """The final-norm hidden states [B, T, C] that the head reads, and the MoE router losses.
         ``head(hidden(...)[0])`` equals ``forward``'s logits; scoring code (groundup.eval) applies the head
         only at the positions it scores, a few rows of [B, T, V]."""
@@ -86,7 +92,11 @@ class CausalLM(PreTrained, TiedHead, Stack):
         if position_ids is None and attention_mask is not None and self.config.pos_from_mask:
             # OPT: real tokens count 0, 1, ... whatever padding precedes them; padding sits at -1
             position_ids = (attention_mask.cumsum(-1) * attention_mask - 1)[:, offset:]  # [B, T]
-        x, rope = self.inputs(self.embed, input_ids, position_ids=position_ids, offset=offset, norm=self.embed_norm)
+        if inputs_embeds is not None and inputs_embeds.shape[:2] != input_ids.shape:
+            raise ValueError(f"inputs_embeds shape {tuple(inputs_embeds.shape)} must be [batch, seq_len, d_model] for "
+                             f"input_ids {tuple(input_ids.shape)}")
+        x, rope = self.inputs(self.embed, input_ids, position_ids=position_ids, offset=offset, norm=self.embed_norm,
+                              embeds=inputs_embeds)
         x, aux_total, _ = self.run(x, rope=rope, attention_mask=attention_mask, cache=cache)
         return x, aux_total
 

@@ -47,15 +47,16 @@ class Stack(nn.Module):
         self.norm = make_norm(cfg) if cfg.final_norm else nn.Identity()
 
     def inputs(self, table: nn.Embedding, ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
-               offset: int = 0, segments: torch.Tensor | None = None, norm: nn.Module | None = None
-               ) -> tuple[torch.Tensor, Ropes | None]:
+               offset: int = 0, segments: torch.Tensor | None = None, norm: nn.Module | None = None,
+               embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, Ropes | None]:
         """Token ids [B, T] -> (the stack's input [B, T, C], RoPE cos/sin or None).
 
         Embeds (scaled if configured), adds ``segments`` (BERT token types), adds absolute positions
         (``offset``.. by default, i.e. after a cache) or prepares RoPE, applies ``norm`` (BERT's embedding
-        LayerNorm) and dropout.
+        LayerNorm) and dropout. ``embeds`` [B, T, C] replaces the token embeddings (a multimodal model's, where
+        image features stand in for placeholder tokens).
         """
-        x = embed(self.config, table, ids)  # [B, T, C]
+        x = embed(self.config, table, ids) if embeds is None else embeds  # [B, T, C]
         if segments is not None:
             x = x + segments
         if position_ids is None:
@@ -69,15 +70,16 @@ class Stack(nn.Module):
 
     def run(self, x: torch.Tensor, *, rope: Ropes | None = None, attention_mask: torch.Tensor | None = None,
             memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
-            cache: DecoderCache | None = None, weights_of: int | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+            cache: DecoderCache | None = None, weights_of: int | None = None,
+            hidden_states: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Stack inputs x [B, T, C] -> (normed hidden states [B, T, C], the stack's router losses (balance and
         z-loss with their coefficients, nn/moe.router_loss; a zero scalar without MoE layers), attention
         weights of layer ``weights_of`` or None).
 
         ``attention_mask`` [B, S] marks real tokens among this stack's keys (with a cache: the cached and
         the new positions); ``memory`` [B, S_enc, C] with ``memory_mask`` [B, S_enc] is the encoder output
-        a decoder cross-attends to. Queries sit after the cached positions.
+        a decoder cross-attends to. Queries sit after the cached positions. A ``hidden_states`` list receives
+        the input and every block's output (before the final norm), transformers' ``hidden_states``.
         """
         masks = {w: self._mask(w, attention_mask, cache, x) for w in self.distinct_windows}
         cross_mask = None
@@ -89,6 +91,8 @@ class Stack(nn.Module):
         recompute = (getattr(self, "activation_checkpointing", False) and self.training and cache is None
                      and torch.is_grad_enabled())
         for i, block in enumerate(self.blocks):
+            if hidden_states is not None:
+                hidden_states.append(x)
             layer_cache = cache.layers[i] if cache is not None else None
             mask, layer_rope = masks[self.windows[i]], rope[self.rope_kinds[i]] if isinstance(rope, dict) else rope
             if recompute and i != weights_of:
@@ -104,6 +108,8 @@ class Stack(nn.Module):
                 stats.append(aux)
             if i == weights_of:
                 weights = w
+        if hidden_states is not None:
+            hidden_states.append(x)
         aux_total = router_loss(self.config, stats)
         if aux_total is None:
             aux_total = x.new_zeros((), dtype=torch.float32)

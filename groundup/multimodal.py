@@ -1,0 +1,144 @@
+"""Configs of the models made of several towers: a dual encoder (CLIP, SigLIP) and a vision-language model
+(LLaVA). Each tower is a plain Config (``arch="vision"`` for the image encoder, a text Config for the rest);
+what joins them is data here, so CLIP and SigLIP are one model class with different fields, as the house
+rule for Config wants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, get_args, get_type_hints
+
+from .config import Config
+
+ContrastiveLoss = Literal["softmax", "sigmoid"]  # CLIP's symmetric InfoNCE; SigLIP's pairwise sigmoid
+# where the text tower pools: the first eos_token_id (CLIP since transformers#24773), the largest id (the
+# original CLIP vocabulary, whose end-of-text token is its last id), or the last position (SigLIP)
+TextPool = Literal["eos", "argmax", "last"]
+Connector = Literal["mlp", "linear"]  # LLaVA-1.5's Linear-GELU-Linear, or LLaVA-1's one matrix
+FeatureSelect = Literal["default", "full"]  # drop the [CLS] feature (LLaVA's default) or keep every token
+
+
+def _check_literals(obj: Any) -> None:
+    hints = get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        allowed = get_args(hints[f.name])
+        if allowed and all(isinstance(a, str) for a in allowed) and getattr(obj, f.name) not in allowed:
+            raise ValueError(f"{f.name}={getattr(obj, f.name)!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+class _Towers:
+    """What the composite configs share: validation helpers, replace, dict round trips."""
+
+    def replace(self, **changes: Any) -> Any:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if isinstance(getattr(self, f.name), Config):
+                out[f.name] = getattr(self, f.name).to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        towers = {k: Config.from_dict(v) for k, v in data.items() if isinstance(v, dict) and k in ("text", "vision")}
+        return cls(**{**data, **towers})
+
+    @property
+    def arch(self) -> str:
+        return self.ARCH
+
+
+@dataclass
+class CLIPConfig(_Towers):
+    """A dual encoder: an image tower and a text tower mapped into one space (Radford et al., 2021).
+
+    CLIP: projections without bias from each tower's pooled output to ``projection_dim``, a learnable
+    temperature initialised to ln(1/0.07), the softmax (InfoNCE) loss. SigLIP (Zhai et al., 2023): no
+    projections but a linear head on the text tower, attention pooling in the image tower, the sigmoid loss
+    with a learnable bias.
+    """
+
+    ARCH = "dual_encoder"
+    vision: Config
+    text: Config
+    projection_dim: int = 512
+    projection: bool = True  # CLIP's visual_projection / text_projection (no bias)
+    text_head: bool = False  # SigLIP's Linear(d_text, projection_dim) with bias on the pooled text
+    text_pool: TextPool = "eos"
+    loss: ContrastiveLoss = "softmax"
+    logit_scale_init: float = math.log(1 / 0.07)
+    logit_bias_init: float = -10.0  # SigLIP's b, with loss="sigmoid"
+    family: str = "clip"
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        if self.vision.arch != "vision":
+            raise ValueError(f"vision: the image tower needs arch='vision', got {self.vision.arch!r}")
+        if self.text.arch not in ("causal_lm", "encoder"):
+            raise ValueError(f"text: the text tower is a causal or bidirectional stack, got arch={self.text.arch!r}")
+        if self.vision.vision_pool == "none":
+            raise ValueError("vision.vision_pool='none': a dual encoder needs one vector per image ('cls' or 'map')")
+        if self.projection_dim <= 0:
+            raise ValueError(f"projection_dim={self.projection_dim} must be positive")
+        if not self.projection and not self.text_head and self.vision.d_model != self.text.d_model:
+            raise ValueError(f"without projections the towers must share a width: vision.d_model="
+                             f"{self.vision.d_model}, text.d_model={self.text.d_model}")
+        if self.text_pool == "eos" and not self.text.eos_ids:
+            raise ValueError("text_pool='eos' pools at the end-of-text token: set text.eos_token_id")
+
+
+@dataclass
+class LlavaConfig(_Towers):
+    """LLaVA (Liu et al., 2023): image features from an inner layer of a vision tower, projected into the
+    embedding space of a causal language model and put where the ``<image>`` placeholder tokens are."""
+
+    ARCH = "vlm"
+    vision: Config
+    text: Config
+    image_token_id: int = 32000
+    connector: Connector = "mlp"
+    projector_act: str = "gelu"
+    projector_bias: bool = True
+    vision_feature_layer: int = -2  # hidden_states[-2]: the output of the second-to-last block
+    vision_feature_select: FeatureSelect = "default"
+    family: str = "llava"
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        if self.vision.arch != "vision":
+            raise ValueError(f"vision: the image tower needs arch='vision', got {self.vision.arch!r}")
+        if self.text.arch != "causal_lm":
+            raise ValueError(f"text: the language model must be arch='causal_lm', got {self.text.arch!r}")
+        n = self.vision.n_layers
+        if not -n <= self.vision_feature_layer <= n or self.vision_feature_layer == -n - 1:
+            raise ValueError(f"vision_feature_layer={self.vision_feature_layer} must index the tower's hidden states "
+                             f"(0 = the embeddings, 1..{n} the blocks, negative from the end)")
+        if not 0 <= self.image_token_id < self.text.vocab_size:
+            raise ValueError(f"image_token_id={self.image_token_id} must be a token of the language model "
+                             f"(vocab_size={self.text.vocab_size})")
+        if self.projector_act not in ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu"):
+            raise ValueError(f"projector_act={self.projector_act!r} is not one of gelu, gelu_tanh, quick_gelu, "
+                             "relu, silu")
+
+    @property
+    def image_tokens(self) -> int:
+        """Tokens one image becomes in the text stream: 576 for LLaVA-1.5 (336 px, 14 px patches, [CLS] dropped)."""
+        v = self.vision
+        drop = int(v.cls_token and self.vision_feature_select == "default")
+        return v.image_tokens - drop
+
+    @property
+    def feature_layers(self) -> int:
+        """Blocks of the vision tower that run to give the features (the ones after are never used)."""
+        k = self.vision_feature_layer
+        return k if k >= 0 else self.vision.n_layers + 1 + k
