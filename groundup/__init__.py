@@ -18,8 +18,8 @@ from .models import CausalLM, Encoder, Seq2Seq
 from .tokenizer import Tokenizer
 
 # Subpackages reached as attributes and imported on first use (PEP 562).
-LAZY = ("align", "checkpoint", "data", "eval", "models", "nn", "peft", "quant", "serve", "tokenizer", "train",
-        "utils", "presets")
+LAZY = ("align", "checkpoint", "data", "eval", "models", "multimodal", "nn", "peft", "quant", "serve", "tokenizer",
+        "train", "utils", "presets", "vision")
 
 
 def __getattr__(name: str) -> ModuleType:
