@@ -19,6 +19,7 @@ from .pretrain import add_arguments, main_pretrain
 from .quantize import add_quantize_parser
 from .serve import add_serve_parser
 from .tokenizer import add_parser as add_tokenizer_parser
+from .vision import add_vision_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_moe_parser(sub)
     add_eval_parsers(sub)
     add_serve_parser(sub)
+    add_vision_parser(sub)
     return p
 
 

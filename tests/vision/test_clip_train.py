@@ -1,0 +1,80 @@
+"""The contrastive pipeline end to end at toy size: the synthetic set, training on the one loop, the folder it
+writes (read back by transformers with the same logits), `groundup clip classify|search`, and the data errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import groundup as gu
+from groundup.cli import main
+from groundup.vision import ImageError, synthetic
+from groundup.vision.data import read_captions
+
+T = pytest.importorskip("transformers")
+
+
+def test_the_synthetic_set_is_fixed_and_its_splits_differ():
+    a, b = synthetic.scene(7, "train"), synthetic.scene(7, "train")
+    assert a.caption == b.caption and a.image.tobytes() == b.image.tobytes()
+    test = [synthetic.scene(i, "test").image.tobytes() for i in range(20)]
+    assert not {synthetic.scene(i, "train").image.tobytes() for i in range(20)} & set(test)
+    s = synthetic.scene(3, "test")
+    assert s.conversation("shape") == [{"from": "human", "value": "<image>\nWhat shape is in the picture?"},
+                                       {"from": "gpt", "value": s.shape}]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from groundup.train.clip import CLIPSettings, run
+
+    out = tmp_path_factory.mktemp("clip")
+    return out, run(CLIPSettings(out_dir=str(out), steps=12, batch_size=32, train_size=256, test_size=64,
+                                 progress=False), log=lambda *_: None)
+
+
+def test_training_writes_a_clip_folder_transformers_reads(trained):
+    out, results = trained
+    assert 0.0 <= results["recall@1"] <= 1.0 and "zero_shot_pair" in results
+    assert json.loads((out / "results.json").read_text())["recall@1"] == results["recall@1"]
+    folder = out / "model"
+    ours = gu.from_pretrained(folder)
+    hf = T.CLIPModel.from_pretrained(folder).eval()
+    ids = torch.tensor([[2, 5, 9, 1], [2, 7, 1, 0]])
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = hf(input_ids=ids, pixel_values=px, attention_mask=(ids != 0).long()).logits_per_image
+        got = ours(ids, px, attention_mask=(ids != 0).long()).logits_per_image
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_classify_and_search_from_the_command_line(trained, tmp_path, capsys):
+    folder = trained[0] / "model"
+    for i in range(3):
+        synthetic.scene(i, "test").image.save(tmp_path / f"{i}.png")
+    assert main(["clip", "classify", str(folder), str(tmp_path), "--labels", "red circle,blue square",
+                 "--template", "a {}"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all("red circle" in x and "blue square" in x for x in lines)
+    assert main(["clip", "search", str(folder), "a red circle", str(tmp_path), "--top", "2"]) == 0
+    assert "best matches for 'a red circle' among 3 images" in capsys.readouterr().out
+    (tmp_path / "bad.png").write_text("no")
+    assert main(["clip", "classify", str(folder), str(tmp_path / "bad.png"), "--labels", "a,b"]) == 2
+    assert "bad.png is not an image" in capsys.readouterr().err
+
+
+def test_caption_files_report_the_line(tmp_path):
+    synthetic.scene(0).image.save(tmp_path / "a.png")
+    good = tmp_path / "c.jsonl"
+    good.write_text('{"image": "a.png", "caption": "a thing"}\n')
+    assert read_captions(good)[0].caption == "a thing"
+    bad = tmp_path / "d.jsonl"
+    bad.write_text('{"image": "a.png", "caption": "x"}\n{"image": "gone.png", "caption": "y"}\n')
+    with pytest.raises(ImageError, match=r"d.jsonl:2: image gone.png not found"):
+        read_captions(bad)
+    csv = tmp_path / "e.csv"
+    csv.write_text("file,text\na.png,x\n")
+    with pytest.raises(ImageError, match="header must name the columns image and caption"):
+        read_captions(csv)
