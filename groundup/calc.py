@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from .config import Config
+from .multimodal import CLIPConfig, LlavaConfig
 
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "int8": 1,
                "float8": 1, "fp8": 1, "int4": 0.5, "nf4": 0.5}
@@ -312,3 +313,28 @@ def _capacity_rows(cfg: Config, batch: int, seq_len: int) -> list[tuple[str, str
              f"{cap / even:.2f}x an even share" if cap else ""),
             ("expert capacity, eval", f"{cap_eval:,}" if cap_eval else "unlimited",
              f"{cap_eval / even:.2f}x an even share" if cap_eval else "")]
+
+
+def vision_report(cfg: Config | CLIPConfig | LlavaConfig, title: str = "") -> str:
+    """Visual tokens per image (explained) and parameters per part of a vision, dual-encoder or LLaVA config,
+    counted on the meta device."""
+    from .models import meta_model
+
+    model = meta_model(cfg)
+    tower = cfg if isinstance(cfg, Config) else cfg.vision
+    g = tower.image_size // tower.patch_size
+    lines = [f"{title or getattr(cfg, 'name', '') or cfg.family} ({cfg.arch})",
+             f"  image {tower.image_size} px / patch {tower.patch_size} px = {g} x {g} = {g * g} patches"
+             + (f", + [CLS] = {tower.image_tokens} tower tokens" if tower.cls_token else "")]
+    if isinstance(cfg, LlavaConfig):
+        drop = " ([CLS] dropped)" if tower.cls_token and cfg.vision_feature_select == "default" else ""
+        lines.append(f"  visual tokens per image in the LM stream: {cfg.image_tokens}{drop}, from the tower's layer "
+                     f"{cfg.feature_layers} of {tower.n_layers} (vision_feature_layer={cfg.vision_feature_layer})")
+    parts = [(name, sum(p.numel() for p in m.parameters())) for name, m in model.named_children()]
+    parts += [(name, p.numel()) for name, p in model.named_parameters(recurse=False)]
+    if isinstance(cfg, Config):
+        parts = [("vision encoder", model.num_params())]
+    w = max(len(n) for n, _ in parts)
+    lines += [f"  {n:<{w}}  {v:>15,}  {human(v)}" for n, v in parts]
+    lines.append(f"  {'total':<{w}}  {model.num_params():>15,}  {human(model.num_params())}")
+    return "\n".join(lines)

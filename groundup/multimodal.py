@@ -142,3 +142,47 @@ class LlavaConfig(_Towers):
         """Blocks of the vision tower that run to give the features (the ones after are never used)."""
         k = self.vision_feature_layer
         return k if k >= 0 else self.vision.n_layers + 1 + k
+
+
+def _clip_tower(d: int, layers: int, heads: int, image: int, patch: int) -> Config:
+    return Config(arch="vision", d_model=d, n_layers=layers, n_heads=heads, d_ff=4 * d, image_size=image,
+                  patch_size=patch, ffn="quick_gelu", embed_norm=True, final_norm=False, pool_norm=True,
+                  patch_bias=False, family="clip_vision_model")
+
+
+def _clip_text(d: int, layers: int, heads: int) -> Config:
+    return Config(vocab_size=49408, d_model=d, n_layers=layers, n_heads=heads, d_ff=4 * d, max_seq_len=77,
+                  ffn="quick_gelu", tie_embeddings=False, eos_token_id=2, bos_token_id=1, pad_token_id=1,
+                  family="clip_text")
+
+
+def preset(name: str) -> Config | CLIPConfig | LlavaConfig:
+    """The published shapes of the vision models (for ``groundup calc`` and meta-device sizing): vit-base-patch16-224,
+    clip-vit-base-patch32, clip-vit-large-patch14-336, siglip-base-patch16-224, llava-1.5-7b."""
+    from .presets import PRESETS
+
+    if name == "vit-base-patch16-224":
+        return Config(arch="vision", d_model=768, n_layers=12, n_heads=12, d_ff=3072, norm_eps=1e-12, num_labels=1000,
+                      name=name, family="vit")
+    if name == "clip-vit-base-patch32":
+        return CLIPConfig(vision=_clip_tower(768, 12, 12, 224, 32), text=_clip_text(512, 12, 8), projection_dim=512,
+                          text_pool="argmax")
+    if name == "clip-vit-large-patch14-336":
+        return CLIPConfig(vision=_clip_tower(1024, 24, 16, 336, 14), text=_clip_text(768, 12, 12), projection_dim=768,
+                          text_pool="argmax")
+    if name == "siglip-base-patch16-224":
+        vision = Config(arch="vision", d_model=768, n_layers=12, n_heads=12, d_ff=3072, ffn="gelu_tanh", norm_eps=1e-6,
+                        cls_token=False, vision_pool="map", family="siglip_vision_model")
+        text = Config(arch="encoder", vocab_size=32000, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
+                      max_seq_len=64, ffn="gelu_tanh", norm_eps=1e-6, tie_embeddings=False, family="siglip_text")
+        return CLIPConfig(vision=vision, text=text, projection_dim=768, projection=False, text_head=True,
+                          text_pool="last", loss="sigmoid", logit_scale_init=0.0, family="siglip")
+    if name == "llava-1.5-7b":  # Vicuna-7B (Llama-2 shapes, 32064 ids) on CLIP ViT-L/14 at 336 px
+        text = Config(**{**PRESETS["llama-2-7b"], "vocab_size": 32064, "max_seq_len": 4096, "family": "llama"},
+                      name="vicuna-7b")
+        return LlavaConfig(vision=_clip_tower(1024, 24, 16, 336, 14), text=text, image_token_id=32000)
+    raise ValueError(f"unknown vision preset {name!r}; choose one of: {', '.join(PRESETS_MM)}")
+
+
+PRESETS_MM = ("vit-base-patch16-224", "clip-vit-base-patch32", "clip-vit-large-patch14-336", "siglip-base-patch16-224",
+              "llava-1.5-7b")

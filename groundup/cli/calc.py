@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,7 +26,30 @@ def _config_from(spec: str) -> Config:
     return Config.load(spec)
 
 
+def _vision_config(spec: str):
+    """A vision preset, or a vit/clip/siglip/llava folder's config; None for anything else."""
+    from pathlib import Path
+
+    from ..multimodal import PRESETS_MM, preset
+
+    if spec in PRESETS_MM:
+        return preset(spec)
+    config = Path(spec) / "config.json"
+    if config.is_file():
+        from ..checkpoint import vision
+        from ..checkpoint.io import read_json
+
+        hf = read_json(config)
+        if hf.get("model_type") in vision.MODEL_TYPES:
+            return vision.config_of(hf, str(config))
+    return None
+
+
 def cmd_calc(args: argparse.Namespace) -> int:
+    mm = _vision_config(args.model)
+    if mm is not None:
+        print(calc.vision_report(mm, Path(args.model).name))
+        return 0
     cfg = _config_from(args.model)
     if args.kv_heads is not None:
         cfg = cfg.replace(n_kv_heads=args.kv_heads)

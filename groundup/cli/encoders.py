@@ -71,6 +71,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     config = Path(args.model) / "config.json"
     gguf = Path(args.model).suffix == ".gguf"  # llama.cpp's files hold decoders only
+    if getattr(args, "image", None) or (config.is_file() and read_json(config).get("model_type") == "llava"):
+        from .vision import cmd_generate_image
+
+        return cmd_generate_image(args)
     if gguf or (config.is_file() and config_from_hf(read_json(config), str(config)).arch == "causal_lm"):
         from .generate import cmd_generate_causal
 
@@ -108,4 +112,7 @@ def add_encoder_parsers(sub) -> None:
     g.add_argument("--num-beams", type=int, default=1, help="encoder-decoder: 1 = greedy")
     g.add_argument("--length-penalty", type=float, default=1.0, help="encoder-decoder beam search")
     g.add_argument("--early-stopping", action="store_true", help="encoder-decoder beam search")
+    g.add_argument("--image", action="append", default=None, metavar="FILE", help="vision-language (LLaVA) folders: "
+                   "an image of the prompt (repeat for several, one per <image> in it; a prompt without <image> gets "
+                   "LLaVA-1.5's format)")
     g.set_defaults(func=cmd_generate)

@@ -40,7 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     settings = CLIPSettings(out_dir=args.out, data=args.data, steps=args.steps, batch_size=args.batch_size,
                             lr=args.lr, loss=args.loss, train_size=args.train_size, test_size=args.test_size,
-                            seed=args.seed)
+                            seed=args.seed, image_size=args.image_size)
     r = run(settings)
     print(f"trained {r['parameters']:,} parameters in {r['train_seconds']}s -> {r['folder']}")
     print(f"text -> image recall@1 {r['recall@1']:.3f}, recall@5 {r['recall@5']:.3f}")
@@ -85,6 +85,39 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate_image(args: argparse.Namespace) -> int:
+    """`groundup generate LLAVA_FOLDER --image a.png "question"`: the answer streamed after the prompt."""
+    import sys
+
+    from ..checkpoint.hf import from_pretrained
+    from ..models.vlm import Llava
+    from ..tokenizer import Tokenizer
+    from ..vision import ImageProcessor
+    from .generate import decoding_options, stream_text
+
+    model = from_pretrained(args.model)
+    if not isinstance(model, Llava):
+        raise ValueError(f"--image needs a vision-language (LLaVA) folder; {args.model} holds a {type(model).__name__}")
+    tok = Tokenizer.from_pretrained(args.model)
+    marker = tok.id_to_token(model.config.image_token_id)
+    images = args.image or []
+    pixels = ImageProcessor.from_pretrained(args.model)(images) if images else None
+    opts = decoding_options(args)
+    stop = model.config.text.eos_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+    for text in args.text:
+        if marker not in text and images:
+            text = f"USER: {(marker + chr(10)) * len(images)}{text} ASSISTANT:"  # LLaVA-1.5's conversation format
+        ids = tok.encode(text, allowed_special={marker})
+        given = sum(i == model.config.image_token_id for i in ids)
+        if given != len(images):
+            raise ValueError(f"the prompt has {given} {marker} placeholder(s) for {len(images)} --image file(s): "
+                             "give one image per placeholder")
+        sys.stdout.write(text)
+        stream_text(model.with_images(pixels), tok, model.expand_image_tokens(ids), args, sys.stdout, stop, opts)
+        sys.stdout.write("\n")
+    return 0
+
+
 def add_vision_parser(sub) -> None:
     c = sub.add_parser("clip", help="dual encoders: train one here, zero-shot classify images, search images by text")
     cs = c.add_subparsers(dest="clip_command", required=True)
@@ -97,6 +130,7 @@ def add_vision_parser(sub) -> None:
     t.add_argument("--loss", choices=("softmax", "sigmoid"), default="softmax", help="CLIP's InfoNCE or SigLIP's")
     t.add_argument("--train-size", type=int, default=4000)
     t.add_argument("--test-size", type=int, default=400)
+    t.add_argument("--image-size", type=int, default=32)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
     k = cs.add_parser("classify", help="zero-shot classification: which label's prompt matches each image")

@@ -26,6 +26,9 @@ from ..vision.data import ImageTextData, encode_texts, pad_ids, process_all, rea
 from .loop import TrainArgs, train
 from .objective import TrainObjective
 
+# the prompt ensemble of the synthetic set's zero-shot evaluation: every form its captions take
+TEMPLATES = ("a {} on the left", "a {} on the right", "a {} on the top", "a {} on the bottom", "a {} in the centre",
+             "two {}s", "three {}s")
 SPECIALS = ("<pad>", "<|endoftext|>", "<|startoftext|>")  # eos is id 1: transformers pools CLIP at eos when != 2
 
 
@@ -47,10 +50,10 @@ class CLIPSettings:
     context: int = 16
     vocab_size: int = 320
     loss: str = "softmax"  # softmax (CLIP) | sigmoid (SigLIP's loss on the same towers)
-    steps: int = 400
+    steps: int = 1500
     batch_size: int = 64
     lr: float = 2e-3
-    warmup: int = 40
+    warmup: int = 100
     seed: int = 0
     progress: bool = True
 
@@ -111,10 +114,21 @@ def embed_images(model: CLIP, pixels: torch.Tensor, batch: int = 256) -> torch.T
 
 
 def zero_shot(model: CLIP, tokenizer: Any, pixels: torch.Tensor, labels: Sequence[str],
-              template: str = "a {}") -> torch.Tensor:
-    """Per image, the probabilities over ``labels`` from the prompts template.format(label) (Radford et al., 3.1.2)."""
-    text = embed_texts(model, tokenizer, [template.format(lab) for lab in labels])
-    return model.similarity(embed_images(model, pixels), text).t().softmax(-1)  # [N, labels]
+              template: str | Sequence[str] = "a {}", ensemble: str = "mean") -> torch.Tensor:
+    """Per image, the probabilities over ``labels`` from the prompts template.format(label) (Radford et al., 3.1.2).
+    Several templates are an ensemble: ``mean`` averages each label's prompt embeddings (their 3.1.4); ``max`` scores
+    a label by its best-matching prompt for that image (when the prompts describe different scenes, e.g. a count or
+    a position the image may or may not show, the mean blurs them)."""
+    templates = [template] if isinstance(template, str) else list(template)
+    if ensemble not in ("mean", "max"):
+        raise ValueError(f"ensemble={ensemble!r} must be mean or max")
+    texts = torch.stack([embed_texts(model, tokenizer, [t.format(lab) for lab in labels]) for t in templates])
+    images = embed_images(model, pixels)
+    if ensemble == "mean":
+        text = torch.nn.functional.normalize(texts.mean(0), dim=-1)  # [labels, P]
+        return model.similarity(images, text).t().softmax(-1)  # [N, labels]
+    scores = torch.stack([model.similarity(images, t).t() for t in texts])  # [templates, N, labels]
+    return scores.amax(0).softmax(-1)
 
 
 def recall_at(model: CLIP, tokenizer: Any, pixels: torch.Tensor, captions: Sequence[str], k: int = 1) -> float:
@@ -172,7 +186,8 @@ def run(settings: CLIPSettings, log=print) -> dict[str, Any]:
     results["recall@5"] = recall_at(model, tok, data.val_pixels, test_captions, 5)
     if labels:  # the synthetic set: zero-shot over the 24 colour-shape pairs, read per attribute too
         pairs = [f"{c} {sh}" for c in sorted(synthetic.COLOURS) for sh in synthetic.SHAPES]
-        pred = [pairs[i] for i in zero_shot(model, tok, data.val_pixels, pairs).argmax(-1).tolist()]
+        probs = zero_shot(model, tok, data.val_pixels, pairs, TEMPLATES, ensemble="max")
+        pred = [pairs[i] for i in probs.argmax(-1).tolist()]
         truth = [f"{r['colour']} {r['shape']}" for r in labels]
         for name, part in (("pair", slice(0, 2)), ("colour", slice(0, 1)), ("shape", slice(1, 2))):
             hits = [p.split()[part] == g.split()[part] for p, g in zip(pred, truth, strict=True)]

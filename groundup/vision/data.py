@@ -150,3 +150,68 @@ def encode_texts(tokenizer, texts: Sequence[str], bos: int | None, eos: int, lim
 def process_all(images: Sequence, processor: Callable, batch: int = 256) -> torch.Tensor:
     """pixel_values of many images, processed in chunks."""
     return torch.cat([processor(list(images[i:i + batch])) for i in range(0, len(images), batch)])
+
+
+@dataclass
+class VisionTextBatch:
+    """pixel_values [N, 3, H, W] (None: text only), input_ids / targets / attention_mask [B, T]; targets are -100
+    except on answer tokens."""
+
+    pixel_values: torch.Tensor | None
+    input_ids: torch.Tensor
+    targets: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> VisionTextBatch:
+        px = self.pixel_values.to(device) if self.pixel_values is not None else None
+        return VisionTextBatch(px, self.input_ids.to(device), self.targets.to(device), self.attention_mask.to(device))
+
+    @property
+    def tokens(self) -> int:
+        return self.input_ids.numel()
+
+
+class VisionTextData:
+    """(image, prompt ids, answer mask) examples, one image each (or none), as the loop's data source."""
+
+    def __init__(self, pixels: torch.Tensor | None, examples: Sequence[tuple[list[int], list[int]]],
+                 val_pixels: torch.Tensor | None, val_examples: Sequence[tuple[list[int], list[int]]], *,
+                 pad_id: int, seed: int = 0) -> None:
+        self.pixels, self.val_pixels, self.pad_id, self.seed = pixels, val_pixels, pad_id, seed
+        self.examples, self.val_examples = list(examples), list(val_examples)
+        self.block_size = max(len(ids) for ids, _ in self.examples + self.val_examples)
+        self.epoch, self.pos = 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return torch.randperm(len(self.examples), generator=g).tolist()
+
+    def _batch(self, rows: list[int], examples, pixels) -> VisionTextBatch:
+        ids = [examples[r][0] for r in rows]
+        tokens, mask = pad_ids(ids, self.pad_id)
+        answer, _ = pad_ids([examples[r][1] for r in rows], 0, tokens.shape[1])
+        # position t predicts token t + 1 where that token is an answer token
+        targets = torch.full_like(tokens, -100)
+        targets[:, :-1] = torch.where(answer[:, 1:].bool(), tokens[:, 1:], -100)
+        px = pixels[rows] if pixels is not None else None
+        return VisionTextBatch(px, tokens, targets, mask)
+
+    def next_batch(self, n: int, rank: int = 0, world: int = 1) -> VisionTextBatch:
+        if self.pos + n > len(self.examples):
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._order = self._shuffle()
+        rows = self._order[self.pos:self.pos + n][rank::world]
+        self.pos += n
+        return self._batch(rows, self.examples, self.pixels)
+
+    def val_batches(self, micro: int, max_batches: int) -> Iterator[VisionTextBatch]:
+        for b in range(min(max_batches, len(self.val_examples) // micro)):
+            yield self._batch(list(range(b * micro, (b + 1) * micro)), self.val_examples, self.val_pixels)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._shuffle()

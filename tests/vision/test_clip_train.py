@@ -78,3 +78,40 @@ def test_caption_files_report_the_line(tmp_path):
     csv.write_text("file,text\na.png,x\n")
     with pytest.raises(ImageError, match="header must name the columns image and caption"):
         read_captions(csv)
+
+
+def test_llava_stages_write_a_folder_that_generates_with_an_image(trained, tmp_path, capsys):
+    from groundup.train.llava import LlavaSettings
+    from groundup.train.llava import run as run_llava
+
+    out = tmp_path / "llava"
+    results = run_llava(LlavaSettings(out_dir=str(out), clip=str(trained[0] / "model"), train_size=96, test_size=12,
+                                      d_model=32, n_layers=1, lm_steps=3, align_steps=3, tune_steps=3, batch_size=16,
+                                      progress=False), log=lambda *_: None)
+    assert set(results["with_image"]) == {"colour", "shape", "count", "all"} and results["image_tokens"] == 16
+    folder = out / "model"
+    ours = gu.from_pretrained(folder)
+    hf = T.LlavaForConditionalGeneration.from_pretrained(folder).eval()
+    ids = torch.tensor([ours.expand_image_tokens([5, ours.config.image_token_id, 7, 9])])
+    px = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, px), hf(input_ids=ids, pixel_values=px).logits, atol=1e-4, rtol=1e-4)
+    synthetic.scene(0, "test").image.save(tmp_path / "q.png")
+    assert main(["generate", str(folder), "--image", str(tmp_path / "q.png"), "--max-new-tokens", "3",
+                 "What colour are the shapes?"]) == 0
+    assert capsys.readouterr().out.startswith("USER: <image>\nWhat colour are the shapes? ASSISTANT:")
+    assert main(["generate", str(folder), "--image", str(tmp_path / "q.png"), "--image", str(tmp_path / "q.png"),
+                 "USER: <image>\nWhat is it? ASSISTANT:"]) == 2
+    assert "1 <image> placeholder(s) for 2 --image file(s)" in capsys.readouterr().err
+
+
+def test_calc_explains_the_visual_tokens_and_the_parts(capsys):
+    assert main(["calc", "llava-1.5-7b"]) == 0
+    out = capsys.readouterr().out
+    assert "24 x 24 = 576 patches, + [CLS] = 577 tower tokens" in out
+    assert "visual tokens per image in the LM stream: 576 ([CLS] dropped)" in out
+    assert "7,063,427,072" in out and "20,979,712" in out  # LLaVA-1.5-7B's published total; its projector
+    assert main(["calc", "clip-vit-base-patch32"]) == 0
+    assert "151,277,313" in capsys.readouterr().out  # openai/clip-vit-base-patch32
+    assert main(["calc", "vit-base-patch16-224"]) == 0
+    assert "86,567,656" in capsys.readouterr().out  # google/vit-base-patch16-224

@@ -1,0 +1,175 @@
+"""LLaVA's recipe at toy size on the one loop: a vision tower (a CLIP folder's, frozen), a projector and a small
+language model, trained in stages on the synthetic shapes set, then asked held-out questions.
+
+    stage 0  the language model alone on the conversations' text, images removed: it learns the format and the
+             answers' priors, and is the baseline that cannot see (chance level on colour, shape and count)
+    stage 1  projector only (LM and tower frozen), on captions: "USER: <image>\\nDescribe the picture.
+             ASSISTANT: a red circle on the left" (LLaVA's feature alignment, Liu et al., 2023, 4.2)
+    stage 2  projector + LM (tower frozen) on the questions, loss on the answers only (their instruction tuning)
+
+Prompts follow LLaVA-1.5's conversation format; each ``<image>`` is one special token, expanded to the tower's
+``image_tokens`` placeholders. The result is a transformers LLaVA folder (LlavaForConditionalGeneration reads it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config
+from ..models.vlm import Llava
+from ..multimodal import LlavaConfig
+from ..utils.files import atomic_write_text
+from ..vision import ImageProcessor, synthetic
+from ..vision.data import VisionTextData, process_all
+from .loop import TrainArgs, train
+from .objective import TrainObjective
+
+SPECIALS = ("<pad>", "</s>", "<image>")
+DESCRIBE = "Describe the picture."
+
+
+def prompt(question: str, image: bool = True) -> str:
+    """LLaVA-1.5's single-turn prompt."""
+    return f"USER: {'<image>' + chr(10) if image else ''}{question} ASSISTANT:"
+
+
+@dataclass
+class LlavaSettings:
+    out_dir: str = "out/llava"
+    clip: str = "out/clip/model"  # a CLIP folder whose vision tower is used (groundup clip train writes one)
+    train_size: int = 3000
+    test_size: int = 300
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    vocab_size: int = 400
+    vision_feature_layer: int = -1
+    lm_steps: int = 300
+    align_steps: int = 300
+    tune_steps: int = 600
+    batch_size: int = 32
+    lr: float = 2e-3
+    seed: int = 0
+    progress: bool = True
+
+
+class AnswerObjective(TrainObjective):
+    """Cross-entropy on the answer tokens (targets -100 elsewhere), images in the input when the batch has them."""
+
+    def loss(self, model, batch, index: int, reduction: str = "mean", rows=None) -> tuple[torch.Tensor, int]:
+        n = int((batch.targets != -100).sum())
+        out = model(batch.input_ids, batch.pixel_values, attention_mask=batch.attention_mask, targets=batch.targets,
+                    reduction=reduction)
+        return out, n
+
+
+def _examples(tok, llava_expand, scenes_, kind: str, image: bool) -> list[tuple[list[int], list[int]]]:
+    """(ids, answer mask) per scene: the caption (kind "caption") or the question of scene i % 3."""
+    eos = tok.token_to_id("</s>")
+    out = []
+    for i, s in enumerate(scenes_):
+        if kind == "caption":
+            q, a = DESCRIBE, s.caption
+        else:  # the three question kinds in turn
+            k = ("colour", "shape", "count")[i % 3]
+            q, a = synthetic.QUESTIONS[k], s.answer(k)
+        p = tok.encode(prompt(q, image), allowed_special={"<image>"})
+        p = llava_expand(p) if image else p
+        ans = [*tok.encode(" " + a), eos]
+        out.append((p + ans, [0] * len(p) + [1] * len(ans)))
+    return out
+
+
+@torch.no_grad()
+def exact_match(model: Llava, tok, scenes_, pixels: torch.Tensor | None, batch: int = 50) -> dict[str, float]:
+    """Greedy answers to each held-out scene's three questions, scored by exact match per question kind."""
+    eos = tok.token_to_id("</s>")
+    hits: dict[str, list[bool]] = {k: [] for k in synthetic.QUESTIONS}
+    for kind, question in synthetic.QUESTIONS.items():
+        for b in range(0, len(scenes_), batch):
+            chunk = scenes_[b:b + batch]
+            image = pixels is not None
+            ids = [tok.encode(prompt(question, image), allowed_special={"<image>"}) for _ in chunk]
+            ids = [model.expand_image_tokens(x) for x in ids] if image else ids
+            runner = model.with_images(pixels[b:b + batch]) if image else model.language_model
+            out = runner_generate(runner, ids, eos)
+            for s, row in zip(chunk, out, strict=True):
+                text = tok.decode([t for t in row if t != eos]).strip()
+                hits[kind].append(text == s.answer(kind))
+    scores = {k: sum(v) / len(v) for k, v in hits.items()}
+    scores["all"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
+    return scores
+
+
+def runner_generate(runner, ids: list[list[int]], eos: int) -> list[list[int]]:
+    from ..generate.entry import generate
+
+    width = max(map(len, ids))
+    out = generate(runner, ids, 4, eos_token_id=eos, pad_token_id=eos)
+    return [row[width:] for row in out.tolist()]
+
+
+def run(settings: LlavaSettings, log=print) -> dict[str, Any]:
+    from ..checkpoint.hf import from_pretrained
+    from ..tokenizer import Tokenizer
+
+    s = settings
+    torch.manual_seed(s.seed)
+    clip = from_pretrained(s.clip)
+    proc = ImageProcessor.from_pretrained(s.clip)
+    train_scenes = list(synthetic.scenes(s.train_size, "train", seed=s.seed))
+    test_scenes = list(synthetic.scenes(s.test_size, "test", seed=s.seed))
+    pairs = [(DESCRIBE, sc.caption) for sc in train_scenes]
+    pairs += [(synthetic.QUESTIONS[k], sc.answer(k)) for sc in train_scenes for k in synthetic.QUESTIONS]
+    texts = [prompt(q) + " " + a for q, a in pairs]
+    tok = Tokenizer.train(texts, s.vocab_size, special_tokens=SPECIALS, eos_token="</s>", pad_token="<pad>")
+    text = Config(vocab_size=tok.vocab_size, d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads, pos="rope",
+                  norm="rmsnorm", ffn="swiglu", attn_bias=False, attn_out_bias=False, mlp_bias=False,
+                  tie_embeddings=False, max_seq_len=128, family="llama", bos_token_id=None,
+                  eos_token_id=tok.token_to_id("</s>"), pad_token_id=0)
+    cfg = LlavaConfig(vision=clip.config.vision, text=text, image_token_id=tok.token_to_id("<image>"),
+                      vision_feature_layer=s.vision_feature_layer)
+    model = Llava(cfg)
+    model.vision_tower.load_state_dict(clip.vision.state_dict())
+    model.vision_tower.requires_grad_(False)
+    px = process_all([sc.image for sc in train_scenes], proc)
+    test_px = process_all([sc.image for sc in test_scenes], proc)
+    results: dict[str, Any] = {"settings": asdict(s), "image_tokens": cfg.image_tokens}
+
+    def stage(name: str, steps: int, data: VisionTextData, trainable: list[torch.nn.Module]) -> None:
+        model.requires_grad_(False)
+        for m in trainable:
+            m.requires_grad_(True)
+        args = TrainArgs(out_dir=str(Path(s.out_dir) / name), steps=steps, batch_size=s.batch_size, lr=s.lr,
+                         min_lr=s.lr / 10, warmup=min(50, steps // 5), eval_every=max(1, steps // 2), eval_batches=4,
+                         save_every=steps, seed=s.seed, progress=s.progress, name=name)
+        summary = train(model, data, args, objective=AnswerObjective(), log=log)
+        results[f"{name}_seconds"] = round(summary["seconds"], 1)
+        results[f"{name}_val_loss"] = summary["val_loss"]
+
+    expand = model.expand_image_tokens
+    qa_text = VisionTextData(None, _examples(tok, expand, train_scenes, "qa", False), None,
+                             _examples(tok, expand, test_scenes, "qa", False), pad_id=0, seed=s.seed)
+    stage("lm", s.lm_steps, qa_text, [model.language_model])
+    model.eval()
+    results["lm_alone"] = exact_match(model, tok, test_scenes, None)
+    captions = VisionTextData(px, _examples(tok, expand, train_scenes, "caption", True), test_px,
+                              _examples(tok, expand, test_scenes, "caption", True), pad_id=0, seed=s.seed)
+    stage("align", s.align_steps, captions, [model.projector])
+    qa = VisionTextData(px, _examples(tok, expand, train_scenes, "qa", True), test_px,
+                        _examples(tok, expand, test_scenes, "qa", True), pad_id=0, seed=s.seed)
+    stage("tune", s.tune_steps, qa, [model.projector, model.language_model])
+    model.eval()
+    results["with_image"] = exact_match(model, tok, test_scenes, test_px)
+    out = Path(s.out_dir) / "model"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    proc.save_pretrained(out)
+    atomic_write_text(Path(s.out_dir) / "results.json", json.dumps(results, indent=2) + "\n")
+    results["folder"] = str(out)
+    return results
