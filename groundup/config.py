@@ -162,6 +162,7 @@ class Config:
     cls_token: bool = True  # a learned [CLS] before the patches (ViT, CLIP); SigLIP has none
     vision_pool: VisionPool = "cls"
     pool_norm: bool = False  # a norm on the pooled [CLS] only (CLIP's post_layernorm; its final_norm is off)
+    cross_attention_dim: int | None = None  # the width cross-attention reads, when not d_model (BLIP-2's Q-Former)
 
     # mixture of experts on the FFN (n_experts == 0: dense FFN)
     n_experts: int = 0
@@ -459,6 +460,9 @@ class Config:
         if self.pos == "relative" and (self.rel_buckets < 2 or self.rel_max_distance < self.rel_buckets // 2):
             raise ValueError(f"rel_buckets={self.rel_buckets} must be >= 2 and rel_max_distance="
                              f"{self.rel_max_distance} at least rel_buckets // 2")
+        if self.cross_attention_dim is not None and (not isinstance(self.cross_attention_dim, int)
+                                                     or self.cross_attention_dim <= 0):
+            raise ValueError(f"cross_attention_dim={self.cross_attention_dim!r} must be a positive integer or None")
         if self.embed_scale == "inv_sqrt_d" or self.attn_scale == "sqrt_d" or self.lm_head_scale == "sqrt_d":
             raise ValueError(f"embed_scale={self.embed_scale!r}, attn_scale={self.attn_scale!r}, lm_head_scale="
                              f"{self.lm_head_scale!r}: embed_scale takes none|sqrt_d, the other two none|inv_sqrt_d")

@@ -17,7 +17,9 @@ ContrastiveLoss = Literal["softmax", "sigmoid"]  # CLIP's symmetric InfoNCE; Sig
 # where the text tower pools: the first eos_token_id (CLIP since transformers#24773), the largest id (the
 # original CLIP vocabulary, whose end-of-text token is its last id), or the last position (SigLIP)
 TextPool = Literal["eos", "argmax", "last"]
-Connector = Literal["mlp", "linear"]  # LLaVA-1.5's Linear-GELU-Linear, or LLaVA-1's one matrix
+# LLaVA-1.5's Linear-GELU-Linear, LLaVA-1's one matrix, or BLIP-2's Q-Former (learned queries that cross-attend to
+# the image features) followed by one matrix
+Connector = Literal["mlp", "linear", "qformer"]
 FeatureSelect = Literal["default", "full"]  # drop the [CLS] feature (LLaVA's default) or keep every token
 
 
@@ -48,7 +50,8 @@ class _Towers:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-        towers = {k: Config.from_dict(v) for k, v in data.items() if isinstance(v, dict) and k in ("text", "vision")}
+        towers = {k: Config.from_dict(v) for k, v in data.items()
+                  if isinstance(v, dict) and k in ("text", "vision", "qformer")}
         return cls(**{**data, **towers})
 
     @property
@@ -99,7 +102,12 @@ class CLIPConfig(_Towers):
 @dataclass
 class LlavaConfig(_Towers):
     """LLaVA (Liu et al., 2023): image features from an inner layer of a vision tower, projected into the
-    embedding space of a causal language model and put where the ``<image>`` placeholder tokens are."""
+    embedding space of a causal language model and put where the ``<image>`` placeholder tokens are.
+
+    BLIP-2 (Li et al., 2023) is the same model with ``connector="qformer"``: ``num_query_tokens`` learned queries
+    run through the ``qformer`` stack (post-norm, BERT-style), cross-attending to the tower's normed output
+    (``feature_norm``) in every ``qformer_cross_every``-th layer; their outputs, projected, are the visual tokens.
+    """
 
     ARCH = "vlm"
     vision: Config
@@ -110,6 +118,10 @@ class LlavaConfig(_Towers):
     projector_bias: bool = True
     vision_feature_layer: int = -2  # hidden_states[-2]: the output of the second-to-last block
     vision_feature_select: FeatureSelect = "default"
+    feature_norm: bool = False  # the tower's final norm on the features (BLIP-2 reads its last_hidden_state)
+    qformer: Config | None = None
+    num_query_tokens: int = 32
+    qformer_cross_every: int = 2
     family: str = "llava"
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -126,6 +138,19 @@ class LlavaConfig(_Towers):
         if not 0 <= self.image_token_id < self.text.vocab_size:
             raise ValueError(f"image_token_id={self.image_token_id} must be a token of the language model "
                              f"(vocab_size={self.text.vocab_size})")
+        if self.connector == "qformer":
+            q = self.qformer
+            if q is None or q.arch != "encoder" or q.norm_placement != "post":
+                raise ValueError("connector='qformer' needs qformer: a Config(arch='encoder', norm_placement='post') "
+                                 "(BLIP-2's Q-Former is BERT-style)")
+            if (q.cross_attention_dim or q.d_model) != self.vision.d_model:
+                raise ValueError(f"qformer.cross_attention_dim={q.cross_attention_dim} must be the vision tower's "
+                                 f"width {self.vision.d_model}")
+            if self.num_query_tokens <= 0 or self.qformer_cross_every <= 0:
+                raise ValueError(f"num_query_tokens={self.num_query_tokens} and qformer_cross_every="
+                                 f"{self.qformer_cross_every} must be positive")
+        elif self.qformer is not None:
+            raise ValueError(f"qformer is set but connector={self.connector!r}: use connector='qformer'")
         if self.projector_act not in ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu"):
             raise ValueError(f"projector_act={self.projector_act!r} is not one of gelu, gelu_tanh, quick_gelu, "
                              "relu, silu")
@@ -133,6 +158,8 @@ class LlavaConfig(_Towers):
     @property
     def image_tokens(self) -> int:
         """Tokens one image becomes in the text stream: 576 for LLaVA-1.5 (336 px, 14 px patches, [CLS] dropped)."""
+        if self.connector == "qformer":
+            return self.num_query_tokens
         v = self.vision
         drop = int(v.cls_token and self.vision_feature_select == "default")
         return v.image_tokens - drop

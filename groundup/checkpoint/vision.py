@@ -1,11 +1,11 @@
-"""transformers' vision folders in and out: ViT, CLIP, SigLIP, LLaVA.
+"""transformers' vision folders in and out: ViT, CLIP, SigLIP, LLaVA, BLIP-2.
 
 These models are made of towers, so their config.json nests one config per tower (``vision_config``,
 ``text_config``) and their tensor names prefix each tower's. Each tower maps to a groundup Config; a LLaVA
 language model goes through the decoder layouts of registry.py, so every decoder family groundup reads can
 be LLaVA's LM. Tensor names are listed per model as (groundup module, HF module) prefixes, plus the few
 tensors whose shape differs between the two ([CLS] as [C] or [1, 1, C], ViT's positions as [1, N, C],
-SigLIP's pooling attention as one fused in_proj).
+SigLIP's pooling attention and BLIP-2's tower attention as one fused q/k/v matrix).
 
 Files are written as transformers 5 writes them (CLIP-style towers without the ``vision_model.`` level inside
 LLaVA) and read with either naming.
@@ -24,7 +24,7 @@ from ..multimodal import CLIPConfig, LlavaConfig
 from .io import CheckpointError, load_tensors, write_tensors
 from .layout import UnsupportedConfig, require
 
-MODEL_TYPES = ("vit", "clip", "siglip", "llava")
+MODEL_TYPES = ("vit", "clip", "siglip", "llava", "blip-2")
 _ACT_IN = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
            "relu": "relu", "silu": "silu"}
 _ACT_OUT = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu",
@@ -171,6 +171,49 @@ def llava_to_hf(cfg: LlavaConfig, dtype: torch.dtype) -> dict[str, Any]:
                 tie_word_embeddings=cfg.text.tie_embeddings)
 
 
+def blip2_config(hf: dict[str, Any], source: str) -> LlavaConfig:
+    """Blip2ForConditionalGeneration with a decoder-only LM (OPT, as the released blip2-opt checkpoints)."""
+    from .hf import config_from_hf
+
+    require(hf.get("use_decoder_only_language_model", True), "a BLIP-2 with an encoder-decoder LM (Flan-T5) is not "
+            "supported: groundup's VLMs feed a decoder-only language model")
+    v, q = hf.get("vision_config") or {}, hf.get("qformer_config") or {}
+    vision = Config(arch="vision", **_sizes(v), norm_eps=v.get("layer_norm_eps", 1e-6),
+                    image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 14),
+                    num_channels=v.get("num_channels", 3), final_norm=True,
+                    attn_bias=v.get("qkv_bias", True), family="blip_2_vision_model")
+    qformer = Config(arch="encoder", **_sizes(q), norm_placement="post", norm_eps=q.get("layer_norm_eps", 1e-12),
+                     pos="none", cross_attention_dim=q.get("encoder_hidden_size", vision.d_model),
+                     dropout=q.get("hidden_dropout_prob", 0.0), attn_dropout=q.get("attention_probs_dropout_prob", 0.0),
+                     family="blip_2_qformer")
+    text_hf = dict(hf.get("text_config") or {})
+    require("model_type" in text_hf, "text_config.model_type is missing (the language model's family)")
+    text = config_from_hf(text_hf, f"{source}: text_config")
+    return LlavaConfig(vision=vision, text=text, image_token_id=hf.get("image_token_index", text.vocab_size - 1),
+                       connector="qformer", qformer=qformer, num_query_tokens=hf.get("num_query_tokens", 32),
+                       qformer_cross_every=q.get("cross_attention_frequency", 2), vision_feature_layer=-1,
+                       feature_norm=True, vision_feature_select="full", family="blip-2")
+
+
+def blip2_to_hf(cfg: LlavaConfig, dtype: torch.dtype) -> dict[str, Any]:
+    from .hf import config_to_hf
+
+    v, q = cfg.vision, cfg.qformer
+    require(cfg.feature_norm and cfg.feature_layers == v.n_layers and v.final_norm and v.cls_token and v.patch_bias
+            and not v.embed_norm, "BLIP-2 reads the tower's normed last layer ([CLS] and patch bias included)")
+    require(cfg.qformer_cross_every > 0 and q.pos == "none", "BLIP-2's Q-Former has no positions")
+    vision = dict(model_type="blip_2_vision_model", **_sizes_out(v), layer_norm_eps=v.norm_eps, image_size=v.image_size,
+                  patch_size=v.patch_size, num_channels=v.num_channels, qkv_bias=v.attn_bias)
+    qformer = dict(model_type="blip_2_qformer", **_sizes_out(q), layer_norm_eps=q.norm_eps,
+                   cross_attention_frequency=cfg.qformer_cross_every, encoder_hidden_size=v.d_model,
+                   hidden_dropout_prob=q.dropout, attention_probs_dropout_prob=q.attn_dropout)
+    return dict(architectures=["Blip2ForConditionalGeneration"], model_type="blip-2", vision_config=vision,
+                qformer_config=qformer, text_config=config_to_hf(cfg.text, dtype),
+                num_query_tokens=cfg.num_query_tokens,
+                image_token_index=cfg.image_token_id, use_decoder_only_language_model=True,
+                tie_word_embeddings=cfg.text.tie_embeddings)
+
+
 def config_of(hf: dict[str, Any], source: str) -> Config | CLIPConfig | LlavaConfig:
     """The groundup config of a vision folder's config.json (CheckpointError naming the field otherwise)."""
     kind = hf.get("model_type")
@@ -179,6 +222,8 @@ def config_of(hf: dict[str, Any], source: str) -> Config | CLIPConfig | LlavaCon
             return vit_config(hf)
         if kind in ("clip", "siglip"):
             return clip_config(hf)
+        if kind == "blip-2":
+            return blip2_config(hf, source)
         return llava_config(hf, source)
     except UnsupportedConfig as err:
         raise CheckpointError(f"{source} ({kind}): {err}") from None
@@ -213,7 +258,9 @@ class Names:
     def __init__(self) -> None:
         self.modules: list[tuple[str, str]] = []
         self.tensors: dict[str, tuple[str, tuple[int, ...] | None]] = {}  # gu name -> (hf name, hf shape or None)
-        self.fused: dict[str, str] = {}  # gu prefix of q/k/v -> hf in_proj prefix (SigLIP's pooling attention)
+        # gu prefix of q/k/v -> the HF name of their stacked tensor, {leaf} = weight | bias (SigLIP's pooling
+        # attention, BLIP-2's tower)
+        self.fused: dict[str, str] = {}
 
     def tower(self, cfg: Config, gu: str, hf: str) -> None:
         """A CLIP/SigLIP vision tower under the prefixes."""
@@ -228,17 +275,48 @@ class Names:
         self.modules.append((f"{gu}pool_norm" if cfg.pool_norm else f"{gu}norm", f"{hf}post_layernorm"))
         if cfg.vision_pool == "map":
             self.tensors[f"{gu}head.probe"] = (f"{hf}head.probe", None)
-            self.fused[f"{gu}head.attn"] = f"{hf}head.attention.in_proj"
+            self.fused[f"{gu}head.attn"] = f"{hf}head.attention.in_proj_{{leaf}}"
             self.modules += [(f"{gu}head.attn.o_proj", f"{hf}head.attention.out_proj"),
                              (f"{gu}head.norm", f"{hf}head.layernorm"), (f"{gu}head.mlp.up_proj", f"{hf}head.mlp.fc1"),
                              (f"{gu}head.mlp.down_proj", f"{hf}head.mlp.fc2")]
+
+    def blip_tower(self, cfg: Config, gu: str, hf: str) -> None:
+        """BLIP-2's vision tower: fused q/k/v, positions stored [1, N, C], every token normed at the end."""
+        self.modules += [(f"{gu}patch_embed", f"{hf}embeddings.patch_embedding"), (f"{gu}norm", f"{hf}post_layernorm")]
+        self.tensors[f"{gu}cls_token"] = (f"{hf}embeddings.class_embedding", None)
+        shape = (1, cfg.max_seq_len, cfg.d_model)
+        self.tensors[f"{gu}pos_embed.weight"] = (f"{hf}embeddings.position_embedding", shape)
+        for i in range(cfg.n_layers):
+            p, h = f"{gu}blocks.{i}.", f"{hf}encoder.layers.{i}."
+            self.fused[f"{p}attn"] = f"{h}self_attn.qkv.{{leaf}}"
+            self.modules += [(f"{p}attn.o_proj", f"{h}self_attn.projection"), (f"{p}attn_norm", f"{h}layer_norm1"),
+                             (f"{p}mlp_norm", f"{h}layer_norm2"), (f"{p}mlp.up_proj", f"{h}mlp.fc1"),
+                             (f"{p}mlp.down_proj", f"{h}mlp.fc2")]
+
+    def qformer(self, cfg: LlavaConfig, gu: str, hf: str) -> None:
+        """BLIP-2's Q-Former (BERT names) and its queries."""
+        self.tensors[f"{gu}queries"] = ("query_tokens", None)
+        self.modules.append((f"{gu}embed_norm", f"{hf}layernorm"))
+        for i in range(cfg.qformer.n_layers):
+            p, h = f"{gu}blocks.{i}.", f"{hf}encoder.layer.{i}."
+            parts = [("attn", "attention", "attn_norm")]
+            if i % cfg.qformer_cross_every == 0:
+                parts.append(("cross_attn", "crossattention", "cross_attn_norm"))
+            for ours, theirs, norm in parts:
+                self.modules += [(f"{p}{ours}.{x}_proj", f"{h}{theirs}.attention.{y}")
+                                 for x, y in (("q", "query"), ("k", "key"), ("v", "value"))]
+                self.modules += [(f"{p}{ours}.o_proj", f"{h}{theirs}.output.dense"),
+                                 (f"{p}{norm}", f"{h}{theirs}.output.LayerNorm")]
+            self.modules += [(f"{p}mlp.up_proj", f"{h}intermediate_query.dense"),
+                             (f"{p}mlp.down_proj", f"{h}output_query.dense"),
+                             (f"{p}mlp_norm", f"{h}output_query.LayerNorm")]
 
     def to_hf(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out, state = {}, dict(state)
         for gu, hf in self.fused.items():
             for leaf in ("weight", "bias"):
                 parts = [state.pop(f"{gu}.{p}_proj.{leaf}") for p in "qkv"]
-                out[f"{hf}_{leaf}"] = torch.cat(parts)
+                out[hf.format(leaf=leaf)] = torch.cat(parts)
         for gu, (hf, shape) in self.tensors.items():
             t = state.pop(gu)
             out[hf] = t.reshape(shape) if shape is not None else t
@@ -257,7 +335,7 @@ class Names:
         tensors, out = dict(tensors), {}
         for gu, hf in self.fused.items():
             for leaf in ("weight", "bias"):
-                name = f"{hf}_{leaf}"
+                name = hf.format(leaf=leaf)
                 if name not in tensors:
                     raise CheckpointError(f"{source}: tensor {name} is missing")
                 for p, part in zip("qkv", tensors.pop(name).chunk(3), strict=True):
@@ -310,6 +388,11 @@ def names_of(model: torch.nn.Module, hf_names: set[str] | None = None) -> Names:
         n.tensors["logit_scale"] = ("logit_scale", shape)
         if cfg.loss == "sigmoid":
             n.tensors["logit_bias"] = ("logit_bias", shape)
+        return n
+    if cfg.connector == "qformer":  # BLIP-2
+        n.blip_tower(cfg.vision, "vision_tower.", "vision_model.")
+        n.qformer(cfg, "projector.qformer.", "qformer.")
+        n.modules.append(("projector.linear_1", "language_projection"))
         return n
     # LLaVA: the tower, the projector; the language model's names come from its decoder layout
     inner = hf_names is not None and any(k.startswith("vision_tower.vision_model.") for k in hf_names)
@@ -364,7 +447,7 @@ def write(model: torch.nn.Module, folder: Path, *, max_shard_bytes: int) -> None
             body = clip_to_hf(cfg)
             tensors = names_of(model).to_hf(state)
         else:
-            body = llava_to_hf(cfg, dtype)
+            body = blip2_to_hf(cfg, dtype) if cfg.connector == "qformer" else llava_to_hf(cfg, dtype)
             lm = {k.removeprefix("language_model."): v for k, v in state.items() if k.startswith("language_model.")
                   and k not in model.tied_keys()}
             rest = {k: v for k, v in state.items() if not k.startswith("language_model.")}

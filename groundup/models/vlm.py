@@ -1,4 +1,4 @@
-"""Vision-language models: an image tower feeding a causal language model.
+"""Vision-language models: an image tower feeding a causal language model (LLaVA; BLIP-2 with its Q-Former).
 
 LLaVA (Liu et al., 2023; LLaVA-1.5, 2024): the vision tower's features from an inner layer (hidden_states[-2]
 by default, the [CLS] dropped) go through a projector (LLaVA-1.5: Linear-GELU-Linear; LLaVA-1: one Linear)
@@ -16,26 +16,57 @@ import torch
 from torch import nn
 
 from ..multimodal import LlavaConfig
+from ..nn.attention import MaskSpec
+from ..nn.block import Block
 from ..nn.kv_cache import DecoderCache
 from ..nn.linear import Linear
 from ..nn.mlp import ACTIVATIONS
+from ..nn.norm import make_norm
 from .base import PreTrained
 from .causal_lm import CausalLM
 from .common import embed, init_weights
 from .vision import VisionEncoder
 
 
-class Projector(nn.Module):
-    """Vision features [.., C_v] -> language-model embeddings [.., C]: linear_2(act(linear_1(x))), or linear_1 alone."""
+class QFormer(nn.Module):
+    """BLIP-2's querying transformer (Li et al., 2023): learned queries [Q, C_q], normed, through post-norm blocks
+    whose every k-th one cross-attends to the image features: [N, P, C_v] -> [N, Q, C_q]."""
 
     def __init__(self, cfg: LlavaConfig) -> None:
         super().__init__()
-        cv, ct = cfg.vision.d_model, cfg.text.d_model
+        q = cfg.qformer
+        self.queries = nn.Parameter(torch.zeros(1, cfg.num_query_tokens, q.d_model))
+        self.embed_norm = make_norm(q)
+        every = cfg.qformer_cross_every
+        self.blocks = nn.ModuleList(Block(q, cross=i % every == 0) for i in range(q.n_layers))
+        self.dropout = q.dropout
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = self.embed_norm(self.queries.expand(feats.shape[0], -1, -1))  # [N, Q, C_q]
+        x = nn.functional.dropout(x, self.dropout, self.training) if self.dropout else x
+        mask = MaskSpec(causal=False)
+        for block in self.blocks:
+            memory = feats if block.cross_attn is not None else None
+            x = block(x, mask, memory=memory, memory_mask=mask if memory is not None else None)[0]
+        return x
+
+
+class Projector(nn.Module):
+    """Vision features [.., C_v] -> language-model embeddings [.., C]: linear_2(act(linear_1(x))), linear_1 alone, or
+    linear_1(QFormer(x)) (BLIP-2's language_projection after the Q-Former)."""
+
+    def __init__(self, cfg: LlavaConfig) -> None:
+        super().__init__()
+        qformer = cfg.connector == "qformer"
+        cv, ct = (cfg.qformer.d_model if qformer else cfg.vision.d_model), cfg.text.d_model
+        self.qformer = QFormer(cfg) if qformer else None
         self.linear_1 = Linear(cv, ct, bias=cfg.projector_bias)
         self.act = ACTIVATIONS[cfg.projector_act] if cfg.connector == "mlp" else None
         self.linear_2 = Linear(ct, ct, bias=cfg.projector_bias) if cfg.connector == "mlp" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qformer is not None:
+            x = self.qformer(x)
         x = self.linear_1(x)
         return x if self.linear_2 is None else self.linear_2(self.act(x))
 
@@ -53,6 +84,8 @@ class Llava(PreTrained, nn.Module):
         self.init_hooks()
         if not any(p.is_meta for p in self.parameters()):
             self.projector.apply(lambda m: init_weights(m, cfg.text.init_std))
+            if self.projector.qformer is not None:
+                nn.init.normal_(self.projector.qformer.queries, std=cfg.text.init_std)
 
     def tie_weights(self) -> None:
         self.language_model.tie_weights()
@@ -74,7 +107,10 @@ class Llava(PreTrained, nn.Module):
         """pixel_values [N, 3, H, W] -> projected visual tokens [N, image_tokens, C] (transformers'
         get_image_features)."""
         feats = self.vision_tower.features(pixel_values, self.config.feature_layers)  # [N, 1 + P, C_v]
-        if self.config.vision_feature_select == "default" and self.config.vision.cls_token:
+        if self.config.feature_norm:
+            feats = self.vision_tower.norm(feats)
+        if self.config.connector != "qformer" and self.config.vision_feature_select == "default" \
+                and self.config.vision.cls_token:
             feats = feats[:, 1:]  # the patches only: [N, P, C_v]
         return self.projector(feats)
 

@@ -202,7 +202,9 @@ def _group_heads(bias: torch.Tensor, K: int, G: int) -> torch.Tensor:
 class Attention(nn.Module):
     """Self- or cross-attention with separate q/k/v/o projections (names equal the state-dict keys)."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, kv_dim: int | None = None) -> None:
+        """``kv_dim``: the width keys and values are projected from, when a cross-attention's memory is not
+        d_model wide (BLIP-2's Q-Former reads the image tower's features)."""
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         # T5 leaves scores unscaled: its initialisation absorbs the 1/sqrt(D) (Raffel et al., 2020); Gemma 2
@@ -212,14 +214,14 @@ class Attention(nn.Module):
         self.kernel = cfg.attn_kernel
         self.flash_block_size = cfg.flash_block_size
         self.dropout = cfg.attn_dropout
-        q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        q_dim, kv_width, kv_in = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, kv_dim or cfg.d_model
         self.q_proj = Linear(cfg.d_model, q_dim, bias=cfg.attn_bias)
-        self.k_proj = Linear(cfg.d_model, kv_dim, bias=cfg.attn_bias)
-        self.v_proj = Linear(cfg.d_model, kv_dim, bias=cfg.attn_bias)
+        self.k_proj = Linear(kv_in, kv_width, bias=cfg.attn_bias)
+        self.v_proj = Linear(kv_in, kv_width, bias=cfg.attn_bias)
         self.o_proj = Linear(q_dim, cfg.d_model, bias=cfg.attn_out_bias)
         # Query-key normalisation (Dehghani et al., 2023; Qwen3): bounds the attention logits
         self.qk_norm = cfg.qk_norm
-        q_width, k_width = (cfg.head_dim, cfg.head_dim) if cfg.qk_norm == "head" else (q_dim, kv_dim)
+        q_width, k_width = (cfg.head_dim, cfg.head_dim) if cfg.qk_norm == "head" else (q_dim, kv_width)
         on = cfg.qk_norm != "none"
         self.q_norm = RMSNorm(q_width, cfg.norm_eps, cfg.norm_weight_offset) if on else None
         self.k_norm = RMSNorm(k_width, cfg.norm_eps, cfg.norm_weight_offset) if on else None

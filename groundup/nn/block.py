@@ -37,7 +37,7 @@ class Block(nn.Module):
         self.attn_norm = make_norm(cfg)
         self.attn = Attention(cfg)
         self.cross_attn_norm = make_norm(cfg) if cross else None
-        self.cross_attn = Attention(cfg) if cross else None
+        self.cross_attn = Attention(cfg, kv_dim=cfg.cross_attention_dim) if cross else None
         self.mlp_norm = None if cfg.shared_norm else make_norm(cfg)
         self.mlp = MoE(cfg) if moe else make_ffn(cfg)
         sandwich = cfg.norm_placement == "sandwich"  # a second norm on each sublayer's output

@@ -1,8 +1,8 @@
 """LLaVA's recipe at toy size on the one loop: a vision tower (a CLIP folder's, frozen), a projector and a small
 language model, trained in stages on the synthetic shapes set, then asked held-out questions.
 
-    stage 0  the language model alone on the conversations' text, images removed: it learns the format and the
-             answers' priors, and is the baseline that cannot see (chance level on colour, shape and count)
+    stage 0  the language model alone on the captions' and conversations' text, images removed: it learns the
+             language and the answers' priors, and is the baseline that cannot see (chance on colour, shape, count)
     stage 1  projector only (LM and tower frozen), on captions: "USER: <image>\\nDescribe the picture.
              ASSISTANT: a red circle on the left" (LLaVA's feature alignment, Liu et al., 2023, 4.2)
     stage 2  projector + LM (tower frozen) on the questions, loss on the answers only (their instruction tuning)
@@ -51,7 +51,7 @@ class LlavaSettings:
     vision_feature_layer: int = -1
     lm_steps: int = 300
     align_steps: int = 300
-    tune_steps: int = 600
+    tune_steps: int = 1000
     batch_size: int = 32
     lr: float = 2e-3
     seed: int = 0
@@ -153,8 +153,10 @@ def run(settings: LlavaSettings, log=print) -> dict[str, Any]:
         results[f"{name}_val_loss"] = summary["val_loss"]
 
     expand = model.expand_image_tokens
-    qa_text = VisionTextData(None, _examples(tok, expand, train_scenes, "qa", False), None,
-                             _examples(tok, expand, test_scenes, "qa", False), pad_id=0, seed=s.seed)
+    text_only = [*_examples(tok, expand, train_scenes, "qa", False),
+                 *_examples(tok, expand, train_scenes, "caption", False)]
+    qa_text = VisionTextData(None, text_only, None, _examples(tok, expand, test_scenes, "qa", False), pad_id=0,
+                             seed=s.seed)
     stage("lm", s.lm_steps, qa_text, [model.language_model])
     model.eval()
     results["lm_alone"] = exact_match(model, tok, test_scenes, None)

@@ -162,3 +162,37 @@ def test_llava_refuses_a_wrong_number_of_placeholders(tmp_path):
     ids = torch.tensor([ours.expand_image_tokens([1, 110, 5, 110])])
     with pytest.raises(ValueError, match=r"32 image placeholder tokens .* for 1 image\(s\); each image fills 16"):
         ours(ids, _pixels(1))
+
+
+def _blip2():
+    vision = dict(TOWER)
+    qformer = dict(hidden_size=24, num_hidden_layers=3, num_attention_heads=4, intermediate_size=40,
+                   encoder_hidden_size=32, cross_attention_frequency=2)
+    text = dict(model_type="opt", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=48,
+                vocab_size=120, word_embed_proj_dim=32, max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
+                pad_token_id=0)
+    return T.Blip2ForConditionalGeneration(T.Blip2Config(vision_config=vision, qformer_config=qformer,
+                                                         text_config=text, num_query_tokens=5, image_token_index=110))
+
+
+def test_blip2_qformer_path_matches_transformers_both_ways(tmp_path):
+    """BLIP-2's connector: learned queries through the Q-Former (cross-attention every 2nd layer) into OPT."""
+    hf_model = randomize_(_blip2()).eval()
+    hf_model.save_pretrained(tmp_path / "hf")
+    ours = gu.from_pretrained(tmp_path / "hf")
+    assert ours.config.connector == "qformer" and ours.config.image_tokens == 5
+    rows = [ours.expand_image_tokens([110, 2, 5, 6, 7]), ours.expand_image_tokens([110, 2, 9])]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = (ids != 0).long()
+    px = _pixels(2)
+
+    def compare(hf, model):
+        with torch.no_grad():
+            want = hf(input_ids=ids, pixel_values=px, attention_mask=mask).logits
+            got = model(ids, px, attention_mask=mask)
+        torch.testing.assert_close(got[mask.bool()], want[mask.bool()], **TOL)
+
+    compare(hf_model, ours)
+    ours.save_pretrained(tmp_path / "gu")
+    compare(T.Blip2ForConditionalGeneration.from_pretrained(tmp_path / "gu").eval(), ours)
