@@ -51,7 +51,7 @@ class _Towers:
         if unknown:
             raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
         towers = {k: Config.from_dict(v) for k, v in data.items()
-                  if isinstance(v, dict) and k in ("text", "vision", "qformer")}
+                  if isinstance(v, dict) and k in ("text", "vision", "qformer", "resampler")}
         return cls(**{**data, **towers})
 
     @property
@@ -169,6 +169,54 @@ class LlavaConfig(_Towers):
         """Blocks of the vision tower that run to give the features (the ones after are never used)."""
         k = self.vision_feature_layer
         return k if k >= 0 else self.vision.n_layers + 1 + k
+
+
+GateType = Literal["float", "vector"]  # one tanh gate per layer, or one per channel
+
+
+@dataclass
+class FlamingoConfig(_Towers):
+    """Flamingo (Alayrac et al., 2022; its open reproduction Idefics v1): a frozen causal LM reads images through
+    gated cross-attention layers inserted before every ``cross_every``-th block. Each image's tower output is
+    compressed to ``resampler``'s ``n_latents`` tokens by a perceiver resampler (learned latents attending to
+    concat(features, latents)); the gates are tanh(alpha) with alpha initialised to 0, so the model starts as the
+    LM. Text tokens see only the latent tokens of their latest preceding image (``image_token_id`` marks them)."""
+
+    ARCH = "flamingo"
+    vision: Config
+    text: Config
+    resampler: Config | None = None  # None: the tower's tokens go straight to the cross-attention
+    n_latents: int = 64
+    cross_every: int = 4
+    gate_type: GateType = "float"
+    image_token_id: int | None = None
+    family: str = "idefics"
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        if self.vision.arch != "vision":
+            raise ValueError(f"vision: the image tower needs arch='vision', got {self.vision.arch!r}")
+        if self.text.arch != "causal_lm":
+            raise ValueError(f"text: the language model must be arch='causal_lm', got {self.text.arch!r}")
+        if not 1 <= self.cross_every <= self.text.n_layers:
+            raise ValueError(f"cross_every={self.cross_every} must be in [1, text.n_layers={self.text.n_layers}]")
+        if self.resampler is not None and self.resampler.d_model != self.vision.d_model:
+            raise ValueError(f"resampler.d_model={self.resampler.d_model} must be the tower's width "
+                             f"{self.vision.d_model}")
+        if self.n_latents <= 0:
+            raise ValueError(f"n_latents={self.n_latents} must be positive")
+        if self.image_token_id is not None and not 0 <= self.image_token_id < self.text.vocab_size:
+            raise ValueError(f"image_token_id={self.image_token_id} must be a token of the language model")
+
+    @property
+    def image_tokens(self) -> int:
+        """Tokens each image is to the cross-attention: the latents, or the tower's tokens without a resampler."""
+        return self.n_latents if self.resampler is not None else self.vision.image_tokens
+
+    @property
+    def cross_layers(self) -> int:
+        return self.text.n_layers // self.cross_every
 
 
 def _clip_tower(d: int, layers: int, heads: int, image: int, patch: int) -> Config:

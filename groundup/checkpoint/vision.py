@@ -20,11 +20,12 @@ from typing import Any
 import torch
 
 from ..config import Config
-from ..multimodal import CLIPConfig, LlavaConfig
+from ..multimodal import CLIPConfig, FlamingoConfig, LlavaConfig
+from . import flamingo
 from .io import CheckpointError, load_tensors, write_tensors
 from .layout import UnsupportedConfig, require
 
-MODEL_TYPES = ("vit", "clip", "siglip", "llava", "blip-2")
+MODEL_TYPES = ("vit", "clip", "siglip", "llava", "blip-2", "idefics")
 _ACT_IN = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
            "relu": "relu", "silu": "silu"}
 _ACT_OUT = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu",
@@ -214,7 +215,7 @@ def blip2_to_hf(cfg: LlavaConfig, dtype: torch.dtype) -> dict[str, Any]:
                 tie_word_embeddings=cfg.text.tie_embeddings)
 
 
-def config_of(hf: dict[str, Any], source: str) -> Config | CLIPConfig | LlavaConfig:
+def config_of(hf: dict[str, Any], source: str) -> Config | CLIPConfig | LlavaConfig | FlamingoConfig:
     """The groundup config of a vision folder's config.json (CheckpointError naming the field otherwise)."""
     kind = hf.get("model_type")
     try:
@@ -224,6 +225,8 @@ def config_of(hf: dict[str, Any], source: str) -> Config | CLIPConfig | LlavaCon
             return clip_config(hf)
         if kind == "blip-2":
             return blip2_config(hf, source)
+        if kind == "idefics":
+            return flamingo.config(hf, source)
         return llava_config(hf, source)
     except UnsupportedConfig as err:
         raise CheckpointError(f"{source} ({kind}): {err}") from None
@@ -389,6 +392,9 @@ def names_of(model: torch.nn.Module, hf_names: set[str] | None = None) -> Names:
         if cfg.loss == "sigmoid":
             n.tensors["logit_bias"] = ("logit_bias", shape)
         return n
+    if isinstance(cfg, FlamingoConfig):
+        flamingo.names(cfg, n)
+        return n
     if cfg.connector == "qformer":  # BLIP-2
         n.blip_tower(cfg.vision, "vision_tower.", "vision_model.")
         n.qformer(cfg, "projector.qformer.", "qformer.")
@@ -412,7 +418,11 @@ def load(folder: Path, hf: dict[str, Any], dtype: torch.dtype | None) -> torch.n
     cfg = config_of(hf, source)
     tensors = load_tensors(folder, dtype)
     model = meta_model(cfg)
-    if isinstance(cfg, LlavaConfig):
+    if isinstance(cfg, FlamingoConfig):
+        rest = dict(tensors)
+        lm = flamingo.lm_from_hf(rest, cfg)
+        state = {**names_of(model).from_hf(rest, model, str(folder)), **lm}
+    elif isinstance(cfg, LlavaConfig):
         lm = {k.removeprefix("language_model."): v for k, v in tensors.items() if k.startswith("language_model.")}
         rest = {k: v for k, v in tensors.items() if not k.startswith("language_model.")}
         state = names_of(model, set(rest)).from_hf(rest, model, str(folder))
@@ -446,6 +456,12 @@ def write(model: torch.nn.Module, folder: Path, *, max_shard_bytes: int) -> None
         elif isinstance(cfg, CLIPConfig):
             body = clip_to_hf(cfg)
             tensors = names_of(model).to_hf(state)
+        elif isinstance(cfg, FlamingoConfig):
+            body = flamingo.config_to_hf(cfg, dtype)
+            lm = {k.removeprefix("language_model."): v for k, v in state.items() if k.startswith("language_model.")
+                  and k not in model.tied_keys()}
+            tensors = names_of(model).to_hf({k: v for k, v in state.items() if not k.startswith("language_model.")})
+            tensors.update(flamingo.lm_to_hf(lm, cfg))
         else:
             body = blip2_to_hf(cfg, dtype) if cfg.connector == "qformer" else llava_to_hf(cfg, dtype)
             lm = {k.removeprefix("language_model."): v for k, v in state.items() if k.startswith("language_model.")

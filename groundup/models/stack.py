@@ -71,7 +71,9 @@ class Stack(nn.Module):
     def run(self, x: torch.Tensor, *, rope: Ropes | None = None, attention_mask: torch.Tensor | None = None,
             memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
             cache: DecoderCache | None = None, weights_of: int | None = None,
-            hidden_states: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+            hidden_states: list[torch.Tensor] | None = None,
+            before_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Stack inputs x [B, T, C] -> (normed hidden states [B, T, C], the stack's router losses (balance and
         z-loss with their coefficients, nn/moe.router_loss; a zero scalar without MoE layers), attention
         weights of layer ``weights_of`` or None).
@@ -80,6 +82,8 @@ class Stack(nn.Module):
         the new positions); ``memory`` [B, S_enc, C] with ``memory_mask`` [B, S_enc] is the encoder output
         a decoder cross-attends to. Queries sit after the cached positions. A ``hidden_states`` list receives
         the input and every block's output (before the final norm), transformers' ``hidden_states``.
+        ``before_block(i, x)`` runs before block i and returns its input: the layers a model inserts into a frozen
+        stack (Flamingo's gated cross-attention).
         """
         masks = {w: self._mask(w, attention_mask, cache, x) for w in self.distinct_windows}
         cross_mask = None
@@ -91,6 +95,8 @@ class Stack(nn.Module):
         recompute = (getattr(self, "activation_checkpointing", False) and self.training and cache is None
                      and torch.is_grad_enabled())
         for i, block in enumerate(self.blocks):
+            if before_block is not None:
+                x = before_block(i, x)
             if hidden_states is not None:
                 hidden_states.append(x)
             layer_cache = cache.layers[i] if cache is not None else None

@@ -50,6 +50,9 @@ class MaskSpec:
     rel_table: torch.Tensor | None = None
     rel_bidirectional: bool = True
     rel_max_distance: int = 128
+    # an explicit visibility [B, 1, T, S] (True = may attend) for masks no rule above describes: Flamingo's
+    # interleaved images, where each text token sees the image tokens of its latest preceding image only
+    allowed: torch.Tensor | None = None
     # The dense bias of eager/sdpa is the same for every layer of a forward pass: build it once.
     _dense: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -64,7 +67,7 @@ class MaskSpec:
     def trivial(self) -> bool:
         """True when the mask is plain causal (or nothing) with aligned queries: sdpa's fast path."""
         return self.window is None and self.key_padding is None and self.alibi_slopes is None \
-            and self.rel_table is None and self.q_offset == 0
+            and self.rel_table is None and self.q_offset == 0 and self.allowed is None
 
     def bias(self, q0: int, q1: int, k0: int, k1: int, dtype: torch.dtype,
              device: torch.device) -> torch.Tensor | None:
@@ -84,6 +87,9 @@ class MaskSpec:
         if self.key_padding is not None:
             pad = self.key_padding[:, None, None, k0:k1].bool()  # [B, 1, 1, tk]
             allowed = pad if allowed is None else pad & allowed
+        if self.allowed is not None:
+            seen = self.allowed[..., q0:q1, k0:k1].bool()  # [B, 1, tq, tk]
+            allowed = seen if allowed is None else seen & allowed
         if self.alibi_slopes is not None:
             # -slope * distance; bidirectional models penalise both directions.
             dist = (qp - kp).abs().to(torch.float32)

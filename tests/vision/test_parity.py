@@ -196,3 +196,62 @@ def test_blip2_qformer_path_matches_transformers_both_ways(tmp_path):
     compare(hf_model, ours)
     ours.save_pretrained(tmp_path / "gu")
     compare(T.Blip2ForConditionalGeneration.from_pretrained(tmp_path / "gu").eval(), ours)
+
+
+def _idefics(alpha: str = "float"):
+    return T.IdeficsForVisionText2Text(T.IdeficsConfig(
+        vocab_size=120, additional_vocab_size=2, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+        num_attention_heads=4, cross_layer_interval=2, use_resampler=True, alpha_type=alpha,
+        max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vision_config=dict(embed_dim=24, image_size=32, patch_size=8, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=40),
+        perceiver_config=dict(resampler_n_latents=6, resampler_depth=2, resampler_n_heads=2, resampler_head_dim=8)))
+
+
+@pytest.mark.parametrize("alpha", ["float", "vector"])
+def test_idefics_matches_transformers_both_ways_with_interleaved_images(tmp_path, alpha):
+    """Idefics v1 (the open Flamingo): resampler, gated cross-attention every 2nd layer, the decoupled extra
+    vocabulary, two images per row with each token seeing only its latest image, left padding."""
+    hf_model = randomize_(_idefics(alpha)).eval()  # every alpha random too: the gates are open
+    hf_model.save_pretrained(tmp_path / "hf")
+    ours = gu.from_pretrained(tmp_path / "hf")
+    ids = torch.tensor([[0, 0, 1, 121, 5, 6, 121, 7, 8], [1, 9, 121, 5, 121, 6, 7, 8, 120]])
+    mask = (ids != 0).long()
+    img = torch.zeros(2, 9, 2, dtype=torch.long)  # [B, T, images]: the latest <image> (id 121) at or before
+    for b in range(2):
+        seen = -1
+        for t in range(9):
+            seen += int(ids[b, t] == 121)
+            if seen >= 0:
+                img[b, t, seen] = 1
+    px = torch.randn(2, 2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+    def compare(hf, model):
+        with torch.no_grad():
+            want = hf(input_ids=ids, pixel_values=px, image_attention_mask=img, attention_mask=mask).logits
+            got = model(ids, px, image_attention_mask=img, attention_mask=mask)
+        torch.testing.assert_close(got[mask.bool()], want[mask.bool()], **TOL)
+
+    compare(hf_model, ours)
+    ours.save_pretrained(tmp_path / "gu")
+    compare(T.IdeficsForVisionText2Text.from_pretrained(tmp_path / "gu").eval(), ours)
+
+
+def test_flamingo_with_closed_gates_is_the_frozen_lm_and_trains_only_new_layers(tmp_path):
+    hf_model = _idefics()  # alphas initialised at zero, as Flamingo starts
+    hf_model.save_pretrained(tmp_path)
+    ours = gu.from_pretrained(tmp_path)
+    randomize_(ours.vision_tower), randomize_(ours.resampler), randomize_(ours.language_model)
+    ids = torch.tensor([[1, 121, 5, 6, 121, 7, 8]])
+    px = _pixels(2).view(1, 2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ours(ids, px, image_attention_mask=torch.ones(1, 7, 2, dtype=torch.long)),
+                           ours.language_model(ids))
+    ours.train().requires_grad_(False)
+    for m in ours.new_layers():
+        m.requires_grad_(True)
+    loss = ours(ids, px, image_attention_mask=torch.ones(1, 7, 2, dtype=torch.long)).logsumexp(-1).mean()
+    loss.backward()
+    trained = {n for n, p in ours.named_parameters() if p.grad is not None}
+    assert trained and all(n.startswith(("gated.", "resampler.")) for n in trained)
+    assert any(n.endswith("alpha_attn") for n in trained)  # the gate is what opens first
