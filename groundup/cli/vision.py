@@ -1,5 +1,7 @@
 """`groundup clip train | classify | search`: a dual encoder (CLIP, SigLIP) trained here, zero-shot classification
-from prompts, and text -> image retrieval, on any CLIP or SigLIP folder."""
+from prompts, and text -> image retrieval, on any CLIP or SigLIP folder; `groundup llava train` and `groundup flamingo
+train`: the two ways of giving a language model eyes, trained here on the synthetic questions; and `groundup generate
+FOLDER --image` for LLaVA folders."""
 
 from __future__ import annotations
 
@@ -118,6 +120,32 @@ def cmd_generate_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_scores(name: str, scores: dict[str, float]) -> None:
+    print(f"  {name:<16} " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+
+
+def cmd_llava_train(args: argparse.Namespace) -> int:
+    from ..train.llava import LlavaSettings, run
+
+    r = run(LlavaSettings(out_dir=args.out, clip=args.clip, tune_steps=args.steps, seed=args.seed))
+    print(f"LLaVA -> {r['folder']} ({r['image_tokens']} visual tokens per image); held-out exact match:")
+    _print_scores("LM without image", r["lm_alone"])
+    _print_scores("with the image", r["with_image"])
+    return 0
+
+
+def cmd_flamingo_train(args: argparse.Namespace) -> int:
+    from ..train.flamingo import FlamingoSettings, run
+
+    r = run(FlamingoSettings(out_dir=args.out, clip=args.clip, steps=args.steps, seed=args.seed))
+    print(f"Flamingo -> {r['folder']} (LM frozen: unchanged {r['lm_unchanged']}); held-out exact match:")
+    _print_scores("LM without image", r["lm_alone"])
+    for k in (0, 1, 2):
+        if f"{k}_shot" in r:
+            _print_scores(f"{k}-shot", r[f"{k}_shot"])
+    return 0
+
+
 def add_vision_parser(sub) -> None:
     c = sub.add_parser("clip", help="dual encoders: train one here, zero-shot classify images, search images by text")
     cs = c.add_subparsers(dest="clip_command", required=True)
@@ -145,3 +173,16 @@ def add_vision_parser(sub) -> None:
     s.add_argument("images", nargs="+", help="image files or folders of images")
     s.add_argument("--top", type=int, default=5)
     s.set_defaults(func=cmd_search)
+    models = (("llava", cmd_llava_train, "LLaVA's stages: the LM, the projector on captions, projector + LM on "
+               "questions"),
+              ("flamingo", cmd_flamingo_train, "Flamingo: a frozen LM, only the resampler and gated cross-attention "
+               "trained; few-shot measured"))
+    for name, func, what in models:
+        steps = 1000
+        top = sub.add_parser(name, help=f"train a small vision-language model here ({what})")
+        ts = top.add_subparsers(dest=f"{name}_command", required=True).add_parser("train", help=what)
+        ts.add_argument("--clip", default="out/clip/model", help="a CLIP folder (groundup clip train) for the tower")
+        ts.add_argument("--out", default=f"out/{name}")
+        ts.add_argument("--steps", type=int, default=steps, help="steps of the image stage")
+        ts.add_argument("--seed", type=int, default=0)
+        ts.set_defaults(func=func)

@@ -129,7 +129,10 @@ class Flamingo(PreTrained, nn.Module):
         return [m for m in (self.resampler, self.gated) if m is not None]
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, I, 3, H, W] -> the cross-attention's memory [B, I * image_tokens, C_v]."""
+        """[B, I, 3, H, W] (or [B, 3, H, W]: one image per row) -> the cross-attention's memory [B, I * image_tokens,
+        C_v]."""
+        if pixel_values.dim() == 4:
+            pixel_values = pixel_values[:, None]
         if pixel_values.dim() != 5:
             raise ValueError(f"pixel_values must be [batch, images, 3, height, width], got {tuple(pixel_values.shape)}")
         B, n = pixel_values.shape[:2]

@@ -115,3 +115,27 @@ def test_calc_explains_the_visual_tokens_and_the_parts(capsys):
     assert "151,277,313" in capsys.readouterr().out  # openai/clip-vit-base-patch32
     assert main(["calc", "vit-base-patch16-224"]) == 0
     assert "86,567,656" in capsys.readouterr().out  # google/vit-base-patch16-224
+
+
+def test_flamingo_training_keeps_the_lm_frozen_and_writes_an_idefics_folder(trained, tmp_path):
+    from groundup.train.flamingo import FlamingoSettings
+    from groundup.train.flamingo import run as run_flamingo
+
+    out = tmp_path / "flamingo"
+    r = run_flamingo(FlamingoSettings(out_dir=str(out), clip=str(trained[0] / "model"), train_size=96, test_size=6,
+                                      d_model=32, n_layers=2, lm_steps=3, steps=3, batch_size=16, shots=(0, 1),
+                                      progress=False), log=lambda *_: None)
+    assert r["lm_unchanged"] is True and set(r["1_shot"]) == {"colour", "shape", "count", "all"}
+    assert r["gated_trained_parameters"] < r["lm_trained_parameters"] + r["gated_trained_parameters"]
+    ours = gu.from_pretrained(out / "model")
+    hf = T.IdeficsForVisionText2Text.from_pretrained(out / "model").eval()
+    image = ours.config.image_token_id
+    ids = torch.tensor([[5, image, 7, 9, image, 4]])
+    px = torch.randn(1, 2, 3, 32, 32)
+    from groundup.models.flamingo import latest_image_mask
+
+    mask = latest_image_mask(ids, image, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, px, image_attention_mask=mask),
+                                   hf(input_ids=ids, pixel_values=px, image_attention_mask=mask).logits,
+                                   atol=1e-4, rtol=1e-4)
