@@ -205,3 +205,24 @@ def test_dense_bias_built_once_per_forward(monkeypatch):
     with torch.no_grad():
         model(torch.randint(0, 50, (1, 9)))
     assert calls == [(0, 9, 0, 9)]
+
+
+def test_kernels_agree_on_an_explicit_visibility_mask():
+    """MaskSpec.allowed (Flamingo's interleaved images: each query sees some keys only), combined with key
+    padding; every kernel masks the same keys, and a query that sees nothing stays finite."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 4, 7, 8, generator=g) for _ in range(3))
+    allowed = torch.rand(2, 1, 7, 7, generator=g) > 0.4
+    allowed[0, 0, 3] = False  # a query with no visible key
+    pad = torch.ones(2, 7, dtype=torch.bool)
+    pad[1, :2] = False
+    spec = MaskSpec(causal=False, allowed=allowed, key_padding=pad)
+    want, _ = eager_attention(q, k, v, spec, scale=8**-0.5)
+    torch.testing.assert_close(sdpa_attention(q, k, v, spec, scale=8**-0.5), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flash_attention(q, k, v, spec, scale=8**-0.5, block=3), want, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(want).all()
+    keep = allowed[:, 0] & pad[:, None, :]  # [B, T, S]
+    scores = (q @ k.transpose(-1, -2)) * 8**-0.5
+    ref = torch.softmax(scores.masked_fill(~keep[:, None], float("-inf")), -1).nan_to_num() @ v
+    rows = keep.any(-1)[:, None, :, None].expand_as(ref)
+    torch.testing.assert_close(want[rows], ref[rows], atol=1e-5, rtol=1e-5)
