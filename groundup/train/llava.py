@@ -68,20 +68,44 @@ class AnswerObjective(TrainObjective):
         return out, n
 
 
-def _examples(tok, llava_expand, scenes_, kind: str, image: bool) -> list[tuple[list[int], list[int]]]:
-    """(ids, answer mask) per scene: the caption (kind "caption") or the question of scene i % 3."""
+def render_conversation(tok, turns: list[dict[str, str]], *, image: bool = True) -> tuple[list[int], list[int]]:
+    """LLaVA's conversation records ([{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": ...}, ...])
+    in LLaVA-1.5's format, "USER: <image>\\nQ ASSISTANT: A</s>USER: ...", as (ids, answer mask): only the model's
+    turns (and their end-of-text token) are trained on. ``image=False`` drops the placeholder (the text-only LM)."""
     eos = tok.token_to_id("</s>")
+    ids: list[int] = []
+    answer: list[int] = []
+    for n, turn in enumerate(turns):
+        who, value = turn.get("from"), turn.get("value")
+        if who not in ("human", "gpt") or not isinstance(value, str):
+            raise ValueError(f"turn {n}: needs from='human' or 'gpt' and a string value, got {turn!r}")
+        if who == "human":
+            text = value if image else value.replace("<image>\n", "").replace("<image>", "")
+            part = tok.encode(f"USER: {text} ASSISTANT:", allowed_special={"<image>"})
+            mark = 0
+        else:
+            part, mark = [*tok.encode(" " + value), eos], 1
+        ids += part
+        answer += [mark] * len(part)
+    if not any(answer):
+        raise ValueError("the conversation has no gpt turn to train on")
+    return ids, answer
+
+
+def _examples(tok, llava_expand, scenes_, kind: str, image: bool) -> list[tuple[list[int], list[int]]]:
+    """(ids, answer mask) per scene: the caption (kind "caption") or the question of scene i % 3, as a LLaVA
+    conversation, the image placeholder expanded to the visual tokens."""
     out = []
     for i, s in enumerate(scenes_):
         if kind == "caption":
-            q, a = DESCRIBE, s.caption
+            turns = [{"from": "human", "value": f"<image>\n{DESCRIBE}"}, {"from": "gpt", "value": s.caption}]
         else:  # the three question kinds in turn
-            k = ("colour", "shape", "count")[i % 3]
-            q, a = synthetic.QUESTIONS[k], s.answer(k)
-        p = tok.encode(prompt(q, image), allowed_special={"<image>"})
-        p = llava_expand(p) if image else p
-        ans = [*tok.encode(" " + a), eos]
-        out.append((p + ans, [0] * len(p) + [1] * len(ans)))
+            turns = s.conversation(("colour", "shape", "count")[i % 3])
+        ids, answer = render_conversation(tok, turns, image=image)
+        if image:  # each placeholder becomes image_tokens of them, none of them an answer, wherever it stands
+            pieces = [(llava_expand([t]), [m] * len(llava_expand([t]))) for t, m in zip(ids, answer, strict=True)]
+            ids, answer = [t for p, _ in pieces for t in p], [m for _, ms in pieces for m in ms]
+        out.append((ids, answer))
     return out
 
 

@@ -139,3 +139,29 @@ def test_flamingo_training_keeps_the_lm_frozen_and_writes_an_idefics_folder(trai
         torch.testing.assert_close(ours(ids, px, image_attention_mask=mask),
                                    hf(input_ids=ids, pixel_values=px, image_attention_mask=mask).logits,
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_llava_conversations_train_on_the_answers_only():
+    from groundup.tokenizer import Tokenizer
+    from groundup.train.llava import SPECIALS, render_conversation
+
+    tok = Tokenizer.train(["USER: What is it? ASSISTANT: a red circle"], 280, special_tokens=SPECIALS,
+                          eos_token="</s>", pad_token="<pad>")
+    turns = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "a red circle"},
+             {"from": "human", "value": "And now?"}, {"from": "gpt", "value": "red"}]
+    ids, answer = render_conversation(tok, turns)
+    assert tok.decode(ids) == "USER: <image>\nWhat is it? ASSISTANT: a red circle</s>USER: And now? ASSISTANT: red</s>"
+    assert tok.decode([i for i, m in zip(ids, answer) if m]) == " a red circle</s> red</s>"
+    assert tok.token_to_id("<image>") in ids
+    text_only, _ = render_conversation(tok, turns, image=False)
+    assert tok.token_to_id("<image>") not in text_only
+    with pytest.raises(ValueError, match="no gpt turn"):
+        render_conversation(tok, turns[:1])
+
+
+def test_the_synthetic_set_writes_a_folder_the_caption_loader_reads(tmp_path):
+    synthetic.write_folder(tmp_path, train=4, test=2, size=32)
+    records = read_captions(tmp_path / "train.jsonl")
+    assert len(records) == 4 and records[0].caption == synthetic.scene(0, "train", size=32).caption
+    row = json.loads((tmp_path / "test.jsonl").read_text().splitlines()[1])
+    assert row["conversations"][0]["value"].startswith("<image>\n") and row["image"] == "test/00001.png"
