@@ -34,6 +34,14 @@ def _check_literals(obj: Any) -> None:
 class _Towers:
     """What the composite configs share: validation helpers, replace, dict round trips."""
 
+    def _check_towers(self, text_archs: tuple[str, ...]) -> None:
+        _check_literals(self)
+        if self.vision.arch != "vision":
+            raise ValueError(f"vision: the image tower needs arch='vision', got {self.vision.arch!r}")
+        if self.text.arch not in text_archs:
+            raise ValueError(f"text: the text model must be arch {' or '.join(map(repr, text_archs))}, got "
+                             f"{self.text.arch!r}")
+
     def replace(self, **changes: Any) -> Any:
         return dataclasses.replace(self, **changes)
 
@@ -83,11 +91,7 @@ class CLIPConfig(_Towers):
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_literals(self)
-        if self.vision.arch != "vision":
-            raise ValueError(f"vision: the image tower needs arch='vision', got {self.vision.arch!r}")
-        if self.text.arch not in ("causal_lm", "encoder"):
-            raise ValueError(f"text: the text tower is a causal or bidirectional stack, got arch={self.text.arch!r}")
+        self._check_towers(("causal_lm", "encoder"))  # a causal (CLIP) or bidirectional (SigLIP) text tower
         if self.vision.vision_pool == "none":
             raise ValueError("vision.vision_pool='none': a dual encoder needs one vector per image ('cls' or 'map')")
         if self.projection_dim <= 0:
@@ -126,11 +130,7 @@ class LlavaConfig(_Towers):
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_literals(self)
-        if self.vision.arch != "vision":
-            raise ValueError(f"vision: the image tower needs arch='vision', got {self.vision.arch!r}")
-        if self.text.arch != "causal_lm":
-            raise ValueError(f"text: the language model must be arch='causal_lm', got {self.text.arch!r}")
+        self._check_towers(("causal_lm",))
         n = self.vision.n_layers
         if not -n <= self.vision_feature_layer <= n or self.vision_feature_layer == -n - 1:
             raise ValueError(f"vision_feature_layer={self.vision_feature_layer} must index the tower's hidden states "
@@ -194,11 +194,7 @@ class FlamingoConfig(_Towers):
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_literals(self)
-        if self.vision.arch != "vision":
-            raise ValueError(f"vision: the image tower needs arch='vision', got {self.vision.arch!r}")
-        if self.text.arch != "causal_lm":
-            raise ValueError(f"text: the language model must be arch='causal_lm', got {self.text.arch!r}")
+        self._check_towers(("causal_lm",))
         if not 1 <= self.cross_every <= self.text.n_layers:
             raise ValueError(f"cross_every={self.cross_every} must be in [1, text.n_layers={self.text.n_layers}]")
         if self.resampler is not None and self.resampler.d_model != self.vision.d_model:

@@ -30,6 +30,7 @@ from ..nn.norm import make_norm
 from .base import PreTrained
 from .causal_lm import CausalLM
 from .vision import VisionEncoder
+from .vlm import WithLanguageModel
 
 
 class PerceiverLayer(nn.Module):
@@ -101,7 +102,7 @@ def latest_image_mask(input_ids: torch.Tensor, image_token_id: int, n_images: in
     return out
 
 
-class Flamingo(PreTrained, nn.Module):
+class Flamingo(WithLanguageModel, PreTrained, nn.Module):
     """forward(input_ids, pixel_values [B, I, 3, H, W], image_attention_mask [B, T, I], ...) -> logits [B, T, V]."""
 
     def __init__(self, cfg: FlamingoConfig) -> None:
@@ -113,16 +114,6 @@ class Flamingo(PreTrained, nn.Module):
         self.gated = nn.ModuleList(GatedCrossAttention(cfg.text, cfg.vision.d_model, cfg.gate_type)
                                    for _ in range(cfg.cross_layers))
         self.init_hooks()
-
-    def tie_weights(self) -> None:
-        self.language_model.tie_weights()
-
-    def tied_keys(self) -> dict[str, str]:
-        return {f"language_model.{a}": f"language_model.{s}" for a, s in self.language_model.tied_keys().items()}
-
-    @property
-    def embed(self) -> nn.Embedding:
-        return self.language_model.embed
 
     def new_layers(self) -> list[nn.Module]:
         """What Flamingo trains while the LM and the tower stay frozen: the resampler and the gated layers."""

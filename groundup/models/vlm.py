@@ -71,7 +71,23 @@ class Projector(nn.Module):
         return x if self.linear_2 is None else self.linear_2(self.act(x))
 
 
-class Llava(PreTrained, nn.Module):
+class WithLanguageModel:
+    """What a model built around a ``language_model`` (CausalLM) takes from it: the tied head and the embedding."""
+
+    language_model: CausalLM
+
+    def tie_weights(self) -> None:
+        self.language_model.tie_weights()
+
+    def tied_keys(self) -> dict[str, str]:
+        return {f"language_model.{a}": f"language_model.{s}" for a, s in self.language_model.tied_keys().items()}
+
+    @property
+    def embed(self) -> nn.Embedding:
+        return self.language_model.embed
+
+
+class Llava(WithLanguageModel, PreTrained, nn.Module):
     """forward(input_ids, pixel_values=None, attention_mask=None, ...) -> logits [B, T, V] (or the loss with
     ``targets``), the language model's outputs with the images in its input."""
 
@@ -86,16 +102,6 @@ class Llava(PreTrained, nn.Module):
             self.projector.apply(lambda m: init_weights(m, cfg.text.init_std))
             if self.projector.qformer is not None:
                 nn.init.normal_(self.projector.qformer.queries, std=cfg.text.init_std)
-
-    def tie_weights(self) -> None:
-        self.language_model.tie_weights()
-
-    def tied_keys(self) -> dict[str, str]:
-        return {f"language_model.{a}": f"language_model.{s}" for a, s in self.language_model.tied_keys().items()}
-
-    @property
-    def embed(self) -> nn.Embedding:
-        return self.language_model.embed
 
     def set_attn_kernel(self, kernel: str) -> Llava:
         self.vision_tower.set_attn_kernel(kernel)

@@ -195,10 +195,16 @@ def run(settings: CLIPSettings, log=print) -> dict[str, Any]:
         shapes = zero_shot(model, tok, data.val_pixels, synthetic.SHAPES).argmax(-1).tolist()
         results["zero_shot_shape_only_prompt"] = sum(synthetic.SHAPES[p] == r["shape"]
                                                      for p, r in zip(shapes, labels, strict=True)) / len(labels)
-    out = Path(s.out_dir) / "model"
+    return save_run(s.out_dir, model, tok, proc, results)
+
+
+def save_run(out_dir: str, model: torch.nn.Module, tokenizer: Any, processor: ImageProcessor,
+             results: dict[str, Any]) -> dict[str, Any]:
+    """<out_dir>/model (the model, its tokenizer and image processor: a folder transformers reads) and
+    <out_dir>/results.json; the results with the folder's path."""
+    out = Path(out_dir) / "model"
     model.save_pretrained(out)
-    tok.save_pretrained(out)
-    proc.save_pretrained(out)
-    atomic_write_text(Path(s.out_dir) / "results.json", json.dumps(results, indent=2) + "\n")
-    results["folder"] = str(out)
-    return results
+    tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
+    atomic_write_text(Path(out_dir) / "results.json", json.dumps(results, indent=2) + "\n")
+    return {**results, "folder": str(out)}

@@ -6,9 +6,7 @@ interleaved before the query, each text token seeing only its latest image (Alay
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,33 +14,20 @@ import torch
 from ..config import Config
 from ..models.flamingo import Flamingo
 from ..multimodal import FlamingoConfig
-from ..utils.files import atomic_write_text
-from ..vision import ImageProcessor, synthetic
-from ..vision.data import VisionTextData, process_all
-from .llava import DESCRIBE, SPECIALS, AnswerObjective, prompt, runner_generate
-from .loop import TrainArgs, train
+from ..vision import synthetic
+from ..vision.data import VisionTextData
+from .clip import save_run
+from .llava import DESCRIBE, Setup, VLMSettings, prompt, runner_generate, train_stage
 
 
 @dataclass
-class FlamingoSettings:
+class FlamingoSettings(VLMSettings):
     out_dir: str = "out/flamingo"
-    clip: str = "out/clip/model"
-    train_size: int = 3000
-    test_size: int = 300
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    vocab_size: int = 400
     n_latents: int = 8
     resampler_layers: int = 1
     cross_every: int = 1
-    lm_steps: int = 300
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 2e-3
+    steps: int = 1000  # the resampler and gated layers, the LM frozen
     shots: tuple[int, ...] = (0, 1, 2)
-    seed: int = 0
-    progress: bool = True
 
 
 def _examples(tok, scenes_, kind: str) -> list[tuple[list[int], list[int]]]:
@@ -85,23 +70,10 @@ def few_shot(model: Flamingo, tok, queries, query_px: torch.Tensor, support, sup
 
 
 def run(settings: FlamingoSettings, log=print) -> dict[str, Any]:
-    from ..checkpoint.hf import from_pretrained
-    from ..tokenizer import Tokenizer
-
     s = settings
-    torch.manual_seed(s.seed)
-    clip = from_pretrained(s.clip)
-    proc = ImageProcessor.from_pretrained(s.clip)
-    train_scenes = list(synthetic.scenes(s.train_size, "train", seed=s.seed))
-    test_scenes = list(synthetic.scenes(s.test_size, "test", seed=s.seed))
-    pairs = [(DESCRIBE, sc.caption) for sc in train_scenes]
-    pairs += [(synthetic.QUESTIONS[k], sc.answer(k)) for sc in train_scenes for k in synthetic.QUESTIONS]
-    tok = Tokenizer.train([prompt(q) + " " + a for q, a in pairs], s.vocab_size, special_tokens=SPECIALS,
-                          eos_token="</s>", pad_token="<pad>")
-    text = Config(vocab_size=tok.vocab_size, d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads, pos="rope",
-                  norm="rmsnorm", ffn="swiglu", attn_bias=False, attn_out_bias=False, mlp_bias=False,
-                  tie_embeddings=False, max_seq_len=256, family="llama", eos_token_id=tok.token_to_id("</s>"),
-                  pad_token_id=0)
+    setup = Setup(s, max_seq_len=256)
+    clip, proc, tok, text = setup.clip, setup.processor, setup.tokenizer, setup.text
+    train_scenes, test_scenes, px, test_px = setup.train_scenes, setup.test_scenes, setup.pixels, setup.test_pixels
     v = clip.config.vision
     resampler = Config(arch="encoder", d_model=v.d_model, n_layers=s.resampler_layers, n_heads=v.n_heads,
                        d_ff=4 * v.d_model, ffn="relu", attn_bias=False, attn_out_bias=False, mlp_bias=False, pos="none")
@@ -110,21 +82,10 @@ def run(settings: FlamingoSettings, log=print) -> dict[str, Any]:
                          cross_every=s.cross_every, image_token_id=tok.token_to_id("<image>"))
     model = Flamingo(cfg)
     model.vision_tower.load_state_dict(clip.vision.state_dict())
-    px = process_all([sc.image for sc in train_scenes], proc)
-    test_px = process_all([sc.image for sc in test_scenes], proc)
     results: dict[str, Any] = {"settings": asdict(s), "image_tokens": cfg.image_tokens}
 
     def stage(name: str, steps: int, data: VisionTextData, trainable: list[torch.nn.Module]) -> None:
-        model.requires_grad_(False)
-        for m in trainable:
-            m.requires_grad_(True)
-        args = TrainArgs(out_dir=str(Path(s.out_dir) / name), steps=steps, batch_size=s.batch_size, lr=s.lr,
-                         min_lr=s.lr / 10, warmup=min(50, steps // 5), eval_every=max(1, steps // 2), eval_batches=4,
-                         save_every=steps, seed=s.seed, progress=s.progress, name=name)
-        summary = train(model, data, args, objective=AnswerObjective(), log=log)
-        results[f"{name}_seconds"] = round(summary["seconds"], 1)
-        results[f"{name}_val_loss"] = summary["val_loss"]
-        results[f"{name}_trained_parameters"] = sum(p.numel() for m in trainable for p in m.parameters())
+        train_stage(model, name, steps, data, trainable, s, results, log)
 
     qa, qa_test = _examples(tok, train_scenes, "qa"), _examples(tok, test_scenes, "qa")
     text_only = VisionTextData(None, qa + _examples(tok, train_scenes, "caption"), None, qa_test, pad_id=0, seed=s.seed)
@@ -138,10 +99,4 @@ def run(settings: FlamingoSettings, log=print) -> dict[str, Any]:
     results["gates"] = [round(float(torch.tanh(g.alpha_attn.detach()).abs().mean()), 3) for g in model.gated]
     for k in s.shots:
         results[f"{k}_shot"] = few_shot(model, tok, test_scenes, test_px, train_scenes, px, k)
-    out = Path(s.out_dir) / "model"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    proc.save_pretrained(out)
-    atomic_write_text(Path(s.out_dir) / "results.json", json.dumps(results, indent=2) + "\n")
-    results["folder"] = str(out)
-    return results
+    return save_run(s.out_dir, model, tok, proc, results)

@@ -13,7 +13,6 @@ Prompts follow LLaVA-1.5's conversation format; each ``<image>`` is one special 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ import torch
 from ..config import Config
 from ..models.vlm import Llava
 from ..multimodal import LlavaConfig
-from ..utils.files import atomic_write_text
 from ..vision import ImageProcessor, synthetic
 from ..vision.data import VisionTextData, process_all
+from .clip import save_run
 from .loop import TrainArgs, train
 from .objective import TrainObjective
 
@@ -39,8 +38,10 @@ def prompt(question: str, image: bool = True) -> str:
 
 
 @dataclass
-class LlavaSettings:
-    out_dir: str = "out/llava"
+class VLMSettings:
+    """What the LLaVA and Flamingo runs share: the CLIP folder, the synthetic set's sizes, the LM and the loop."""
+
+    out_dir: str = "out/vlm"
     clip: str = "out/clip/model"  # a CLIP folder whose vision tower is used (groundup clip train writes one)
     train_size: int = 3000
     test_size: int = 300
@@ -48,14 +49,19 @@ class LlavaSettings:
     n_layers: int = 4
     n_heads: int = 4
     vocab_size: int = 400
-    vision_feature_layer: int = -1
-    lm_steps: int = 300
-    align_steps: int = 300
-    tune_steps: int = 1000
+    lm_steps: int = 300  # the language model alone on the text
     batch_size: int = 32
     lr: float = 2e-3
     seed: int = 0
     progress: bool = True
+
+
+@dataclass
+class LlavaSettings(VLMSettings):
+    out_dir: str = "out/llava"
+    vision_feature_layer: int = -1
+    align_steps: int = 300
+    tune_steps: int = 1000
 
 
 class AnswerObjective(TrainObjective):
@@ -138,43 +144,62 @@ def runner_generate(runner, ids: list[list[int]], eos: int) -> list[list[int]]:
     return [row[width:] for row in out.tolist()]
 
 
-def run(settings: LlavaSettings, log=print) -> dict[str, Any]:
-    from ..checkpoint.hf import from_pretrained
-    from ..tokenizer import Tokenizer
-
+def train_stage(model: torch.nn.Module, name: str, steps: int, data: VisionTextData, trainable: list[torch.nn.Module],
+                settings: Any, results: dict[str, Any], log=print) -> None:
+    """One stage on the loop: only ``trainable`` gets gradients; its seconds, validation loss and trained
+    parameter count go into ``results`` under the stage's name (<out_dir>/<name> holds its run)."""
     s = settings
-    torch.manual_seed(s.seed)
-    clip = from_pretrained(s.clip)
-    proc = ImageProcessor.from_pretrained(s.clip)
-    train_scenes = list(synthetic.scenes(s.train_size, "train", seed=s.seed))
-    test_scenes = list(synthetic.scenes(s.test_size, "test", seed=s.seed))
-    pairs = [(DESCRIBE, sc.caption) for sc in train_scenes]
-    pairs += [(synthetic.QUESTIONS[k], sc.answer(k)) for sc in train_scenes for k in synthetic.QUESTIONS]
-    texts = [prompt(q) + " " + a for q, a in pairs]
-    tok = Tokenizer.train(texts, s.vocab_size, special_tokens=SPECIALS, eos_token="</s>", pad_token="<pad>")
-    text = Config(vocab_size=tok.vocab_size, d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads, pos="rope",
-                  norm="rmsnorm", ffn="swiglu", attn_bias=False, attn_out_bias=False, mlp_bias=False,
-                  tie_embeddings=False, max_seq_len=128, family="llama", bos_token_id=None,
-                  eos_token_id=tok.token_to_id("</s>"), pad_token_id=0)
+    model.requires_grad_(False)
+    for m in trainable:
+        m.requires_grad_(True)
+    args = TrainArgs(out_dir=str(Path(s.out_dir) / name), steps=steps, batch_size=s.batch_size, lr=s.lr,
+                     min_lr=s.lr / 10, warmup=min(50, steps // 5), eval_every=max(1, steps // 2), eval_batches=4,
+                     save_every=steps, seed=s.seed, progress=s.progress, name=name)
+    summary = train(model, data, args, objective=AnswerObjective(), log=log)
+    results[f"{name}_seconds"] = round(summary["seconds"], 1)
+    results[f"{name}_val_loss"] = summary["val_loss"]
+    results[f"{name}_trained_parameters"] = sum(p.numel() for m in trainable for p in m.parameters())
+
+
+class Setup:
+    """What the LLaVA and Flamingo runs share: the CLIP folder's tower and processor, the synthetic scenes and their
+    pixels, a BPE tokenizer trained on the prompts (with <image> and </s>) and the small Llama-style LM's Config."""
+
+    def __init__(self, s: Any, *, max_seq_len: int) -> None:
+        from ..checkpoint.hf import from_pretrained
+        from ..tokenizer import Tokenizer
+
+        torch.manual_seed(s.seed)
+        self.clip = from_pretrained(s.clip)
+        self.processor = ImageProcessor.from_pretrained(s.clip)
+        self.train_scenes = list(synthetic.scenes(s.train_size, "train", seed=s.seed))
+        self.test_scenes = list(synthetic.scenes(s.test_size, "test", seed=s.seed))
+        pairs = [(DESCRIBE, sc.caption) for sc in self.train_scenes]
+        pairs += [(synthetic.QUESTIONS[k], sc.answer(k)) for sc in self.train_scenes for k in synthetic.QUESTIONS]
+        self.tokenizer = tok = Tokenizer.train([prompt(q) + " " + a for q, a in pairs], s.vocab_size,
+                                               special_tokens=SPECIALS, eos_token="</s>", pad_token="<pad>")
+        self.text = Config(vocab_size=tok.vocab_size, d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads,
+                           pos="rope", norm="rmsnorm", ffn="swiglu", attn_bias=False, attn_out_bias=False,
+                           mlp_bias=False, tie_embeddings=False, max_seq_len=max_seq_len, family="llama",
+                           eos_token_id=tok.token_to_id("</s>"), pad_token_id=0)
+        self.pixels = process_all([sc.image for sc in self.train_scenes], self.processor)
+        self.test_pixels = process_all([sc.image for sc in self.test_scenes], self.processor)
+
+
+def run(settings: LlavaSettings, log=print) -> dict[str, Any]:
+    s = settings
+    setup = Setup(s, max_seq_len=128)
+    clip, proc, tok, text = setup.clip, setup.processor, setup.tokenizer, setup.text
+    train_scenes, test_scenes, px, test_px = setup.train_scenes, setup.test_scenes, setup.pixels, setup.test_pixels
     cfg = LlavaConfig(vision=clip.config.vision, text=text, image_token_id=tok.token_to_id("<image>"),
                       vision_feature_layer=s.vision_feature_layer)
     model = Llava(cfg)
     model.vision_tower.load_state_dict(clip.vision.state_dict())
     model.vision_tower.requires_grad_(False)
-    px = process_all([sc.image for sc in train_scenes], proc)
-    test_px = process_all([sc.image for sc in test_scenes], proc)
     results: dict[str, Any] = {"settings": asdict(s), "image_tokens": cfg.image_tokens}
 
     def stage(name: str, steps: int, data: VisionTextData, trainable: list[torch.nn.Module]) -> None:
-        model.requires_grad_(False)
-        for m in trainable:
-            m.requires_grad_(True)
-        args = TrainArgs(out_dir=str(Path(s.out_dir) / name), steps=steps, batch_size=s.batch_size, lr=s.lr,
-                         min_lr=s.lr / 10, warmup=min(50, steps // 5), eval_every=max(1, steps // 2), eval_batches=4,
-                         save_every=steps, seed=s.seed, progress=s.progress, name=name)
-        summary = train(model, data, args, objective=AnswerObjective(), log=log)
-        results[f"{name}_seconds"] = round(summary["seconds"], 1)
-        results[f"{name}_val_loss"] = summary["val_loss"]
+        train_stage(model, name, steps, data, trainable, s, results, log)
 
     expand = model.expand_image_tokens
     text_only = [*_examples(tok, expand, train_scenes, "qa", False),
@@ -192,10 +217,4 @@ def run(settings: LlavaSettings, log=print) -> dict[str, Any]:
     stage("tune", s.tune_steps, qa, [model.projector, model.language_model])
     model.eval()
     results["with_image"] = exact_match(model, tok, test_scenes, test_px)
-    out = Path(s.out_dir) / "model"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    proc.save_pretrained(out)
-    atomic_write_text(Path(s.out_dir) / "results.json", json.dumps(results, indent=2) + "\n")
-    results["folder"] = str(out)
-    return results
+    return save_run(s.out_dir, model, tok, proc, results)
