@@ -22,6 +22,33 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 VOCAB = 97
 
 
+def portable_bitsandbytes() -> None:
+    """Make bitsandbytes compute with its portable CPU path on a CPU with AVX-512, for the whole test process.
+
+    Its AVX-512 CPU kernels (bitsandbytes 0.49-0.50, seen on an AVX-512 EPYC) disagree with its own format:
+    dequantize_4bit is wrong whenever a block spans several rows (the tiny test models' 32-wide layers with
+    64-element blocks), and Linear4bit repacks weights for a kernel that needs rows in multiples of 32. The
+    portable path, the one every AVX2 machine runs, computes level[code] x absmax exactly as the format says,
+    so the parity tests mean the same on every CPU. Nothing changes on a CPU without AVX-512."""
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return
+    import warnings
+
+    import bitsandbytes.nn.modules as modules
+    from bitsandbytes.backends.default import ops as portable
+    from bitsandbytes.backends.utils import _get_4bit_code
+
+    def dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype):
+        A = A if A.dtype == torch.uint8 else A.view(torch.uint8)
+        code = _get_4bit_code(quant_type, A.device)
+        return portable._dequantize_4bit_compute(A.reshape(-1), absmax, code, blocksize, shape, dtype)
+
+    modules.has_avx512bf16 = lambda: False
+    with warnings.catch_warnings():  # torch warns once that a registered kernel is overridden: that is the point
+        warnings.simplefilter("ignore")
+        torch.library.register_kernel("bitsandbytes::dequantize_4bit", "cpu", dequantize_4bit)
+
+
 def tiny_llama(seed: int = 0, **extra):
     """A tiny random groundup llama (eval mode) for adapter tests; ``extra`` overrides Config fields."""
     import groundup as gu

@@ -18,6 +18,10 @@ T = pytest.importorskip("transformers")
 peft_lib = pytest.importorskip("peft")
 from safetensors.torch import load_file  # noqa: E402
 
+from tests.conftest import portable_bitsandbytes  # noqa: E402
+
+portable_bitsandbytes()  # the format's own arithmetic on every CPU (tests/conftest.py says why)
+
 IDS = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(3))
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 

@@ -223,3 +223,17 @@ def test_the_int4_kernel_layout_built_in_row_blocks_equals_one_block(out, monkey
     q._kernel = None
     monkeypatch.setattr(qp, "CHUNK_BYTES", 4 * 256 * 64)  # one 64-row block at a time
     assert torch.equal(q._kernel_weights()[0], whole)
+
+
+def test_the_int8_kernel_takes_codes_at_any_byte_offset():
+    """Codes loaded from a file are views into its memory map at arbitrary offsets; the AVX-512 build of
+    torch's int8 kernel crashed on such a weight (seen on an AVX-512 EPYC). The layer hands it aligned copies."""
+    torch.manual_seed(0)
+    q = Int8Linear.from_linear(torch.nn.Linear(64, 40))
+    want = q._kernel_product(torch.randn(3, 64, generator=torch.Generator().manual_seed(1)).bfloat16())
+    base = torch.zeros(40 * 64 + 40, dtype=torch.int8)
+    base[40:] = q.weight.reshape(-1)
+    q.weight = base[40:].view(40, 64)  # a 40-byte offset from an aligned allocation
+    assert q.weight.data_ptr() % 64
+    got = q._kernel_product(torch.randn(3, 64, generator=torch.Generator().manual_seed(1)).bfloat16())
+    assert torch.equal(got, want) and q.weight.data_ptr() % 64 == 0

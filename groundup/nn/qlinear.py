@@ -87,6 +87,10 @@ class Int8Linear(DispatchedLinear):
         return (self.weight[rows].float() * self.weight_scale[rows].float()[:, None]).to(dtype)
 
     def _kernel_product(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.data_ptr() % 64 or self.weight_scale.data_ptr() % 64:
+            # Codes read from a file are views into its memory map, at any byte offset; the AVX-512 build of this
+            # kernel loads 64-byte-aligned vectors and crashes on them (an AVX2 one does not). Own aligned copies.
+            self.weight, self.weight_scale = self.weight.clone(), self.weight_scale.clone()
         return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.weight_scale.to(torch.bfloat16))
 
     def extra_repr(self) -> str:

@@ -151,7 +151,7 @@ def test_llava_conversations_train_on_the_answers_only():
              {"from": "human", "value": "And now?"}, {"from": "gpt", "value": "red"}]
     ids, answer = render_conversation(tok, turns)
     assert tok.decode(ids) == "USER: <image>\nWhat is it? ASSISTANT: a red circle</s>USER: And now? ASSISTANT: red</s>"
-    assert tok.decode([i for i, m in zip(ids, answer) if m]) == " a red circle</s> red</s>"
+    assert tok.decode([i for i, m in zip(ids, answer, strict=True) if m]) == " a red circle</s> red</s>"
     assert tok.token_to_id("<image>") in ids
     text_only, _ = render_conversation(tok, turns, image=False)
     assert tok.token_to_id("<image>") not in text_only
