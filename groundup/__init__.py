@@ -19,7 +19,7 @@ from .tokenizer import Tokenizer
 
 # Subpackages reached as attributes and imported on first use (PEP 562).
 LAZY = ("align", "checkpoint", "data", "eval", "models", "multimodal", "nn", "peft", "quant", "serve", "tokenizer",
-        "train", "utils", "presets", "vision")
+        "train", "utils", "presets", "vision", "audio")
 
 
 def __getattr__(name: str) -> ModuleType:
