@@ -2,5 +2,7 @@
 no extra is needed."""
 
 from .features import N_FRAMES, N_SAMPLES, SAMPLING_RATE, log_mel, mel_filters, pad_or_trim
+from .io import AudioError, load_audio, resample, save_wav
 
-__all__ = ["N_FRAMES", "N_SAMPLES", "SAMPLING_RATE", "log_mel", "mel_filters", "pad_or_trim"]
+__all__ = ["N_FRAMES", "N_SAMPLES", "SAMPLING_RATE", "AudioError", "load_audio", "log_mel", "mel_filters",
+           "pad_or_trim", "resample", "save_wav"]
