@@ -70,6 +70,10 @@ class Config:
     d_ff: int | None = None
     max_seq_len: int = 1024
     n_decoder_layers: int | None = None  # seq2seq only
+    # seq2seq over audio (Whisper, Radford et al., 2022): the encoder reads n_mels log-mel bins through two conv1d
+    # (kernel 3, the second with stride 2) with GELU, halving 3000 frames to 1500 positions; 0: token ids
+    n_mels: int = 0
+    encoder_max_seq_len: int | None = None  # the encoder's position table when not max_seq_len (Whisper: 1500)
 
     # positions
     pos: Pos = "learned"
@@ -121,6 +125,9 @@ class Config:
 
     # biases, embeddings, regularisation, masking
     attn_bias: bool = True  # q/k/v projections
+    # k_proj's own bias (with attn_bias): Whisper has none; a key bias adds q.b to every score of a query alike, so
+    # the softmax ignores it, and a layout without one loses nothing
+    key_bias: bool = True
     attn_out_bias: bool = True
     mlp_bias: bool = True
     lm_head_bias: bool = False
@@ -460,6 +467,12 @@ class Config:
         if self.pos == "relative" and (self.rel_buckets < 2 or self.rel_max_distance < self.rel_buckets // 2):
             raise ValueError(f"rel_buckets={self.rel_buckets} must be >= 2 and rel_max_distance="
                              f"{self.rel_max_distance} at least rel_buckets // 2")
+        if self.n_mels and (self.arch != "seq2seq" or self.n_mels < 0 or self.pos != "learned"):
+            raise ValueError(f"n_mels={self.n_mels}: an audio encoder is for arch='seq2seq' with pos='learned' (its "
+                             "positions a table, as Whisper's)")
+        if self.encoder_max_seq_len is not None and (self.arch != "seq2seq" or self.encoder_max_seq_len <= 0):
+            raise ValueError(f"encoder_max_seq_len={self.encoder_max_seq_len} must be positive and needs "
+                             "arch='seq2seq'")
         if self.cross_attention_dim is not None and (not isinstance(self.cross_attention_dim, int)
                                                      or self.cross_attention_dim <= 0):
             raise ValueError(f"cross_attention_dim={self.cross_attention_dim!r} must be a positive integer or None")

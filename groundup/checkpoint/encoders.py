@@ -194,7 +194,54 @@ def _marian_keys(cfg: Config) -> list[tuple[str, str]]:
     return keys
 
 
+def _whisper_config(hf: dict[str, Any]) -> dict[str, Any]:
+    for enc, dec in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
+        require(hf.get(enc) == hf.get(dec), f"{enc}={hf.get(enc)} != {dec}={hf.get(dec)} is not supported")
+    require(not hf.get("scale_embedding", False), "scale_embedding=true is not supported for whisper")
+    return dict(arch="seq2seq", vocab_size=hf["vocab_size"], d_model=hf["d_model"], n_layers=hf["encoder_layers"],
+                n_decoder_layers=hf["decoder_layers"], n_heads=hf["encoder_attention_heads"],
+                d_ff=hf["encoder_ffn_dim"], n_mels=hf.get("num_mel_bins", 80),
+                encoder_max_seq_len=hf.get("max_source_positions", 1500),
+                max_seq_len=hf.get("max_target_positions", 448), pos="learned",
+                ffn=activation_from_hf(hf.get("activation_function", "gelu"), "activation_function"), norm="layernorm",
+                norm_eps=1e-5, norm_placement="pre", final_norm=True, key_bias=False, lm_head_bias=False,
+                tie_embeddings=hf.get("tie_word_embeddings", True), dropout=hf.get("dropout", 0.0),
+                attn_dropout=hf.get("attention_dropout", 0.0))
+
+
+def _whisper_to_hf(cfg: Config) -> dict[str, Any]:
+    require(cfg.n_mels > 0 and cfg.pos == "learned" and cfg.norm == "layernorm" and cfg.norm_placement == "pre"
+            and cfg.final_norm and cfg.norm_eps == 1e-5 and not cfg.key_bias and cfg.attn_bias and cfg.attn_out_bias
+            and cfg.mlp_bias and not cfg.lm_head_bias and cfg.n_kv_heads == cfg.n_heads and cfg.embed_scale == "none",
+            "the Whisper layout needs an audio encoder (n_mels), learned positions, pre-norm LayerNorm (eps 1e-5), "
+            "no key bias, biases elsewhere, no bias on the logits and multi-head attention")
+    return dict(d_model=cfg.d_model, encoder_layers=cfg.n_layers, decoder_layers=cfg.n_decoder_layers,
+                encoder_attention_heads=cfg.n_heads, decoder_attention_heads=cfg.n_heads, encoder_ffn_dim=cfg.d_ff,
+                decoder_ffn_dim=cfg.d_ff, num_mel_bins=cfg.n_mels,
+                max_source_positions=cfg.encoder_max_seq_len or 1500, max_target_positions=cfg.max_seq_len,
+                activation_function=activation_to_hf(cfg), scale_embedding=False,
+                dropout=cfg.dropout, attention_dropout=cfg.attn_dropout, is_encoder_decoder=True)
+
+
+def _whisper_keys(cfg: Config) -> list[tuple[str, str]]:
+    keys = [("embed", "model.decoder.embed_tokens"), ("lm_head", "proj_out"),
+            ("audio_stem.conv1", "model.encoder.conv1"), ("audio_stem.conv2", "model.encoder.conv2")]
+    names = [("attn_norm", "self_attn_layer_norm"), ("mlp.up_proj", "fc1"), ("mlp.down_proj", "fc2"),
+             ("mlp_norm", "final_layer_norm")]
+    names += [(f"attn.{p}_proj", f"self_attn.{p}_proj") for p in "qkv"] + [("attn.o_proj", "self_attn.out_proj")]
+    cross = [(f"cross_attn.{p}_proj", f"encoder_attn.{p}_proj") for p in "qkv"]
+    cross += [("cross_attn.o_proj", "encoder_attn.out_proj"), ("cross_attn_norm", "encoder_attn_layer_norm")]
+    for stack in ("encoder", "decoder"):
+        keys += [(f"{stack}.pos_embed", f"model.{stack}.embed_positions"),
+                 (f"{stack}.norm", f"model.{stack}.layer_norm")]
+        pairs = names + (cross if stack == "decoder" else [])
+        keys += [(f"{stack}.blocks.{{i}}.{a}", f"model.{stack}.layers.{{i}}.{b}") for a, b in pairs]
+    return keys
+
+
 ENCODERS: dict[str, Family] = {
+    "whisper": Family("whisper", "WhisperForConditionalGeneration", _whisper_config, _whisper_to_hf, _whisper_keys,
+                      arch="seq2seq"),
     "bert": Family("bert", _bert_arch, _bert_config, _bert_to_hf, _bert_keys, arch="encoder",
                    exact=(("mlm_head.decoder.bias", "cls.predictions.bias"),),
                    ignored=(r"(bert\.)?embeddings\.position_ids",)),

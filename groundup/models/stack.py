@@ -29,11 +29,12 @@ class Stack(nn.Module):
     Config.is_moe_layer counts that way.
     """
 
-    def __init__(self, cfg: Config, n_layers: int, *, causal: bool, cross: bool = False, first: int = 0) -> None:
+    def __init__(self, cfg: Config, n_layers: int, *, causal: bool, cross: bool = False, first: int = 0,
+                 max_positions: int | None = None) -> None:
         super().__init__()
         self.config, self.causal = cfg, causal
-        if cfg.pos == "learned":
-            self.pos_embed = nn.Embedding(cfg.max_seq_len + cfg.pos_offset, cfg.d_model)
+        if cfg.pos == "learned":  # max_positions: a table of its own (Whisper's encoder has 1500, its decoder 448)
+            self.pos_embed = nn.Embedding((max_positions or cfg.max_seq_len) + cfg.pos_offset, cfg.d_model)
         if cfg.pos == "relative":
             self.rel_bias = nn.Embedding(cfg.rel_buckets, cfg.n_heads)
         # Each layer's window and RoPE kind: a per-layer pattern (layer_types) holds for a decoder-only stack

@@ -222,7 +222,7 @@ class Attention(nn.Module):
         self.dropout = cfg.attn_dropout
         q_dim, kv_width, kv_in = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, kv_dim or cfg.d_model
         self.q_proj = Linear(cfg.d_model, q_dim, bias=cfg.attn_bias)
-        self.k_proj = Linear(kv_in, kv_width, bias=cfg.attn_bias)
+        self.k_proj = Linear(kv_in, kv_width, bias=cfg.attn_bias and cfg.key_bias)
         self.v_proj = Linear(kv_in, kv_width, bias=cfg.attn_bias)
         self.o_proj = Linear(q_dim, cfg.d_model, bias=cfg.attn_out_bias)
         # Query-key normalisation (Dehghani et al., 2023; Qwen3): bounds the attention logits

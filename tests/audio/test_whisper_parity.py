@@ -1,0 +1,50 @@
+"""Whisper against transformers, both ways: a tiny random WhisperForConditionalGeneration (every parameter
+randomised) read by groundup and written back; encoder output and decoder logits within 1e-4 fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import groundup as gu
+from tests.conftest import randomize_
+
+T = pytest.importorskip("transformers")
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+def _whisper(n_mels: int = 80):
+    return T.WhisperForConditionalGeneration(T.WhisperConfig(
+        vocab_size=120, num_mel_bins=n_mels, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_source_positions=50,
+        max_target_positions=40, decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_whisper_matches_transformers_both_ways(tmp_path, n_mels):
+    hf = randomize_(_whisper(n_mels)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = gu.from_pretrained(tmp_path / "hf")
+    assert type(ours).__name__ == "Seq2Seq" and ours.config.n_mels == n_mels
+    feats = torch.randn(2, n_mels, 100, generator=torch.Generator().manual_seed(0))
+    dec = torch.tensor([[1, 5, 7, 9], [1, 8, 3, 2]])
+
+    def compare(ref, model):
+        with torch.no_grad():
+            want = ref(input_features=feats, decoder_input_ids=dec)
+            enc = ref.model.encoder(input_features=feats).last_hidden_state
+            torch.testing.assert_close(model.encode(input_features=feats), enc, **TOL)
+            torch.testing.assert_close(model(input_features=feats, decoder_input_ids=dec), want.logits, **TOL)
+
+    compare(hf, ours)
+    ours.save_pretrained(tmp_path / "gu")
+    compare(T.WhisperForConditionalGeneration.from_pretrained(tmp_path / "gu").eval(), ours)
+
+
+def test_features_of_the_wrong_shape_are_refused():
+    model = gu.models.Seq2Seq(gu.Config(arch="seq2seq", vocab_size=50, d_model=16, n_layers=1, n_heads=2, n_mels=80,
+                                        encoder_max_seq_len=10, max_seq_len=8, key_bias=False))
+    with pytest.raises(ValueError, match=r"input_features must be log-mel \[batch, n_mels=80, frames\]"):
+        model(input_features=torch.randn(1, 40, 20), decoder_input_ids=torch.tensor([[1]]))
+    with pytest.raises(ValueError, match="at most 20 frames"):
+        model(input_features=torch.randn(1, 80, 30), decoder_input_ids=torch.tensor([[1]]))
