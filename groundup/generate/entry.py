@@ -39,7 +39,7 @@ def stop_ids(model: torch.nn.Module, eos_token_id: Any) -> list[int]:
     return as_ids(eos_token_id)
 
 
-def generate(model: torch.nn.Module, input_ids: causal.Prompts, max_new_tokens: int = 32, *,
+def generate(model: torch.nn.Module, input_ids: causal.Prompts | None = None, max_new_tokens: int = 32, *,
              attention_mask: torch.Tensor | None = None, min_new_tokens: int = 0, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
              num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | Literal["never"] = False,
@@ -48,7 +48,9 @@ def generate(model: torch.nn.Module, input_ids: causal.Prompts, max_new_tokens: 
              generator: torch.Generator | None = None, truncate: bool = False,
              rope_scaling: tuple[str, float] | None = None, draft_model: torch.nn.Module | None = None,
              num_draft_tokens: int = 4, draft_confidence: float = 0.0,
-             stats: SpeculativeStats | None = None, compile: bool | str = False) -> torch.Tensor:
+             stats: SpeculativeStats | None = None, compile: bool | str = False,
+             decoder_input_ids: torch.Tensor | None = None, suppress_tokens: Sequence[int] = (),
+             begin_suppress_tokens: Sequence[int] = (), input_features: torch.Tensor | None = None) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens for each input, with any model that generates.
 
     Decoder-only (CausalLM): prompts [B, T] (left-padded, with attention_mask) or a list of id lists ->
@@ -58,11 +60,22 @@ def generate(model: torch.nn.Module, input_ids: causal.Prompts, max_new_tokens: 
     (temperature > 0, top_k, top_p) or beam search (num_beams > 1, length_penalty, early_stopping).
     A row that has stopped is filled with ``pad_token_id`` (default: the config's pad id, else the first
     stop id). The sampling keywords and their meaning are transformers' own.
+
+    Encoder-decoders also take ``decoder_input_ids`` (the forced start of every target, e.g. Whisper's
+    <|startoftranscript|> <|en|> <|transcribe|> <|notimestamps|>; returned in front of the new tokens),
+    ``suppress_tokens`` (never generated) and ``begin_suppress_tokens`` (not as the first new token), and an audio
+    model's ``input_features`` in place of ``input_ids``.
     """
     cfg = getattr(model, "config", None)
     arch = getattr(cfg, "arch", None)
     eos = stop_ids(model, eos_token_id) if cfg is not None else []
     if arch == "causal_lm":
+        seq2seq_only = {"decoder_input_ids": decoder_input_ids is not None,
+                        "input_features": input_features is not None, "suppress_tokens": bool(suppress_tokens),
+                        "begin_suppress_tokens": bool(begin_suppress_tokens)}
+        for name, given in seq2seq_only.items():
+            if given:
+                raise ValueError(f"{name} is for encoder-decoder models; this is a decoder-only model")
         if num_beams != 1:
             raise ValueError(f"num_beams={num_beams}: beam search is offered for encoder-decoder models; "
                              "decoder-only models decode greedily or by sampling (num_beams=1)")
@@ -74,6 +87,8 @@ def generate(model: torch.nn.Module, input_ids: causal.Prompts, max_new_tokens: 
                                num_draft_tokens=num_draft_tokens, draft_confidence=draft_confidence, stats=stats,
                                compile=compile)
     if arch == "seq2seq":
+        if input_features is not None:
+            input_ids = input_features
         unsupported = {"draft_model": draft_model is not None, "rope_scaling": rope_scaling is not None,
                        "truncate": truncate, "compile": bool(compile)}
         for name, given in unsupported.items():
@@ -89,14 +104,17 @@ def generate(model: torch.nn.Module, input_ids: causal.Prompts, max_new_tokens: 
                                       min_new_tokens=min_new_tokens, eos=eos, pad_token_id=pad_token_id,
                                       temperature=temperature, top_k=top_k, top_p=top_p,
                                       repetition_penalty=repetition_penalty, generator=generator,
-                                      stop_strings=stop_strings or (), tokenizer=tokenizer)
+                                      stop_strings=stop_strings or (), tokenizer=tokenizer,
+                                      decoder_input_ids=decoder_input_ids, suppress_tokens=suppress_tokens,
+                                      begin_suppress_tokens=begin_suppress_tokens)
             if temperature or stop_strings or repetition_penalty != 1.0:
                 raise ValueError("beam search (num_beams > 1) is deterministic here: it takes no temperature, "
                                  "repetition_penalty or stop_strings; use num_beams=1 to sample")
             return seq2seq.beam_search(model, input_ids, attention_mask=attention_mask, num_beams=num_beams,
                                        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                        length_penalty=length_penalty, early_stopping=early_stopping, eos=eos,
-                                       pad_token_id=pad_token_id)
+                                       pad_token_id=pad_token_id, decoder_input_ids=decoder_input_ids,
+                                       suppress_tokens=suppress_tokens, begin_suppress_tokens=begin_suppress_tokens)
     if arch == "encoder":
         raise ValueError("an encoder-only model (BERT-style) does not generate text: use model.fill_mask(...) "
                          "for masked tokens or model.features(...) for sentence vectors")

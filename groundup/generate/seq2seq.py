@@ -45,8 +45,10 @@ def _check(model: Seq2Seq, input_ids: torch.Tensor, max_new_tokens: int, num_bea
            min_new_tokens: int = 0) -> None:
     if model.config.arch != "seq2seq":
         raise ValueError(f"encoder-decoder decoding needs a Seq2Seq model, got arch={model.config.arch!r}")
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        raise ValueError("input_ids must be a [batch, seq_len] tensor of source token ids")
+    audio = getattr(model, "audio_stem", None) is not None
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != (3 if audio else 2):
+        raise ValueError("input_features must be a [batch, n_mels, frames] tensor of log-mel features" if audio else
+                         "input_ids must be a [batch, seq_len] tensor of source token ids")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
     if not 0 <= min_new_tokens <= max_new_tokens:
@@ -60,9 +62,10 @@ def greedy(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torch.Ten
            max_new_tokens: int = 32, min_new_tokens: int = 0, eos: Sequence[int] = (),
            pad_token_id: int | None = None, temperature: float = 0.0, top_k: int | None = None,
            top_p: float | None = None, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
-           stop_strings: Sequence[str] = (), tokenizer: Any = None) -> torch.Tensor:
-    """Argmax (temperature 0) or sampled decoding: [B, S] source ids -> [B, 1 + n] target ids starting
-    with the decoder start token.
+           stop_strings: Sequence[str] = (), tokenizer: Any = None, decoder_input_ids: torch.Tensor | None = None,
+           suppress_tokens: Sequence[int] = (), begin_suppress_tokens: Sequence[int] = ()) -> torch.Tensor:
+    """Argmax (temperature 0) or sampled decoding: [B, S] source ids (or an audio model's features) -> [B, P + n]
+    target ids starting with the forced prefix ``decoder_input_ids`` (default: the decoder start token).
 
     A sequence that has produced one of the ``eos`` ids (or whose text holds a stop string) is padded from
     then on; decoding stops when all have, or after ``max_new_tokens``.
@@ -74,21 +77,53 @@ def greedy(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torch.Ten
     attention_mask = _real_padding(attention_mask)
     memory = model.encode(input_ids, attention_mask=attention_mask)
     cache = model.new_cache()
-    out = torch.full((input_ids.shape[0], 1), model.decoder_start_token_id, dtype=torch.long, device=input_ids.device)
+    out = start_ids(model, input_ids.shape[0], input_ids.device, decoder_input_ids)
+    step_ids = out  # the whole prefix on the first step, then the newest token
     stopper = Stopper(input_ids.shape[0], eos=eos, pad=pad, stop_strings=stop_strings, tokenizer=tokenizer,
                       device=input_ids.device)
     for i in range(max_new_tokens):
         with trusted_inputs():  # the model's own tokens: no value checks, no host sync per step
-            logits = model.decode(out[:, -1:], memory, memory_mask=attention_mask, cache=cache)[:, -1].float()
+            logits = model.decode(step_ids, memory, memory_mask=attention_mask, cache=cache)[:, -1].float()
         if repetition_penalty != 1.0:
             logits = apply_repetition_penalty(logits, out, repetition_penalty)
-        logits = no_stop_yet(logits, eos, i, min_new_tokens)
+        logits = suppress(no_stop_yet(logits, eos, i, min_new_tokens), i, suppress_tokens, begin_suppress_tokens)
         nxt = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         nxt, _ = stopper.push(nxt)
         out = torch.cat((out, nxt[:, None]), dim=1)
+        step_ids = out[:, -1:]
         if stopper.all_done:
             break
     return out
+
+
+def start_ids(model: Seq2Seq, batch: int, device: torch.device, decoder_input_ids: torch.Tensor | None
+              ) -> torch.Tensor:
+    """The forced decoder prefix [B, P]: ``decoder_input_ids`` (Whisper's <|startoftranscript|>, language, task,
+    <|notimestamps|>), or the decoder start token alone."""
+    if decoder_input_ids is None:
+        return torch.full((batch, 1), model.decoder_start_token_id, dtype=torch.long, device=device)
+    prefix = torch.as_tensor(decoder_input_ids, dtype=torch.long, device=device)
+    if prefix.dim() == 1:
+        prefix = prefix[None].expand(batch, -1)
+    if prefix.dim() != 2 or prefix.shape[0] != batch or prefix.shape[1] == 0:
+        raise ValueError(f"decoder_input_ids must be [batch={batch}, P >= 1] (or [P]), got {tuple(prefix.shape)}")
+    lo, hi = int(prefix.min()), int(prefix.max())
+    if lo < 0 or hi >= model.config.vocab_size:
+        raise ValueError(f"decoder_input_ids hold id {lo if lo < 0 else hi}, outside [0, {model.config.vocab_size})")
+    return prefix
+
+
+def suppress(scores: torch.Tensor, step: int, suppress_tokens: Sequence[int], begin_suppress_tokens: Sequence[int]
+             ) -> torch.Tensor:
+    """Scores [N, V] with ``suppress_tokens`` impossible at every step and ``begin_suppress_tokens`` at the first new
+    one (transformers' SuppressTokens and SuppressTokensAtBegin processors; Whisper's generation config lists
+    both)."""
+    ids = list(suppress_tokens) + (list(begin_suppress_tokens) if step == 0 else [])
+    if not ids:
+        return scores
+    scores = scores.clone()
+    scores[:, ids] = float("-inf")
+    return scores
 
 
 def _pick(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -101,8 +136,9 @@ def _pick(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 num_beams: int = 4, max_new_tokens: int = 32, length_penalty: float = 1.0,
                 early_stopping: bool | Literal["never"] = False, eos: Sequence[int] = (),
-                pad_token_id: int | None = None, min_new_tokens: int = 0) -> torch.Tensor:
-    """Beam search: [B, S] source ids -> [B, 1 + n] best target ids (start token first, padded after EOS).
+                pad_token_id: int | None = None, min_new_tokens: int = 0, decoder_input_ids: torch.Tensor | None = None,
+                suppress_tokens: Sequence[int] = (), begin_suppress_tokens: Sequence[int] = ()) -> torch.Tensor:
+    """Beam search: [B, S] source ids -> [B, P + n] best target ids (the forced prefix first, padded after EOS).
 
     ``length_penalty`` > 0 favours longer outputs, < 0 shorter ones; see the module docstring for the
     stopping rules.
@@ -113,7 +149,9 @@ def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torc
     eos_t = torch.tensor(eos, dtype=torch.long, device=input_ids.device)
     B, N, dev = input_ids.shape[0], num_beams, input_ids.device
     K = 2 * N  # candidates examined per step: enough that N survive even if N of them end
-    max_len = 1 + max_new_tokens
+    prefix = start_ids(model, B, dev, decoder_input_ids)  # [B, P]
+    P = prefix.shape[1]
+    max_len = P + max_new_tokens
 
     attention_mask = _real_padding(attention_mask)
     memory = model.encode(input_ids, attention_mask=attention_mask).repeat_interleave(N, dim=0)  # [B*N, S, C]
@@ -121,7 +159,7 @@ def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torc
     cache = model.new_cache()
 
     seqs = torch.full((B, N, max_len), pad, dtype=torch.long, device=dev)  # live hypotheses
-    seqs[:, :, 0] = model.decoder_start_token_id
+    seqs[:, :, :P] = prefix[:, None]
     scores = torch.zeros(B, N, device=dev)
     scores[:, 1:] = NEG  # all beams start identical: only the first may expand on step 1
     done_seqs, done_scores = seqs.clone(), torch.full((B, N), NEG, device=dev)  # pool of finished hypotheses
@@ -131,11 +169,14 @@ def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torc
     first_n = torch.arange(K, device=dev) < N  # only the best N candidates may enter the pool
     batch_base = torch.arange(B, device=dev)[:, None] * N
 
-    for t in range(1, max_len):  # t = position being generated = tokens generated after this step
+    for t in range(P, max_len):  # t = position being generated; g = new tokens after this step
+        g = t - P + 1
+        step = seqs[:, :, :P].reshape(B * N, P) if t == P else seqs[:, :, t - 1].reshape(B * N, 1)
         with trusted_inputs():
-            logits = model.decode(seqs[:, :, t - 1].reshape(B * N, 1), memory, memory_mask=mem_mask, cache=cache)
+            logits = model.decode(step, memory, memory_mask=mem_mask, cache=cache)
         # as transformers: the min-length rule acts on the log-probabilities, which are not renormalised
-        logp = no_stop_yet(torch.log_softmax(logits[:, -1].float(), dim=-1), eos, t - 1, min_new_tokens)  # [B*N, V]
+        logp = no_stop_yet(torch.log_softmax(logits[:, -1].float(), dim=-1), eos, g - 1, min_new_tokens)  # [B*N, V]
+        logp = suppress(logp, g - 1, suppress_tokens, begin_suppress_tokens)
         V = logp.shape[-1]
         total = logp.view(B, N, V) + scores[:, :, None]
         top, flat = total.view(B, N * V).topk(K)  # [B, K]
@@ -153,20 +194,20 @@ def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torc
         src = beam.gather(1, keep)  # which previous beam each survivor extends
 
         # candidates that ended enter the pool with their length-normalised score
-        norm = top / (t**length_penalty)
+        norm = top / (g**length_penalty)
         pool_full = done_flag.all(dim=1, keepdim=True) & (early_stopping is True)
         norm = norm + pool_full.float() * NEG + (~improvable).float() * NEG + (~(ends & first_n)).float() * NEG
         merged = torch.cat((done_scores, norm), dim=1)
         best = merged.topk(N).indices
         done_scores = merged.gather(1, best)
         done_seqs = _pick(torch.cat((done_seqs, cand), dim=1), best)
-        done_len = torch.cat((done_len, torch.full_like(token, t)), dim=1).gather(1, best)
+        done_len = torch.cat((done_len, torch.full_like(token, t)), dim=1).gather(1, best)  # the last position
         done_flag = torch.cat((done_flag, ends & first_n), dim=1).gather(1, best)
 
         # beams of one input share its encoder output, so only the self-attention cache moves
         cache.reorder((src + batch_base).view(-1), cross=False)
         # can a live beam still beat the worst finished one? (judged at the current length unless "never")
-        length = (max_len - 1) if (early_stopping == "never" and length_penalty > 0) else t
+        length = (max_len - P) if (early_stopping == "never" and length_penalty > 0) else g
         best_possible = scores[:, :1] / (length**length_penalty)
         worst = torch.where(done_flag, done_scores.min(dim=1, keepdim=True).values, NEG)
         improvable = improvable & (best_possible > worst).any(dim=1, keepdim=True)

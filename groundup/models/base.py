@@ -92,9 +92,9 @@ class PreTrained:
         return self
 
     # entry points that live in higher layers ---------------------------------------------------------
-    def generate(self, input_ids, max_new_tokens: int = 32, **options) -> torch.Tensor:
+    def generate(self, input_ids=None, max_new_tokens: int = 32, **options) -> torch.Tensor:
         """Generation with this model: groundup.generate(self, input_ids, max_new_tokens, **options), whose
-        keyword names (transformers' own) are the options."""
+        keyword names (transformers' own) are the options (an audio model takes ``input_features=``)."""
         from ..generate.entry import generate
 
         return generate(self, input_ids, max_new_tokens, **options)

@@ -48,3 +48,30 @@ def test_features_of_the_wrong_shape_are_refused():
         model(input_features=torch.randn(1, 40, 20), decoder_input_ids=torch.tensor([[1]]))
     with pytest.raises(ValueError, match="at most 20 frames"):
         model(input_features=torch.randn(1, 80, 30), decoder_input_ids=torch.tensor([[1]]))
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_generation_with_a_forced_prefix_and_suppressed_tokens_equals_transformers(tmp_path, beams):
+    """Whisper's protocol: the decoder starts from <|startoftranscript|> <|lang|> <|task|> <|notimestamps|> (here
+    ids 1, 100, 101, 102), some ids never appear and some not first; greedy and 4-beam search give transformers'
+    tokens (its generic generate, with the same prefix and suppression processors)."""
+    hf = randomize_(_whisper()).eval()
+    hf.save_pretrained(tmp_path)
+    ours = gu.from_pretrained(tmp_path)
+    feats = torch.randn(2, 80, 100, generator=torch.Generator().manual_seed(4))
+    prefix = torch.tensor([[1, 100, 101, 102]] * 2)
+    # suppress what this random model prefers, so the processors decide the output
+    free = ours.generate(input_features=feats, max_new_tokens=8, decoder_input_ids=prefix, eos_token_id=2)
+    suppress = [*sorted(set(free[:, 4:].reshape(-1).tolist()) - {2})[:3], 9]
+    first = ours.generate(input_features=feats, max_new_tokens=1, decoder_input_ids=prefix, eos_token_id=2,
+                          suppress_tokens=suppress)
+    begin = sorted(set(first[:, 4].tolist()) | {2})
+    with torch.no_grad():
+        want = T.GenerationMixin.generate(hf, input_features=feats, decoder_input_ids=prefix, max_new_tokens=8,
+                                          num_beams=beams, do_sample=False, suppress_tokens=suppress,
+                                          begin_suppress_tokens=begin, eos_token_id=2, pad_token_id=0)
+    got = ours.generate(input_features=feats, max_new_tokens=8, num_beams=beams, decoder_input_ids=prefix,
+                        suppress_tokens=suppress, begin_suppress_tokens=begin, eos_token_id=2, pad_token_id=0)
+    assert got.tolist() == want.tolist()
+    assert not set(got[:, 4:].reshape(-1).tolist()) & set(suppress) and not set(got[:, 4].tolist()) & set(begin)
+    assert got[:, 4:].tolist() != free[:, 4:].tolist()  # the suppression changed what was generated
