@@ -338,3 +338,24 @@ def vision_report(cfg: Config | CLIPConfig | LlavaConfig, title: str = "") -> st
     lines += [f"  {n:<{w}}  {v:>15,}  {human(v)}" for n, v in parts]
     lines.append(f"  {'total':<{w}}  {model.num_params():>15,}  {human(model.num_params())}")
     return "\n".join(lines)
+
+
+def audio_report(cfg: Config, title: str = "") -> str:
+    """An audio encoder-decoder (Whisper): what 30 s of audio becomes, and the parameters per part, counted on the
+    meta device (the conv stem, both position tables and the missing key bias are in the count)."""
+    from .models import meta_model
+
+    model = meta_model(cfg)
+    positions = cfg.encoder_max_seq_len or cfg.max_seq_len
+    frames = 2 * positions
+    lines = [f"{title or cfg.name or cfg.family} (seq2seq over audio): {cfg.n_layers}+{cfg.n_decoder_layers} layers, "
+             f"d_model {cfg.d_model}, {cfg.n_heads} heads, d_ff {cfg.d_ff}, vocab {cfg.vocab_size}",
+             f"  30 s at 16 kHz = 480,000 samples -> {frames} log-mel frames of {cfg.n_mels} bins (10 ms hop) -> "
+             f"{positions} encoder positions (the second conv's stride 2); the decoder holds {cfg.max_seq_len} tokens"]
+    parts = [("audio stem (2 conv1d)", model.audio_stem), ("encoder", model.encoder), ("decoder", model.decoder),
+             ("token embedding (tied head)", model.embed)]
+    counts = [(n, sum(p.numel() for p in m.parameters())) for n, m in parts]
+    w = max(len(n) for n, _ in counts)
+    lines += [f"  {n:<{w}}  {v:>15,}  {human(v)}" for n, v in counts]
+    lines.append(f"  {'total':<{w}}  {model.num_params():>15,}  {human(model.num_params())}")
+    return "\n".join(lines)

@@ -73,6 +73,12 @@ _T5: dict[str, Any] = dict(
 )
 # The original Transformer (Vaswani et al., 2017) and Marian NMT: post-norm encoder-decoder with sinusoidal
 # positions and sqrt(d_model)-scaled embeddings shared by encoder, decoder and output projection.
+_WHISPER: dict[str, Any] = dict(
+    arch="seq2seq", family="whisper", vocab_size=51865, n_mels=80, encoder_max_seq_len=1500, max_seq_len=448,
+    pos="learned", ffn="gelu", norm="layernorm", norm_eps=1e-5, norm_placement="pre", key_bias=False,
+    lm_head_bias=False, tie_embeddings=True, decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257,
+    bos_token_id=50257,
+)
 _TRANSFORMER: dict[str, Any] = dict(
     arch="seq2seq", family="marian", d_model=512, n_layers=6, n_decoder_layers=6, n_heads=8, d_ff=2048,
     max_seq_len=512, pos="sinusoidal", ffn="relu", norm="layernorm", norm_placement="post", final_norm=False,
@@ -207,6 +213,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Helsinki-NLP opus-mt-en-de (Marian): SiLU FFN, split sin|cos table, a bias on the output logits
     "opus-mt-en-de": dict(_TRANSFORMER, vocab_size=58101, ffn="silu", sinusoidal_layout="split", lm_head_bias=True,
                           pad_token_id=58100, eos_token_id=0, decoder_start_token_id=58100),
+    # Whisper (Radford et al., 2022): an audio encoder (80 log-mel bins, 128 for large-v3; 1500 positions) and a text
+    # decoder (448 positions) over a 51,865-id byte-level BPE (51,866 for large-v3), tied head, no key bias
+    "whisper-tiny": dict(_WHISPER, d_model=384, n_layers=4, n_heads=6, d_ff=1536),
+    "whisper-base": dict(_WHISPER, d_model=512, n_layers=6, n_heads=8, d_ff=2048),
+    "whisper-small": dict(_WHISPER, d_model=768, n_layers=12, n_heads=12, d_ff=3072),
+    "whisper-medium": dict(_WHISPER, d_model=1024, n_layers=24, n_heads=16, d_ff=4096),
+    "whisper-large-v3": dict(_WHISPER, d_model=1280, n_layers=32, n_heads=20, d_ff=5120, vocab_size=51866, n_mels=128,
+                             decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50256),
     # tiny presets for tests and demos
     "tiny-gpt2": dict(_GPT2, vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_seq_len=128),
     "tiny-llama": dict(_LLAMA, vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,

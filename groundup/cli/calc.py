@@ -51,6 +51,9 @@ def cmd_calc(args: argparse.Namespace) -> int:
         print(calc.vision_report(mm, Path(args.model).name))
         return 0
     cfg = _config_from(args.model)
+    if cfg.n_mels:  # Whisper: the audio front end and the parts
+        print(calc.audio_report(cfg, Path(args.model).name))
+        return 0
     if args.kv_heads is not None:
         cfg = cfg.replace(n_kv_heads=args.kv_heads)
     print(calc.report(cfg, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype))
@@ -62,6 +65,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
     for name in PRESETS:
         cfg = Config.preset(name)
         b = calc.param_breakdown(cfg)
+        if cfg.n_mels:  # the audio stem and the encoder's own position table: counted on the meta device
+            from ..models import meta_model
+
+            b = {"total": meta_model(cfg).num_params()}
         active = f" ({calc.human(b['active'])} active)" if cfg.n_experts else ""
         print(f"{name:<{width}}  {cfg.family:<9} {calc.human(b['total']):>8}{active}")
     return 0

@@ -75,3 +75,22 @@ def test_generation_with_a_forced_prefix_and_suppressed_tokens_equals_transforme
     assert got.tolist() == want.tolist()
     assert not set(got[:, 4:].reshape(-1).tolist()) & set(suppress) and not set(got[:, 4].tolist()) & set(begin)
     assert got[:, 4:].tolist() != free[:, 4:].tolist()  # the suppression changed what was generated
+
+
+def test_presets_have_the_published_sizes(capsys):
+    """Counted on the meta device; transformers' WhisperConfig of the same shapes gives the same totals."""
+    from groundup.cli import main
+    from groundup.models import meta_model
+
+    sizes = {"whisper-tiny": 37_760_640, "whisper-base": 72_593_920, "whisper-small": 241_734_912,
+             "whisper-medium": 763_857_920, "whisper-large-v3": 1_543_490_560}
+    for name, n in sizes.items():
+        assert meta_model(gu.Config.preset(name)).num_params() == n, name
+    with torch.device("meta"):
+        hf = T.WhisperForConditionalGeneration(T.WhisperConfig(d_model=384, encoder_layers=4, decoder_layers=4,
+                                                               encoder_attention_heads=6, decoder_attention_heads=6,
+                                                               encoder_ffn_dim=1536, decoder_ffn_dim=1536))
+    assert hf.num_parameters() == sizes["whisper-tiny"]
+    assert main(["calc", "whisper-tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "3000 log-mel frames of 80 bins" in out and "1500 encoder positions" in out and "37,760,640" in out
