@@ -37,8 +37,8 @@ def attention_params(cfg: Config) -> int:
     """q, k, v, o projections of one layer (and the per-head q/k norm weights, when the config has them)."""
     q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     qk_norm = {"none": 0, "head": 2 * cfg.head_dim, "full": q + kv}[cfg.qk_norm]
-    return (_linear(cfg.d_model, q, cfg.attn_bias) + 2 * _linear(cfg.d_model, kv, cfg.attn_bias)
-            + _linear(q, cfg.d_model, cfg.attn_out_bias) + qk_norm)
+    return (_linear(cfg.d_model, q, cfg.attn_bias) + _linear(cfg.d_model, kv, cfg.attn_bias and cfg.key_bias)
+            + _linear(cfg.d_model, kv, cfg.attn_bias) + _linear(q, cfg.d_model, cfg.attn_out_bias) + qk_norm)
 
 
 def ffn_params(cfg: Config, d_ff: int | None = None) -> int:
@@ -92,9 +92,10 @@ def param_breakdown(cfg: Config) -> dict[str, int]:
     and cross), ffn (experts + routers), norms, heads, total, and active (used per token under top-k MoE)."""
     stacks = _stacks(cfg)
     emb = cfg.vocab_size * cfg.d_model + cfg.type_vocab_size * cfg.d_model
-    for _ in stacks:  # each stack has its own position table
+    for i, _ in enumerate(stacks):  # each stack has its own position table (Whisper's encoder a longer one)
         if cfg.pos == "learned":
-            emb += (cfg.max_seq_len + cfg.pos_offset) * cfg.d_model
+            rows = cfg.encoder_max_seq_len if i == 0 and cfg.encoder_max_seq_len else cfg.max_seq_len
+            emb += (rows + cfg.pos_offset) * cfg.d_model
         elif cfg.pos == "relative":
             emb += cfg.rel_buckets * cfg.n_heads
     L = sum(n for n, _ in stacks)
@@ -108,6 +109,8 @@ def param_breakdown(cfg: Config) -> dict[str, int]:
     per_block = [n * (per_layer + cross) for n, cross in stacks]
     norms = norm_params(cfg) * (sum(per_block) + len(stacks) * cfg.final_norm + cfg.embed_norm)
     head = head_params(cfg)
+    if cfg.n_mels:  # Whisper's conv stem: n_mels -> C and C -> C, kernel 3, with biases
+        emb += 3 * cfg.n_mels * cfg.d_model + cfg.d_model + 3 * cfg.d_model**2 + cfg.d_model
     total = emb + attn + ffn + norms + head
     return {"embeddings": emb, "attention": attn, "ffn": ffn, "norms": norms, "head": head,
             "total": total, "active": total - ffn + ffn_active}
