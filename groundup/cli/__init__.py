@@ -8,6 +8,7 @@ import sys
 
 from .align import add_align_parser
 from .arithmetic import add_arithmetic_parser
+from .audio import add_audio_parser
 from .calc import add_calc_parsers
 from .encoders import add_encoder_parsers
 from .eval import add_eval_parsers, run_lm_eval
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parsers(sub)
     add_serve_parser(sub)
     add_vision_parser(sub)
+    add_audio_parser(sub)
     return p
 
 
