@@ -181,17 +181,22 @@ def _marian_to_hf(cfg: Config) -> dict[str, Any]:
                 is_encoder_decoder=True)
 
 
-def _marian_keys(cfg: Config) -> list[tuple[str, str]]:
-    keys = [("embed", "model.shared"), ("lm_head", "lm_head")]
+def _bart_style_blocks() -> list[tuple[str, str]]:
+    """The block names Marian and Whisper share (BART's): self_attn, encoder_attn, fc1/fc2 and their norms."""
     names = [("attn_norm", "self_attn_layer_norm"), ("mlp.up_proj", "fc1"), ("mlp.down_proj", "fc2"),
              ("mlp_norm", "final_layer_norm")]
     names += [(f"attn.{p}_proj", f"self_attn.{p}_proj") for p in "qkv"] + [("attn.o_proj", "self_attn.out_proj")]
     cross = [(f"cross_attn.{p}_proj", f"encoder_attn.{p}_proj") for p in "qkv"]
     cross += [("cross_attn.o_proj", "encoder_attn.out_proj"), ("cross_attn_norm", "encoder_attn_layer_norm")]
+    keys = []
     for stack in ("encoder", "decoder"):
         pairs = names + (cross if stack == "decoder" else [])
         keys += [(f"{stack}.blocks.{{i}}.{a}", f"model.{stack}.layers.{{i}}.{b}") for a, b in pairs]
     return keys
+
+
+def _marian_keys(cfg: Config) -> list[tuple[str, str]]:
+    return [("embed", "model.shared"), ("lm_head", "lm_head"), *_bart_style_blocks()]
 
 
 def _whisper_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -226,17 +231,10 @@ def _whisper_to_hf(cfg: Config) -> dict[str, Any]:
 def _whisper_keys(cfg: Config) -> list[tuple[str, str]]:
     keys = [("embed", "model.decoder.embed_tokens"), ("lm_head", "proj_out"),
             ("audio_stem.conv1", "model.encoder.conv1"), ("audio_stem.conv2", "model.encoder.conv2")]
-    names = [("attn_norm", "self_attn_layer_norm"), ("mlp.up_proj", "fc1"), ("mlp.down_proj", "fc2"),
-             ("mlp_norm", "final_layer_norm")]
-    names += [(f"attn.{p}_proj", f"self_attn.{p}_proj") for p in "qkv"] + [("attn.o_proj", "self_attn.out_proj")]
-    cross = [(f"cross_attn.{p}_proj", f"encoder_attn.{p}_proj") for p in "qkv"]
-    cross += [("cross_attn.o_proj", "encoder_attn.out_proj"), ("cross_attn_norm", "encoder_attn_layer_norm")]
     for stack in ("encoder", "decoder"):
         keys += [(f"{stack}.pos_embed", f"model.{stack}.embed_positions"),
                  (f"{stack}.norm", f"model.{stack}.layer_norm")]
-        pairs = names + (cross if stack == "decoder" else [])
-        keys += [(f"{stack}.blocks.{{i}}.{a}", f"model.{stack}.layers.{{i}}.{b}") for a, b in pairs]
-    return keys
+    return keys + _bart_style_blocks()
 
 
 ENCODERS: dict[str, Family] = {
