@@ -77,3 +77,15 @@ def test_bad_files_are_named(tmp_path):
         load_audio(tmp_path / "slow.wav")
     with pytest.raises(AudioError, match="no such audio file"):
         load_audio(tmp_path / "missing.wav")
+
+
+def test_wer_equals_jiwer():
+    jiwer = pytest.importorskip("jiwer")
+    from groundup.audio.wer import wer
+
+    refs = ["turn the red light on", "three hundred and forty two", "seven one two", "open the door"]
+    hyps = ["turn the red light off", "three hundred forty two", "seven one one two", ""]
+    assert wer(refs, hyps) == pytest.approx(jiwer.wer(refs, hyps))
+    assert wer(refs, refs) == 0.0
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        wer(["a", "b"], ["a"])
