@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..audio import N_SAMPLES, load_audio, log_mel
+from ..audio import HOP, N_SAMPLES, load_audio, log_mel, pad_or_trim
 from .entry import generate
 
 TASKS = ("transcribe", "translate")
@@ -58,7 +58,7 @@ def generation_config(folder: str | Path) -> dict[str, Any]:
 
 
 def windows(waveform: torch.Tensor, length: int = N_SAMPLES) -> list[torch.Tensor]:
-    """Consecutive windows of ``length`` samples (the last one shorter: log_mel pads it)."""
+    """Consecutive windows of ``length`` samples (the last one shorter; it is padded before the features)."""
     if waveform.dim() != 1 or waveform.numel() == 0:
         raise ValueError(f"the waveform must be one non-empty channel [samples], got {tuple(waveform.shape)}")
     return [waveform[i:i + length] for i in range(0, waveform.numel(), length)]
@@ -76,10 +76,13 @@ def transcribe(model: torch.nn.Module, tokenizer: Any, audio: str | Path | torch
     prefix = whisper_prompt(tokenizer, language=language, task=task, timestamps=timestamps)
     eos = model.config.eos_ids or [_token(tokenizer, "<|endoftext|>", "the end of text")]
     room = model.config.max_seq_len - len(prefix)
+    # a window is what the encoder's positions cover: 30 s for Whisper (1500 x 2 frames x 10 ms), less for one
+    # trained here on short clips
+    span = (model.config.encoder_max_seq_len or model.config.max_seq_len) * 2 * HOP
     texts: list[str] = []
-    chunks = windows(waveform)
+    chunks = [pad_or_trim(c, span) for c in windows(waveform, span)]
     for b in range(0, len(chunks), batch):
-        feats = log_mel(chunks[b:b + batch], n_mels=model.config.n_mels)  # [n, n_mels, 3000]
+        feats = log_mel(chunks[b:b + batch], n_mels=model.config.n_mels, pad=False)  # [n, n_mels, span / 160]
         out = generate(model, input_features=feats, max_new_tokens=room, num_beams=num_beams,
                        decoder_input_ids=torch.tensor([prefix] * feats.shape[0]), suppress_tokens=suppress_tokens,
                        begin_suppress_tokens=begin_suppress_tokens, eos_token_id=eos)
