@@ -57,3 +57,17 @@ def test_bad_input_names_the_fix():
         log_mel(torch.zeros(100), sampling_rate=44100)
     with pytest.raises(ValueError, match=r"waveform must be \[samples\]"):
         log_mel(torch.zeros(2, 3, 4))
+
+
+def test_an_espeak_clip_equals_transformers_when_espeak_is_installed(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): the generated signals above still run")
+    from groundup.audio import load_audio
+
+    subprocess.run(["espeak-ng", "-w", str(tmp_path / "s.wav"), "turn the red light on"], check=True)
+    x = load_audio(tmp_path / "s.wav")  # espeak writes 22,050 Hz: resampled to 16 kHz
+    want = T.WhisperFeatureExtractor()(x.numpy(), sampling_rate=16000, return_tensors="pt").input_features[0]
+    assert (log_mel(x) - want).abs().max() < 1e-4
