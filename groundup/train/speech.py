@@ -10,7 +10,6 @@ transformers Whisper folder (WhisperForConditionalGeneration reads it) with its 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from ..config import Config
 from ..models.seq2seq import Seq2Seq
 from ..nn.cross_entropy import cross_entropy
 from ..utils.files import atomic_write_text
+from ..vision.data import InMemoryData
 from .loop import TrainArgs, train
 from .objective import TrainObjective
 
@@ -81,19 +81,17 @@ class SpeechBatch:
         return self.decoder_input_ids.numel()
 
 
-class SpeechData:
+class SpeechData(InMemoryData):
     """Features and token rows in memory; shuffled epochs, fixed validation batches."""
 
     def __init__(self, feats, rows, val_feats, val_rows, prefix_len: int, pad: int, seed: int = 0) -> None:
         self.feats, self.rows, self.val_feats, self.val_rows = feats, rows, val_feats, val_rows
-        self.prefix_len, self.pad, self.seed, self.epoch, self.pos = prefix_len, pad, seed, 0, 0
+        self.prefix_len, self.pad = prefix_len, pad
         self.block_size = max(map(len, rows + val_rows))
-        self._order = self._shuffle()
+        super().__init__(len(rows), len(val_rows), seed)
 
-    def _shuffle(self) -> list[int]:
-        return torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-
-    def _batch(self, idx: list[int], feats: torch.Tensor, rows: list[list[int]]) -> SpeechBatch:
+    def _batch(self, idx: list[int], val: bool) -> SpeechBatch:
+        feats, rows = (self.val_feats, self.val_rows) if val else (self.feats, self.rows)
         L = max(len(rows[i]) for i in idx) - 1
         dec = torch.full((len(idx), L), self.pad, dtype=torch.long)
         tgt = torch.full((len(idx), L), -100, dtype=torch.long)
@@ -103,25 +101,6 @@ class SpeechData:
             dec[b, :len(r) - 1], mask[b, :len(r) - 1] = r[:-1], 1
             tgt[b, self.prefix_len - 1:len(r) - 1] = r[self.prefix_len:]  # the transcript and its end only
         return SpeechBatch(feats[idx], dec, tgt, mask)
-
-    def next_batch(self, n: int, rank: int = 0, world: int = 1) -> SpeechBatch:
-        if self.pos + n > len(self.rows):
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._order = self._shuffle()
-        idx = self._order[self.pos:self.pos + n][rank::world]
-        self.pos += n
-        return self._batch(idx, self.feats, self.rows)
-
-    def val_batches(self, micro: int, max_batches: int) -> Iterator[SpeechBatch]:
-        for b in range(min(max_batches, len(self.val_rows) // micro)):
-            yield self._batch(list(range(b * micro, (b + 1) * micro)), self.val_feats, self.val_rows)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.pos = state["epoch"], state["pos"]
-        self._order = self._shuffle()
 
 
 class TranscriptObjective(TrainObjective):

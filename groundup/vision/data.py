@@ -91,7 +91,45 @@ def pad_ids(rows: Sequence[Sequence[int]], pad: int, length: int | None = None) 
     return ids, mask
 
 
-class ImageTextData:
+class InMemoryData:
+    """What the in-memory data sources of the loop share: every training row once per epoch in a seeded shuffled
+    order, read ``n`` at a time (a new epoch when fewer than ``n`` are left, so no row is twice in a batch; each
+    process takes its share of a global batch), fixed consecutive validation batches, and the position in a
+    checkpoint for an exact resume. A subclass gives ``_batch(rows, val)`` and sets ``block_size``."""
+
+    block_size: int
+
+    def __init__(self, n_rows: int, n_val: int, seed: int) -> None:
+        self.n_rows, self.n_val, self.seed, self.epoch, self.pos = n_rows, n_val, seed, 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        return torch.randperm(self.n_rows, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+
+    def _batch(self, rows: list[int], val: bool):
+        raise NotImplementedError
+
+    def next_batch(self, n: int, rank: int = 0, world: int = 1):
+        if self.pos + n > self.n_rows:
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._order = self._shuffle()
+        rows = self._order[self.pos:self.pos + n][rank::world]
+        self.pos += n
+        return self._batch(rows, False)
+
+    def val_batches(self, micro: int, max_batches: int) -> Iterator:
+        for b in range(min(max_batches, self.n_val // micro)):
+            yield self._batch(list(range(b * micro, (b + 1) * micro)), True)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._shuffle()
+
+
+class ImageTextData(InMemoryData):
     """Processed pairs in memory: shuffled epochs for training, the held-out pairs in fixed validation batches."""
 
     def __init__(self, pixels: torch.Tensor, ids: Sequence[Sequence[int]], val_pixels: torch.Tensor,
@@ -102,35 +140,19 @@ class ImageTextData:
         self.pixels, self.val_pixels = pixels, val_pixels
         self.ids, self.mask = pad_ids(ids, pad_id, self.block_size)
         self.val_ids, self.val_mask = pad_ids(val_ids, pad_id, self.block_size)
-        self.seed, self.epoch, self.pos = seed, 0, 0
-        self._order = self._shuffle()
+        super().__init__(len(pixels), len(val_pixels), seed * 1000)
 
-    def _shuffle(self) -> torch.Tensor:
-        return torch.randperm(len(self.pixels), generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+    def _batch(self, rows: list[int], val: bool) -> ImageTextBatch:
+        if val:
+            return ImageTextBatch(self.val_pixels[rows], self.val_ids[rows], self.val_mask[rows])
+        return ImageTextBatch(self.pixels[rows], self.ids[rows], self.mask[rows])
 
     def next_batch(self, n: int, rank: int = 0, world: int = 1) -> ImageTextBatch:
         if world != 1:
             raise ValueError("contrastive training compares every pair of a batch: run it on one process")
-        if n > len(self.pixels):
-            raise ValueError(f"batch of {n} pairs from a set of {len(self.pixels)}: lower the batch size")
-        if self.pos + n > len(self.pixels):  # a new epoch: every pair once per epoch, none twice in a batch
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._order = self._shuffle()
-        rows = self._order[self.pos:self.pos + n]
-        self.pos += n
-        return ImageTextBatch(self.pixels[rows], self.ids[rows], self.mask[rows])
-
-    def val_batches(self, micro: int, max_batches: int) -> Iterator[ImageTextBatch]:
-        for b in range(min(max_batches, len(self.val_pixels) // micro)):
-            s = slice(b * micro, (b + 1) * micro)
-            yield ImageTextBatch(self.val_pixels[s], self.val_ids[s], self.val_mask[s])
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.pos = state["epoch"], state["pos"]
-        self._order = self._shuffle()
+        if n > self.n_rows:
+            raise ValueError(f"batch of {n} pairs from a set of {self.n_rows}: lower the batch size")
+        return super().next_batch(n)
 
 
 def encode_texts(tokenizer, texts: Sequence[str], bos: int | None, eos: int, limit: int) -> list[list[int]]:
@@ -171,23 +193,19 @@ class VisionTextBatch:
         return self.input_ids.numel()
 
 
-class VisionTextData:
+class VisionTextData(InMemoryData):
     """(image, prompt ids, answer mask) examples, one image each (or none), as the loop's data source."""
 
     def __init__(self, pixels: torch.Tensor | None, examples: Sequence[tuple[list[int], list[int]]],
                  val_pixels: torch.Tensor | None, val_examples: Sequence[tuple[list[int], list[int]]], *,
                  pad_id: int, seed: int = 0) -> None:
-        self.pixels, self.val_pixels, self.pad_id, self.seed = pixels, val_pixels, pad_id, seed
+        self.pixels, self.val_pixels, self.pad_id = pixels, val_pixels, pad_id
         self.examples, self.val_examples = list(examples), list(val_examples)
         self.block_size = max(len(ids) for ids, _ in self.examples + self.val_examples)
-        self.epoch, self.pos = 0, 0
-        self._order = self._shuffle()
+        super().__init__(len(self.examples), len(self.val_examples), seed * 1000)
 
-    def _shuffle(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return torch.randperm(len(self.examples), generator=g).tolist()
-
-    def _batch(self, rows: list[int], examples, pixels) -> VisionTextBatch:
+    def _batch(self, rows: list[int], val: bool) -> VisionTextBatch:
+        examples, pixels = (self.val_examples, self.val_pixels) if val else (self.examples, self.pixels)
         ids = [examples[r][0] for r in rows]
         tokens, mask = pad_ids(ids, self.pad_id)
         answer, _ = pad_ids([examples[r][1] for r in rows], 0, tokens.shape[1])
@@ -196,22 +214,3 @@ class VisionTextData:
         targets[:, :-1] = torch.where(answer[:, 1:].bool(), tokens[:, 1:], -100)
         px = pixels[rows] if pixels is not None else None
         return VisionTextBatch(px, tokens, targets, mask)
-
-    def next_batch(self, n: int, rank: int = 0, world: int = 1) -> VisionTextBatch:
-        if self.pos + n > len(self.examples):
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._order = self._shuffle()
-        rows = self._order[self.pos:self.pos + n][rank::world]
-        self.pos += n
-        return self._batch(rows, self.examples, self.pixels)
-
-    def val_batches(self, micro: int, max_batches: int) -> Iterator[VisionTextBatch]:
-        for b in range(min(max_batches, len(self.val_examples) // micro)):
-            yield self._batch(list(range(b * micro, (b + 1) * micro)), self.val_examples, self.val_pixels)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.pos = state["epoch"], state["pos"]
-        self._order = self._shuffle()

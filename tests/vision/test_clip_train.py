@@ -165,3 +165,18 @@ def test_the_synthetic_set_writes_a_folder_the_caption_loader_reads(tmp_path):
     assert len(records) == 4 and records[0].caption == synthetic.scene(0, "train", size=32).caption
     row = json.loads((tmp_path / "test.jsonl").read_text().splitlines()[1])
     assert row["conversations"][0]["value"].startswith("<image>\n") and row["image"] == "test/00001.png"
+
+
+def test_in_memory_data_visits_every_row_once_an_epoch_and_resumes_exactly():
+    from groundup.vision.data import VisionTextData
+
+    examples = [([i, i + 1, i + 2], [0, 0, 1]) for i in range(10)]
+    data = VisionTextData(None, examples, None, examples[:4], pad_id=0, seed=3)
+    first = [data.next_batch(5).input_ids[:, 0].tolist() for _ in range(2)]
+    assert sorted(first[0] + first[1]) == list(range(10))  # one epoch: every row once
+    state = data.state_dict()
+    want = data.next_batch(4).input_ids.tolist()
+    again = VisionTextData(None, examples, None, examples[:4], pad_id=0, seed=3)
+    again.load_state_dict(state)
+    assert again.next_batch(4).input_ids.tolist() == want
+    assert [b.input_ids.shape[0] for b in data.val_batches(2, 5)] == [2, 2]
