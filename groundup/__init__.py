@@ -28,7 +28,7 @@ def __getattr__(name: str) -> ModuleType:
             return importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as err:
             if err.name == f"{__name__}.{name}":
-                raise AttributeError(f"groundup has no subpackage {name!r} yet") from None
+                raise AttributeError(f"groundup has no subpackage {name!r}") from None
             raise
     raise AttributeError(f"module 'groundup' has no attribute {name!r}")
 

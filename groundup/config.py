@@ -1,6 +1,6 @@
 """Config: every architecture switch of the three transformer families as one validated dataclass.
 
-House rule: every quirk is a named field with one Literal per choice; model code branches on these
+Every quirk is a named field with one Literal per choice; model code branches on these
 fields, never on a model's name. Validation happens in ``__post_init__`` and raises ValueError naming
 the field, its value and the rule, so a bad config fails before any weight is allocated.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
@@ -428,12 +429,19 @@ class Config:
         return [self.sliding_window if k == "local" else None for k in self.layer_types]
 
     def _check_token_ids(self) -> None:
+        """Ids must be non-negative integers. One past the vocabulary is kept with a warning, as transformers
+        keeps it (its own default configs carry such ids at a small vocabulary): no token can equal it, so as
+        a stop id it never stops, and pooling at it finds no position."""
         for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
             value = getattr(self, name)
             ids = value if isinstance(value, list) else [] if value is None else [value]
-            if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < self.vocab_size for i in ids):
-                raise ValueError(f"{name}={value!r} must be None or a token id in [0, vocab_size={self.vocab_size})"
+            if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in ids):
+                raise ValueError(f"{name}={value!r} must be None or a non-negative token id"
                                  + (" (or a list of them)" if name == "eos_token_id" else ""))
+            if any(i >= self.vocab_size for i in ids):
+                warnings.warn(f"{name}={value!r} lies outside the vocabulary [0, vocab_size={self.vocab_size}): "
+                              "no token can equal it (a stop id that never stops); set it to a token id to use it",
+                              UserWarning, stacklevel=4)
 
     def _check_arch(self) -> None:
         if self.arch in ("encoder", "vision") and self.causal:

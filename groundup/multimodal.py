@@ -1,7 +1,6 @@
 """Configs of the models made of several towers: a dual encoder (CLIP, SigLIP) and a vision-language model
 (LLaVA). Each tower is a plain Config (``arch="vision"`` for the image encoder, a text Config for the rest);
-what joins them is data here, so CLIP and SigLIP are one model class with different fields, as the house
-rule for Config wants.
+what joins them is data here, so CLIP and SigLIP are one model class with different fields.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""The one family registry: every Hugging Face ``model_type`` groundup reads and writes, of every architecture
-(decoder-only, encoder-only, encoder-decoder, mixture of experts), by name.
+"""The family registry: every Hugging Face ``model_type`` of a single-stack model groundup reads and writes
+(decoder-only, encoder-only, encoder-decoder, mixture of experts, groundup's own), by name. The models made
+of towers (vit, clip, siglip, llava, blip-2, idefics) have their layouts in checkpoint/vision.py and
+checkpoint/flamingo.py.
 
 Everything that translates between groundup and an HF layout (checkpoint/hf.py for whole models, peft/io.py
 for adapters, calc for folders) looks a family up here, so a family added to decoders.py, gemma.py or

@@ -92,8 +92,9 @@ def tower_to_hf(cfg: Config) -> dict[str, Any]:
 
 def _text_config(hf: dict[str, Any], kind: str) -> tuple[Config, str]:
     clip = kind == "clip"
-    ids = {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-           if isinstance(hf.get(k), int) and 0 <= hf[k] < hf["vocab_size"]}
+    # an id past the vocabulary (CLIPTextConfig's defaults at a small vocabulary) is kept, with Config's warning:
+    # pooling at it finds no position and takes the first, as transformers' does
+    ids = {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if isinstance(hf.get(k), int)}
     cfg = Config(arch="causal_lm" if clip else "encoder", **_sizes(hf), vocab_size=hf["vocab_size"],
                  max_seq_len=hf.get("max_position_embeddings", 77 if clip else 64),
                  norm_eps=hf.get("layer_norm_eps", 1e-5 if clip else 1e-6), tie_embeddings=False, family=f"{kind}_text",

@@ -58,8 +58,9 @@ def generate(model: torch.nn.Module, input_ids: causal.Prompts | None = None, ma
     beams are not offered for decoders). Encoder-decoder (Seq2Seq): source ids [B, S] (attention_mask for
     their padding) -> target ids [B, 1 + n] starting with the decoder start token; greedy, sampling
     (temperature > 0, top_k, top_p) or beam search (num_beams > 1, length_penalty, early_stopping).
-    A row that has stopped is filled with ``pad_token_id`` (default: the config's pad id, else the first
-    stop id). The sampling keywords and their meaning are transformers' own.
+    A row that has stopped is filled with ``pad_token_id``; its default is the first stop id for a decoder
+    (whose config pad id may be any token) and the config's pad id, else the first stop id, for an
+    encoder-decoder. The sampling keywords and their meaning are transformers' own.
 
     Encoder-decoders also take ``decoder_input_ids`` (the forced start of every target, e.g. Whisper's
     <|startoftranscript|> <|en|> <|transcribe|> <|notimestamps|>; returned in front of the new tokens),

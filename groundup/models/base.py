@@ -1,4 +1,4 @@
-"""What every model class shares (CausalLM, Encoder, Seq2Seq, and the multimodal models to come): the HF
+"""What every model class shares (CausalLM, Encoder, Seq2Seq and the multimodal models built on them): the HF
 folder entry points, generation, parameter counts, kernel and activation-checkpointing switches, and the
 hooks a model offers to adapters.
 
@@ -6,7 +6,7 @@ This is the one place where models reach up the layers (to checkpoint/ and gener
 inside the methods, at call time: model code below it never imports them, so the dependency direction
 config -> nn -> models -> checkpoint -> peft -> generate holds at import time (tests/test_layers.py).
 
-Adapter hooks (house rule 3: declared, not found by attribute name). Every model carries:
+Adapter hooks (declared, not found by attribute name). Every model carries:
     prefix_tuning    a KVPrefix (peft/prefix.py) whose keys/values go into the cache before the input, or None
     modules_to_save  names of whole modules trained next to an adapter and saved in its folder ([] = none)
     lora_config, ia3_config   the adapter settings once one is applied (None before)

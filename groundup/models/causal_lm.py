@@ -1,5 +1,6 @@
-"""CausalLM: one decoder-only language model; GPT-2, OPT, NeoX, Falcon, MPT, Llama, Mistral and Mixtral are
-presets of it (see groundup/presets.py)."""
+"""CausalLM: the one decoder-only language model. Every decoder family groundup reads (GPT-2, OPT, NeoX,
+Falcon, MPT, Llama, Mistral, Qwen, Phi-3, Gemma 1-3, OLMo, the MoE decoders ...) is a Config of it: the
+presets in groundup/presets.py, the layouts in checkpoint/."""
 
 from __future__ import annotations
 

@@ -37,11 +37,13 @@ class Stack(nn.Module):
             self.pos_embed = nn.Embedding((max_positions or cfg.max_seq_len) + cfg.pos_offset, cfg.d_model)
         if cfg.pos == "relative":
             self.rel_bias = nn.Embedding(cfg.rel_buckets, cfg.n_heads)
-        # Each layer's window and RoPE kind: a per-layer pattern (layer_types) holds for a decoder-only stack
+        # Each layer's window and RoPE kind. A per-layer pattern (layer_types) is a decoder-only model's; an
+        # encoder or a seq2seq stack has one window for every layer, and only causal layers are windowed.
         windows = cfg.layer_windows if cfg.arch == "causal_lm" else [cfg.sliding_window] * n_layers
         self.windows = [w if causal else None for w in windows]
         self.rope_kinds = cfg.layer_types or ["global"] * n_layers
-        # each distinct window (a tuple: traced code iterates it) and the first layer with it, whose cache offsets
+        # The distinct windows (a tuple, since traced code iterates it) and, for each, the first layer that has
+        # it: that layer's cache holds the positions kept so far, which offset the window's mask.
         self.distinct_windows = tuple(dict.fromkeys(self.windows))
         self.first_of_window = {w: self.windows.index(w) for w in self.distinct_windows}
         self.blocks = nn.ModuleList(Block(cfg, cross=cross, moe=cfg.is_moe_layer(first + i)) for i in range(n_layers))

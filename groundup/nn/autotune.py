@@ -1,8 +1,8 @@
 """Choose among equivalent implementations by timing them on the running machine, once per shape.
 
-The fastest way to pose a product differs between CPUs and BLAS builds: on one 2-core AMD EPYC with MKL the
-weight-major orientation and split_linear (nn/linear.py) double decode speed; on an Intel Xeon with AMX the
-same tricks lose to plain F.linear. So no choice here is a constant: the first time a key (op, shape bucket,
+The fastest way to pose a product differs between CPUs and BLAS builds: the weight-major orientation and
+split_linear (nn/linear.py) win on some machines and lose to plain F.linear on others. So no choice here is
+a constant: the first time a key (op, shape bucket,
 dtype, threads, ...) is seen, every candidate runs on the real inputs, candidates whose result disagrees with
 the first (the plain path) beyond the dtype's tolerance are dropped, and the fastest median of a few runs is
 kept for the rest of the process (as cudnn.benchmark does for convolutions). The first call of a shape

@@ -2,10 +2,10 @@
 fastest on the running machine, chosen by measurement (nn/autotune.py).
 
 A projection of M tokens is y = x W^T + b. Some CPU BLAS builds run the same product faster posed as
-y^T = W x^T + b (the weight, with its long output dimension, as the left operand): on a 2-core AMD EPYC
-with MKL, fp32 GPT-2 MLP 15.6 ms -> 7.7 ms. For a few rows (decoding), split_linear
-hands each thread its own block of weight rows. On an Intel Xeon with AMX both lose to F.linear, so none of
-these is a constant: each shape's path is measured once. Other devices use the ordinary kernel.
+y^T = W x^T + b (the weight, with its long output dimension, as the left operand), and for a few rows
+(decoding) split_linear hands each thread its own block of weight rows. Other CPUs run F.linear fastest,
+so none of these is a constant: each shape's path is measured once on the running machine
+(docs/core.md has the figures). Other devices use the ordinary kernel.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ def split_linear(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | Non
     Decoding multiplies every weight by a handful of token vectors: a product bound by reading W from
     memory. MKL runs fp32 products of these shapes on about one core, at a third to a half of the
     machine's read bandwidth; posed as a batched product over P row blocks [P, out / P, in], each thread
-    streams its own block. Measured on gpt2's 48 block matrices (2 threads, 33 GB/s sum speed): 1 token
-    12 -> 26 GB/s, 2 tokens 7 -> 23, 8 tokens 8 -> 11. Up to 4 tokens the block is the left operand
-    (W_p x^T), beyond that the right one (x W_p^T), whichever measured faster. Rows that do not divide
-    evenly go through one small product.
+    streams its own block. Up to 4 tokens the block is the left operand (W_p x^T), beyond that the right
+    one (x W_p^T). Rows that do not divide evenly go through one small product. Whether this beats F.linear
+    is measured per shape (autotune).
     """
     P = torch.get_num_threads()
     out_f, in_f = weight.shape

@@ -5,7 +5,7 @@ Int4Linear (asymmetric per group of `group_size` inputs, the round-to-nearest sc
 of llama.cpp's Q4_1): w ~ q * s + m, q in [0, 15], s = (max - min) / 15, m = min.
 
 Both keep nn.Linear's interface and module names, so a quantized model is the same model with some layers
-swapped (house rule 3). State-dict tensors: ``weight`` (int8 [out, in]; for int4 uint8 [out, in / 2], two
+swapped. State-dict tensors: ``weight`` (int8 [out, in]; for int4 uint8 [out, in / 2], two
 codes a byte, the even column in the low nibble), ``weight_scale`` (bf16 [out] or [out, in / group]) and,
 for int4, ``weight_min`` (bf16 [out, in / group]); ``bias`` as in nn.Linear. The scales are bf16 because the
 kernels take them so: every path then multiplies by the same numbers.

@@ -5,7 +5,8 @@ llama.cpp's "gpt2" tokenizer model is byte-level BPE: tokens in the byte-to-unic
 (tokenizer.ggml.pre) standing for the split regex of the original tokenizer.json. Reading builds that
 tokenizer.json and hands it to tokenizer/hf_format.py; writing does the reverse for a groundup BPE
 tokenizer, naming its pre-tokenizer when it is one of the known ones. SentencePiece vocabularies ("llama"
-model: scores, no merges) are refused by name for now.
+model: pieces with scores, no merges, byte fallback) are read as BPE whose merges the scores imply; only
+byte-level BPE is written.
 """
 
 from __future__ import annotations

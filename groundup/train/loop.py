@@ -1,8 +1,9 @@
-"""The one training loop: pretraining on a data mixture, on one process or many (DDP, or FSDP sharding).
+"""The one training loop every trainer uses (pretraining, fine-tuning, alignment, CLIP, LLaVA, speech ...), on
+one process or many (DDP, or FSDP sharding).
 
 Per optimizer step: set the scheduled learning rate, accumulate gradients over micro-batches (each a
 slice of the global batch, so a run's result depends on the global batch only), clip, step. The loss is
-the mean next-token cross-entropy plus the MoE load-balancing loss when the model has experts. A
+whatever the run's TrainObjective returns for a micro-batch (train/objective.py). A
 non-finite loss stops the run before the optimizer touches the weights, naming the step; the last
 checkpoint on disk stays as it was. Only rank 0 writes checkpoints, metrics and plots.
 """
@@ -93,7 +94,7 @@ def shard_model(model: torch.nn.Module) -> int:
 
 def lm_loss(model: torch.nn.Module, batch: Any, objective: TrainObjective, index: int,
             rows: list[int] | None = None) -> torch.Tensor:
-    """The mean training loss of one micro-batch (with the MoE auxiliary loss for causal models)."""
+    """The mean loss of one micro-batch under the run's objective (rows: the micro-batch's rows of the batch)."""
     return objective.loss(model, batch, index, rows=rows)[0]
 
 
