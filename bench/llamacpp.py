@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from gguf_agree import families, llama_logits
 from quant import decode_rate, variant
 from report import command, emit
 
@@ -64,28 +65,12 @@ print(json.dumps(dict(prefill=len(prompt) / pre, decode=(new - 1) / dec, ids=tok
 """
 
 
-LOGITS = r"""
-import json, sys
-import numpy as np
-from llama_cpp import Llama
-path, ids = sys.argv[1], json.loads(open(sys.argv[2]).read())
-llm = Llama(model_path=path, n_ctx=len(ids) + 8, n_threads=int(sys.argv[4]), n_batch=512, logits_all=True,
-            verbose=False)
-llm.eval(ids)
-np.save(sys.argv[3], np.array(llm.scores[: len(ids)], dtype=np.float32))
-"""
-
-
 def agreement(python: str, path: Path, model, ids: list[int], threads: int, tmp: str) -> dict:
     """llama.cpp's next-token logits on ``ids`` against groundup's fp32 ones for the same file: top-1
     agreement, mean KL (llama.cpp || groundup) per token, and both perplexities."""
-    import numpy as np
     import torch.nn.functional as F
 
-    Path(tmp, "ids.json").write_text(json.dumps(ids))
-    subprocess.run([python, "-c", LOGITS, str(path), str(Path(tmp, "ids.json")), str(Path(tmp, "l.npy")),
-                    str(threads)], check=True, capture_output=True)
-    theirs = torch.from_numpy(np.load(Path(tmp, "l.npy"))).log_softmax(-1)
+    theirs = llama_logits(python, path, ids, threads, tmp).log_softmax(-1)
     with torch.no_grad():
         ours = model(torch.tensor([ids]))[0].float().log_softmax(-1)
     kl = F.kl_div(ours, theirs, log_target=True, reduction="none").sum(-1).mean()
@@ -93,40 +78,6 @@ def agreement(python: str, path: Path, model, ids: list[int], threads: int, tmp:
     return dict(top1=float((theirs.argmax(-1) == ours.argmax(-1)).float().mean()), kl=float(kl),
                 ppl_theirs=float((-theirs[:-1].gather(-1, nxt).mean()).exp()),
                 ppl_ours=float((-ours[:-1].gather(-1, nxt).mean()).exp()))
-
-
-def families(python: str, threads: int, tmp: str) -> list[dict]:
-    """Tiny random models of every architecture save_gguf writes, as F32 files: llama.cpp's logits on a
-    sentence against groundup's (llama.cpp keeps its KV cache in f16)."""
-    import numpy as np
-
-    from groundup.checkpoint.gguf import ARCHS
-
-    tok = gu.Tokenizer.train(["the cat sat on the mat. the dog ran after the cat 123. " * 30], 300,
-                             special_tokens=["<|endoftext|>"], eos_token="<|endoftext|>")
-    ids = tok.encode("the cat ran after the dog on the mat")
-    Path(tmp, "ids.json").write_text(json.dumps(ids))
-    rows = []
-    for arch in ARCHS:
-        extra = {"gemma": dict(ffn="geglu_tanh", norm_weight_offset=1.0, embed_scale="sqrt_d",
-                               embed_scale_rounded=True), "qwen2": dict(attn_bias=True)}.get(arch, {})
-        cfg = gu.Config.preset("tiny-llama").replace(family=arch, vocab_size=tok.vocab_size, d_model=64, n_layers=2,
-                                                     n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=64,
-                                                     **{"tie_embeddings": arch == "gemma", **extra})
-        torch.manual_seed(0)
-        model = gu.CausalLM(cfg).eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.02)  # norms and biases off their initial values
-        path = model.save_gguf(Path(tmp) / f"{arch}.gguf", dtype="f32", tokenizer=tok)
-        subprocess.run([python, "-c", LOGITS, str(path), str(Path(tmp, "ids.json")), str(Path(tmp, "l.npy")),
-                        str(threads)], check=True, capture_output=True)
-        theirs = torch.from_numpy(np.load(Path(tmp, "l.npy")))
-        with torch.no_grad():
-            ours = model(torch.tensor([ids]))[0]
-        rows.append(dict(arch=arch, diff=float((theirs - ours).abs().max()), scale=float(ours.abs().max())))
-        print(rows[-1], flush=True)
-    return rows
 
 
 def llama_cpp(python: str, path: Path, threads: int, prompt: list[int], new: int, repeats: int) -> dict:
@@ -223,9 +174,8 @@ def main() -> None:
             lines.append(f"| {a['file']} | {a['top1']:.4f} | {a['kl']:.2e} | {a['ppl_theirs']:.3f} | "
                          f"{a['ppl_ours']:.3f} |")
     if fams:
-        lines += ["", "Every architecture save_gguf writes, as a tiny random F32 file (2 layers, d_model 64, GQA 4/2, "
-                  "untied head but for gemma, which llama.cpp ties): llama.cpp's logits on one sentence against "
-                  "groundup's.", "",
+        lines += ["", "Every architecture save_gguf writes, as a tiny random F32 file (bench/gguf_agree.py: 6 layers, "
+                  "d_model 64, GQA 4/2): llama.cpp's logits on one sentence against groundup's.", "",
                   "| architecture | max abs logit difference | largest logit |", "|---|---:|---:|"]
         lines += [f"| {f['arch']} | {f['diff']:.1e} | {f['scale']:.2f} |" for f in fams]
     emit("groundup against llama.cpp on the same GGUF files", lines, args.out)

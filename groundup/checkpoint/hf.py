@@ -19,7 +19,8 @@ from ..config import Config
 from ..models import meta_model
 from ..nn.qlinear import NF4Linear, layer_spec, make_quantized, swap_in
 from . import bnb, vision
-from .io import CheckpointError, atomic_folder, iter_tensors, load_tensors, read_json, write_tensors
+from .io import CheckpointError, atomic_folder, iter_tensors, load_into, load_tensors, read_json, write_tensors
+from .layout import qkv_join, qkv_split
 from .registry import FAMILIES, OPTIONAL_FIELDS, REFUSED, UnsupportedConfig, family_of
 
 # config.json's special token ids, which are named Config fields
@@ -40,22 +41,6 @@ def _rename(key: str, pairs: list[tuple[re.Pattern[str], str]]) -> str | None:
         if m:
             return target.format(**m.groupdict()) + "." + leaf
     return None
-
-
-def _qkv_split(t: torch.Tensor, cfg: Config, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    # Fused rows are [groups, (H/g q heads, K/g k heads, K/g v heads), D]; returns q [H*D, ..], k, v [K*D, ..].
-    H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    rest = t.shape[1:]
-    g = t.reshape(groups, (H + 2 * K) // groups, D, *rest)
-    q, k, v = g.split([H // groups, K // groups, K // groups], dim=1)
-    return q.reshape(H * D, *rest), k.reshape(K * D, *rest), v.reshape(K * D, *rest)
-
-
-def _qkv_join(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: Config, groups: int) -> torch.Tensor:
-    H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    rest = q.shape[1:]
-    parts = [x.reshape(groups, n // groups, D, *rest) for x, n in ((q, H), (k, K), (v, K))]
-    return torch.cat(parts, dim=1).reshape((H + 2 * K) * D, *rest)
 
 
 def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> Config:
@@ -139,7 +124,7 @@ def state_dict_from_hf(tensors: dict[str, torch.Tensor], cfg: Config) -> dict[st
             if t.shape[0] != expected:
                 raise CheckpointError(f"{name}: fused q/k/v has {t.shape[0]} rows, expected {expected} "
                                       f"(= (n_heads + 2 n_kv_heads) x head_dim)")
-            for proj, part in zip(("q_proj", "k_proj", "v_proj"), _qkv_split(t, cfg, groups), strict=True):
+            for proj, part in zip(("q_proj", "k_proj", "v_proj"), qkv_split(t, cfg, groups), strict=True):
                 out[f"{prefix}.attn.{proj}.{leaf}"] = part
     if family.fused_gate_up:
         for name in [n for n in out if ".mlp.gate_up." in n]:
@@ -161,7 +146,7 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, t
         for name in [n for n in state if ".attn.q_proj." in n]:
             prefix, leaf = name.split(".attn.q_proj.")
             q, k, v = (state.pop(f"{prefix}.attn.{p}.{leaf}") for p in ("q_proj", "k_proj", "v_proj"))
-            state[f"{prefix}.attn.qkv.{leaf}"] = _qkv_join(q, k, v, cfg, groups)
+            state[f"{prefix}.attn.qkv.{leaf}"] = qkv_join(q, k, v, cfg, groups)
     if family.fused_gate_up:
         for name in [n for n in state if ".mlp.gate_proj." in n]:
             prefix, leaf = name.split(".mlp.gate_proj.")
@@ -227,36 +212,6 @@ def check_model_folder(folder: str | Path, arch: str, what: str) -> None:
     if not (Path(folder) / "tokenizer.json").is_file():
         raise CheckpointError(f"{Path(folder) / 'tokenizer.json'} does not exist: the model folder needs its "
                               "tokenizer.json")
-
-
-def load_into(model: Model, state: dict[str, torch.Tensor], source: str) -> Model:
-    """Assign ``state`` to a (meta-device) model after checking names and shapes; re-ties embeddings.
-
-    Tied aliases (``model.tied_keys()``) may be absent from ``state`` or equal to their source.
-    """
-    tied = model.tied_keys()
-    state = {k: v for k, v in state.items() if k not in tied}
-    expected = {k: v.shape for k, v in model.state_dict().items() if k not in tied}
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:20])}")
-        if extra:
-            parts.append(f"unexpected {len(extra)} tensor(s): {', '.join(extra[:20])}")
-        raise CheckpointError(f"{source}: " + "; ".join(parts))
-    for name, shape in expected.items():
-        if tuple(state[name].shape) != tuple(shape):
-            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, the config "
-                                  f"expects {tuple(shape)}")
-    # Row-major weights: transposed Conv1D matrices and q/k/v slices are views until copied here, and the
-    # CPU matmul paths of nn/linear.py read W's rows in order.
-    state = {k: v.contiguous() for k, v in state.items()}
-    state.update({alias: state[src] for alias, src in tied.items()})
-    model.load_state_dict(state, strict=True, assign=True)
-    model.tie_weights()
-    return model
 
 
 def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> Model:

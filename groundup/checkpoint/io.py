@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from ..utils.files import FileError, atomic_file, atomic_folder, corrupt_safetensors
 from ..utils.files import read_json as _read_json
 
-__all__ = ["CheckpointError", "atomic_file", "atomic_folder", "load_tensors", "read_json", "weight_files",
+__all__ = ["CheckpointError", "atomic_file", "atomic_folder", "load_into", "load_tensors", "read_json", "weight_files",
            "write_tensors"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -104,3 +104,33 @@ def write_tensors(folder: Path, tensors: dict[str, torch.Tensor], *, max_shard_b
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     (folder / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                                 indent=2))
+
+
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
+    """Assign ``state`` to a (meta-device) model after checking names and shapes; re-ties embeddings.
+
+    Tied aliases (``model.tied_keys()``) may be absent from ``state`` or equal to their source.
+    """
+    tied = model.tied_keys()
+    state = {k: v for k, v in state.items() if k not in tied}
+    expected = {k: v.shape for k, v in model.state_dict().items() if k not in tied}
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:20])}")
+        if extra:
+            parts.append(f"unexpected {len(extra)} tensor(s): {', '.join(extra[:20])}")
+        raise CheckpointError(f"{source}: " + "; ".join(parts))
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != tuple(shape):
+            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, the config "
+                                  f"expects {tuple(shape)}")
+    # Row-major weights: transposed Conv1D matrices and q/k/v slices are views until copied here, and the
+    # CPU matmul paths of nn/linear.py read W's rows in order.
+    state = {k: v.contiguous() for k, v in state.items()}
+    state.update({alias: state[src] for alias, src in tied.items()})
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    return model

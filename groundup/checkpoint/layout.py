@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ..config import Config
 
 
@@ -91,3 +93,21 @@ def require_moe(cfg: Config, *, routers: tuple[str, ...], group: str = "batch", 
     require(pattern or cfg.moe_layers is None, f"{family} layout makes every layer MoE: moe_layers must be None")
     require(width or cfg.expert_d_ff in (None, cfg.d_ff),
             f"{family} layout sizes experts with d_ff: expert_d_ff must be None")
+
+
+def qkv_split(t: torch.Tensor, cfg: Config, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fused q/k/v matrix -> q [H*D, ...], k and v [K*D, ...]. The fused rows are [groups, (H/g q heads,
+    K/g k heads, K/g v heads), D]: groups=1 is q rows, then k, then v (Phi-3); Falcon and NeoX interleave."""
+    H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    rest = t.shape[1:]
+    g = t.reshape(groups, (H + 2 * K) // groups, D, *rest)  # [g, (H + 2K) / g, D, ...]
+    q, k, v = g.split([H // groups, K // groups, K // groups], dim=1)
+    return q.reshape(H * D, *rest), k.reshape(K * D, *rest), v.reshape(K * D, *rest)
+
+
+def qkv_join(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: Config, groups: int) -> torch.Tensor:
+    """The inverse of qkv_split."""
+    H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    rest = q.shape[1:]
+    parts = [x.reshape(groups, n // groups, D, *rest) for x, n in ((q, H), (k, K), (v, K))]
+    return torch.cat(parts, dim=1).reshape((H + 2 * K) * D, *rest)
