@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from .config import Config
+from .models import meta_model
 from .multimodal import CLIPConfig, LlavaConfig
 
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "int8": 1,
@@ -321,7 +322,6 @@ def _capacity_rows(cfg: Config, batch: int, seq_len: int) -> list[tuple[str, str
 def vision_report(cfg: Config | CLIPConfig | LlavaConfig, title: str = "") -> str:
     """Visual tokens per image (explained) and parameters per part of a vision, dual-encoder or LLaVA config,
     counted on the meta device."""
-    from .models import meta_model
 
     model = meta_model(cfg)
     tower = cfg if isinstance(cfg, Config) else cfg.vision
@@ -346,7 +346,6 @@ def vision_report(cfg: Config | CLIPConfig | LlavaConfig, title: str = "") -> st
 def audio_report(cfg: Config, title: str = "") -> str:
     """An audio encoder-decoder (Whisper): what 30 s of audio becomes, and the parameters per part, counted on the
     meta device (the conv stem, both position tables and the missing key bias are in the count)."""
-    from .models import meta_model
 
     model = meta_model(cfg)
     positions = cfg.encoder_max_seq_len or cfg.max_seq_len

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from .presets import PRESETS
+
 Arch = Literal["causal_lm", "encoder", "seq2seq", "vision"]
 Pos = Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"]
 SinusoidalLayout = Literal["interleaved", "split"]
@@ -556,7 +558,6 @@ class Config:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> Config:
         """A named preset (see ``groundup.presets.PRESETS``), optionally with fields overridden."""
-        from .presets import PRESETS
 
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")

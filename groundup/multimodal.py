@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_type_hints
 
 from .config import Config
+from .presets import PRESETS
 
 ContrastiveLoss = Literal["softmax", "sigmoid"]  # CLIP's symmetric InfoNCE; SigLIP's pairwise sigmoid
 # where the text tower pools: the first eos_token_id (CLIP since transformers#24773), the largest id (the
@@ -229,7 +230,6 @@ def _clip_text(d: int, layers: int, heads: int) -> Config:
 def preset(name: str) -> Config | CLIPConfig | LlavaConfig:
     """The published shapes of the vision models (for ``groundup calc`` and meta-device sizing): vit-base-patch16-224,
     clip-vit-base-patch32, clip-vit-large-patch14-336, siglip-base-patch16-224, llava-1.5-7b."""
-    from .presets import PRESETS
 
     if name == "vit-base-patch16-224":
         return Config(arch="vision", d_model=768, n_layers=12, n_heads=12, d_ff=3072, norm_eps=1e-12, num_labels=1000,

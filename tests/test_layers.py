@@ -1,5 +1,7 @@
 """The dependency direction of docs/architecture.md, enforced: every import of every module (module level
-and inside functions) is parsed, and one that points up the layers fails with the file, line and rule."""
+and inside functions) is parsed, and one that points up the layers fails with the file, line and rule; no two
+modules import each other, directly or around a loop (package __init__ files included); and imports inside
+functions are kept for what needs them (an optional extra, the declared exception), each saying why."""
 
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ RANK = {"utils": 0, "presets": 0, "config": 1, "multimodal": 2, "nn": 2, "models
 ALLOWED_UP = {("models/base.py", "checkpoint"), ("models/base.py", "generate")}
 # parts that must not even be imported lazily by the layers below them at module level
 HEAVY = ("checkpoint", "generate", "train", "cli")
+
+
+# the most imports of groundup's own modules that may sit inside a function
+MAX_FUNCTION_LEVEL = 40
 
 
 def _part(module: str) -> str:
@@ -85,3 +91,104 @@ def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
         assert any("_layers_probe.py:1 imports groundup.train" in v for v in _violations())
     finally:
         fake.unlink()
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:``: they never run, so they make no dependency."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            out |= {id(n) for child in node.body for n in ast.walk(child)}
+    return out
+
+
+def _graph(root: Path = ROOT) -> tuple[dict[str, set[str]], list[str]]:
+    """module -> the groundup modules it imports (``from . import x`` of a submodule x is an edge to x), less
+    the declared exception; and every function-level import as 'file:line import' (with its comment line)."""
+    paths = {_module_name(p): p for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in paths}
+    inner = []
+    for mod, path in paths.items():
+        rel = path.relative_to(ROOT).as_posix()
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        source = path.read_text()
+        tree = ast.parse(source, str(path))
+        top, skip = set(map(id, tree.body)), _type_checking_only(tree)
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in skip:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]) if node.level \
+                    else ""
+                name = ".".join(x for x in (base, node.module or "") if x)
+                targets = [f"{name}.{a.name}" if f"{name}.{a.name}" in paths else name for a in node.names]
+            else:
+                targets = [a.name for a in node.names]
+            targets = [t for t in targets if t in paths and t != mod]
+            if targets and id(node) not in top:
+                inner.append(f"{rel}:{node.lineno} {source.splitlines()[node.lineno - 1].strip()}")
+            graph[mod] |= {t for t in targets if (rel, _part(t)) not in ALLOWED_UP}
+    return graph, inner
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each a list of module names."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles():
+    assert _cycles(_graph()[0]) == []
+
+
+def test_the_cycle_check_reports_a_planted_cycle():
+    """A mutation: two modules that import each other inside functions (the lazy way cycles hide) are found."""
+    a, b = ROOT / "utils" / "_probe_a.py", ROOT / "utils" / "_probe_b.py"
+    a.write_text("def f():\n    from . import _probe_b\n")
+    b.write_text("from . import _probe_a\n")
+    try:
+        assert ["groundup.utils._probe_a", "groundup.utils._probe_b"] in _cycles(_graph()[0])
+    finally:
+        a.unlink()
+        b.unlink()
+
+
+def test_function_level_imports_are_few_and_say_why():
+    inner = _graph()[1]
+    assert len(inner) <= MAX_FUNCTION_LEVEL, "\n".join(inner)
+    unexplained = [line for line in inner if "#" not in line]
+    assert unexplained == [], "a function-level import needs a comment saying why it is not at module level"

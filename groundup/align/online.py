@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint.hf import from_pretrained, write_model
 from ..data.preference import PromptRecord, pad_rows
 from ..generate.entry import generate
 from ..peft import adapters_disabled, has_adapter, load_adapter, lora_layers, write_adapter
@@ -70,8 +71,6 @@ class PolicyValue(nn.Module, Checkpointable):
     def write_checkpoint(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        from ..checkpoint.hf import write_model
-
         if lora_layers(self.policy):
             write_adapter(self.policy, folder)
         else:
@@ -83,8 +82,6 @@ class PolicyValue(nn.Module, Checkpointable):
         save_file(heads, str(folder / "value.safetensors"))
 
     def read_checkpoint(self, folder: Path) -> None:
-        from ..checkpoint.hf import from_pretrained
-
         if has_adapter(folder):
             load_adapter(self.policy, folder, into_existing=True)
         else:

@@ -22,9 +22,29 @@ from typing import Any
 
 import torch
 
+from .. import peft
+from ..checkpoint.hf import check_model_folder, config_from_hf, from_pretrained
+from ..checkpoint.io import read_json
+from ..data.instruct import SEPARATOR, read_records
+from ..data.preference import (
+    PreferenceData,
+    PreferenceFormatter,
+    PreferenceGroup,
+    PreferenceStats,
+    collate_groups,
+    load_preferences,
+    load_prompts,
+    unpaired,
+)
+from ..quant import load_quantized
+from ..tokenizer import Tokenizer
 from ..train.finetune import RunSettings
+from ..train.loop import TrainArgs, train
 from ..utils.files import atomic_file, atomic_write_text
 from ..utils.settings import option, option_list
+from . import direct, online
+from .reward import RewardModel, load_reward_model
+from .rewards import load_reward_fn
 
 METHODS = ("rm", "ppo", "dpo", "ipo", "kto", "orpo", "simpo", "grpo")
 BETA = {"dpo": 0.1, "ipo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0, "grpo": 0.04}
@@ -125,34 +145,19 @@ class AlignSettings(RunSettings):
 
 
 def _load_base(s: AlignSettings):
-    from ..checkpoint.hf import from_pretrained
-
     if not s.qlora:
         return from_pretrained(s.model, dtype=torch.float32)
-    from ..quant import load_quantized
 
     return load_quantized(s.model, "nf4", double_quant=True, compute_dtype=torch.float32)
 
 
 def _apply_lora(model, s: AlignSettings) -> None:
-    from .. import peft
-
     peft.apply_lora(model, peft.LoraConfig(r=s.r, alpha=s.alpha, dropout=s.lora_dropout,
                                            target_modules=s.target_modules or ["q_proj", "v_proj"]))
 
 
 def run(s: AlignSettings, log=print) -> dict[str, Any]:
     """Check, read the data, load the models, train, write the folders; the run's summary."""
-    from .. import peft
-    from ..checkpoint.hf import check_model_folder, config_from_hf
-    from ..checkpoint.io import read_json
-    from ..data.instruct import SEPARATOR
-    from ..data.preference import PreferenceData, load_preferences, load_prompts, unpaired
-    from ..tokenizer import Tokenizer
-    from ..train.loop import TrainArgs, train
-    from . import direct, online
-    from .reward import RewardModel, load_reward_model
-    from .rewards import load_reward_fn
 
     s.check()
     check_model_folder(s.model, "causal_lm", "a decoder-only")
@@ -299,10 +304,6 @@ def score_file(rm_folder: str, data: list[str], *, batch_size: int = 16, separat
                ) -> dict[str, Any]:
     """`groundup reward score`: the reward of every answer in preference or prompt/completion files; for
     pairs and rankings also the pair accuracy."""
-    from ..data.instruct import SEPARATOR, read_records
-    from ..data.preference import PreferenceFormatter, PreferenceGroup, PreferenceStats, collate_groups
-    from ..tokenizer import Tokenizer
-    from .reward import load_reward_model
 
     rm = load_reward_model(rm_folder)
     tok = Tokenizer.from_pretrained(rm_folder)

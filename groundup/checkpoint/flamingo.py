@@ -14,12 +14,12 @@ import torch
 
 from ..config import Config
 from ..multimodal import FlamingoConfig
+from . import convert
+from .convert import config_from_hf, state_dict_from_hf, state_dict_to_hf
 from .layout import require
 
 
 def config(hf: dict[str, Any], source: str) -> FlamingoConfig:
-    from .hf import config_from_hf
-
     v, p = hf.get("vision_config") or {}, hf.get("perceiver_config") or {}
     require(not hf.get("qk_layer_norms", False), "qk_layer_norms=True (normed cross-attention heads) is not supported")
     require(not p.get("qk_layer_norms_perceiver", False), "perceiver_config.qk_layer_norms_perceiver is not supported")
@@ -54,14 +54,12 @@ def config(hf: dict[str, Any], source: str) -> FlamingoConfig:
 
 
 def config_to_hf(cfg: FlamingoConfig, dtype: torch.dtype) -> dict[str, Any]:
-    from .hf import config_to_hf as text_to_hf
-
     v, t, r = cfg.vision, cfg.text, cfg.resampler
     want = dict(cls_token=True, patch_bias=False, embed_norm=True, final_norm=False, pool_norm=True)
     bad = [f"{k}={getattr(v, k)!r}" for k, val in want.items() if getattr(v, k) != val]
     require(not bad, f"Idefics' vision tower is CLIP-shaped {want}; this one has {', '.join(bad)}")
     extra = int(cfg.extra.get("additional_vocab_size", 0))
-    llama = text_to_hf(t, dtype)
+    llama = convert.config_to_hf(t, dtype)
     require(t.family == "llama", f"Idefics' language model is Llama-shaped, not family={t.family!r}")
     body = dict(architectures=["IdeficsForVisionText2Text"], model_type="idefics", vocab_size=t.vocab_size - extra,
                 additional_vocab_size=extra, hidden_size=t.d_model, intermediate_size=t.d_ff,
@@ -114,8 +112,6 @@ LM_KEYS = ("model.layers.", "model.norm.", "model.embed_tokens.", "lm_head.")
 
 def lm_from_hf(tensors: dict[str, torch.Tensor], cfg: FlamingoConfig) -> dict[str, torch.Tensor]:
     """The language model's tensors (groundup names, language_model. prefix), the decoupled rows joined."""
-    from .hf import state_dict_from_hf
-
     lm = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith(LM_KEYS)]}
     for base, more in (("model.embed_tokens.weight", "model.embed_tokens.additional_embedding.weight"),
                        ("lm_head.weight", "lm_head.additional_fc.weight")):
@@ -125,8 +121,6 @@ def lm_from_hf(tensors: dict[str, torch.Tensor], cfg: FlamingoConfig) -> dict[st
 
 
 def lm_to_hf(state: dict[str, torch.Tensor], cfg: FlamingoConfig) -> dict[str, torch.Tensor]:
-    from .hf import state_dict_to_hf
-
     out = state_dict_to_hf(state, cfg.text)
     extra = int(cfg.extra.get("additional_vocab_size", 0))
     if extra:

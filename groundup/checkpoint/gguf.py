@@ -19,7 +19,7 @@ import torch
 
 from ..config import Config
 from ..models import meta_model
-from ..tokenizer import gguf_vocab
+from ..tokenizer import Tokenizer, gguf_vocab
 from ..utils.files import atomic_file, gguf_package, read_gguf
 from .ggml_quants import FORMATS, TYPE_IDS, dequantize, quantize
 from .gguf_layout import (
@@ -144,7 +144,7 @@ def matrix_type(path: str | Path) -> str:
 
 def load_tokenizer(path: str | Path):
     """The groundup.Tokenizer stored in a GGUF file's tokenizer.ggml.* metadata (as Tokenizer.from_file)."""
-    return gguf_vocab.load(path)
+    return Tokenizer.from_file(path)
 
 
 def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) -> Path:

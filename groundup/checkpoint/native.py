@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from ..config import Config
+from ..models import meta_model
 from .layout import Family, require
 
 # set by config_from_hf from the folder itself (the token ids from config.json's top level, as for every family)
@@ -32,7 +33,6 @@ def _to_hf(cfg: Config) -> dict[str, Any]:
 @functools.lru_cache(maxsize=32)
 def _templates(config_json: str) -> tuple[tuple[str, str], ...]:
     """Every module name of a model built from the config, layer and expert numbers made {i} / {e}."""
-    from ..models import meta_model
 
     model = meta_model(Config.from_dict(json.loads(config_json)))
     names = set()

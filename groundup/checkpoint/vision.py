@@ -20,9 +20,11 @@ from typing import Any
 import torch
 
 from ..config import Config
+from ..models import meta_model
 from ..multimodal import CLIPConfig, FlamingoConfig, LlavaConfig
 from . import flamingo
-from .io import CheckpointError, load_tensors, write_tensors
+from .convert import config_from_hf, config_to_hf, state_dict_from_hf, state_dict_to_hf
+from .io import CheckpointError, load_into, load_tensors, write_tensors
 from .layout import UnsupportedConfig, require
 
 MODEL_TYPES = ("vit", "clip", "siglip", "llava", "blip-2", "idefics")
@@ -143,8 +145,6 @@ def clip_to_hf(cfg: CLIPConfig) -> dict[str, Any]:
 
 
 def llava_config(hf: dict[str, Any], source: str) -> LlavaConfig:
-    from .hf import config_from_hf
-
     text_hf = dict(hf.get("text_config") or {})
     require("model_type" in text_hf, "text_config.model_type is missing (the language model's family)")
     text_hf.setdefault("tie_word_embeddings", hf.get("tie_word_embeddings", False))
@@ -161,8 +161,6 @@ def llava_config(hf: dict[str, Any], source: str) -> LlavaConfig:
 
 
 def llava_to_hf(cfg: LlavaConfig, dtype: torch.dtype) -> dict[str, Any]:
-    from .hf import config_to_hf
-
     require(cfg.connector == "mlp", "transformers' LLaVA projector is Linear-act-Linear: connector must be 'mlp'")
     text = config_to_hf(cfg.text, dtype)
     return dict(architectures=["LlavaForConditionalGeneration"], model_type="llava", text_config=text,
@@ -175,8 +173,6 @@ def llava_to_hf(cfg: LlavaConfig, dtype: torch.dtype) -> dict[str, Any]:
 
 def blip2_config(hf: dict[str, Any], source: str) -> LlavaConfig:
     """Blip2ForConditionalGeneration with a decoder-only LM (OPT, as the released blip2-opt checkpoints)."""
-    from .hf import config_from_hf
-
     require(hf.get("use_decoder_only_language_model", True), "a BLIP-2 with an encoder-decoder LM (Flan-T5) is not "
             "supported: groundup's VLMs feed a decoder-only language model")
     v, q = hf.get("vision_config") or {}, hf.get("qformer_config") or {}
@@ -198,8 +194,6 @@ def blip2_config(hf: dict[str, Any], source: str) -> LlavaConfig:
 
 
 def blip2_to_hf(cfg: LlavaConfig, dtype: torch.dtype) -> dict[str, Any]:
-    from .hf import config_to_hf
-
     v, q = cfg.vision, cfg.qformer
     require(cfg.feature_norm and cfg.feature_layers == v.n_layers and v.final_norm and v.cls_token and v.patch_bias
             and not v.embed_norm, "BLIP-2 reads the tower's normed last layer ([CLS] and patch bias included)")
@@ -412,9 +406,6 @@ def names_of(model: torch.nn.Module, hf_names: set[str] | None = None) -> Names:
 # folders ------------------------------------------------------------------------------------------
 def load(folder: Path, hf: dict[str, Any], dtype: torch.dtype | None) -> torch.nn.Module:
     """A vision folder (config.json already read as ``hf``) -> VisionEncoder, CLIP or Llava, in eval mode."""
-    from ..models import meta_model
-    from .hf import load_into, state_dict_from_hf
-
     source = str(folder / "config.json")
     cfg = config_of(hf, source)
     tensors = load_tensors(folder, dtype)
@@ -435,8 +426,6 @@ def load(folder: Path, hf: dict[str, Any], dtype: torch.dtype | None) -> torch.n
 
 def write(model: torch.nn.Module, folder: Path, *, max_shard_bytes: int) -> None:
     """config.json + safetensors of a vision model into an existing folder (hf.save_pretrained makes it atomic)."""
-    from .hf import state_dict_to_hf
-
     cfg = model.config
     state = model.state_dict()
     dtype = next(iter(state.values())).dtype

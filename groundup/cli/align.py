@@ -13,6 +13,7 @@ import argparse
 import json
 
 from ..align.run import AlignSettings, run, score_file
+from ..utils.files import atomic_write_text
 from ..utils.settings import add_flags, merge
 
 
@@ -59,8 +60,6 @@ def main_reward_train(args: argparse.Namespace) -> int:
 
 
 def main_reward_score(args: argparse.Namespace) -> int:
-    from ..utils.files import atomic_write_text
-
     result = score_file(args.reward_model, args.data, batch_size=args.batch_size)
     if args.out:
         atomic_write_text(args.out, "".join(json.dumps(row) + "\n" for row in result["scores"]))

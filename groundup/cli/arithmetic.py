@@ -19,10 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint.hf import check_model_folder
+from ..data.arithmetic import KINDS, dataset, facts, final_answer, kind_of, operands
+from ..data.instruct import SEPARATOR, read_records
+from ..generate import generate
+from .generate import load_causal
+
 
 def add_arithmetic_parser(sub) -> None:
-    from ..data.arithmetic import KINDS
-
     a = sub.add_parser("arithmetic", help="Goat-style arithmetic data, and a table scoring fine-tuning runs "
                        "against few-shot prompting")
     asub = a.add_subparsers(dest="action", required=True)
@@ -50,7 +54,6 @@ def add_arithmetic_parser(sub) -> None:
 
 def read_problems(path: str | Path) -> list[dict[str, str]]:
     """prompt/completion records of a JSONL file; a line without both fields fails with its number."""
-    from ..data.instruct import read_records
 
     out = []
     for rec, where in read_records(path):
@@ -68,10 +71,6 @@ def exact_match(model, tok, records: Sequence[dict[str, str]], *, prefix: Sequen
     e.g. a soft prompt's virtual ids) ends with the reference completion's final answer. With shots the
     answer is cut at the first blank line, where the next made-up example would start."""
     import torch
-
-    from ..data.arithmetic import final_answer
-    from ..data.instruct import SEPARATOR
-    from ..generate import generate
 
     eos = tok.eos_token_id
     longest = max(len(tok.encode(r["completion"], add_special_tokens=False)) for r in records) + 2
@@ -100,7 +99,6 @@ def run_summary(run: str | Path) -> dict[str, Any]:
 def load_run(run: str | Path, base: str | Path):
     """A `groundup finetune` output folder -> (model, prefix ids, summary): the fine-tuned checkpoint for
     --method full, else the base with the run's adapter; a soft prompt's virtual ids as the prefix."""
-    from .generate import load_causal
 
     summary = run_summary(run)
     if summary.get("method") == "full":
@@ -113,8 +111,6 @@ def load_run(run: str | Path, base: str | Path):
 def report(base: str | Path, test: list[dict[str, str]], runs: Sequence[str | Path] = (), *, shots: int = 4,
            shot_records: Sequence[dict[str, str]] = (), batch: int = 50, log=print) -> list[dict[str, Any]]:
     """One row per method: k-shot prompting of the base first (when shots > 0), then each run."""
-    from ..data.instruct import SEPARATOR
-    from .generate import load_causal
 
     for run in runs:  # every folder and the shots are checked before the first model is loaded
         run_summary(run)
@@ -141,7 +137,6 @@ def report(base: str | Path, test: list[dict[str, str]], runs: Sequence[str | Pa
 
 def table(rows: list[dict[str, Any]], test: list[dict[str, str]]) -> list[str]:
     """The rows as a Markdown table, with accuracy per task."""
-    from ..data.arithmetic import kind_of
 
     kinds = list(dict.fromkeys(kind_of(r) for r in test))
     lines = ["| method | trainable parameters | % of total | peak memory MB | training s | exact match | "
@@ -162,7 +157,6 @@ def write_data(out: str | Path, n_train: int, n_test: int, *, digits: int, kinds
                seed: int = 0, n_facts: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """<out>/train.jsonl and <out>/test.jsonl; no test prompt is in the training set. With n_facts,
     <out>/facts.txt: bare equations whose operand pairs are none of the test set's."""
-    from ..data.arithmetic import dataset, facts, operands
 
     test = dataset(n_test, seed=seed + 1, kinds=tuple(kinds), digits=digits)
     train = dataset(n_train, seed=seed, kinds=tuple(kinds), digits=digits, exclude={r["prompt"] for r in test})
@@ -187,8 +181,6 @@ def main_data(args: argparse.Namespace) -> int:
 
 
 def main_report(args: argparse.Namespace) -> int:
-    from ..checkpoint.hf import check_model_folder
-
     check_model_folder(args.model, "causal_lm", "a decoder-only")
     test = read_problems(args.test)
     shot_records: list[dict[str, str]] = []

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checkpoint.hf import from_pretrained
+from ..generate.transcribe import generation_config, transcribe
+from ..tokenizer import Tokenizer
+from ..train.speech import SpeechSettings, run
+
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from ..checkpoint.hf import from_pretrained
-    from ..generate.transcribe import generation_config, transcribe
-    from ..tokenizer import Tokenizer
-
     folder = Path(args.model)
     if not (folder / "config.json").is_file() or not (folder / "tokenizer.json").is_file():
         raise ValueError(f"{folder}: a Whisper folder needs config.json and tokenizer.json")
@@ -26,8 +27,6 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_speech_train(args: argparse.Namespace) -> int:
-    from ..train.speech import SpeechSettings, run
-
     r = run(SpeechSettings(data=args.data, out_dir=args.out, steps=args.steps, seconds=args.seconds, seed=args.seed))
     print(f"trained {r['parameters']:,} parameters in {r['train_seconds']}s -> {r['folder']}")
     print(f"held-out word error rate {r['wer']:.3f}, exact transcripts {r['exact']:.3f}")

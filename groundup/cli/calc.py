@@ -9,7 +9,13 @@ from pathlib import Path
 import torch
 
 from .. import calc
+from ..checkpoint import vision
+from ..checkpoint.hf import config_from_hf
+from ..checkpoint.io import read_json
 from ..config import Config
+from ..models import meta_model
+from ..models.causal_lm import CausalLM
+from ..multimodal import PRESETS_MM, preset
 from ..presets import PRESETS
 
 
@@ -19,8 +25,6 @@ def _config_from(spec: str) -> Config:
 
     path = Path(spec)
     if path.is_dir():
-        from ..checkpoint.hf import config_from_hf
-        from ..checkpoint.io import read_json
 
         return config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
     return Config.load(spec)
@@ -30,14 +34,10 @@ def _vision_config(spec: str):
     """A vision preset, or a vit/clip/siglip/llava folder's config; None for anything else."""
     from pathlib import Path
 
-    from ..multimodal import PRESETS_MM, preset
-
     if spec in PRESETS_MM:
         return preset(spec)
     config = Path(spec) / "config.json"
     if config.is_file():
-        from ..checkpoint import vision
-        from ..checkpoint.io import read_json
 
         hf = read_json(config)
         if hf.get("model_type") in vision.MODEL_TYPES:
@@ -66,7 +66,6 @@ def cmd_presets(args: argparse.Namespace) -> int:
         cfg = Config.preset(name)
         b = calc.param_breakdown(cfg)
         if cfg.n_mels:  # the audio stem and the encoder's own position table: counted on the meta device
-            from ..models import meta_model
 
             b = {"total": meta_model(cfg).num_params()}
         active = f" ({calc.human(b['active'])} active)" if cfg.n_experts else ""
@@ -76,7 +75,6 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build a preset, print its parameter table, run one forward pass on random tokens."""
-    from ..models.causal_lm import CausalLM
 
     torch.manual_seed(0)
     cfg = Config.preset(args.preset)

@@ -7,15 +7,16 @@ import argparse
 
 import torch
 
-from ..checkpoint.hf import check_model_folder
+from ..checkpoint.hf import check_model_folder, config_from_hf, from_pretrained
+from ..checkpoint.io import read_json
 from ..serve.embeddings import encoder_batch
-from .generate import add_sampling_arguments
+from ..tokenizer import Tokenizer
+from .generate import add_sampling_arguments, cmd_generate_causal
+from .vision import cmd_generate_image
 
 
 def _load_model_and_tokenizer(folder: str, arch: str):
     """A model folder's groundup model (of the given arch) and its groundup Tokenizer."""
-    from ..checkpoint.hf import from_pretrained
-    from ..tokenizer import Tokenizer
 
     kind = {"encoder": "an encoder (BERT-style)", "seq2seq": "an encoder-decoder (T5/Marian)"}[arch]
     check_model_folder(folder, arch, kind)
@@ -66,17 +67,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Decoder-only continuation (streamed) or encoder-decoder generation (greedy or beam search)."""
     from pathlib import Path
 
-    from ..checkpoint.hf import config_from_hf
-    from ..checkpoint.io import read_json
-
     config = Path(args.model) / "config.json"
     gguf = Path(args.model).suffix == ".gguf"  # llama.cpp's files hold decoders only
     if getattr(args, "image", None) or (config.is_file() and read_json(config).get("model_type") == "llava"):
-        from .vision import cmd_generate_image
 
         return cmd_generate_image(args)
     if gguf or (config.is_file() and config_from_hf(read_json(config), str(config)).arch == "causal_lm"):
-        from .generate import cmd_generate_causal
 
         return cmd_generate_causal(args)
     if getattr(args, "compile", False):

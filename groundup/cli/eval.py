@@ -20,6 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import eval as gu_eval
+from ..checkpoint.hf import check_model_folder
+from ..eval.run import load_model as load
 from ..utils.files import atomic_write_text
 
 
@@ -56,7 +59,6 @@ def run_lm_eval(argv: list[str]) -> int:
     """lm_eval's own command line on ``argv``, offline, with the groundup model registered."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from .. import eval as gu_eval
 
     if not gu_eval.register():
         raise ValueError(f"lm-eval is not installed: {gu_eval.LM_EVAL_HINT}")
@@ -75,7 +77,6 @@ def run_lm_eval(argv: list[str]) -> int:
 
 def load_model(spec: str, adapter: str | None, dtype: str):
     """(model, tokenizer, prefix ids, label) of a folder, .gguf file or `groundup finetune` run folder."""
-    from ..eval.run import load_model as load
 
     p = Path(spec)
     if (p / "summary.json").is_file() and (p / "settings.json").is_file():  # a finetune run
@@ -88,7 +89,6 @@ def load_model(spec: str, adapter: str | None, dtype: str):
         else:
             raise ValueError(f"{spec}: a finetune run without a checkpoint/ or adapter/ (and base) to load")
     elif not (p.suffix == ".gguf" and p.is_file()):
-        from ..checkpoint.hf import check_model_folder
 
         check_model_folder(spec, "causal_lm", "a decoder-only")
     model, tok, prefix = load(spec, dtype, adapter)
@@ -97,8 +97,6 @@ def load_model(spec: str, adapter: str | None, dtype: str):
 
 
 def main_eval(args: argparse.Namespace) -> int:
-    from .. import eval as gu_eval
-
     if args.write_tasks:
         for f in gu_eval.write_tasks(args.write_tasks):
             print(f"wrote {f}")

@@ -8,16 +8,18 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from ..checkpoint.hf import check_model_folder
+from ..checkpoint.hf import check_model_folder, from_pretrained
+from ..generate import stream
+from ..generate.compiled import compile_seconds
+from ..peft import has_adapter, load_adapter, soft_prompt
+from ..tokenizer import Tokenizer
+from ..utils.files import atomic_file
 
 
 def load_causal(folder: str, adapter: str | None = None):
     """A decoder-only model folder's model, (groundup) tokenizer and the ids every prompt starts with: with a
     peft `adapter` folder (LoRA, IA3, prefix or prompt tuning) the model carries it, and a soft prompt's
     virtual ids are those ids; otherwise there are none."""
-    from ..checkpoint.hf import from_pretrained
-    from ..peft import has_adapter, load_adapter, soft_prompt
-    from ..tokenizer import Tokenizer
 
     check_model_folder(folder, "causal_lm", "a decoder-only")
     if adapter is not None and not has_adapter(adapter):
@@ -49,7 +51,6 @@ def decoding_options(args: argparse.Namespace) -> dict:
             raise ValueError(f"--rope-scaling {args.rope_scaling!r}: write KIND:FACTOR, e.g. linear:2 or ntk:2"
                              ) from None
     if args.draft:
-        from ..checkpoint.hf import from_pretrained
 
         check_model_folder(args.draft, "causal_lm", "a decoder-only (draft)")
         opts.update(draft_model=from_pretrained(args.draft), num_draft_tokens=args.num_draft_tokens)
@@ -59,7 +60,6 @@ def decoding_options(args: argparse.Namespace) -> dict:
 def stream_text(model, tok, ids: list[int], args: argparse.Namespace, out: TextIO, stop: list[int],
                 opts: dict, stop_strings: list[str] | None = None) -> str:
     """Stream one continuation of `ids` to `out` as it is generated; return the text."""
-    from ..generate import stream
 
     text = []
     for pieces in stream(model, [ids], args.max_new_tokens, tokenizer=tok, eos_token_id=stop or None,
@@ -88,7 +88,6 @@ def cmd_generate_causal(args: argparse.Namespace, out: TextIO | None = None) -> 
 def report_compile(model, args: argparse.Namespace) -> None:
     """With --compile, the seconds torch.compile took (on stderr: stdout is the text)."""
     if args.compile:
-        from ..generate.compiled import compile_seconds
 
         print(f"[compiled the decode step in {compile_seconds(model):.1f} s]", file=sys.stderr)
 
@@ -164,8 +163,6 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..utils.files import atomic_file
 
     size = max(4.0, 0.35 * len(ids) + 2)
     fig, ax = plt.subplots(figsize=(size, size))

@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 from typing import get_args
 
+from ..checkpoint.hf import config_to_hf, from_pretrained
+from ..checkpoint.io import CheckpointError
+from ..config import Router
+from ..models.upcycle import upcycle, upcycled_config
+from ..tokenizer import Tokenizer
+
 
 def main_upcycle(args: argparse.Namespace) -> int:
-    from ..checkpoint.hf import config_to_hf, from_pretrained
-    from ..checkpoint.io import CheckpointError
-    from ..models.upcycle import upcycle, upcycled_config
-
     dense = from_pretrained(args.model)
     moe = dict(router=args.router, capacity_factor=args.capacity_factor,
                router_z_loss_coef=args.z_loss, router_aux_loss_coef=args.aux_loss)
@@ -36,7 +38,6 @@ def main_upcycle(args: argparse.Namespace) -> int:
     model = upcycle(dense, args.experts, args.top_k, moe_layers=layers, family=family, **moe)
     model.save_pretrained(args.out)
     if (Path(args.model) / "tokenizer.json").is_file():  # the tokenizer travels with the weights
-        from ..tokenizer import Tokenizer
 
         Tokenizer.from_pretrained(args.model).save_pretrained(args.out)
     total, active = model.num_params(), model.num_params(active=True)
@@ -47,8 +48,6 @@ def main_upcycle(args: argparse.Namespace) -> int:
 
 
 def add_moe_parser(sub) -> None:
-    from ..config import Router
-
     u = sub.add_parser("upcycle", help="make a dense checkpoint an MoE: its FFN copied into every expert, a new "
                        "router (Komatsuzaki et al., 2022)")
     u.add_argument("model", help="dense HF model folder")

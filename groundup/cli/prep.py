@@ -15,6 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
+from ..data.instruct import read_records
+from ..data.prep import augment, blocklist_filter, dedup_exact, dedup_near, redact_pii
+from ..utils.files import atomic_file
+
 PROMPT_FIELDS = ("prompt", "instruction", "input", "context")
 
 
@@ -58,10 +62,6 @@ def _map_strings(rec: dict, fn, *, prompt_only: bool = False) -> dict:
 
 
 def main_prep(args: argparse.Namespace) -> int:
-    from ..data.instruct import read_records
-    from ..data.prep import augment, blocklist_filter, dedup_exact, dedup_near, redact_pii
-    from ..utils.files import atomic_file
-
     synonyms = json.loads(Path(args.synonyms).read_text()) if args.synonyms else None
     if args.augment and not (synonyms or args.p_delete or args.swaps or args.p_typo):
         raise ValueError("--augment needs at least one rewrite: --synonyms, --p-delete, --swaps or --p-typo")

@@ -10,6 +10,15 @@ import argparse
 import shutil
 from pathlib import Path
 
+from ..checkpoint.hf import check_model_folder, from_pretrained
+from ..checkpoint.io import weight_files
+from ..nn.qlinear import QUANTIZED
+from ..quant import load_quantized
+from ..quant.awq import quantize_awq
+from ..quant.calibrate import calibration_ids
+from ..quant.gptq import quantize_gptq
+from ..tokenizer import Tokenizer
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                    "chat_template.jinja")
 
@@ -37,9 +46,6 @@ def add_quantize_parser(sub) -> None:
 
 
 def main_quantize(args: argparse.Namespace) -> int:
-    from ..checkpoint.io import weight_files
-    from ..quant import load_quantized
-
     src, out = Path(args.folder), Path(args.out)
     if src.resolve() == out.resolve():
         raise ValueError(f"--out {out} is the source folder: write the quantized copy elsewhere")
@@ -61,13 +67,6 @@ def main_quantize(args: argparse.Namespace) -> int:
 def _calibrated(args: argparse.Namespace, src: Path, out: Path) -> int:
     """GPTQ or AWQ: every setting and the calibration text checked before the model is read."""
     import time
-
-    from ..checkpoint.hf import check_model_folder, from_pretrained
-    from ..nn.qlinear import QUANTIZED
-    from ..quant.awq import quantize_awq
-    from ..quant.calibrate import calibration_ids
-    from ..quant.gptq import quantize_gptq
-    from ..tokenizer import Tokenizer
 
     bits = args.bits or {"int4": 4, "int8": 8}.get(args.to)
     if args.to in ("nf4", "fp4") or bits is None:

@@ -6,6 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
+from ..eval.run import load_model
+from ..quant import quantize
+from ..serve.engine import Engine
+
 
 def add_serve_parser(sub) -> None:
     s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat, embeddings) with "
@@ -40,7 +44,7 @@ def add_serve_parser(sub) -> None:
 
 def build_server(args: argparse.Namespace):
     """The Server for parsed ``serve`` arguments (everything checked before the model loads)."""
-    from ..serve.app import Limits, Server
+    from ..serve.app import Limits, Server  # imports starlette: the serve extra, needed by this command only
 
     adapters = {}
     for spec in args.adapter:
@@ -56,7 +60,6 @@ def build_server(args: argparse.Namespace):
         raise SystemExit(f"--port {args.port}: give a port in 1..65535")
     name = args.name or Path(args.model).name.removesuffix(".gguf")
     cascade = _cascade(args, name, adapters)
-    from ..eval.run import load_model
 
     model, tok, _ = load_model(args.model, args.dtype)
     limits = Limits(max_request_bytes=args.max_request_bytes, max_tokens=args.max_tokens,
@@ -66,10 +69,8 @@ def build_server(args: argparse.Namespace):
             raise SystemExit("--adapter: adapters are served on decoder models")
         return Server(model, tok, name=name, api_key=args.api_key, limits=limits)
     if args.quantize:
-        from ..quant import quantize
 
         model = quantize(model, args.quantize)
-    from ..serve.engine import Engine
 
     engine = Engine(model, tok, block_size=args.block_size, n_blocks=args.num_blocks,
                     kv_bytes=int(args.kv_memory * (1 << 30)), max_seqs=args.max_seqs,

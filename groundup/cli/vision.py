@@ -10,15 +10,22 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint.hf import from_pretrained
+from ..models.vision import CLIP
+from ..models.vlm import Llava
+from ..tokenizer import Tokenizer
+from ..train import clip as clip_train
+from ..train import flamingo as flamingo_train
+from ..train import llava as llava_train
+from ..train.clip import CLIPSettings, embed_images, embed_texts, zero_shot
+from ..vision import ImageProcessor
+from ..vision.data import process_all
+from .generate import decoding_options, stream_text
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 def _load(folder: str):
-    from ..checkpoint.hf import from_pretrained
-    from ..models.vision import CLIP
-    from ..tokenizer import Tokenizer
-    from ..vision import ImageProcessor
-
     if not (Path(folder) / "config.json").is_file():
         raise ValueError(f"{folder}: no config.json; give a CLIP or SigLIP model folder")
     model = from_pretrained(folder)
@@ -38,12 +45,10 @@ def _images(paths: list[str]) -> list[Path]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..train.clip import CLIPSettings, run
-
     settings = CLIPSettings(out_dir=args.out, data=args.data, steps=args.steps, batch_size=args.batch_size,
                             lr=args.lr, loss=args.loss, train_size=args.train_size, test_size=args.test_size,
                             seed=args.seed, image_size=args.image_size)
-    r = run(settings)
+    r = clip_train.run(settings)
     print(f"trained {r['parameters']:,} parameters in {r['train_seconds']}s -> {r['folder']}")
     print(f"text -> image recall@1 {r['recall@1']:.3f}, recall@5 {r['recall@5']:.3f}")
     if "zero_shot_pair" in r:
@@ -53,9 +58,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from ..train.clip import zero_shot
-    from ..vision.data import process_all
-
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     if len(labels) < 2:
         raise ValueError("--labels needs at least two labels, comma-separated")
@@ -73,9 +75,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from ..train.clip import embed_images, embed_texts
-    from ..vision.data import process_all
-
     model, tok, proc = _load(args.model)
     files = _images(args.images)
     with torch.no_grad():
@@ -90,12 +89,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_generate_image(args: argparse.Namespace) -> int:
     """`groundup generate LLAVA_FOLDER --image a.png "question"`: the answer streamed after the prompt."""
     import sys
-
-    from ..checkpoint.hf import from_pretrained
-    from ..models.vlm import Llava
-    from ..tokenizer import Tokenizer
-    from ..vision import ImageProcessor
-    from .generate import decoding_options, stream_text
 
     model = from_pretrained(args.model)
     if not isinstance(model, Llava):
@@ -125,9 +118,8 @@ def _print_scores(name: str, scores: dict[str, float]) -> None:
 
 
 def cmd_llava_train(args: argparse.Namespace) -> int:
-    from ..train.llava import LlavaSettings, run
-
-    r = run(LlavaSettings(out_dir=args.out, clip=args.clip, tune_steps=args.steps, seed=args.seed))
+    settings = llava_train.LlavaSettings(out_dir=args.out, clip=args.clip, tune_steps=args.steps, seed=args.seed)
+    r = llava_train.run(settings)
     print(f"LLaVA -> {r['folder']} ({r['image_tokens']} visual tokens per image); held-out exact match:")
     _print_scores("LM without image", r["lm_alone"])
     _print_scores("with the image", r["with_image"])
@@ -135,9 +127,8 @@ def cmd_llava_train(args: argparse.Namespace) -> int:
 
 
 def cmd_flamingo_train(args: argparse.Namespace) -> int:
-    from ..train.flamingo import FlamingoSettings, run
-
-    r = run(FlamingoSettings(out_dir=args.out, clip=args.clip, steps=args.steps, seed=args.seed))
+    settings = flamingo_train.FlamingoSettings(out_dir=args.out, clip=args.clip, steps=args.steps, seed=args.seed)
+    r = flamingo_train.run(settings)
     print(f"Flamingo -> {r['folder']} (LM frozen: unchanged {r['lm_unchanged']}); held-out exact match:")
     _print_scores("LM without image", r["lm_alone"])
     for k in (0, 1, 2):

@@ -185,7 +185,6 @@ class PreferenceFormatter:
         stats.pairs += len(kept)
         return PreferenceGroup(p, answers, kept, labels, where)
 
-
     @staticmethod
     def _only(keys: set, allowed: set, where: str, what: str) -> None:
         extra = keys - allowed

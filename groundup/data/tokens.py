@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..tokenizer.hf_format import to_json
 from ..utils.files import atomic_file
 from .sources import Source
 
 
 def tokenizer_key(tokenizer) -> str:
-    from ..tokenizer.hf_format import to_json
-
     return hashlib.sha256(json.dumps(to_json(tokenizer), sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -24,6 +24,10 @@ from typing import Any
 
 import torch
 
+from ..checkpoint.hf import from_pretrained
+from ..peft import load_adapter, soft_prompt
+from ..tokenizer import Tokenizer
+from ..utils.files import atomic_file
 from .perplexity import word_count
 from .scoring import Scorer
 from .tasks import Doc, Task
@@ -192,8 +196,6 @@ def plot(runs: dict[str, dict[str, Any]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..utils.files import atomic_file
-
     cols = []
     for res in runs.values():
         for task, meta in res["tasks"].items():
@@ -226,9 +228,6 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 def load_model(pretrained: str, dtype: str | None = "auto", adapter: str | None = None) -> tuple[Any, Any, list[int]]:
     """(model, tokenizer, virtual ids) of an HF folder or .gguf file in ``dtype``, with a peft ``adapter``;
     the virtual ids are a soft prompt's (they precede every input), else none."""
-    from ..checkpoint.hf import from_pretrained
-    from ..peft import load_adapter, soft_prompt
-    from ..tokenizer import Tokenizer
 
     if str(dtype) not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: choose from {', '.join(DTYPES)}")

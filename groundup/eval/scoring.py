@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..generate import generate
+
 log = logging.getLogger("groundup.eval")
 
 Pair = tuple[list[int], list[int]]  # (context ids, continuation ids)
@@ -252,7 +254,6 @@ class Scorer:
         """Greedy continuations of each context (or sampled: generate()'s ``temperature``, ``top_k``, ``top_p``,
         ``seed``), cut before the first of the ``until`` strings (and the end of text); the context keeps
         its last (window - max_gen_toks) tokens."""
-        from ..generate import generate
 
         tok = self.tokenizer
         keep = self.max_length - max_gen_toks

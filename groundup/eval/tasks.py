@@ -43,6 +43,8 @@ from typing import Any, Literal
 import jinja2
 import yaml
 
+from ..data.instruct import InstructionDataError, read_records
+
 Kind = Literal["multiple_choice", "generate_until", "loglikelihood_rolling"]
 KINDS = ("multiple_choice", "generate_until", "loglikelihood_rolling")
 TASKS_DIR = Path(__file__).parent / "tasks"  # the tasks groundup ships
@@ -195,7 +197,6 @@ def _split_files(spec: dict, source: Path) -> dict[str, Path]:
 
 def read_jsonl(path: Path) -> list[Doc]:
     """The records of a JSONL file, each with its file:line."""
-    from ..data.instruct import InstructionDataError, read_records
 
     docs = []
     try:

@@ -17,16 +17,14 @@ the same sequences on the same weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
 from ..models.common import trusted_inputs
+from ..models.seq2seq import Seq2Seq
 from .sampling import apply_repetition_penalty, check_sampling, next_token, no_stop_yet
 from .stopping import Stopper
-
-if TYPE_CHECKING:
-    from ..models.seq2seq import Seq2Seq
 
 NEG = -1.0e9  # score of an impossible hypothesis (finite, so sums and divisions stay ordered)
 

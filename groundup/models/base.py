@@ -91,24 +91,25 @@ class PreTrained:
                 m.activation_checkpointing = on
         return self
 
-    # entry points that live in higher layers ---------------------------------------------------------
+    # Entry points that live in higher layers. The declared exception to the layer order: they are imported at
+    # call time (checkpoint/ and generate/ import models/ at module level), as transformers' PreTrainedModel does.
     def generate(self, input_ids=None, max_new_tokens: int = 32, **options) -> torch.Tensor:
         """Generation with this model: groundup.generate(self, input_ids, max_new_tokens, **options), whose
         keyword names (transformers' own) are the options (an audio model takes ``input_features=``)."""
-        from ..generate.entry import generate
+        from ..generate.entry import generate  # declared exception (above)
 
         return generate(self, input_ids, max_new_tokens, **options)
 
     def save_pretrained(self, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
         """Write an HF folder (config.json + safetensors) that transformers loads; atomic."""
-        from ..checkpoint.hf import save_pretrained
+        from ..checkpoint.hf import save_pretrained  # declared exception (above)
 
         return save_pretrained(self, folder, max_shard_bytes=max_shard_bytes)
 
     def save_gguf(self, path: str | Path, *, dtype: str = "f16", tokenizer: Any = None) -> Path:
         """Write one GGUF file (llama.cpp's format): matrices in f32/f16/bf16/q8_0/q4_0, the tokenizer in its
         metadata when given; atomic."""
-        from ..checkpoint.gguf import save_gguf
+        from ..checkpoint.gguf import save_gguf  # declared exception (above)
 
         return save_gguf(self, path, dtype=dtype, tokenizer=tokenizer)
 
@@ -116,7 +117,7 @@ class PreTrained:
     def from_pretrained(cls, folder: str | Path, *, dtype: torch.dtype | None = None) -> nn.Module:
         """Load a local HF folder; the class must match the folder's architecture (gu.from_pretrained
         picks the class itself)."""
-        from ..checkpoint.hf import from_pretrained
+        from ..checkpoint.hf import from_pretrained  # declared exception (above)
 
         model = from_pretrained(folder, dtype=dtype)
         if not isinstance(model, cls):

@@ -29,6 +29,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from .cascade import mean_logprob
+from .embeddings import embed
 from .engine import Engine, Seq
 from .protocol import (
     APIError,
@@ -467,7 +468,6 @@ class Server:
         fmt = body.get("encoding_format") or "float"
         if fmt not in ("float", "base64"):
             raise bad("encoding_format", "must be 'float' or 'base64'")
-        from .embeddings import embed
 
         async with self.encoder_lock:
             vecs, n = await asyncio.to_thread(embed, self.model, self.tok, inputs)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .params import SamplingParams
+
 
 @dataclass
 class Answer:
@@ -57,8 +59,6 @@ class EngineStage:
             sum(p.numel() for p in engine.model.parameters()))
 
     def __call__(self, prompts: Sequence[str]) -> list[Answer]:
-        from .params import SamplingParams
-
         ids = [self.tok.encode(self.template.format(prompt=p), allowed_special="all") for p in prompts]
         params = SamplingParams(max_tokens=self.max_tokens, stop=self.stop, logprobs=0)
         seqs = self.engine.run([(i, params) for i in ids], adapters=[self.adapter] * len(ids))

@@ -6,12 +6,13 @@ from collections.abc import Sequence
 
 import torch
 
+from ..tokenizer.encoding import Padding
+
 
 def encoder_batch(tok, texts: Sequence[str], *, allowed_special="all") -> tuple[torch.Tensor, torch.Tensor,
                                                                                    torch.Tensor]:
     """ids, token types and attention mask [B, T] of the texts: the tokenizer's own truncation and padding
     (a fixed length, for some sentence-embedding folders) and its masks, padded to the longest otherwise."""
-    from ..tokenizer.encoding import Padding
 
     batch = tok.encode_batch_plus(list(texts), allowed_special=allowed_special)
     if tok.padding is None:

@@ -1,6 +1,7 @@
 """Byte-pair-encoding tokenizers: training, HF tokenizer.json io, chat templates."""
 
 from .components import UnsupportedTokenizer
-from .tokenizer import AddedToken, Tokenizer
+from .encoding import AddedToken
+from .tokenizer import Tokenizer
 
 __all__ = ["AddedToken", "Tokenizer", "UnsupportedTokenizer"]

@@ -111,3 +111,20 @@ class Padding:
             else:
                 e.ids[:0], e.type_ids[:0], e.attention_mask[:0] = [self.pad_id] * n, [self.pad_type_id] * n, [0] * n
         return batch
+
+
+@dataclass
+class AddedToken:
+    """A token matched in raw text before BPE (tokenizers' AddedToken)."""
+
+    id: int
+    content: str
+    special: bool = True
+    single_word: bool = False
+    lstrip: bool = False
+    rstrip: bool = False
+    normalized: bool = False
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "content": self.content, "single_word": self.single_word, "lstrip": self.lstrip,
+                "rstrip": self.rstrip, "normalized": self.normalized, "special": self.special}

@@ -12,12 +12,14 @@ byte-level BPE is written.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..utils.files import read_gguf
 from .components import UnsupportedTokenizer
 from .hf_format import from_json, to_json
-from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # the class is built from these parts in tokenizer.py, which imports this module
+    from .tokenizer import Tokenizer
 
 _LETTERS = r"[^\r\n\p{L}\p{N}]?\p{L}+"
 _TAIL = r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -42,16 +44,16 @@ PRE_TOKENIZERS: dict[str, dict] = {
 _CONTROL, _USER = 3, 4
 
 
-def load(path: str | Path) -> Tokenizer:
-    """The Tokenizer stored in a GGUF file's tokenizer.ggml.* metadata (the file is memory-mapped; the
-    tensors are not read)."""
+def read(path: str | Path) -> dict[str, Any]:
+    """The parts of the Tokenizer stored in a GGUF file's tokenizer.ggml.* metadata (the file is memory-mapped;
+    the tensors are not read)."""
     reader = read_gguf(path)
     fields = {name: field.contents() for name, field in reader.fields.items() if name.startswith("tokenizer.")}
     return tokenizer_from_gguf(fields, str(path))
 
 
-def tokenizer_from_gguf(fields: dict[str, Any], source: str) -> Tokenizer:
-    """A Tokenizer from a GGUF file's tokenizer.ggml.* fields (and tokenizer.chat_template): byte-level BPE
+def tokenizer_from_gguf(fields: dict[str, Any], source: str) -> dict[str, Any]:
+    """The parts of a Tokenizer from a GGUF file's tokenizer.ggml.* fields (and tokenizer.chat_template): byte-level BPE
     ("gpt2") or SentencePiece-style BPE ("llama": pieces with scores, byte fallback)."""
     kind = fields.get("tokenizer.ggml.model")
     if kind == "llama":
@@ -74,8 +76,8 @@ def tokenizer_from_gguf(fields: dict[str, Any], source: str) -> Tokenizer:
 
 def _build(fields: dict[str, Any], tokens: list[str], types: list[int], source: str, *, kept: tuple[int, ...],
            normalizer: dict | None, pre_tokenizer: dict | None, decoder: dict, merges: list,
-           unk: str | None = None, byte_fallback: bool = False) -> Tokenizer:
-    """The Tokenizer of the tokenizer.json both vocabularies become: BPE over the file's tokens, the tokens of
+           unk: str | None = None, byte_fallback: bool = False) -> dict[str, Any]:
+    """The Tokenizer parts of the tokenizer.json both vocabularies become: BPE over the file's tokens, the tokens of
     types ``kept`` as added tokens (user-defined ones matched in the normalized text, as sentencepiece and
     llama.cpp match them; the others special), BOS added when the file asks, special tokens named from
     the file's ids."""
@@ -116,7 +118,7 @@ def spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
     return [(left, right) for left, right, _ in found]
 
 
-def _sentencepiece(fields: dict[str, Any], source: str) -> Tokenizer:
+def _sentencepiece(fields: dict[str, Any], source: str) -> dict[str, Any]:
     """llama.cpp's "llama" vocabulary as a tokenizer.json: a "▁" before the text and for every space, BPE
     over the pieces with merges from their scores, unknown characters as <0xXX> byte pieces."""
     tokens = list(fields["tokenizer.ggml.tokens"])

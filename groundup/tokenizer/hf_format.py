@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..utils.files import atomic_write_text
 from .bpe import BPE
 from .components import Decoder, Normalizer, PostProcessor, PreTokenizer, UnsupportedTokenizer
-from .tokenizer import AddedToken, Tokenizer
+from .encoding import AddedToken
 from .unigram import Unigram
 from .wordpiece import WordLevel, WordPiece
+
+if TYPE_CHECKING:  # the class is built from these parts in tokenizer.py, which imports this module
+    from .tokenizer import Tokenizer
 
 _KEPT = ("truncation", "padding")  # tokenizer.json fields carried through a load/save unchanged
 
@@ -147,8 +150,8 @@ def model_from_json(obj: Any, where: str) -> BPE | WordPiece | WordLevel | Unigr
 
 
 def from_json(obj: Any, where: str = "tokenizer.json", config: dict | None = None,
-              chat_template: Any = None) -> Tokenizer:
-    """A Tokenizer from the parsed content of a tokenizer.json."""
+              chat_template: Any = None) -> dict[str, Any]:
+    """The parts of a Tokenizer (its constructor's arguments) from the parsed content of a tokenizer.json."""
     if not isinstance(obj, dict) or "model" not in obj:
         raise UnsupportedTokenizer(f"{where}: not a tokenizer.json (no 'model' field)")
     model = model_from_json(obj["model"], where)
@@ -171,13 +174,14 @@ def from_json(obj: Any, where: str = "tokenizer.json", config: dict | None = Non
     except (KeyError, TypeError, IndexError) as e:
         raise UnsupportedTokenizer(f"{where}: malformed pipeline entry ({type(e).__name__}: {e})") from None
     extra = {k: obj[k] for k in _KEPT if obj.get(k) is not None}
-    return Tokenizer(model, normalizer=norm, pre_tokenizer=pre, post_processor=post, decoder=dec,
-                     added_tokens=added, config=config, chat_template=chat_template, extra=extra)
+    return dict(model=model, normalizer=norm, pre_tokenizer=pre, post_processor=post, decoder=dec,
+                added_tokens=added, config=config, chat_template=chat_template, extra=extra)
 
 
-def load(path: str | Path) -> Tokenizer:
-    """tokenizer.json, or a folder with tokenizer.json and optionally tokenizer_config.json and
-    chat_template.jinja (transformers >= 4.43 writes the template there)."""
+def read(path: str | Path) -> dict[str, Any]:
+    """The parts of a Tokenizer (as from_json gives them) in tokenizer.json, or in a folder with tokenizer.json
+    and optionally tokenizer_config.json and chat_template.jinja (transformers >= 4.43 writes the template
+    there)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     file = path / "tokenizer.json" if path.is_dir() else path

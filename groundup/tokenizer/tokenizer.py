@@ -15,33 +15,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import regex
 
-from .bpe import BPE, merges_cross, to_byte_level
+from . import chat, gguf_vocab, hf_format
+from . import train as bpe_training
+from .bpe import BPE, CHAR_TO_BYTE, merges_cross, to_byte_level
 from .components import Decoder, Normalizer, PostProcessor, PreTokenizer
-from .encoding import Encoding, Padding, Truncation
-
-
-@dataclass
-class AddedToken:
-    """A token matched in raw text before BPE (tokenizers' AddedToken)."""
-
-    id: int
-    content: str
-    special: bool = True
-    single_word: bool = False
-    lstrip: bool = False
-    rstrip: bool = False
-    normalized: bool = False
-
-    def to_json(self) -> dict:
-        return {"id": self.id, "content": self.content, "single_word": self.single_word, "lstrip": self.lstrip,
-                "rstrip": self.rstrip, "normalized": self.normalized, "special": self.special}
-
+from .encoding import AddedToken, Encoding, Padding, Truncation
 
 _WORD_CHAR = regex.compile(r"[\w]")
 _SPACE = regex.compile(r"\s")
@@ -420,8 +403,6 @@ class Tokenizer:
         """Token ids -> the exact bytes they stand for (byte-level models); invalid UTF-8 is kept."""
         if not self.pre_tokenizer.byte_level:
             raise ValueError("decode_bytes needs a byte-level model (pre_tokenizer ByteLevel)")
-        from .bpe import CHAR_TO_BYTE
-
         out = bytearray()
         for t in self._tokens(ids, False):
             if all(c in CHAR_TO_BYTE for c in t):
@@ -435,9 +416,7 @@ class Tokenizer:
                             tokenize: bool = True, template: str | None = None, **kwargs: Any) -> list[int] | str:
         """Render `messages` ([{role, content}, ...]) with the tokenizer's Jinja chat template (or the
         default ChatML template) and, unless tokenize=False, encode it with special tokens allowed."""
-        from .chat import render
-
-        text = render(self, messages, add_generation_prompt=add_generation_prompt, template=template, **kwargs)
+        text = chat.render(self, messages, add_generation_prompt=add_generation_prompt, template=template, **kwargs)
         if not tokenize:
             return text
         return self.encode(text, allowed_special="all", add_special_tokens=False)
@@ -446,34 +425,23 @@ class Tokenizer:
     def from_file(cls, path: str | Path) -> Tokenizer:
         """Load a tokenizer.json file, a folder holding tokenizer.json (+ tokenizer_config.json), or the
         vocabulary inside a GGUF file (``x.gguf``: its tokenizer.ggml.* metadata)."""
-        if str(path).endswith(".gguf"):
-            from .gguf_vocab import load as load_gguf
-
-            return load_gguf(path)
-        from .hf_format import load
-
-        return load(path)
+        parts = gguf_vocab.read(path) if str(path).endswith(".gguf") else hf_format.read(path)
+        return cls(**parts)
 
     from_pretrained = from_file
 
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json (atomically)."""
-        from .hf_format import save_json
-
-        save_json(self, path)
+        hf_format.save_json(self, path)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write tokenizer.json and tokenizer_config.json into `folder`, as HF folders have them."""
-        from .hf_format import save_pretrained
-
-        save_pretrained(self, folder)
+        hf_format.save_pretrained(self, folder)
 
     @classmethod
     def train(cls, data: Any, vocab_size: int, **kwargs: Any) -> Tokenizer:
         """Learn a byte-level BPE tokenizer; see `groundup.tokenizer.train.train` for the options."""
-        from .train import train
-
-        return train(data, vocab_size, **kwargs)
+        return cls(**bpe_training.train(data, vocab_size, **kwargs))
 
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.model.merges)}, "

@@ -26,7 +26,7 @@ import regex
 
 from .bpe import BPE, BYTE_CHARS, to_byte_level
 from .components import PATTERNS, Decoder, PreTokenizer
-from .tokenizer import AddedToken, Tokenizer
+from .encoding import AddedToken
 
 
 def _sources(data: Any) -> tuple[list[Path], Iterable[str]]:
@@ -210,8 +210,8 @@ def learn_merges(word_counts: dict[str, int], vocab_size: int, special_tokens: l
 def train(data: Any, vocab_size: int, *, special_tokens: Iterable[str] = (), min_frequency: int = 0,
           pattern: str = "gpt2", max_token_length: int | None = None, bos_token: str | None = None,
           eos_token: str | None = None, pad_token: str | None = None, unk_token: str | None = None,
-          chat_template: str | None = None, show_progress: bool = False) -> Tokenizer:
-    """Learn a byte-level BPE tokenizer.
+          chat_template: str | None = None, show_progress: bool = False) -> dict[str, Any]:
+    """Learn a byte-level BPE tokenizer: the parts Tokenizer is built from (``Tokenizer.train`` builds it).
 
     data: a file path or glob (str or Path), a list of Paths, or an iterable of texts (each text is
         pre-tokenized as a unit; a file is read line by line, as tokenizers does). Invalid UTF-8 in files
@@ -248,5 +248,5 @@ def train(data: Any, vocab_size: int, *, special_tokens: Iterable[str] = (), min
     added = [AddedToken(vocab[t], t, special=True) for t in specials]
     config = {k: v for k, v in (("bos_token", bos_token), ("eos_token", eos_token), ("pad_token", pad_token),
                                 ("unk_token", unk_token)) if v is not None}
-    return Tokenizer(model, pre_tokenizer=PreTokenizer(pre), decoder=Decoder(dec, "decoder"), added_tokens=added,
-                     config=config, chat_template=chat_template)
+    return dict(model=model, pre_tokenizer=PreTokenizer(pre), decoder=Decoder(dec, "decoder"), added_tokens=added,
+                config=config, chat_template=chat_template)

@@ -12,12 +12,12 @@ import argparse
 import os
 import sys
 
+from ..utils.settings import add_flags
+from .pretrain import PretrainSettings, report, run
+
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-
-    from ..utils.settings import add_flags
-    from .pretrain import PretrainSettings, report, run
 
     parser = argparse.ArgumentParser(prog="python -m groundup.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

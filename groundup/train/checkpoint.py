@@ -30,7 +30,7 @@ try:
 except ImportError:  # a torch build without torch.distributed: nothing can be sharded
     DTensor = ()  # type: ignore[assignment,misc]
 
-from ..checkpoint.hf import write_model
+from ..checkpoint.hf import from_pretrained, write_model
 from ..peft import adapter_layers, has_adapter, load_adapter, write_adapter
 from ..utils.files import atomic_folder, read_safetensors
 
@@ -106,7 +106,6 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch
 
 def load_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Restore model weights, optimizer and RNG state in place; return the trainer state."""
-    from ..checkpoint.hf import from_pretrained
 
     folder = Path(folder)
     if not (folder / STATE).is_file():

@@ -20,6 +20,7 @@ import torch
 from ..config import Config
 from ..models.vision import CLIP
 from ..multimodal import CLIPConfig
+from ..tokenizer import Tokenizer
 from ..utils.files import atomic_write_text
 from ..vision import ImageProcessor, synthetic
 from ..vision.data import ImageTextData, encode_texts, pad_ids, process_all, read_captions
@@ -158,7 +159,6 @@ def _load(settings: CLIPSettings) -> tuple[list, list[str], list, list[str], lis
 
 def run(settings: CLIPSettings, log=print) -> dict[str, Any]:
     """Train, evaluate, write the folder and results.json; returns the results."""
-    from ..tokenizer import Tokenizer
 
     s = settings
     if s.loss not in ("softmax", "sigmoid"):

@@ -21,8 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import peft
+from ..checkpoint.hf import check_model_folder, config_from_hf, from_pretrained
+from ..checkpoint.io import read_json
+from ..data.instruct import SEPARATOR, InstructionData, load_examples, prefixed
+from ..nn.qlinear import QUANTIZED
+from ..quant import load_quantized
+from ..tokenizer import Tokenizer
 from ..utils.files import atomic_write_text
 from ..utils.settings import option, option_list
+from .loop import TrainArgs, train
 
 METHODS = ("full", "lora", "qlora", "ia3", "bitfit", "prompt", "prefix")
 LR = {"full": 1e-4, "lora": 1e-3, "qlora": 1e-3, "ia3": 3e-3, "bitfit": 1e-3, "prompt": 3e-2,
@@ -86,7 +94,6 @@ class FinetuneSettings(RunSettings):
 def adapter_of(s: FinetuneSettings) -> Any:
     """The method's adapter settings (a LoraConfig, IA3Config, "prompt", "prefix" or None), checked now, so a
     bad setting fails before any data or weight is read."""
-    from .. import peft
 
     if s.base_dtype != "float32" and s.method in ("full", "qlora"):
         raise ValueError(f"--base-dtype {s.base_dtype} goes with the adapter methods; {s.method} holds its base "
@@ -111,7 +118,6 @@ def adapter_of(s: FinetuneSettings) -> Any:
 
 def apply_method(model, s: FinetuneSettings, adapter: Any, tok) -> None:
     """Freeze the base and add the method's trainable parameters (in place; nothing to do for full)."""
-    from .. import peft
 
     if s.method in ("lora", "qlora"):
         peft.apply_lora(model, adapter)
@@ -132,28 +138,16 @@ def load_base(s: FinetuneSettings):
     it is."""
     import torch
 
-    from ..checkpoint.hf import from_pretrained
-    from ..checkpoint.io import read_json
-
     if s.method != "qlora":
         return from_pretrained(s.model, dtype=getattr(torch, s.base_dtype))
     if read_json(Path(s.model) / "config.json").get("quantization_config"):
         return from_pretrained(s.model)  # 4 bits already (NF4, or int4 / GPTQ): trained over as it is
-    from ..quant import load_quantized
 
     return load_quantized(s.model, "nf4", double_quant=True, compute_dtype=getattr(torch, s.compute_dtype))
 
 
 def run(s: FinetuneSettings, log=print) -> dict[str, Any]:
     """Check, load the data, load the base, apply the method, train, write the folders; the run's summary."""
-
-    from .. import peft
-    from ..checkpoint.hf import check_model_folder, config_from_hf
-    from ..checkpoint.io import read_json
-    from ..data.instruct import SEPARATOR, InstructionData, load_examples, prefixed
-    from ..nn.qlinear import QUANTIZED
-    from ..tokenizer import Tokenizer
-    from .loop import TrainArgs, train
 
     check_model_folder(s.model, "causal_lm", "a decoder-only")
     adapter = adapter_of(s)

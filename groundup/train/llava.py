@@ -19,9 +19,12 @@ from typing import Any
 
 import torch
 
+from ..checkpoint.hf import from_pretrained
 from ..config import Config
+from ..generate.entry import generate
 from ..models.vlm import Llava
 from ..multimodal import LlavaConfig
+from ..tokenizer import Tokenizer
 from ..vision import ImageProcessor, synthetic
 from ..vision.data import VisionTextData, process_all
 from .clip import save_run
@@ -137,8 +140,6 @@ def exact_match(model: Llava, tok, scenes_, pixels: torch.Tensor | None, batch: 
 
 
 def runner_generate(runner, ids: list[list[int]], eos: int) -> list[list[int]]:
-    from ..generate.entry import generate
-
     width = max(map(len, ids))
     out = generate(runner, ids, 4, eos_token_id=eos, pad_token_id=eos)
     return [row[width:] for row in out.tolist()]
@@ -166,9 +167,6 @@ class Setup:
     pixels, a BPE tokenizer trained on the prompts (with <image> and </s>) and the small Llama-style LM's Config."""
 
     def __init__(self, s: Any, *, max_seq_len: int) -> None:
-        from ..checkpoint.hf import from_pretrained
-        from ..tokenizer import Tokenizer
-
         torch.manual_seed(s.seed)
         self.clip = from_pretrained(s.clip)
         self.processor = ImageProcessor.from_pretrained(s.clip)

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from ..models.common import trusted_inputs
+from ..nn.block import Block
 from ..utils.files import atomic_file
 from .checkpoint import DTensor, load_checkpoint, save_checkpoint
 from .experts import ExpertLog, plot_experts
@@ -82,8 +84,6 @@ def shard_model(model: torch.nn.Module) -> int:
     whose parameters, gradients and optimizer state are split over the processes and gathered only while
     the unit runs. Memory per process falls with the number of processes; the arithmetic is DDP's."""
     from torch.distributed.fsdp import fully_shard
-
-    from ..nn.block import Block
 
     blocks = [m for m in model.modules() if isinstance(m, Block)]
     for block in blocks:
@@ -189,6 +189,104 @@ def _accumulate(model: torch.nn.Module, core: torch.nn.Module, mixture, objectiv
     return loss_sum, tokens
 
 
+class _Run:
+    """One training run's state: the model (as wrapped for DDP / FSDP, and bare), its objective and optimizer,
+    the step and token counts, and the files it writes (only rank 0 writes)."""
+
+    def __init__(self, model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any, resume: bool,
+                 log, objective: TrainObjective | None) -> None:
+        self.rank, self.world = _dist()
+        self.device = next(model.parameters()).device
+        self.micro = args.micro_batch or args.batch_size // self.world
+        if args.batch_size % (self.micro * self.world):
+            raise ValueError(f"batch_size={args.batch_size} must be a multiple of micro_batch x processes "
+                             f"({self.micro} x {self.world})")
+        self.accum = args.batch_size // (self.micro * self.world)
+        self.args, self.mixture, self.tokenizer = args, mixture, tokenizer
+        self.out = Path(args.out_dir)
+        self.ckpt, self.metrics = self.out / "checkpoint", self.out / "metrics.jsonl"
+        self.core = model
+        self.model, self.sharded = _wrap(model, args, self.world, log)
+        self.experts = ExpertLog(model)  # empty (false) for a dense model
+        self.objective = objective or Objective(model.config.arch, tokenizer, mixture.block_size,
+                                                model.config.vocab_size, args.seed)
+        self.optimizer = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, kind=args.optimizer)
+        self.step, self.tokens = 0, 0
+        if resume:
+            state = load_checkpoint(self.ckpt, model, self.optimizer)
+            self.step, self.tokens = state["step"], state["tokens"]
+            mixture.load_state_dict(state["data"])
+            if self.step >= args.steps:
+                raise ValueError(f"the checkpoint is at step {self.step}, not before --steps {args.steps}: "
+                                 "raise --steps")
+        else:
+            torch.manual_seed(args.seed)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                self.metrics.write_text("")
+        self.first_step, self.tokens_start, self.t_start = self.step, self.tokens, time.perf_counter()
+
+    def record(self, row: dict) -> None:
+        if self.rank == 0:
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def save(self) -> None:
+        if self.rank == 0 or self.sharded:  # gathering a sharded model takes every rank; rank 0 writes
+            state = {"step": self.step, "tokens": self.tokens, "data": self.mixture.state_dict(),
+                     "args": asdict(self.args)}
+            save_checkpoint(self.ckpt, self.core, self.optimizer, state, self.tokenizer, write=self.rank == 0)
+
+    def validate(self) -> float:
+        loss = evaluate(self.core, self.mixture, self.micro, self.args.eval_batches, self.args.dtype, self.objective)
+        extra = {f"val_{k}": v for k, v in self.objective.metrics().items()}
+        if loss != loss and not extra:  # no held-out data (an online method's rollouts): nothing to record
+            return loss
+        row = {"step": self.step, "val_loss": loss, **extra}
+        if self.objective.perplexity:
+            row["val_ppl"] = math.exp(loss)
+        self.record(row)
+        return loss
+
+    def optimizer_step(self) -> dict:
+        """One optimizer step at the scheduled learning rate; its metrics row (also written to metrics.jsonl)."""
+        args = self.args
+        lr = lr_at(self.step, lr=args.lr, warmup=args.warmup, max_steps=args.steps, min_lr=args.min_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.experts:
+            self.experts.reset()  # the counts below are this step's
+        loss_sum, tokens = _accumulate(self.model, self.core, self.mixture, self.objective, args, step=self.step,
+                                       micro=self.micro, accum=self.accum, rank=self.rank, world=self.world,
+                                       sharded=self.sharded, trusted=self.step > self.first_step, ckpt=self.ckpt,
+                                       device=self.device)
+        if self.world > 1:
+            torch.distributed.all_reduce(loss_sum)
+            loss_sum /= self.world
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.core.parameters(), args.grad_clip)
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens += tokens * self.world
+        elapsed = time.perf_counter() - self.t_start
+        row = {"step": self.step, "loss": loss_sum.item(), "lr": lr, "grad_norm": float(grad_norm),
+               "tokens": self.tokens, "tok_per_s": (self.tokens - self.tokens_start) / max(elapsed, 1e-9),
+               "seconds": elapsed, **self.objective.metrics(), **(self.experts.read() if self.experts else {})}
+        self.record(row)
+        return row
+
+    def summary(self, val_start: float, val_loss: float) -> dict:
+        out = self.out
+        return {"parameters": sum(p.numel() for p in {id(p): p for p in self.core.parameters()}.values()),
+                "steps": self.step, "tokens": self.tokens, "seconds": time.perf_counter() - self.t_start,
+                "val_loss_start": val_start, "val_ppl_start": math.exp(val_start), "val_loss": val_loss,
+                "val_ppl": math.exp(val_loss), "checkpoint": str(self.ckpt), "metrics": str(self.metrics),
+                "plot": str(out / "loss.png"), **({"experts_plot": str(out / "experts.png")} if self.experts else {})}
+
+
 def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = None, resume: bool = False,
           log=print, objective: TrainObjective | None = None) -> dict:
     """Train `model` (a CausalLM, Encoder or Seq2Seq) on `mixture`; return a summary dict. When
@@ -196,115 +294,34 @@ def train(model: torch.nn.Module, mixture, args: TrainArgs, *, tokenizer: Any = 
     ``objective`` replaces the architecture's pre-training loss (alignment methods bring theirs, with
     their batches as `mixture`). Writes <out_dir>/checkpoint, metrics.jsonl, loss.png, and for an MoE model
     each step's expert shares and dropped-token fraction (train/experts.py) with experts.png."""
-    rank, world = _dist()
-    device = next(model.parameters()).device
-    micro = args.micro_batch or args.batch_size // world
-    if args.batch_size % (micro * world):
-        raise ValueError(f"batch_size={args.batch_size} must be a multiple of micro_batch x processes "
-                         f"({micro} x {world})")
-    accum = args.batch_size // (micro * world)
-    out = Path(args.out_dir)
-    ckpt = out / "checkpoint"
-    core = model
-    model, sharded = _wrap(core, args, world, log)
-    experts = ExpertLog(core)  # empty (false) for a dense model
-    if objective is None:
-        objective = Objective(core.config.arch, tokenizer, mixture.block_size, core.config.vocab_size, args.seed)
-    optimizer = make_optimizer(core, lr=args.lr, weight_decay=args.weight_decay, kind=args.optimizer)
-    step, tokens_seen = 0, 0
-    if resume:
-        state = load_checkpoint(ckpt, core, optimizer)
-        step, tokens_seen = state["step"], state["tokens"]
-        mixture.load_state_dict(state["data"])
-        if step >= args.steps:
-            raise ValueError(f"the checkpoint is at step {step}, not before --steps {args.steps}: raise --steps")
-    else:
-        torch.manual_seed(args.seed)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            (out / "metrics.jsonl").write_text("")
-    metrics = out / "metrics.jsonl"
-
-    def record(row: dict) -> None:
-        if rank == 0:
-            with open(metrics, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def save() -> None:
-        if rank == 0 or sharded:  # gathering a sharded model takes every rank; rank 0 writes
-            save_checkpoint(ckpt, core, optimizer, {"step": step, "tokens": tokens_seen, "data": mixture.state_dict(),
-                                                    "args": asdict(args)}, tokenizer, write=rank == 0)
-
-    def validate() -> float:
-        loss = evaluate(core, mixture, micro, args.eval_batches, args.dtype, objective)
-        extra = {f"val_{k}": v for k, v in objective.metrics().items()}
-        if loss != loss and not extra:  # no held-out data (an online method's rollouts): nothing to record
-            return loss
-        row = {"step": step, "val_loss": loss, **extra}
-        if objective.perplexity:
-            row["val_ppl"] = math.exp(loss)
-        record(row)
-        return loss
-
-    val_start = validate()
-    if objective.perplexity:
-        log(f"validation at step {step}: loss {val_start:.3f}, perplexity {math.exp(val_start):,.1f}")
+    run = _Run(model, mixture, args, tokenizer=tokenizer, resume=resume, log=log, objective=objective)
+    val_start = val_loss = run.validate()
+    if run.objective.perplexity:
+        log(f"validation at step {run.step}: loss {val_start:.3f}, perplexity {math.exp(val_start):,.1f}")
     elif val_start == val_start:  # not nan: there is held-out data
-        log(f"validation at step {step}: loss {val_start:.4f}")
+        log(f"validation at step {run.step}: loss {val_start:.4f}")
     bar = None
-    if args.progress and rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=args.steps, initial=step, desc=args.name, unit="step", dynamic_ncols=True)
-    model.train()
-    t_start, tokens_start, first_step = time.perf_counter(), tokens_seen, step
-    val_loss = val_start
-    while step < args.steps:
-        lr = lr_at(step, lr=args.lr, warmup=args.warmup, max_steps=args.steps, min_lr=args.min_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if experts:
-            experts.reset()  # the counts below are this step's
-        loss_sum, tokens = _accumulate(model, core, mixture, objective, args, step=step, micro=micro, accum=accum,
-                                       rank=rank, world=world, sharded=sharded, trusted=step > first_step,
-                                       ckpt=ckpt, device=device)
-        if world > 1:
-            torch.distributed.all_reduce(loss_sum)
-            loss_sum /= world
-        grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), args.grad_clip)
-        if isinstance(grad_norm, DTensor):
-            grad_norm = grad_norm.full_tensor()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        tokens_seen += tokens * world
-        elapsed = time.perf_counter() - t_start
-        tok_s = (tokens_seen - tokens_start) / max(elapsed, 1e-9)
-        train_loss = loss_sum.item()
-        extra = objective.metrics()
-        routing = experts.read() if experts else {}
-        record({"step": step, "loss": train_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_seen,
-                "tok_per_s": tok_s, "seconds": elapsed, **extra, **routing})
+    if args.progress and run.rank == 0:
+        bar = tqdm(total=args.steps, initial=run.step, desc=args.name, unit="step", dynamic_ncols=True)
+    run.model.train()
+    run.t_start = time.perf_counter()
+    while run.step < args.steps:
+        row = run.optimizer_step()
         if bar is not None:
-            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
-                            **{k: f"{extra[k]:.3g}" for k in objective.shown if k in extra})
+            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tok_per_s']:,.0f}",
+                            **{k: f"{row[k]:.3g}" for k in run.objective.shown if k in row})
             bar.update(1)
-        if step % args.eval_every == 0 or step == args.steps:
-            val_loss = validate()
-        if step % args.save_every == 0 or step == args.steps:
-            save()
+        if run.step % args.eval_every == 0 or run.step == args.steps:
+            val_loss = run.validate()
+        if run.step % args.save_every == 0 or run.step == args.steps:
+            run.save()
     if bar is not None:
         bar.close()
-    if rank == 0:
-        plot_losses(metrics, out / "loss.png")
-        if experts:
-            plot_experts(metrics, experts, out / "experts.png")
-    return {"parameters": sum(p.numel() for p in {id(p): p for p in core.parameters()}.values()),
-            "steps": step, "tokens": tokens_seen, "seconds": time.perf_counter() - t_start,
-            "val_loss_start": val_start, "val_ppl_start": math.exp(val_start), "val_loss": val_loss,
-            "val_ppl": math.exp(val_loss), "checkpoint": str(ckpt), "metrics": str(metrics),
-            "plot": str(out / "loss.png"), **({"experts_plot": str(out / "experts.png")} if experts else {})}
+    if run.rank == 0:
+        plot_losses(run.metrics, run.out / "loss.png")
+        if run.experts:
+            plot_experts(run.metrics, run.experts, run.out / "experts.png")
+    return run.summary(val_start, val_loss)
 
 
 def plot_losses(metrics: Path, png: Path) -> None:

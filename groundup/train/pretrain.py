@@ -17,6 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import Config, Tokenizer
+from ..checkpoint.hf import config_to_hf, from_pretrained
+from ..data import Mixture, Source
+from ..generate import generate
+from ..models import build_model
+from ..train import TrainArgs, train
 from ..utils.files import atomic_write_text
 from ..utils.settings import merge, option, option_list
 
@@ -83,7 +89,6 @@ class PretrainSettings:
 
 def sources(s: PretrainSettings) -> list:
     """The data sources of the settings, each checked to exist (before a tokenizer is trained)."""
-    from ..data import Source
 
     out = []
     for item in s.data:
@@ -112,13 +117,6 @@ def sources(s: PretrainSettings) -> list:
 def run(s: PretrainSettings, log=print) -> dict:
     """Tokenizer (given, reused or trained), data mixture, model, training, a sample; the run's summary."""
     import torch
-
-    from .. import Config, Tokenizer
-    from ..checkpoint.hf import config_to_hf
-    from ..data import Mixture
-    from ..generate import generate
-    from ..models import build_model
-    from ..train import TrainArgs, train
 
     rank = int(os.environ.get("RANK", "0"))
     out = Path(s.out)
@@ -177,7 +175,6 @@ def run(s: PretrainSettings, log=print) -> dict:
     summary = train(model, mix, targs, tokenizer=tok, resume=bool(s.resume), log=log)
     if rank == 0 and s.sample_tokens > 0 and cfg.arch == "causal_lm":
         if s.fsdp and torch.distributed.is_initialized():  # rank 0 holds a shard: sample the saved model
-            from ..checkpoint.hf import from_pretrained
 
             model = from_pretrained(summary["checkpoint"])
         prompt = tok.encode(s.prompt, add_special_tokens=False) or [tok.eos_token_id]

@@ -19,8 +19,10 @@ import torch
 from ..audio import load_audio, log_mel, pad_or_trim
 from ..audio.wer import wer
 from ..config import Config
+from ..generate.transcribe import whisper_prompt
 from ..models.seq2seq import Seq2Seq
 from ..nn.cross_entropy import cross_entropy
+from ..tokenizer import Tokenizer
 from ..utils.files import atomic_write_text
 from ..vision.data import InMemoryData
 from .loop import TrainArgs, train
@@ -128,9 +130,6 @@ def transcribe_all(model: Seq2Seq, tok, feats: torch.Tensor, prefix: list[int], 
 
 
 def run(settings: SpeechSettings, log=print) -> dict[str, Any]:
-    from ..generate.transcribe import whisper_prompt
-    from ..tokenizer import Tokenizer
-
     s = settings
     torch.manual_seed(s.seed)
     root = Path(s.data)
