@@ -16,6 +16,7 @@ import dataclasses
 import json
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ from .rewards import load_reward_fn
 
 METHODS = ("rm", "ppo", "dpo", "ipo", "kto", "orpo", "simpo", "grpo")
 BETA = {"dpo": 0.1, "ipo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0, "grpo": 0.04}
+# the flag a method needs, with the hint its refusal gives (and no other method takes it)
+NEEDS = {"ppo": ("reward_model", "--reward-model RM_FOLDER (train one with --method rm)"),
+         "grpo": ("reward", "--reward (e.g. goat_exact, or file.py:function)")}
 
 
 @dataclass
@@ -119,20 +123,18 @@ class AlignSettings(RunSettings):
 
     def check(self) -> None:
         """Refuse contradictory settings before anything is read."""
-        online = self.method in ("ppo", "grpo")
+        is_online = METHOD[self.method].online
         if self.lora and self.qlora:
             raise ValueError("--lora and --qlora: pick one (--qlora is LoRA over a 4-bit base)")
         if self.merge and not (self.lora or self.qlora):
             raise ValueError("--merge goes with --lora or --qlora (full weights are written as a model folder)")
-        if self.method == "ppo" and not self.reward_model:
-            raise ValueError("--method ppo needs --reward-model RM_FOLDER (train one with --method rm)")
-        if self.method != "ppo" and self.reward_model:
-            raise ValueError(f"--reward-model goes with --method ppo, not {self.method}")
-        if self.method == "grpo" and not self.reward:
-            raise ValueError("--method grpo needs --reward (e.g. goat_exact, or file.py:function)")
-        if self.method != "grpo" and self.reward:
-            raise ValueError(f"--reward goes with --method grpo, not {self.method}")
-        if online and self.micro_batch:
+        for method, (flag, hint) in NEEDS.items():
+            given = bool(getattr(self, flag))
+            if self.method == method and not given:
+                raise ValueError(f"--method {method} needs {hint}")
+            if self.method != method and given:
+                raise ValueError(f"--{flag.replace('_', '-')} goes with --method {method}, not {self.method}")
+        if is_online and self.micro_batch:
             raise ValueError("--micro-batch goes with the offline methods; ppo/grpo size work by --batch-size and "
                              "--minibatches")
         if self.method == "grpo" and self.group < 2:
@@ -156,103 +158,124 @@ def _apply_lora(model, s: AlignSettings) -> None:
                                            target_modules=s.target_modules or ["q_proj", "v_proj"]))
 
 
-def run(s: AlignSettings, log=print) -> dict[str, Any]:
-    """Check, read the data, load the models, train, write the folders; the run's summary."""
+@dataclass
+class _Setup:
+    """What every method's builder is handed: the settings, tokenizer, config and base, and the run's data."""
 
-    s.check()
-    check_model_folder(s.model, "causal_lm", "a decoder-only")
-    tok = Tokenizer.from_pretrained(s.model)
-    cfg = config_from_hf(read_json(Path(s.model) / "config.json"))
-    max_len = s.max_len or cfg.max_seq_len
-    sep = SEPARATOR if s.separator is None else s.separator
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    beta = s.beta if s.beta is not None else BETA.get(s.method, 0.1)
-    online_method = s.method in ("ppo", "grpo")
-    if online_method:
+    s: AlignSettings
+    tok: Tokenizer
+    model: torch.nn.Module
+    pad: int
+    eos: list[int]
+    beta: float
+    data: Any  # PreferenceData (offline methods) or the prompts (online ones)
+    rewards: Any  # the reward model (ppo) or reward functions (grpo), loaded before the base
+    ref: torch.nn.Module | None  # a frozen copy of the base, for an online method's KL without an adapter
+
+
+def _rollout(x: _Setup) -> online.RolloutSettings:
+    s = x.s
+    return online.RolloutSettings(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                                  top_p=s.top_p, epochs=s.epochs if s.epochs is not None else METHOD[s.method].epochs,
+                                  minibatches=s.minibatches, seed=s.seed)
+
+
+def _build_rm(x: _Setup) -> tuple[torch.nn.Module, Any, Any]:
+    objective = direct.PreferenceObjective("rm", direct.DirectSettings(center_rewards=x.s.center_rewards))
+    return RewardModel(x.model), x.data, objective
+
+
+def _build_ppo(x: _Setup) -> tuple[torch.nn.Module, Any, Any]:
+    s = x.s
+    value = load_reward_model(s.reward_model, dtype=torch.float32).train() if s.value_model == "separate" else None
+    trained = online.PolicyValue(x.model, value)
+    ppo = online.PPOSettings(kl_coef=s.kl_coef, kl_target=s.kl_target, gamma=s.gamma, lam=s.lam,
+                             cliprange=s.cliprange, cliprange_value=s.cliprange_value, vf_coef=s.vf_coef,
+                             whiten_rewards=s.whiten_rewards, missing_eos_penalty=s.missing_eos_penalty)
+    data = online.PPOSource(x.data, trained, x.rewards, x.tok, _rollout(x), ppo, pad_id=x.pad, eos_ids=x.eos,
+                            ref=x.ref)
+    objective = online.PPOObjective(ppo, s.temperature)
+    objective.source = data
+    return trained, data, objective
+
+
+def _build_grpo(x: _Setup) -> tuple[torch.nn.Module, Any, Any]:
+    s = x.s
+    grpo = online.GRPOSettings(group=s.group, beta=x.beta, epsilon=s.epsilon, loss=s.grpo_loss,
+                               scale_rewards=s.scale_rewards,
+                               reward_weights=[float(w) for w in s.reward_weights] if s.reward_weights else None)
+    data = online.GRPOSource(x.data, x.model, x.tok, _rollout(x), grpo, x.rewards, pad_id=x.pad, eos_ids=x.eos,
+                             ref=x.ref)
+    objective = online.GRPOObjective(grpo, s.temperature)
+    objective.source = data
+    return x.model, data, objective
+
+
+def _build_direct(x: _Setup) -> tuple[torch.nn.Module, Any, Any]:
+    s = x.s
+    objective = direct.PreferenceObjective(s.method, direct.DirectSettings(
+        beta=x.beta, dpo_loss=s.dpo_loss, label_smoothing=s.label_smoothing, desirable_weight=s.desirable_weight,
+        undesirable_weight=s.undesirable_weight, simpo_gamma=s.simpo_gamma, orpo_nll=s.orpo_nll,
+        sft_weight=s.sft_weight))
+    return x.model, x.data, objective
+
+
+def _policy_rm(s: AlignSettings, vocab_size: int) -> RewardModel:
+    rm = load_reward_model(s.reward_model, dtype=torch.float32)
+    if rm.config.vocab_size != vocab_size:
+        raise ValueError(f"--reward-model {s.reward_model}: vocabulary of {rm.config.vocab_size}, the policy's is "
+                         f"{vocab_size}; the reward model must read the policy's tokens")
+    return rm.requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One alignment method as data: what it reads, what it loads first, how its trainer is built, what it writes."""
+
+    build: Callable[[_Setup], tuple[torch.nn.Module, Any, Any]]  # -> (trained module, data source, objective)
+    online: bool = False  # trains on its own rollouts of prompts (else on preference records)
+    labels: bool = False  # records are unpaired answers with a label (KTO) rather than pairs
+    rewards: Callable[[AlignSettings, int], Any] | None = None  # loaded before the base (vocab_size given)
+    epochs: int = 1  # default optimizer passes over each rollout
+    kl_always: bool = False  # an online method whose KL term needs the reference whatever beta is (PPO's penalty)
+    writes_reward_model: bool = False  # <out>/reward_model rather than the policy
+
+
+METHOD: dict[str, Method] = {
+    "rm": Method(_build_rm, writes_reward_model=True),
+    "ppo": Method(_build_ppo, online=True, rewards=_policy_rm, epochs=4, kl_always=True),
+    "grpo": Method(_build_grpo, online=True, rewards=lambda s, _: [load_reward_fn(spec) for spec in s.reward]),
+    "kto": Method(_build_direct, labels=True),
+    **{name: Method(_build_direct) for name in ("dpo", "ipo", "orpo", "simpo")},
+}
+
+
+def _read_data(s: AlignSettings, m: Method, tok: Tokenizer, max_len: int, sep: str, pad: int, log) -> Any:
+    """The prompts of an online method, or the preference records split into training and held-out."""
+    if m.online:
         prompts = load_prompts(s.data, tok, separator=sep, max_len=max_len - s.max_new_tokens)
         log(f"data: {len(prompts):,} prompts")
-    else:
-        groups, stats = load_preferences(s.data, tok, separator=sep, max_len=max_len,
-                                         need="labels" if s.method == "kto" else "pairs")
-        if s.method == "kto":
-            groups = unpaired(groups, s.seed)
-        data = PreferenceData.split(groups, val_fraction=s.val_fraction, pad_id=pad, seed=s.seed)
-        log(f"data: {stats.records:,} records, {stats.pairs:,} pairs; {len(data.train):,} training / "
-            f"{len(data.val):,} held-out {'answers' if s.method == 'kto' else 'prompts'}; dropped "
-            f"{stats.equal_dropped} equal pairs and {stats.too_long_dropped} too long, {stats.truncated} prompts cut")
-    rm = fns = None
-    if s.method == "ppo":
-        rm = load_reward_model(s.reward_model, dtype=torch.float32)
-        if rm.config.vocab_size != cfg.vocab_size:
-            raise ValueError(f"--reward-model {s.reward_model}: vocabulary of {rm.config.vocab_size}, the policy's is "
-                             f"{cfg.vocab_size}; the reward model must read the policy's tokens")
-        rm.requires_grad_(False)
-    if s.method == "grpo":
-        fns = [load_reward_fn(spec) for spec in s.reward]
+        return prompts
+    groups, stats = load_preferences(s.data, tok, separator=sep, max_len=max_len,
+                                     need="labels" if m.labels else "pairs")
+    if m.labels:
+        groups = unpaired(groups, s.seed)
+    data = PreferenceData.split(groups, val_fraction=s.val_fraction, pad_id=pad, seed=s.seed)
+    log(f"data: {stats.records:,} records, {stats.pairs:,} pairs; {len(data.train):,} training / "
+        f"{len(data.val):,} held-out {'answers' if m.labels else 'prompts'}; dropped "
+        f"{stats.equal_dropped} equal pairs and {stats.too_long_dropped} too long, {stats.truncated} prompts cut")
+    return data
 
-    model = _load_base(s)
-    if s.method in direct.NEEDS_REFERENCE:  # the base is the reference: its log-probs once, before any adapter
-        direct.attach_reference(data.train + data.val, model, pad, batch_size=s.micro_batch or s.batch_size,
-                                progress=not s.quiet)
-    adapter = s.lora or s.qlora
-    ref = online.frozen_copy(model) if online_method and not adapter and (s.method == "ppo" or beta) else None
-    if adapter:
-        _apply_lora(model, s)
-    else:
-        model.requires_grad_(True)
-    eos = cfg.eos_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
-    epochs = s.epochs if s.epochs is not None else (4 if s.method == "ppo" else 1)
-    rollout = online.RolloutSettings(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-                                     top_p=s.top_p, epochs=epochs, minibatches=s.minibatches, seed=s.seed)
-    if s.method == "rm":
-        trained = RewardModel(model)
-        objective = direct.PreferenceObjective("rm", direct.DirectSettings(center_rewards=s.center_rewards))
-    elif s.method == "ppo":
-        value = None
-        if s.value_model == "separate":
-            value = load_reward_model(s.reward_model, dtype=torch.float32).train()
-        trained = online.PolicyValue(model, value)
-        ppo = online.PPOSettings(kl_coef=s.kl_coef, kl_target=s.kl_target, gamma=s.gamma, lam=s.lam,
-                                 cliprange=s.cliprange, cliprange_value=s.cliprange_value, vf_coef=s.vf_coef,
-                                 whiten_rewards=s.whiten_rewards, missing_eos_penalty=s.missing_eos_penalty)
-        data = online.PPOSource(prompts, trained, rm, tok, rollout, ppo, pad_id=pad, eos_ids=eos, ref=ref)
-        objective = online.PPOObjective(ppo, s.temperature)
-        objective.source = data
-    elif s.method == "grpo":
-        trained = model
-        grpo = online.GRPOSettings(group=s.group, beta=beta, epsilon=s.epsilon, loss=s.grpo_loss,
-                                   scale_rewards=s.scale_rewards,
-                                   reward_weights=[float(w) for w in s.reward_weights] if s.reward_weights else None)
-        data = online.GRPOSource(prompts, model, tok, rollout, grpo, fns, pad_id=pad, eos_ids=eos, ref=ref)
-        objective = online.GRPOObjective(grpo, s.temperature)
-        objective.source = data
-    else:
-        trained = model
-        objective = direct.PreferenceObjective(s.method, direct.DirectSettings(
-            beta=beta, dpo_loss=s.dpo_loss, label_smoothing=s.label_smoothing, desirable_weight=s.desirable_weight,
-            undesirable_weight=s.undesirable_weight, simpo_gamma=s.simpo_gamma, orpo_nll=s.orpo_nll,
-            sft_weight=s.sft_weight))
-    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in {id(p): p for p in trained.parameters()}.values())
-    log(f"method: {s.method} ({'qlora' if s.qlora else 'lora' if s.lora else 'full weights'}): {trainable:,} "
-        f"trainable of {total:,} parameters")
-    lr = s.lr if s.lr is not None else (1e-4 if adapter else 1e-5)
-    targs = TrainArgs(out_dir=s.out, steps=s.steps, batch_size=s.batch_size, micro_batch=s.micro_batch, lr=lr,
-                      min_lr=s.min_lr if s.min_lr is not None else lr / 10, warmup=s.warmup,
-                      weight_decay=s.weight_decay, grad_clip=s.grad_clip, dtype=s.dtype, eval_every=s.eval_every,
-                      save_every=s.save_every, seed=s.seed, progress=not s.quiet, name=f"align {s.method}")
+
+def _write(s: AlignSettings, m: Method, trained, model, data, tok: Tokenizer, summary: dict) -> None:
+    """The run's folders: the reward model, the adapter (and merged model), or the full model."""
     out = Path(s.out)
-    atomic_write_text(out / "settings.json", json.dumps(dataclasses.asdict(s), indent=2, default=str))
-    t0 = time.perf_counter()
-    summary = train(trained, data, targs, tokenizer=tok, resume=s.resume, log=log, objective=objective)
-    summary.update(method=s.method, trainable=trainable, total=total, seconds=time.perf_counter() - t0,
-                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    if s.method == "rm":
+    if m.writes_reward_model:
         trained.save_pretrained(out / "reward_model")
         tok.save_pretrained(out / "reward_model")
         summary["reward_model"] = str(out / "reward_model")
         summary.update({f"held_out_{k}": v for k, v in direct.reward_accuracy(trained, data).items()})
-    elif adapter:
+    elif s.lora or s.qlora:
         peft.save_adapter(model, out / "adapter")
         tok.save_pretrained(out / "adapter")
         summary["adapter"] = str(out / "adapter")
@@ -264,6 +287,55 @@ def run(s: AlignSettings, log=print) -> dict[str, Any]:
         model.save_pretrained(out / "model")
         tok.save_pretrained(out / "model")
         summary["model"] = str(out / "model")
+
+
+def _setup(s: AlignSettings, m: Method, log) -> _Setup:
+    """Read the data, load the rewards and the base (in that order: bad input fails before the long work), the
+    reference log-probs or copy, and the adapter."""
+    check_model_folder(s.model, "causal_lm", "a decoder-only")
+    tok = Tokenizer.from_pretrained(s.model)
+    cfg = config_from_hf(read_json(Path(s.model) / "config.json"))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    beta = s.beta if s.beta is not None else BETA.get(s.method, 0.1)
+    data = _read_data(s, m, tok, s.max_len or cfg.max_seq_len, SEPARATOR if s.separator is None else s.separator,
+                      pad, log)
+    rewards = m.rewards(s, cfg.vocab_size) if m.rewards else None
+    model = _load_base(s)
+    if s.method in direct.NEEDS_REFERENCE:  # the base is the reference: its log-probs once, before any adapter
+        direct.attach_reference(data.train + data.val, model, pad, batch_size=s.micro_batch or s.batch_size,
+                                progress=not s.quiet)
+    adapter = s.lora or s.qlora
+    ref = online.frozen_copy(model) if m.online and not adapter and (m.kl_always or beta) else None
+    if adapter:
+        _apply_lora(model, s)
+    else:
+        model.requires_grad_(True)
+    eos = cfg.eos_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+    return _Setup(s, tok, model, pad, eos, beta, data, rewards, ref)
+
+
+def run(s: AlignSettings, log=print) -> dict[str, Any]:
+    """Check, read the data, load the models, train, write the folders; the run's summary."""
+    s.check()
+    m = METHOD[s.method]
+    x = _setup(s, m, log)
+    trained, data, objective = m.build(x)
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in {id(p): p for p in trained.parameters()}.values())
+    log(f"method: {s.method} ({'qlora' if s.qlora else 'lora' if s.lora else 'full weights'}): {trainable:,} "
+        f"trainable of {total:,} parameters")
+    lr = s.lr if s.lr is not None else (1e-4 if s.lora or s.qlora else 1e-5)
+    targs = TrainArgs(out_dir=s.out, steps=s.steps, batch_size=s.batch_size, micro_batch=s.micro_batch, lr=lr,
+                      min_lr=s.min_lr if s.min_lr is not None else lr / 10, warmup=s.warmup,
+                      weight_decay=s.weight_decay, grad_clip=s.grad_clip, dtype=s.dtype, eval_every=s.eval_every,
+                      save_every=s.save_every, seed=s.seed, progress=not s.quiet, name=f"align {s.method}")
+    out = Path(s.out)
+    atomic_write_text(out / "settings.json", json.dumps(dataclasses.asdict(s), indent=2, default=str))
+    t0 = time.perf_counter()
+    summary = train(trained, data, targs, tokenizer=x.tok, resume=s.resume, log=log, objective=objective)
+    summary.update(method=s.method, trainable=trainable, total=total, seconds=time.perf_counter() - t0,
+                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    _write(s, m, trained, x.model, data, x.tok, summary)
     plot_alignment(out / "metrics.jsonl", out / "align.png", s.method)
     summary["plot"] = str(out / "align.png")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
