@@ -24,10 +24,11 @@ import torch
 
 from ..models.common import check_ids, trusted_inputs
 from .compiled import FixedStep, backend_of, check_compilable
+from .config import GenerationConfig
 from .masks import GrowingMask
 from .sampling import apply_repetition_penalty, check_sampling, next_token, no_stop_yet
 from .speculative import SpeculativeStats, check_draft, speculative_steps
-from .stopping import Stopper, as_ids
+from .stopping import Stopper
 
 Prompts = torch.Tensor | Sequence[Sequence[int]]
 Steps = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (tokens [B], finished before this step [B]) per step
@@ -84,13 +85,9 @@ def decoding(model: torch.nn.Module | None, rope_scaling: tuple[str, float] | No
         model.train(was_training)
 
 
-def _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos, min_new_tokens=0,
-             warn=True):
+def _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos, warn=True):
+    """The prompts left-padded [B, T], their mask and the pad id, after the context checks."""
     cfg = model.config
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
-    if not 0 <= min_new_tokens <= max_new_tokens:
-        raise ValueError(f"min_new_tokens={min_new_tokens} must be in [0, max_new_tokens={max_new_tokens}]")
     device = next(model.parameters()).device
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
     ids, mask = _left_pad(input_ids, attention_mask, pad, device)
@@ -171,54 +168,45 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
         step_ids, pos = tok[:, None], (pos[:, -1:] + 1 if padding is not None else None)
 
 
-def _setup(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=0.0, top_k=None, top_p=None,
-           repetition_penalty=1.0, eos_token_id=None, pad_token_id=None, stop_strings=None, tokenizer=None,
-           seed=None, generator=None, truncate=False, draft_model=None, num_draft_tokens=4, draft_confidence=0.0,
-           stats=None, min_new_tokens=0, compile=False) -> tuple[torch.Tensor, Callable[[], Steps]]:
+def _setup(model, input_ids, config: GenerationConfig, *, attention_mask=None, tokenizer=None, generator=None,
+           draft_model=None, stats=None) -> tuple[torch.Tensor, Callable[[], Steps]]:
     """Check everything, then return the left-padded prompts [B, T] and the decoding loop to run."""
-    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     if getattr(getattr(model, "config", None), "arch", None) != "causal_lm":
         raise ValueError("generate() here is for decoder-only models; a Seq2Seq model has model.generate "
                          "(greedy or beam search)")
-    if stop_strings and tokenizer is None:
+    config.check("causal_lm")
+    c = config
+    if c.stop_strings and tokenizer is None:
         raise ValueError("stop_strings need the tokenizer (tokenizer=...) to read the generated text")
     if draft_model is not None:
-        check_draft(model, draft_model, num_draft_tokens, repetition_penalty, draft_confidence)
-        if min_new_tokens:
+        check_draft(model, draft_model, c.num_draft_tokens, c.repetition_penalty, c.draft_confidence)
+        if c.min_new_tokens:
             raise ValueError("min_new_tokens is not supported with a draft model: drop one of the two")
-    eos = as_ids(eos_token_id)
-    ids, mask, pad = _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_token_id, eos,
-                              min_new_tokens)
+    eos = c.stop_ids(model.config)
+    ids, mask, pad = _prepare(model, input_ids, c.max_new_tokens, attention_mask, c.truncate, c.pad_token_id, eos)
     check_ids(model.config, ids, None, extra_ids=model.virtual_tokens)  # once: the loops trust their own tokens
-    backend = backend_of(compile)
-    capacity = check_compilable(model, ids.shape[1], max_new_tokens, draft_model is not None) if backend else None
+    backend = backend_of(c.compile)
+    capacity = check_compilable(model, ids.shape[1], c.max_new_tokens, draft_model is not None) if backend else None
     if draft_model is not None:
         try:  # the draft reads the same positions: it must have room for them too
-            _prepare(draft_model, ids, max_new_tokens, mask, False, pad, eos, warn=False)
+            _prepare(draft_model, ids, c.max_new_tokens, mask, False, pad, eos, warn=False)
         except ValueError as e:
             raise ValueError(f"draft_model: {e}") from None
-    if generator is None and seed is not None:
-        generator = torch.Generator(device=ids.device).manual_seed(seed)
-    stopper = Stopper(ids.shape[0], eos=eos, pad=pad, stop_strings=stop_strings or [], tokenizer=tokenizer,
+    stopper = Stopper(ids.shape[0], eos=eos, pad=pad, stop_strings=list(c.stop_strings), tokenizer=tokenizer,
                       device=ids.device)
-    opts = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, stopper=stopper)
+    opts = dict(temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, stopper=stopper,
+                generator=c.generator(ids.device, generator))
     if draft_model is None:
-        return ids, partial(_steps, model, ids, mask, max_new_tokens, repetition_penalty=repetition_penalty,
-                            min_new_tokens=min_new_tokens, backend=backend, capacity=capacity, **opts)
-    return ids, partial(speculative_steps, model, draft_model, ids, mask, max_new_tokens,
-                        num_draft=num_draft_tokens, stats=stats, min_confidence=draft_confidence, **opts)
+        return ids, partial(_steps, model, ids, mask, c.max_new_tokens, repetition_penalty=c.repetition_penalty,
+                            min_new_tokens=c.min_new_tokens, backend=backend, capacity=capacity, **opts)
+    return ids, partial(speculative_steps, model, draft_model, ids, mask, c.max_new_tokens,
+                        num_draft=c.num_draft_tokens, stats=stats, min_confidence=c.draft_confidence, **opts)
 
 
-def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 32, *,
-             attention_mask: torch.Tensor | None = None, min_new_tokens: int = 0, temperature: float = 0.0,
-             top_k: int | None = None,
-             top_p: float | None = None, repetition_penalty: float = 1.0,
-             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-             stop_strings: Sequence[str] | None = None, tokenizer: Any = None,
-             seed: int | None = None, generator: torch.Generator | None = None, truncate: bool = False,
-             rope_scaling: tuple[str, float] | None = None, draft_model: torch.nn.Module | None = None,
-             num_draft_tokens: int = 4, draft_confidence: float = 0.0,
-             stats: SpeculativeStats | None = None, compile: bool | str = False) -> torch.Tensor:
+def generate(model: torch.nn.Module, input_ids: Prompts, config: GenerationConfig, *,
+             attention_mask: torch.Tensor | None = None, tokenizer: Any = None,
+             generator: torch.Generator | None = None, draft_model: torch.nn.Module | None = None,
+             stats: SpeculativeStats | None = None) -> torch.Tensor:
     """Continue each prompt: input_ids [B, T] (left-padded, with attention_mask) or a list of token-id
     lists of any lengths -> ids [B, T' + n], the (left-padded) prompts followed by n <= max_new_tokens
     new tokens; a row that stopped early is filled with pad_token_id (default: the first stop id).
@@ -241,14 +229,9 @@ def generate(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 3
     the first call for a batch size and length bucket compiles (see generate.compiled.compile_seconds),
     later ones reuse the graph. Tokens equal the eager loop's within float rounding.
     """
-    with decoding(model, rope_scaling), decoding(draft_model):
-        ids, steps = _setup(model, input_ids, max_new_tokens, attention_mask=attention_mask,
-                            temperature=temperature, top_k=top_k, top_p=top_p,
-                            repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
-                            pad_token_id=pad_token_id, stop_strings=stop_strings, tokenizer=tokenizer,
-                            seed=seed, generator=generator, truncate=truncate, draft_model=draft_model,
-                            num_draft_tokens=num_draft_tokens, draft_confidence=draft_confidence, stats=stats,
-                            min_new_tokens=min_new_tokens, compile=compile)
+    with decoding(model, config.rope_scaling), decoding(draft_model):
+        ids, steps = _setup(model, input_ids, config, attention_mask=attention_mask, tokenizer=tokenizer,
+                            generator=generator, draft_model=draft_model, stats=stats)
         new = [tok for tok, _ in steps()]
     return torch.cat([ids, torch.stack(new, dim=1)], dim=1)
 
@@ -290,14 +273,22 @@ class Detokenizer:
         return rest
 
 
-def stream(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int = 32, *, tokenizer: Any = None,
-           rope_scaling: tuple[str, float] | None = None, **kwargs) -> Iterator[torch.Tensor | list[str]]:
-    """Like generate (same keyword arguments), one step at a time: yields the step's token ids [B], or
-    with a ``tokenizer`` each row's new text (a list of B strings; "" for a row that has stopped, or whose
-    last token ends inside a multi-byte character that a later token completes; what never completes
-    comes in one last list), so that joining a row's pieces gives the decoded continuation."""
-    with decoding(model, rope_scaling), decoding(kwargs.get("draft_model")):
-        ids, steps = _setup(model, input_ids, max_new_tokens, tokenizer=tokenizer, **kwargs)
+def stream(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int | None = None, *,
+           generation_config: GenerationConfig | None = None, tokenizer: Any = None,
+           attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+           draft_model: torch.nn.Module | None = None, stats: SpeculativeStats | None = None,
+           **settings: Any) -> Iterator[torch.Tensor | list[str]]:
+    """Like generate (the same settings: a GenerationConfig and / or its fields as keywords), one step at a
+    time: yields the step's token ids [B], or with a ``tokenizer`` each row's new text (a list of B strings;
+    "" for a row that has stopped, or whose last token ends inside a multi-byte character that a later token
+    completes; what never completes comes in one last list), so that joining a row's pieces gives the decoded
+    continuation."""
+    if max_new_tokens is not None:
+        settings["max_new_tokens"] = max_new_tokens
+    config = GenerationConfig.of(generation_config, **settings)
+    with decoding(model, config.rope_scaling), decoding(draft_model):
+        ids, steps = _setup(model, input_ids, config, attention_mask=attention_mask, tokenizer=tokenizer,
+                            generator=generator, draft_model=draft_model, stats=stats)
         rows = [Detokenizer(tokenizer) for _ in range(ids.shape[0])] if tokenizer is not None else []
         for tok, finished in steps():
             if tokenizer is None:

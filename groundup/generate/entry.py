@@ -13,109 +13,64 @@ them. ``min_new_tokens`` makes the stop ids impossible until that many tokens ha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from . import causal, seq2seq
+from .config import MODEL_DEFAULT, GenerationConfig
 from .speculative import SpeculativeStats
-from .stopping import as_ids
+
+__all__ = ["MODEL_DEFAULT", "GenerationConfig", "generate"]
 
 
-class _ModelDefault:
-    def __repr__(self) -> str:
-        return "MODEL_DEFAULT"
-
-
-MODEL_DEFAULT: Any = _ModelDefault()  # "the model's own setting": eos_token_id's default
-
-
-def stop_ids(model: torch.nn.Module, eos_token_id: Any) -> list[int]:
-    """The ids a generation stops at: ``eos_token_id`` as a list (None/[] -> none); MODEL_DEFAULT -> the
-    config's eos ids for an encoder-decoder, none for a decoder-only model."""
-    if eos_token_id is MODEL_DEFAULT:
-        return model.config.eos_ids if model.config.arch == "seq2seq" else []
-    return as_ids(eos_token_id)
-
-
-def generate(model: torch.nn.Module, input_ids: causal.Prompts | None = None, max_new_tokens: int = 32, *,
-             attention_mask: torch.Tensor | None = None, min_new_tokens: int = 0, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-             num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | Literal["never"] = False,
-             eos_token_id: int | Sequence[int] | None = MODEL_DEFAULT, pad_token_id: int | None = None,
-             stop_strings: Sequence[str] | None = None, tokenizer: Any = None, seed: int | None = None,
-             generator: torch.Generator | None = None, truncate: bool = False,
-             rope_scaling: tuple[str, float] | None = None, draft_model: torch.nn.Module | None = None,
-             num_draft_tokens: int = 4, draft_confidence: float = 0.0,
-             stats: SpeculativeStats | None = None, compile: bool | str = False,
-             decoder_input_ids: torch.Tensor | None = None, suppress_tokens: Sequence[int] = (),
-             begin_suppress_tokens: Sequence[int] = (), input_features: torch.Tensor | None = None) -> torch.Tensor:
+def generate(model: torch.nn.Module, input_ids: causal.Prompts | None = None, max_new_tokens: int | None = None, *,
+             generation_config: GenerationConfig | None = None, attention_mask: torch.Tensor | None = None,
+             tokenizer: Any = None, generator: torch.Generator | None = None,
+             draft_model: torch.nn.Module | None = None, stats: SpeculativeStats | None = None,
+             decoder_input_ids: torch.Tensor | None = None, input_features: torch.Tensor | None = None,
+             **settings: Any) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens for each input, with any model that generates.
 
+    The settings are ``generation_config`` (a GenerationConfig: transformers' names) with any of its fields
+    given here as keywords (``temperature=0.7, top_p=0.9``); an unknown keyword is refused with the list.
     Decoder-only (CausalLM): prompts [B, T] (left-padded, with attention_mask) or a list of id lists ->
-    [B, T' + n], the prompts followed by the new tokens (see generate.causal.generate for the options;
-    beams are not offered for decoders). Encoder-decoder (Seq2Seq): source ids [B, S] (attention_mask for
-    their padding) -> target ids [B, 1 + n] starting with the decoder start token; greedy, sampling
-    (temperature > 0, top_k, top_p) or beam search (num_beams > 1, length_penalty, early_stopping).
-    A row that has stopped is filled with ``pad_token_id``; its default is the first stop id for a decoder
-    (whose config pad id may be any token) and the config's pad id, else the first stop id, for an
-    encoder-decoder. The sampling keywords and their meaning are transformers' own.
+    [B, T' + n], the prompts followed by the new tokens (see generate.causal.generate; beams are not offered
+    for decoders; ``draft_model`` turns on speculative decoding, ``stats`` reads its acceptance rate).
+    Encoder-decoder (Seq2Seq): source ids [B, S] (attention_mask for their padding) -> target ids [B, 1 + n]
+    starting with the decoder start token; greedy, sampling (temperature > 0, top_k, top_p) or beam search
+    (num_beams > 1, length_penalty, early_stopping). A row that has stopped is filled with ``pad_token_id``;
+    its default is the first stop id for a decoder (whose config pad id may be any token) and the config's
+    pad id, else the first stop id, for an encoder-decoder. ``tokenizer`` reads the text for stop_strings.
 
     Encoder-decoders also take ``decoder_input_ids`` (the forced start of every target, e.g. Whisper's
-    <|startoftranscript|> <|en|> <|transcribe|> <|notimestamps|>; returned in front of the new tokens),
-    ``suppress_tokens`` (never generated) and ``begin_suppress_tokens`` (not as the first new token), and an audio
-    model's ``input_features`` in place of ``input_ids``.
+    <|startoftranscript|> <|en|> <|transcribe|> <|notimestamps|>; returned in front of the new tokens) and
+    an audio model's ``input_features`` in place of ``input_ids``.
     """
-    cfg = getattr(model, "config", None)
-    arch = getattr(cfg, "arch", None)
-    eos = stop_ids(model, eos_token_id) if cfg is not None else []
+    if max_new_tokens is not None:
+        settings["max_new_tokens"] = max_new_tokens
+    config = GenerationConfig.of(generation_config, **settings)
+    arch = getattr(getattr(model, "config", None), "arch", None)
     if arch == "causal_lm":
-        seq2seq_only = {"decoder_input_ids": decoder_input_ids is not None,
-                        "input_features": input_features is not None, "suppress_tokens": bool(suppress_tokens),
-                        "begin_suppress_tokens": bool(begin_suppress_tokens)}
-        for name, given in seq2seq_only.items():
+        for name, given in (("decoder_input_ids", decoder_input_ids is not None),
+                            ("input_features", input_features is not None)):
             if given:
                 raise ValueError(f"{name} is for encoder-decoder models; this is a decoder-only model")
-        if num_beams != 1:
-            raise ValueError(f"num_beams={num_beams}: beam search is offered for encoder-decoder models; "
-                             "decoder-only models decode greedily or by sampling (num_beams=1)")
-        return causal.generate(model, input_ids, max_new_tokens, attention_mask=attention_mask,
-                               min_new_tokens=min_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                               repetition_penalty=repetition_penalty, eos_token_id=eos, pad_token_id=pad_token_id,
-                               stop_strings=stop_strings, tokenizer=tokenizer, seed=seed, generator=generator,
-                               truncate=truncate, rope_scaling=rope_scaling, draft_model=draft_model,
-                               num_draft_tokens=num_draft_tokens, draft_confidence=draft_confidence, stats=stats,
-                               compile=compile)
+        return causal.generate(model, input_ids, config.check(arch), attention_mask=attention_mask,
+                               tokenizer=tokenizer, generator=generator, draft_model=draft_model, stats=stats)
     if arch == "seq2seq":
-        if input_features is not None:
-            input_ids = input_features
-        unsupported = {"draft_model": draft_model is not None, "rope_scaling": rope_scaling is not None,
-                       "truncate": truncate, "compile": bool(compile)}
-        for name, given in unsupported.items():
-            if given:
-                raise ValueError(f"{name} is for decoder-only models; this is an encoder-decoder (Seq2Seq)")
-        if stop_strings and tokenizer is None:
+        if draft_model is not None:
+            raise ValueError("draft_model is for decoder-only models; this is an encoder-decoder (Seq2Seq)")
+        if config.check(arch).stop_strings and tokenizer is None:
             raise ValueError("stop_strings need the tokenizer (tokenizer=...) to read the generated text")
-        if generator is None and seed is not None:
-            generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        source = input_features if input_features is not None else input_ids
+        generator = config.generator(next(model.parameters()).device, generator)
         with causal.decoding(model):
-            if num_beams == 1:
-                return seq2seq.greedy(model, input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                      min_new_tokens=min_new_tokens, eos=eos, pad_token_id=pad_token_id,
-                                      temperature=temperature, top_k=top_k, top_p=top_p,
-                                      repetition_penalty=repetition_penalty, generator=generator,
-                                      stop_strings=stop_strings or (), tokenizer=tokenizer,
-                                      decoder_input_ids=decoder_input_ids, suppress_tokens=suppress_tokens,
-                                      begin_suppress_tokens=begin_suppress_tokens)
-            if temperature or stop_strings or repetition_penalty != 1.0:
-                raise ValueError("beam search (num_beams > 1) is deterministic here: it takes no temperature, "
-                                 "repetition_penalty or stop_strings; use num_beams=1 to sample")
-            return seq2seq.beam_search(model, input_ids, attention_mask=attention_mask, num_beams=num_beams,
-                                       max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                                       length_penalty=length_penalty, early_stopping=early_stopping, eos=eos,
-                                       pad_token_id=pad_token_id, decoder_input_ids=decoder_input_ids,
-                                       suppress_tokens=suppress_tokens, begin_suppress_tokens=begin_suppress_tokens)
+            if config.num_beams == 1:
+                return seq2seq.greedy(model, source, config, attention_mask=attention_mask, generator=generator,
+                                      tokenizer=tokenizer, decoder_input_ids=decoder_input_ids)
+            return seq2seq.beam_search(model, source, config, attention_mask=attention_mask,
+                                       decoder_input_ids=decoder_input_ids)
     if arch == "encoder":
         raise ValueError("an encoder-only model (BERT-style) does not generate text: use model.fill_mask(...) "
                          "for masked tokens or model.features(...) for sentence vectors")

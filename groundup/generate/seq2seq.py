@@ -17,13 +17,14 @@ the same sequences on the same weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from ..models.common import trusted_inputs
 from ..models.seq2seq import Seq2Seq
-from .sampling import apply_repetition_penalty, check_sampling, next_token, no_stop_yet
+from .config import GenerationConfig
+from .sampling import apply_repetition_penalty, next_token, no_stop_yet
 from .stopping import Stopper
 
 NEG = -1.0e9  # score of an impossible hypothesis (finite, so sums and divisions stay ordered)
@@ -39,53 +40,45 @@ def _real_padding(mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if mask is None or bool(mask.all()) else mask
 
 
-def _check(model: Seq2Seq, input_ids: torch.Tensor, max_new_tokens: int, num_beams: int,
-           min_new_tokens: int = 0) -> None:
+def _check(model: Seq2Seq, input_ids: torch.Tensor, config: GenerationConfig) -> None:
     if model.config.arch != "seq2seq":
         raise ValueError(f"encoder-decoder decoding needs a Seq2Seq model, got arch={model.config.arch!r}")
     audio = getattr(model, "audio_stem", None) is not None
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != (3 if audio else 2):
         raise ValueError("input_features must be a [batch, n_mels, frames] tensor of log-mel features" if audio else
                          "input_ids must be a [batch, seq_len] tensor of source token ids")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-    if not 0 <= min_new_tokens <= max_new_tokens:
-        raise ValueError(f"min_new_tokens={min_new_tokens} must be in [0, max_new_tokens={max_new_tokens}]")
-    if num_beams < 1:
-        raise ValueError(f"num_beams={num_beams} must be >= 1")
+    config.check("seq2seq")
 
 
 @torch.no_grad()
-def greedy(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-           max_new_tokens: int = 32, min_new_tokens: int = 0, eos: Sequence[int] = (),
-           pad_token_id: int | None = None, temperature: float = 0.0, top_k: int | None = None,
-           top_p: float | None = None, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
-           stop_strings: Sequence[str] = (), tokenizer: Any = None, decoder_input_ids: torch.Tensor | None = None,
-           suppress_tokens: Sequence[int] = (), begin_suppress_tokens: Sequence[int] = ()) -> torch.Tensor:
+def greedy(model: Seq2Seq, input_ids: torch.Tensor, config: GenerationConfig, *,
+           attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None, tokenizer: Any = None,
+           decoder_input_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Argmax (temperature 0) or sampled decoding: [B, S] source ids (or an audio model's features) -> [B, P + n]
     target ids starting with the forced prefix ``decoder_input_ids`` (default: the decoder start token).
 
-    A sequence that has produced one of the ``eos`` ids (or whose text holds a stop string) is padded from
+    A sequence that has produced one of the stop ids (or whose text holds a stop string) is padded from
     then on; decoding stops when all have, or after ``max_new_tokens``.
     """
-    _check(model, input_ids, max_new_tokens, 1, min_new_tokens)
-    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
-    eos = list(eos)
-    pad = _pad_id(model, eos, pad_token_id)
+    _check(model, input_ids, config)
+    c = config
+    eos = c.stop_ids(model.config)
+    pad = _pad_id(model, eos, c.pad_token_id)
     attention_mask = _real_padding(attention_mask)
     memory = model.encode(input_ids, attention_mask=attention_mask)
     cache = model.new_cache()
     out = start_ids(model, input_ids.shape[0], input_ids.device, decoder_input_ids)
     step_ids = out  # the whole prefix on the first step, then the newest token
-    stopper = Stopper(input_ids.shape[0], eos=eos, pad=pad, stop_strings=stop_strings, tokenizer=tokenizer,
+    stopper = Stopper(input_ids.shape[0], eos=eos, pad=pad, stop_strings=list(c.stop_strings), tokenizer=tokenizer,
                       device=input_ids.device)
-    for i in range(max_new_tokens):
+    for i in range(c.max_new_tokens):
         with trusted_inputs():  # the model's own tokens: no value checks, no host sync per step
             logits = model.decode(step_ids, memory, memory_mask=attention_mask, cache=cache)[:, -1].float()
-        if repetition_penalty != 1.0:
-            logits = apply_repetition_penalty(logits, out, repetition_penalty)
-        logits = suppress(no_stop_yet(logits, eos, i, min_new_tokens), i, suppress_tokens, begin_suppress_tokens)
-        nxt = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        if c.repetition_penalty != 1.0:
+            logits = apply_repetition_penalty(logits, out, c.repetition_penalty)
+        logits = suppress(no_stop_yet(logits, eos, i, c.min_new_tokens), i, c.suppress_tokens,
+                          c.begin_suppress_tokens)
+        nxt = next_token(logits, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, generator=generator)
         nxt, _ = stopper.push(nxt)
         out = torch.cat((out, nxt[:, None]), dim=1)
         step_ids = out[:, -1:]
@@ -131,26 +124,23 @@ def _pick(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                num_beams: int = 4, max_new_tokens: int = 32, length_penalty: float = 1.0,
-                early_stopping: bool | Literal["never"] = False, eos: Sequence[int] = (),
-                pad_token_id: int | None = None, min_new_tokens: int = 0, decoder_input_ids: torch.Tensor | None = None,
-                suppress_tokens: Sequence[int] = (), begin_suppress_tokens: Sequence[int] = ()) -> torch.Tensor:
+def beam_search(model: Seq2Seq, input_ids: torch.Tensor, config: GenerationConfig, *,
+                attention_mask: torch.Tensor | None = None, decoder_input_ids: torch.Tensor | None = None
+                ) -> torch.Tensor:
     """Beam search: [B, S] source ids -> [B, P + n] best target ids (the forced prefix first, padded after EOS).
 
     ``length_penalty`` > 0 favours longer outputs, < 0 shorter ones; see the module docstring for the
     stopping rules.
     """
-    _check(model, input_ids, max_new_tokens, num_beams, min_new_tokens)
-    eos = list(eos)
-    pad = _pad_id(model, eos, pad_token_id)
+    _check(model, input_ids, config)
+    c, eos = config, config.stop_ids(model.config)
+    pad, length_penalty, early_stopping = _pad_id(model, eos, c.pad_token_id), c.length_penalty, c.early_stopping
     eos_t = torch.tensor(eos, dtype=torch.long, device=input_ids.device)
-    B, N, dev = input_ids.shape[0], num_beams, input_ids.device
+    B, N, dev = input_ids.shape[0], c.num_beams, input_ids.device
     K = 2 * N  # candidates examined per step: enough that N survive even if N of them end
     prefix = start_ids(model, B, dev, decoder_input_ids)  # [B, P]
     P = prefix.shape[1]
-    max_len = P + max_new_tokens
-
+    max_len = P + c.max_new_tokens
     attention_mask = _real_padding(attention_mask)
     memory = model.encode(input_ids, attention_mask=attention_mask).repeat_interleave(N, dim=0)  # [B*N, S, C]
     mem_mask = attention_mask.repeat_interleave(N, dim=0) if attention_mask is not None else None
@@ -173,8 +163,8 @@ def beam_search(model: Seq2Seq, input_ids: torch.Tensor, *, attention_mask: torc
         with trusted_inputs():
             logits = model.decode(step, memory, memory_mask=mem_mask, cache=cache)
         # as transformers: the min-length rule acts on the log-probabilities, which are not renormalised
-        logp = no_stop_yet(torch.log_softmax(logits[:, -1].float(), dim=-1), eos, g - 1, min_new_tokens)  # [B*N, V]
-        logp = suppress(logp, g - 1, suppress_tokens, begin_suppress_tokens)
+        logp = no_stop_yet(torch.log_softmax(logits[:, -1].float(), dim=-1), eos, g - 1, c.min_new_tokens)  # [B*N, V]
+        logp = suppress(logp, g - 1, c.suppress_tokens, c.begin_suppress_tokens)
         V = logp.shape[-1]
         total = logp.view(B, N, V) + scores[:, :, None]
         top, flat = total.view(B, N * V).topk(K)  # [B, K]

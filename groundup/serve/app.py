@@ -18,6 +18,7 @@ import contextlib
 import copy
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,11 +91,11 @@ class Server:
 
     # -- plumbing ------------------------------------------------------------------------------------------
     async def _api_error(self, request: Request, e: APIError) -> Response:
-        return JSONResponse(e.body(), status_code=e.status)
+        return JSON(e.body(), status_code=e.status)
 
     async def _crash(self, request: Request, e: Exception) -> Response:
         log.exception("request failed")
-        return JSONResponse(APIError(500, f"{type(e).__name__}: {e}", type="server_error").body(), status_code=500)
+        return JSON(APIError(500, f"{type(e).__name__}: {e}", type="server_error").body(), status_code=500)
 
     def close(self) -> None:
         if self.runner is not None:
@@ -206,7 +207,7 @@ class Server:
 
     # -- routes -------------------------------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": self.name})
+        return JSON({"status": "ok", "model": self.name})
 
     async def playground(self, request: Request) -> Response:
         return FileResponse(PLAYGROUND, media_type="text/html")
@@ -215,7 +216,7 @@ class Server:
         self._auth(request)
         data = [{"id": n, "object": "model", "created": 0, "owned_by": "groundup",
                  "parent": self.name if n != self.name else None} for n in self._names()]
-        return JSONResponse({"object": "list", "data": data})
+        return JSON({"object": "list", "data": data})
 
     async def add_adapter(self, request: Request) -> Response:
         body = await self._adapter_body(request)
@@ -224,7 +225,7 @@ class Server:
             a = await asyncio.to_thread(self.runner.call, engine.adapters.register, body["name"], body["path"])
         except (ValueError, OSError) as e:
             raise APIError(400, str(e), param="path") from None
-        return JSONResponse({"id": f"{self.name}:{a.name}", "object": "model", "kind": a.kind})
+        return JSON({"id": f"{self.name}:{a.name}", "object": "model", "kind": a.kind})
 
     async def _adapter_body(self, request: Request) -> dict:
         body = await self._json(request)
@@ -254,7 +255,7 @@ class Server:
                 return self.model.attention_weights(torch.tensor([ids]), layer)[0, head].float().tolist()
 
         w = await asyncio.to_thread(self.runner.call, weights)
-        return JSONResponse({"tokens": [self.tok.decode([i]) for i in ids], "weights": w})
+        return JSON({"tokens": [self.tok.decode([i]) for i in ids], "weights": w})
 
     async def metrics(self, request: Request) -> Response:
         lines = []
@@ -317,7 +318,7 @@ class Server:
         for i, h in enumerate(handles):
             for s in h.seqs:
                 choices.append(self._completion_choice(i * n + s.index, s, echo, texts[i], params.logprobs))
-        return JSONResponse(envelope("text_completion", new_id("cmpl"), body["model"], choices,
+        return JSON(envelope("text_completion", new_id("cmpl"), body["model"], choices,
                                      usage=self._usage(handles)))
 
     async def _cascade(self, request: Request, body: dict) -> Response:
@@ -355,7 +356,7 @@ class Server:
             c = self._completion_choice(i, s, False, "", want_lp)
             choices.append({**c, "cascade": {"model": self.cascade[stage][0], "stage": stage, "score": score}})
         n_out = sum(len(chosen[i][0].output) for i in chosen)
-        return JSONResponse(envelope("text_completion", new_id("cmpl"), "cascade", choices,
+        return JSON(envelope("text_completion", new_id("cmpl"), "cascade", choices,
                                      usage=usage(sum(map(len, prompts)), n_out)))
 
     def _echoed(self, s: Seq) -> tuple[list[int], list]:
@@ -399,7 +400,7 @@ class Server:
                 if kind != "text_completion":  # chat: every choice opens with the assistant's role
                     roles = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                               "finish_reason": None} for i in range(open_)]
-                    yield _sse(envelope(chunk_kind, rid, model, roles))
+                    yield sse(envelope(chunk_kind, rid, model, roles))
                 while open_:
                     ev: Event = await queue.get()
                     h = by_id[ev.request_id]
@@ -407,13 +408,13 @@ class Server:
                     if ev.finish_reason is not None:
                         open_ -= 1
                     if ev.finish_reason == "error":
-                        yield _sse(APIError(500, f"the request failed while decoding: {ev.error}",
+                        yield sse(APIError(500, f"the request failed while decoding: {ev.error}",
                                             type="server_error").body())
                         return
-                    yield _sse(envelope(chunk_kind, rid, model, [delta(h, ev, key not in seen)]))
+                    yield sse(envelope(chunk_kind, rid, model, [delta(h, ev, key not in seen)]))
                     seen.add(key)
                 if include_usage:
-                    yield _sse(envelope(chunk_kind, rid, model, [], usage=self._usage(handles)))
+                    yield sse(envelope(chunk_kind, rid, model, [], usage=self._usage(handles)))
                 yield "data: [DONE]\n\n"
             finally:
                 if open_:  # the client left (or a sequence failed): stop the rest now
@@ -444,7 +445,7 @@ class Server:
         choices = [{"index": s.index, "message": {"role": "assistant", "content": s.text},
                     "logprobs": chat_logprobs(self.tok, s.output, s.logprobs) if params.logprobs is not None else None,
                     "finish_reason": _reason(s)} for s in handles[0].seqs]
-        return JSONResponse(envelope("chat.completion", new_id("chatcmpl"), body["model"], choices,
+        return JSON(envelope("chat.completion", new_id("chatcmpl"), body["model"], choices,
                                      usage=self._usage(handles)))
 
     def _chat_delta(self, h, ev: Event, first: bool) -> dict:
@@ -472,7 +473,7 @@ class Server:
         async with self.encoder_lock:
             vecs, n = await asyncio.to_thread(embed, self.model, self.tok, inputs)
         data = [embedding_item(i, v, fmt) for i, v in enumerate(vecs.tolist())]
-        return JSONResponse({"object": "list", "data": data, "model": body["model"],
+        return JSON({"object": "list", "data": data, "model": body["model"],
                              "usage": {"prompt_tokens": n, "total_tokens": n}})
 
 
@@ -480,8 +481,25 @@ def _reason(s: Seq) -> str:
     return "stop" if s.finish_reason == "stop" else "length"
 
 
-def _sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj)}\n\n"
+# a lone surrogate: what a byte-level tokenizer decodes invalid UTF-8 to (tokenizer/tokenizer.py), which UTF-8
+# cannot carry; sent as U+FFFD, as a client decoding the bytes with errors="replace" would see it
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _dumps(obj: Any) -> str:
+    return _LONE_SURROGATE.sub("\ufffd", json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")))
+
+
+class JSON(JSONResponse):
+    """A JSON reply whose text may hold lone surrogates (sent as U+FFFD)."""
+
+    def render(self, content: Any) -> bytes:
+        return _dumps(content).encode("utf-8")
+
+
+def sse(obj: Any) -> str:
+    """One server-sent event carrying ``obj`` as JSON."""
+    return f"data: {_dumps(obj)}\n\n"
 
 
 def _messages(messages: Any) -> list[dict]:

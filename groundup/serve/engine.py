@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..generate.causal import Detokenizer
+from ..generate.config import GenerationConfig
 from ..generate.sampling import apply_repetition_penalty, next_token, no_stop_yet
 from ..models.common import trusted_inputs
 from ..nn.kv_cache import BlockCache, DecoderCache, PagedBatch, PagedKVCache, PagedPool
@@ -52,6 +53,7 @@ class Seq:
     index: int  # which of the request's n samples
     prompt: list[int]
     params: SamplingParams
+    config: GenerationConfig  # params in the library's terms: what the sequence is decoded by
     adapter: str | None = None
     lora: int = -1
     output: list[int] = field(default_factory=list)
@@ -82,9 +84,9 @@ class Seq:
 
     def visible_text(self) -> str:
         """The text safe to show now: a stop string may still be completing in the last characters."""
-        if self.finished or not self.params.stop:
+        if self.finished or not self.config.stop_strings:
             return self.text
-        hold = max(len(s) for s in self.params.stop) - 1
+        hold = max(len(s) for s in self.config.stop_strings) - 1
         return self.text[: len(self.text) - hold] if hold else self.text
 
 
@@ -162,8 +164,9 @@ class Engine:
         lora = self.adapters.lora_index(adapter)
         rid = request_id or f"req-{next(self._ids)}"
         seqs = []
+        config = params.generation_config(self.eos)
         for i in range(params.n):
-            s = Seq(f"{rid}-{i}", rid, i, list(ids), params, adapter, lora)
+            s = Seq(f"{rid}-{i}", rid, i, list(ids), params, config, adapter, lora)
             if params.seed is not None:
                 s.generator = torch.Generator(device=self.device).manual_seed(params.seed + i)
             if self.tokenizer is not None:
@@ -300,7 +303,7 @@ class Engine:
         if seq.pending:
             return []  # more chunks to come
         self.stats["prompt_tokens"] += len(seq.prompt) if not seq.output else 0
-        if seq.params.max_tokens == 0:
+        if seq.config.max_new_tokens == 0:
             self._finish(seq, "length")
             return [seq]
         self._guard(seq, self._sample, seq, logits[-1])
@@ -328,32 +331,32 @@ class Engine:
 
     def _sample(self, seq: Seq, logits: torch.Tensor) -> None:
         """Choose ``seq``'s next token from its logits [V]."""
-        p = seq.params
+        c = seq.config
         x = logits[None]  # [1, V]
-        if p.repetition_penalty != 1.0:
-            x = apply_repetition_penalty(x, torch.tensor([seq.tokens], device=x.device), p.repetition_penalty)
-        eos = [] if p.ignore_eos else self.eos
-        x = no_stop_yet(x, sorted(set(eos) | set(p.stop_token_ids)), len(seq.output), p.min_tokens)
-        tok = int(next_token(x, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, generator=seq.generator))
-        if p.logprobs is not None:
-            seq.logprobs += _pick(torch.log_softmax(logits[None], dim=-1), [tok], p.logprobs)
+        if c.repetition_penalty != 1.0:
+            x = apply_repetition_penalty(x, torch.tensor([seq.tokens], device=x.device), c.repetition_penalty)
+        stops = c.eos_token_id  # a list: the model's eos (unless ignored) and the request's stop ids
+        x = no_stop_yet(x, stops, len(seq.output), c.min_new_tokens)
+        tok = int(next_token(x, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, generator=seq.generator))
+        if seq.params.logprobs is not None:
+            seq.logprobs += _pick(torch.log_softmax(logits[None], dim=-1), [tok], seq.params.logprobs)
         if seq.first_token is None:
             seq.first_token = time.perf_counter()
         seq.output.append(tok)
         self.stats["generated_tokens"] += 1
-        if tok in eos or tok in p.stop_token_ids:
+        if tok in stops:
             self._finish(seq, "stop")
             return
         if seq.detok is not None:
             seq.text += seq.detok.push(tok)
-            if p.stop and self._stopped_by_string(seq):
+            if c.stop_strings and self._stopped_by_string(seq):
                 return
-        if len(seq.output) >= p.max_tokens or len(seq.tokens) >= self.context:
+        if len(seq.output) >= c.max_new_tokens or len(seq.tokens) >= self.context:
             self._finish(seq, "length")
 
     def _stopped_by_string(self, seq: Seq) -> bool:
         """Cut the text before the first stop string it now holds (the string itself is not returned)."""
-        cut = min((i for i in (seq.text.find(s) for s in seq.params.stop) if i >= 0), default=-1)
+        cut = min((i for i in (seq.text.find(s) for s in seq.config.stop_strings) if i >= 0), default=-1)
         if cut < 0:
             return False
         seq.text = seq.text[:cut]

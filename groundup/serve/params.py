@@ -1,6 +1,7 @@
 """What one request asks of the engine: its sampling settings, checked before any work starts.
 
-The settings are those of the OpenAI completions API (and vLLM's additions), mapped onto the library's own
+The settings are those of the OpenAI completions API (and vLLM's additions); ``generation_config`` maps them
+onto the library's GenerationConfig, which the engine decodes each sequence by through the library's own
 sampling code (generate/sampling.py), so a request decodes exactly as ``gu.generate`` would with the same
 settings. Every check names the field it rejects, which the HTTP layer turns into a 400.
 """
@@ -8,6 +9,8 @@ settings. Every check names the field it rejects, which the HTTP layer turns int
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from ..generate.config import GenerationConfig
 
 
 class ParamError(ValueError):
@@ -78,3 +81,12 @@ class SamplingParams:
         if self.top_p == 1:
             self.top_p = None
         return self
+
+    def generation_config(self, eos: list[int]) -> GenerationConfig:
+        """These settings in the library's terms (the model's ``eos`` ids dropped with ``ignore_eos``, the
+        request's stop_token_ids added): what the engine decodes each of the n sequences by."""
+        stops = sorted(set([] if self.ignore_eos else eos) | set(self.stop_token_ids))
+        return GenerationConfig(max_new_tokens=self.max_tokens, min_new_tokens=self.min_tokens,
+                                temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                repetition_penalty=self.repetition_penalty, eos_token_id=stops,
+                                stop_strings=self.stop, seed=self.seed)
