@@ -51,17 +51,17 @@ def ffn_params(cfg: Config, d_ff: int | None = None) -> int:
 
 def expert_params(cfg: Config) -> int:
     """One routed expert (expert_d_ff wide; d_ff when unset)."""
-    return ffn_params(cfg, cfg.expert_d_ff)
+    return ffn_params(cfg, cfg.moe.expert_d_ff)
 
 
 def moe_layer_params(cfg: Config) -> tuple[int, int]:
     """(total, active per token) parameters of one MoE layer: the experts (top_k of them active), the router
     (and its noise weights), the shared expert and its gate, which every token uses."""
     E, C = cfg.n_experts, cfg.d_model
-    always = _linear(C, E, cfg.router_bias) + (C * E if cfg.router_noise else 0)
-    if cfg.shared_expert_d_ff:
-        always += ffn_params(cfg, cfg.shared_expert_d_ff) + (C if cfg.shared_expert_gate else 0)
-    return E * expert_params(cfg) + always, cfg.top_k * expert_params(cfg) + always
+    always = _linear(C, E, cfg.moe.router_bias) + (C * E if cfg.moe.router_noise else 0)
+    if cfg.moe.shared_expert_d_ff:
+        always += ffn_params(cfg, cfg.moe.shared_expert_d_ff) + (C if cfg.moe.shared_expert_gate else 0)
+    return E * expert_params(cfg) + always, cfg.moe.top_k * expert_params(cfg) + always
 
 
 def norm_params(cfg: Config) -> int:
@@ -268,7 +268,8 @@ def report(cfg: Config, *, batch: int = 1, seq_len: int | None = None, dtype: st
         total, active = moe_layer_params(cfg)
         rows[4:4] = [("  one expert", f"{expert_params(cfg):,}", human(expert_params(cfg))),
                      (f"  MoE layer ({cfg.moe_layer_count} of {cfg.n_stack_layers})", f"{total:,}", human(total)),
-                     (f"  MoE layer, active (top-{cfg.top_k}" + (" + shared" if cfg.shared_expert_d_ff else "") + ")",
+                     (f"  MoE layer, active (top-{cfg.moe.top_k}"
+                      + (" + shared" if cfg.moe.shared_expert_d_ff else "") + ")",
                       f"{active:,}", human(active))]
     per_tok = kv_cache_bytes_per_token(cfg, dtype)
     mem = serving_memory(cfg, batch, T, dtype)
@@ -298,7 +299,7 @@ def report(cfg: Config, *, batch: int = 1, seq_len: int | None = None, dtype: st
     layers = f"{cfg.n_layers}+{cfg.n_decoder_layers}" if cfg.arch == "seq2seq" else str(cfg.n_layers)
     lines = [f"{title} ({cfg.arch}): {layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads "
              f"({cfg.n_kv_heads} kv), d_ff {cfg.d_ff}, vocab {cfg.vocab_size}, pos {cfg.pos}, ffn {cfg.ffn}"
-             + (f", {cfg.n_experts} experts top-{cfg.top_k}" if cfg.n_experts else "")]
+             + (f", {cfg.n_experts} experts top-{cfg.moe.top_k}" if cfg.n_experts else "")]
     lines += [f"  {a:<{w0}}  {b_:>{w1}}  {c}" for a, b_, c in rows]
     return "\n".join(lines)
 
@@ -307,12 +308,12 @@ def _capacity_rows(cfg: Config, batch: int, seq_len: int) -> list[tuple[str, str
     """The expert capacity in tokens for one group (a sequence, or the batch), training and eval."""
     if not cfg.n_experts:
         return []
-    n = seq_len if cfg.router_group == "sequence" else batch * seq_len
-    group = f"{cfg.router_group} of {n:,} tokens"
-    cap, cap_eval = cfg.capacity(n), cfg.capacity(n, training=False)
+    n = seq_len if cfg.moe.router_group == "sequence" else batch * seq_len
+    group = f"{cfg.moe.router_group} of {n:,} tokens"
+    cap, cap_eval = cfg.moe.capacity(n), cfg.moe.capacity(n, training=False)
     if cap is None and cap_eval is None:
         return [(f"expert capacity ({group})", "unlimited", "no token dropped")]
-    even = cfg.top_k * n / cfg.n_experts
+    even = cfg.moe.top_k * n / cfg.n_experts
     return [(f"expert capacity ({group}), training", f"{cap:,}" if cap else "unlimited",
              f"{cap / even:.2f}x an even share" if cap else ""),
             ("expert capacity, eval", f"{cap_eval:,}" if cap_eval else "unlimited",
@@ -325,12 +326,12 @@ def vision_report(cfg: Config | CLIPConfig | LlavaConfig, title: str = "") -> st
 
     model = meta_model(cfg)
     tower = cfg if isinstance(cfg, Config) else cfg.vision
-    g = tower.image_size // tower.patch_size
+    g = tower.image.image_size // tower.image.patch_size
     lines = [f"{title or getattr(cfg, 'name', '') or cfg.family} ({cfg.arch})",
-             f"  image {tower.image_size} px / patch {tower.patch_size} px = {g} x {g} = {g * g} patches"
-             + (f", + [CLS] = {tower.image_tokens} tower tokens" if tower.cls_token else "")]
+             f"  image {tower.image.image_size} px / patch {tower.image.patch_size} px = {g} x {g} = {g * g} patches"
+             + (f", + [CLS] = {tower.image_tokens} tower tokens" if tower.image.cls_token else "")]
     if isinstance(cfg, LlavaConfig):
-        drop = " ([CLS] dropped)" if tower.cls_token and cfg.vision_feature_select == "default" else ""
+        drop = " ([CLS] dropped)" if tower.image.cls_token and cfg.vision_feature_select == "default" else ""
         lines.append(f"  visual tokens per image in the LM stream: {cfg.image_tokens}{drop}, from the tower's layer "
                      f"{cfg.feature_layers} of {tower.n_layers} (vision_feature_layer={cfg.vision_feature_layer})")
     parts = [(name, sum(p.numel() for p in m.parameters())) for name, m in model.named_children()]

@@ -92,7 +92,7 @@ class CLIPConfig(_Towers):
 
     def __post_init__(self) -> None:
         self._check_towers(("causal_lm", "encoder"))  # a causal (CLIP) or bidirectional (SigLIP) text tower
-        if self.vision.vision_pool == "none":
+        if self.vision.image.vision_pool == "none":
             raise ValueError("vision.vision_pool='none': a dual encoder needs one vector per image ('cls' or 'map')")
         if self.projection_dim <= 0:
             raise ValueError(f"projection_dim={self.projection_dim} must be positive")
@@ -161,7 +161,7 @@ class LlavaConfig(_Towers):
         if self.connector == "qformer":
             return self.num_query_tokens
         v = self.vision
-        drop = int(v.cls_token and self.vision_feature_select == "default")
+        drop = int(v.image.cls_token and self.vision_feature_select == "default")
         return v.image_tokens - drop
 
     @property

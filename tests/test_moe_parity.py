@@ -22,7 +22,7 @@ def test_switch_logits_and_router_losses_match_transformers_with_tokens_dropped(
     path, ref = hf_encdec_folder("switch")
     model = gu.from_pretrained(path).eval()
     cfg = model.config
-    assert cfg.router == "switch" and cfg.expert_capacity == 2 and cfg.moe_layers == [1, 3]
+    assert cfg.moe.router == "switch" and cfg.moe.expert_capacity == 2 and cfg.moe.moe_layers == [1, 3]
     batch = _batch()
     with torch.no_grad():
         want = ref(**batch, labels=batch["decoder_input_ids"], output_router_logits=True)
@@ -32,12 +32,12 @@ def test_switch_logits_and_router_losses_match_transformers_with_tokens_dropped(
     torch.testing.assert_close(logits, want.logits, atol=1e-4, rtol=0)
     z = want.encoder_z_loss + want.decoder_z_loss
     balance = want.encoder_aux_loss + want.decoder_aux_loss
-    torch.testing.assert_close(aux, cfg.router_z_loss_coef * z + cfg.router_aux_loss_coef * balance,
+    torch.testing.assert_close(aux, cfg.moe.router_z_loss_coef * z + cfg.moe.router_aux_loss_coef * balance,
                                atol=1e-6, rtol=1e-5)
     # each term on its own: the models share one Config, whose coefficients pick the term
-    cfg.router_aux_loss_coef, cfg.router_z_loss_coef = 0.0, 1.0
+    cfg.moe.router_aux_loss_coef, cfg.moe.router_z_loss_coef = 0.0, 1.0
     torch.testing.assert_close(model(**batch, return_aux_loss=True)[1], z, atol=1e-5, rtol=1e-5)
-    cfg.router_aux_loss_coef, cfg.router_z_loss_coef = 1.0, 0.0
+    cfg.moe.router_aux_loss_coef, cfg.moe.router_z_loss_coef = 1.0, 0.0
     torch.testing.assert_close(model(**batch, return_aux_loss=True)[1], balance, atol=1e-6, rtol=1e-5)
 
 
@@ -48,7 +48,7 @@ def test_switch_without_capacity_pressure_differs_only_where_tokens_were_dropped
     batch = _batch()
     with torch.no_grad():
         tight = model(**batch)
-        model.config.expert_capacity = 64
+        model.config.moe.expert_capacity = 64
         roomy = model(**batch)
     assert (tight - roomy).abs().max() > 1e-3
 
@@ -73,12 +73,12 @@ def test_switch_groundup_to_hf(hf_encdec_folder, tmp_path):
     batch = _batch(seed=4)
     with torch.no_grad():
         torch.testing.assert_close(model(**batch), back(**batch).logits, atol=1e-4, rtol=0)
-    assert gu.from_pretrained(tmp_path / "out").config.moe_layers == [1, 3]
+    assert gu.from_pretrained(tmp_path / "out").config.moe.moe_layers == [1, 3]
 
 
 def test_switch_layout_refuses_what_it_cannot_hold(hf_encdec_folder, tmp_path):
     path, _ = hf_encdec_folder("switch")
     model = gu.from_pretrained(path)
-    model.config.moe_layers = [0, 3]  # encoder layer 0: not "every k-th with i % k == 1"
+    model.config.moe.moe_layers = [0, 3]  # encoder layer 0: not "every k-th with i % k == 1"
     with pytest.raises(Exception, match="moe_layers"):
         model.save_pretrained(tmp_path / "bad")

@@ -66,27 +66,27 @@ def rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def rope_to_hf(cfg: Config) -> dict[str, Any]:
-    params: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
-    if cfg.rotary_fraction != 1.0:
-        params["partial_rotary_factor"] = cfg.rotary_fraction
-    if cfg.rope_scaling in ("linear", "dynamic"):
-        params.update(rope_type=cfg.rope_scaling, factor=cfg.rope_scaling_factor)
-    if cfg.rope_scaling == "yarn":
-        params.update(rope_type="yarn", factor=cfg.rope_scaling_factor, beta_fast=cfg.rope_beta_fast,
-                      beta_slow=cfg.rope_beta_slow, original_max_position_embeddings=cfg.rope_original_max_seq_len)
-        if cfg.rope_attention_factor is not None:
-            params["attention_factor"] = cfg.rope_attention_factor
-    if cfg.rope_scaling == "longrope":
-        params.update(rope_type="longrope", factor=cfg.rope_scaling_factor, short_factor=cfg.rope_short_factor,
-                      long_factor=cfg.rope_long_factor, original_max_position_embeddings=cfg.rope_original_max_seq_len)
-        if cfg.rope_attention_factor is not None:
-            params["attention_factor"] = cfg.rope_attention_factor
-    if cfg.rope_scaling == "llama3":
-        params.update(rope_type="llama3", factor=cfg.rope_scaling_factor, low_freq_factor=cfg.rope_low_freq_factor,
-                      high_freq_factor=cfg.rope_high_freq_factor,
-                      original_max_position_embeddings=cfg.rope_original_max_seq_len)
-    require(cfg.rope_scaling != "ntk", "static NTK rope scaling has no transformers config equivalent")
-    return {"rope_parameters": params, "rope_theta": cfg.rope_theta}
+    params: dict[str, Any] = {"rope_theta": cfg.rope.theta, "rope_type": "default"}
+    if cfg.rope.fraction != 1.0:
+        params["partial_rotary_factor"] = cfg.rope.fraction
+    if cfg.rope.scaling in ("linear", "dynamic"):
+        params.update(rope_type=cfg.rope.scaling, factor=cfg.rope.factor)
+    if cfg.rope.scaling == "yarn":
+        params.update(rope_type="yarn", factor=cfg.rope.factor, beta_fast=cfg.rope.beta_fast,
+                      beta_slow=cfg.rope.beta_slow, original_max_position_embeddings=cfg.rope.original_max_seq_len)
+        if cfg.rope.attention_factor is not None:
+            params["attention_factor"] = cfg.rope.attention_factor
+    if cfg.rope.scaling == "longrope":
+        params.update(rope_type="longrope", factor=cfg.rope.factor, short_factor=cfg.rope.short_factor,
+                      long_factor=cfg.rope.long_factor, original_max_position_embeddings=cfg.rope.original_max_seq_len)
+        if cfg.rope.attention_factor is not None:
+            params["attention_factor"] = cfg.rope.attention_factor
+    if cfg.rope.scaling == "llama3":
+        params.update(rope_type="llama3", factor=cfg.rope.factor, low_freq_factor=cfg.rope.low_freq_factor,
+                      high_freq_factor=cfg.rope.high_freq_factor,
+                      original_max_position_embeddings=cfg.rope.original_max_seq_len)
+    require(cfg.rope.scaling != "ntk", "static NTK rope scaling has no transformers config equivalent")
+    return {"rope_parameters": params, "rope_theta": cfg.rope.theta}
 
 
 # GPT-2 --------------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def _neox_to_hf(cfg: Config) -> dict[str, Any]:
     return dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                 intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_seq_len, hidden_act=activation_to_hf(cfg),
                 layer_norm_eps=cfg.norm_eps, use_parallel_residual=cfg.residual == "parallel",
-                attention_bias=cfg.attn_bias, rotary_pct=cfg.rotary_fraction, **rope_to_hf(cfg))
+                attention_bias=cfg.attn_bias, rotary_pct=cfg.rope.fraction, **rope_to_hf(cfg))
 
 
 def _neox_keys(cfg: Config) -> list[tuple[str, str]]:
@@ -242,7 +242,7 @@ def _falcon_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _falcon_to_hf(cfg: Config) -> dict[str, Any]:
-    require(cfg.pos == "rope" and cfg.rotary_fraction == 1.0 and cfg.attn_bias == cfg.mlp_bias == cfg.attn_out_bias,
+    require(cfg.pos == "rope" and cfg.rope.fraction == 1.0 and cfg.attn_bias == cfg.mlp_bias == cfg.attn_out_bias,
              "Falcon layout needs full rope and one bias flag for all linears")
     new = _falcon_new_arch(cfg)
     return dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
@@ -349,8 +349,8 @@ def llama_to_hf(cfg: Config) -> dict[str, Any]:
         require(cfg.family == "mixtral", f"the {cfg.family} layout has no experts (mixtral, qwen2_moe, qwen3_moe and "
                 "olmoe have)")
         require_moe(cfg, routers=("topk_softmax",))
-        out.update(num_local_experts=cfg.n_experts, num_experts_per_tok=cfg.top_k,
-                   router_aux_loss_coef=cfg.router_aux_loss_coef)
+        out.update(num_local_experts=cfg.n_experts, num_experts_per_tok=cfg.moe.top_k,
+                   router_aux_loss_coef=cfg.moe.router_aux_loss_coef)
     return out
 
 
@@ -378,7 +378,7 @@ def llama_keys(cfg: Config, *, fused: bool = False,
         keys += [(f"blocks.{{i}}.attn.{p}_norm", h + f"self_attn.{p}_norm") for p in "qk"]
     if cfg.n_experts:
         keys += (moe or _mixtral_moe_keys)(h)
-    if not cfg.n_experts or cfg.moe_layers is not None:  # the dense layers among MoE ones are named as Llama's
+    if not cfg.n_experts or cfg.moe.moe_layers is not None:  # the dense layers among MoE ones are named as Llama's
         keys += [(f"blocks.{{i}}.mlp.{p}_proj", h + f"mlp.{p}_proj") for p in ("gate", "up", "down")]
     return keys
 
@@ -404,7 +404,7 @@ def _phi3_to_hf(cfg: Config) -> dict[str, Any]:
     for key in ("attention_bias", "mlp_bias", "head_dim"):
         out.pop(key)
     require(cfg.head_dim * cfg.n_heads == cfg.d_model, "Phi-3 layout derives head_dim from hidden_size")
-    return {**out, "original_max_position_embeddings": cfg.rope_original_max_seq_len or cfg.max_seq_len}
+    return {**out, "original_max_position_embeddings": cfg.rope.original_max_seq_len or cfg.max_seq_len}
 
 
 # OLMo 2 (OLMo team, 2024): the Llama parts with the norms moved onto each sublayer's output (x + norm(f(x)),

@@ -56,7 +56,7 @@ def config(hf: dict[str, Any], source: str) -> FlamingoConfig:
 def config_to_hf(cfg: FlamingoConfig, dtype: torch.dtype) -> dict[str, Any]:
     v, t, r = cfg.vision, cfg.text, cfg.resampler
     want = dict(cls_token=True, patch_bias=False, embed_norm=True, final_norm=False, pool_norm=True)
-    bad = [f"{k}={getattr(v, k)!r}" for k, val in want.items() if getattr(v, k) != val]
+    bad = [f"{k}={v.value(k)!r}" for k, val in want.items() if v.value(k) != val]
     require(not bad, f"Idefics' vision tower is CLIP-shaped {want}; this one has {', '.join(bad)}")
     extra = int(cfg.extra.get("additional_vocab_size", 0))
     llama = convert.config_to_hf(t, dtype)
@@ -64,14 +64,15 @@ def config_to_hf(cfg: FlamingoConfig, dtype: torch.dtype) -> dict[str, Any]:
     body = dict(architectures=["IdeficsForVisionText2Text"], model_type="idefics", vocab_size=t.vocab_size - extra,
                 additional_vocab_size=extra, hidden_size=t.d_model, intermediate_size=t.d_ff,
                 num_hidden_layers=t.n_layers, num_attention_heads=t.n_heads, max_position_embeddings=t.max_seq_len,
-                rms_norm_eps=t.norm_eps, rope_parameters={"rope_theta": t.rope_theta, "rope_type": "default"},
+                rms_norm_eps=t.norm_eps, rope_parameters={"rope_theta": t.rope.theta, "rope_type": "default"},
                 hidden_act=llama.get("hidden_act", "silu"), tie_word_embeddings=t.tie_embeddings,
                 cross_layer_interval=cfg.cross_every, alpha_type=cfg.gate_type, alpha_initializer="zeros",
                 qk_layer_norms=False, use_resampler=r is not None, freeze_text_layers=True,
                 freeze_vision_layers=True, dtype=str(dtype).removeprefix("torch."),
                 vision_config=dict(model_type="idefics_vision", embed_dim=v.d_model, intermediate_size=v.d_ff,
                                    num_hidden_layers=v.n_layers, num_attention_heads=v.n_heads,
-                                   image_size=v.image_size, patch_size=v.patch_size, num_channels=v.num_channels,
+                                   image_size=v.image.image_size, patch_size=v.image.patch_size,
+                                   num_channels=v.image.num_channels,
                                    hidden_act=v.ffn, layer_norm_eps=v.norm_eps),
                 **{k: getattr(t, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                    if getattr(t, k) is not None})

@@ -108,7 +108,7 @@ def _gemma3_to_hf(cfg: Config) -> dict[str, Any]:
             "Gemma 3 layout needs norm_placement='sandwich' and qk_norm='head'")
     out = {**_gemma_to_hf(cfg), **_pattern_to_hf(cfg)}
     glob = rope_to_hf(cfg)["rope_parameters"]
-    local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
+    local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope.theta}
     return {**out, "rope_parameters": {"full_attention": glob, "sliding_attention": local},
             "rope_local_base_freq": local["rope_theta"], "attn_logit_softcapping": cfg.attn_softcap,
             "final_logit_softcapping": cfg.logit_softcap}

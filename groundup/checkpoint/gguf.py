@@ -168,7 +168,7 @@ def _write(gguf, w, model, arch: GGUFArch, extra: dict[str, Any], kind: str, tok
     cfg = model.config
     w.add_name(cfg.name or arch.name)
     for key, field in HPARAMS:  # uint32 for sizes, float32 for theta and eps, as llama.cpp reads them
-        value = getattr(cfg, field)
+        value = cfg.value(field)
         (w.add_float32 if isinstance(value, float) else w.add_uint32)(f"{arch.name}.{key}", value)
     w.add_rope_dimension_count(cfg.rotary_dim)
     for key, value in extra.items():
@@ -177,9 +177,9 @@ def _write(gguf, w, model, arch: GGUFArch, extra: dict[str, Any], kind: str, tok
             w.add_array(name, value)
         else:
             (w.add_float32 if isinstance(value, float) else w.add_uint32)(name, value)
-    if cfg.rope_scaling == "linear":
+    if cfg.rope.scaling == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(cfg.rope_scaling_factor)
+        w.add_rope_scaling_factor(cfg.rope.factor)
     for key, value in (("bos_token_id", cfg.bos_token_id), ("eos_token_id", cfg.eos_ids[0] if cfg.eos_ids else None),
                        ("padding_token_id", cfg.pad_token_id)):
         if value is not None:

@@ -181,15 +181,15 @@ def metadata_of(cfg: Config) -> dict[str, Any]:
     cannot express, before anything is written)."""
     arch = arch_of(cfg)
     dropped = [f for f in OPTIONAL if getattr(cfg, f) is not None and f not in arch.holds]
-    fixed = [f"{k}={getattr(cfg, k)!r}" for k, v in arch.fixed.items() if getattr(cfg, k) != v]
+    fixed = [f"{k}={cfg.value(k)!r}" for k, v in arch.fixed.items() if cfg.value(k) != v]
     if dropped or fixed:
         raise CheckpointError(f"save_gguf: llama.cpp's {arch.name} cannot express "
                               f"{', '.join(dropped + fixed)}; it needs {arch.fixed or 'none of them set'}")
     if arch.tied_only and not cfg.tie_embeddings:
         raise CheckpointError(f"save_gguf: llama.cpp's {arch.name} architecture has no output tensor (the head is "
                               "the embedding); this model's lm_head is untied")
-    if cfg.rope_scaling not in ("none", "linear"):
-        raise CheckpointError(f"save_gguf: rope_scaling={cfg.rope_scaling!r} has no GGUF key written here")
+    if cfg.rope.scaling not in ("none", "linear"):
+        raise CheckpointError(f"save_gguf: rope_scaling={cfg.rope.scaling!r} has no GGUF key written here")
     out: dict[str, Any] = {}
     if cfg.sliding_window:
         out["attention.sliding_window"] = cfg.sliding_window
@@ -217,8 +217,8 @@ def _pattern_to_meta(arch: GGUFArch, cfg: Config) -> dict[str, Any]:
         return out
     if kinds != arch.layer_types(cfg.n_layers):  # another pattern: llama.cpp reads one flag a layer
         out["attention.sliding_window_pattern"] = [k == "local" for k in kinds]
-    local = cfg.rope_local_theta if cfg.rope_local_theta is not None else cfg.rope_theta
-    if local != (arch.local_theta if arch.local_theta is not None else cfg.rope_theta):
+    local = cfg.rope_local_theta if cfg.rope_local_theta is not None else cfg.rope.theta
+    if local != (arch.local_theta if arch.local_theta is not None else cfg.rope.theta):
         out["rope.freq_base_swa"] = float(local)
     return out
 

@@ -81,17 +81,17 @@ def require_moe(cfg: Config, *, routers: tuple[str, ...], group: str = "batch", 
     noise weights or a bias it has no tensor for, a shared expert, a layer pattern, an expert width of its own.
     Training-only settings (the loss coefficients and scope, jitter) are not architecture: they pass."""
     family = cfg.family
-    require(cfg.router in routers, f"{family} layout routes with router in {routers}, not {cfg.router!r}")
-    require(capacity or (cfg.capacity_factor is None and cfg.eval_capacity_factor is None
-                         and cfg.expert_capacity is None),
+    require(cfg.moe.router in routers, f"{family} layout routes with router in {routers}, not {cfg.moe.router!r}")
+    require(capacity or (cfg.moe.capacity_factor is None and cfg.moe.eval_capacity_factor is None
+                         and cfg.moe.expert_capacity is None),
             f"{family} layout has no expert capacity: capacity_factor / expert_capacity must be None")
-    require(cfg.router_group == group or (cfg.capacity_factor is None and cfg.expert_capacity is None),
-            f"{family} layout shares capacity per {group}: router_group={cfg.router_group!r}")
-    require(not cfg.router_noise, f"{family} layout has no noisy-gating weights: router_noise must be False")
-    require(bias or not cfg.router_bias, f"{family} layout has no router bias: router_bias must be False")
-    require(shared or not cfg.shared_expert_d_ff, f"{family} layout has no shared expert: shared_expert_d_ff=0")
-    require(pattern or cfg.moe_layers is None, f"{family} layout makes every layer MoE: moe_layers must be None")
-    require(width or cfg.expert_d_ff in (None, cfg.d_ff),
+    require(cfg.moe.router_group == group or (cfg.moe.capacity_factor is None and cfg.moe.expert_capacity is None),
+            f"{family} layout shares capacity per {group}: router_group={cfg.moe.router_group!r}")
+    require(not cfg.moe.router_noise, f"{family} layout has no noisy-gating weights: router_noise must be False")
+    require(bias or not cfg.moe.router_bias, f"{family} layout has no router bias: router_bias must be False")
+    require(shared or not cfg.moe.shared_expert_d_ff, f"{family} layout has no shared expert: shared_expert_d_ff=0")
+    require(pattern or cfg.moe.moe_layers is None, f"{family} layout makes every layer MoE: moe_layers must be None")
+    require(width or cfg.moe.expert_d_ff in (None, cfg.d_ff),
             f"{family} layout sizes experts with d_ff: expert_d_ff must be None")
 
 

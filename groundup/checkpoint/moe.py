@@ -34,16 +34,17 @@ def _decoder_moe(hf: dict[str, Any], *, shared: bool) -> dict[str, Any]:
 
 def _decoder_moe_to_hf(cfg: Config, *, shared: bool) -> dict[str, Any]:
     require_moe(cfg, routers=("topk_softmax", "softmax_topk"), shared=shared, pattern=True, width=True)
-    require(not shared or cfg.shared_expert_gate == bool(cfg.shared_expert_d_ff),
+    require(not shared or cfg.moe.shared_expert_gate == bool(cfg.moe.shared_expert_d_ff),
             f"{cfg.family} layout gates its shared expert: shared_expert_gate must be True with one")
     dense = [i for i in range(cfg.n_layers) if not cfg.is_moe_layer(i)]
-    out = dict(num_experts=cfg.n_experts, num_experts_per_tok=cfg.top_k, norm_topk_prob=cfg.router == "topk_softmax",
-               router_aux_loss_coef=cfg.router_aux_loss_coef, moe_intermediate_size=cfg.expert_d_ff or cfg.d_ff,
+    out = dict(num_experts=cfg.n_experts, num_experts_per_tok=cfg.moe.top_k,
+               norm_topk_prob=cfg.moe.router == "topk_softmax",
+               router_aux_loss_coef=cfg.moe.router_aux_loss_coef, moe_intermediate_size=cfg.moe.expert_d_ff or cfg.d_ff,
                decoder_sparse_step=1, mlp_only_layers=dense)
-    if cfg.router_z_loss_coef:
-        out["router_z_loss_coef"] = cfg.router_z_loss_coef  # a groundup training setting transformers ignores
+    if cfg.moe.router_z_loss_coef:
+        out["router_z_loss_coef"] = cfg.moe.router_z_loss_coef  # a groundup training setting transformers ignores
     if shared:  # transformers builds a shared expert of this width (0: none) in every MoE layer
-        out["shared_expert_intermediate_size"] = cfg.shared_expert_d_ff
+        out["shared_expert_intermediate_size"] = cfg.moe.shared_expert_d_ff
     return out
 
 
@@ -91,7 +92,7 @@ def _olmoe_config(hf: dict[str, Any]) -> dict[str, Any]:
 def _olmoe_to_hf(cfg: Config) -> dict[str, Any]:
     require(cfg.qk_norm == "full" and cfg.attn_bias == cfg.attn_out_bias and cfg.moe_layer_count == cfg.n_layers,
             "OLMoE layout needs qk_norm='full', one attention_bias and experts in every layer")
-    require(cfg.expert_d_ff in (None, cfg.d_ff), "OLMoE layout sizes experts with intermediate_size: expert_d_ff")
+    require(cfg.moe.expert_d_ff in (None, cfg.d_ff), "OLMoE layout sizes experts with intermediate_size: expert_d_ff")
     body = llama_to_hf(cfg.replace(n_experts=0, qk_norm="none"))
     body.pop("mlp_bias")
     moe = _decoder_moe_to_hf(cfg, shared=False)
@@ -128,7 +129,7 @@ def _switch_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 def _switch_to_hf(cfg: Config) -> dict[str, Any]:
     require_moe(cfg, routers=("switch",), group="sequence", capacity=True, pattern=True, bias=True)
-    require(cfg.expert_capacity is not None, "SwitchTransformers layout has a fixed expert_capacity (in tokens): "
+    require(cfg.moe.expert_capacity is not None, "SwitchTransformers layout has a fixed expert_capacity (in tokens): "
             "set it instead of capacity_factor")
     require(not cfg.gated, f"ffn={cfg.ffn!r}: SwitchTransformers' experts are two matrices (wi, wo)")
     body = _t5_to_hf(cfg.replace(n_experts=0, moe_layers=None, router="topk_softmax", expert_capacity=None,
@@ -138,14 +139,14 @@ def _switch_to_hf(cfg: Config) -> dict[str, Any]:
     for first, n in ((0, cfg.n_layers), (cfg.n_layers, cfg.n_decoder_layers)):
         mine = [i - first for i in range(first, first + n) if cfg.is_moe_layer(i)]
         fits = [k for k in range(n + 1) if _sparse_layers(n, k) == mine]
-        require(bool(fits), f"moe_layers={cfg.moe_layers}: SwitchTransformers can only make every k-th layer of a "
+        require(bool(fits), f"moe_layers={cfg.moe.moe_layers}: SwitchTransformers can only make every k-th layer of a "
                 "stack sparse (i % k == 1)")
         counts.append(fits[0])
     return {**body, "dense_act_fn": activation_to_hf(cfg), "num_experts": cfg.n_experts,
-            "expert_capacity": cfg.expert_capacity, "num_sparse_encoder_layers": counts[0],
-            "num_sparse_decoder_layers": counts[1], "router_bias": cfg.router_bias,
-            "router_jitter_noise": cfg.router_jitter, "router_aux_loss_coef": cfg.router_aux_loss_coef,
-            "router_z_loss_coef": cfg.router_z_loss_coef, "router_dtype": "float32",
+            "expert_capacity": cfg.moe.expert_capacity, "num_sparse_encoder_layers": counts[0],
+            "num_sparse_decoder_layers": counts[1], "router_bias": cfg.moe.router_bias,
+            "router_jitter_noise": cfg.moe.router_jitter, "router_aux_loss_coef": cfg.moe.router_aux_loss_coef,
+            "router_z_loss_coef": cfg.moe.router_z_loss_coef, "router_dtype": "float32",
             "router_ignore_padding_tokens": False}
 
 

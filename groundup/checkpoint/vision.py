@@ -80,14 +80,14 @@ def tower_to_hf(cfg: Config) -> dict[str, Any]:
     clip = cfg.family == "clip_vision_model"
     out = dict(model_type="clip_vision_model" if clip else "siglip_vision_model", hidden_size=cfg.d_model,
                intermediate_size=cfg.d_ff, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-               num_channels=cfg.num_channels, image_size=cfg.image_size, patch_size=cfg.patch_size,
+               num_channels=cfg.image.num_channels, image_size=cfg.image.image_size, patch_size=cfg.image.patch_size,
                hidden_act=_act_out(cfg.ffn), layer_norm_eps=cfg.norm_eps, **cfg.extra)
     if clip:
         want = dict(cls_token=True, patch_bias=False, embed_norm=True, final_norm=False, pool_norm=True)
     else:
-        out["vision_use_head"] = cfg.vision_pool == "map"
+        out["vision_use_head"] = cfg.image.vision_pool == "map"
         want = dict(cls_token=False, patch_bias=True, embed_norm=False, final_norm=True, pool_norm=False)
-    bad = [f"{k}={getattr(cfg, k)!r}" for k, v in want.items() if getattr(cfg, k) != v]
+    bad = [f"{k}={cfg.value(k)!r}" for k, v in want.items() if cfg.value(k) != v]
     require(not bad, f"a {out['model_type']} tower has {want}; this config has {', '.join(bad)}")
     return out
 
@@ -195,11 +195,13 @@ def blip2_config(hf: dict[str, Any], source: str) -> LlavaConfig:
 
 def blip2_to_hf(cfg: LlavaConfig, dtype: torch.dtype) -> dict[str, Any]:
     v, q = cfg.vision, cfg.qformer
-    require(cfg.feature_norm and cfg.feature_layers == v.n_layers and v.final_norm and v.cls_token and v.patch_bias
-            and not v.embed_norm, "BLIP-2 reads the tower's normed last layer ([CLS] and patch bias included)")
+    require(cfg.feature_norm and cfg.feature_layers == v.n_layers and v.final_norm and v.image.cls_token
+            and v.image.patch_bias and not v.embed_norm,
+            "BLIP-2 reads the tower's normed last layer ([CLS] and patch bias included)")
     require(cfg.qformer_cross_every > 0 and q.pos == "none", "BLIP-2's Q-Former has no positions")
-    vision = dict(model_type="blip_2_vision_model", **_sizes_out(v), layer_norm_eps=v.norm_eps, image_size=v.image_size,
-                  patch_size=v.patch_size, num_channels=v.num_channels, qkv_bias=v.attn_bias)
+    vision = dict(model_type="blip_2_vision_model", **_sizes_out(v), layer_norm_eps=v.norm_eps,
+                  image_size=v.image.image_size, patch_size=v.image.patch_size, num_channels=v.image.num_channels,
+                  qkv_bias=v.attn_bias)
     qformer = dict(model_type="blip_2_qformer", **_sizes_out(q), layer_norm_eps=q.norm_eps,
                    cross_attention_frequency=cfg.qformer_cross_every, encoder_hidden_size=v.d_model,
                    hidden_dropout_prob=q.dropout, attention_probs_dropout_prob=q.attn_dropout)
@@ -265,13 +267,13 @@ class Names:
         C = cfg.d_model
         self.modules += [(f"{gu}patch_embed", f"{hf}embeddings.patch_embedding"),
                          (f"{gu}pos_embed", f"{hf}embeddings.position_embedding")]
-        if cfg.cls_token:
+        if cfg.image.cls_token:
             self.tensors[f"{gu}cls_token"] = (f"{hf}embeddings.class_embedding", (C,))
         if cfg.embed_norm:
             self.modules.append((f"{gu}embed_norm", f"{hf}pre_layrnorm"))
         self.modules += _block_pairs(gu, hf, cfg.n_layers, _CLIP_BLOCK)
-        self.modules.append((f"{gu}pool_norm" if cfg.pool_norm else f"{gu}norm", f"{hf}post_layernorm"))
-        if cfg.vision_pool == "map":
+        self.modules.append((f"{gu}pool_norm" if cfg.image.pool_norm else f"{gu}norm", f"{hf}post_layernorm"))
+        if cfg.image.vision_pool == "map":
             self.tensors[f"{gu}head.probe"] = (f"{hf}head.probe", None)
             self.fused[f"{gu}head.attn"] = f"{hf}head.attention.in_proj_{{leaf}}"
             self.modules += [(f"{gu}head.attn.o_proj", f"{hf}head.attention.out_proj"),
@@ -434,11 +436,12 @@ def write(model: torch.nn.Module, folder: Path, *, max_shard_bytes: int) -> None
             require(cfg.family == "vit", f"a vision encoder saves as family='vit', not {cfg.family!r} (its towers "
                     "save inside a CLIP or LLaVA folder)")
             body = dict(architectures=["ViTForImageClassification" if cfg.num_labels else "ViTModel"],
-                        model_type="vit", **_sizes_out(cfg), layer_norm_eps=cfg.norm_eps, image_size=cfg.image_size,
-                        patch_size=cfg.patch_size, num_channels=cfg.num_channels, qkv_bias=cfg.attn_bias,
+                        model_type="vit", **_sizes_out(cfg), layer_norm_eps=cfg.norm_eps,
+                        image_size=cfg.image.image_size, patch_size=cfg.image.patch_size,
+                        num_channels=cfg.image.num_channels, qkv_bias=cfg.attn_bias,
                         pooler_act="tanh", pooler_output_size=cfg.d_model, **cfg.extra)
             want = dict(cls_token=True, final_norm=True, embed_norm=False, pool_norm=False, patch_bias=True)
-            bad = [f"{k}={getattr(cfg, k)!r}" for k, v in want.items() if getattr(cfg, k) != v]
+            bad = [f"{k}={cfg.value(k)!r}" for k, v in want.items() if cfg.value(k) != v]
             require(not bad, f"transformers' ViT has {want}; this config has {', '.join(bad)}")
             require(bool(cfg.num_labels) != cfg.pooler, "a ViT folder is ViTModel (pooler, no classifier) or "
                     "ViTForImageClassification (a classifier, no pooler)")

@@ -18,8 +18,11 @@ with, for exact-match scoring.
 
 from __future__ import annotations
 
+import json
 import random
 import re
+from collections.abc import Sequence
+from pathlib import Path
 
 KINDS = ("add", "sub", "mul", "div")
 
@@ -146,3 +149,20 @@ def final_answer(text: str) -> str | None:
     """The number (or 'q R r') the first line-group of an answer ends with, or None."""
     m = _FINAL.search(text.strip())
     return m.group(1) if m else None
+
+
+def write_data(out: str | Path, n_train: int, n_test: int, *, digits: int, kinds: Sequence[str],
+               seed: int = 0, n_facts: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """<out>/train.jsonl and <out>/test.jsonl; no test prompt is in the training set. With n_facts,
+    <out>/facts.txt: bare equations whose operand pairs are none of the test set's."""
+
+    test = dataset(n_test, seed=seed + 1, kinds=tuple(kinds), digits=digits)
+    train = dataset(n_train, seed=seed, kinds=tuple(kinds), digits=digits, exclude={r["prompt"] for r in test})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", train), ("test", test)):
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    if n_facts:
+        lines = facts(n_facts, seed=seed + 2, digits=digits, exclude={operands(r["prompt"]) for r in test})
+        (out / "facts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return train, test

@@ -111,7 +111,7 @@ def _prepare(model, input_ids, max_new_tokens, attention_mask, truncate, pad_tok
         # once per call, before any work: RoPE runs past its trained positions, but quality drops fast there
         warnings.warn(f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) goes past the model's "
                       f"trained context of {limit} positions (max_seq_len={cfg.max_seq_len}"
-                      f"{'' if cfg.rope_scaling == 'none' else ', with its rope scaling'}); beyond it outputs "
+                      f"{'' if cfg.rope.scaling == 'none' else ', with its rope scaling'}); beyond it outputs "
                       "degrade. Lower max_new_tokens, or extend the context: rope_scaling=('linear', factor)",
                       ContextWarning, stacklevel=4)
     return ids, mask, pad
@@ -134,7 +134,7 @@ def _steps(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *,
     step_ids, pos = ids, (padding.positions(0, T) if padding is not None else None)
     # LongRoPE switches to its long frequencies once the length passes the original context: the keys cached
     # under the short ones are stale then, so the whole sequence is run again once, as transformers does.
-    switch = model.config.rope_original_max_seq_len if model.config.rope_scaling == "longrope" else None
+    switch = model.config.rope.original_max_seq_len if model.config.rope.scaling == "longrope" else None
     history = ids if switch is not None and T <= switch < T + max_new_tokens else None
     fixed = None
     for i in range(max_new_tokens):

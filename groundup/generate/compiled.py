@@ -50,7 +50,7 @@ def check_compilable(model: torch.nn.Module, prompt_len: int, max_new_tokens: in
                          "several tokens per step): drop one of the two")
     if model.prefix_length:
         raise ValueError("compile=True is not supported with prefix tuning (its keys sit in the cache)")
-    if cfg.rope_scaling == "longrope":
+    if cfg.rope.scaling == "longrope":
         raise ValueError("compile=True is not supported with longrope (it reruns the sequence at the switch)")
     need = prompt_len + max_new_tokens
     if need > cfg.context_length:

@@ -21,7 +21,7 @@ from . import causal, seq2seq
 from .config import MODEL_DEFAULT, GenerationConfig
 from .speculative import SpeculativeStats
 
-__all__ = ["MODEL_DEFAULT", "GenerationConfig", "generate"]
+__all__ = ["MODEL_DEFAULT", "GenerationConfig", "continuations", "generate"]
 
 
 def generate(model: torch.nn.Module, input_ids: causal.Prompts | None = None, max_new_tokens: int | None = None, *,
@@ -75,3 +75,17 @@ def generate(model: torch.nn.Module, input_ids: causal.Prompts | None = None, ma
         raise ValueError("an encoder-only model (BERT-style) does not generate text: use model.fill_mask(...) "
                          "for masked tokens or model.features(...) for sentence vectors")
     raise ValueError(f"generate() needs a groundup CausalLM or Seq2Seq model, got {type(model).__name__}")
+
+
+def continuations(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, *, eos: int,
+                  batch: int = 50, stop_strings: list[str] | None = None, tokenizer: Any = None) -> list[list[int]]:
+    """Greedy continuations of many prompts, ``batch`` at a time in left-padded batches: each one's new ids,
+    up to its ``eos`` (excluded; a stopped row is padded with it)."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        rows = prompts[i: i + batch]
+        ids = generate(model, rows, max_new_tokens, eos_token_id=eos, pad_token_id=eos, stop_strings=stop_strings,
+                       tokenizer=tokenizer)
+        # ids: [rows, longest prompt + new]; the prompts are left-padded, so every answer starts at one column
+        out += [[t for t in row if t != eos] for row in ids[:, max(map(len, rows)):].tolist()]
+    return out

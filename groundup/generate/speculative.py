@@ -66,7 +66,7 @@ def check_draft(target: torch.nn.Module, draft: torch.nn.Module, num_draft_token
         raise ValueError(f"draft_confidence={draft_confidence} must be in [0, 1) (0: always draft num_draft_tokens)")
     if repetition_penalty != 1.0:
         raise ValueError("repetition_penalty is not supported with a draft model: drop one of the two")
-    if "longrope" in (target.config.rope_scaling, draft.config.rope_scaling):
+    if "longrope" in (target.config.rope.scaling, draft.config.rope.scaling):
         raise ValueError("rope_scaling='longrope' (Phi-3.5) is not supported with a draft model: its switch to the "
                          "long frequencies recomputes the cache, which speculative decoding does not do")
     if next(draft.parameters()).device != next(target.parameters()).device:

@@ -60,17 +60,18 @@ def check_pixels(cfg: Config, pixel_values: torch.Tensor, interpolate: bool) -> 
     """Shape and dtype checks naming the argument, before any compute."""
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
         shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
-        raise ValueError(f"pixel_values must be a tensor [batch, {cfg.num_channels}, height, width], got {shape} "
+        raise ValueError(f"pixel_values must be a tensor [batch, {cfg.image.num_channels}, height, width], got {shape} "
                          "(groundup.vision.ImageProcessor makes it from images)")
     if not pixel_values.is_floating_point():
         raise ValueError(f"pixel_values must be floats (rescaled and normalised), got dtype {pixel_values.dtype}")
     _, c, h, w = pixel_values.shape
-    if c != cfg.num_channels:
-        raise ValueError(f"pixel_values have {c} channels, the model takes num_channels={cfg.num_channels}")
-    if h % cfg.patch_size or w % cfg.patch_size:
-        raise ValueError(f"pixel_values are {h}x{w}, not a multiple of patch_size={cfg.patch_size}")
-    if not interpolate and (h, w) != (cfg.image_size, cfg.image_size):
-        raise ValueError(f"pixel_values are {h}x{w}, the model was trained at {cfg.image_size}x{cfg.image_size}: "
+    if c != cfg.image.num_channels:
+        raise ValueError(f"pixel_values have {c} channels, the model takes num_channels={cfg.image.num_channels}")
+    if h % cfg.image.patch_size or w % cfg.image.patch_size:
+        raise ValueError(f"pixel_values are {h}x{w}, not a multiple of patch_size={cfg.image.patch_size}")
+    size = cfg.image.image_size
+    if not interpolate and (h, w) != (size, size):
+        raise ValueError(f"pixel_values are {h}x{w}, the model was trained at {size}x{size}: "
                          "resize the image, or pass interpolate_pos_encoding=True to interpolate the positions")
 
 
@@ -98,13 +99,13 @@ class VisionEncoder(PreTrained, Stack):
         if cfg.arch != "vision":
             raise ValueError(f"VisionEncoder needs arch='vision', got arch={cfg.arch!r}")
         super().__init__(cfg, cfg.n_layers, causal=False)
-        p = cfg.patch_size
+        p = cfg.image.patch_size
         # a p x p convolution with stride p is one [C, 3 p p] matrix applied to each flattened patch
-        self.patch_embed = nn.Conv2d(cfg.num_channels, cfg.d_model, p, stride=p, bias=cfg.patch_bias)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.cls_token else None
+        self.patch_embed = nn.Conv2d(cfg.image.num_channels, cfg.d_model, p, stride=p, bias=cfg.image.patch_bias)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.image.cls_token else None
         self.embed_norm = make_norm(cfg) if cfg.embed_norm else None
-        self.pool_norm = make_norm(cfg) if cfg.pool_norm else None
-        self.head = AttentionPool(cfg) if cfg.vision_pool == "map" else None
+        self.pool_norm = make_norm(cfg) if cfg.image.pool_norm else None
+        self.head = AttentionPool(cfg) if cfg.image.vision_pool == "map" else None
         self.pooler = Pooler(cfg) if cfg.pooler else None
         self.classifier = Linear(cfg.d_model, cfg.num_labels) if cfg.num_labels else None
         self.init_hooks()
@@ -123,13 +124,13 @@ class VisionEncoder(PreTrained, Stack):
     @property
     def grid(self) -> int:
         """Patches per side at the trained resolution."""
-        return self.config.image_size // self.config.patch_size
+        return self.config.image.image_size // self.config.image.patch_size
 
     def positions(self, h: int, w: int) -> torch.Tensor:
         """Learned positions [N (+1), C] for an h x w grid of patches: the table itself at the trained grid, else
         its patch part resized bicubically (as transformers' interpolate_pos_encoding does)."""
         table = self.pos_embed.weight  # [(1 +) g g, C]
-        g, n_cls = self.grid, int(self.config.cls_token)
+        g, n_cls = self.grid, int(self.config.image.cls_token)
         if (h, w) == (g, g):
             return table
         grid = table[n_cls:].reshape(1, g, g, -1).permute(0, 3, 1, 2)  # [1, C, g, g]
@@ -161,7 +162,7 @@ class VisionEncoder(PreTrained, Stack):
         pooled = logits = None
         if self.head is not None:
             pooled = self.head(h)
-        elif self.config.vision_pool == "cls":
+        elif self.config.image.vision_pool == "cls":
             pooled = h[:, 0] if self.pool_norm is None else self.pool_norm(h[:, 0])
         if self.pooler is not None:  # ViTModel's dense + tanh on the [CLS]
             pooled = self.pooler(h)

@@ -116,7 +116,7 @@ class Llava(WithLanguageModel, PreTrained, nn.Module):
         if self.config.feature_norm:
             feats = self.vision_tower.norm(feats)
         if self.config.connector != "qformer" and self.config.vision_feature_select == "default" \
-                and self.config.vision.cls_token:
+                and self.config.vision.image.cls_token:
             feats = feats[:, 1:]  # the patches only: [N, P, C_v]
         return self.projector(feats)
 

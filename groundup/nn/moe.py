@@ -67,13 +67,13 @@ class MoE(nn.Module):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        self.n_experts, self.top_k, self.router_kind = cfg.n_experts, cfg.top_k, cfg.router
+        self.n_experts, self.top_k, self.router_kind = cfg.n_experts, cfg.moe.top_k, cfg.moe.router
         self.cfg = cfg
-        self.router = Linear(cfg.d_model, cfg.n_experts, bias=cfg.router_bias)
-        self.noise = Linear(cfg.d_model, cfg.n_experts, bias=False) if cfg.router_noise else None
-        self.experts = nn.ModuleList(make_ffn(cfg, cfg.expert_d_ff) for _ in range(cfg.n_experts))
-        self.shared = make_ffn(cfg, cfg.shared_expert_d_ff) if cfg.shared_expert_d_ff else None
-        self.shared_gate = Linear(cfg.d_model, 1, bias=False) if cfg.shared_expert_gate else None
+        self.router = Linear(cfg.d_model, cfg.n_experts, bias=cfg.moe.router_bias)
+        self.noise = Linear(cfg.d_model, cfg.n_experts, bias=False) if cfg.moe.router_noise else None
+        self.experts = nn.ModuleList(make_ffn(cfg, cfg.moe.expert_d_ff) for _ in range(cfg.n_experts))
+        self.shared = make_ffn(cfg, cfg.moe.shared_expert_d_ff) if cfg.moe.shared_expert_d_ff else None
+        self.shared_gate = Linear(cfg.d_model, 1, bias=False) if cfg.moe.shared_expert_gate else None
         # utilisation since the last reset (groundup.train reads and clears it): slots each expert processed [E],
         # choices it got before the capacity cut [E], slots routed, tokens no expert processed, tokens seen.
         # A plain tensor, not a buffer: not saved, never on the meta device of a model being loaded, not
@@ -83,8 +83,8 @@ class MoE(nn.Module):
     # routing ---------------------------------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Router logits [N, E] in fp32 for tokens x [N, C] (jitter and noise only in training)."""
-        if self.training and self.cfg.router_jitter:
-            eps = self.cfg.router_jitter
+        if self.training and self.cfg.moe.router_jitter:
+            eps = self.cfg.moe.router_jitter
             x = x * torch.empty_like(x).uniform_(1.0 - eps, 1.0 + eps)
         if type(self.router) in (Linear, nn.Linear):  # the product itself in fp32, not just its result
             bias = None if self.router.bias is None else self.router.bias.float()
@@ -97,7 +97,7 @@ class MoE(nn.Module):
 
     def capacity(self, tokens_per_group: int) -> int | None:
         """Slots each expert takes per group (Config.capacity, with the training or eval factor)."""
-        return self.cfg.capacity(tokens_per_group, training=self.training)
+        return self.cfg.moe.capacity(tokens_per_group, training=self.training)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token choice for x [N, C] -> (weights [N, k], expert ids [N, k], probabilities over all experts [N, E])."""
@@ -120,7 +120,7 @@ class MoE(nn.Module):
         if cap is None:
             order = torch.argsort(idx.reshape(-1), stable=True)  # slot s = token * k + rank
         else:
-            if self.cfg.router_priority == "score":  # the surest tokens of a group first
+            if self.cfg.moe.router_priority == "score":  # the surest tokens of a group first
                 by_score = torch.argsort(-weights[:, 0].view(groups, n), dim=1, stable=True)  # [G, n]
                 rank = torch.empty_like(by_score).scatter_(1, by_score, torch.arange(n, device=idx.device)
                                                            .expand(groups, n)).reshape(N, 1)
@@ -152,7 +152,7 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
         """x [B, T, C] -> (output [B, T, C], the layer's RouterStats)."""
         B, T, C = x.shape
-        groups, n = (B, T) if self.cfg.router_group == "sequence" else (1, B * T)
+        groups, n = (B, T) if self.cfg.moe.router_group == "sequence" else (1, B * T)
         flat = x.reshape(-1, C)  # [N, C], N = B*T = groups * n
         logits = self.logits(flat)
         probs = torch.softmax(logits, dim=-1)  # [N, E]
@@ -246,17 +246,17 @@ def router_loss(cfg: Config, stats: list[RouterStats]) -> torch.Tensor | None:
         return None
     E, L, n, G = cfg.n_experts, len(stats), stats[0].tokens, stats[0].groups
     total = stats[0].logits.new_zeros(())
-    if cfg.router_aux_loss_coef and not stats[0].balanced:
-        if cfg.balance_scope == "stack":
+    if cfg.moe.router_aux_loss_coef and not stats[0].balanced:
+        if cfg.moe.balance_scope == "stack":
             f = sum(s.slots() for s in stats) / (L * n)  # [G, E]
             p = sum(s.prob_sums() for s in stats) / (L * n)
             balance = E * (f * p).sum(-1).mean()
         else:
             balance = sum(E * (s.slots() / n * s.prob_sums() / n).sum(-1).mean() for s in stats) / L
-        total = total + cfg.router_aux_loss_coef * balance
-    if cfg.router_z_loss_coef:
+        total = total + cfg.moe.router_aux_loss_coef * balance
+    if cfg.moe.router_z_loss_coef:
         zsq = sum((torch.logsumexp(s.logits, -1) ** 2).sum() for s in stats)
-        total = total + cfg.router_z_loss_coef * zsq / (L * G * n)
+        total = total + cfg.moe.router_z_loss_coef * zsq / (L * G * n)
     return total
 
 

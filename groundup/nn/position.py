@@ -49,9 +49,9 @@ def rope_inv_freq(cfg: Config, *, scaling: str | None = None, factor: float | No
     ``scaling``, ``factor`` and ``theta`` override the config's (local layers use their own base);
     ``seq_len`` is the current length dynamic NTK scales for (None: max_seq_len, i.e. unscaled)."""
     rot = cfg.rotary_dim
-    scaling = cfg.rope_scaling if scaling is None else scaling
-    factor = cfg.rope_scaling_factor if factor is None else factor
-    theta = cfg.rope_theta if theta is None else theta
+    scaling = cfg.rope.scaling if scaling is None else scaling
+    factor = cfg.rope.factor if factor is None else factor
+    theta = cfg.rope.theta if theta is None else theta
     if scaling == "ntk":
         theta = theta * factor ** (rot / (rot - 2))
     if scaling == "dynamic":
@@ -60,8 +60,8 @@ def rope_inv_freq(cfg: Config, *, scaling: str | None = None, factor: float | No
     exponents = torch.arange(0, rot, 2, dtype=torch.float32, device=device) / rot
     inv = 1.0 / theta**exponents
     if scaling == "longrope":  # the long divisors once the length passes the original context
-        long = seq_len is not None and seq_len > cfg.rope_original_max_seq_len
-        divisors = cfg.rope_long_factor if long else cfg.rope_short_factor
+        long = seq_len is not None and seq_len > cfg.rope.original_max_seq_len
+        divisors = cfg.rope.long_factor if long else cfg.rope.short_factor
         return inv / torch.tensor(divisors, dtype=torch.float32, device=device)
     if scaling == "yarn":
         return _yarn(cfg, inv, factor, rot, theta)
@@ -71,12 +71,12 @@ def rope_inv_freq(cfg: Config, *, scaling: str | None = None, factor: float | No
 def yarn_attention_factor(cfg: Config, factor: float) -> float:
     """YaRN's scale on cos and sin (its "attention temperature"): the config's, or 0.1 ln(factor) + 1; for
     longrope sqrt(1 + ln(factor) / ln(original context))."""
-    if cfg.rope_attention_factor is not None:
-        return cfg.rope_attention_factor
+    if cfg.rope.attention_factor is not None:
+        return cfg.rope.attention_factor
     if factor <= 1:
         return 1.0
-    if cfg.rope_scaling == "longrope":
-        return math.sqrt(1 + math.log(factor) / math.log(cfg.rope_original_max_seq_len))
+    if cfg.rope.scaling == "longrope":
+        return math.sqrt(1 + math.log(factor) / math.log(cfg.rope.original_max_seq_len))
     return 0.1 * math.log(factor) + 1.0
 
 
@@ -84,12 +84,12 @@ def _yarn(cfg: Config, inv: torch.Tensor, factor: float, rot: int, theta: float)
     """YaRN (Peng et al., 2023): per dimension pair, keep the frequency where it turns more than beta_fast times
     over the original context, interpolate it by the factor where fewer than beta_slow, ramp linearly
     between (bounds floored/ceiled to whole dims, as the reference does)."""
-    original = cfg.rope_original_max_seq_len
+    original = cfg.rope.original_max_seq_len
 
     def dim_of(turns: float) -> float:  # the dimension whose wavelength fits `turns` times in the original context
         return rot * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(theta))
 
-    low, high = max(math.floor(dim_of(cfg.rope_beta_fast)), 0), min(math.ceil(dim_of(cfg.rope_beta_slow)), rot - 1)
+    low, high = max(math.floor(dim_of(cfg.rope.beta_fast)), 0), min(math.ceil(dim_of(cfg.rope.beta_slow)), rot - 1)
     if low == high:
         high += 0.001  # the reference's guard against a zero-width ramp
     ramp = ((torch.arange(rot // 2, dtype=torch.float32, device=inv.device) - low) / (high - low)).clamp(0, 1)
@@ -101,7 +101,7 @@ def _llama3(cfg: Config, inv: torch.Tensor, factor: float) -> torch.Tensor:
     """Llama 3.1's frequency-dependent scaling (Meta, 2024): long wavelengths (beyond the pre-training
     context / low_freq_factor) are interpolated by the factor, short ones (below context / high_freq_factor)
     kept, and the band between blends the two linearly in context / wavelength."""
-    original, low, high = cfg.rope_original_max_seq_len, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    original, low, high = cfg.rope.original_max_seq_len, cfg.rope.low_freq_factor, cfg.rope.high_freq_factor
     wavelen = 2 * math.pi / inv
     scaled = torch.where(wavelen > original / low, inv / factor, inv)
     smooth = (original / wavelen - low) / (high - low)
@@ -119,8 +119,8 @@ def rope_cos_sin(cfg: Config, positions: torch.Tensor, dtype: torch.dtype, *, sc
     ``seq_len``: the length the positions belong to (cached + new), which dynamic NTK scales for; callers
     pass it from shapes, so no position is read back from the device.
     """
-    scaling = cfg.rope_scaling if scaling is None else scaling
-    factor = cfg.rope_scaling_factor if factor is None else factor
+    scaling = cfg.rope.scaling if scaling is None else scaling
+    factor = cfg.rope.factor if factor is None else factor
     inv = rope_inv_freq(cfg, scaling=scaling, factor=factor, theta=theta, seq_len=seq_len, device=positions.device)
     pos = positions.to(torch.float32)
     if scaling == "linear":

@@ -12,12 +12,13 @@ from typing import Any
 import torch
 
 from ..config import Config
+from ..generate.entry import continuations
 from ..models.flamingo import Flamingo
 from ..multimodal import FlamingoConfig
 from ..vision import synthetic
 from ..vision.data import VisionTextData
 from .clip import save_run
-from .llava import DESCRIBE, Setup, VLMSettings, prompt, runner_generate, train_stage
+from .llava import DESCRIBE, Setup, VLMSettings, prompt, train_stage
 
 
 @dataclass
@@ -61,9 +62,9 @@ def few_shot(model: Flamingo, tok, queries, query_px: torch.Tensor, support, sup
                 text = "".join(f"{prompt(question)} {support[p].answer(kind)}\n" for p in picks) + prompt(question)
                 rows.append(tok.encode(text, allowed_special={"<image>"}))
                 pixels.append(torch.cat([support_px[picks], query_px[i:i + 1]]) if shots else query_px[i:i + 1])
-            out = runner_generate(model.with_images(torch.stack(pixels)), rows, eos)
+            out = continuations(model.with_images(torch.stack(pixels)), rows, 4, eos=eos, batch=len(rows))
             for i, row in zip(range(b, b + len(rows)), out, strict=True):
-                hits[kind].append(tok.decode([t for t in row if t != eos]).strip() == queries[i].answer(kind))
+                hits[kind].append(tok.decode(row).strip() == queries[i].answer(kind))
     scores = {k: sum(v) / len(v) for k, v in hits.items()}
     scores["all"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
     return scores

@@ -21,7 +21,7 @@ import torch
 
 from ..checkpoint.hf import from_pretrained
 from ..config import Config
-from ..generate.entry import generate
+from ..generate.entry import continuations
 from ..models.vlm import Llava
 from ..multimodal import LlavaConfig
 from ..tokenizer import Tokenizer
@@ -130,19 +130,13 @@ def exact_match(model: Llava, tok, scenes_, pixels: torch.Tensor | None, batch: 
             ids = [tok.encode(prompt(question, image), allowed_special={"<image>"}) for _ in chunk]
             ids = [model.expand_image_tokens(x) for x in ids] if image else ids
             runner = model.with_images(pixels[b:b + batch]) if image else model.language_model
-            out = runner_generate(runner, ids, eos)
+            out = continuations(runner, ids, 4, eos=eos, batch=len(ids))
             for s, row in zip(chunk, out, strict=True):
-                text = tok.decode([t for t in row if t != eos]).strip()
+                text = tok.decode(row).strip()
                 hits[kind].append(text == s.answer(kind))
     scores = {k: sum(v) / len(v) for k, v in hits.items()}
     scores["all"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
     return scores
-
-
-def runner_generate(runner, ids: list[list[int]], eos: int) -> list[list[int]]:
-    width = max(map(len, ids))
-    out = generate(runner, ids, 4, eos_token_id=eos, pad_token_id=eos)
-    return [row[width:] for row in out.tolist()]
 
 
 def train_stage(model: torch.nn.Module, name: str, steps: int, data: VisionTextData, trainable: list[torch.nn.Module],

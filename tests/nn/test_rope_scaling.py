@@ -36,10 +36,10 @@ def test_inverse_frequencies_and_attention_factor_match_transformers(family, par
              intermediate_size=64, vocab_size=100, max_position_embeddings=131072, rope_parameters=dict(params))
     want, attention_factor = ROPE_INIT_FUNCTIONS[params["rope_type"]](hf)
     cfg = config_from_hf(hf.to_dict())
-    assert (cfg.rope_scaling, cfg.rope_original_max_seq_len) == (params["rope_type"],
+    assert (cfg.rope.scaling, cfg.rope.original_max_seq_len) == (params["rope_type"],
                                                                  params["original_max_position_embeddings"])
     torch.testing.assert_close(rope_inv_freq(cfg), want.float(), atol=1e-6, rtol=1e-6)
-    ours = yarn_attention_factor(cfg, cfg.rope_scaling_factor) if cfg.rope_scaling == "yarn" else 1.0
+    ours = yarn_attention_factor(cfg, cfg.rope.factor) if cfg.rope.scaling == "yarn" else 1.0
     assert ours == pytest.approx(attention_factor, rel=1e-12)
 
 
@@ -55,7 +55,7 @@ def test_dynamic_ntk_frequencies_match_transformers_at_each_length(seq_len, fact
                        rope_parameters={"rope_type": "dynamic", "factor": factor, "rope_theta": 10000.0})
     want, _ = ROPE_INIT_FUNCTIONS["dynamic"](hf, None, seq_len=seq_len)
     cfg = config_from_hf(hf.to_dict())
-    assert (cfg.rope_scaling, cfg.rope_scaling_factor) == ("dynamic", factor)
+    assert (cfg.rope.scaling, cfg.rope.factor) == ("dynamic", factor)
     got = rope_inv_freq(cfg, seq_len=seq_len)
     torch.testing.assert_close(got, want.float(), atol=1e-6, rtol=1e-6)
     assert torch.equal(got, rope_inv_freq(cfg, scaling="none")) == (seq_len is None or seq_len <= 4096)
@@ -78,9 +78,9 @@ def test_longrope_frequencies_and_attention_factor_match_transformers(seq_len, a
                       eos_token_id=1, bos_token_id=1)
     want, factor = ROPE_INIT_FUNCTIONS["longrope"](hf, None, seq_len=seq_len)
     cfg = config_from_hf(hf.to_dict())
-    assert (cfg.rope_scaling, cfg.rope_original_max_seq_len, cfg.rope_scaling_factor) == ("longrope", 4096, 32.0)
+    assert (cfg.rope.scaling, cfg.rope.original_max_seq_len, cfg.rope.factor) == ("longrope", 4096, 32.0)
     torch.testing.assert_close(rope_inv_freq(cfg, seq_len=seq_len), want.float(), atol=1e-6, rtol=1e-6)
-    assert yarn_attention_factor(cfg, cfg.rope_scaling_factor) == pytest.approx(factor, rel=1e-12)
+    assert yarn_attention_factor(cfg, cfg.rope.factor) == pytest.approx(factor, rel=1e-12)
 
 
 def test_llama3_needs_its_original_context_and_keeps_max_seq_len_as_context():
@@ -112,7 +112,7 @@ def test_old_rope_scaling_spelling_reads_as_the_transformers_5_one(legacy):
     new = {**base, "rope_parameters": {"rope_theta": 50000.0, "rope_type": kind, **rest}}
     old = {**base, "rope_theta": 50000.0, "rope_scaling": legacy}
     assert config_from_hf(old) == config_from_hf(new)
-    assert config_from_hf(old).rope_scaling == new["rope_parameters"]["rope_type"]
+    assert config_from_hf(old).rope.scaling == new["rope_parameters"]["rope_type"]
 
 
 def test_gemma3_old_flat_rope_fields_read_as_the_per_layer_dicts():
@@ -125,6 +125,6 @@ def test_gemma3_old_flat_rope_fields_read_as_the_per_layer_dicts():
                                        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
     cfg = config_from_hf(old)
     assert cfg == config_from_hf(new)
-    assert (cfg.rope_theta, cfg.rope_local_theta) == (1e6, 1e4)
-    assert (cfg.rope_scaling, cfg.rope_scaling_factor) == ("linear", 8.0)
+    assert (cfg.rope.theta, cfg.rope_local_theta) == (1e6, 1e4)
+    assert (cfg.rope.scaling, cfg.rope.factor) == ("linear", 8.0)
     assert cfg.layer_types == ["local"] * 5 + ["global"]  # sliding_window_pattern 6 by default

@@ -8,7 +8,7 @@ import torch
 
 import groundup as gu
 from groundup.cli import main
-from groundup.cli.arithmetic import exact_match, load_run, read_problems
+from groundup.eval.arithmetic import exact_match, load_run, read_problems
 from groundup.data.arithmetic import final_answer, kind_of, operands
 
 

@@ -28,7 +28,7 @@ def test_switch_pretraining_logs_expert_use_and_resumes(corpus, tmp_path, capsys
     assert len(shares) == 1 and len(shares[0]) == 8 and sum(shares[0]) == pytest.approx(1.0, abs=1e-3)
     assert (out / "experts.png").stat().st_size > 1000
     model = gu.from_pretrained(out / "checkpoint")
-    assert model.config.router == "switch" and model.config.family == "groundup"
+    assert model.config.moe.router == "switch" and model.config.family == "groundup"
     code, cap = run_cli(["--out", str(out), "--resume", "--steps", "5", "--quiet"], capsys)
     assert code == 0, cap.err
 
@@ -67,7 +67,7 @@ def test_upcycle_cli_writes_a_mixtral_folder_transformers_reads(hf_folder, tmp_p
         torch.testing.assert_close(back(ids).logits, ref(ids).logits, atol=1e-4, rtol=0)
     assert main(["upcycle", str(path), str(tmp_path / "sw"), "--router", "switch", "--top-k", "1",
                  "--capacity-factor", "1.25", "--every", "2"]) == 0
-    assert gu.from_pretrained(tmp_path / "sw").config.moe_layers == [1]
+    assert gu.from_pretrained(tmp_path / "sw").config.moe.moe_layers == [1]
 
 
 def test_calc_moe_presets_total_active_and_capacity():

@@ -8,14 +8,18 @@ the field, its value and the rule, so a bad config fails before any weight is al
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, get_args
 
-from .presets import PRESETS
+from ..presets import PRESETS
+from .checks import check_literals
+from .image import ImageConfig
+from .moe import MoEConfig
+from .rope import RoPEConfig
 
 Arch = Literal["causal_lm", "encoder", "seq2seq", "vision"]
 Pos = Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"]
@@ -27,23 +31,9 @@ Norm = Literal["layernorm", "rmsnorm"]
 # sublayer: x + norm(f(x)) (OLMo 2); sandwich: x + norm_out(f(norm_in(x))) (Gemma 2/3)
 NormPlacement = Literal["pre", "post", "sublayer", "sandwich"]
 Residual = Literal["sequential", "parallel"]
-RopeScaling = Literal["none", "linear", "ntk", "dynamic", "llama3", "yarn", "longrope"]
-# topk_softmax: softmax over the k largest logits (Mixtral); softmax_topk: the k largest of the softmax over all
-# (GShard, Qwen2-MoE); switch: softmax_topk with k = 1 (Fedus et al., 2021); expert_choice: each expert takes its
-# top-capacity tokens (Zhou et al., 2022)
-Router = Literal["topk_softmax", "softmax_topk", "switch", "expert_choice"]
-RouterGroup = Literal["batch", "sequence"]  # the tokens that share the experts' capacity and the balance statistics
-RouterPriority = Literal["sequence", "score"]  # who keeps a full expert: the earlier token, or the surer one (BPR)
-# per layer: each MoE layer's E sum f P, averaged (Switch); stack: f and P pooled over the stack's MoE layers first,
-# as transformers computes it (its families load with it), which lets one layer's skew offset another's
-BalanceScope = Literal["layer", "stack"]
 Kernel = Literal["eager", "sdpa", "flash"]
 QKNorm = Literal["none", "head", "full"]
 LayerType = Literal["global", "local"]  # full causal attention, or the sliding window
-
-# a vision encoder's pooled output: the [CLS] token, attention pooling by a learned probe (SigLIP's MAP head,
-# Zhai et al., 2023; Lee et al., 2019), or none
-VisionPool = Literal["cls", "map", "none"]
 
 GATED_FFNS = ("swiglu", "geglu", "geglu_tanh", "reglu")
 
@@ -84,28 +74,7 @@ class Config:
     # without position_ids, count positions over the real tokens of attention_mask (padding at -1), as OPT does;
     # otherwise they are 0..T-1 after the cache, as in Llama
     pos_from_mask: bool = False
-    rope_theta: float = 10000.0
-    rotary_fraction: float = 1.0  # partial rotary (GPT-NeoX/Pythia rotate the first 25% of each head)
-    rope_scaling: RopeScaling = "none"
-    rope_scaling_factor: float = 1.0
-    # dynamic (dynamic NTK, emozilla 2023): the NTK base grows with the current length L past max_seq_len,
-    # theta * (factor L / max_seq_len - factor + 1)^(rot / (rot - 2)); within max_seq_len plain RoPE
-    # llama3 scaling (Llama 3.1): wavelengths above original / low_freq_factor are divided by the factor, those
-    # below original / high_freq_factor kept, the band between interpolated; original = the pre-training context
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_max_seq_len: int | None = None
-    # yarn (Peng et al., 2023; Qwen2.5 long context): dims rotating more than beta_fast times over the original
-    # context keep their frequency, fewer than beta_slow times are interpolated, a linear ramp between; cos and
-    # sin are multiplied by the attention factor (None: 0.1 ln(factor) + 1)
-    rope_beta_fast: float = 32.0
-    rope_beta_slow: float = 1.0
-    rope_attention_factor: float | None = None
-    # longrope (Ding et al., 2024; Phi-3.5-mini, Phi-3-*-128k): per-dimension divisors of the frequencies, the
-    # short ones while the length is within rope_original_max_seq_len, the long ones past it; cos and sin are
-    # multiplied by the attention factor (None: sqrt(1 + ln(factor) / ln(original)))
-    rope_short_factor: list[float] | None = None
-    rope_long_factor: list[float] | None = None
+    rope: RoPEConfig = field(default_factory=RoPEConfig)  # pos='rope': base, partial rotary, context extension
     alibi_max_bias: float = 8.0  # ALiBi slopes are 2^(-max_bias * h / n_heads)
     rel_buckets: int = 32  # T5 relative position buckets (pos='relative')
     rel_max_distance: int = 128  # distances beyond this share the last bucket
@@ -163,41 +132,10 @@ class Config:
     nsp_head: bool = False  # next-sentence prediction on the pooled output: 2 classes
     num_labels: int = 0  # sequence classification on the pooled output; 0 = no classifier
 
-    # vision encoders (arch="vision", Dosovitskiy et al., 2021): the image is cut into patch_size x patch_size
-    # patches, each projected to d_model by a strided convolution; learned positions, one per patch (+ [CLS])
-    image_size: int = 224
-    patch_size: int = 16
-    num_channels: int = 3
-    patch_bias: bool = True  # CLIP's patch projection has no bias
-    cls_token: bool = True  # a learned [CLS] before the patches (ViT, CLIP); SigLIP has none
-    vision_pool: VisionPool = "cls"
-    pool_norm: bool = False  # a norm on the pooled [CLS] only (CLIP's post_layernorm; its final_norm is off)
+    image: ImageConfig | None = None  # arch='vision': patches, [CLS], pooling (None for text models)
     cross_attention_dim: int | None = None  # the width cross-attention reads, when not d_model (BLIP-2's Q-Former)
 
-    # mixture of experts on the FFN (n_experts == 0: dense FFN)
-    n_experts: int = 0
-    top_k: int = 2  # experts per token; for expert_choice, the mean number of experts a token gets
-    router: Router = "topk_softmax"
-    router_aux_loss_coef: float = 0.01  # alpha of the load-balancing loss alpha * E * sum_e f_e P_e
-    router_z_loss_coef: float = 0.0  # ST-MoE's router z-loss, mean logsumexp(logits)^2 (Zoph et al., 2022)
-    balance_scope: BalanceScope = "layer"
-    router_group: RouterGroup = "batch"
-    # capacity per expert and group = ceil(top_k x tokens per group x factor / n_experts); None: no limit (no token
-    # is dropped). A token past its expert's capacity gets no output from it: the residual carries it on.
-    capacity_factor: float | None = None
-    eval_capacity_factor: float | None = None  # in eval mode; None: capacity_factor
-    expert_capacity: int | None = None  # a fixed capacity in tokens (SwitchTransformers' config), over the factors
-    router_priority: RouterPriority = "sequence"
-    router_jitter: float = 0.0  # training: router inputs x U(1 - eps, 1 + eps) (Switch)
-    router_noise: bool = False  # training: noisy top-k gating, logits + N(0, 1) softplus(x W_noise) (Shazeer, 2017)
-    router_bias: bool = False
-    # expert_choice looks at every token of a group before choosing, future ones included: in a causal stack it is
-    # refused unless this opt-in is set (training sees the future, and generation's one-token steps route differently)
-    expert_choice_causal: bool = False
-    expert_d_ff: int | None = None  # routed experts' width (fine-grained experts); None: d_ff
-    shared_expert_d_ff: int = 0  # an always-on expert of this width (DeepSeekMoE, Qwen2-MoE); 0: none
-    shared_expert_gate: bool = False  # its output x sigmoid(x . w) (Qwen2-MoE)
-    moe_layers: list[int] | None = None  # the stack layers that are MoE (seq2seq: decoder layers after the encoder's)
+    moe: MoEConfig | None = None  # routed experts in place of the dense FFN; None: dense
 
     # implementation
     attn_kernel: Kernel = "sdpa"
@@ -217,14 +155,32 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)  # HF config fields carried through a round trip
 
     def __post_init__(self) -> None:
-        self._check_literals()
+        check_literals(self)
         if self.causal is None:
             self.causal = self.arch not in ("encoder", "vision")
         if self.arch == "vision":
+            self.image = self.image or ImageConfig()
             self._check_vision()
+        elif self.image is not None:
+            raise ValueError("image (patches, [CLS], pooling) needs arch='vision'")
         if self.n_decoder_layers is None and self.arch == "seq2seq":
             self.n_decoder_layers = self.n_layers
         self._check_arch()
+        self._derive_sizes()
+        self._check_positions()
+        self._check_wiring()
+        self._check_layer_types()
+        for name in ("attn_softcap", "logit_softcap", "attn_scale_dim", "rope_local_theta"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}={value!r} must be a positive number or None (off)")
+        if self.moe is not None:
+            causal = [i for i in range(self.n_stack_layers) if self.arch == "causal_lm" or i >= self.n_layers]
+            self.moe.check_layers(self.n_stack_layers, causal, self.arch == "seq2seq")
+        self._check_token_ids()
+
+    def _derive_sizes(self) -> None:
+        """n_kv_heads, head_dim and d_ff from their defaults, then every size checked."""
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None:
@@ -247,34 +203,10 @@ class Config:
                 f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}: "
                 "GQA needs each kv head shared by the same number of query heads"
             )
+
+    def _check_positions(self) -> None:
         if self.pos == "rope":
-            rot = self.rotary_dim
-            if not 0.0 < self.rotary_fraction <= 1.0:
-                raise ValueError(f"rotary_fraction={self.rotary_fraction} must be in (0, 1]")
-            if rot < 2 or rot % 2:
-                raise ValueError(
-                    f"rotary_fraction={self.rotary_fraction} x head_dim={self.head_dim} gives {rot} rotary "
-                    "dims; RoPE rotates pairs, so it must be an even number >= 2"
-                )
-            if self.head_dim % 2:
-                raise ValueError(f"head_dim={self.head_dim} must be even for pos='rope'")
-        if self.rope_scaling != "none" and self.rope_scaling_factor < 1.0:
-            raise ValueError(f"rope_scaling_factor={self.rope_scaling_factor} must be >= 1 to extend context")
-        if self.rope_theta <= 0:
-            raise ValueError(f"rope_theta={self.rope_theta} must be positive")
-        if self.rope_scaling == "longrope":
-            for name in ("rope_short_factor", "rope_long_factor"):
-                value = getattr(self, name)
-                if not isinstance(value, list) or len(value) != self.rotary_dim // 2:
-                    raise ValueError(f"rope_scaling='longrope' needs {name}: a list of rotary_dim / 2 = "
-                                     f"{self.rotary_dim // 2} numbers, got {value!r}")
-        if self.rope_scaling in ("llama3", "yarn", "longrope"):
-            if not self.rope_original_max_seq_len or self.rope_original_max_seq_len <= 0:
-                raise ValueError(f"rope_scaling={self.rope_scaling!r} needs rope_original_max_seq_len (the "
-                                 "pre-training context, e.g. 8192 for Llama 3.1)")
-            if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
-                raise ValueError(f"rope_low_freq_factor={self.rope_low_freq_factor} must be > 0 and below "
-                                 f"rope_high_freq_factor={self.rope_high_freq_factor}")
+            self.rope.check_dims(self.head_dim)
         if self.pos_offset < 0:
             raise ValueError(f"pos_offset={self.pos_offset} must be >= 0")
         if self.pos_from_mask and (self.pos != "learned" or self.pos_offset < 1):
@@ -282,6 +214,9 @@ class Config:
                              "pos_offset >= 1")
         if self.pos == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"d_model={self.d_model} must be even for pos='sinusoidal'")
+
+    def _check_wiring(self) -> None:
+        """Norms, residuals, dropout and windows."""
         if self.norm_eps <= 0:
             raise ValueError(f"norm_eps={self.norm_eps} must be positive")
         if self.norm_weight_offset and self.norm != "rmsnorm":
@@ -301,105 +236,37 @@ class Config:
             raise ValueError(f"sliding_window={self.sliding_window} must be a positive integer or None")
         if self.sliding_window is not None and not self.causal:
             raise ValueError("sliding_window needs causal=True")
-        self._check_layer_types()
-        for name in ("attn_softcap", "logit_softcap", "attn_scale_dim", "rope_local_theta"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name}={value!r} must be a positive number or None (off)")
-        if self.n_experts < 0:
-            raise ValueError(f"n_experts={self.n_experts} must be >= 0 (0 means a dense FFN)")
-        if self.n_experts and not 1 <= self.top_k <= self.n_experts:
-            raise ValueError(f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}")
-        if self.n_experts == 1:
-            raise ValueError("n_experts=1 is a dense FFN with a router; use n_experts=0")
-        self._check_moe()
-        self._check_token_ids()
 
     def _check_vision(self) -> None:
-        for name in ("image_size", "patch_size", "num_channels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}: the "
-                             "image must split into whole patches")
         if self.pos != "learned" or self.causal:
             raise ValueError(f"arch='vision' takes learned positions over bidirectional attention (pos={self.pos!r}, "
                              f"causal={self.causal!r})")
-        if self.vision_pool == "cls" and not self.cls_token:
-            raise ValueError("vision_pool='cls' pools the [CLS] token: set cls_token=True or vision_pool='map'")
-        if self.pool_norm and self.vision_pool != "cls":
-            raise ValueError("pool_norm normalises the pooled [CLS] token: it needs vision_pool='cls'")
-        if self.num_labels and not self.cls_token:
+        if self.num_labels and not self.image.cls_token:
             raise ValueError("num_labels classifies the [CLS] token: it needs cls_token=True")
         self.max_seq_len = self.image_tokens  # derived: one learned position per patch, plus the [CLS]
 
     @property
     def image_tokens(self) -> int:
         """Tokens a vision encoder makes of an image at image_size: patches (+ [CLS]); 577 for ViT-L/14 at 336."""
-        return (self.image_size // self.patch_size) ** 2 + int(self.cls_token)
+        return self.image.tokens
 
-    def _check_moe(self) -> None:
-        for name in ("capacity_factor", "eval_capacity_factor"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-                raise ValueError(f"{name}={value!r} must be a positive number (1.0: room for an even share) or None "
-                                 "(no capacity limit)")
-        for name in ("expert_capacity", "expert_d_ff"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name}={value!r} must be a positive integer or None")
-        if not isinstance(self.shared_expert_d_ff, int) or self.shared_expert_d_ff < 0:
-            raise ValueError(f"shared_expert_d_ff={self.shared_expert_d_ff!r} must be >= 0 (0: no shared expert)")
-        if self.shared_expert_gate and not self.shared_expert_d_ff:
-            raise ValueError("shared_expert_gate=True gates the shared expert: set shared_expert_d_ff")
-        if not 0.0 <= self.router_jitter < 1.0:
-            raise ValueError(f"router_jitter={self.router_jitter} must be in [0, 1)")
-        for name in ("router_aux_loss_coef", "router_z_loss_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        if not self.n_experts:
-            if self.moe_layers is not None:
-                raise ValueError("moe_layers needs n_experts > 0")
-            return
-        if self.router == "switch" and self.top_k != 1:
-            raise ValueError(f"router='switch' routes each token to one expert: top_k={self.top_k} must be 1")
-        if self.router == "expert_choice":
-            if self.capacity_factor is None and self.expert_capacity is None:
-                raise ValueError("router='expert_choice' gives each expert a fixed number of tokens: set "
-                                 "capacity_factor (e.g. 1.0) or expert_capacity")
-            if self.router_noise:
-                raise ValueError("router_noise (noisy top-k gating) is for token-choice routers, not expert_choice")
-        if self.moe_layers is not None:
-            n = self.n_stack_layers
-            if (not isinstance(self.moe_layers, list) or any(isinstance(i, bool) or not isinstance(i, int)
-                                                             or not 0 <= i < n for i in self.moe_layers)
-                    or len(set(self.moe_layers)) != len(self.moe_layers)):
-                raise ValueError(f"moe_layers={self.moe_layers!r} must list distinct layer indices in [0, {n})"
-                                 + (" (encoder layers first, then the decoder's)" if self.arch == "seq2seq" else ""))
-        causal_moe = [i for i in range(self.n_stack_layers) if self.is_moe_layer(i)
-                      and (self.arch == "causal_lm" or i >= self.n_layers)]
-        if self.router == "expert_choice" and causal_moe and not self.expert_choice_causal:
-            raise ValueError(f"router='expert_choice' in a causal stack (MoE layers {causal_moe[:4]}): each expert "
-                             "picks among all tokens of a group, future ones too, so a token's output depends on what "
-                             "follows it and cached generation routes differently; set expert_choice_causal=True "
-                             "to accept that, or use a token-choice router")
+    def value(self, name: str) -> Any:
+        """A field by its own or its flat name (``rope_theta`` is ``rope.theta``, ``cls_token`` is
+        ``image.cls_token``); None for a field of an absent record (``top_k`` of a dense model)."""
+        if name in FLAT:
+            kind, attr = FLAT[name]
+            record = getattr(self, kind)
+            return None if record is None else getattr(record, attr)
+        return getattr(self, name)
+
+    @property
+    def n_experts(self) -> int:
+        """Routed experts per MoE layer; 0 for a dense model (``moe`` None)."""
+        return self.moe.n_experts if self.moe is not None else 0
 
     def is_moe_layer(self, i: int) -> bool:
         """Whether stack layer i (seq2seq: encoder layers, then decoder layers) has routed experts."""
-        return bool(self.n_experts) and (self.moe_layers is None or i in self.moe_layers)
-
-    def capacity(self, tokens_per_group: int, *, training: bool = True) -> int | None:
-        """Routing slots one expert takes per group: expert_capacity, else ceil(top_k x tokens x factor / E)
-        with the training or eval factor; None without a limit. (MIT's example: 6 tokens, 3 experts, top-1,
-        factor 1.0 -> 2; 1.5 -> 3.)"""
-        if self.expert_capacity is not None:
-            return self.expert_capacity
-        factor = self.capacity_factor if training else (self.eval_capacity_factor or self.capacity_factor)
-        if factor is None or not self.n_experts:
-            return None
-        # the epsilon keeps an exact product (6 x 1.0 / 3 = 2.0000000000000004 in floats) from rounding up
-        return max(1, math.ceil(self.top_k * tokens_per_group * factor / self.n_experts - 1e-9))
+        return self.moe is not None and (self.moe.moe_layers is None or i in self.moe.moe_layers)
 
     @property
     def moe_layer_count(self) -> int:
@@ -449,8 +316,8 @@ class Config:
         if self.arch in ("encoder", "vision") and self.causal:
             raise ValueError("causal=True with arch='encoder': an encoder attends in both directions; "
                              "use arch='causal_lm' for a decoder")
-        if self.arch in ("encoder", "vision") and self.n_experts:
-            raise ValueError(f"n_experts={self.n_experts}: mixture-of-experts layers are implemented for "
+        if self.arch in ("encoder", "vision") and self.moe is not None:
+            raise ValueError(f"n_experts={self.moe.n_experts}: mixture-of-experts layers are implemented for "
                              "arch='causal_lm' and 'seq2seq'")
         if self.arch == "seq2seq" and self.residual == "parallel":
             raise ValueError("residual='parallel' is not defined for arch='seq2seq' (no parallel cross-attention)")
@@ -490,20 +357,11 @@ class Config:
             raise ValueError(f"embed_scale={self.embed_scale!r}, attn_scale={self.attn_scale!r}, lm_head_scale="
                              f"{self.lm_head_scale!r}: embed_scale takes none|sqrt_d, the other two none|inv_sqrt_d")
 
-    def _check_literals(self) -> None:
-        hints = get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            allowed = get_args(hints[f.name])
-            if allowed and all(isinstance(a, str) for a in allowed):
-                value = getattr(self, f.name)
-                if value not in allowed:
-                    raise ValueError(f"{f.name}={value!r} is not one of {', '.join(map(repr, allowed))}")
-
     # derived -------------------------------------------------------------------------------------
     @property
     def rotary_dim(self) -> int:
         """Number of leading head dims rotated by RoPE."""
-        return int(self.head_dim * self.rotary_fraction)
+        return int(self.head_dim * self.rope.fraction)
 
     @property
     def gated(self) -> bool:
@@ -528,10 +386,10 @@ class Config:
         linear biases extrapolate (Press et al., 2022, "train short, test long")."""
         if self.pos == "alibi":
             return float("inf")
-        if self.pos == "rope" and self.rope_scaling in ("linear", "ntk", "dynamic"):
-            return int(self.max_seq_len * self.rope_scaling_factor)
-        if self.pos == "rope" and self.rope_scaling == "yarn":
-            return max(self.max_seq_len, int(self.rope_original_max_seq_len * self.rope_scaling_factor))
+        if self.pos == "rope" and self.rope.scaling in ("linear", "ntk", "dynamic"):
+            return int(self.max_seq_len * self.rope.factor)
+        if self.pos == "rope" and self.rope.scaling == "yarn":
+            return max(self.max_seq_len, int(self.rope.original_max_seq_len * self.rope.factor))
         # llama3: max_seq_len (config.json's max_position_embeddings) is already the extended context
         return self.max_seq_len
 
@@ -569,7 +427,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        known = {f.name for f in dataclasses.fields(cls)}
+        """A Config from its fields (sub-configs as dicts or records), or the flat keywords of their fields."""
+        known = {f.name for f in dataclasses.fields(cls)} | set(FLAT)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown Config field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
@@ -582,3 +441,57 @@ class Config:
         if path.suffix == ".json" and path.is_file():
             return cls.from_dict(json.loads(path.read_text()))
         return cls.preset(spec)
+
+
+# The sub-configs' fields by their flat names, as presets, config files and scripts give them: ``Config(n_experts=8,
+# top_k=2)`` is ``Config(moe=MoEConfig(n_experts=8, top_k=2))``, ``rope_theta=1e6`` is ``rope=RoPEConfig(theta=1e6)``,
+# ``image_size=336`` is ``image=ImageConfig(image_size=336)``; ``replace`` and ``from_dict`` take them too.
+FLAT: dict[str, tuple[str, str]] = {
+    **{flat: ("rope", name) for name, flat in RoPEConfig.FLAT.items()},
+    **{f.name: ("moe", f.name) for f in dataclasses.fields(MoEConfig)},
+    **{f.name: ("image", f.name) for f in dataclasses.fields(ImageConfig)},
+}
+_RECORDS = {"rope": RoPEConfig, "moe": MoEConfig, "image": ImageConfig}
+
+
+def _record(kind: str, base: Any, changes: dict[str, Any]) -> Any:
+    """The sub-config ``kind`` from ``base`` (a record, its dict, or None) with ``changes``."""
+    cls = _RECORDS[kind]
+    if kind == "moe" and changes.get("n_experts", 1) == 0:  # n_experts=0: a dense FFN
+        return None
+    if isinstance(base, cls):
+        return dataclasses.replace(base, **changes) if changes else base
+    if base is None and kind == "moe" and "n_experts" not in changes:
+        # routing settings of a dense model: checked for their values, then unused (a preset's defaults)
+        probe = MoEConfig()
+        for k, v in changes.items():
+            setattr(probe, k, v)  # no __post_init__: only the values are checked, not their combination
+        check_literals(probe)
+        if changes.get("moe_layers") is not None:
+            raise ValueError("moe_layers needs n_experts > 0")
+        return None
+    return cls(**{**(base or {}), **changes})
+
+
+def _route(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Config's keyword arguments with the flat names gathered into their sub-configs (and dicts into records)."""
+    out = {k: v for k, v in kwargs.items() if k not in FLAT}
+    for kind in _RECORDS:
+        changes = {FLAT[k][1]: v for k, v in kwargs.items() if FLAT.get(k, ("",))[0] == kind}
+        n = changes.get("n_experts")
+        if kind == "moe" and n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"n_experts={n!r} must be >= 0 (0 means a dense FFN)")
+        if changes or isinstance(out.get(kind), dict):
+            out[kind] = _record(kind, out.get(kind), changes)
+    return out
+
+
+_dataclass_init = Config.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self: Config, **kwargs: Any) -> None:
+    _dataclass_init(self, **_route(kwargs))
+
+
+Config.__init__ = _init
