@@ -137,3 +137,17 @@ def test_position_ids_shift_learned_positions():
         full = model(torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1), attention_mask=torch.tensor(
             [[0, 0, 0, 1, 1, 1, 1, 1]]), position_ids=torch.tensor([[0, 0, 0, 0, 1, 2, 3, 4]]))
         torch.testing.assert_close(full[:, 3:], model(ids), atol=1e-5, rtol=0)
+
+
+def test_seq2seq_applies_the_logit_softcap_as_the_decoder_does():
+    """logit_softcap caps an encoder-decoder's logits too (cap tanh(x / cap)), through the one LM head."""
+    torch.manual_seed(0)
+    plain = gu.Seq2Seq(gu.Config.preset("tiny-t5")).eval()
+    capped = gu.Seq2Seq(plain.config.replace(logit_softcap=0.02)).eval()
+    capped.load_state_dict(plain.state_dict())
+    src, tgt = torch.randint(0, 256, (2, 5)), torch.randint(0, 256, (2, 4))
+    with torch.no_grad():
+        want = plain(input_ids=src, decoder_input_ids=tgt)
+        got = capped(input_ids=src, decoder_input_ids=tgt)
+    assert want.abs().max() > 0.04  # the cap binds
+    torch.testing.assert_close(got, 0.02 * torch.tanh(want / 0.02))

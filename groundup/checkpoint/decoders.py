@@ -15,54 +15,63 @@ def rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     """RoPE fields from either the transformers 5 ``rope_parameters`` dict or the older flat fields."""
     params = hf.get("rope_parameters") or {}
     legacy = hf.get("rope_scaling") or {}
+
+    def get(name: str, default: Any = None) -> Any:  # rope_parameters first, then the legacy rope_scaling dict
+        return first_of(params, name, default=legacy.get(name, default))
+
     theta = first_of(params, "rope_theta", default=first_of(hf, "rope_theta", "rotary_emb_base", default=10000.0))
     kind = first_of(params, "rope_type", "type", default=first_of(legacy, "rope_type", "type", default="default"))
     out: dict[str, Any] = {"rope_theta": float(theta)}
     fraction = first_of(params, "partial_rotary_factor", default=first_of(hf, "partial_rotary_factor", "rotary_pct"))
     if fraction is not None:
         out["rotary_fraction"] = float(fraction)
-    factor = first_of(params, "factor", default=legacy.get("factor"))
-    if kind in ("linear", "dynamic"):
-        out.update(rope_scaling=kind, rope_scaling_factor=float(factor))
-    elif kind == "llama3":
-        def get(name: str, default: Any) -> Any:
-            return first_of(params, name, default=legacy.get(name, default))
-
-        out.update(rope_scaling="llama3", rope_scaling_factor=float(factor),
-                   rope_low_freq_factor=float(get("low_freq_factor", 1.0)),
-                   rope_high_freq_factor=float(get("high_freq_factor", 4.0)),
-                   rope_original_max_seq_len=int(get("original_max_position_embeddings",
-                                                     hf.get("max_position_embeddings"))))
-    elif kind == "yarn":
-        def get_yarn(name: str, default: Any) -> Any:
-            return first_of(params, name, default=legacy.get(name, default))
-
-        require(not get_yarn("mscale", None) and not get_yarn("mscale_all_dim", None),
-                "yarn with mscale / mscale_all_dim (DeepSeek's variant) is not supported")
-        require(get_yarn("truncate", True), "yarn with truncate=false is not supported")
-        original = get_yarn("original_max_position_embeddings", hf.get("max_position_embeddings"))
-        factor = factor if factor is not None else hf["max_position_embeddings"] / original
-        attention = get_yarn("attention_factor", None)
-        out.update(rope_scaling="yarn", rope_scaling_factor=float(factor), rope_original_max_seq_len=int(original),
-                   rope_beta_fast=float(get_yarn("beta_fast", None) or 32.0),
-                   rope_beta_slow=float(get_yarn("beta_slow", None) or 1.0),
-                   rope_attention_factor=None if attention is None else float(attention))
-    elif kind in ("longrope", "su"):  # "su": the name of the first Phi-3 releases
-        def get_long(name: str, default: Any) -> Any:
-            return first_of(params, name, default=legacy.get(name, default))
-
-        original = get_long("original_max_position_embeddings", hf.get("original_max_position_embeddings"))
-        require(original is not None, "longrope needs original_max_position_embeddings (the pre-training context)")
-        factor = factor if factor is not None else hf["max_position_embeddings"] / original
-        attention = get_long("attention_factor", None)
-        out.update(rope_scaling="longrope", rope_scaling_factor=float(factor), rope_original_max_seq_len=int(original),
-                   rope_short_factor=[float(x) for x in get_long("short_factor", [])],
-                   rope_long_factor=[float(x) for x in get_long("long_factor", [])],
-                   rope_attention_factor=None if attention is None else float(attention))
-    else:
-        require(kind == "default",
-                f"rope type {kind!r} is not supported (supported: default, linear, dynamic, llama3, yarn, longrope)")
+    read = _ROPE_KINDS.get("longrope" if kind == "su" else kind)  # "su": the name of the first Phi-3 releases
+    require(read is not None or kind == "default",
+            f"rope type {kind!r} is not supported (supported: default, linear, dynamic, llama3, yarn, longrope)")
+    if read is not None:
+        out.update(read(get, hf))
     return out
+
+
+def _rope_plain(kind: str) -> Callable[[Callable, dict[str, Any]], dict[str, Any]]:
+    return lambda get, hf: dict(rope_scaling=kind, rope_scaling_factor=float(get("factor")))
+
+
+def _rope_llama3(get: Callable, hf: dict[str, Any]) -> dict[str, Any]:
+    return dict(rope_scaling="llama3", rope_scaling_factor=float(get("factor")),
+                rope_low_freq_factor=float(get("low_freq_factor", 1.0)),
+                rope_high_freq_factor=float(get("high_freq_factor", 4.0)),
+                rope_original_max_seq_len=int(get("original_max_position_embeddings",
+                                                  hf.get("max_position_embeddings"))))
+
+
+def _rope_yarn(get: Callable, hf: dict[str, Any]) -> dict[str, Any]:
+    require(not get("mscale") and not get("mscale_all_dim"),
+            "yarn with mscale / mscale_all_dim (DeepSeek's variant) is not supported")
+    require(get("truncate", True), "yarn with truncate=false is not supported")
+    original = get("original_max_position_embeddings", hf.get("max_position_embeddings"))
+    factor = get("factor") if get("factor") is not None else hf["max_position_embeddings"] / original
+    attention = get("attention_factor")
+    return dict(rope_scaling="yarn", rope_scaling_factor=float(factor), rope_original_max_seq_len=int(original),
+                rope_beta_fast=float(get("beta_fast") or 32.0), rope_beta_slow=float(get("beta_slow") or 1.0),
+                rope_attention_factor=None if attention is None else float(attention))
+
+
+def _rope_longrope(get: Callable, hf: dict[str, Any]) -> dict[str, Any]:
+    original = get("original_max_position_embeddings", hf.get("original_max_position_embeddings"))
+    require(original is not None, "longrope needs original_max_position_embeddings (the pre-training context)")
+    factor = get("factor") if get("factor") is not None else hf["max_position_embeddings"] / original
+    attention = get("attention_factor")
+    return dict(rope_scaling="longrope", rope_scaling_factor=float(factor), rope_original_max_seq_len=int(original),
+                rope_short_factor=[float(x) for x in get("short_factor", [])],
+                rope_long_factor=[float(x) for x in get("long_factor", [])],
+                rope_attention_factor=None if attention is None else float(attention))
+
+
+# transformers' rope_type -> the reader of its parameters
+_ROPE_KINDS: dict[str, Callable[[Callable, dict[str, Any]], dict[str, Any]]] = {
+    "linear": _rope_plain("linear"), "dynamic": _rope_plain("dynamic"), "llama3": _rope_llama3, "yarn": _rope_yarn,
+    "longrope": _rope_longrope}
 
 
 def rope_to_hf(cfg: Config) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import TextIO
 from ..checkpoint.hf import check_model_folder, from_pretrained
 from ..generate import stream
 from ..generate.compiled import compile_seconds
+from ..generate.config import end_ids
 from ..peft import has_adapter, load_adapter, soft_prompt
 from ..tokenizer import Tokenizer
 from ..utils.files import atomic_file
@@ -29,14 +30,6 @@ def load_causal(folder: str, adapter: str | None = None):
         model = load_adapter(model, adapter)
     prompt = soft_prompt(model)
     return model, Tokenizer.from_pretrained(folder), (prompt.prompt_ids() if prompt is not None else [])
-
-
-def stop_ids(model, tok) -> list[int]:
-    """End-of-text ids: the config's eos_token_id (one or a list) and the tokenizer's eos token."""
-    ids = model.config.eos_ids
-    if tok.eos_token_id is not None and tok.eos_token_id not in ids:
-        ids.append(tok.eos_token_id)
-    return ids
 
 
 def decoding_options(args: argparse.Namespace) -> dict:
@@ -73,7 +66,7 @@ def stream_text(model, tok, ids: list[int], args: argparse.Namespace, out: TextI
 def cmd_generate_causal(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     model, tok, virtual = load_causal(args.model, args.adapter)
-    stop, opts = stop_ids(model, tok), decoding_options(args)
+    stop, opts = end_ids(model.config, tok), decoding_options(args)
     for text in args.text:
         ids = tok.encode(text) or ([tok.bos_token_id] if tok.bos_token_id is not None else stop[:1])
         if not ids:
@@ -96,7 +89,7 @@ def cmd_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | 
     """Read user turns line by line (empty line or EOF ends), answer each with the chat template."""
     inp, out = inp or sys.stdin, out or sys.stdout
     model, tok, virtual = load_causal(args.model, args.adapter)
-    stop, opts = stop_ids(model, tok), decoding_options(args)
+    stop, opts = end_ids(model.config, tok), decoding_options(args)
     for name in ("<|im_end|>", "<|eot_id|>", "</s>", "<|end|>"):
         tid = tok.token_to_id(name)
         if tid is not None and tid not in stop:

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..generate import generate
+from ..generate.config import end_ids
 
 log = logging.getLogger("groundup.eval")
 
@@ -274,7 +275,7 @@ class Scorer:
                         max_gen_toks)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         out: list[str] = [""] * len(prompts)
-        eos = [i for i in ([*self.model.config.eos_ids, tok.eos_token_id]) if i is not None]
+        eos = end_ids(self.model.config, tok)
         for start in tqdm(range(0, len(order), self.batch_size), desc="generating", leave=False,
                           disable=not self.progress or len(order) <= self.batch_size):
             batch = order[start: start + self.batch_size]

@@ -30,6 +30,16 @@ class _ModelDefault:
 MODEL_DEFAULT: Any = _ModelDefault()  # "the model's own setting": eos_token_id's default
 
 
+def end_ids(model_config: Any, tokenizer: Any = None) -> list[int]:
+    """The ids that end a text: the model config's eos ids (one or a list), then the tokenizer's eos token when it
+    is another one (a chat model's config may name only its end-of-turn token, or only the base's eos)."""
+    ids = list(model_config.eos_ids)
+    tok_eos = getattr(tokenizer, "eos_token_id", None)
+    if tok_eos is not None and tok_eos not in ids:
+        ids.append(tok_eos)
+    return ids
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """How to generate (see ``groundup.generate`` for what each setting does)."""

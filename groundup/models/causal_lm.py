@@ -14,7 +14,7 @@ from ..nn.kv_cache import DecoderCache, cache_capacity
 from ..nn.linear import Linear
 from ..nn.norm import make_norm
 from .base import KVPrefix, PreTrained
-from .common import TiedHead, check_ids, init_weights
+from .common import TiedHead, check_ids, head_input, init_weights, lm_logits
 from .stack import Stack
 
 
@@ -64,9 +64,7 @@ class CausalLM(PreTrained, TiedHead, Stack):
         if targets is None:
             out = self.head(x)
             return (out, aux_total) if return_aux_loss else out
-        if self.config.lm_head_scale == "inv_sqrt_d":
-            x = x * self.config.d_model**-0.5
-        cap = self.config.logit_softcap
+        x, cap = head_input(self.config, x), self.config.logit_softcap
         if type(self.lm_head) in (Linear, nn.Linear):
             out = linear_cross_entropy(x, self.lm_head.weight, targets, self.lm_head.bias, reduction=reduction,
                                        softcap=cap)
@@ -103,9 +101,7 @@ class CausalLM(PreTrained, TiedHead, Stack):
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden states [..., C] -> logits [..., V]: the head's scale, lm_head, the soft-cap."""
-        if self.config.lm_head_scale == "inv_sqrt_d":
-            x = x * self.config.d_model**-0.5
-        return softcap(self.lm_head(x), self.config.logit_softcap)
+        return lm_logits(self.config, self.lm_head, x)
 
     def _with_prefix(self, prefix: KVPrefix, ids: torch.Tensor, cache: DecoderCache | None,
                      attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..nn.attention import MaskSpec
+from ..nn.attention import MaskSpec, softcap
 from ..nn.position import alibi_slopes, rope_cos_sin, sinusoidal_at
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -126,6 +126,17 @@ def mask_spec(cfg: Config, *, causal: bool, attention_mask: torch.Tensor | None,
     return MaskSpec(causal=causal, window=window if causal else None, q_offset=q_offset,
                     key_padding=padding, alibi_slopes=slopes, rel_table=rel_table, rel_bidirectional=not causal,
                     rel_max_distance=cfg.rel_max_distance)
+
+
+def head_input(cfg: Config, x: torch.Tensor) -> torch.Tensor:
+    """The final hidden states [..., C] as the LM head reads them: x d_model^-0.5 before a tied head with
+    lm_head_scale='inv_sqrt_d' (T5 v1.0), else x."""
+    return x * cfg.d_model**-0.5 if cfg.lm_head_scale == "inv_sqrt_d" else x
+
+
+def lm_logits(cfg: Config, lm_head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Hidden states [..., C] -> logits [..., V]: the head's input scale, lm_head, the tanh soft-cap (Gemma 2)."""
+    return softcap(lm_head(head_input(cfg, x)), cfg.logit_softcap)
 
 
 def dropout(cfg: Config, x: torch.Tensor, training: bool) -> torch.Tensor:

@@ -15,7 +15,7 @@ from ..config import Config
 from ..nn.kv_cache import DecoderCache
 from ..nn.linear import Linear
 from .base import PreTrained
-from .common import TiedHead, check_ids, init_weights
+from .common import TiedHead, check_ids, init_weights, lm_logits
 from .stack import Stack
 
 
@@ -111,9 +111,7 @@ class Seq2Seq(PreTrained, TiedHead, nn.Module):
         x, rope = self.decoder.inputs(self.embed, decoder_input_ids, offset=offset)
         h, aux, _ = self.decoder.run(x, rope=rope, attention_mask=decoder_attention_mask, memory=memory,
                                      memory_mask=memory_mask, cache=cache)
-        if cfg.lm_head_scale == "inv_sqrt_d":
-            h = h * cfg.d_model**-0.5  # T5 v1.0 rescales before its tied head
-        return self.lm_head(h), aux
+        return lm_logits(cfg, self.lm_head, h), aux  # T5 v1.0's scale before its tied head; a soft-cap if set
 
     def new_cache(self) -> DecoderCache:
         """An empty decoder cache for incremental decoding."""

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .lora import Wrapper, matches_targets, module_patterns, set_module, wrap_targets
+from ..nn.qlinear import replace_module
+from .lora import Wrapper, matches_targets, module_patterns, wrap_targets
 
 
 @dataclass
@@ -99,7 +100,7 @@ def apply_ia3(model: nn.Module, config: IA3Config | None = None, **kwargs) -> nn
     config = config or IA3Config(**kwargs)
     names = wrap_targets(model, config, quantized=False)
     for name in names:
-        set_module(model, name, IA3Linear(model.get_submodule(name), config.is_feedforward(name)))
+        replace_module(model, name, IA3Linear(model.get_submodule(name), config.is_feedforward(name)))
     model.ia3_config = config
     return model
 

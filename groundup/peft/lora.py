@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..nn.qlinear import QUANTIZED, io_shape, is_linear, make_quantized, spec_of
+from ..nn.qlinear import QUANTIZED, io_shape, is_linear, make_quantized, replace_module, spec_of
 
 
 def matches_targets(targets: Sequence[str] | str | None, name: str) -> bool:
@@ -164,12 +164,6 @@ class LoraLinear(Wrapper):
             self.merged = False
 
 
-def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Put ``module`` at the dotted path ``name`` of ``model``."""
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def saved_module_names(model: nn.Module, patterns: Sequence[str] | str, targets: Sequence[str]) -> list[str]:
     """The modules ``patterns`` names (suffixes or one regex, as target_modules; the outermost of nested
     matches), checked: each must hold parameters, share none with an adapter target, and not be one half of a
@@ -248,7 +242,7 @@ def apply_lora(model: nn.Module, config: LoraConfig | None = None, **kwargs) -> 
     """
     config = config or LoraConfig(**kwargs)
     for name in wrap_targets(model, config):
-        set_module(model, name, LoraLinear(model.get_submodule(name), config.r, config.alpha, config.dropout))
+        replace_module(model, name, LoraLinear(model.get_submodule(name), config.r, config.alpha, config.dropout))
     model.lora_config = config
     return model
 
@@ -321,7 +315,7 @@ def merge_quantized(model: nn.Module, *, requantize: bool = False, measure: bool
         lin.weight.copy_(w + delta)
         if base.bias is not None:
             lin.bias.copy_(base.bias)
-        set_module(model, name, lin.requires_grad_(False))
+        replace_module(model, name, lin.requires_grad_(False))
         if name not in merged:
             continue
         report[name] = {"update": float(delta.norm() / w.norm().clamp(min=1e-30)), "requantize_error": None}
@@ -330,7 +324,7 @@ def merge_quantized(model: nn.Module, *, requantize: bool = False, measure: bool
             continue
         again = make_quantized(lin, spec)
         if requantize:
-            set_module(model, name, again)
+            replace_module(model, name, again)
         again_w = again.dequantize(torch.float32)
         report[name]["requantize_error"] = float((again_w - w - delta).norm() / (w + delta).norm().clamp(min=1e-30))
     if not requantize:
@@ -344,7 +338,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     merge_quantized(model, measure=False)
     for name, layer in _wrappers(model).items():
         layer.merge()
-        set_module(model, name, layer.base_layer)
+        replace_module(model, name, layer.base_layer)
     model.lora_config = model.ia3_config = None  # the adapter settings are gone with the adapter
     model.modules_to_save = []
     return model

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..nn.qlinear import io_shape
+from ..nn.qlinear import io_shape, replace_module
 from .io import AdapterFile, read_adapter
-from .lora import LoraConfig, Wrapper, set_module, wrap_targets
+from .lora import LoraConfig, Wrapper, wrap_targets
 
 
 class MultiLoraLinear(Wrapper):
@@ -81,7 +81,7 @@ class LoraBank:
                     ri = f.r
                     A[i, :ri] = f.parts[name]["lora_A"].float()
                     B[i, :, :ri] = f.parts[name]["lora_B"].float() * (f.alpha / ri)
-            set_module(model, name, MultiLoraLinear(modules[name], A, B))
+            replace_module(model, name, MultiLoraLinear(modules[name], A, B))
         self.model, self.names = model, [f.path.name if isinstance(f, AdapterFile) else Path(f).name for f in folders]
         self.layers = [m for m in model.modules() if isinstance(m, MultiLoraLinear)]
 

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from ..checkpoint.io import read_json
+from ..nn.qlinear import replace_module
 from ..peft import AdapterError, LoraBank, MultiLoraLinear, SoftPromptEmbedding, soft_prompt
 from ..peft.io import CONFIG, WEIGHTS, read_adapter
-from ..peft.lora import set_module
 from ..peft.multi import combine
 from ..utils.files import read_safetensors
 
@@ -113,7 +113,7 @@ class Adapters:
     def _unwrap(self) -> list[tuple[str, MultiLoraLinear]]:
         wrapped = [(n, m) for n, m in self.model.named_modules() if isinstance(m, MultiLoraLinear)]
         for name, module in wrapped:
-            set_module(self.model, name, module.base_layer)
+            replace_module(self.model, name, module.base_layer)
         return wrapped
 
     def _rebuild_bank(self, adapters: list[Adapter]) -> None:
@@ -128,7 +128,7 @@ class Adapters:
         except Exception:
             self._unwrap()
             for name, module in wrapped:
-                set_module(self.model, name, module)
+                replace_module(self.model, name, module)
             raise
         self.bank = bank
 

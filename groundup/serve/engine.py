@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..generate.causal import Detokenizer
-from ..generate.config import GenerationConfig
+from ..generate.config import GenerationConfig, end_ids
 from ..generate.sampling import apply_repetition_penalty, next_token, no_stop_yet
 from ..models.common import trusted_inputs
 from ..nn.kv_cache import BlockCache, DecoderCache, PagedBatch, PagedKVCache, PagedPool
@@ -120,8 +120,7 @@ class Engine:
         self.adapters = Adapters(model)
         for name, folder in (adapters or {}).items():
             self.adapters.register(name, folder)
-        tok_eos = getattr(tokenizer, "eos_token_id", None)
-        self.eos = sorted(set(cfg.eos_ids) | ({tok_eos} if tok_eos is not None else set()))
+        self.eos = end_ids(cfg, tokenizer)
         self.waiting: deque[Seq] = deque()
         self.running: list[Seq] = []
         self.fault = fault
