@@ -8,8 +8,8 @@ import torch
 
 import groundup as gu
 from groundup.cli import main
-from groundup.eval.arithmetic import exact_match, load_run, read_problems
 from groundup.data.arithmetic import final_answer, kind_of, operands
+from groundup.eval.arithmetic import exact_match, load_run, read_problems
 
 
 @pytest.fixture(scope="module")
