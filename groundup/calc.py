@@ -81,24 +81,24 @@ def head_params(cfg: Config) -> int:
     V, C = cfg.vocab_size, cfg.d_model
     if cfg.arch != "encoder":
         return (0 if cfg.tie_embeddings else V * C) + (V if cfg.lm_head_bias else 0)
-    n = _linear(C, C, True) if cfg.pooler else 0
-    if cfg.mlm_head:  # dense + norm + (untied) decoder + its bias
+    n = _linear(C, C, True) if cfg.heads.pooler else 0
+    if cfg.heads.mlm_head:  # dense + norm + (untied) decoder + its bias
         n += _linear(C, C, True) + norm_params(cfg) + (0 if cfg.tie_embeddings else V * C) + V
-    n += _linear(C, 2, True) if cfg.nsp_head else 0
-    return n + (_linear(C, cfg.num_labels, True) if cfg.num_labels else 0)
+    n += _linear(C, 2, True) if cfg.heads.nsp_head else 0
+    return n + (_linear(C, cfg.heads.num_labels, True) if cfg.heads.num_labels else 0)
 
 
 def param_breakdown(cfg: Config) -> dict[str, int]:
     """Parameters by part: embeddings (tokens, positions, segments, relative-bias tables), attention (self
     and cross), ffn (experts + routers), norms, heads, total, and active (used per token under top-k MoE)."""
     stacks = _stacks(cfg)
-    emb = cfg.vocab_size * cfg.d_model + cfg.type_vocab_size * cfg.d_model
+    emb = cfg.vocab_size * cfg.d_model + cfg.heads.type_vocab_size * cfg.d_model
     for i, _ in enumerate(stacks):  # each stack has its own position table (Whisper's encoder a longer one)
         if cfg.pos == "learned":
-            rows = cfg.encoder_max_seq_len if i == 0 and cfg.encoder_max_seq_len else cfg.max_seq_len
+            rows = cfg.encoder_positions if i == 0 and cfg.encoder_positions else cfg.max_seq_len
             emb += (rows + cfg.pos_offset) * cfg.d_model
         elif cfg.pos == "relative":
-            emb += cfg.rel_buckets * cfg.n_heads
+            emb += cfg.score_bias.rel_buckets * cfg.n_heads
     L = sum(n for n, _ in stacks)
     n_moe = cfg.moe_layer_count
     moe_total, moe_active = moe_layer_params(cfg) if n_moe else (0, 0)
@@ -197,7 +197,7 @@ def matmul_params_per_token(cfg: Config) -> int:
     """
     b = param_breakdown(cfg)
     ffn_active = b["ffn"] - (b["total"] - b["active"])  # the routed experts a token does not use drop out
-    vocab = cfg.arch != "encoder" or cfg.mlm_head
+    vocab = cfg.arch != "encoder" or cfg.heads.mlm_head
     return b["attention"] + ffn_active + (cfg.vocab_size * cfg.d_model if vocab else 0)
 
 
@@ -349,7 +349,7 @@ def audio_report(cfg: Config, title: str = "") -> str:
     meta device (the conv stem, both position tables and the missing key bias are in the count)."""
 
     model = meta_model(cfg)
-    positions = cfg.encoder_max_seq_len or cfg.max_seq_len
+    positions = cfg.encoder_positions or cfg.max_seq_len
     frames = 2 * positions
     lines = [f"{title or cfg.name or cfg.family} (seq2seq over audio): {cfg.n_layers}+{cfg.n_decoder_layers} layers, "
              f"d_model {cfg.d_model}, {cfg.n_heads} heads, d_ff {cfg.d_ff}, vocab {cfg.vocab_size}",

@@ -30,12 +30,12 @@ def _bert_outputs(model, ref, batch) -> list[tuple[str, torch.Tensor, torch.Tens
     real = batch["attention_mask"].bool()
     out = ref(**batch)
     cfg = model.config
-    if cfg.mlm_head and cfg.nsp_head:
+    if cfg.heads.mlm_head and cfg.heads.nsp_head:
         mlm, nsp = model.pretraining_logits(**batch)
         return [("mlm", mlm[real], out.prediction_logits[real]), ("nsp", nsp, out.seq_relationship_logits)]
-    if cfg.mlm_head:
+    if cfg.heads.mlm_head:
         return [("mlm", model(**batch)[real], out.logits[real])]
-    if cfg.num_labels:
+    if cfg.heads.num_labels:
         return [("classifier", model.classify(**batch), out.logits)]
     return [("hidden", model.encode(**batch)[real], out.last_hidden_state[real]),
             ("pooled", model.pooled(**batch), out.pooler_output)]

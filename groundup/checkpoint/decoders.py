@@ -307,7 +307,7 @@ def _mpt_to_hf(cfg: Config) -> dict[str, Any]:
     return dict(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                 expansion_ratio=cfg.d_ff // cfg.d_model, max_seq_len=cfg.max_seq_len, no_bias=not cfg.attn_bias,
                 layer_norm_epsilon=cfg.norm_eps,
-                attn_config={"alibi": True, "alibi_bias_max": _int_if_whole(cfg.alibi_max_bias)})
+                attn_config={"alibi": True, "alibi_bias_max": _int_if_whole(cfg.score_bias.alibi_max_bias)})
 
 
 def _int_if_whole(x: float) -> float | int:

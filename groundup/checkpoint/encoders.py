@@ -39,7 +39,7 @@ def _bert_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bert_arch(cfg: Config) -> str:
-    heads = (cfg.pooler, cfg.mlm_head, cfg.nsp_head, bool(cfg.num_labels))
+    heads = (cfg.heads.pooler, cfg.heads.mlm_head, cfg.heads.nsp_head, bool(cfg.heads.num_labels))
     for arch, layout in _BERT_HEADS.items():
         if layout == heads:
             return arch
@@ -56,12 +56,12 @@ def _bert_to_hf(cfg: Config) -> dict[str, Any]:
              "biases everywhere, a plain FFN and multi-head attention")
     out = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_seq_len, hidden_act=activation_to_hf(cfg),
-               layer_norm_eps=cfg.norm_eps, type_vocab_size=cfg.type_vocab_size, hidden_dropout_prob=cfg.dropout,
+               layer_norm_eps=cfg.norm_eps, type_vocab_size=cfg.heads.type_vocab_size, hidden_dropout_prob=cfg.dropout,
                attention_probs_dropout_prob=cfg.attn_dropout, position_embedding_type="absolute")
-    if cfg.num_labels:
+    if cfg.heads.num_labels:
         names = cfg.extra.get("id2label") or {}
-        if len(names) != cfg.num_labels:
-            names = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
+        if len(names) != cfg.heads.num_labels:
+            names = {str(i): f"LABEL_{i}" for i in range(cfg.heads.num_labels)}
         out.update(id2label=names, label2id={v: int(k) for k, v in names.items()})
     return out
 
@@ -122,7 +122,8 @@ def _t5_to_hf(cfg: Config) -> dict[str, Any]:
              "T5 layout rescales the decoder output only with a tied head: untied needs lm_head_scale='none'")
     return dict(d_model=cfg.d_model, d_kv=cfg.head_dim, d_ff=cfg.d_ff, num_layers=cfg.n_layers,
                 num_decoder_layers=cfg.n_decoder_layers, num_heads=cfg.n_heads,
-                relative_attention_num_buckets=cfg.rel_buckets, relative_attention_max_distance=cfg.rel_max_distance,
+                relative_attention_num_buckets=cfg.score_bias.rel_buckets,
+                relative_attention_max_distance=cfg.score_bias.rel_max_distance,
                 layer_norm_epsilon=cfg.norm_eps, feed_forward_proj=_T5_FFN_TO_HF[cfg.ffn], dropout_rate=cfg.dropout,
                 scale_decoder_outputs=cfg.lm_head_scale == "inv_sqrt_d", is_encoder_decoder=True)
 
@@ -223,7 +224,7 @@ def _whisper_to_hf(cfg: Config) -> dict[str, Any]:
     return dict(d_model=cfg.d_model, encoder_layers=cfg.n_layers, decoder_layers=cfg.n_decoder_layers,
                 encoder_attention_heads=cfg.n_heads, decoder_attention_heads=cfg.n_heads, encoder_ffn_dim=cfg.d_ff,
                 decoder_ffn_dim=cfg.d_ff, num_mel_bins=cfg.n_mels,
-                max_source_positions=cfg.encoder_max_seq_len or 1500, max_target_positions=cfg.max_seq_len,
+                max_source_positions=cfg.encoder_positions or 1500, max_target_positions=cfg.max_seq_len,
                 activation_function=activation_to_hf(cfg), scale_embedding=False,
                 dropout=cfg.dropout, attention_dropout=cfg.attn_dropout, is_encoder_decoder=True)
 

@@ -363,14 +363,14 @@ def names_of(model: torch.nn.Module, hf_names: set[str] | None = None) -> Names:
     """The name map of a groundup vision model (``hf_names``: the file's, to read LLaVA towers either way)."""
     cfg, n = model.config, Names()
     if isinstance(cfg, Config):  # ViT
-        p = "vit." if cfg.num_labels else ""
+        p = "vit." if cfg.heads.num_labels else ""
         n.modules += [("patch_embed", f"{p}embeddings.patch_embeddings.projection"), ("norm", f"{p}layernorm")]
         n.tensors["cls_token"] = (f"{p}embeddings.cls_token", None)
         n.tensors["pos_embed.weight"] = (f"{p}embeddings.position_embeddings", (1, cfg.max_seq_len, cfg.d_model))
         n.modules += _block_pairs("", p, cfg.n_layers, _VIT_BLOCK)
-        if cfg.pooler:
+        if cfg.heads.pooler:
             n.modules.append(("pooler.dense", f"{p}pooler.dense"))
-        if cfg.num_labels:
+        if cfg.heads.num_labels:
             n.modules.append(("classifier", "classifier"))
         return n
     if isinstance(cfg, CLIPConfig):
@@ -435,7 +435,7 @@ def write(model: torch.nn.Module, folder: Path, *, max_shard_bytes: int) -> None
         if isinstance(cfg, Config):
             require(cfg.family == "vit", f"a vision encoder saves as family='vit', not {cfg.family!r} (its towers "
                     "save inside a CLIP or LLaVA folder)")
-            body = dict(architectures=["ViTForImageClassification" if cfg.num_labels else "ViTModel"],
+            body = dict(architectures=["ViTForImageClassification" if cfg.heads.num_labels else "ViTModel"],
                         model_type="vit", **_sizes_out(cfg), layer_norm_eps=cfg.norm_eps,
                         image_size=cfg.image.image_size, patch_size=cfg.image.patch_size,
                         num_channels=cfg.image.num_channels, qkv_bias=cfg.attn_bias,
@@ -443,8 +443,8 @@ def write(model: torch.nn.Module, folder: Path, *, max_shard_bytes: int) -> None
             want = dict(cls_token=True, final_norm=True, embed_norm=False, pool_norm=False, patch_bias=True)
             bad = [f"{k}={cfg.value(k)!r}" for k, v in want.items() if cfg.value(k) != v]
             require(not bad, f"transformers' ViT has {want}; this config has {', '.join(bad)}")
-            require(bool(cfg.num_labels) != cfg.pooler, "a ViT folder is ViTModel (pooler, no classifier) or "
-                    "ViTForImageClassification (a classifier, no pooler)")
+            require(bool(cfg.heads.num_labels) != cfg.heads.pooler, "a ViT folder is ViTModel (pooler, no classifier) "
+                    "or ViTForImageClassification (a classifier, no pooler)")
             tensors = names_of(model).to_hf(state)
         elif isinstance(cfg, CLIPConfig):
             body = clip_to_hf(cfg)

@@ -38,7 +38,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     mask_text = tok.id_to_token(mask_id)
     for text in args.text:
         ids, types, mask = encoder_batch(tok, [text])  # [MASK] in the text is the mask token
-        types = types if model.config.type_vocab_size else None
+        types = types if model.config.heads.type_vocab_size else None
         (preds,) = model.fill_mask(ids, mask_token_id=mask_id, top_k=args.top_k, token_type_ids=types,
                                    attention_mask=mask)
         print(text)
@@ -53,7 +53,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     """Sentence vectors from an encoder and their cosine similarities."""
     model, tok = _load_model_and_tokenizer(args.model, "encoder")
     ids, types, mask = encoder_batch(tok, args.text, allowed_special=())
-    types = types if model.config.type_vocab_size else None
+    types = types if model.config.heads.type_vocab_size else None
     with torch.no_grad():
         vecs = model.features(ids, attention_mask=mask, token_type_ids=types, pooling=args.pooling)
     sims = torch.nn.functional.normalize(vecs, dim=-1) @ torch.nn.functional.normalize(vecs, dim=-1).T

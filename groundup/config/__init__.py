@@ -8,7 +8,6 @@ from .core import (
     Arch,
     Config,
     Ffn,
-    Kernel,
     LayerType,
     Norm,
     NormPlacement,
@@ -20,8 +19,35 @@ from .core import (
 )
 from .image import ImageConfig, VisionPool
 from .moe import BalanceScope, MoEConfig, Router, RouterGroup, RouterPriority
+from .parts import AudioConfig, HeadsConfig, ImplConfig, Kernel, ScoreBiasConfig
 from .rope import RoPEConfig, RopeScaling
 
-__all__ = ["FLAT", "GATED_FFNS", "Arch", "BalanceScope", "Config", "Ffn", "ImageConfig", "Kernel", "LayerType",
-           "MoEConfig", "Norm", "NormPlacement", "Pos", "QKNorm", "Residual", "RoPEConfig", "RopeScaling", "Router",
-           "RouterGroup", "RouterPriority", "Scale", "SinusoidalLayout", "VisionPool"]
+__all__ = [
+    "FLAT",
+    "GATED_FFNS",
+    "Arch",
+    "AudioConfig",
+    "BalanceScope",
+    "Config",
+    "Ffn",
+    "HeadsConfig",
+    "ImageConfig",
+    "ImplConfig",
+    "Kernel",
+    "LayerType",
+    "MoEConfig",
+    "Norm",
+    "NormPlacement",
+    "Pos",
+    "QKNorm",
+    "Residual",
+    "RoPEConfig",
+    "RopeScaling",
+    "Router",
+    "RouterGroup",
+    "RouterPriority",
+    "Scale",
+    "ScoreBiasConfig",
+    "SinusoidalLayout",
+    "VisionPool",
+]

@@ -19,6 +19,7 @@ from ..presets import PRESETS
 from .checks import check_literals
 from .image import ImageConfig
 from .moe import MoEConfig
+from .parts import AudioConfig, HeadsConfig, ImplConfig, ScoreBiasConfig
 from .rope import RoPEConfig
 
 Arch = Literal["causal_lm", "encoder", "seq2seq", "vision"]
@@ -31,7 +32,6 @@ Norm = Literal["layernorm", "rmsnorm"]
 # sublayer: x + norm(f(x)) (OLMo 2); sandwich: x + norm_out(f(norm_in(x))) (Gemma 2/3)
 NormPlacement = Literal["pre", "post", "sublayer", "sandwich"]
 Residual = Literal["sequential", "parallel"]
-Kernel = Literal["eager", "sdpa", "flash"]
 QKNorm = Literal["none", "head", "full"]
 LayerType = Literal["global", "local"]  # full causal attention, or the sliding window
 
@@ -63,10 +63,7 @@ class Config:
     d_ff: int | None = None
     max_seq_len: int = 1024
     n_decoder_layers: int | None = None  # seq2seq only
-    # seq2seq over audio (Whisper, Radford et al., 2022): the encoder reads n_mels log-mel bins through two conv1d
-    # (kernel 3, the second with stride 2) with GELU, halving 3000 frames to 1500 positions; 0: token ids
-    n_mels: int = 0
-    encoder_max_seq_len: int | None = None  # the encoder's position table when not max_seq_len (Whisper: 1500)
+    audio: AudioConfig | None = None  # seq2seq over log-mel features (Whisper); None: token ids
 
     # positions
     pos: Pos = "learned"
@@ -75,9 +72,7 @@ class Config:
     # otherwise they are 0..T-1 after the cache, as in Llama
     pos_from_mask: bool = False
     rope: RoPEConfig = field(default_factory=RoPEConfig)  # pos='rope': base, partial rotary, context extension
-    alibi_max_bias: float = 8.0  # ALiBi slopes are 2^(-max_bias * h / n_heads)
-    rel_buckets: int = 32  # T5 relative position buckets (pos='relative')
-    rel_max_distance: int = 128  # distances beyond this share the last bucket
+    score_bias: ScoreBiasConfig = field(default_factory=ScoreBiasConfig)  # ALiBi slopes, T5 buckets
     sinusoidal_layout: SinusoidalLayout = "interleaved"  # sin/cos alternating (Vaswani) or halves (Marian)
     embed_scale: Scale = "none"  # sqrt_d: token embeddings x sqrt(d_model) (Vaswani et al. 3.4, Marian)
     embed_scale_rounded: bool = False  # the factor rounded to the weights' dtype first (Gemma: 33.94 -> 34 in bf16)
@@ -125,12 +120,8 @@ class Config:
     lm_head_scale: Scale = "none"  # inv_sqrt_d: final hidden x d_model^-0.5 before a tied head (T5 v1.0)
 
     # encoder-only (BERT): segment embeddings, a norm after the embeddings, and the task heads
-    type_vocab_size: int = 0  # token type (segment) embeddings; 0 = none
     embed_norm: bool = False  # a norm right after the embeddings (BERT; BLOOM's word_embeddings_layernorm)
-    pooler: bool = False  # dense + tanh on the first ([CLS]) token
-    mlm_head: bool = False  # masked-LM head: dense + act + norm, then the (tied) vocabulary projection
-    nsp_head: bool = False  # next-sentence prediction on the pooled output: 2 classes
-    num_labels: int = 0  # sequence classification on the pooled output; 0 = no classifier
+    heads: HeadsConfig = field(default_factory=HeadsConfig)  # segments, pooler, MLM / NSP / classifier heads
 
     image: ImageConfig | None = None  # arch='vision': patches, [CLS], pooling (None for text models)
     cross_attention_dim: int | None = None  # the width cross-attention reads, when not d_model (BLIP-2's Q-Former)
@@ -138,9 +129,7 @@ class Config:
     moe: MoEConfig | None = None  # routed experts in place of the dense FFN; None: dense
 
     # implementation
-    attn_kernel: Kernel = "sdpa"
-    flash_block_size: int = 64
-    init_std: float = 0.02
+    impl: ImplConfig = field(default_factory=ImplConfig)  # attention kernel, flash tile, initialisation
 
     # special token ids (config.json's): generation stops at eos, pads with pad, and an encoder-decoder's
     # decoder starts from decoder_start_token_id; None = the model has none
@@ -192,8 +181,7 @@ class Config:
             self.head_dim = self.d_model // max(self.n_heads, 1)
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-                    "max_seq_len", "flash_block_size")
+        positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "max_seq_len")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -241,7 +229,7 @@ class Config:
         if self.pos != "learned" or self.causal:
             raise ValueError(f"arch='vision' takes learned positions over bidirectional attention (pos={self.pos!r}, "
                              f"causal={self.causal!r})")
-        if self.num_labels and not self.image.cls_token:
+        if self.heads.num_labels and not self.image.cls_token:
             raise ValueError("num_labels classifies the [CLS] token: it needs cls_token=True")
         self.max_seq_len = self.image_tokens  # derived: one learned position per patch, plus the [CLS]
 
@@ -258,6 +246,16 @@ class Config:
             record = getattr(self, kind)
             return None if record is None else getattr(record, attr)
         return getattr(self, name)
+
+    @property
+    def encoder_positions(self) -> int | None:
+        """An audio encoder's own position table length (Whisper: 1500), when not max_seq_len; else None."""
+        return self.audio.encoder_max_seq_len if self.audio is not None else None
+
+    @property
+    def n_mels(self) -> int:
+        """Log-mel bins an audio encoder reads; 0 for a model of token ids (``audio`` None)."""
+        return self.audio.n_mels if self.audio is not None else 0
 
     @property
     def n_experts(self) -> int:
@@ -329,27 +327,19 @@ class Config:
             raise ValueError(f"n_decoder_layers={self.n_decoder_layers!r} must be a positive integer")
         if self.embed_norm and self.arch == "seq2seq":
             raise ValueError("embed_norm=True is for encoders (BERT) and decoders (BLOOM), not arch='seq2seq'")
-        encoder_only = dict(type_vocab_size=self.type_vocab_size, pooler=self.pooler,
-                            mlm_head=self.mlm_head, nsp_head=self.nsp_head, num_labels=self.num_labels)
-        for name, value in encoder_only.items():
+        for name, value in self.heads.any().items():
             if name in ("pooler", "num_labels") and self.arch == "vision":
                 continue  # ViT's pooler (dense + tanh) and its classifier on the [CLS] token
-            if value and self.arch != "encoder":
+            if self.arch != "encoder":
                 raise ValueError(f"{name}={value!r} needs arch='encoder' (BERT-style heads and embeddings)")
-        for name in ("type_vocab_size", "num_labels"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        if (self.nsp_head or self.num_labels) and not self.pooler and self.arch == "encoder":
+        h = self.heads
+        if (h.nsp_head or h.num_labels) and not h.pooler and self.arch == "encoder":
             raise ValueError("nsp_head/num_labels classify the pooled [CLS] output: they need pooler=True")
-        if self.pos == "relative" and (self.rel_buckets < 2 or self.rel_max_distance < self.rel_buckets // 2):
-            raise ValueError(f"rel_buckets={self.rel_buckets} must be >= 2 and rel_max_distance="
-                             f"{self.rel_max_distance} at least rel_buckets // 2")
-        if self.n_mels and (self.arch != "seq2seq" or self.n_mels < 0 or self.pos != "learned"):
-            raise ValueError(f"n_mels={self.n_mels}: an audio encoder is for arch='seq2seq' with pos='learned' (its "
-                             "positions a table, as Whisper's)")
-        if self.encoder_max_seq_len is not None and (self.arch != "seq2seq" or self.encoder_max_seq_len <= 0):
-            raise ValueError(f"encoder_max_seq_len={self.encoder_max_seq_len} must be positive and needs "
-                             "arch='seq2seq'")
+        if self.pos == "relative":
+            self.score_bias.check_relative()
+        if self.audio is not None and (self.arch != "seq2seq" or self.pos != "learned"):
+            raise ValueError(f"n_mels={self.audio.n_mels}: an audio encoder is for arch='seq2seq' with pos='learned' "
+                             "(its positions a table, as Whisper's)")
         if self.cross_attention_dim is not None and (not isinstance(self.cross_attention_dim, int)
                                                      or self.cross_attention_dim <= 0):
             raise ValueError(f"cross_attention_dim={self.cross_attention_dim!r} must be a positive integer or None")
@@ -449,15 +439,25 @@ class Config:
 FLAT: dict[str, tuple[str, str]] = {
     **{flat: ("rope", name) for name, flat in RoPEConfig.FLAT.items()},
     **{f.name: ("moe", f.name) for f in dataclasses.fields(MoEConfig)},
-    **{f.name: ("image", f.name) for f in dataclasses.fields(ImageConfig)},
+    **{f.name: (kind, f.name) for kind, cls in (("image", ImageConfig), ("heads", HeadsConfig), ("audio", AudioConfig),
+                                               ("score_bias", ScoreBiasConfig), ("impl", ImplConfig))
+       for f in dataclasses.fields(cls)},
 }
-_RECORDS = {"rope": RoPEConfig, "moe": MoEConfig, "image": ImageConfig}
+_RECORDS = {"rope": RoPEConfig, "moe": MoEConfig, "image": ImageConfig, "heads": HeadsConfig, "audio": AudioConfig,
+            "score_bias": ScoreBiasConfig, "impl": ImplConfig}
 
 
 def _record(kind: str, base: Any, changes: dict[str, Any]) -> Any:
     """The sub-config ``kind`` from ``base`` (a record, its dict, or None) with ``changes``."""
     cls = _RECORDS[kind]
     if kind == "moe" and changes.get("n_experts", 1) == 0:  # n_experts=0: a dense FFN
+        return None
+    if kind == "audio" and changes.get("n_mels", 1) == 0:  # n_mels=0: token ids
+        return None
+    if base is None and kind == "audio" and "n_mels" not in changes:
+        if changes.get("encoder_max_seq_len") is not None:
+            raise ValueError(f"encoder_max_seq_len={changes['encoder_max_seq_len']} must be positive and needs "
+                             "arch='seq2seq'")
         return None
     if isinstance(base, cls):
         return dataclasses.replace(base, **changes) if changes else base

@@ -78,7 +78,7 @@ def transcribe(model: torch.nn.Module, tokenizer: Any, audio: str | Path | torch
     room = model.config.max_seq_len - len(prefix)
     # a window is what the encoder's positions cover: 30 s for Whisper (1500 x 2 frames x 10 ms), less for one
     # trained here on short clips
-    span = (model.config.encoder_max_seq_len or model.config.max_seq_len) * 2 * HOP
+    span = (model.config.encoder_positions or model.config.max_seq_len) * 2 * HOP
     texts: list[str] = []
     chunks = [pad_or_trim(c, span) for c in windows(waveform, span)]
     for b in range(0, len(chunks), batch):

@@ -29,7 +29,7 @@ class CausalLM(PreTrained, TiedHead, Stack):
         self.tie_weights()
         self.init_hooks()
         if not any(p.is_meta for p in self.parameters()):
-            self.apply(lambda m: init_weights(m, cfg.init_std))
+            self.apply(lambda m: init_weights(m, cfg.impl.init_std))
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,

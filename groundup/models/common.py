@@ -122,10 +122,10 @@ def mask_spec(cfg: Config, *, causal: bool, attention_mask: torch.Tensor | None,
     """The MaskSpec of one stack (or of its layers of one window): causality, window, key padding, ALiBi
     slopes or T5 relative bias."""
     padding = has_padding(attention_mask)
-    slopes = alibi_slopes(cfg.n_heads, cfg.alibi_max_bias, device=device) if cfg.pos == "alibi" else None
+    slopes = alibi_slopes(cfg.n_heads, cfg.score_bias.alibi_max_bias, device=device) if cfg.pos == "alibi" else None
     return MaskSpec(causal=causal, window=window if causal else None, q_offset=q_offset,
                     key_padding=padding, alibi_slopes=slopes, rel_table=rel_table, rel_bidirectional=not causal,
-                    rel_max_distance=cfg.rel_max_distance)
+                    rel_max_distance=cfg.score_bias.rel_max_distance)
 
 
 def head_input(cfg: Config, x: torch.Tensor) -> torch.Tensor:

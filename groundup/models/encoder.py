@@ -57,17 +57,17 @@ class Encoder(PreTrained, Stack):
             raise ValueError(f"Encoder needs arch='encoder', got arch={cfg.arch!r}")
         super().__init__(cfg, cfg.n_layers, causal=False)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        if cfg.type_vocab_size:
-            self.type_embed = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
+        if cfg.heads.type_vocab_size:
+            self.type_embed = nn.Embedding(cfg.heads.type_vocab_size, cfg.d_model)
         self.embed_norm = make_norm(cfg) if cfg.embed_norm else None
-        self.pooler = Pooler(cfg) if cfg.pooler else None
-        self.mlm_head = MLMHead(cfg) if cfg.mlm_head else None
-        self.nsp_head = Linear(cfg.d_model, 2) if cfg.nsp_head else None
-        self.classifier = Linear(cfg.d_model, cfg.num_labels) if cfg.num_labels else None
+        self.pooler = Pooler(cfg) if cfg.heads.pooler else None
+        self.mlm_head = MLMHead(cfg) if cfg.heads.mlm_head else None
+        self.nsp_head = Linear(cfg.d_model, 2) if cfg.heads.nsp_head else None
+        self.classifier = Linear(cfg.d_model, cfg.heads.num_labels) if cfg.heads.num_labels else None
         self.tie_weights()
         self.init_hooks()
         if not any(p.is_meta for p in self.parameters()):
-            self.apply(lambda m: init_weights(m, cfg.init_std))
+            self.apply(lambda m: init_weights(m, cfg.impl.init_std))
 
     def tie_weights(self) -> None:
         """Share the MLM output projection with the token embedding (when tied and present)."""
@@ -91,7 +91,7 @@ class Encoder(PreTrained, Stack):
              weights_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         check_ids(self.config, input_ids, attention_mask)
         segments = None
-        if token_type_ids is not None or self.config.type_vocab_size:
+        if token_type_ids is not None or self.config.heads.type_vocab_size:
             segments = self._segments(input_ids, token_type_ids)
         # BERT normalises the summed token + position + segment embeddings
         x, rope = self.inputs(self.embed, input_ids, position_ids=position_ids, segments=segments,
@@ -100,7 +100,7 @@ class Encoder(PreTrained, Stack):
         return h, weights
 
     def _segments(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        n = self.config.type_vocab_size
+        n = self.config.heads.type_vocab_size
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if n == 0:

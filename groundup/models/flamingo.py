@@ -55,7 +55,7 @@ class PerceiverResampler(nn.Module):
 
     def __init__(self, cfg: Config, n_latents: int) -> None:
         super().__init__()
-        self.latents = nn.Parameter(torch.randn(n_latents, cfg.d_model) * cfg.init_std)
+        self.latents = nn.Parameter(torch.randn(n_latents, cfg.d_model) * cfg.impl.init_std)
         self.layers = nn.ModuleList(PerceiverLayer(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg)
 

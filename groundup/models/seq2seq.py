@@ -28,14 +28,14 @@ class Seq2Seq(PreTrained, TiedHead, nn.Module):
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.encoder = Stack(cfg, cfg.n_layers, causal=False, max_positions=cfg.encoder_max_seq_len)
+        self.encoder = Stack(cfg, cfg.n_layers, causal=False, max_positions=cfg.encoder_positions)
         self.audio_stem = AudioStem(cfg) if cfg.n_mels else None
         self.decoder = Stack(cfg, cfg.n_decoder_layers, causal=True, cross=True, first=cfg.n_layers)
         self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
         self.tie_weights()
         self.init_hooks()
         if not any(p.is_meta for p in self.parameters()):
-            self.apply(lambda m: init_weights(m, cfg.init_std))
+            self.apply(lambda m: init_weights(m, cfg.impl.init_std))
             if self.audio_stem is not None:  # Whisper's encoder positions are fixed sinusoids, stored as a table
                 with torch.no_grad():
                     self.encoder.pos_embed.weight.copy_(whisper_sinusoids(*self.encoder.pos_embed.weight.shape))

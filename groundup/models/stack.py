@@ -36,7 +36,7 @@ class Stack(nn.Module):
         if cfg.pos == "learned":  # max_positions: a table of its own (Whisper's encoder has 1500, its decoder 448)
             self.pos_embed = nn.Embedding((max_positions or cfg.max_seq_len) + cfg.pos_offset, cfg.d_model)
         if cfg.pos == "relative":
-            self.rel_bias = nn.Embedding(cfg.rel_buckets, cfg.n_heads)
+            self.rel_bias = nn.Embedding(cfg.score_bias.rel_buckets, cfg.n_heads)
         # Each layer's window and RoPE kind. A per-layer pattern (layer_types) is a decoder-only model's; an
         # encoder or a seq2seq stack has one window for every layer, and only causal layers are windowed.
         windows = cfg.layer_windows if cfg.arch == "causal_lm" else [cfg.sliding_window] * n_layers

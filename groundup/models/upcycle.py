@@ -49,7 +49,7 @@ def upcycle(model: torch.nn.Module, n_experts: int, top_k: int = 2, *, moe_layer
         elif ".mlp.router." in name or ".mlp.noise." in name:
             state[name] = torch.empty(t.shape, dtype=dense_state["embed.weight"].dtype,
                                       device=dense_state["embed.weight"].device).normal_(
-                                          0.0, router_std if router_std is not None else cfg.init_std)
+                                          0.0, router_std if router_std is not None else cfg.impl.init_std)
             if name.endswith(".bias"):
                 state[name].zero_()
         else:

@@ -106,14 +106,14 @@ class VisionEncoder(PreTrained, Stack):
         self.embed_norm = make_norm(cfg) if cfg.embed_norm else None
         self.pool_norm = make_norm(cfg) if cfg.image.pool_norm else None
         self.head = AttentionPool(cfg) if cfg.image.vision_pool == "map" else None
-        self.pooler = Pooler(cfg) if cfg.pooler else None
-        self.classifier = Linear(cfg.d_model, cfg.num_labels) if cfg.num_labels else None
+        self.pooler = Pooler(cfg) if cfg.heads.pooler else None
+        self.classifier = Linear(cfg.d_model, cfg.heads.num_labels) if cfg.heads.num_labels else None
         self.init_hooks()
         if not any(p.is_meta for p in self.parameters()):
-            self.apply(lambda m: init_weights(m, cfg.init_std))
+            self.apply(lambda m: init_weights(m, cfg.impl.init_std))
             for param in (self.cls_token, self.head.probe if self.head is not None else None):
                 if param is not None:
-                    nn.init.normal_(param, std=cfg.init_std)
+                    nn.init.normal_(param, std=cfg.impl.init_std)
 
     def tie_weights(self) -> None:
         """Nothing is tied in a vision encoder (the checkpoint loader calls this on every model)."""
@@ -191,7 +191,7 @@ class TextTower(PreTrained, Stack):
         self.head = Linear(cfg.d_model, head) if head else None  # SigLIP's projection, with bias
         self.init_hooks()
         if not any(p.is_meta for p in self.parameters()):
-            self.apply(lambda m: init_weights(m, cfg.init_std))
+            self.apply(lambda m: init_weights(m, cfg.impl.init_std))
 
     def tie_weights(self) -> None:
         """A text tower has no output head to tie."""
@@ -234,7 +234,7 @@ class CLIP(PreTrained, nn.Module):
         self.init_hooks()
         if not any(p.is_meta for p in self.parameters()) and cfg.projection:
             for m in (self.visual_projection, self.text_projection):
-                init_weights(m, cfg.text.init_std)
+                init_weights(m, cfg.text.impl.init_std)
 
     def tie_weights(self) -> None:
         """Nothing is tied across the towers."""

@@ -99,9 +99,9 @@ class Llava(WithLanguageModel, PreTrained, nn.Module):
         self.language_model = CausalLM(cfg.text)
         self.init_hooks()
         if not any(p.is_meta for p in self.parameters()):
-            self.projector.apply(lambda m: init_weights(m, cfg.text.init_std))
+            self.projector.apply(lambda m: init_weights(m, cfg.text.impl.init_std))
             if self.projector.qformer is not None:
-                nn.init.normal_(self.projector.qformer.queries, std=cfg.text.init_std)
+                nn.init.normal_(self.projector.qformer.queries, std=cfg.text.impl.init_std)
 
     def set_attn_kernel(self, kernel: str) -> Llava:
         self.vision_tower.set_attn_kernel(kernel)

@@ -217,8 +217,8 @@ class Attention(nn.Module):
         # scales by a dimension of its own (query_pre_attn_scalar), which differs from head_dim in the 27B
         self.scale = 1.0 / math.sqrt(cfg.attn_scale_dim or cfg.head_dim) if cfg.attn_scale == "inv_sqrt_d" else 1.0
         self.cap = cfg.attn_softcap
-        self.kernel = cfg.attn_kernel
-        self.flash_block_size = cfg.flash_block_size
+        self.kernel = cfg.impl.attn_kernel
+        self.flash_block_size = cfg.impl.flash_block_size
         self.dropout = cfg.attn_dropout
         q_dim, kv_width, kv_in = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, kv_dim or cfg.d_model
         self.q_proj = Linear(cfg.d_model, q_dim, bias=cfg.attn_bias)

@@ -26,6 +26,6 @@ def encoder_batch(tok, texts: Sequence[str], *, allowed_special="all") -> tuple[
 def embed(model, tok, texts: Sequence[str], *, pooling: str = "mean") -> tuple[torch.Tensor, int]:
     """(vectors [B, C] in fp32, tokens read) of ``texts``; special tokens in a text are plain text."""
     ids, types, mask = encoder_batch(tok, texts, allowed_special=())
-    types = types if model.config.type_vocab_size else None
+    types = types if model.config.heads.type_vocab_size else None
     vecs = model.features(ids, attention_mask=mask, token_type_ids=types, pooling=pooling)
     return vecs.float(), int(mask.sum())
