@@ -68,7 +68,7 @@ def test_an_awq_model_is_close_to_float_and_reloads(tmp_path):
         want = model(ids)
         quantize_awq(model, ids, group_size=32, grid=5, search_tokens=128, progress=False)
         got = model(ids)
-    assert isinstance(model.blocks[1].attn.o_proj, GPTQLinear) and model.quantization["quantizer"] == "awq"
+    assert isinstance(model.blocks[1].attn.o_proj, GPTQLinear) and model.quantization.quantizer == "awq"
     kl = torch.nn.functional.kl_div(got.log_softmax(-1), want.log_softmax(-1), log_target=True, reduction="batchmean")
     assert kl / ids.shape[1] < 2e-2
     model.save_pretrained(tmp_path / "awq")

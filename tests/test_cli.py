@@ -51,7 +51,7 @@ def test_quantize_writes_a_folder_that_loads_quantized(hf_folder, tmp_path, caps
     printed = capsys.readouterr().out
     assert "12 linear layers -> int4 (groups of 32)" in printed and "MiB ->" in printed
     model = gu.from_pretrained(out)
-    assert isinstance(model.blocks[1].mlp.up_proj, Int4Linear) and model.quantization["group_size"] == 32
+    assert isinstance(model.blocks[1].mlp.up_proj, Int4Linear) and model.quantization.group_size == 32
     assert (out / "tokenizer.json").is_file()
     assert main(["quantize", str(path), "--to", "int4", "--group", "128", "--out", str(tmp_path / "bad")]) == 2
     assert "group_size=128 does not divide its input width 32" in capsys.readouterr().err

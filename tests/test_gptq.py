@@ -130,7 +130,7 @@ def test_a_gptq_model_decodes_close_to_float_and_reloads_identically(tmp_path):
         want = model(ids)
         quantize_gptq(model, ids, group_size=32, act_order=True, progress=False)
         got = model(ids)
-    assert isinstance(model.blocks[1].mlp.down_proj, GPTQLinear) and model.quantization["desc_act"]
+    assert isinstance(model.blocks[1].mlp.down_proj, GPTQLinear) and model.quantization.desc_act
     kl = torch.nn.functional.kl_div(got.log_softmax(-1), want.log_softmax(-1), log_target=True, reduction="batchmean")
     assert kl / ids.shape[1] < 2e-2
     model.save_pretrained(tmp_path / "q")

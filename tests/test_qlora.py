@@ -175,7 +175,7 @@ def test_a_qlora_adapter_is_a_peft_folder_and_merges(bnb_folder, tmp_path):
         report = gu.peft.merge_quantized(model, requantize=True)
         assert set(report) == {n for n in gu.peft.lora_layers(_peft_pair(folder)[0])}
         assert all(0 < r["requantize_error"] < 0.2 and r["update"] > 0 for r in report.values())
-        assert isinstance(model.blocks[0].attn.q_proj, NF4Linear) and model.quantization["modules"]
+        assert isinstance(model.blocks[0].attn.q_proj, NF4Linear) and model.quantization.modules
         requantized = model(IDS).float()
     assert not gu.peft.lora_layers(model)
     model.save_pretrained(tmp_path / "requantized")  # still a 4-bit folder transformers reads

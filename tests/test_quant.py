@@ -130,7 +130,7 @@ def test_indivisible_layers_can_stay_int8_and_reload(tmp_path):
     odd = gu.CausalLM(gu.Config.preset("tiny-llama").replace(d_model=64, n_heads=4, d_ff=96)).eval()
     quantize(odd, "int4", group_size=64, indivisible="int8")
     assert isinstance(odd.blocks[0].mlp.down_proj, Int8Linear) and isinstance(odd.blocks[0].mlp.up_proj, Int4Linear)
-    assert odd.quantization["int8_modules"] == ["blocks.0.mlp.down_proj", "blocks.1.mlp.down_proj"]
+    assert list(odd.quantization.int8_modules) == ["blocks.0.mlp.down_proj", "blocks.1.mlp.down_proj"]
     odd.save_pretrained(tmp_path / "q")
     again = gu.from_pretrained(tmp_path / "q")
     assert isinstance(again.blocks[1].mlp.down_proj, Int8Linear) and again.quantization == odd.quantization

@@ -21,6 +21,7 @@ import torch
 
 from ..config import Config
 from ..nn.nf4 import BLOCKSIZES, NESTED_BLOCKSIZE, QUANT_TYPES
+from ..nn.qspec import NF4Spec
 from .io import CheckpointError
 from .registry import family_of
 
@@ -45,8 +46,8 @@ def check_family(cfg: Config, where: str, what: str = "4-bit bitsandbytes") -> N
                               "mistral, qwen2, gemma ...)")
 
 
-def spec_from_file(qc: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> dict[str, Any]:
-    """The NF4 spec (nn/qlinear.swap_in) of a transformers bitsandbytes folder: checked against the
+def spec_from_file(qc: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> NF4Spec:
+    """The NF4 spec (nn/qspec.py) of a transformers bitsandbytes folder: checked against the
     per-layer states; ``modules`` are HF module names here (the caller translates them)."""
     if qc.get("load_in_8bit") or qc.get("_load_in_8bit"):
         raise CheckpointError(f"{where}: quantization_config.load_in_8bit (bitsandbytes LLM.int8) is not supported; "
@@ -78,8 +79,8 @@ def spec_from_file(qc: dict[str, Any], tensors: dict[str, torch.Tensor], where: 
     if len(blocksizes) != 1 or next(iter(blocksizes)) not in BLOCKSIZES or len(doubles) != 1:
         raise CheckpointError(f"{where}: the 4-bit layers mix block sizes {sorted(map(str, blocksizes))} or double "
                               "quantization; groundup keeps one setting per model")
-    return {"bits": 4, "quant_type": quant_type, "blocksize": blocksizes.pop(), "double_quant": doubles.pop(),
-            "compute_dtype": str(compute), "modules": sorted(states)}
+    return NF4Spec(sorted(states), quant_type=quant_type, blocksize=blocksizes.pop(), double_quant=doubles.pop(),
+                   compute_dtype=str(compute))
 
 
 def _read_state(t: torch.Tensor, name: str, where: str) -> dict[str, Any]:
@@ -127,11 +128,11 @@ def to_file(tensors: dict[str, torch.Tensor], layers: dict[str, torch.nn.Module]
     return out
 
 
-def config_for(spec: dict[str, Any], float_linears: list[str]) -> dict[str, Any]:
+def config_for(spec: NF4Spec, float_linears: list[str]) -> dict[str, Any]:
     """quantization_config as transformers' BitsAndBytesConfig writes it; ``float_linears`` (HF names) are the
     linear layers left unquantized, which transformers must be told to skip."""
     return {"quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False,
-            "bnb_4bit_quant_type": spec["quant_type"], "bnb_4bit_use_double_quant": spec["double_quant"],
-            "bnb_4bit_compute_dtype": spec["compute_dtype"], "bnb_4bit_quant_storage": "uint8",
+            "bnb_4bit_quant_type": spec.quant_type, "bnb_4bit_use_double_quant": spec.double_quant,
+            "bnb_4bit_compute_dtype": spec.compute_dtype, "bnb_4bit_quant_storage": "uint8",
             "llm_int8_skip_modules": float_linears or None, "llm_int8_threshold": 6.0,
             "llm_int8_has_fp16_weight": False, "llm_int8_enable_fp32_cpu_offload": False}

@@ -6,7 +6,6 @@ tensor or field and says what would fix it, before any large allocation.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,8 @@ import torch
 
 from ..config import Config
 from ..models import meta_model
-from ..nn.qlinear import NF4Linear, layer_spec, make_quantized, swap_in
+from ..nn.qlinear import NF4Linear
+from ..nn.qspec import GPTQSpec, NF4Spec, QuantSpec, from_json, linear_of, swap_in
 from . import bnb, vision
 from .convert import (
     config_from_hf,
@@ -77,16 +77,16 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> 
     else:
         quant = _quantization_spec(hf, folder)
     state = state_dict_from_hf(tensors, cfg)
-    if quant is not None and quant.get("format") == "gptq":  # the GPTQ layers are those the file has codes for
+    if isinstance(quant, GPTQSpec):  # the GPTQ layers are those the file has codes for
         bnb.check_family(cfg, where, "GPTQ")
-        quant["modules"] = sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight"))
+        quant = quant.replace(modules=sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight")))
     if metas:  # the bitsandbytes states name their HF modules
         names = {m: module_name_from_hf(cfg, m) for m in metas}
         if None in names.values():
             raise CheckpointError(f"{where}: quantized module {next(m for m, g in names.items() if g is None)} is "
                                   f"not part of a {cfg.family} model")
-        quant["modules"] = sorted(names.values())
-    coded = set(quant["modules"]) | set(quant.get("int8_modules", [])) if quant else set()
+        quant = quant.replace(modules=sorted(names.values()))
+    coded = set(quant.covered()) if quant is not None else set()
     if dtype is not None:  # the float parts only: codes, scales and quant states keep the dtypes they were made in
         state = {k: v.to(dtype) if v.is_floating_point() and k.rpartition(".")[0] not in coded else v
                  for k, v in state.items()}
@@ -126,12 +126,11 @@ def from_pretrained_quantized(folder: str | Path, plan: Callable[[Model], dict[s
     if model.config != cfg:  # the plan untied the head: it is quantized from a copy of the embedding
         model = meta_model(model.config)
     swap_in(model, spec, convert=False)
-    layers = {n: m for n, m in model.named_modules() if n in set(spec["modules"]) | set(spec.get("int8_modules", []))}
+    layers = {n: m for n, m in model.named_modules() if n in set(spec.covered())}
     state: dict[str, torch.Tensor] = {}
 
     def keep_quantized(module: str, w: torch.Tensor) -> None:
-        shim = argparse.Namespace(weight=w, bias=None, in_features=w.shape[1], out_features=w.shape[0])
-        q = make_quantized(shim, layer_spec(spec, module))
+        q = spec.layer(module).make(linear_of(w))
         state.update({f"{module}.{k}": v for k, v in q.state_dict().items()})
         if isinstance(layers[module], NF4Linear):
             layers[module].weight_dtype = w.dtype
@@ -148,7 +147,7 @@ def from_pretrained_quantized(folder: str | Path, plan: Callable[[Model], dict[s
     return load_into(model, state, str(folder)).eval()
 
 
-def _quantization_spec(hf: dict[str, Any], folder: Path) -> dict[str, Any] | None:
+def _quantization_spec(hf: dict[str, Any], folder: Path) -> QuantSpec | None:
     """config.json's quantization_config of a groundup-quantized folder, or None; another method is refused."""
     q = hf.get("quantization_config")
     if q is None:
@@ -158,9 +157,8 @@ def _quantization_spec(hf: dict[str, Any], folder: Path) -> dict[str, Any] | Non
         if fmt not in ("gptq", "gptq_v2") or q.get("bits") not in (2, 3, 4, 8):
             raise CheckpointError(f"{folder / 'config.json'}: quantization_config: GPTQ checkpoint_format={fmt!r} "
                                   f"bits={q.get('bits')!r} is not supported (gptq or gptq_v2 at 2, 3, 4 or 8 bits)")
-        return {"format": "gptq", "bits": q["bits"], "group_size": int(q.get("group_size", 128)),
-                "desc_act": bool(q.get("desc_act", False)), "sym": bool(q.get("sym", True)),
-                "checkpoint_format": fmt, "modules": []}
+        return GPTQSpec(bits=q["bits"], group_size=int(q.get("group_size", 128)),
+                        desc_act=bool(q.get("desc_act", False)), sym=bool(q.get("sym", True)), checkpoint_format=fmt)
     if q.get("quant_method") != "groundup":
         raise CheckpointError(f"{folder / 'config.json'}: quantization_config.quant_method="
                               f"{q.get('quant_method')!r} is not supported; groundup reads its own "
@@ -168,7 +166,10 @@ def _quantization_spec(hf: dict[str, Any], folder: Path) -> dict[str, Any] | Non
                               "folders")
     if not isinstance(q.get("modules"), list) or q.get("bits") not in (4, 8):
         raise CheckpointError(f"{folder / 'config.json'}: quantization_config needs bits (8 or 4) and modules")
-    return q
+    try:
+        return from_json(q)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder / 'config.json'}: quantization_config: {err}") from None
 
 
 def write_model(model: Model, folder: Path, *, max_shard_bytes: int = 5 * 2**30,
@@ -184,22 +185,18 @@ def write_model(model: Model, folder: Path, *, max_shard_bytes: int = 5 * 2**30,
     body = config_to_hf(cfg, dtype)
     tensors = None
     spec = getattr(model, "quantization", None)
-    if spec and spec.get("quant_type"):  # NF4 / FP4: the bitsandbytes format transformers reads
+    if isinstance(spec, NF4Spec):  # NF4 / FP4: the bitsandbytes format transformers reads
         bnb.check_family(cfg, str(folder))
         layers = {module_name_to_hf(cfg, n): m for n, m in model.named_modules() if isinstance(m, NF4Linear)}
         floats = sorted({module_name_to_hf(cfg, n) for n, m in model.named_modules()
                          if isinstance(m, torch.nn.Linear)} - set(layers))
         body["quantization_config"] = bnb.config_for(spec, floats)
         tensors = bnb.to_file(state_dict_to_hf(params, cfg), layers)
-    elif spec and spec.get("format") == "gptq":  # the layout transformers / GPTQModel read
+    elif isinstance(spec, GPTQSpec):  # the layout transformers / GPTQModel read
         bnb.check_family(cfg, str(folder), "GPTQ")
-        body["quantization_config"] = {"quant_method": "gptq", "bits": spec["bits"], "group_size": spec["group_size"],
-                                       "desc_act": spec["desc_act"], "sym": spec["sym"],
-                                       "checkpoint_format": spec["checkpoint_format"],
-                                       "damp_percent": spec.get("damp_percent", 0.01), "true_sequential": False,
-                                       "static_groups": False}
-    elif spec:  # read back by from_pretrained (transformers does not know it)
-        body["quantization_config"] = {"quant_method": "groundup", **spec}
+        body["quantization_config"] = spec.to_json()
+    elif spec is not None:  # read back by from_pretrained (transformers does not know it)
+        body["quantization_config"] = {"quant_method": "groundup", **spec.to_json()}
     (folder / "config.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
     write_tensors(folder, tensors or state_dict_to_hf(params, cfg), max_shard_bytes=max_shard_bytes)
 

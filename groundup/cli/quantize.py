@@ -56,7 +56,7 @@ def main_quantize(args: argparse.Namespace) -> int:
     _write(model, src, out)
     floats = sum(f.stat().st_size for f in weight_files(src))
     size = _tensor_bytes(model)
-    print(f"{len(model.quantization['modules'])} linear layers -> {args.to}"
+    print(f"{len(model.quantization.modules)} linear layers -> {args.to}"
           + (f" (groups of {args.group})" if args.to == "int4" else "")
           + (f" (blocks of {args.group}{', double-quantized' if extra['double_quant'] else ''})" if extra else "")
           + f"; {model.num_params():,} parameters; weights {floats / 2**20:,.1f} MiB -> {size / 2**20:,.1f} MiB; "
@@ -94,9 +94,9 @@ def _calibrated(args: argparse.Namespace, src: Path, out: Path) -> int:
             for p in module.parameters(recurse=False):
                 p.data = p.data.to(stored)
     _write(model, src, out)
-    print(f"{len(model.quantization['modules'])} linear layers -> {args.method} int{bits} (groups of {args.group}) "
+    print(f"{len(model.quantization.modules)} linear layers -> {args.method} int{bits} (groups of {args.group}) "
           f"in {seconds:.0f} s from {ids.shape[0]} x {ids.shape[1]} calibration tokens; wrote {out} (GPTQ layout, "
-          f"{model.quantization['checkpoint_format']})")
+          f"{model.quantization.checkpoint_format})")
     return 0
 
 

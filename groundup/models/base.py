@@ -10,7 +10,7 @@ Adapter hooks (declared, not found by attribute name). Every model carries:
     prefix_tuning    a KVPrefix (peft/prefix.py) whose keys/values go into the cache before the input, or None
     modules_to_save  names of whole modules trained next to an adapter and saved in its folder ([] = none)
     lora_config, ia3_config   the adapter settings once one is applied (None before)
-    quantization     {"bits", "group_size", "modules"} once layers are weight-only quantized (nn/qlinear.py)
+    quantization     the QuantSpec (nn/qspec.py) once layers are weight-only quantized
 and ``virtual_tokens``, the ids past the vocabulary a soft prompt (peft/prompt.py) adds to the embedding.
 """
 
@@ -50,7 +50,7 @@ class PreTrained:
         self.prefix_tuning: KVPrefix | None = None
         self.modules_to_save: list[str] = []
         self.lora_config: Any = None
-        self.quantization: dict | None = None
+        self.quantization: Any = None  # an nn.qspec.QuantSpec once layers are quantized
         self.ia3_config: Any = None
 
     @property

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..nn.qlinear import QUANTIZED, io_shape, is_linear, make_quantized, replace_module, spec_of
+from ..nn.qlinear import QUANTIZED, io_shape, is_linear, replace_module
+from ..nn.qspec import spec_of
 
 
 def matches_targets(targets: Sequence[str] | str | None, name: str) -> bool:
@@ -322,7 +323,7 @@ def merge_quantized(model: nn.Module, *, requantize: bool = False, measure: bool
         spec = spec_of(base)
         if spec is None or not (requantize or measure):
             continue
-        again = make_quantized(lin, spec)
+        again = spec.make(lin)
         if requantize:
             replace_module(model, name, again)
         again_w = again.dequantize(torch.float32)

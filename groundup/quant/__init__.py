@@ -16,14 +16,16 @@ from torch import nn
 
 from ..checkpoint.hf import from_pretrained_quantized
 from ..nn.nf4 import BLOCKSIZES
-from ..nn.qlinear import GROUP_SIZES, QUANTIZED, Int4Linear, Int8Linear, NF4Linear, quantizable, swap_in
+from ..nn.qlinear import GROUP_SIZES, QUANTIZED, Int4Linear, Int8Linear, NF4Linear, quantizable
+from ..nn.qspec import Int4Spec, Int8Spec, NF4Spec, QuantSpec, swap_in
 
 METHODS = {"int8": 8, "int4": 4, "nf4": 4, "fp4": 4}
 
 
 def plan(model: nn.Module, method: str = "int8", *, group_size: int = 64, include_head: bool = False,
-         indivisible: str = "error", double_quant: bool = True, compute_dtype: torch.dtype = torch.bfloat16) -> dict:
-    """Check a quantization of ``model`` (see quantize) and return the nn/qlinear.swap_in spec. Changes nothing,
+         indivisible: str = "error", double_quant: bool = True,
+         compute_dtype: torch.dtype = torch.bfloat16) -> QuantSpec:
+    """Check a quantization of ``model`` (see quantize) and return its spec (nn/qspec.py). Changes nothing,
     except that a head to be quantized out of a tied embedding unties the config (the caller copies the
     weight)."""
     if method not in METHODS:
@@ -51,10 +53,11 @@ def plan(model: nn.Module, method: str = "int8", *, group_size: int = 64, includ
     if "lm_head" in names and getattr(getattr(model, "config", None), "tie_embeddings", False):
         model.config = model.config.replace(tie_embeddings=False)  # checks done
     if blocks:  # blocks run over the flattened weight: any width works
-        return {"bits": 4, "quant_type": method, "blocksize": group_size, "double_quant": double_quant,
-                "compute_dtype": str(compute_dtype).removeprefix("torch."), "modules": names}
-    spec = {"bits": bits, "group_size": group_size, "modules": [n for n in names if n not in odd]}
-    return {**spec, "int8_modules": odd} if odd else spec
+        return NF4Spec(names, quant_type=method, blocksize=group_size, double_quant=double_quant,
+                       compute_dtype=str(compute_dtype).removeprefix("torch."))
+    if bits == 8:
+        return Int8Spec(names)
+    return Int4Spec([n for n in names if n not in odd], group_size=group_size, int8_modules=odd)
 
 
 def quantize(model: nn.Module, method: str = "int8", **options) -> nn.Module:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..nn.gptq_linear import BITS, GPTQLinear, run_length
 from ..nn.qlinear import quantizable, replace_module
+from ..nn.qspec import GPTQSpec
 from .calibrate import Calibration, block_linears
 
 
@@ -171,5 +172,5 @@ def finish(model: nn.Module, names: list[str], settings: dict) -> nn.Module:
     for layer in layers:
         if layer.checkpoint_format != fmt:
             layer.set_format(fmt)
-    model.quantization = {"format": "gptq", **settings, "checkpoint_format": fmt, "modules": names}
+    model.quantization = GPTQSpec(names, **settings, checkpoint_format=fmt)
     return model
