@@ -114,3 +114,24 @@ def test_the_cache_is_bounded_and_grows_exactly():
         full = model(ids)
     torch.testing.assert_close(torch.cat(steps, 1), full[:, 4:], atol=1e-5, rtol=1e-5)
     assert cache.nbytes == gu.calc.kv_cache_bytes(cfg, batch=2, seq_len=64, dtype=torch.float32)
+
+
+def test_one_generation_config_for_every_path():
+    """The keywords are GenerationConfig's fields: a record and the same keywords give the same tokens, a keyword
+    overrides the record, an unknown one is refused with the list, and each architecture refuses what its decoder
+    does not offer, naming the field."""
+    from groundup.generate.config import GenerationConfig
+
+    model = gu.CausalLM(gu.Config.preset("tiny-llama")).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    record = GenerationConfig(max_new_tokens=6, temperature=0.9, top_k=20, seed=3)
+    by_record = gu.generate(model, ids, generation_config=record)
+    assert torch.equal(by_record, gu.generate(model, ids, 6, temperature=0.9, top_k=20, seed=3))
+    assert gu.generate(model, ids, generation_config=record, max_new_tokens=2).shape == (1, 5)
+    with pytest.raises(TypeError, match="unknown generation setting.*temprature.*temperature"):
+        gu.generate(model, ids, 4, temprature=0.5)
+    t5 = gu.Seq2Seq(gu.Config.preset("tiny-t5")).eval()
+    with pytest.raises(ValueError, match="truncate is for decoder-only models"):
+        gu.generate(t5, ids, 3, truncate=True)
+    with pytest.raises(ValueError, match="suppress_tokens is for encoder-decoder models"):
+        gu.generate(model, ids, 3, suppress_tokens=[5])

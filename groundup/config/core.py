@@ -106,7 +106,7 @@ class Config:
     # layers use sliding_window, "global" ones see every earlier key. None: every layer is local when
     # sliding_window is set (Mistral), else global.
     layer_types: list[LayerType] | None = None
-    rope_local_theta: float | None = None  # local layers' RoPE base, unscaled (Gemma 3); None: rope_theta as global
+    rope_local_theta: float | None = None  # local layers' RoPE base, unscaled (Gemma 3); None: rope.theta, as global
     # tanh soft-capping, cap * tanh(x / cap) (Gemma 2): of the scaled attention scores before the mask, and of
     # the final logits; None = off
     attn_softcap: float | None = None
@@ -119,16 +119,12 @@ class Config:
     qk_norm: QKNorm = "none"
     lm_head_scale: Scale = "none"  # inv_sqrt_d: final hidden x d_model^-0.5 before a tied head (T5 v1.0)
 
-    # encoder-only (BERT): segment embeddings, a norm after the embeddings, and the task heads
+    # what only some models have: encoders' heads, image towers, experts (each its own record); how models run
     embed_norm: bool = False  # a norm right after the embeddings (BERT; BLOOM's word_embeddings_layernorm)
     heads: HeadsConfig = field(default_factory=HeadsConfig)  # segments, pooler, MLM / NSP / classifier heads
-
     image: ImageConfig | None = None  # arch='vision': patches, [CLS], pooling (None for text models)
     cross_attention_dim: int | None = None  # the width cross-attention reads, when not d_model (BLIP-2's Q-Former)
-
     moe: MoEConfig | None = None  # routed experts in place of the dense FFN; None: dense
-
-    # implementation
     impl: ImplConfig = field(default_factory=ImplConfig)  # attention kernel, flash tile, initialisation
 
     # special token ids (config.json's): generation stops at eos, pads with pad, and an encoder-decoder's
