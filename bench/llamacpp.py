@@ -174,7 +174,7 @@ def main() -> None:
             lines.append(f"| {a['file']} | {a['top1']:.4f} | {a['kl']:.2e} | {a['ppl_theirs']:.3f} | "
                          f"{a['ppl_ours']:.3f} |")
     if fams:
-        lines += ["", "Every architecture save_gguf writes, as a tiny random F32 file (bench/gguf_agree.py: 6 layers, "
+        lines += ["", "Every architecture save_gguf writes, as a tiny random F32 file (bench/gguf_agree.py: 2 layers, "
                   "d_model 64, GQA 4/2): llama.cpp's logits on one sentence against groundup's.", "",
                   "| architecture | max abs logit difference | largest logit |", "|---|---:|---:|"]
         lines += [f"| {f['arch']} | {f['diff']:.1e} | {f['scale']:.2f} |" for f in fams]
