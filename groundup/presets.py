@@ -30,8 +30,8 @@ _GEMMA: dict[str, Any] = dict(
 )
 
 
-def _every(n_layers: int, k: int) -> list[str]:
-    """Gemma's layer pattern: every k-th layer global, the others local (sliding window)."""
+def every_kth_global(n_layers: int, k: int) -> list[str]:
+    """Gemma's layer pattern (Config.layer_types): every k-th layer global, the others local (sliding window)."""
     return ["global" if (i + 1) % k == 0 else "local" for i in range(n_layers)]
 
 
@@ -142,15 +142,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gemma-2b": dict(_GEMMA, d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1, d_ff=16384),
     "gemma-7b": dict(_GEMMA, d_model=3072, n_layers=28, n_heads=16, n_kv_heads=16, d_ff=24576),
     "gemma-2-2b": dict(_GEMMA2, d_model=2304, n_layers=26, n_heads=8, n_kv_heads=4, d_ff=9216,
-                       layer_types=_every(26, 2)),
+                       layer_types=every_kth_global(26, 2)),
     "gemma-2-9b": dict(_GEMMA2, d_model=3584, n_layers=42, n_heads=16, n_kv_heads=8, d_ff=14336,
-                       layer_types=_every(42, 2)),
+                       layer_types=every_kth_global(42, 2)),
     "gemma-2-27b": dict(_GEMMA2, d_model=4608, n_layers=46, n_heads=32, n_kv_heads=16, head_dim=128, d_ff=36864,
-                        attn_scale_dim=144.0, layer_types=_every(46, 2)),
+                        attn_scale_dim=144.0, layer_types=every_kth_global(46, 2)),
     "gemma-3-270m": dict(_GEMMA3, d_model=640, n_layers=18, n_heads=4, n_kv_heads=1, d_ff=2048,
-                         layer_types=_every(18, 6)),
+                         layer_types=every_kth_global(18, 6)),
     "gemma-3-1b": dict(_GEMMA3, d_model=1152, n_layers=26, n_heads=4, n_kv_heads=1, d_ff=6912,
-                       layer_types=_every(26, 6)),
+                       layer_types=every_kth_global(26, 6)),
     # Phi-3-mini (Abdin et al., 2024): fused qkv_proj / gate_up_proj in its checkpoints, a 2047-token window
     "phi-3-mini": dict(_LLAMA, family="phi3", vocab_size=32064, d_model=3072, n_layers=32, n_heads=32, d_ff=8192,
                        sliding_window=2047),

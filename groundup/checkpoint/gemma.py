@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Config
+from ..presets import every_kth_global
 from .decoders import llama_config, llama_keys, llama_to_hf, rope_to_hf
 from .layout import Family, require
 
@@ -48,8 +49,7 @@ def _gemma1_to_hf(cfg: Config) -> dict[str, Any]:
 
 def _layer_types(hf: dict[str, Any], every: int) -> list[str]:
     """layer_types from config.json's list, or the released default: every `every`-th layer global."""
-    kinds = hf.get("layer_types") or ["full_attention" if (i + 1) % every == 0 else "sliding_attention"
-                                      for i in range(hf["num_hidden_layers"])]
+    kinds = hf.get("layer_types") or [_KIND_TO_HF[k] for k in every_kth_global(hf["num_hidden_layers"], every)]
     unknown = sorted(set(kinds) - set(_KIND_FROM_HF))
     require(not unknown, f"layer_types entries {unknown} are not supported (supported: {', '.join(_KIND_FROM_HF)})")
     return [_KIND_FROM_HF[k] for k in kinds]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..config import Config
+from ..presets import every_kth_global
 from .io import CheckpointError
 from .layout import qkv_join, qkv_split
 
@@ -69,11 +70,6 @@ class GGUFArch:
     # (Gemma 2/3 27B, following the reference implementation); attn_scale_dim is the number under the root
     wide_scale_layers: tuple[int, ...] = ()
     holds: tuple[str, ...] = ()  # the OPTIONAL fields a file of this architecture can express
-
-    def layer_types(self, n_layers: int) -> list[str]:
-        """llama.cpp's default pattern: layer i is local unless i % k == k - 1."""
-        k = self.global_every or 1
-        return ["global" if i % k == k - 1 else "local" for i in range(n_layers)]
 
     def scale_dim(self, cfg_fields: dict[str, Any]) -> float:
         """The number whose inverse square root llama.cpp scales the queries by, for these Config fields."""
@@ -168,7 +164,7 @@ def _pattern_from_meta(arch: GGUFArch, key, fields: dict[str, Any]) -> dict[str,
     if isinstance(pattern, list):  # one flag a layer: True = local (sliding window)
         kinds = ["local" if p else "global" for p in pattern[:n]]
     else:
-        kinds = GGUFArch(arch.name, arch.family, global_every=int(pattern)).layer_types(n)
+        kinds = every_kth_global(n, int(pattern))
     local = key("rope.freq_base_swa", arch.local_theta)
     out["layer_types"] = kinds
     if "rope_local_theta" in arch.holds:
@@ -215,7 +211,7 @@ def _pattern_to_meta(arch: GGUFArch, cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if not cfg.sliding_window:
         return out
-    if kinds != arch.layer_types(cfg.n_layers):  # another pattern: llama.cpp reads one flag a layer
+    if kinds != every_kth_global(cfg.n_layers, arch.global_every):  # another pattern: llama.cpp reads one flag a layer
         out["attention.sliding_window_pattern"] = [k == "local" for k in kinds]
     local = cfg.rope_local_theta if cfg.rope_local_theta is not None else cfg.rope.theta
     if local != (arch.local_theta if arch.local_theta is not None else cfg.rope.theta):

@@ -1,9 +1,17 @@
-"""What every config record checks the same way: each Literal-typed field holds one of its values."""
+"""What every config record shares: ``replace``, and the check that each Literal-typed field holds one of its
+values."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, get_args, get_type_hints
+
+
+class Record:
+    """The base of Config's records (MoEConfig, RoPEConfig, ...): a validated copy with some fields changed."""
+
+    def replace(self, **changes: Any) -> Any:
+        return dataclasses.replace(self, **changes)
 
 
 def check_literals(record: Any) -> None:

@@ -443,28 +443,27 @@ _RECORDS = {"rope": RoPEConfig, "moe": MoEConfig, "image": ImageConfig, "heads":
             "score_bias": ScoreBiasConfig, "impl": ImplConfig}
 
 
+# The records that are None when off: the field whose 0 turns them off, and the fields that mean nothing without
+# them (refused alone); their other settings given alone (a preset's routing defaults) are checked, then unused.
+_OPTIONAL = {"moe": ("n_experts", ("moe_layers",)), "audio": ("n_mels", ("encoder_max_seq_len",))}
+
+
 def _record(kind: str, base: Any, changes: dict[str, Any]) -> Any:
     """The sub-config ``kind`` from ``base`` (a record, its dict, or None) with ``changes``."""
     cls = _RECORDS[kind]
-    if kind == "moe" and changes.get("n_experts", 1) == 0:  # n_experts=0: a dense FFN
-        return None
-    if kind == "audio" and changes.get("n_mels", 1) == 0:  # n_mels=0: token ids
-        return None
-    if base is None and kind == "audio" and "n_mels" not in changes:
-        if changes.get("encoder_max_seq_len") is not None:
-            raise ValueError(f"encoder_max_seq_len={changes['encoder_max_seq_len']} must be positive and needs "
-                             "arch='seq2seq'")
+    switch, needs = _OPTIONAL.get(kind, (None, ()))
+    if switch is not None and changes.get(switch, 1) == 0:
         return None
     if isinstance(base, cls):
         return dataclasses.replace(base, **changes) if changes else base
-    if base is None and kind == "moe" and "n_experts" not in changes:
-        # routing settings of a dense model: checked for their values, then unused (a preset's defaults)
-        probe = MoEConfig()
+    if base is None and switch is not None and switch not in changes:
+        probe = cls()
         for k, v in changes.items():
             setattr(probe, k, v)  # no __post_init__: only the values are checked, not their combination
         check_literals(probe)
-        if changes.get("moe_layers") is not None:
-            raise ValueError("moe_layers needs n_experts > 0")
+        given = next((k for k in needs if changes.get(k) is not None), None)
+        if given is not None:
+            raise ValueError(f"{given} needs {switch} > 0")
         return None
     return cls(**{**(base or {}), **changes})
 

@@ -3,11 +3,10 @@ Dosovitskiy et al., 2021) turns an image into tokens and pools them. ``Config.im
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from .checks import check_literals
+from .checks import Record, check_literals
 
 # a vision encoder's pooled output: the [CLS] token, attention pooling by a learned probe (SigLIP's MAP head,
 # Zhai et al., 2023; Lee et al., 2019), or none
@@ -15,7 +14,7 @@ VisionPool = Literal["cls", "map", "none"]
 
 
 @dataclass
-class ImageConfig:
+class ImageConfig(Record):
     """The image is cut into patch_size x patch_size patches, each projected to d_model by a strided convolution;
     learned positions, one per patch (+ [CLS])."""
 
@@ -46,5 +45,3 @@ class ImageConfig:
         """Tokens an image at image_size becomes: patches (+ [CLS]); 577 for ViT-L/14 at 336."""
         return (self.image_size // self.patch_size) ** 2 + int(self.cls_token)
 
-    def replace(self, **changes: Any) -> ImageConfig:
-        return dataclasses.replace(self, **changes)

@@ -3,12 +3,11 @@ router, capacity and losses of the one MoE block (nn/moe.py). ``Config.moe`` is 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from .checks import check_literals
+from .checks import Record, check_literals
 
 # topk_softmax: softmax over the k largest logits (Mixtral); softmax_topk: the k largest of the softmax over all
 # (GShard, Qwen2-MoE); switch: softmax_topk with k = 1 (Fedus et al., 2021); expert_choice: each expert takes its
@@ -22,7 +21,7 @@ BalanceScope = Literal["layer", "stack"]
 
 
 @dataclass
-class MoEConfig:
+class MoEConfig(Record):
     """Routed experts in place of the dense FFN (in every layer, or the ``moe_layers``)."""
 
     n_experts: int = 8
@@ -110,5 +109,3 @@ class MoEConfig:
         # the epsilon keeps an exact product (6 x 1.0 / 3 = 2.0000000000000004 in floats) from rounding up
         return max(1, math.ceil(self.top_k * tokens_per_group * factor / self.n_experts - 1e-9))
 
-    def replace(self, **changes: Any) -> MoEConfig:
-        return dataclasses.replace(self, **changes)

@@ -8,18 +8,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .checks import check_literals
+from .checks import Record, check_literals
 
 Kernel = Literal["eager", "sdpa", "flash"]
 
 
-class _Record:
-    def replace(self, **changes: Any) -> Any:
-        return dataclasses.replace(self, **changes)
-
-
 @dataclass
-class HeadsConfig(_Record):
+class HeadsConfig(Record):
     """Segment embeddings and task heads of an encoder (BERT, Devlin et al., 2019; ViT's pooler and classifier)."""
 
     type_vocab_size: int = 0  # token type (segment) embeddings; 0 = none
@@ -39,7 +34,7 @@ class HeadsConfig(_Record):
 
 
 @dataclass
-class AudioConfig(_Record):
+class AudioConfig(Record):
     """seq2seq over audio (Whisper, Radford et al., 2022): the encoder reads n_mels log-mel bins through two conv1d
     (kernel 3, the second with stride 2) with GELU, halving 3000 frames to 1500 positions."""
 
@@ -54,7 +49,7 @@ class AudioConfig(_Record):
 
 
 @dataclass
-class ScoreBiasConfig(_Record):
+class ScoreBiasConfig(Record):
     """The biases added to attention scores by position: ALiBi's slopes (Press et al., 2022) and T5's relative
     position buckets (Raffel et al., 2020)."""
 
@@ -69,7 +64,7 @@ class ScoreBiasConfig(_Record):
 
 
 @dataclass
-class ImplConfig(_Record):
+class ImplConfig(Record):
     """How the model runs and starts: the attention kernel, the flash kernel's tile, the initialisation's spread."""
 
     attn_kernel: Kernel = "sdpa"

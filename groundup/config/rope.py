@@ -3,17 +3,16 @@ read where ``Config.pos == "rope"``; nn/position.py computes the cos/sin tables 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from .checks import check_literals
+from .checks import Record, check_literals
 
 RopeScaling = Literal["none", "linear", "ntk", "dynamic", "llama3", "yarn", "longrope"]
 
 
 @dataclass
-class RoPEConfig:
+class RoPEConfig(Record):
     """The rotation's base and share of each head, and how it is stretched past the trained context.
 
     Construction takes these names, or the flat ``Config`` keywords they replace (``rope_theta``,
@@ -80,5 +79,3 @@ class RoPEConfig:
                     raise ValueError(f"rope_scaling='longrope' needs {self.FLAT[name]}: a list of rotary_dim / 2 = "
                                      f"{rot // 2} numbers, got {value!r}")
 
-    def replace(self, **changes: Any) -> RoPEConfig:
-        return dataclasses.replace(self, **changes)

@@ -283,9 +283,7 @@ def stream(model: torch.nn.Module, input_ids: Prompts, max_new_tokens: int | Non
     "" for a row that has stopped, or whose last token ends inside a multi-byte character that a later token
     completes; what never completes comes in one last list), so that joining a row's pieces gives the decoded
     continuation."""
-    if max_new_tokens is not None:
-        settings["max_new_tokens"] = max_new_tokens
-    config = GenerationConfig.of(generation_config, **settings)
+    config = GenerationConfig.of(generation_config, max_new_tokens, **settings)
     with decoding(model, config.rope_scaling), decoding(draft_model):
         ids, steps = _setup(model, input_ids, config, attention_mask=attention_mask, tokenizer=tokenizer,
                             generator=generator, draft_model=draft_model, stats=stats)

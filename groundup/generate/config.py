@@ -72,8 +72,12 @@ class GenerationConfig:
             object.__setattr__(self, name, tuple(getattr(self, name) or ()))
 
     @classmethod
-    def of(cls, config: GenerationConfig | None = None, **settings: Any) -> GenerationConfig:
-        """``config`` (or the defaults) with ``settings`` replaced; an unknown name is refused with the list."""
+    def of(cls, config: GenerationConfig | None = None, max_new_tokens: int | None = None,
+           **settings: Any) -> GenerationConfig:
+        """``config`` (or the defaults) with ``max_new_tokens`` (when given) and ``settings`` replaced; an unknown
+        name is refused with the list."""
+        if max_new_tokens is not None:
+            settings["max_new_tokens"] = max_new_tokens
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(settings) - names)
         if unknown:

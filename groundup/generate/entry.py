@@ -47,21 +47,19 @@ def generate(model: torch.nn.Module, input_ids: causal.Prompts | None = None, ma
     <|startoftranscript|> <|en|> <|transcribe|> <|notimestamps|>; returned in front of the new tokens) and
     an audio model's ``input_features`` in place of ``input_ids``.
     """
-    if max_new_tokens is not None:
-        settings["max_new_tokens"] = max_new_tokens
-    config = GenerationConfig.of(generation_config, **settings)
+    config = GenerationConfig.of(generation_config, max_new_tokens, **settings)  # checked by the loop it reaches
     arch = getattr(getattr(model, "config", None), "arch", None)
     if arch == "causal_lm":
         for name, given in (("decoder_input_ids", decoder_input_ids is not None),
                             ("input_features", input_features is not None)):
             if given:
                 raise ValueError(f"{name} is for encoder-decoder models; this is a decoder-only model")
-        return causal.generate(model, input_ids, config.check(arch), attention_mask=attention_mask,
+        return causal.generate(model, input_ids, config, attention_mask=attention_mask,
                                tokenizer=tokenizer, generator=generator, draft_model=draft_model, stats=stats)
     if arch == "seq2seq":
         if draft_model is not None:
             raise ValueError("draft_model is for decoder-only models; this is an encoder-decoder (Seq2Seq)")
-        if config.check(arch).stop_strings and tokenizer is None:
+        if config.stop_strings and tokenizer is None:
             raise ValueError("stop_strings need the tokenizer (tokenizer=...) to read the generated text")
         source = input_features if input_features is not None else input_ids
         generator = config.generator(next(model.parameters()).device, generator)
