@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from groundup.checkpoint.ggml_quants import FORMATS, dequantize, quantize
+from groundup.kernels.ggml_quants import FORMATS, dequantize, quantize
 
 gguf = pytest.importorskip("gguf")
 

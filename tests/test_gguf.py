@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import groundup as gu
-from groundup.checkpoint.ggml_quants import dequantize
 from groundup.checkpoint.io import CheckpointError
+from groundup.kernels.ggml_quants import dequantize
 
 gguf = pytest.importorskip("gguf")
 IDS = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(0))

@@ -1,7 +1,7 @@
 """GGUF (llama.cpp's single-file format) in and out: architecture metadata <-> Config, tensors <-> state dict.
 
 The container is read and written with the `gguf` package (the groundup[gguf] extra); the block formats are
-decoded by ggml_quants.py; what each llama.cpp architecture stores, fixes or renames is a record in
+decoded by kernels/ggml_quants.py; what each llama.cpp architecture stores, fixes or renames is a record in
 gguf_layout.py (llama, qwen2, phi3, gemma, gemma2, gemma3), applied here the same way for all of them:
 names mapped, fused tensors split and joined, llama's q/k rows permuted between HF's half-split and ggml's
 interleaved RoPE pairs, norms stored plus Config.norm_weight_offset. Other architectures, and llama 3.1's
@@ -16,12 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..config import Config
+from ..kernels.ggml_quants import FORMATS, TYPE_IDS, dequantize, quantize
 from ..models import meta_model
+from ..nn.gguf_linear import GGUFEmbedding, GGUFLinear
+from ..nn.qlinear import replace_module
+from ..nn.qspec import GGUFSpec
 from ..tokenizer import Tokenizer, gguf_vocab
 from ..utils.files import atomic_file, gguf_package, read_gguf
-from .ggml_quants import FORMATS, TYPE_IDS, dequantize, quantize
 from .gguf_layout import (
     ARCHS,
     BY_FAMILY,
@@ -81,32 +85,69 @@ def _open(path: Path):
     return tensors, cfg
 
 
-def load_gguf(path: str | Path, *, dtype: torch.dtype | None = None):
-    """A CausalLM from a GGUF file: metadata -> Config, every tensor decoded to float (``dtype``, default fp32)."""
+def load_gguf(path: str | Path, *, dtype: torch.dtype | None = None, dequantize: bool = False):
+    """A CausalLM from a GGUF file: metadata -> Config; the matrices kept in the file's block formats
+    (nn.gguf_linear: GGUFLinear, GGUFEmbedding; memory-mapped where no row needs reordering), products on the
+    native kernels. ``dequantize=True`` decodes every tensor to float instead. Norms, biases and F32 matrices
+    are float (``dtype``, default fp32), as are the activations between the layers."""
     path = Path(path)
     tensors, cfg = _open(path)
     arch = BY_FAMILY[cfg.family]
     model = meta_model(cfg)
     by_gguf = {g: name for name in model.state_dict() if (g := gguf_name(name)) is not None}
-    state, unexpected = {}, []
+    modules = dict(model.named_modules())
+    state, kept, unexpected = {}, {}, []
     target = dtype or torch.float32
     for fname, t in tensors.items():
+        tid = int(t.tensor_type)
         shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # ggml ne -> torch [out, in]
-        raw = torch.from_numpy(np.array(t.data, copy=True).reshape(-1).view(np.uint8))  # off the read-only map
+        raw = torch.from_numpy(np.asarray(t.data).reshape(-1).view(np.uint8))  # the copy-on-write map, no copy
+        blocks = not dequantize and FORMATS[tid][0] != "F32" and len(shape) == 2
         try:
-            decoded = dequantize(raw, int(t.tensor_type), int(t.n_elements)).reshape(shape)
+            values = raw.view(shape[0], -1) if blocks else _decode(raw, tid, shape)
         except ValueError as err:
             raise CheckpointError(f"{path}: tensor {fname}: {err}") from None
-        for gname, values in split_fused(arch, cfg, fname, decoded, str(path)):
+        for gname, part in split_fused(arch, cfg, fname, values, str(path)):
             name = by_gguf.get(gname)
             if name is None:
                 unexpected.append(gname)
                 continue
-            state[name] = _from_file(arch, cfg, name, values).to(target)
+            owner = name.removesuffix(".weight")
+            if blocks and isinstance(modules.get(owner), (nn.Linear, nn.Embedding)):
+                kept[owner] = FORMATS[tid][0]
+                state[owner + ".blocks"] = _from_file(arch, cfg, name, part)  # rows reordered only
+                continue
+            if blocks:  # a matrix no kept layer holds: decoded after all
+                part = _decode(part.contiguous().reshape(-1), tid, (part.shape[0], shape[1]))
+            state[name] = _from_file(arch, cfg, name, part).to(target)
     if unexpected:
         raise CheckpointError(f"{path}: tensor(s) a {arch.name} model with this config does not use: "
                               f"{', '.join(sorted(unexpected)[:20])}")
+    _keep_blocks(model, modules, kept, target)
     return load_into(model, state, str(path)).eval()
+
+
+def _decode(raw: torch.Tensor, tid: int, shape: tuple[int, ...]) -> torch.Tensor:
+    return dequantize(raw, tid, int(np.prod(shape))).reshape(shape)
+
+
+def _keep_blocks(model, modules: dict[str, nn.Module], kept: dict[str, str], dtype: torch.dtype) -> None:
+    """Swap the layers whose weights stay in block formats for GGUF layers (on the meta device, for load_into);
+    a tied head reads the embedding's blocks."""
+    for name, type_name in kept.items():
+        old = modules[name]
+        if isinstance(old, nn.Embedding):
+            new = GGUFEmbedding(old.num_embeddings, old.embedding_dim, type_name, dtype=dtype, device="meta")
+        else:
+            new = GGUFLinear(old.in_features, old.out_features, type_name, bias=old.bias is not None, device="meta")
+        replace_module(model, name, new)
+    if model.config.tie_embeddings and "embed" in kept:
+        head = modules["lm_head"]
+        replace_module(model, "lm_head", GGUFLinear(head.in_features, head.out_features, kept["embed"],
+                                                    bias=head.bias is not None, device="meta"))
+        kept = {**kept, "lm_head": kept["embed"]}
+    if kept:
+        model.quantization = GGUFSpec(tuple(kept), types=tuple(kept.values()))
 
 
 def _rope_heads(arch: GGUFArch, cfg: Config, name: str) -> int | None:

@@ -168,8 +168,14 @@ class TiedHead:
     def tie_weights(self) -> None:
         """Point the output projection at the token embedding again (after loading or moving)."""
         if self.config.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
+            if hasattr(self.embed, "blocks"):  # kept in a GGUF block format: the head reads the same blocks
+                self.lm_head.blocks = self.embed.blocks
+            else:
+                self.lm_head.weight = self.embed.weight
 
     def tied_keys(self) -> dict[str, str]:
         """State-dict keys that alias another key when embeddings are tied: {alias: source}."""
-        return {"lm_head.weight": "embed.weight"} if self.config.tie_embeddings else {}
+        if not self.config.tie_embeddings:
+            return {}
+        leaf = "blocks" if hasattr(self.embed, "blocks") else "weight"
+        return {f"lm_head.{leaf}": f"embed.{leaf}"}

@@ -6,8 +6,8 @@ folder's ``quantization_config``. ``model.quantization`` is one of these (None f
     Int4Spec   asymmetric groups of ``group_size`` inputs (Int4Linear); ``int8_modules`` fall back to Int8
     NF4Spec    QLoRA's NF4 / FP4 blocks (NF4Linear), the bitsandbytes format transformers reads
     GPTQSpec   codes from calibration (GPTQ, AWQ) in GPTQ's checkpoint layout (GPTQLinear)
+    GGUFSpec   llama.cpp's block formats as a GGUF file stores them, one type per layer (GGUFLinear)
 
-A format that keeps its blocks as a file stores them (a GGUF block type) is one more record of this kind.
 ``swap_in`` puts a spec's layers into a model; ``spec_of`` tells the settings a layer was made with.
 """
 
@@ -20,7 +20,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..kernels.ggml_quants import TYPE_IDS, quantize
 from . import nf4
+from .gguf_linear import GGUFLinear
 from .gptq_linear import GPTQLinear
 from .qlinear import GROUP_SIZES, Int4Linear, Int8Linear, NF4Linear, replace_module
 
@@ -144,6 +146,37 @@ class GPTQSpec(QuantSpec):
                 "true_sequential": False, "static_groups": False}
 
 
+@dataclass(frozen=True)
+class GGUFSpec(QuantSpec):
+    """Layers kept in a GGUF file's block formats: ``types[i]`` is the ggml type of ``modules[i]``. They are
+    written by ``save_gguf`` (unchanged); a groundup folder does not hold them."""
+
+    types: tuple[str, ...] = ()
+    bits: ClassVar[int] = 0  # varies by layer: see types
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "types", tuple(self.types))
+        if len(self.types) != len(self.modules):
+            raise ValueError(f"GGUFSpec: {len(self.modules)} modules but {len(self.types)} types")
+
+    def make(self, lin: nn.Module, convert: bool = True) -> nn.Module:
+        kind = self.types[0] if self.types else "Q8_0"
+        layer = GGUFLinear(lin.in_features, lin.out_features, kind, bias=lin.bias is not None, device=lin.weight.device)
+        if convert:
+            if kind not in ("Q8_0", "Q4_0", "F16", "BF16", "F32"):
+                raise ValueError(f"groundup encodes Q8_0, Q4_0, F16, BF16 and F32, not {kind}")
+            raw = quantize(lin.weight.detach().reshape(-1), TYPE_IDS[kind])
+            layer.blocks.copy_(raw.view(lin.out_features, -1))
+            if lin.bias is not None:
+                layer.bias.data.copy_(lin.bias.detach())
+        return layer
+
+    def to_json(self) -> dict[str, Any]:
+        raise ValueError("layers in GGUF block formats are saved with save_gguf (a .gguf file); to write an HF "
+                         "folder, load the file with from_pretrained(path, dequantize=True)")
+
+
 def from_json(q: dict[str, Any]) -> QuantSpec:
     """A groundup quantization_config body (``to_json``) as its record; ValueError naming what is wrong."""
     body = {k: v for k, v in q.items() if k not in ("quant_method", "bits")}
@@ -189,6 +222,6 @@ def spec_of(layer: nn.Module) -> QuantSpec | None:
                        compute_dtype=str(layer.compute_dtype).removeprefix("torch."))
     if isinstance(layer, Int4Linear):
         return Int4Spec(group_size=layer.group_size)
-    if isinstance(layer, GPTQLinear):
+    if isinstance(layer, GPTQLinear | GGUFLinear):
         return None
     return Int8Spec()

@@ -75,7 +75,7 @@ def read_gguf(path: str | Path, *, error: type[ValueError] = FileError):
     if not path.is_file():
         raise error(f"{path} is not a file")
     try:
-        return gguf.GGUFReader(str(path))
+        return gguf.GGUFReader(str(path), "c")  # copy-on-write: tensors become torch views, never written back
     except Exception as err:  # the reader raises ValueError, IndexError, struct errors on damaged files
         raise error(f"{path}: not a readable GGUF file ({type(err).__name__}: {err}); the file may be "
                     "truncated or not GGUF: download or convert it again") from None
