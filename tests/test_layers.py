@@ -14,8 +14,8 @@ import groundup
 ROOT = Path(groundup.__file__).parent
 # rank of each top-level part of the package: a module may import its own part and parts of lower rank
 RANK = {"utils": 0, "presets": 0, "config": 1, "kernels": 1, "multimodal": 2, "nn": 2, "models": 3, "tokenizer": 3,
-        "checkpoint": 4, "calc": 4, "peft": 5, "quant": 5, "data": 5, "vision": 5, "audio": 5, "generate": 6, "train": 7,
-        "align": 8, "eval": 7, "serve": 8, "cli": 9, "__init__": 10, "__main__": 10}
+        "checkpoint": 4, "calc": 4, "peft": 5, "quant": 5, "data": 5, "vision": 5, "audio": 5, "generate": 6,
+        "train": 7, "align": 8, "eval": 7, "serve": 8, "cli": 9, "__init__": 10, "__main__": 10}
 # the one place a model reaches up, at call time: the save/load/generate entry points every model offers
 ALLOWED_UP = {("models/base.py", "checkpoint"), ("models/base.py", "generate")}
 # parts that must not even be imported lazily by the layers below them at module level
