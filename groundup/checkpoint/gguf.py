@@ -177,6 +177,45 @@ def _to_file(arch: GGUFArch, cfg: Config, name: str, values: torch.Tensor) -> to
     return values
 
 
+def _named_tensors(model, arch: GGUFArch) -> tuple[list[tuple[str, torch.Tensor]], dict[str, str]]:
+    """(GGUF name, tensor as the file holds it) for every tensor a model writes, and {GGUF name: ggml type} of
+    those kept in block formats (GGUF layers: their bytes, rows in the file's order)."""
+    cfg, tied, modules = model.config, model.tied_keys(), dict(model.named_modules())
+    named, kept = [], {}
+    for name, t in model.state_dict().items():
+        if name in tied:
+            continue
+        owner = name.removesuffix(".blocks")
+        weight = owner + ".weight" if owner != name else name
+        gname = gguf_name(weight)
+        if gname is None:
+            raise CheckpointError(f"save_gguf: tensor {name} has no GGUF name")
+        if owner != name:
+            kept[gname] = modules[owner].ggml_type
+            named.append((gname, _to_file(arch, cfg, weight, t.detach().cpu())))
+        else:
+            named.append((gname, _to_file(arch, cfg, name, t.detach().float())))
+    return named, kept
+
+
+def _members(arch: GGUFArch, gname: str) -> set[str]:
+    """The GGUF names a fused tensor ``gname`` joins (empty for an unfused one)."""
+    block, _, leaf = gname.rpartition(".")
+    prefix, _, kind = block.rpartition(".")
+    return {f"{prefix}.{m}.{leaf}" for m in arch.fused.get(kind, ())}
+
+
+def _kept_type(arch: GGUFArch, gname: str, kept: dict[str, str]) -> str:
+    """The ggml type of a kept tensor; a fused one needs its members in one type (and all kept)."""
+    if gname in kept:
+        return kept[gname]
+    types = {kept.get(m) for m in _members(arch, gname)}
+    if len(types) != 1 or None in types:
+        raise CheckpointError(f"save_gguf: {gname} joins tensors of different formats ({types}); llama.cpp "
+                              "stores it as one: load the file with dequantize=True to re-encode it")
+    return types.pop()
+
+
 def matrix_type(path: str | Path) -> str:
     """The ggml type most of a GGUF file's block matrices are stored in ("Q4_1", "Q8_0", "F16", ...)."""
     types = [t.tensor_type.name for t in _reader(Path(path)).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
@@ -192,7 +231,8 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
     """Write a CausalLM as a GGUF file: ``dtype`` "f32", "f16", "bf16", "q8_0" or "q4_0" for the matrices
     (norms and biases stay F32, as llama.cpp wants), and ``tokenizer`` (a byte-level BPE groundup.Tokenizer)
     in its metadata, which llama.cpp needs to run the file. A config the architecture cannot express is
-    refused before anything is written. Atomic (utils.files.atomic_file): written beside, then renamed."""
+    refused before anything is written. Layers kept in GGUF block formats (a model loaded from a GGUF file) are
+    written as they are, in their own types, whatever ``dtype`` says. Atomic (utils.files.atomic_file): written beside, then renamed."""
     gguf = _gguf()
     kinds = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
     if dtype not in kinds:
@@ -229,20 +269,16 @@ def _write(gguf, w, model, arch: GGUFArch, extra: dict[str, Any], kind: str, tok
     if tokenizer is not None:
         gguf_vocab.write_tokenizer(w, tokenizer, cfg.vocab_size)
         w.add_add_bos_token(False)
-    tied = model.tied_keys()
-    named = []
-    for name, t in model.state_dict().items():
-        if name in tied:
-            continue
-        gname = gguf_name(name)
-        if gname is None:
-            raise CheckpointError(f"save_gguf: tensor {name} has no GGUF name")
-        named.append((gname, _to_file(arch, cfg, name, t.detach().float())))
+    named, kept = _named_tensors(model, arch)
     for gname, values in join_fused(arch, cfg, named):
-        kind_here = kind if values.dim() == 2 and values.shape[1] % 32 == 0 else "F32"
-        raw = quantize(values.reshape(-1), TYPE_IDS[kind_here]).numpy()
-        per, size = FORMATS[TYPE_IDS[kind_here]][1:]
-        byte_shape = (*values.shape[:-1], values.shape[-1] // per * size)
+        if gname in kept or _members(arch, gname) & set(kept):
+            kind_here = _kept_type(arch, gname, kept)  # blocks as the file had them: bytes [rows, row bytes]
+            raw, byte_shape = values.numpy(), tuple(values.shape)
+        else:
+            kind_here = kind if values.dim() == 2 and values.shape[1] % 32 == 0 else "F32"
+            raw = quantize(values.reshape(-1), TYPE_IDS[kind_here]).numpy()
+            per, size = FORMATS[TYPE_IDS[kind_here]][1:]
+            byte_shape = (*values.shape[:-1], values.shape[-1] // per * size)
         w.add_tensor(gname, raw.reshape(byte_shape), raw_shape=byte_shape,
                      raw_dtype=gguf.GGMLQuantizationType[kind_here])
     w.write_header_to_file()

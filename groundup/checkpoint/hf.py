@@ -51,16 +51,16 @@ def check_model_folder(folder: str | Path, arch: str, what: str) -> None:
                               "tokenizer.json")
 
 
-def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None) -> Model:
+def from_pretrained(folder: str | Path, *, dtype: torch.dtype | None = None, dequantize: bool = False) -> Model:
     """Load a local HF folder (config.json + safetensors) of a supported family, or a ``.gguf`` file.
 
     Returns a CausalLM, Encoder or Seq2Seq by the folder's architecture. Weights keep the checkpoint's
     dtype unless ``dtype`` is given; the tensors of quantized layers (groundup's int8/int4, bitsandbytes' 4-bit,
-    GPTQ) always keep theirs.
+    GPTQ) always keep theirs. A GGUF file's matrices stay in its block formats unless ``dequantize=True``.
     """
     folder = Path(folder)
     if folder.suffix == ".gguf":  # llama.cpp's single file
-        return load_gguf(folder, dtype=dtype)
+        return load_gguf(folder, dtype=dtype, dequantize=dequantize)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder; from_pretrained reads a local HF model folder "
                               "(config.json + model.safetensors) and never downloads")

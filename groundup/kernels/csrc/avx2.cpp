@@ -99,10 +99,13 @@ template <int T, int R>
 AVX2 void dot_legacy_rows(const uint8_t* w, const uint8_t* a, int64_t stride, int64_t k, float* out) {
   constexpr bool has_min = T == Q4_1 || T == Q5_1;
   constexpr int bytes = T == Q8_0 ? 34 : T == Q4_0 ? 18 : T == Q4_1 ? 20 : T == Q5_0 ? 22 : 24;
-  __m256 acc[R];
-  float mins[R];
-  for (int j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps(), mins[j] = 0.f;
-  for (int64_t b = 0; b < k / 32; ++b) {
+  // two accumulators a row (even and odd blocks): the FMA's latency no longer chains consecutive blocks
+  __m256 acc[R][2];
+  float mins[R][2];
+  for (int j = 0; j < R; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps(), mins[j][0] = mins[j][1] = 0.f;
+  const int64_t nb = k / 32;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int p = static_cast<int>(b & 1);
     const uint8_t* blk = w + b * bytes;
     const float d = half(read_u16(blk));
     const __m256i q = legacy_codes<T>(blk);
@@ -113,11 +116,11 @@ AVX2 void dot_legacy_rows(const uint8_t* w, const uint8_t* a, int64_t stride, in
       __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs));
       if constexpr (!has_min) y = _mm256_sign_epi8(y, q);
       const __m256i s32 = sum_pairs(_mm256_maddubs_epi16(aq, y));
-      acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(s32), acc[j]);
-      if constexpr (has_min) mins[j] += half(read_u16(blk + 2)) * x.s;
+      acc[j][p] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(s32), acc[j][p]);
+      if constexpr (has_min) mins[j][p] += half(read_u16(blk + 2)) * x.s;
     }
   }
-  for (int j = 0; j < R; ++j) out[j] = hsum(acc[j]) + mins[j];
+  for (int j = 0; j < R; ++j) out[j] = hsum(_mm256_add_ps(acc[j][0], acc[j][1])) + (mins[j][0] + mins[j][1]);
 }
 
 // Sum over one super-block of scale_s * sum(q * a) for Q4_K / Q5_K (8 sub-blocks of 32, unsigned codes)

@@ -1,0 +1,111 @@
+"""A GGUF file's matrices stay in their block formats: GGUF layers (nn/gguf_linear.py) hold the file's bytes,
+a tied head reads the embedding's blocks, save_gguf writes them back byte for byte, the products agree with
+the dequantized model (exactly on torch's path, within the activations' 8-bit rounding on the kernels), and a
+compiled decode step runs the native operator without a graph break."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import groundup as gu
+from groundup import kernels
+from groundup.nn.gguf_linear import GGUFEmbedding, GGUFLinear
+from groundup.nn.qspec import GGUFSpec
+
+gguf = pytest.importorskip("gguf")
+sys.path.insert(0, str(Path(__file__).parent))
+from test_gguf import IDS, _model  # noqa: E402
+
+
+def _tensors(path: Path) -> dict[str, tuple[str, bytes]]:
+    return {t.name: (t.tensor_type.name, bytes(t.data.tobytes())) for t in gguf.GGUFReader(str(path)).tensors}
+
+
+@pytest.mark.parametrize("family,dtype", [("llama", "q4_0"), ("phi3", "q8_0"), ("gemma", "q8_0"), ("qwen2", "f16")])
+def test_blocks_are_kept_and_written_back_unchanged(family, dtype, tmp_path):
+    src = _model(family).save_gguf(tmp_path / "a.gguf", dtype=dtype)
+    model = gu.from_pretrained(src)
+    layers = [m for m in model.modules() if isinstance(m, GGUFLinear)]
+    assert len(layers) >= 7 * 2 and all(m.ggml_type == dtype.upper() for m in layers)
+    assert isinstance(model.embed, GGUFEmbedding) and isinstance(model.quantization, GGUFSpec)
+    assert not any(p.dtype == torch.uint8 for p in model.parameters())  # blocks are buffers, not trained
+    if model.config.tie_embeddings:  # the head reads the embedding's bytes: one copy
+        assert model.lm_head.blocks.data_ptr() == model.embed.blocks.data_ptr()
+    again = model.save_gguf(tmp_path / "b.gguf", dtype="f32")  # dtype applies to float matrices only
+    assert _tensors(again) == _tensors(src)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_kept_model_agrees_with_the_dequantized_one(family, tmp_path):
+    src = _model(family).save_gguf(tmp_path / "a.gguf", dtype="q8_0")
+    kept, floats = gu.from_pretrained(src), gu.from_pretrained(src, dequantize=True)
+    assert not any(isinstance(m, GGUFLinear) for m in floats.modules())
+    with torch.no_grad():
+        a, b = kept(IDS), floats(IDS)
+    # the kernels round activations to 8 bits (about 0.4% a value); torch's path is exact
+    tol = 3e-2 if kernels.available() else 1e-5
+    assert (a - b).abs().max() <= tol * b.abs().max(), (a - b).abs().max()
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
+
+
+def test_tied_head_and_greedy_tokens(tmp_path):
+    src = _model("gemma").save_gguf(tmp_path / "a.gguf", dtype="q4_0")
+    model = gu.from_pretrained(src)
+    out = gu.generate(model, IDS[:1], 6)
+    assert out.shape == (1, IDS.shape[1] + 6)
+    assert "ggml_type=Q4_0" in repr(model.lm_head)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="native kernels not built")
+def test_compiled_decode_step_has_no_graph_break(tmp_path):
+    model = gu.from_pretrained(_model("llama").save_gguf(tmp_path / "a.gguf", dtype="q4_0"))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda ids: model(ids))(IDS[:1, :4])
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+def test_torch_path_when_the_kernels_are_off(tmp_path):
+    """GROUNDUP_KERNELS=off: the ATen path, equal to the dequantized model to float rounding."""
+    src = _model("llama").save_gguf(tmp_path / "a.gguf", dtype="q4_0")
+    code = f"""
+import torch, groundup as gu
+from groundup import kernels
+from groundup.nn.gguf_linear import GGUFLinear
+assert not kernels.available() and kernels.variant() == "off"
+kept, floats = gu.from_pretrained({str(src)!r}), gu.from_pretrained({str(src)!r}, dequantize=True)
+assert "torch float32" in repr(kept.blocks[0].attn.q_proj)
+ids = torch.tensor([[1, 5, 9, 33, 2]])
+with torch.no_grad():
+    torch.testing.assert_close(kept(ids), floats(ids), rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+    env = {**os.environ, "GROUNDUP_KERNELS": "off"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_forcing_a_variant_the_cpu_lacks_names_the_choices(tmp_path):
+    env = {**os.environ, "GROUNDUP_KERNELS": "avx9000"}
+    code = "from groundup import kernels; kernels.available()"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    if kernels.available():
+        assert out.returncode != 0 and "GROUNDUP_KERNELS='avx9000'" in out.stderr and "generic" in out.stderr
+
+
+def test_adapters_train_over_kept_layers(tmp_path):
+    """Gradients reach the input through a frozen GGUF layer (QLoRA over a GGUF file)."""
+    model = gu.from_pretrained(_model("llama").save_gguf(tmp_path / "a.gguf", dtype="q8_0"))
+    layer = model.blocks[0].attn.q_proj
+    x = torch.randn(3, layer.in_features, requires_grad=True)
+    layer(x).square().sum().backward()
+    w = layer.dequantize()
+    with torch.no_grad():
+        want = 2 * (x @ w.T) @ w
+    torch.testing.assert_close(x.grad, want, rtol=1e-4, atol=1e-4)
