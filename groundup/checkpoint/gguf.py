@@ -232,7 +232,8 @@ def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) ->
     (norms and biases stay F32, as llama.cpp wants), and ``tokenizer`` (a byte-level BPE groundup.Tokenizer)
     in its metadata, which llama.cpp needs to run the file. A config the architecture cannot express is
     refused before anything is written. Layers kept in GGUF block formats (a model loaded from a GGUF file) are
-    written as they are, in their own types, whatever ``dtype`` says. Atomic (utils.files.atomic_file): written beside, then renamed."""
+    written as they are, in their own types, whatever ``dtype`` says. Atomic (utils.files.atomic_file): written
+    beside, then renamed."""
     gguf = _gguf()
     kinds = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
     if dtype not in kinds:
