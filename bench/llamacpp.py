@@ -35,6 +35,7 @@ from quant import decode_rate, variant
 from report import command, emit
 
 import groundup as gu
+from groundup import kernels
 from groundup.checkpoint.gguf import matrix_type
 from groundup.generate.compiled import compile_seconds
 
@@ -66,8 +67,8 @@ print(json.dumps(dict(prefill=len(prompt) / pre, decode=(new - 1) / dec, ids=tok
 
 
 def agreement(python: str, path: Path, model, ids: list[int], threads: int, tmp: str) -> dict:
-    """llama.cpp's next-token logits on ``ids`` against groundup's fp32 ones for the same file: top-1
-    agreement, mean KL (llama.cpp || groundup) per token, and both perplexities."""
+    """llama.cpp's next-token logits on ``ids`` against groundup's for the same file: top-1 agreement, mean KL
+    (llama.cpp || groundup) per token, and both perplexities."""
     import torch.nn.functional as F
 
     theirs = llama_logits(python, path, ids, threads, tmp).log_softmax(-1)
@@ -96,11 +97,22 @@ def groundup_rate(model, prompt: list[int], new: int, repeats: int, compile: boo
     return dict(prefill=len(prompt) / prefill, decode=rate, ids=out[0, len(prompt):].tolist())
 
 
+BLOCKS = "GGUF blocks, native kernels"
+
+
 def compute_formats(kind: str, floats: bool) -> list[tuple[str, dict | None]]:
-    """groundup's ways to run a file of llama.cpp type ``kind``: its nearest own format (head included, as
-    llama.cpp quantizes the output matrix too), and with ``floats`` the decoded float weights as well."""
+    """groundup's ways to run a file of llama.cpp type ``kind``: the file's own blocks (the default load), its
+    nearest own format (head included, as llama.cpp quantizes the output matrix too), and with ``floats`` the
+    decoded float weights as well."""
     own = ("int8", dict(method="int8")) if kind.startswith("Q8") else ("int4 g32", dict(method="int4", group_size=32))
-    return ([("fp32", None), ("bf16", None)] if floats else []) + [own]
+    return [(BLOCKS, None)] + ([("fp32", None), ("bf16", None)] if floats else []) + [own]
+
+
+def load_as(path: Path, fmt: str, spec: dict | None):
+    """The file loaded for one row: its blocks kept, or decoded to float and converted (bench/quant.variant)."""
+    if fmt == BLOCKS:
+        return gu.from_pretrained(path).eval()
+    return variant(gu.from_pretrained(path, dequantize=True).eval(), fmt, spec, head=True)
 
 
 def main() -> None:
@@ -115,11 +127,12 @@ def main() -> None:
     ap.add_argument("--text", default=None, help="held-out text: llama.cpp's logits on it against groundup's")
     ap.add_argument("--families", action="store_true", help="also: tiny models of every architecture save_gguf "
                     "writes, run by llama.cpp against groundup")
+    ap.add_argument("--llama-build", default="", help="how llama.cpp was built (CMAKE_ARGS), for the table")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     source = Path(args.gguf)
-    base = gu.from_pretrained(source).eval()
+    base = gu.from_pretrained(source, dequantize=True).eval()  # float: re-encoded below, and the fp32 reference
     tok = gu.Tokenizer.from_file(source)
     prompt = torch.randint(100, base.config.vocab_size, (args.prompt,),
                            generator=torch.Generator().manual_seed(0)).tolist()
@@ -134,17 +147,21 @@ def main() -> None:
         if args.text:
             ids = tok.encode(Path(args.text).read_text(errors="replace"))[:512]
             f32 = base.save_gguf(Path(tmp) / "f32.gguf", dtype="f32", tokenizer=tok)
-            for label, path in ((f"{kind} as shipped", source), ("F32 re-encoding (groundup's writer)", f32)):
-                agree.append(dict(file=label, tokens=len(ids), **agreement(args.llama_python, path, base, ids,
+            kept = gu.from_pretrained(source).eval()
+            for label, path, model in ((f"{kind} as shipped, groundup on its blocks", source, kept),
+                                       (f"{kind} as shipped, groundup in fp32", source, base),
+                                       ("F32 re-encoding (groundup's writer), fp32", f32, base)):
+                agree.append(dict(file=label, tokens=len(ids), **agreement(args.llama_python, path, model, ids,
                                                                            args.threads, tmp)))
                 print(agree[-1], flush=True)
+            del kept
         del base
         for label, path in files:
             ref = llama_cpp(args.llama_python, path, args.threads, prompt, args.new, args.repeats)
             rows.append(dict(file=label, impl="llama.cpp", fmt=label, **ref, ref=ref))
             print(rows[-1], flush=True)
             for fmt, spec in compute_formats(label, floats=path == source):
-                model = variant(gu.from_pretrained(path).eval(), fmt, spec, head=True)
+                model = load_as(path, fmt, spec)
                 for comp in (False, True) if args.compile else (False,):
                     r = groundup_rate(model, prompt, args.new, args.repeats, comp)
                     name = fmt + (", compiled" if comp else "")
@@ -155,7 +172,9 @@ def main() -> None:
     lines = [f"Command: `{command()}`", "",
              f"`{source.name}` ({kind} as shipped) and groundup's Q8_0 / Q4_0 re-encodings of it, each file run "
              f"by both programs; {args.threads} threads, greedy, {args.prompt}-token random prompt, {args.new} new "
-             f"tokens, batch 1, torch {torch.__version__}. Ratios against llama.cpp on the same file.", "",
+             f"tokens, batch 1, torch {torch.__version__}, groundup kernels: {kernels.variant()}. Ratios against "
+             f"llama.cpp on the same file" + (f"; llama.cpp built with {args.llama_build}." if args.llama_build
+                                               else "."), "",
              "| file | impl | computes in | prefill tok/s | vs llama.cpp | decode tok/s | vs llama.cpp | "
              "greedy ids equal to llama.cpp's (of 16) |", "|---|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -166,8 +185,8 @@ def main() -> None:
                      f"{r['decode'] / r['ref']['decode']:.2f} | {same}/16 |")
     if agree:
         lines += ["", f"Logits on held-out text (`{args.text}`, first {agree[0]['tokens']} tokens): llama.cpp on the "
-                  "file against groundup's fp32 decoding of it. llama.cpp multiplies quantized weights by 8-bit "
-                  "quantized activations and keeps its KV cache in f16, so only the F32 file can agree closely.", "",
+                  "file against groundup on its blocks (8-bit activations, as llama.cpp) and on its fp32 decoding. "
+                  "llama.cpp keeps its KV cache in f16.", "",
                   "| file | top-1 agreement | mean KL per token | perplexity llama.cpp | perplexity groundup |",
                   "|---|---:|---:|---:|---:|"]
         for a in agree:

@@ -87,7 +87,7 @@ def reference(name: str, x: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.T
 @pytest.mark.parametrize("name", FORMAT_NAMES)
 @pytest.mark.parametrize("m", [1, 3, 6])
 def test_product_equals_reference_every_variant(name, m):
-    k = 512 if name.endswith("_K") else 96
+    k = 512 if name.endswith("_K") else 352  # 11 blocks: eight at a time and three alone
     gen = torch.Generator().manual_seed(hash((name, m)) % 2**31)
     blocks = random_blocks(name, 37, k, gen)
     x = torch.randn(m, k, generator=gen)
@@ -117,12 +117,12 @@ def test_activation_blocks_exact_every_variant(kind):
         for v in kernels.variants():
             kernels.use(v)
             raw = kernels.quantize_activations(x, kind)
-            if kind == 1:
+            if kind == 1:  # a row: nb scales, nb sums, nb x 32 codes
                 d, s, q = act_a8(x)
-                blk = raw.view(5, -1, 40)
-                assert torch.equal(blk[..., 0:4].contiguous().view(torch.float32).squeeze(-1), d), v
-                assert torch.equal(blk[..., 4:8].contiguous().view(torch.float32).squeeze(-1), s), v
-                assert torch.equal(blk[..., 8:].contiguous().view(torch.int8).float(), q), v
+                nb = k // 32
+                assert torch.equal(raw[:, :4 * nb].contiguous().view(torch.float32), d), v
+                assert torch.equal(raw[:, 4 * nb:8 * nb].contiguous().view(torch.float32), s), v
+                assert torch.equal(raw[:, 8 * nb:].contiguous().view(torch.int8).float().view(5, nb, 32), q), v
             else:
                 d, q, sums = act_ak(x)
                 blk = raw.view(5, -1, 292)
@@ -168,3 +168,27 @@ def test_bad_input_names_the_problem():
         kernels.ggml_mm(torch.randn(1, 64), blocks, 5)
     with pytest.raises(ValueError, match="not available on this CPU"):
         kernels.use("avx9000")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cap", [0.0, 5.0])
+def test_decode_attention_equals_softmax_attention(dtype, cap):
+    """One query a head against a strided cache view, GQA, hidden keys, a soft-cap; a row with no visible
+    key gives zeros."""
+    gen = torch.Generator().manual_seed(7)
+    B, H, K, S, D, cap_slots = 3, 8, 2, 37, 32, 64
+    q = torch.randn(B, 1, H, D, generator=gen).transpose(1, 2)  # [B, H, 1, D], strided as the projection leaves it
+    buf_k = torch.randn(B, K, cap_slots, D, generator=gen).to(dtype)
+    buf_v = torch.randn(B, K, cap_slots, D, generator=gen).to(dtype)
+    k, v = buf_k[:, :, :S], buf_v[:, :, :S]  # a cache's filled slots: a view
+    visible = torch.rand(B, S, generator=gen) > 0.3
+    visible[2] = False
+    scores = (q.reshape(B, K, H // K, D) @ k.float().transpose(-1, -2)) * 0.125  # [B, K, G, S]
+    if cap:
+        scores = cap * torch.tanh(scores / cap)
+    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+    want = (scores.softmax(-1).nan_to_num() @ v.float()).reshape(B, H, 1, D)
+    got = kernels.decode_attention(q, k, v, visible, 0.125, cap)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[2], torch.zeros_like(got[2]))
+    torch.library.opcheck(torch.ops.groundup.decode_attention, (q, k, v, visible, 0.125, cap))

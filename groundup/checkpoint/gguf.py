@@ -25,7 +25,7 @@ from ..nn.gguf_linear import GGUFEmbedding, GGUFLinear
 from ..nn.qlinear import replace_module
 from ..nn.qspec import GGUFSpec
 from ..tokenizer import Tokenizer, gguf_vocab
-from ..utils.files import atomic_file, gguf_package, read_gguf
+from ..utils.files import atomic_file, gguf_package
 from .gguf_layout import (
     ARCHS,
     BY_FAMILY,
@@ -39,6 +39,7 @@ from .gguf_layout import (
     permute_rope,
     split_fused,
 )
+from .gguf_read import TensorInfo, read_header
 from .io import CheckpointError, load_into
 
 
@@ -46,36 +47,35 @@ def _gguf():
     return gguf_package(error=CheckpointError)
 
 
-def _reader(path: Path):
-    return read_gguf(path, error=CheckpointError)
+def _header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
+    """(metadata, tensors) of a GGUF file (gguf_read.py); a missing, truncated or foreign file is named."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file")
+    try:
+        return read_header(path)
+    except Exception as err:  # struct errors, bad magic, offsets past the end
+        raise CheckpointError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err}); the file may be "
+                              "truncated or not GGUF: download or convert it again") from None
 
 
-def _fields(reader) -> dict[str, Any]:
-    out = {}
-    for name, field in reader.fields.items():
-        if name.startswith("tokenizer.ggml.") and name not in ("tokenizer.ggml.bos_token_id",
-                                                                  "tokenizer.ggml.eos_token_id",
-                                                                  "tokenizer.ggml.padding_token_id"):
-            continue  # vocabularies are long; read when the tokenizer is built
-        try:
-            out[name] = field.contents()
-        except Exception:
-            continue
-    return out
+def _fields(meta: dict[str, Any]) -> dict[str, Any]:
+    """The metadata a Config is made from: the tokenizer's fields but its special ids are read with it."""
+    keep = ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id")
+    return {k: v for k, v in meta.items() if not k.startswith("tokenizer.ggml.") or k in keep}
 
 
 def _open(path: Path):
     """(tensors by name, Config) of a GGUF file, every check that needs no tensor data done."""
-    reader = _reader(path)
-    meta = _fields(reader)
-    tensors = {t.name: t for t in reader.tensors}
+    meta, infos = _header(path)
+    meta = _fields(meta)
+    tensors = {t.name: t for t in infos}
     fields = config_from_gguf(meta, set(tensors), str(path))
     if "token_embd.weight" not in tensors:
         raise CheckpointError(f"{path}: tensor token_embd.weight is missing")
     for t in tensors.values():
-        if int(t.tensor_type) not in FORMATS:
-            raise CheckpointError(f"{path}: tensor {t.name} has ggml type {t.tensor_type.name} ({int(t.tensor_type)}), "
-                                  f"not supported (supported: {', '.join(v[0] for v in FORMATS.values())})")
+        if t.type_id not in FORMATS:
+            raise CheckpointError(f"{path}: tensor {t.name} has ggml type {t.type_id}, not supported (supported: "
+                                  f"{', '.join(f'{v[0]} ({k})' for k, v in FORMATS.items())})")
     if fields["vocab_size"] is None:
         fields["vocab_size"] = int(tensors["token_embd.weight"].shape[-1])
     try:
@@ -99,9 +99,9 @@ def load_gguf(path: str | Path, *, dtype: torch.dtype | None = None, dequantize:
     state, kept, unexpected = {}, {}, []
     target = dtype or torch.float32
     for fname, t in tensors.items():
-        tid = int(t.tensor_type)
-        shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # ggml ne -> torch [out, in]
-        raw = torch.from_numpy(np.asarray(t.data).reshape(-1).view(np.uint8))  # the copy-on-write map, no copy
+        tid = t.type_id
+        shape = tuple(reversed(t.shape))  # ggml ne -> torch [out, in]
+        raw = torch.from_numpy(t.data)  # a view of the copy-on-write map: no copy
         blocks = not dequantize and FORMATS[tid][0] != "F32" and len(shape) == 2
         try:
             values = raw.view(shape[0], -1) if blocks else _decode(raw, tid, shape)
@@ -218,7 +218,8 @@ def _kept_type(arch: GGUFArch, gname: str, kept: dict[str, str]) -> str:
 
 def matrix_type(path: str | Path) -> str:
     """The ggml type most of a GGUF file's block matrices are stored in ("Q4_1", "Q8_0", "F16", ...)."""
-    types = [t.tensor_type.name for t in _reader(Path(path)).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
+    types = [FORMATS[t.type_id][0] for t in _header(Path(path))[1] if t.name.startswith("blk.") and len(t.shape) == 2
+             and t.type_id in FORMATS]
     return max(set(types), key=types.count) if types else "none"
 
 

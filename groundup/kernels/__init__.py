@@ -5,6 +5,7 @@
 once per product to the 8-bit blocks each format pairs with in llama.cpp (32-value blocks with an fp16 scale
 for the legacy formats, 256-value super-blocks with sums of 16 for the k-quants), and every block's product is
 an exact integer dot product scaled in float. Float formats multiply float32 activations.
+``decode_attention`` is a decode step's attention: one query a head against the cache, in one pass a head.
 
 The library (``csrc/``) is compiled on first use (``build.py``) and holds one variant per instruction set,
 chosen at run time by the CPU: ``generic`` (portable C++) and ``avx2`` (AVX2 + FMA + F16C). The environment
@@ -36,6 +37,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("groundup::ggml_mm")
     def _(x, blocks, type_id):
         return x.new_empty(x.shape[0], blocks.shape[0])
+
+    @torch.library.register_fake("groundup::decode_attention")
+    def _(q, k, v, visible, scale, cap):
+        return q.new_empty(q.shape)
 
     @torch.library.register_fake("groundup::quantize_activations")
     def _(x, kind):
@@ -101,10 +106,19 @@ def ggml_mm(x: torch.Tensor, blocks: torch.Tensor, type_id: int) -> torch.Tensor
     return torch.ops.groundup.ggml_mm(x, blocks, type_id)
 
 
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor, scale: float,
+                     cap: float = 0.0) -> torch.Tensor:
+    """One query a head: q [B, H, 1, D] float32 against k, v [B, K, S, D] (float32 or bfloat16; K divides H),
+    keys where ``visible`` [B, S] (bool); scores scaled, soft-capped by ``cap`` (0: none) -> [B, H, 1, D]
+    float32. A query that sees no key gets zeros. Needs ``available()``."""
+    return torch.ops.groundup.decode_attention(q, k, v, visible, scale, cap)
+
+
 def quantize_activations(x: torch.Tensor, kind: int) -> torch.Tensor:
-    """The 8-bit activation blocks of x [M, K] float32: kind 1 (32 values: float d, float s, 32 int8; 40
-    bytes) or 2 (256 values: float d, 16 int16 sums, 256 int8; 292 bytes), as uint8 [M, bytes]."""
+    """The 8-bit activation blocks of x [M, K] float32, as uint8 [M, bytes]: kind 1, blocks of 32 values,
+    a row being its K/32 float scales d, its K/32 float sums s, then the K/32 x 32 int8 codes (40 bytes a
+    block); kind 2, super-blocks of 256 (float d, 16 int16 sums, 256 int8; 292 bytes each)."""
     return torch.ops.groundup.quantize_activations(x, kind)
 
 
-__all__ = ["ENV", "available", "ggml_mm", "quantize_activations", "requested", "use", "variant", "variants"]
+__all__ = ["ENV", "available", "decode_attention", "ggml_mm", "quantize_activations", "requested", "use", "variant", "variants"]

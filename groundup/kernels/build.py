@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ("ops.cpp", "generic.cpp", "avx2.cpp")
+SOURCES = ("ops.cpp", "generic.cpp", "avx2.cpp", "attention.cpp")
 HEADERS = ("blocks.h",)
 CSRC = Path(__file__).resolve().parent / "csrc"
 FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]  # OpenMP: at::parallel_for runs on torch's pool

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..config import Config
 from .kv_cache import KVCache
 from .linear import Linear
@@ -108,6 +109,21 @@ class MaskSpec:
             allowed = allowed[None, None]  # [1, 1, tq, tk]
         shape = torch.broadcast_shapes(bias.shape, allowed.shape)
         return bias.expand(shape).masked_fill(~allowed, torch.finfo(dtype).min)
+
+    def one_query_visibility(self, B: int, S: int, device: torch.device) -> torch.Tensor | None:
+        """For a single query (a decode step): which of the S keys it sees, bool [B, S]; None when a part of
+        the mask (ALiBi, T5 buckets, an explicit visibility) is not a plain visibility."""
+        if self.alibi_slopes is not None or self.rel_table is not None or self.allowed is not None:
+            return None
+        kp = torch.arange(S, device=device)
+        seen = torch.ones(S, dtype=torch.bool, device=device)
+        if self.causal:
+            seen = kp <= self.q_offset
+            if self.window is not None:
+                seen = seen & (self.q_offset - kp < self.window)
+        if self.key_padding is not None:
+            return self.key_padding[:, :S].bool() & seen  # [B, S]
+        return seen.expand(B, S).contiguous()
 
     def hides_tile(self, q0: int, q1: int, k0: int, k1: int) -> bool:
         """True when causality or the window hides every key of the tile from every query of it."""
@@ -273,6 +289,11 @@ class Attention(nn.Module):
                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the configured kernel on projected heads; weights only come from the eager kernel."""
         p = self.dropout if self.training else 0.0
+        if q.shape[2] == 1 and not return_weights and p == 0.0 and q.device.type == "cpu" and kernels.available() \
+                and not (q.requires_grad and torch.is_grad_enabled()):
+            seen = mask.one_query_visibility(q.shape[0], k.shape[2], q.device)
+            if seen is not None:  # the decode step: one pass a head (groundup.kernels)
+                return kernels.decode_attention(q.float(), k, v, seen, self.scale, self.cap or 0.0).to(q.dtype), None
         if return_weights or self.kernel == "eager" or (self.kernel == "sdpa" and self.cap is not None):
             return eager_attention(q, k, v, mask, scale=self.scale, dropout=p, return_weights=return_weights,
                                    cap=self.cap)

@@ -54,7 +54,7 @@ AVX2 inline __m256i bit_bytes(const uint8_t* p) {
 AVX2 inline __m256i sum_pairs(__m256i i16) { return _mm256_madd_epi16(i16, _mm256_set1_epi16(1)); }
 
 AVX2 void quantize_a8(const float* x, uint8_t* out, int64_t k) {
-  A8* y = reinterpret_cast<A8*>(out);
+  A8Row y(out, k / 32);
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t b = 0; b < k / 32; ++b, x += 32) {
     __m256 v[4];
@@ -77,9 +77,9 @@ AVX2 void quantize_a8(const float* x, uint8_t* out, int64_t k) {
     const __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
     __m256i p8 = _mm256_packs_epi16(p16a, p16b);
     p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), p8);
-    y[b].d = round_through_half(d);
-    y[b].s = round_through_half(d * static_cast<float>(sum));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y.qs + 32 * b), p8);
+    y.d[b] = round_through_half(d);
+    y.s[b] = round_through_half(d * static_cast<float>(sum));
   }
 }
 
@@ -95,32 +95,78 @@ AVX2 inline __m256i legacy_codes(const uint8_t* b) {
   return _mm256_setzero_si256();
 }
 
+// Eight int32 vectors -> one: lane i holds the sum of vector i's lanes
+AVX2 inline __m256i reduce8(const __m256i* p) {
+  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+  const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+  // a: [0 1 2 3 | 0 1 2 3] (per 128-bit half), b: [4 5 6 7 | 4 5 6 7]: add the halves
+  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+// The fp16 at byte `offset` of eight consecutive blocks, as float32
+template <int BYTES>
+AVX2 inline __m256 halves8(const uint8_t* blk, int offset) {
+  __m128i h = _mm_cvtsi32_si128(read_u16(blk + offset));
+  h = _mm_insert_epi16(h, read_u16(blk + BYTES + offset), 1);
+  h = _mm_insert_epi16(h, read_u16(blk + 2 * BYTES + offset), 2);
+  h = _mm_insert_epi16(h, read_u16(blk + 3 * BYTES + offset), 3);
+  h = _mm_insert_epi16(h, read_u16(blk + 4 * BYTES + offset), 4);
+  h = _mm_insert_epi16(h, read_u16(blk + 5 * BYTES + offset), 5);
+  h = _mm_insert_epi16(h, read_u16(blk + 6 * BYTES + offset), 6);
+  h = _mm_insert_epi16(h, read_u16(blk + 7 * BYTES + offset), 7);
+  return _mm256_cvtph_ps(h);
+}
+
+// Legacy formats, R activation rows: blocks go eight at a time, so their integer sums are gathered into one
+// vector (lane i: block i) and scaled by one vector of eight weight scales times eight activation scales;
+// the last k/32 mod 8 blocks are scaled one at a time.
 template <int T, int R>
 AVX2 void dot_legacy_rows(const uint8_t* w, const uint8_t* a, int64_t stride, int64_t k, float* out) {
   constexpr bool has_min = T == Q4_1 || T == Q5_1;
   constexpr int bytes = T == Q8_0 ? 34 : T == Q4_0 ? 18 : T == Q4_1 ? 20 : T == Q5_0 ? 22 : 24;
-  // two accumulators a row (even and odd blocks): the FMA's latency no longer chains consecutive blocks
-  __m256 acc[R][2];
-  float mins[R][2];
-  for (int j = 0; j < R; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps(), mins[j][0] = mins[j][1] = 0.f;
   const int64_t nb = k / 32;
-  for (int64_t b = 0; b < nb; ++b) {
-    const int p = static_cast<int>(b & 1);
+  __m256 acc[R], mins[R];
+  float tail[R];
+  for (int j = 0; j < R; ++j) acc[j] = mins[j] = _mm256_setzero_ps(), tail[j] = 0.f;
+  int64_t b = 0;
+  for (; b + 8 <= nb; b += 8) {
+    const uint8_t* blk = w + b * bytes;
+    __m256i q[8], aq[8];
+    for (int i = 0; i < 8; ++i) {
+      q[i] = legacy_codes<T>(blk + i * bytes);
+      aq[i] = has_min ? q[i] : _mm256_sign_epi8(q[i], q[i]);
+    }
+    const __m256 wd = halves8<bytes>(blk, 0);
+    __m256 wm = _mm256_setzero_ps();
+    if constexpr (has_min) wm = halves8<bytes>(blk, 2);
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) {
+      const A8View x(a + j * stride, nb);
+      __m256i p[8];
+      for (int i = 0; i < 8; ++i) {
+        __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * (b + i)));
+        if constexpr (!has_min) y = _mm256_sign_epi8(y, q[i]);
+        p[i] = sum_pairs(_mm256_maddubs_epi16(aq[i], y));
+      }
+      const __m256 scale = _mm256_mul_ps(wd, _mm256_loadu_ps(x.d + b));
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(p)), scale, acc[j]);
+      if constexpr (has_min) mins[j] = _mm256_fmadd_ps(wm, _mm256_loadu_ps(x.s + b), mins[j]);
+    }
+  }
+  for (; b < nb; ++b) {
     const uint8_t* blk = w + b * bytes;
     const float d = half(read_u16(blk));
     const __m256i q = legacy_codes<T>(blk);
     const __m256i aq = has_min ? q : _mm256_sign_epi8(q, q);
-#pragma GCC unroll 4
     for (int j = 0; j < R; ++j) {
-      const A8& x = reinterpret_cast<const A8*>(a + j * stride)[b];
-      __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs));
+      const A8View x(a + j * stride, nb);
+      __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * b));
       if constexpr (!has_min) y = _mm256_sign_epi8(y, q);
-      const __m256i s32 = sum_pairs(_mm256_maddubs_epi16(aq, y));
-      acc[j][p] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(s32), acc[j][p]);
-      if constexpr (has_min) mins[j][p] += half(read_u16(blk + 2)) * x.s;
+      tail[j] += d * x.d[b] * static_cast<float>(hsum_i32(sum_pairs(_mm256_maddubs_epi16(aq, y))));
+      if constexpr (has_min) tail[j] += half(read_u16(blk + 2)) * x.s[b];
     }
   }
-  for (int j = 0; j < R; ++j) out[j] = hsum(_mm256_add_ps(acc[j][0], acc[j][1])) + (mins[j][0] + mins[j][1]);
+  for (int j = 0; j < R; ++j) out[j] = hsum(acc[j]) + hsum(mins[j]) + tail[j];
 }
 
 // Sum over one super-block of scale_s * sum(q * a) for Q4_K / Q5_K (8 sub-blocks of 32, unsigned codes)

@@ -11,14 +11,26 @@ namespace gu {
 enum : int { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13,
              Q6_K = 14, BF16 = 30 };
 
-// One activation block of 32 values, paired with the 32-value weight formats. d is rounded through fp16 and
-// s = fp16(d * sum q), as llama.cpp's Q8_0 / Q8_1 hold them, so a product equals one computed from those.
-struct A8 {
-  float d;
-  float s;
-  int8_t qs[32];
+// A row of activation blocks of 32 values, paired with the 32-value weight formats: the nb scales d, the nb
+// sums s, then the nb x 32 codes (40 bytes a block). d is rounded through fp16 and s = fp16(d * sum q), as
+// llama.cpp's Q8_0 / Q8_1 hold them, so a product equals one computed from those. Scales apart from codes: a
+// kernel loads eight blocks' scales with one instruction.
+constexpr int A8_BYTES = 40;
+struct A8Row {
+  float* d;
+  float* s;
+  int8_t* qs;  // block b at qs + 32 b
+  A8Row(uint8_t* row, int64_t nb)
+      : d(reinterpret_cast<float*>(row)), s(reinterpret_cast<float*>(row) + nb), qs(reinterpret_cast<int8_t*>(row + 8 * nb)) {}
 };
-static_assert(sizeof(A8) == 40, "A8 is 40 bytes");
+struct A8View {
+  const float* d;
+  const float* s;
+  const int8_t* qs;
+  A8View(const uint8_t* row, int64_t nb)
+      : d(reinterpret_cast<const float*>(row)), s(reinterpret_cast<const float*>(row) + nb),
+        qs(reinterpret_cast<const int8_t*>(row + 8 * nb)) {}
+};
 
 // One activation super-block of 256 values, paired with the k-quants (llama.cpp's Q8_K): sums of every 16
 // codes, for the k-quants' minima and Q6_K's offset of 32.
@@ -79,7 +91,7 @@ inline int block_bytes(int type) {
   }
 }
 
-// Which activation a weight format multiplies: 0 float32 rows, 1 A8 blocks, 2 AK super-blocks.
+// Which activation a weight format multiplies: 0 float32 rows, 1 rows of 32-value blocks, 2 AK super-blocks.
 inline int activation_kind(int type) {
   if (type == F32 || type == F16 || type == BF16) return 0;
   return type == Q4_K || type == Q5_K || type == Q6_K ? 2 : 1;

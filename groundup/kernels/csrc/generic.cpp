@@ -9,7 +9,7 @@ namespace gu {
 namespace {
 
 void quantize_a8(const float* x, uint8_t* out, int64_t k) {
-  A8* y = reinterpret_cast<A8*>(out);
+  A8Row y(out, k / 32);
   for (int64_t b = 0; b < k / 32; ++b, x += 32) {
     float amax = 0.f;
     for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(x[i]));
@@ -18,11 +18,11 @@ void quantize_a8(const float* x, uint8_t* out, int64_t k) {
     int sum = 0;
     for (int i = 0; i < 32; ++i) {
       const int q = static_cast<int>(std::nearbyint(x[i] * id));  // to nearest, ties to even
-      y[b].qs[i] = static_cast<int8_t>(q);
+      y.qs[32 * b + i] = static_cast<int8_t>(q);
       sum += q;
     }
-    y[b].d = round_through_half(d);
-    y[b].s = round_through_half(d * static_cast<float>(sum));
+    y.d[b] = round_through_half(d);
+    y.s[b] = round_through_half(d * static_cast<float>(sum));
   }
 }
 
@@ -95,10 +95,10 @@ void dot_legacy(int type, const uint8_t* w, const uint8_t* a, int64_t stride, in
     float d, m;
     legacy_codes(type, w + b * bytes, q, &d, &m);
     for (int j = 0; j < rows; ++j) {
-      const A8& x = reinterpret_cast<const A8*>(a + j * stride)[b];
+      const A8View x(a + j * stride, k / 32);
       int sum = 0;
-      for (int i = 0; i < 32; ++i) sum += q[i] * x.qs[i];
-      out[j] += d * x.d * static_cast<float>(sum) + m * x.s;
+      for (int i = 0; i < 32; ++i) sum += q[i] * x.qs[32 * b + i];
+      out[j] += d * x.d[b] * static_cast<float>(sum) + m * x.s[b];
     }
   }
 }

@@ -50,7 +50,7 @@ const Variant& current() {
 at::Tensor activations(const at::Tensor& x, int kind, const Variant& v) {
   const int64_t m = x.size(0), k = x.size(1);
   if (kind == 0) return x;
-  const int64_t per = kind == 1 ? 32 : 256, bytes = kind == 1 ? sizeof(A8) : sizeof(AK);
+  const int64_t per = kind == 1 ? 32 : 256, bytes = kind == 1 ? A8_BYTES : static_cast<int64_t>(sizeof(AK));
   at::Tensor out = at::empty({m, k / per * bytes}, x.options().dtype(at::kByte));
   const float* src = x.data_ptr<float>();
   uint8_t* dst = out.data_ptr<uint8_t>();
