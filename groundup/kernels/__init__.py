@@ -121,4 +121,5 @@ def quantize_activations(x: torch.Tensor, kind: int) -> torch.Tensor:
     return torch.ops.groundup.quantize_activations(x, kind)
 
 
-__all__ = ["ENV", "available", "decode_attention", "ggml_mm", "quantize_activations", "requested", "use", "variant", "variants"]
+__all__ = ["ENV", "available", "decode_attention", "ggml_mm", "quantize_activations", "requested", "use", "variant",
+           "variants"]
