@@ -117,12 +117,13 @@ def test_activation_blocks_exact_every_variant(kind):
         for v in kernels.variants():
             kernels.use(v)
             raw = kernels.quantize_activations(x, kind)
-            if kind == 1:  # a row: nb scales, nb sums, nb x 32 codes
+            if kind == 1:  # a row: nb scales, nb scaled sums, nb integer sums, nb x 32 codes
                 d, s, q = act_a8(x)
                 nb = k // 32
                 assert torch.equal(raw[:, :4 * nb].contiguous().view(torch.float32), d), v
                 assert torch.equal(raw[:, 4 * nb:8 * nb].contiguous().view(torch.float32), s), v
-                assert torch.equal(raw[:, 8 * nb:].contiguous().view(torch.int8).float().view(5, nb, 32), q), v
+                assert torch.equal(raw[:, 8 * nb:12 * nb].contiguous().view(torch.int32).float(), q.sum(-1)), v
+                assert torch.equal(raw[:, 12 * nb:].contiguous().view(torch.int8).float().view(5, nb, 32), q), v
             else:
                 d, q, sums = act_ak(x)
                 blk = raw.view(5, -1, 292)

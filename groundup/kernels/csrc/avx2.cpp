@@ -80,20 +80,24 @@ AVX2 void quantize_a8(const float* x, uint8_t* out, int64_t k) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y.qs + 32 * b), p8);
     y.d[b] = round_through_half(d);
     y.s[b] = round_through_half(d * static_cast<float>(sum));
+    y.sum[b] = sum;
   }
 }
 
-// The codes of one legacy block as 32 bytes: signed (Q4_0, Q5_0, Q8_0) or unsigned (Q4_1, Q5_1)
+// The codes of one legacy block as 32 bytes: unsigned, the format's offset (Q4_0: 8, Q5_0: 16) left to the
+// caller; Q8_0's signed
 template <int T>
 AVX2 inline __m256i legacy_codes(const uint8_t* b) {
   if constexpr (T == Q8_0) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
-  if constexpr (T == Q4_0) return _mm256_sub_epi8(nibbles(b + 2), _mm256_set1_epi8(8));
+  if constexpr (T == Q4_0) return nibbles(b + 2);
   if constexpr (T == Q4_1) return nibbles(b + 4);
-  if constexpr (T == Q5_0)  // q - 16: the nibble where the fifth bit is set, the nibble minus 16 (0xF0 | it) where not
-    return _mm256_or_si256(nibbles(b + 6), _mm256_andnot_si256(bit_bytes(b + 2), _mm256_set1_epi8(static_cast<char>(0xF0))));
+  if constexpr (T == Q5_0) return _mm256_or_si256(nibbles(b + 6), _mm256_and_si256(bit_bytes(b + 2), _mm256_set1_epi8(0x10)));
   if constexpr (T == Q5_1) return _mm256_or_si256(nibbles(b + 8), _mm256_and_si256(bit_bytes(b + 4), _mm256_set1_epi8(0x10)));
   return _mm256_setzero_si256();
 }
+
+template <int T>
+constexpr int legacy_offset() { return T == Q4_0 ? 8 : T == Q5_0 ? 16 : 0; }
 
 // Eight int32 vectors -> one: lane i holds the sum of vector i's lanes
 AVX2 inline __m256i reduce8(const __m256i* p) {
@@ -122,8 +126,9 @@ AVX2 inline __m256 halves8(const uint8_t* blk, int offset) {
 // the last k/32 mod 8 blocks are scaled one at a time.
 template <int T, int R>
 AVX2 void dot_legacy_rows(const uint8_t* w, const uint8_t* a, int64_t stride, int64_t k, float* out) {
-  constexpr bool has_min = T == Q4_1 || T == Q5_1;
+  constexpr bool has_min = T == Q4_1 || T == Q5_1, is_signed = T == Q8_0;
   constexpr int bytes = T == Q8_0 ? 34 : T == Q4_0 ? 18 : T == Q4_1 ? 20 : T == Q5_0 ? 22 : 24;
+  constexpr int offset = legacy_offset<T>();  // value = d (code - offset): sum(code a) - offset sum(a)
   const int64_t nb = k / 32;
   __m256 acc[R], mins[R];
   float tail[R];
@@ -134,7 +139,7 @@ AVX2 void dot_legacy_rows(const uint8_t* w, const uint8_t* a, int64_t stride, in
     __m256i q[8], aq[8];
     for (int i = 0; i < 8; ++i) {
       q[i] = legacy_codes<T>(blk + i * bytes);
-      aq[i] = has_min ? q[i] : _mm256_sign_epi8(q[i], q[i]);
+      aq[i] = is_signed ? _mm256_sign_epi8(q[i], q[i]) : q[i];  // signed codes: |w| times sign(w) a
     }
     const __m256 wd = halves8<bytes>(blk, 0);
     __m256 wm = _mm256_setzero_ps();
@@ -145,11 +150,15 @@ AVX2 void dot_legacy_rows(const uint8_t* w, const uint8_t* a, int64_t stride, in
       __m256i p[8];
       for (int i = 0; i < 8; ++i) {
         __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * (b + i)));
-        if constexpr (!has_min) y = _mm256_sign_epi8(y, q[i]);
+        if constexpr (is_signed) y = _mm256_sign_epi8(y, q[i]);
         p[i] = sum_pairs(_mm256_maddubs_epi16(aq[i], y));
       }
+      __m256i sums = reduce8(p);
+      if constexpr (offset != 0)
+        sums = _mm256_sub_epi32(sums, _mm256_mullo_epi32(_mm256_set1_epi32(offset),
+                                                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sum + b))));
       const __m256 scale = _mm256_mul_ps(wd, _mm256_loadu_ps(x.d + b));
-      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(p)), scale, acc[j]);
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[j]);
       if constexpr (has_min) mins[j] = _mm256_fmadd_ps(wm, _mm256_loadu_ps(x.s + b), mins[j]);
     }
   }
@@ -157,12 +166,13 @@ AVX2 void dot_legacy_rows(const uint8_t* w, const uint8_t* a, int64_t stride, in
     const uint8_t* blk = w + b * bytes;
     const float d = half(read_u16(blk));
     const __m256i q = legacy_codes<T>(blk);
-    const __m256i aq = has_min ? q : _mm256_sign_epi8(q, q);
+    const __m256i aq = is_signed ? _mm256_sign_epi8(q, q) : q;
     for (int j = 0; j < R; ++j) {
       const A8View x(a + j * stride, nb);
       __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * b));
-      if constexpr (!has_min) y = _mm256_sign_epi8(y, q);
-      tail[j] += d * x.d[b] * static_cast<float>(hsum_i32(sum_pairs(_mm256_maddubs_epi16(aq, y))));
+      if constexpr (is_signed) y = _mm256_sign_epi8(y, q);
+      const int sum = hsum_i32(sum_pairs(_mm256_maddubs_epi16(aq, y))) - offset * x.sum[b];
+      tail[j] += d * x.d[b] * static_cast<float>(sum);
       if constexpr (has_min) tail[j] += half(read_u16(blk + 2)) * x.s[b];
     }
   }

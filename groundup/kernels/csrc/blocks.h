@@ -12,24 +12,28 @@ enum : int { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8,
              Q6_K = 14, BF16 = 30 };
 
 // A row of activation blocks of 32 values, paired with the 32-value weight formats: the nb scales d, the nb
-// sums s, then the nb x 32 codes (40 bytes a block). d is rounded through fp16 and s = fp16(d * sum q), as
-// llama.cpp's Q8_0 / Q8_1 hold them, so a product equals one computed from those. Scales apart from codes: a
-// kernel loads eight blocks' scales with one instruction.
-constexpr int A8_BYTES = 40;
+// sums s, the nb integer sums of the codes, then the nb x 32 codes (44 bytes a block). d is rounded through
+// fp16 and s = fp16(d * sum q), as llama.cpp's Q8_0 / Q8_1 hold them, so a product equals one computed from
+// those. Scales apart from codes: a kernel loads eight blocks' scales with one instruction; the integer sums
+// let a format with an offset (Q4_0: q - 8) multiply its unsigned codes and subtract offset * sum once.
+constexpr int A8_BYTES = 44;
 struct A8Row {
   float* d;
   float* s;
+  int32_t* sum;
   int8_t* qs;  // block b at qs + 32 b
   A8Row(uint8_t* row, int64_t nb)
-      : d(reinterpret_cast<float*>(row)), s(reinterpret_cast<float*>(row) + nb), qs(reinterpret_cast<int8_t*>(row + 8 * nb)) {}
+      : d(reinterpret_cast<float*>(row)), s(reinterpret_cast<float*>(row) + nb),
+        sum(reinterpret_cast<int32_t*>(row) + 2 * nb), qs(reinterpret_cast<int8_t*>(row + 12 * nb)) {}
 };
 struct A8View {
   const float* d;
   const float* s;
+  const int32_t* sum;
   const int8_t* qs;
   A8View(const uint8_t* row, int64_t nb)
       : d(reinterpret_cast<const float*>(row)), s(reinterpret_cast<const float*>(row) + nb),
-        qs(reinterpret_cast<const int8_t*>(row + 8 * nb)) {}
+        sum(reinterpret_cast<const int32_t*>(row) + 2 * nb), qs(reinterpret_cast<const int8_t*>(row + 12 * nb)) {}
 };
 
 // One activation super-block of 256 values, paired with the k-quants (llama.cpp's Q8_K): sums of every 16

@@ -23,6 +23,7 @@ void quantize_a8(const float* x, uint8_t* out, int64_t k) {
     }
     y.d[b] = round_through_half(d);
     y.s[b] = round_through_half(d * static_cast<float>(sum));
+    y.sum[b] = sum;
   }
 }
 
