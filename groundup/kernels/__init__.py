@@ -115,9 +115,10 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible:
 
 
 def quantize_activations(x: torch.Tensor, kind: int) -> torch.Tensor:
-    """The 8-bit activation blocks of x [M, K] float32, as uint8 [M, bytes]: kind 1, blocks of 32 values,
-    a row being its K/32 float scales d, its K/32 float sums s (d times the codes' sum), the K/32 int32 sums
-    of the codes, then the K/32 x 32 int8 codes (44 bytes a block); kind 2, super-blocks of 256 (float d, 16 int16 sums, 256 int8; 292 bytes each)."""
+    """The 8-bit activation blocks of x [M, K] float32, as uint8 [M, bytes]. Kind 1, blocks of 32 values: a
+    row holds its K/32 float scales d, its K/32 float sums s (d times the codes' sum), the K/32 int32 sums of
+    the codes, then the K/32 x 32 int8 codes (44 bytes a block). Kind 2, super-blocks of 256: float d, 16
+    int16 sums, 256 int8 (292 bytes each)."""
     return torch.ops.groundup.quantize_activations(x, kind)
 
 
