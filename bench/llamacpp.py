@@ -108,6 +108,12 @@ def compute_formats(kind: str, floats: bool) -> list[tuple[str, dict | None]]:
     return [(BLOCKS, None)] + ([("fp32", None), ("bf16", None)] if floats else []) + [own]
 
 
+def wanted(fmt: str, formats: str) -> bool:
+    """Whether row ``fmt`` is among --formats (blocks, fp32, bf16, own, or all)."""
+    names = {"blocks" if fmt == BLOCKS else fmt if fmt in ("fp32", "bf16") else "own"}
+    return formats == "all" or bool(names & set(formats.split(",")))
+
+
 def load_as(path: Path, fmt: str, spec: dict | None):
     """The file loaded for one row: its blocks kept, or decoded to float and converted (bench/quant.variant)."""
     if fmt == BLOCKS:
@@ -127,6 +133,9 @@ def main() -> None:
     ap.add_argument("--text", default=None, help="held-out text: llama.cpp's logits on it against groundup's")
     ap.add_argument("--families", action="store_true", help="also: tiny models of every architecture save_gguf "
                     "writes, run by llama.cpp against groundup")
+    ap.add_argument("--formats", default="all", help="comma-separated groundup rows to run: blocks, fp32, bf16, "
+                    "own (int8 / int4), or all")
+    ap.add_argument("--no-reencode", action="store_true", help="only the given file (no Q8_0 / Q4_0 re-encodings)")
     ap.add_argument("--llama-build", default="", help="how llama.cpp was built (CMAKE_ARGS), for the table")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -142,7 +151,7 @@ def main() -> None:
         if args.families:
             fams = families(args.llama_python, args.threads, tmp)
         files = [(kind, source)]
-        for dtype in ("q8_0", "q4_0"):
+        for dtype in () if args.no_reencode else ("q8_0", "q4_0"):
             files.append((dtype.upper(), base.save_gguf(Path(tmp) / f"{dtype}.gguf", dtype=dtype, tokenizer=tok)))
         if args.text:
             ids = tok.encode(Path(args.text).read_text(errors="replace"))[:512]
@@ -161,6 +170,8 @@ def main() -> None:
             rows.append(dict(file=label, impl="llama.cpp", fmt=label, **ref, ref=ref))
             print(rows[-1], flush=True)
             for fmt, spec in compute_formats(label, floats=path == source):
+                if not wanted(fmt, args.formats):
+                    continue
                 model = load_as(path, fmt, spec)
                 for comp in (False, True) if args.compile else (False,):
                     r = groundup_rate(model, prompt, args.new, args.repeats, comp)

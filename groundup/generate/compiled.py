@@ -104,6 +104,7 @@ class FixedStep:
             self.keys[:, :T] = 1
             self.pos = torch.full((B, 1), T, dtype=torch.long, device=kv.k_buf.device)
         self.step = _step_fn(backend)
+        self.checked = False  # the first step of each generation evaluates dynamo's guards
         seen = _SEEN.setdefault(model, set())
         key = (backend, B, slots, kv.k_buf.dtype)
         self.first = key not in seen  # the first call for this shape compiles: it is timed
@@ -117,7 +118,15 @@ class FixedStep:
         """tok [B, 1] -> next-token logits [B, V] (fp32); advances the slot and positions."""
         self.keys.index_fill_(1, self.slot, 1)
         t0 = time.perf_counter()
-        logits = self.step(self.model, tok, self.pos, self.keys, self.cache)
+        if self.checked:
+            # Every later step of this generation passes what the first one did (same model, cache buffers,
+            # shapes; only the tensors' values advance), so dynamo's guards, checked on the first step, are
+            # not evaluated again: their check over every parameter costs ~1.5 ms a step on a 30-layer model.
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                logits = self.step(self.model, tok, self.pos, self.keys, self.cache)
+        else:
+            logits = self.step(self.model, tok, self.pos, self.keys, self.cache)
+            self.checked = True
         if self.first:
             self.first = False
             _SECONDS[self.model] = _SECONDS.get(self.model, 0.0) + time.perf_counter() - t0

@@ -107,76 +107,80 @@ AVX2 inline __m256i reduce8(const __m256i* p) {
   return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
-// The fp16 at byte `offset` of eight consecutive blocks, as float32
+// The fp16 at byte `offset` of n (1..8) consecutive blocks, as float32; lanes past n are 0
 template <int BYTES>
-AVX2 inline __m256 halves8(const uint8_t* blk, int offset) {
-  __m128i h = _mm_cvtsi32_si128(read_u16(blk + offset));
-  h = _mm_insert_epi16(h, read_u16(blk + BYTES + offset), 1);
-  h = _mm_insert_epi16(h, read_u16(blk + 2 * BYTES + offset), 2);
-  h = _mm_insert_epi16(h, read_u16(blk + 3 * BYTES + offset), 3);
-  h = _mm_insert_epi16(h, read_u16(blk + 4 * BYTES + offset), 4);
-  h = _mm_insert_epi16(h, read_u16(blk + 5 * BYTES + offset), 5);
-  h = _mm_insert_epi16(h, read_u16(blk + 6 * BYTES + offset), 6);
-  h = _mm_insert_epi16(h, read_u16(blk + 7 * BYTES + offset), 7);
-  return _mm256_cvtph_ps(h);
+AVX2 inline __m256 halves8(const uint8_t* blk, int offset, int n = 8) {
+  alignas(16) uint16_t h[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if (n == 8) {
+    __m128i v = _mm_cvtsi32_si128(read_u16(blk + offset));
+    v = _mm_insert_epi16(v, read_u16(blk + BYTES + offset), 1);
+    v = _mm_insert_epi16(v, read_u16(blk + 2 * BYTES + offset), 2);
+    v = _mm_insert_epi16(v, read_u16(blk + 3 * BYTES + offset), 3);
+    v = _mm_insert_epi16(v, read_u16(blk + 4 * BYTES + offset), 4);
+    v = _mm_insert_epi16(v, read_u16(blk + 5 * BYTES + offset), 5);
+    v = _mm_insert_epi16(v, read_u16(blk + 6 * BYTES + offset), 6);
+    v = _mm_insert_epi16(v, read_u16(blk + 7 * BYTES + offset), 7);
+    return _mm256_cvtph_ps(v);
+  }
+  for (int i = 0; i < n; ++i) h[i] = read_u16(blk + i * BYTES + offset);
+  return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h)));
+}
+
+AVX2 inline __m256i first_lanes(int n) {  // all ones in lanes 0..n-1
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 // Legacy formats, R activation rows: blocks go eight at a time, so their integer sums are gathered into one
-// vector (lane i: block i) and scaled by one vector of eight weight scales times eight activation scales;
-// the last k/32 mod 8 blocks are scaled one at a time.
+// vector (lane i: block i) and scaled by one vector of eight weight scales times eight activation scales. The
+// last group may hold fewer than eight (n): its missing blocks count as zeros, its scales load masked.
 template <int T, int R>
-AVX2 void dot_legacy_rows(const uint8_t* w, const uint8_t* a, int64_t stride, int64_t k, float* out) {
+AVX2 inline void legacy_group(const uint8_t* blk, const uint8_t* a, int64_t stride, int64_t nb, int64_t b, int n,
+                              __m256* acc, __m256* mins) {
   constexpr bool has_min = T == Q4_1 || T == Q5_1, is_signed = T == Q8_0;
   constexpr int bytes = T == Q8_0 ? 34 : T == Q4_0 ? 18 : T == Q4_1 ? 20 : T == Q5_0 ? 22 : 24;
   constexpr int offset = legacy_offset<T>();  // value = d (code - offset): sum(code a) - offset sum(a)
+  __m256i q[8], aq[8];
+  for (int i = 0; i < 8; ++i) {
+    q[i] = i < n ? legacy_codes<T>(blk + i * bytes) : _mm256_setzero_si256();
+    aq[i] = is_signed ? _mm256_sign_epi8(q[i], q[i]) : q[i];  // signed codes: |w| times sign(w) a
+  }
+  const __m256 wd = halves8<bytes>(blk, 0, n);
+  __m256 wm = _mm256_setzero_ps();
+  if constexpr (has_min) wm = halves8<bytes>(blk, 2, n);
+  const __m256i lanes = first_lanes(n);
+#pragma GCC unroll 4
+  for (int j = 0; j < R; ++j) {
+    const A8View x(a + j * stride, nb);
+    __m256i p[8];
+    for (int i = 0; i < 8; ++i) {
+      if (i >= n) {
+        p[i] = _mm256_setzero_si256();
+        continue;
+      }
+      __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * (b + i)));
+      if constexpr (is_signed) y = _mm256_sign_epi8(y, q[i]);
+      p[i] = sum_pairs(_mm256_maddubs_epi16(aq[i], y));
+    }
+    __m256i sums = reduce8(p);
+    if constexpr (offset != 0)
+      sums = _mm256_sub_epi32(sums, _mm256_mullo_epi32(_mm256_set1_epi32(offset),
+                                                       _mm256_maskload_epi32(x.sum + b, lanes)));
+    const __m256 scale = _mm256_mul_ps(wd, _mm256_maskload_ps(x.d + b, lanes));
+    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[j]);
+    if constexpr (has_min) mins[j] = _mm256_fmadd_ps(wm, _mm256_maskload_ps(x.s + b, lanes), mins[j]);
+  }
+}
+
+template <int T, int R>
+AVX2 void dot_legacy_rows(const uint8_t* w, const uint8_t* a, int64_t stride, int64_t k, float* out) {
+  constexpr int bytes = T == Q8_0 ? 34 : T == Q4_0 ? 18 : T == Q4_1 ? 20 : T == Q5_0 ? 22 : 24;
   const int64_t nb = k / 32;
   __m256 acc[R], mins[R];
-  float tail[R];
-  for (int j = 0; j < R; ++j) acc[j] = mins[j] = _mm256_setzero_ps(), tail[j] = 0.f;
+  for (int j = 0; j < R; ++j) acc[j] = mins[j] = _mm256_setzero_ps();
   int64_t b = 0;
-  for (; b + 8 <= nb; b += 8) {
-    const uint8_t* blk = w + b * bytes;
-    __m256i q[8], aq[8];
-    for (int i = 0; i < 8; ++i) {
-      q[i] = legacy_codes<T>(blk + i * bytes);
-      aq[i] = is_signed ? _mm256_sign_epi8(q[i], q[i]) : q[i];  // signed codes: |w| times sign(w) a
-    }
-    const __m256 wd = halves8<bytes>(blk, 0);
-    __m256 wm = _mm256_setzero_ps();
-    if constexpr (has_min) wm = halves8<bytes>(blk, 2);
-#pragma GCC unroll 4
-    for (int j = 0; j < R; ++j) {
-      const A8View x(a + j * stride, nb);
-      __m256i p[8];
-      for (int i = 0; i < 8; ++i) {
-        __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * (b + i)));
-        if constexpr (is_signed) y = _mm256_sign_epi8(y, q[i]);
-        p[i] = sum_pairs(_mm256_maddubs_epi16(aq[i], y));
-      }
-      __m256i sums = reduce8(p);
-      if constexpr (offset != 0)
-        sums = _mm256_sub_epi32(sums, _mm256_mullo_epi32(_mm256_set1_epi32(offset),
-                                                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sum + b))));
-      const __m256 scale = _mm256_mul_ps(wd, _mm256_loadu_ps(x.d + b));
-      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[j]);
-      if constexpr (has_min) mins[j] = _mm256_fmadd_ps(wm, _mm256_loadu_ps(x.s + b), mins[j]);
-    }
-  }
-  for (; b < nb; ++b) {
-    const uint8_t* blk = w + b * bytes;
-    const float d = half(read_u16(blk));
-    const __m256i q = legacy_codes<T>(blk);
-    const __m256i aq = is_signed ? _mm256_sign_epi8(q, q) : q;
-    for (int j = 0; j < R; ++j) {
-      const A8View x(a + j * stride, nb);
-      __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * b));
-      if constexpr (is_signed) y = _mm256_sign_epi8(y, q);
-      const int sum = hsum_i32(sum_pairs(_mm256_maddubs_epi16(aq, y))) - offset * x.sum[b];
-      tail[j] += d * x.d[b] * static_cast<float>(sum);
-      if constexpr (has_min) tail[j] += half(read_u16(blk + 2)) * x.s[b];
-    }
-  }
-  for (int j = 0; j < R; ++j) out[j] = hsum(acc[j]) + hsum(mins[j]) + tail[j];
+  for (; b + 8 <= nb; b += 8) legacy_group<T, R>(w + b * bytes, a, stride, nb, b, 8, acc, mins);
+  if (b < nb) legacy_group<T, R>(w + b * bytes, a, stride, nb, b, static_cast<int>(nb - b), acc, mins);
+  for (int j = 0; j < R; ++j) out[j] = hsum(acc[j]) + hsum(mins[j]);
 }
 
 // Sum over one super-block of scale_s * sum(q * a) for Q4_K / Q5_K (8 sub-blocks of 32, unsigned codes)
