@@ -229,14 +229,14 @@ def load_tokenizer(path: str | Path):
 
 
 def save_gguf(model, path: str | Path, *, dtype: str = "f16", tokenizer=None) -> Path:
-    """Write a CausalLM as a GGUF file: ``dtype`` "f32", "f16", "bf16", "q8_0" or "q4_0" for the matrices
+    """Write a CausalLM as a GGUF file: ``dtype`` "f32", "f16", "bf16", "q8_0", "q4_0" or "q4_1" for the matrices
     (norms and biases stay F32, as llama.cpp wants), and ``tokenizer`` (a byte-level BPE groundup.Tokenizer)
     in its metadata, which llama.cpp needs to run the file. A config the architecture cannot express is
     refused before anything is written. Layers kept in GGUF block formats (a model loaded from a GGUF file) are
     written as they are, in their own types, whatever ``dtype`` says. Atomic (utils.files.atomic_file): written
     beside, then renamed."""
     gguf = _gguf()
-    kinds = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
+    kinds = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1"}
     if dtype not in kinds:
         raise ValueError(f"dtype={dtype!r} must be one of {', '.join(kinds)}")
     arch = arch_of(model.config)
@@ -267,7 +267,7 @@ def _write(gguf, w, model, arch: GGUFArch, extra: dict[str, Any], kind: str, tok
                        ("padding_token_id", cfg.pad_token_id)):
         if value is not None:
             w.add_uint32(f"tokenizer.ggml.{key}", value)
-    w.add_file_type({"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7, "Q4_0": 2}[kind])
+    w.add_file_type({"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7, "Q4_0": 2, "Q4_1": 3}[kind])
     if tokenizer is not None:
         gguf_vocab.write_tokenizer(w, tokenizer, cfg.vocab_size)
         w.add_add_bos_token(False)

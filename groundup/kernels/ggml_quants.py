@@ -123,8 +123,9 @@ def quantize(x: torch.Tensor, type_id: int) -> torch.Tensor:
     if name in ("F32", "F16", "BF16"):
         dt = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[name]
         return x.to(dt).view(torch.uint8)
-    if name not in ("Q8_0", "Q4_0"):
-        raise ValueError(f"writing ggml type {name} ({type_id}) is not supported: use Q8_0, Q4_0, F16, BF16 or F32")
+    if name not in ("Q8_0", "Q4_0", "Q4_1"):
+        raise ValueError(f"writing ggml type {name} ({type_id}) is not supported: use Q8_0, Q4_0, Q4_1, F16, BF16 "
+                         "or F32")
     if x.numel() % 32:
         raise ValueError(f"{name} needs a multiple of 32 values, got {x.numel()}")
     blocks = x.view(-1, 32)
@@ -133,6 +134,13 @@ def quantize(x: torch.Tensor, type_id: int) -> torch.Tensor:
         inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
         q = _round_away(blocks * inv).to(torch.int8)
         return torch.cat((d.half().view(torch.uint8), q.view(torch.uint8)), dim=1).reshape(-1)
+    if name == "Q4_1":  # minimum and step of each block; codes truncate (x - min) / d + 0.5, at most 15
+        lo, hi = blocks.amin(dim=1, keepdim=True), blocks.amax(dim=1, keepdim=True)
+        d = (hi - lo) / 15
+        inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+        q = ((blocks - lo) * inv + 0.5).trunc().clamp(0, 15).to(torch.uint8)
+        packed = q[:, :16] | (q[:, 16:] << 4)
+        return torch.cat((d.half().view(torch.uint8), lo.half().view(torch.uint8), packed), dim=1).reshape(-1)
     # Q4_0: the value of largest magnitude, with its sign, maps to code 0 (-8 d)
     biggest = blocks.gather(1, blocks.abs().argmax(dim=1, keepdim=True))
     d = biggest / -8
