@@ -20,6 +20,7 @@ how many of the first 16 greedy ids equal llama.cpp's, up to the first differenc
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import subprocess
@@ -37,7 +38,9 @@ from report import command, emit
 import groundup as gu
 from groundup import kernels
 from groundup.checkpoint.gguf import matrix_type
+from groundup.checkpoint.gguf_read import read_header
 from groundup.generate.compiled import compile_seconds
+from groundup.kernels.ggml_quants import FORMATS
 
 LLAMA = r"""
 import json, sys, time
@@ -146,6 +149,8 @@ def main() -> None:
     prompt = torch.randint(100, base.config.vocab_size, (args.prompt,),
                            generator=torch.Generator().manual_seed(0)).tolist()
     kind = matrix_type(source)
+    counts = collections.Counter(FORMATS[t.type_id][0] for t in read_header(source)[1] if len(t.shape) == 2)
+    mix = " + ".join(f"{n} {name}" for name, n in counts.most_common())  # e.g. "108 Q4_1 + 1 Q8_0"
     rows, agree, fams = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         if args.families:
@@ -181,8 +186,9 @@ def main() -> None:
                     print(rows[-1], flush=True)
                 del model
     lines = [f"Command: `{command()}`", "",
-             f"`{source.name}` ({kind} as shipped) and groundup's Q8_0 / Q4_0 re-encodings of it, each file run "
-             f"by both programs; {args.threads} threads, greedy, {args.prompt}-token random prompt, {args.new} new "
+             f"`{source.name}` ({mix} as shipped)" + ("" if args.no_reencode else " and groundup's Q8_0 / Q4_0 "
+                                                      "re-encodings of it") + ", each file run by both programs;"
+             f" {args.threads} threads, greedy, {args.prompt}-token random prompt, {args.new} new "
              f"tokens, batch 1, torch {torch.__version__}, groundup kernels: {kernels.variant()}. Ratios against "
              f"llama.cpp on the same file" + (f"; llama.cpp built with {args.llama_build}." if args.llama_build
                                                else "."), "",

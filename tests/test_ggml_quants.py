@@ -39,7 +39,7 @@ def test_dequantize_equals_gguf_bit_for_bit(type_id):
     assert np.array_equal(got.view(np.uint32), want.astype(np.float32).view(np.uint32)), name
 
 
-@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "F16", "BF16", "F32"])
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_1", "F16", "BF16", "F32"])
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 300.0])
 def test_quantize_equals_gguf_byte_for_byte(name, scale):
     rng = np.random.default_rng(int(scale * 7))

@@ -109,3 +109,19 @@ def test_adapters_train_over_kept_layers(tmp_path):
     with torch.no_grad():
         want = 2 * (x @ w.T) @ w
     torch.testing.assert_close(x.grad, want, rtol=1e-4, atol=1e-4)
+
+
+def test_gemma_rounded_embedding_scale_traces_without_a_break():
+    """Gemma's sqrt(d_model) rounded to the embeddings' dtype is a constant of the graph, equal to torch's
+    rounding for each dtype."""
+    import math
+
+    from groundup.models.common import rounded_to
+
+    for value in (math.sqrt(640), math.sqrt(2304), 1 / 3, 12345.678):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            assert rounded_to(value, dtype) == torch.tensor(value, dtype=dtype).item()
+    model = _model("gemma")
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda ids: model(ids))(IDS[:1, :4])
+    assert explained.graph_break_count == 0, explained.break_reasons

@@ -16,8 +16,8 @@ of 16- or 32-value sub-blocks whose 6- or 8-bit scales are themselves scaled by 
 In a legacy block the first 16 values sit in the low nibbles of the 16 code bytes and the last 16 in the
 high nibbles. Arithmetic is float32 in the order ggml's reference C code uses, so results are bit-identical
 to it (and to the `gguf` package's numpy version, which the tests compare against). Encoders exist for the
-formats groundup writes (Q8_0, Q4_0) with ggml's rounding: round half away from zero for Q8_0, truncation of
-x / d + 8.5 for Q4_0.
+formats groundup writes (Q8_0, Q4_0, Q4_1) with ggml's rounding: round half away from zero for Q8_0,
+truncation of x / d + 8.5 for Q4_0 and of (x - min) / d + 0.5 for Q4_1.
 """
 
 from __future__ import annotations

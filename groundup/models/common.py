@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import struct
 from collections.abc import Iterator
 
 import torch
@@ -85,8 +86,21 @@ def embed(cfg: Config, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
         return x
     scale = math.sqrt(cfg.d_model)
     if cfg.embed_scale_rounded:
-        scale = torch.tensor(scale, dtype=x.dtype).item()  # a float that the dtype holds exactly
+        scale = rounded_to(scale, x.dtype)  # a float that the dtype holds exactly
     return x * scale
+
+
+def rounded_to(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to the nearest ``dtype`` number (ties to even), in plain Python: no tensor, so a
+    compiled graph holds it as a constant instead of breaking at ``.item()``."""
+    if dtype == torch.float64:
+        return value
+    bits = struct.unpack("<I", struct.pack("<f", value))[0]  # float32 first (rounds to nearest even)
+    if dtype == torch.bfloat16:  # the top 16 bits, rounded to nearest even
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    elif dtype == torch.float16:
+        return struct.unpack("<e", struct.pack("<e", value))[0]
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
 
 
 def add_positions(cfg: Config, x: torch.Tensor, position_ids: torch.Tensor,
