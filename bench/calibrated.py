@@ -52,7 +52,7 @@ def main() -> None:
     held = calibration_ids([args.text], tok, samples=args.windows, seqlen=args.seqlen, seed=1)
     # fp32 holds a 16-bit checkpoint's values exactly and runs several times faster than bf16 on CPUs without
     # bf16 arithmetic; the quantized layers pick their own product by measurement
-    base = gu.from_pretrained(args.model, dtype=torch.float32).eval()
+    base = gu.from_pretrained(args.model, dtype=torch.float32, dequantize=True).eval()
     g = args.group
 
     def evaluate(model: gu.CausalLM) -> tuple[float, torch.Tensor]:

@@ -124,9 +124,28 @@ def families(python: str, threads: int, tmp: str) -> list[dict]:
     return rows
 
 
+def blocks(python: str, threads: int, tmp: str) -> list[dict]:
+    """A tiny llama model written in Q8_0, Q4_0 and Q4_1: llama.cpp's logits (f32 KV cache) against groundup on
+    the file's blocks (the native kernels: 8-bit activations, as llama.cpp) and on its float decoding."""
+    tok = gu.Tokenizer.train(["the cat sat on the mat. the dog ran after the cat 123. " * 30], 300,
+                             special_tokens=["<|endoftext|>"], eos_token="<|endoftext|>")
+    ids = tok.encode("the cat ran after the dog on the mat and the cat sat")
+    model, rows = tiny_model("llama", tok.vocab_size), []
+    for dtype in ("q8_0", "q4_0", "q4_1"):
+        path = model.save_gguf(Path(tmp) / f"blocks_{dtype}.gguf", dtype=dtype, tokenizer=tok)
+        theirs = llama_logits(python, path, ids, threads, tmp, f32_kv=True)
+        with torch.no_grad():
+            kept = gu.from_pretrained(path)(torch.tensor([ids]))[0]
+            floats = gu.from_pretrained(path, dequantize=True)(torch.tensor([ids]))[0]
+        rows.append(dict(dtype=dtype.upper(), kept=float((kept - theirs).abs().max()),
+                         floats=float((floats - theirs).abs().max()), scale=float(theirs.abs().max())))
+        print(rows[-1], flush=True)
+    return rows
+
+
 def real_file(python: str, path: Path, threads: int, new: int, tmp: str) -> tuple[list[dict], dict]:
     """Greedy tokens of groundup (fp32 from the file) and llama.cpp on PROMPTS; logits agreement on them."""
-    model = gu.from_pretrained(path).eval()
+    model = gu.from_pretrained(path, dequantize=True).eval()  # decoded to fp32, as the table says
     tok = gu.Tokenizer.from_file(path)
     prompts = [tok.encode(p) for p in PROMPTS]
     Path(tmp, "prompts.json").write_text(json.dumps(prompts))
@@ -160,6 +179,8 @@ def main() -> None:
     ap.add_argument("--llama-python", required=True, help="python of a venv with llama-cpp-python")
     ap.add_argument("--gguf", default=None, help="a real GGUF file to compare greedy tokens on")
     ap.add_argument("--families", action="store_true", help="tiny models of every architecture save_gguf writes")
+    ap.add_argument("--blocks", action="store_true", help="a tiny model in Q8_0 / Q4_0 / Q4_1: llama.cpp against "
+                    "groundup on the blocks and on the float decoding")
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=None)
@@ -179,6 +200,15 @@ def main() -> None:
                       "|---|---:|---:|---:|"]
             lines += [f"| {f['arch']} | {f['diff']:.1e} | {f['diff_f32']:.1e} | {f['scale']:.2f} |"
                       for f in families(args.llama_python, args.threads, tmp)]
+        if args.blocks:
+            lines += ["", "A tiny llama model (2 layers, d_model 64) written by groundup in each block format: "
+                      "llama.cpp's logits on one sentence (f32 KV cache) against groundup's, on the file's blocks "
+                      "(native kernels, activations rounded to 8-bit blocks as llama.cpp does) and on its float "
+                      "decoding.", "",
+                      "| format | blocks: max abs difference | float decoding: max abs difference | largest logit |",
+                      "|---|---:|---:|---:|"]
+            lines += [f"| {r['dtype']} | {r['kept']:.1e} | {r['floats']:.1e} | {r['scale']:.2f} |"
+                      for r in blocks(args.llama_python, args.threads, tmp)]
         if args.gguf:
             rows, agree = real_file(args.llama_python, Path(args.gguf), args.threads, args.new, tmp)
             lines += ["", f"`{Path(args.gguf).name}` decoded to fp32 by groundup, run as it is by llama.cpp: greedy "

@@ -14,7 +14,7 @@ from ..tokenizer import Tokenizer
 
 
 def main_upcycle(args: argparse.Namespace) -> int:
-    dense = from_pretrained(args.model)
+    dense = from_pretrained(args.model, dequantize=True)  # experts are copied from float weights
     moe = dict(router=args.router, capacity_factor=args.capacity_factor,
                router_z_loss_coef=args.z_loss, router_aux_loss_coef=args.aux_loss)
     layers = None

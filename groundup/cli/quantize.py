@@ -80,7 +80,7 @@ def _calibrated(args: argparse.Namespace, src: Path, out: Path) -> int:
                          "domain)")
     check_model_folder(src, "causal_lm", "a decoder-only")
     ids = calibration_ids(args.calib, Tokenizer.from_pretrained(src), samples=args.samples, seqlen=args.seqlen)
-    model = from_pretrained(src)
+    model = from_pretrained(src, dequantize=True)  # calibration needs float weights (a GGUF file is decoded)
     stored = model.embed.weight.dtype
     model.float()  # the searches and Hessians in fp32 (fast on any CPU); the float parts are saved as they came
     t0 = time.perf_counter()

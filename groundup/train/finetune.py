@@ -139,7 +139,7 @@ def load_base(s: FinetuneSettings):
     import torch
 
     if s.method != "qlora":
-        return from_pretrained(s.model, dtype=getattr(torch, s.base_dtype))
+        return from_pretrained(s.model, dtype=getattr(torch, s.base_dtype), dequantize=True)  # trained: float
     if read_json(Path(s.model) / "config.json").get("quantization_config"):
         return from_pretrained(s.model)  # 4 bits already (NF4, or int4 / GPTQ): trained over as it is
 
