@@ -38,9 +38,9 @@ from report import command, emit
 import groundup as gu
 from groundup import kernels
 from groundup.checkpoint.gguf import matrix_type
-from groundup.checkpoint.gguf_read import read_header
 from groundup.generate.compiled import compile_seconds
 from groundup.kernels.ggml_quants import FORMATS
+from groundup.utils.gguf_read import read_header
 
 LLAMA = r"""
 import json, sys, time
@@ -149,7 +149,7 @@ def main() -> None:
     prompt = torch.randint(100, base.config.vocab_size, (args.prompt,),
                            generator=torch.Generator().manual_seed(0)).tolist()
     kind = matrix_type(source)
-    counts = collections.Counter(FORMATS[t.type_id][0] for t in read_header(source)[1] if len(t.shape) == 2)
+    counts = collections.Counter(FORMATS[t.type_id][0] for t in read_header(source, FORMATS)[1] if len(t.shape) == 2)
     mix = " + ".join(f"{n} {name}" for name, n in counts.most_common())  # e.g. "108 Q4_1 + 1 Q8_0"
     rows, agree, fams = [], [], []
     with tempfile.TemporaryDirectory() as tmp:

@@ -130,9 +130,13 @@ def test_transformers_reads_our_gguf_with_equal_logits_and_tokens(family, tmp_pa
 def test_without_the_gguf_package_models_load_and_writing_names_the_extra(tmp_path, monkeypatch):
     import sys
 
-    path = _model("llama").save_gguf(tmp_path / "m.gguf", dtype="f16")
+    tok = gu.Tokenizer.train(["the cat sat on the mat. " * 20], 300, special_tokens=["<|endoftext|>"],
+                             eos_token="<|endoftext|>")
+    path = _model("llama", vocab_size=tok.vocab_size).save_gguf(tmp_path / "m.gguf", dtype="f16", tokenizer=tok)
     monkeypatch.setitem(sys.modules, "gguf", None)  # as if it were not installed
-    model = gu.from_pretrained(path)  # the header and tensors are read by groundup's own reader
+    model = gu.from_pretrained(path)  # the header, tensors and vocabulary are read by groundup's own reader
+    again = gu.Tokenizer.from_file(path)
+    assert again.encode("the cat sat") == tok.encode("the cat sat")
     with pytest.raises(CheckpointError, match=r"pip install 'groundup\[gguf\]'"):
         model.save_gguf(tmp_path / "again.gguf")
 

@@ -1,9 +1,9 @@
 """GGUF (llama.cpp's single-file format) in and out: architecture metadata <-> Config, tensors <-> state dict.
 
-The container is read and written with the `gguf` package (the groundup[gguf] extra); the block formats are
-decoded by kernels/ggml_quants.py; what each llama.cpp architecture stores, fixes or renames is a record in
-gguf_layout.py (llama, qwen2, phi3, gemma, gemma2, gemma3), applied here the same way for all of them:
-names mapped, fused tensors split and joined, llama's q/k rows permuted between HF's half-split and ggml's
+The container is read by utils/gguf_read.py and written with the `gguf` package (the groundup[gguf] extra); the
+block formats are decoded by kernels/ggml_quants.py; what each llama.cpp architecture stores, fixes or renames
+is a record in gguf_layout.py (llama, qwen2, phi3, gemma, gemma2, gemma3), applied here the same way for all of
+them: names mapped, fused tensors split and joined, llama's q/k rows permuted between HF's half-split and ggml's
 interleaved RoPE pairs, norms stored plus Config.norm_weight_offset. Other architectures, and llama 3.1's
 rope_freqs tensor, are refused by name before any tensor is decoded. The tokenizer (tokenizer.ggml.*) is
 tokenizer/gguf_vocab.py's.
@@ -26,6 +26,7 @@ from ..nn.qlinear import replace_module
 from ..nn.qspec import GGUFSpec
 from ..tokenizer import Tokenizer, gguf_vocab
 from ..utils.files import atomic_file, gguf_package
+from ..utils.gguf_read import TensorInfo, open_gguf
 from .gguf_layout import (
     ARCHS,
     BY_FAMILY,
@@ -39,7 +40,6 @@ from .gguf_layout import (
     permute_rope,
     split_fused,
 )
-from .gguf_read import TensorInfo, read_header
 from .io import CheckpointError, load_into
 
 
@@ -48,14 +48,8 @@ def _gguf():
 
 
 def _header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
-    """(metadata, tensors) of a GGUF file (gguf_read.py); a missing, truncated or foreign file is named."""
-    if not path.is_file():
-        raise CheckpointError(f"{path} is not a file")
-    try:
-        return read_header(path)
-    except Exception as err:  # struct errors, bad magic, offsets past the end
-        raise CheckpointError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err}); the file may be "
-                              "truncated or not GGUF: download or convert it again") from None
+    """(metadata, tensors) of a GGUF file (utils/gguf_read.py); a missing, truncated or foreign file is named."""
+    return open_gguf(path, FORMATS, error=CheckpointError)
 
 
 def _fields(meta: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..utils.files import read_gguf
+from ..utils.gguf_read import open_gguf
 from .components import UnsupportedTokenizer
 from .hf_format import from_json, to_json
 
@@ -47,8 +47,8 @@ _CONTROL, _USER = 3, 4
 def read(path: str | Path) -> dict[str, Any]:
     """The parts of the Tokenizer stored in a GGUF file's tokenizer.ggml.* metadata (the file is memory-mapped;
     the tensors are not read)."""
-    reader = read_gguf(path)
-    fields = {name: field.contents() for name, field in reader.fields.items() if name.startswith("tokenizer.")}
+    meta, _ = open_gguf(path, strings=True)
+    fields = {name: value for name, value in meta.items() if name.startswith("tokenizer.")}
     return tokenizer_from_gguf(fields, str(path))
 
 

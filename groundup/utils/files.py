@@ -64,21 +64,8 @@ def gguf_package(*, error: type[ValueError] = FileError):
     try:
         import gguf
     except ImportError:
-        raise error("reading or writing GGUF needs the gguf package: pip install 'groundup[gguf]'") from None
+        raise error("writing GGUF needs the gguf package: pip install 'groundup[gguf]'") from None
     return gguf
-
-
-def read_gguf(path: str | Path, *, error: type[ValueError] = FileError):
-    """A gguf.GGUFReader over a GGUF file (memory-mapped); a missing, truncated or foreign file is named."""
-    path = Path(path)
-    gguf = gguf_package(error=error)
-    if not path.is_file():
-        raise error(f"{path} is not a file")
-    try:
-        return gguf.GGUFReader(str(path), "c")  # copy-on-write: tensors become torch views, never written back
-    except Exception as err:  # the reader raises ValueError, IndexError, struct errors on damaged files
-        raise error(f"{path}: not a readable GGUF file ({type(err).__name__}: {err}); the file may be "
-                    "truncated or not GGUF: download or convert it again") from None
 
 
 def atomic_file(path: str | Path, write: Callable[[Path], None]) -> Path:

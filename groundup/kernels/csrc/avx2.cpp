@@ -110,7 +110,6 @@ AVX2 inline __m256i reduce8(const __m256i* p) {
 // The fp16 at byte `offset` of n (1..8) consecutive blocks, as float32; lanes past n are 0
 template <int BYTES>
 AVX2 inline __m256 halves8(const uint8_t* blk, int offset, int n = 8) {
-  alignas(16) uint16_t h[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   if (n == 8) {
     __m128i v = _mm_cvtsi32_si128(read_u16(blk + offset));
     v = _mm_insert_epi16(v, read_u16(blk + BYTES + offset), 1);
@@ -122,6 +121,7 @@ AVX2 inline __m256 halves8(const uint8_t* blk, int offset, int n = 8) {
     v = _mm_insert_epi16(v, read_u16(blk + 7 * BYTES + offset), 7);
     return _mm256_cvtph_ps(v);
   }
+  alignas(16) uint16_t h[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int i = 0; i < n; ++i) h[i] = read_u16(blk + i * BYTES + offset);
   return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h)));
 }
@@ -137,7 +137,7 @@ template <int T, int R>
 AVX2 inline void legacy_group(const uint8_t* blk, const uint8_t* a, int64_t stride, int64_t nb, int64_t b, int n,
                               __m256* acc, __m256* mins) {
   constexpr bool has_min = T == Q4_1 || T == Q5_1, is_signed = T == Q8_0;
-  constexpr int bytes = T == Q8_0 ? 34 : T == Q4_0 ? 18 : T == Q4_1 ? 20 : T == Q5_0 ? 22 : 24;
+  constexpr int bytes = block_bytes(T);
   constexpr int offset = legacy_offset<T>();  // value = d (code - offset): sum(code a) - offset sum(a)
   __m256i q[8], aq[8];
   for (int i = 0; i < 8; ++i) {
@@ -173,7 +173,7 @@ AVX2 inline void legacy_group(const uint8_t* blk, const uint8_t* a, int64_t stri
 
 template <int T, int R>
 AVX2 void dot_legacy_rows(const uint8_t* w, const uint8_t* a, int64_t stride, int64_t k, float* out) {
-  constexpr int bytes = T == Q8_0 ? 34 : T == Q4_0 ? 18 : T == Q4_1 ? 20 : T == Q5_0 ? 22 : 24;
+  constexpr int bytes = block_bytes(T);
   const int64_t nb = k / 32;
   __m256 acc[R], mins[R];
   for (int j = 0; j < R; ++j) acc[j] = mins[j] = _mm256_setzero_ps();
@@ -211,7 +211,7 @@ AVX2 inline __m256i k4_sums(const uint8_t* blk, const int8_t* aq, const int* sc)
 
 template <int T, int R>
 AVX2 void dot_k4_rows(const uint8_t* w, const uint8_t* a, int64_t stride, int64_t k, float* out) {
-  constexpr int bytes = T == Q4_K ? 144 : 176;
+  constexpr int bytes = block_bytes(T);
   __m256 acc[R];
   float mins[R];
   for (int j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps(), mins[j] = 0.f;

@@ -78,8 +78,8 @@ inline void scale_min_k4(const uint8_t* s, int j, int* scale, int* minimum) {
 }
 
 // Bytes of one weight block and the values it holds.
-inline int block_values(int type) { return type == Q4_K || type == Q5_K || type == Q6_K ? 256 : type <= F16 || type == BF16 ? 1 : 32; }
-inline int block_bytes(int type) {
+constexpr int block_values(int type) { return type == Q4_K || type == Q5_K || type == Q6_K ? 256 : type <= F16 || type == BF16 ? 1 : 32; }
+constexpr int block_bytes(int type) {
   switch (type) {
     case F32: return 4;
     case F16: case BF16: return 2;

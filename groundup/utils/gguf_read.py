@@ -1,8 +1,8 @@
-"""A GGUF file's header read without decoding its vocabulary: the metadata as Python values (string arrays
-longer than a few hundred items, the tokenizer's vocabulary and merges, are stepped over and read by the
-tokenizer when it is built) and each tensor's name, shape, type and bytes as a view of a copy-on-write memory
-map. The `gguf` package's reader decodes every string of a 50k-token vocabulary into numpy objects first,
-seconds before the first tensor; this takes milliseconds.
+"""GGUF files read by groundup itself: the metadata as Python values and each tensor's name, shape, type and
+bytes as a view of a copy-on-write memory map. Long string arrays (the tokenizer's vocabulary and merges) are
+stepped over unless asked for (``strings=True``), so a model loads without decoding its vocabulary; the `gguf`
+package's reader builds numpy objects for every string first, seconds on a 50k-token vocabulary. Writing
+stays with the `gguf` package.
 
 Layout (GGUF v2/v3, little-endian): magic, version, tensor count, key-value count; each key-value a string
 key, a value type and the value (arrays: item type, count, items); each tensor's name, dims (innermost
@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from ..kernels.ggml_quants import FORMATS
+from .files import FileError
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
           7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 STRING, ARRAY = 8, 9
-LONG_STRINGS = 512  # string arrays longer than this are stepped over (None in fields)
+LONG_STRINGS = 512  # string arrays longer than this are stepped over (None in fields) unless strings=True
 
 
 @dataclass
@@ -42,8 +42,8 @@ class TensorInfo:
 
 
 class _Cursor:
-    def __init__(self, buf: memoryview) -> None:
-        self.buf, self.pos = buf, 0
+    def __init__(self, buf: memoryview, strings: bool) -> None:
+        self.buf, self.pos, self.strings = buf, 0, strings
 
     def scalar(self, fmt: str):
         (value,) = struct.unpack_from(fmt, self.buf, self.pos)
@@ -69,17 +69,20 @@ class _Cursor:
             values = np.frombuffer(self.buf, dtype=_NUMPY[item], count=count, offset=self.pos)
             self.pos += size * count
             return values.tolist()
-        if item == STRING and count > LONG_STRINGS:
+        if item == STRING and count > LONG_STRINGS and not self.strings:
             for _ in range(count):  # step over: each string is its length and its bytes
                 self.pos += 8 + struct.unpack_from("<Q", self.buf, self.pos)[0]
             return None
         return [self.value(item) for _ in range(count)]
 
 
-def read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
-    """(metadata, tensors) of a GGUF file. ValueError (or struct.error) on a damaged one."""
+def read_header(path: Path, formats: dict[int, tuple[str, int, int]] | None = None, *, strings: bool = False
+                ) -> tuple[dict[str, Any], list[TensorInfo]]:
+    """(metadata, tensors) of a GGUF file; ``formats`` ({ggml type: (name, values a block, bytes a block)})
+    sizes the tensors' bytes (without it no tensor is listed); ``strings`` decodes long string arrays too.
+    ValueError (or struct.error) on a damaged file."""
     mapped = np.memmap(path, dtype=np.uint8, mode="c")
-    cur = _Cursor(memoryview(mapped))
+    cur = _Cursor(memoryview(mapped), strings)
     if bytes(mapped[:4]) != b"GGUF":
         raise ValueError("no GGUF magic")
     cur.pos = 4
@@ -91,6 +94,8 @@ def read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
     for _ in range(n_kv):
         key = cur.string()
         fields[key] = cur.value(cur.scalar("<I"))
+    if formats is None:
+        return fields, []
     infos = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -100,10 +105,22 @@ def read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
     start = -(-cur.pos // align) * align
     tensors = []
     for name, dims, type_id, offset in infos:
-        _, per, size = FORMATS.get(type_id, ("?", 1, 0))
-        n = int(np.prod(dims))
-        nbytes = n // per * size
+        _, per, size = formats.get(type_id, ("?", 1, 0))
+        nbytes = int(np.prod(dims)) // per * size
         if start + offset + nbytes > mapped.shape[0]:
             raise ValueError(f"tensor {name} runs past the end of the file")
         tensors.append(TensorInfo(name, dims, type_id, mapped[start + offset:start + offset + nbytes]))
     return fields, tensors
+
+
+def open_gguf(path: str | Path, formats: dict[int, tuple[str, int, int]] | None = None, *, strings: bool = False,
+              error: type[ValueError] = FileError) -> tuple[dict[str, Any], list[TensorInfo]]:
+    """``read_header`` with a missing, truncated or foreign file named in ``error``."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} is not a file")
+    try:
+        return read_header(path, formats, strings=strings)
+    except Exception as err:  # struct errors, bad magic, offsets past the end
+        raise error(f"{path}: not a readable GGUF file ({type(err).__name__}: {err}); the file may be "
+                    "truncated or not GGUF: download or convert it again") from None
