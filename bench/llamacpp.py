@@ -70,13 +70,17 @@ print(json.dumps(dict(prefill=len(prompt) / pre, decode=(new - 1) / dec, ids=tok
 
 
 def agreement(python: str, path: Path, model, ids: list[int], threads: int, tmp: str) -> dict:
-    """llama.cpp's next-token logits on ``ids`` against groundup's for the same file: top-1 agreement, mean KL
-    (llama.cpp || groundup) per token, and both perplexities."""
+    """llama.cpp's next-token logits on ``ids`` against groundup's for the same file (or, with ``model`` None,
+    against llama.cpp's own with its KV cache in f32 instead of f16: how far a last-bit change moves it): top-1
+    agreement, mean KL (llama.cpp || other) per token, and both perplexities."""
     import torch.nn.functional as F
 
     theirs = llama_logits(python, path, ids, threads, tmp).log_softmax(-1)
-    with torch.no_grad():
-        ours = model(torch.tensor([ids]))[0].float().log_softmax(-1)
+    if model is None:
+        ours = llama_logits(python, path, ids, threads, tmp, f32_kv=True).log_softmax(-1)
+    else:
+        with torch.no_grad():
+            ours = model(torch.tensor([ids]))[0].float().log_softmax(-1)
     kl = F.kl_div(ours, theirs, log_target=True, reduction="none").sum(-1).mean()
     nxt = torch.tensor(ids[1:])[:, None]
     return dict(top1=float((theirs.argmax(-1) == ours.argmax(-1)).float().mean()), kl=float(kl),
@@ -164,6 +168,7 @@ def main() -> None:
             kept = gu.from_pretrained(source).eval()
             for label, path, model in ((f"{kind} as shipped, groundup on its blocks", source, kept),
                                        (f"{kind} as shipped, groundup in fp32", source, base),
+                                       (f"{kind} as shipped, llama.cpp itself with an f32 KV cache", source, None),
                                        ("F32 re-encoding (groundup's writer), fp32", f32, base)):
                 agree.append(dict(file=label, tokens=len(ids), **agreement(args.llama_python, path, model, ids,
                                                                            args.threads, tmp)))
@@ -202,9 +207,11 @@ def main() -> None:
                      f"{r['decode'] / r['ref']['decode']:.2f} | {same}/16 |")
     if agree:
         lines += ["", f"Logits on held-out text (`{args.text}`, first {agree[0]['tokens']} tokens): llama.cpp on the "
-                  "file against groundup on its blocks (8-bit activations, as llama.cpp) and on its fp32 decoding. "
-                  "llama.cpp keeps its KV cache in f16.", "",
-                  "| file | top-1 agreement | mean KL per token | perplexity llama.cpp | perplexity groundup |",
+                  "file against groundup on its blocks (8-bit activations, as llama.cpp) and on its fp32 decoding, "
+                  "and against llama.cpp itself with its KV cache in f32 (the default is f16): how much a last-bit "
+                  "change alone moves the top-1 token on this text. bench/llamacpp_trace.py shows each product equal "
+                  "to llama.cpp's given the same input.", "",
+                  "| file | top-1 agreement | mean KL per token | perplexity llama.cpp | perplexity other |",
                   "|---|---:|---:|---:|---:|"]
         for a in agree:
             lines.append(f"| {a['file']} | {a['top1']:.4f} | {a['kl']:.2e} | {a['ppl_theirs']:.3f} | "

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import groundup as gu
+from groundup.generate import compiled
 from groundup.generate.compiled import compile_seconds
 from groundup.quant import quantize
 
@@ -44,6 +45,16 @@ def test_compiled_steps_of_a_quantized_model_and_a_stream():
     assert torch.equal(gu.generate(model, [PROMPTS[0]], 10, compile="eager"), want)
     steps = list(gu.generate.stream(model, [PROMPTS[0]], 10, compile="eager"))
     assert torch.stack(steps, 1).tolist() == want[:, len(PROMPTS[0]):].tolist()
+
+
+def test_later_steps_run_the_entry_the_first_step_chose(monkeypatch):
+    model = _model()
+    found = []
+    real = compiled._entry_code
+    monkeypatch.setattr(compiled, "_entry_code", lambda args: found.append(real(args)) or found[-1])
+    want = gu.generate(model, PROMPTS, 8)
+    assert torch.equal(gu.generate(model, PROMPTS, 8, compile="eager"), want)
+    assert len(found) == 1 and callable(found[0])  # one lookup a generation, then the entry's code directly
 
 
 def test_inductor_compiles_once_per_shape_and_reports_its_time():

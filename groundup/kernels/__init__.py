@@ -5,6 +5,7 @@
 once per product to the 8-bit blocks each format pairs with in llama.cpp (32-value blocks with an fp16 scale
 for the legacy formats, 256-value super-blocks with sums of 16 for the k-quants), and every block's product is
 an exact integer dot product scaled in float. Float formats multiply float32 activations.
+``ggml_mm_many`` multiplies x by several matrices at once (q, k and v; gate and up), quantizing x once.
 ``decode_attention`` is a decode step's attention: one query a head against the cache, in one pass a head.
 
 The library (``csrc/``) is compiled on first use (``build.py``) and holds one variant per instruction set,
@@ -37,6 +38,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("groundup::ggml_mm")
     def _(x, blocks, type_id):
         return x.new_empty(x.shape[0], blocks.shape[0])
+
+    @torch.library.register_fake("groundup::ggml_mm_many")
+    def _(x, blocks, types):
+        return [x.new_empty(x.shape[0], b.shape[0]) for b in blocks]
 
     @torch.library.register_fake("groundup::decode_attention")
     def _(q, k, v, visible, scale, cap):
@@ -103,7 +108,14 @@ def use(name: str) -> str:
 def ggml_mm(x: torch.Tensor, blocks: torch.Tensor, type_id: int) -> torch.Tensor:
     """x [M, K] float32 times the matrix [N, K] whose rows are ``blocks`` [N, row bytes] of ggml type
     ``type_id``: [M, N] float32. Needs ``available()``."""
-    return torch.ops.groundup.ggml_mm(x, blocks, type_id)
+    return torch.ops.groundup.ggml_mm.default(x, blocks, type_id)
+
+
+def ggml_mm_many(x: torch.Tensor, blocks: list[torch.Tensor], type_ids: list[int]) -> list[torch.Tensor]:
+    """x [M, K] float32 times several matrices (``blocks[i]`` of ggml type ``type_ids[i]``, [N_i, K] each): the
+    list of [M, N_i] float32 products, x quantized once for all of them and their rows shared among the
+    threads in one pass. Needs ``available()``."""
+    return torch.ops.groundup.ggml_mm_many.default(x, blocks, type_ids)
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor, scale: float,
@@ -111,7 +123,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible:
     """One query a head: q [B, H, 1, D] float32 against k, v [B, K, S, D] (float32 or bfloat16; K divides H),
     keys where ``visible`` [B, S] (bool); scores scaled, soft-capped by ``cap`` (0: none) -> [B, H, 1, D]
     float32. A query that sees no key gets zeros. Needs ``available()``."""
-    return torch.ops.groundup.decode_attention(q, k, v, visible, scale, cap)
+    return torch.ops.groundup.decode_attention.default(q, k, v, visible, scale, cap)
 
 
 def quantize_activations(x: torch.Tensor, kind: int) -> torch.Tensor:
@@ -122,5 +134,5 @@ def quantize_activations(x: torch.Tensor, kind: int) -> torch.Tensor:
     return torch.ops.groundup.quantize_activations(x, kind)
 
 
-__all__ = ["ENV", "available", "decode_attention", "ggml_mm", "quantize_activations", "requested", "use", "variant",
-           "variants"]
+__all__ = ["ENV", "available", "decode_attention", "ggml_mm", "ggml_mm_many", "quantize_activations", "requested",
+           "use", "variant", "variants"]

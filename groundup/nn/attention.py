@@ -28,6 +28,7 @@ from torch import nn
 
 from .. import kernels
 from ..config import Config
+from .gguf_linear import project
 from .kv_cache import KVCache
 from .linear import Linear
 from .norm import RMSNorm
@@ -259,7 +260,10 @@ class Attention(nn.Module):
         """
         B, T, _ = x.shape
         H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q = self.q_proj(x)  # [B, T, H*D]
+        if memory is None:  # self-attention: q, k and v from x, one product where the layers allow (project)
+            q, k, v = project(x, (self.q_proj, self.k_proj, self.v_proj))  # [B, T, H*D], [B, T, K*D] x2
+        else:
+            q, k, v = self.q_proj(x), None, None
         if self.qk_norm == "full":
             q = self.q_norm(q)
         q = q.view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
@@ -270,11 +274,12 @@ class Attention(nn.Module):
         else:
             src = x if memory is None else memory
             S = src.shape[1]
-            k = self.k_proj(src)  # [B, S, K*D]
+            if k is None:
+                k, v = self.k_proj(src), self.v_proj(src)  # [B, S, K*D] each
             if self.qk_norm == "full":
                 k = self.k_norm(k)
             k = k.view(B, S, K, D).transpose(1, 2)  # [B, K, S, D]
-            v = self.v_proj(src).view(B, S, K, D).transpose(1, 2)  # [B, K, S, D]
+            v = v.view(B, S, K, D).transpose(1, 2)  # [B, K, S, D]
             if self.qk_norm == "head":
                 k = self.k_norm(k)
             if rope is not None:

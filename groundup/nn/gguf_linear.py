@@ -68,21 +68,26 @@ class GGUFLinear(_Blocks):
     @property
     def native(self) -> bool:
         """Whether the product runs the native kernel (else torch's float path)."""
-        return self.blocks.device.type == "cpu" and kernels.available()
+        return self.blocks.is_cpu and kernels.available()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # [M, in]
-        if torch.is_grad_enabled() and x.requires_grad:
+        blocks = self.blocks
+        if x.requires_grad and torch.is_grad_enabled():
             y = frozen_linear(x2.float(), self)
-        elif self.native:
-            y = kernels.ggml_mm(x2.float().contiguous(), self.blocks, self.type_id)  # [M, out] float32
+        elif blocks.is_cpu and kernels.available():  # self.native, inline: this is the decode loop's hot path
+            if x2.dtype != torch.float32 or not x2.is_contiguous():
+                x2 = x2.float().contiguous()
+            y = kernels.ggml_mm(x2, blocks, self.type_id)  # [M, out] float32
         else:
             y = chunked_linear(x2.float(), self.dequantize, self.out_features, None)
-        y = y.to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.reshape(*lead, self.out_features)
+        if x.dtype != torch.float32:
+            y = y.to(x.dtype)
+        bias = self.bias
+        if bias is not None:
+            y = y + bias.to(x.dtype)
+        return y.view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         if not self.native:
@@ -114,3 +119,25 @@ class GGUFEmbedding(_Blocks):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, ggml_type={self.ggml_type}"
+
+
+def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor]:
+    """``[layer(x) for layer in layers]`` (q, k and v; gate and up). When every layer is a plain GGUFLinear on the
+    native kernels (no adapter wrapped round it, no hooks on it, no gradient asked for), one call computes them
+    all: x rounded to 8-bit blocks once, as llama.cpp reuses it, and one pass of the threads over all the rows.
+    The results are the ones the layers give one by one."""
+    fused = all(type(m) is GGUFLinear and not m._forward_hooks and not m._forward_pre_hooks for m in layers)
+    if not fused or not all(m.blocks.is_cpu for m in layers) or (x.requires_grad and torch.is_grad_enabled()) \
+            or not kernels.available():
+        return [m(x) for m in layers]
+    x2 = x.reshape(-1, x.shape[-1])  # [M, in]
+    if x2.dtype != torch.float32 or not x2.is_contiguous():
+        x2 = x2.float().contiguous()
+    ys = kernels.ggml_mm_many(x2, [m.blocks for m in layers], [m.type_id for m in layers])  # [M, out_i] each
+    out = []
+    for m, y in zip(layers, ys, strict=True):
+        y = y if x.dtype == torch.float32 else y.to(x.dtype)
+        if m.bias is not None:
+            y = y + m.bias.to(x.dtype)
+        out.append(y.view(*x.shape[:-1], m.out_features))
+    return out

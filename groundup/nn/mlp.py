@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from .gguf_linear import project
 from .linear import Linear
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -54,7 +55,8 @@ class GatedMLP(nn.Module):
         self.down_proj = Linear(d_ff, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = project(x, (self.gate_proj, self.up_proj))
+        return self.down_proj(self.act(gate) * up)
 
 
 def make_ffn(cfg: Config, d_ff: int | None = None) -> nn.Module:

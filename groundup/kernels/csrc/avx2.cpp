@@ -107,67 +107,77 @@ AVX2 inline __m256i reduce8(const __m256i* p) {
   return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
-// The fp16 at byte `offset` of n (1..8) consecutive blocks, as float32; lanes past n are 0
+// The fp16 at byte `offset` of eight consecutive blocks, as float32
 template <int BYTES>
-AVX2 inline __m256 halves8(const uint8_t* blk, int offset, int n = 8) {
-  if (n == 8) {
-    __m128i v = _mm_cvtsi32_si128(read_u16(blk + offset));
-    v = _mm_insert_epi16(v, read_u16(blk + BYTES + offset), 1);
-    v = _mm_insert_epi16(v, read_u16(blk + 2 * BYTES + offset), 2);
-    v = _mm_insert_epi16(v, read_u16(blk + 3 * BYTES + offset), 3);
-    v = _mm_insert_epi16(v, read_u16(blk + 4 * BYTES + offset), 4);
-    v = _mm_insert_epi16(v, read_u16(blk + 5 * BYTES + offset), 5);
-    v = _mm_insert_epi16(v, read_u16(blk + 6 * BYTES + offset), 6);
-    v = _mm_insert_epi16(v, read_u16(blk + 7 * BYTES + offset), 7);
-    return _mm256_cvtph_ps(v);
-  }
-  alignas(16) uint16_t h[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int i = 0; i < n; ++i) h[i] = read_u16(blk + i * BYTES + offset);
-  return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h)));
+AVX2 inline __m256 halves8(const uint8_t* blk, int offset) {
+  __m128i v = _mm_cvtsi32_si128(read_u16(blk + offset));
+  v = _mm_insert_epi16(v, read_u16(blk + BYTES + offset), 1);
+  v = _mm_insert_epi16(v, read_u16(blk + 2 * BYTES + offset), 2);
+  v = _mm_insert_epi16(v, read_u16(blk + 3 * BYTES + offset), 3);
+  v = _mm_insert_epi16(v, read_u16(blk + 4 * BYTES + offset), 4);
+  v = _mm_insert_epi16(v, read_u16(blk + 5 * BYTES + offset), 5);
+  v = _mm_insert_epi16(v, read_u16(blk + 6 * BYTES + offset), 6);
+  v = _mm_insert_epi16(v, read_u16(blk + 7 * BYTES + offset), 7);
+  return _mm256_cvtph_ps(v);
 }
 
-AVX2 inline __m256i first_lanes(int n) {  // all ones in lanes 0..n-1
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+// One legacy block's integer sum against activation block b, as eight int32 partial sums (their total is
+// sum(code * a), less the format's offset times sum(a) where it has one)
+template <int T>
+AVX2 inline __m256i legacy_sums(__m256i q, __m256i aq, const A8View& x, int64_t b) {
+  __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * b));
+  if constexpr (T == Q8_0) y = _mm256_sign_epi8(y, q);
+  return sum_pairs(_mm256_maddubs_epi16(aq, y));
 }
 
 // Legacy formats, R activation rows: blocks go eight at a time, so their integer sums are gathered into one
-// vector (lane i: block i) and scaled by one vector of eight weight scales times eight activation scales. The
-// last group may hold fewer than eight (n): its missing blocks count as zeros, its scales load masked.
+// vector (lane i: block i) and scaled by one vector of eight weight scales times eight activation scales.
 template <int T, int R>
-AVX2 inline void legacy_group(const uint8_t* blk, const uint8_t* a, int64_t stride, int64_t nb, int64_t b, int n,
+AVX2 inline void legacy_group(const uint8_t* blk, const uint8_t* a, int64_t stride, int64_t nb, int64_t b,
                               __m256* acc, __m256* mins) {
   constexpr bool has_min = T == Q4_1 || T == Q5_1, is_signed = T == Q8_0;
   constexpr int bytes = block_bytes(T);
   constexpr int offset = legacy_offset<T>();  // value = d (code - offset): sum(code a) - offset sum(a)
   __m256i q[8], aq[8];
   for (int i = 0; i < 8; ++i) {
-    q[i] = i < n ? legacy_codes<T>(blk + i * bytes) : _mm256_setzero_si256();
+    q[i] = legacy_codes<T>(blk + i * bytes);
     aq[i] = is_signed ? _mm256_sign_epi8(q[i], q[i]) : q[i];  // signed codes: |w| times sign(w) a
   }
-  const __m256 wd = halves8<bytes>(blk, 0, n);
+  const __m256 wd = halves8<bytes>(blk, 0);
   __m256 wm = _mm256_setzero_ps();
-  if constexpr (has_min) wm = halves8<bytes>(blk, 2, n);
-  const __m256i lanes = first_lanes(n);
+  if constexpr (has_min) wm = halves8<bytes>(blk, 2);
 #pragma GCC unroll 4
   for (int j = 0; j < R; ++j) {
     const A8View x(a + j * stride, nb);
     __m256i p[8];
-    for (int i = 0; i < 8; ++i) {
-      if (i >= n) {
-        p[i] = _mm256_setzero_si256();
-        continue;
-      }
-      __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * (b + i)));
-      if constexpr (is_signed) y = _mm256_sign_epi8(y, q[i]);
-      p[i] = sum_pairs(_mm256_maddubs_epi16(aq[i], y));
-    }
+    for (int i = 0; i < 8; ++i) p[i] = legacy_sums<T>(q[i], aq[i], x, b + i);
     __m256i sums = reduce8(p);
     if constexpr (offset != 0)
       sums = _mm256_sub_epi32(sums, _mm256_mullo_epi32(_mm256_set1_epi32(offset),
-                                                       _mm256_maskload_epi32(x.sum + b, lanes)));
-    const __m256 scale = _mm256_mul_ps(wd, _mm256_maskload_ps(x.d + b, lanes));
+                                                       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sum + b))));
+    const __m256 scale = _mm256_mul_ps(wd, _mm256_loadu_ps(x.d + b));
     acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[j]);
-    if constexpr (has_min) mins[j] = _mm256_fmadd_ps(wm, _mm256_maskload_ps(x.s + b, lanes), mins[j]);
+    if constexpr (has_min) mins[j] = _mm256_fmadd_ps(wm, _mm256_loadu_ps(x.s + b), mins[j]);
+  }
+}
+
+// The blocks past the last group of eight, one at a time: each block's eight partial sums are scaled by its
+// own weight scale times activation scale (in `tail`, reduced with the rest at the end)
+template <int T, int R>
+AVX2 inline void legacy_block(const uint8_t* blk, const uint8_t* a, int64_t stride, int64_t nb, int64_t b,
+                              __m256* tail, float* mins) {
+  constexpr bool is_signed = T == Q8_0;
+  constexpr int offset = legacy_offset<T>();
+  const __m256i q = legacy_codes<T>(blk), aq = is_signed ? _mm256_sign_epi8(q, q) : q;
+  const float wd = half(read_u16(blk));
+  for (int j = 0; j < R; ++j) {
+    const A8View x(a + j * stride, nb);
+    const __m256 s = _mm256_cvtepi32_ps(legacy_sums<T>(q, aq, x, b));
+    // the offset's share, offset * sum(a), spread over the eight lanes' total
+    const float off = offset != 0 ? static_cast<float>(offset * x.sum[b]) : 0.f;
+    tail[j] = _mm256_fmadd_ps(s, _mm256_set1_ps(wd * x.d[b]), tail[j]);
+    mins[j] -= off * wd * x.d[b];
+    if constexpr (T == Q4_1 || T == Q5_1) mins[j] += half(read_u16(blk + 2)) * x.s[b];
   }
 }
 
@@ -178,9 +188,55 @@ AVX2 void dot_legacy_rows(const uint8_t* w, const uint8_t* a, int64_t stride, in
   __m256 acc[R], mins[R];
   for (int j = 0; j < R; ++j) acc[j] = mins[j] = _mm256_setzero_ps();
   int64_t b = 0;
-  for (; b + 8 <= nb; b += 8) legacy_group<T, R>(w + b * bytes, a, stride, nb, b, 8, acc, mins);
-  if (b < nb) legacy_group<T, R>(w + b * bytes, a, stride, nb, b, static_cast<int>(nb - b), acc, mins);
-  for (int j = 0; j < R; ++j) out[j] = hsum(acc[j]) + hsum(mins[j]);
+  for (; b + 8 <= nb; b += 8) legacy_group<T, R>(w + b * bytes, a, stride, nb, b, acc, mins);
+  float rest[R] = {};
+  for (; b < nb; ++b) legacy_block<T, R>(w + b * bytes, a, stride, nb, b, acc, rest);
+  for (int j = 0; j < R; ++j) out[j] = hsum(_mm256_add_ps(acc[j], mins[j])) + rest[j];
+}
+
+// W_ROWS weight rows against one activation row: per group of eight blocks the activation's codes and scales
+// are loaded once and each row's integer sums reduced as in legacy_group; the tail blocks go one at a time.
+template <int T>
+AVX2 void dot_legacy_wrows(const uint8_t* w, int64_t w_stride, const uint8_t* a, int64_t k, float* out) {
+  constexpr bool has_min = T == Q4_1 || T == Q5_1, is_signed = T == Q8_0;
+  constexpr int bytes = block_bytes(T);
+  constexpr int offset = legacy_offset<T>();
+  const int64_t nb = k / 32;
+  const A8View x(a, nb);
+  __m256 acc[W_ROWS], mins[W_ROWS];
+  for (int r = 0; r < W_ROWS; ++r) acc[r] = mins[r] = _mm256_setzero_ps();
+  int64_t b = 0;
+  for (; b + 8 <= nb; b += 8) {
+    const __m256 xd = _mm256_loadu_ps(x.d + b);
+    __m256 xs = _mm256_setzero_ps();
+    if constexpr (has_min) xs = _mm256_loadu_ps(x.s + b);
+    __m256i off = _mm256_setzero_si256();
+    if constexpr (offset != 0)
+      off = _mm256_mullo_epi32(_mm256_set1_epi32(offset), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sum + b)));
+    for (int r = 0; r < W_ROWS; ++r) {
+      const uint8_t* blk = w + r * w_stride + b * bytes;
+      __m256i p[8];
+      for (int i = 0; i < 8; ++i) {
+        const __m256i q = legacy_codes<T>(blk + i * bytes);
+        p[i] = legacy_sums<T>(q, is_signed ? _mm256_sign_epi8(q, q) : q, x, b + i);
+      }
+      __m256i sums = reduce8(p);
+      if constexpr (offset != 0) sums = _mm256_sub_epi32(sums, off);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(halves8<bytes>(blk, 0), xd), acc[r]);
+      if constexpr (has_min) mins[r] = _mm256_fmadd_ps(halves8<bytes>(blk, 2), xs, mins[r]);
+    }
+  }
+  float rest[W_ROWS] = {};
+  for (; b < nb; ++b)
+    for (int r = 0; r < W_ROWS; ++r) legacy_block<T, 1>(w + r * w_stride + b * bytes, a, 0, nb, b, acc + r, rest + r);
+  // four rows' totals at once: lane r of the result is row r's sum
+  __m256 t[W_ROWS];
+  for (int r = 0; r < W_ROWS; ++r) t[r] = _mm256_add_ps(acc[r], mins[r]);
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  alignas(16) float tot[4];
+  _mm_store_ps(tot, s);
+  for (int r = 0; r < W_ROWS; ++r) out[r] = tot[r] + rest[r];
 }
 
 // Sum over one super-block of scale_s * sum(q * a) for Q4_K / Q5_K (8 sub-blocks of 32, unsigned codes)
@@ -342,6 +398,11 @@ void fill_avx2(Variant* v) {
   v->dot[Q5_0] = dot_rows<Legacy<Q5_0>::K>;
   v->dot[Q5_1] = dot_rows<Legacy<Q5_1>::K>;
   v->dot[Q8_0] = dot_rows<Legacy<Q8_0>::K>;
+  v->dot_w[Q4_0] = dot_legacy_wrows<Q4_0>;
+  v->dot_w[Q4_1] = dot_legacy_wrows<Q4_1>;
+  v->dot_w[Q5_0] = dot_legacy_wrows<Q5_0>;
+  v->dot_w[Q5_1] = dot_legacy_wrows<Q5_1>;
+  v->dot_w[Q8_0] = dot_legacy_wrows<Q8_0>;
   v->dot[Q4_K] = dot_rows<K4<Q4_K>::K>;
   v->dot[Q5_K] = dot_rows<K4<Q5_K>::K>;
   v->dot[Q6_K] = dot_rows<Q6>;

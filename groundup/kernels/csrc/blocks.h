@@ -106,14 +106,20 @@ constexpr int MAX_ROWS = 4;  // activation rows one call of a dot function multi
 // dot(w, a, a_stride, rows, k, out): one weight row w (k values) against `rows` (1..MAX_ROWS) activation rows
 // starting at a, each a_stride bytes apart; out[j] = sum_i w_i a_ji.
 using DotFn = void (*)(const uint8_t* w, const uint8_t* a, int64_t a_stride, int rows, int64_t k, float* out);
+// dot_w(w, w_stride, a, k, out): W_ROWS weight rows (w_stride bytes apart) against one activation row, the
+// decode step's case: the activation's blocks and scales are loaded once for all of them; out[r] = sum_i w_ri a_i.
+constexpr int W_ROWS = 4;
+using DotWFn = void (*)(const uint8_t* w, int64_t w_stride, const uint8_t* a, int64_t k, float* out);
 using QuantizeFn = void (*)(const float* x, uint8_t* y, int64_t k);
 
-// One instruction-set variant: its quantizers and a dot function per weight type (null: not offered).
+// One instruction-set variant: its quantizers, a dot function per weight type (null: not offered) and,
+// optionally, a W_ROWS-weight-row one for single activation rows.
 struct Variant {
   const char* name;
   QuantizeFn quantize_a8;
   QuantizeFn quantize_ak;
   DotFn dot[31];
+  DotWFn dot_w[31];
 };
 
 void fill_generic(Variant* v);

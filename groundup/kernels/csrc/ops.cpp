@@ -1,4 +1,5 @@
 // The torch operators over the variants: groundup::ggml_mm (x times a matrix stored as ggml blocks),
+// groundup::ggml_mm_many (x times several such matrices, quantized once),
 // groundup::quantize_activations (the 8-bit activation blocks, for the tests), groundup::use_variant.
 // Threads come from torch's pool (at::parallel_for), so torch.set_num_threads governs them.
 #include <ATen/Parallel.h>
@@ -70,7 +71,42 @@ void check_input(const at::Tensor& x, int64_t type) {
               " is not a multiple of the block of type ", type, " (", block_values(static_cast<int>(type)), ")");
 }
 
-at::Tensor ggml_mm(const at::Tensor& x, const at::Tensor& w, int64_t type) {
+// One product's operands: rows [begin, end) of y = x W^T are computed by multiply_rows
+struct Product {
+  const uint8_t* w;  // the matrix's blocks, row_bytes a row
+  int64_t row_bytes;
+  const uint8_t* a;  // the activation rows (8-bit blocks or float), stride bytes apart
+  int64_t stride;
+  float* y;  // [m, n]
+  int64_t m, n, k;
+  DotFn dot;
+  DotWFn dot_w;
+};
+
+void multiply_rows(const Product& p, int64_t begin, int64_t end) {
+  if (p.m == 1 && p.dot_w != nullptr) {  // decode: W_ROWS weight rows at a time share the activation's loads
+    int64_t c = begin;
+    for (; c + W_ROWS <= end; c += W_ROWS) p.dot_w(p.w + c * p.row_bytes, p.row_bytes, p.a, p.k, p.y + c);
+    for (; c < end; ++c) p.dot(p.w + c * p.row_bytes, p.a, p.stride, 1, p.k, p.y + c);
+    return;
+  }
+  constexpr int64_t TILE = 8;  // weight rows kept hot in L1 while every group of activation rows passes them
+  float tmp[MAX_ROWS];
+  for (int64_t n0 = begin; n0 < end; n0 += TILE) {
+    const int64_t n1 = std::min(end, n0 + TILE);
+    for (int64_t r = 0; r < p.m; r += MAX_ROWS) {
+      const int rows = static_cast<int>(std::min<int64_t>(MAX_ROWS, p.m - r));
+      for (int64_t c = n0; c < n1; ++c) {
+        p.dot(p.w + c * p.row_bytes, p.a + r * p.stride, p.stride, rows, p.k, tmp);
+        for (int j = 0; j < rows; ++j) p.y[(r + j) * p.n + c] = tmp[j];
+      }
+    }
+  }
+}
+
+// The checked operands of x times one matrix; `acts` caches the activation rows by kind, so products that
+// share x quantize it once
+Product product(const at::Tensor& x, const at::Tensor& w, int64_t type, at::Tensor (&acts)[3], at::Tensor& y) {
   check_input(x, type);
   const int t = static_cast<int>(type);
   const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
@@ -78,28 +114,41 @@ at::Tensor ggml_mm(const at::Tensor& x, const at::Tensor& w, int64_t type) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous() && w.size(1) == row_bytes,
               "groundup::ggml_mm: blocks must be contiguous uint8 [N, ", row_bytes, "] for K=", k, ", got ", w.sizes());
   const Variant& v = current();
-  const at::Tensor a = activations(x, activation_kind(t), v);
-  const int64_t stride = a.size(1) * a.element_size();
-  at::Tensor y = at::empty({m, n}, x.options());
-  const uint8_t* wp = w.data_ptr<uint8_t>();
-  const uint8_t* ap = static_cast<const uint8_t*>(a.data_ptr());
-  float* yp = y.data_ptr<float>();
-  const DotFn dot = v.dot[t];
-  constexpr int64_t TILE = 8;  // weight rows kept hot in L1 while every group of activation rows passes them
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    float tmp[MAX_ROWS];
-    for (int64_t n0 = begin; n0 < end; n0 += TILE) {
-      const int64_t n1 = std::min(end, n0 + TILE);
-      for (int64_t r = 0; r < m; r += MAX_ROWS) {
-        const int rows = static_cast<int>(std::min<int64_t>(MAX_ROWS, m - r));
-        for (int64_t c = n0; c < n1; ++c) {
-          dot(wp + c * row_bytes, ap + r * stride, stride, rows, k, tmp);
-          for (int j = 0; j < rows; ++j) yp[(r + j) * n + c] = tmp[j];
-        }
-      }
+  const int kind = activation_kind(t);
+  if (!acts[kind].defined()) acts[kind] = activations(x, kind, v);
+  const at::Tensor& a = acts[kind];
+  y = at::empty({m, n}, x.options());
+  return Product{w.data_ptr<uint8_t>(), row_bytes, static_cast<const uint8_t*>(a.data_ptr()),
+                 a.size(1) * static_cast<int64_t>(a.element_size()), y.data_ptr<float>(), m, n, k, v.dot[t], v.dot_w[t]};
+}
+
+at::Tensor ggml_mm(const at::Tensor& x, const at::Tensor& w, int64_t type) {
+  at::Tensor acts[3], y;
+  const Product p = product(x, w, type, acts, y);
+  at::parallel_for(0, p.n, 16, [&](int64_t begin, int64_t end) { multiply_rows(p, begin, end); });
+  return y;
+}
+
+// x times several matrices (q, k and v; gate and up): the activations quantized once, and one parallel
+// region over all their rows, in chunks, so small matrices do not each pay a fork and join
+std::vector<at::Tensor> ggml_mm_many(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types) {
+  TORCH_CHECK(!ws.empty() && ws.size() == types.size(), "groundup::ggml_mm_many: give one type per matrix, got ",
+              ws.size(), " matrices and ", types.size(), " types");
+  at::Tensor acts[3];
+  std::vector<at::Tensor> ys(ws.size());
+  std::vector<Product> ps;
+  for (size_t i = 0; i < ws.size(); ++i) ps.push_back(product(x, ws[i], types[i], acts, ys[i]));
+  constexpr int64_t CHUNK = 32;  // rows a task: a multiple of W_ROWS
+  std::vector<std::pair<size_t, int64_t>> tasks;  // (matrix, first row)
+  for (size_t i = 0; i < ps.size(); ++i)
+    for (int64_t r = 0; r < ps[i].n; r += CHUNK) tasks.emplace_back(i, r);
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const Product& p = ps[tasks[t].first];
+      multiply_rows(p, tasks[t].second, std::min(p.n, tasks[t].second + CHUNK));
     }
   });
-  return y;
+  return ys;
 }
 
 at::Tensor quantize_activations(const at::Tensor& x, int64_t kind) {
@@ -131,6 +180,7 @@ std::vector<std::string> available() {
 
 TORCH_LIBRARY(groundup, m) {
   m.def("ggml_mm(Tensor x, Tensor blocks, int type) -> Tensor");
+  m.def("ggml_mm_many(Tensor x, Tensor[] blocks, int[] types) -> Tensor[]");
   m.def("quantize_activations(Tensor x, int kind) -> Tensor");
   m.def("use_variant(str name) -> str");
   m.def("available_variants() -> str[]");
@@ -138,6 +188,7 @@ TORCH_LIBRARY(groundup, m) {
 
 TORCH_LIBRARY_IMPL(groundup, CPU, m) {
   m.impl("ggml_mm", &gu::ggml_mm);
+  m.impl("ggml_mm_many", &gu::ggml_mm_many);
   m.impl("quantize_activations", &gu::quantize_activations);
 }
 
