@@ -15,7 +15,7 @@ import torch
 
 import groundup as gu
 from groundup import kernels
-from groundup.nn.gguf_linear import GGUFEmbedding, GGUFLinear
+from groundup.nn.gguf_linear import GGUFEmbedding, GGUFLinear, project
 from groundup.nn.qspec import GGUFSpec
 
 gguf = pytest.importorskip("gguf")
@@ -97,6 +97,31 @@ def test_forcing_a_variant_the_cpu_lacks_names_the_choices(tmp_path):
     code = "from groundup import kernels; kernels.available()"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode != 0 and "GROUNDUP_KERNELS='avx9000'" in out.stderr and "generic" in out.stderr
+
+
+@pytest.mark.skipif(not kernels.available(), reason="native kernels not built")
+def test_qkv_and_gate_up_are_one_product_with_the_layers_results(tmp_path, monkeypatch):
+    model = gu.from_pretrained(_model("llama").save_gguf(tmp_path / "a.gguf", dtype="q4_0"))
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    x = torch.randn(2, 3, attn.q_proj.in_features)
+    layers = (attn.q_proj, attn.k_proj, attn.v_proj)
+    with torch.no_grad():
+        one_by_one = [m(x) for m in layers]
+        calls = []
+        real = kernels.ggml_mm_many
+        monkeypatch.setattr(kernels, "ggml_mm_many", lambda *a: calls.append(len(a[1])) or real(*a))
+        fused = project(x, layers)
+        for a, b in zip(fused, one_by_one, strict=True):
+            assert torch.equal(a, b)
+        model(IDS[:1])
+        assert calls == [3] + [3, 2] * len(model.blocks)  # q/k/v, then each block's q/k/v and gate/up
+        # a hook on a layer (calibration, tracing) or an adapter wrapped round one: layer by layer again
+        seen = []
+        handle = mlp.up_proj.register_forward_hook(lambda *a: seen.append(1))
+        calls.clear()
+        project(x, (mlp.gate_proj, mlp.up_proj))
+        handle.remove()
+        assert seen == [1] and calls == []
 
 
 def test_adapters_train_over_kept_layers(tmp_path):

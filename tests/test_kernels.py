@@ -134,20 +134,43 @@ def test_activation_blocks_exact_every_variant(kind):
         kernels.use(before)
 
 
-def test_threads_split_rows_equally():
-    """Rows split among threads give the same result as one thread (each row's sum is one thread's)."""
+@pytest.mark.parametrize("name", ["Q4_K", "Q4_1", "Q8_0"])
+def test_a_rows_result_depends_on_neither_threads_nor_batch(name):
+    """Rows split among threads give the same result as one thread (each row's sum is one thread's), and a
+    row of x alone (the decode path: several weight rows a call) the same as within a batch."""
     gen = torch.Generator().manual_seed(3)
-    blocks = random_blocks("Q4_K", 203, 512, gen)
-    x = torch.randn(7, 512, generator=gen)
+    k = 512 if name == "Q4_K" else 352
+    blocks = random_blocks(name, 203, k, gen)
+    x = torch.randn(7, k, generator=gen)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = kernels.ggml_mm(x, blocks, TYPE_IDS["Q4_K"])
+        one = kernels.ggml_mm(x, blocks, TYPE_IDS[name])
         torch.set_num_threads(max(2, threads))
-        many = kernels.ggml_mm(x, blocks, TYPE_IDS["Q4_K"])
+        many = kernels.ggml_mm(x, blocks, TYPE_IDS[name])
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, many)
+    assert torch.equal(kernels.ggml_mm(x[2:3].contiguous(), blocks, TYPE_IDS[name]), many[2:3])
+
+
+@pytest.mark.parametrize("m", [1, 5])
+def test_products_sharing_an_input_equal_the_single_ones(m):
+    """ggml_mm_many: matrices of several types (both activation kinds) from one x, row counts that are not
+    multiples of the chunk; each result equals its own ggml_mm, in every variant."""
+    gen = torch.Generator().manual_seed(11 + m)
+    names = ("Q4_K", "Q5_0", "Q6_K", "Q8_0", "F16")
+    blocks = [random_blocks(name, rows, 512, gen) for name, rows in zip(names, (70, 33, 5, 64, 9), strict=True)]
+    x = torch.randn(m, 512, generator=gen)
+    before = kernels.variant()
+    try:
+        for v in kernels.variants():
+            kernels.use(v)
+            many = kernels.ggml_mm_many(x, blocks, [TYPE_IDS[n] for n in names])
+            for y, b, n in zip(many, blocks, names, strict=True):
+                assert torch.equal(y, kernels.ggml_mm(x, b, TYPE_IDS[n])), (v, n)
+    finally:
+        kernels.use(before)
 
 
 def test_opcheck():
@@ -157,6 +180,9 @@ def test_opcheck():
         blocks = random_blocks(name, 16, k, gen)
         torch.library.opcheck(torch.ops.groundup.ggml_mm, (torch.randn(2, k, generator=gen), blocks, TYPE_IDS[name]))
     torch.library.opcheck(torch.ops.groundup.quantize_activations, (torch.randn(2, 256, generator=gen), 2))
+    pair = [random_blocks("Q4_0", 16, 256, gen), random_blocks("Q6_K", 8, 256, gen)]
+    torch.library.opcheck(torch.ops.groundup.ggml_mm_many,
+                          (torch.randn(2, 256, generator=gen), pair, [TYPE_IDS["Q4_0"], TYPE_IDS["Q6_K"]]))
 
 
 def test_bad_input_names_the_problem():

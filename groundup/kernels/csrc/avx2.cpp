@@ -229,14 +229,8 @@ AVX2 void dot_legacy_wrows(const uint8_t* w, int64_t w_stride, const uint8_t* a,
   float rest[W_ROWS] = {};
   for (; b < nb; ++b)
     for (int r = 0; r < W_ROWS; ++r) legacy_block<T, 1>(w + r * w_stride + b * bytes, a, 0, nb, b, acc + r, rest + r);
-  // four rows' totals at once: lane r of the result is row r's sum
-  __m256 t[W_ROWS];
-  for (int r = 0; r < W_ROWS; ++r) t[r] = _mm256_add_ps(acc[r], mins[r]);
-  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-  alignas(16) float tot[4];
-  _mm_store_ps(tot, s);
-  for (int r = 0; r < W_ROWS; ++r) out[r] = tot[r] + rest[r];
+  // summed in dot_legacy_rows' order, so a row's result does not depend on which path computed it
+  for (int r = 0; r < W_ROWS; ++r) out[r] = hsum(_mm256_add_ps(acc[r], mins[r])) + rest[r];
 }
 
 // Sum over one super-block of scale_s * sum(q * a) for Q4_K / Q5_K (8 sub-blocks of 32, unsigned codes)
