@@ -1,4 +1,4 @@
-"""The native kernels' products of one decode token of a GGUF file, by weight type: time, bytes read and GB/s,
+"""The native kernels' product calls of one decode token of a GGUF file, by call: time, bytes read and GB/s,
 against a read probe of 1 GiB measured in the same run (torch's sum over fp32; the model may sit in a large L3,
 so the ratio is a figure, not a ceiling).
 
@@ -34,6 +34,29 @@ def best_of(fn, repeats: int = 7) -> float:
     return min(times)
 
 
+def decode_calls(model) -> list[tuple[str, tuple[GGUFLinear, ...]]]:
+    """The product calls of one decode token, as the layers make them: q/k/v and gate/up one call each
+    (nn.gguf_linear.project), the others alone, then the head."""
+    calls = []
+    for block in model.blocks:
+        attn, mlp = block.attn, block.mlp
+        groups = [("q/k/v", (attn.q_proj, attn.k_proj, attn.v_proj)), ("o", (attn.o_proj,)),
+                  ("gate/up", (getattr(mlp, "gate_proj", None), mlp.up_proj)), ("down", (mlp.down_proj,))]
+        for label, layers in groups:
+            layers = tuple(m for m in layers if m is not None)
+            if all(isinstance(m, GGUFLinear) for m in layers):
+                calls.append((label, layers))
+    if isinstance(model.lm_head, GGUFLinear):
+        calls.append(("head", (model.lm_head,)))
+    return calls
+
+
+def product(x: torch.Tensor, layers: tuple[GGUFLinear, ...]) -> list[torch.Tensor]:
+    if len(layers) == 1:
+        return [kernels.ggml_mm(x, layers[0].blocks, layers[0].type_id)]
+    return kernels.ggml_mm_many(x, [m.blocks for m in layers], [m.type_id for m in layers])
+
+
 def read_probe() -> float:
     """GB/s of summing 1 GiB of fp32 (best of 5)."""
     big = torch.ones(2**28)
@@ -51,23 +74,25 @@ def main() -> None:
         raise SystemExit("the native kernels are not available (see the warning)")
     model = gu.from_pretrained(args.gguf)
     groups = collections.defaultdict(list)
-    for layer in model.modules():
-        if isinstance(layer, GGUFLinear):
-            groups[(layer.ggml_type, layer.out_features, layer.in_features)].append(layer)
+    for label, layers in decode_calls(model):
+        key = (label, "+".join(m.ggml_type for m in layers), "+".join(str(m.out_features) for m in layers),
+               layers[0].in_features)
+        groups[key].append(layers)
     rows, total_t, total_b = [], 0.0, 0
-    for (kind, n, k), layers in sorted(groups.items()):
+    for (label, kind, n, k), calls in groups.items():
         x = torch.randn(1, k)
-        t = best_of(lambda layers=layers, x=x: [kernels.ggml_mm(x, m.blocks, m.type_id) for m in layers])
-        nbytes = sum(m.blocks.numel() for m in layers)
-        rows.append(f"| {kind} | {n} x {k} | {len(layers)} | {nbytes / 1e6:.1f} | {t * 1e3:.2f} | "
+        t = best_of(lambda calls=calls, x=x: [product(x, layers) for layers in calls])
+        nbytes = sum(m.blocks.numel() for layers in calls for m in layers)
+        rows.append(f"| {label} | {kind} | {n} x {k} | {len(calls)} | {nbytes / 1e6:.1f} | {t * 1e3:.2f} | "
                     f"{nbytes / t / 1e9:.1f} |")
         total_t, total_b = total_t + t, total_b + nbytes
     probe = read_probe()
     lines = [f"Command: `{command()}`", "",
-             f"`{Path(args.gguf).name}`: every product of one decode token (batch 1), grouped by weight type and "
-             f"shape; {args.threads} threads, kernel variant {kernels.variant()}, torch {torch.__version__}. Best "
-             "of 7.", "", "| type | out x in | layers | MB | ms | GB/s |", "|---|---|---:|---:|---:|---:|", *rows,
-             f"| **all** | | {sum(len(v) for v in groups.values())} | {total_b / 1e6:.1f} | {total_t * 1e3:.2f} | "
+             f"`{Path(args.gguf).name}`: every product call of one decode token (batch 1; q/k/v and gate/up one "
+             f"call each, from one quantized input), grouped by weight types and shapes; {args.threads} threads, "
+             f"kernel variant {kernels.variant()}, torch {torch.__version__}. Best of 7.", "",
+             "| call | types | out x in | calls | MB | ms | GB/s |", "|---|---|---|---:|---:|---:|---:|", *rows,
+             f"| **all** | | | {sum(len(v) for v in groups.values())} | {total_b / 1e6:.1f} | {total_t * 1e3:.2f} | "
              f"{total_b / total_t / 1e9:.1f} |", "",
              f"Read probe (sum of 1 GiB fp32, same run): {probe:.1f} GB/s; the products read at "
              f"{total_b / total_t / 1e9 / probe:.0%} of it."]

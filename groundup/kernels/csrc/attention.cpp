@@ -60,6 +60,45 @@ AVX2 void axpy_avx2(float p, const float* v, float* y, int64_t d) {
   for (; i < d; ++i) y[i] += p * v[i];
 }
 
+// e^x for eight floats: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 Taylor polynomial (relative error
+// below 2e-7 there), 2^n put into the exponent bits; below -87 (and -inf) the result is 0
+AVX2 __m256 exp8(__m256 x) {
+  const __m256 hidden = _mm256_cmp_ps(x, _mm256_set1_ps(-87.f), _CMP_LT_OQ);
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.f)), _mm256_set1_ps(-87.f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // r = x - n ln2, with ln2 split in two so the product loses nothing
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.f / 720.f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(hidden, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+// scores[s] <- exp(scores[s] - m) (hidden keys hold -inf, so 0); returns their sum
+AVX2 float exp_sum_avx2(float* scores, int64_t n, float m) {
+  const __m256 mm = _mm256_set1_ps(m);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + i), mm));
+    _mm256_storeu_ps(scores + i, p);
+    acc = _mm256_add_ps(acc, p);
+  }
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  float total = _mm_cvtss_f32(s);
+  for (; i < n; ++i) total += (scores[i] = std::exp(scores[i] - m));
+  return total;
+}
+
 struct Geometry {
   int64_t B, H, K, S, D;
   int64_t qs[3], ks[3], vs[3];  // strides (batch, head, position) in elements; the head dim is contiguous
@@ -75,7 +114,10 @@ void one_head(const Geometry& g, int64_t bh, const float* q, const T* k, const T
   const bool* vis = visible + b * g.S;
   float m = -INFINITY;
   for (int64_t s = 0; s < g.S; ++s) {
-    if (!vis[s]) continue;
+    if (!vis[s]) {
+      scores[s] = -INFINITY;
+      continue;
+    }
     float x;
     if constexpr (std::is_same_v<T, float>) x = avx2 ? dot_avx2(qh, kh + s * g.ks[2], g.D) : dot_generic(qh, kh + s * g.ks[2], g.D);
     else x = dot_generic(qh, kh + s * g.ks[2], g.D);
@@ -88,10 +130,14 @@ void one_head(const Geometry& g, int64_t bh, const float* q, const T* k, const T
   std::fill(o, o + g.D, 0.f);
   if (m == -INFINITY) return;  // no visible key: zeros, as a fully hidden row of the other kernels is not NaN
   float total = 0.f;
+  if (avx2) {
+    total = exp_sum_avx2(scores.data(), g.S, m);
+  } else {
+    for (int64_t s = 0; s < g.S; ++s) total += (scores[s] = vis[s] ? std::exp(scores[s] - m) : 0.f);
+  }
   for (int64_t s = 0; s < g.S; ++s) {
     if (!vis[s]) continue;
-    const float p = std::exp(scores[s] - m);
-    total += p;
+    const float p = scores[s];
     if constexpr (std::is_same_v<T, float>) {
       if (avx2) axpy_avx2(p, vh + s * g.vs[2], o, g.D);
       else axpy_generic(p, vh + s * g.vs[2], o, g.D);
