@@ -1,7 +1,7 @@
 """Every matrix product of llama.cpp's own forward pass, recomputed by groundup's kept-block layers from the same input.
 
-    python bench/llamacpp_trace.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --llama-python /tmp/lcpp/bin/python \
-        [--tokens 16] [--out docs/bench_llamacpp_trace.md]
+    python bench/llamacpp_trace.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf [MORE.gguf ...] \
+        --llama-python /tmp/lcpp/bin/python [--tokens 16] [--out docs/bench_llamacpp_trace.md]
 
 llama.cpp runs the file on a few tokens with an evaluation callback (its `cb_eval` hook, through ctypes) that copies
 out each product's input activations and its result. groundup's layer for that tensor (GGUFLinear, the native
@@ -122,35 +122,41 @@ def compare(model, arch: str, dump: dict[str, np.ndarray]) -> dict[str, tuple[se
     return out
 
 
+def file_table(path: Path, python: str, tokens: int, threads: int) -> list[str]:
+    """One file's rows: llama.cpp traced on a sentence, every product recomputed by groundup."""
+    model = gu.from_pretrained(path).eval()
+    ids = gu.Tokenizer.from_file(path).encode("The quick brown fox jumps over the lazy dog, and then it runs "
+                                              "into the forest to find")[:tokens]
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = trace(python, path, ids, threads, tmp)
+    if not dump:
+        raise SystemExit(f"{path}: llama.cpp's callback saw no products of tensors named like {WANTED}")
+    rows = compare(model, read_header(path)[0]["general.architecture"], dump)
+    types = sorted({m.ggml_type for m in model.modules() if isinstance(m, GGUFLinear)})
+    lines = [f"`{path.name}` ({', '.join(types)}), {len(ids)} tokens:", "",
+             "| product | weight types | layers | largest relative difference | median |", "|---|---|---:|---:|---:|"]
+    for kind, (kinds, rel) in rows.items():
+        median = float(np.median(rel))
+        lines.append(f"| {kind} | {', '.join(sorted(kinds))} | {len(rel)} | {max(rel):.1e} | {median:.1e} |")
+    return [*lines, ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--gguf", required=True, nargs="+")
     ap.add_argument("--llama-python", required=True, help="python of a venv with llama-cpp-python")
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    path = Path(args.gguf)
-    model = gu.from_pretrained(path).eval()
-    tok = gu.Tokenizer.from_file(path)
-    ids = tok.encode("The quick brown fox jumps over the lazy dog, and then it runs into the forest to find")
-    ids = ids[: args.tokens]
-    with tempfile.TemporaryDirectory() as tmp:
-        dump = trace(args.llama_python, path, ids, args.threads, tmp)
-    if not dump:
-        raise SystemExit("llama.cpp's callback saw no products of tensors named like " + WANTED)
-    rows = compare(model, read_header(path)[0]["general.architecture"], dump)
-    types = sorted({m.ggml_type for m in model.modules() if isinstance(m, GGUFLinear)})
     lines = [f"Command: `{command()}`", "",
-             f"`{path.name}` ({', '.join(types)}), {len(ids)} tokens, {args.threads} threads, groundup kernels: "
-             f"{kernels.variant()}. Each row: llama.cpp's product inputs fed to groundup's layer; the largest "
-             "|groundup - llama.cpp| relative to the largest |llama.cpp| value, over the layers.", "",
-             "| product | weight types | layers | largest relative difference | median |", "|---|---|---:|---:|---:|"]
-    for kind, (kinds, rel) in rows.items():
-        median = float(np.median(rel))
-        lines.append(f"| {kind} | {', '.join(sorted(kinds))} | {len(rel)} | {max(rel):.1e} | {median:.1e} |")
-    emit("llama.cpp's products recomputed by groundup", lines, args.out)
+             f"{args.threads} threads, groundup kernels: {kernels.variant()}, torch {torch.__version__}. Each row: the "
+             "inputs llama.cpp gave a product, fed to groundup's layer for the same tensor; the largest "
+             "|groundup - llama.cpp| relative to the largest |llama.cpp| value, over the layers.", ""]
+    for path in args.gguf:
+        lines += file_table(Path(path), args.llama_python, args.tokens, args.threads)
+    emit("llama.cpp's products recomputed by groundup", lines[:-1], args.out)
 
 
 if __name__ == "__main__":
