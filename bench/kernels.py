@@ -2,7 +2,11 @@
 against a read probe of 1 GiB measured in the same run (torch's sum over fp32; the model may sit in a large L3,
 so the ratio is a figure, not a ceiling).
 
-    python bench/kernels.py --gguf FILE.gguf [--threads 2] [--out docs/bench_kernels.md]
+    python bench/kernels.py --gguf FILE.gguf [--threads 2] [--memory] [--out docs/bench_kernels.md]
+
+--memory: peak resident memory (VmHWM) of fresh processes that load the file (its blocks kept) or its fp32
+decoding saved as a folder and decode 64 tokens after a 128-token prompt, each against a process that only
+imports torch and groundup and loads the kernels: what decoding the model itself needs.
 """
 
 from __future__ import annotations
@@ -57,6 +61,40 @@ def product(x: torch.Tensor, layers: tuple[GGUFLinear, ...]) -> list[torch.Tenso
     return kernels.ggml_mm_many(x, [m.blocks for m in layers], [m.type_id for m in layers])
 
 
+CHILD = """
+import sys, torch, groundup as gu
+from groundup import kernels
+torch.set_num_threads(int(sys.argv[2]))
+kernels.available()
+if sys.argv[1]:
+    model = gu.from_pretrained(sys.argv[1]).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0))
+    gu.generate(model, ids, 64)
+print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))
+"""
+
+
+def memory(path: Path, threads: int) -> list[str]:
+    """Rows: peak RSS over the import baseline, decoding the file's blocks and its fp32 decoding."""
+    import subprocess
+    import tempfile
+
+    def peak(target: str) -> float:
+        out = subprocess.run([sys.executable, "-c", CHILD, target, str(threads)], capture_output=True, text=True,
+                             check=True)
+        return int(out.stdout.split()[-1]) / 1024
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gu.from_pretrained(path, dequantize=True).save_pretrained(Path(tmp) / "fp32")
+        base, blocks, fp32 = peak(""), peak(str(path)), peak(str(Path(tmp) / "fp32"))
+    size = path.stat().st_size / 2**20
+    return ["", f"Peak resident memory (VmHWM, MiB) of a fresh process decoding 64 tokens, over one that only imports "
+            f"torch and groundup and loads the kernels ({base:,.0f} MiB); the file is {size:,.0f} MiB:", "",
+            "| model | peak MiB | over the import | vs fp32 |", "|---|---:|---:|---:|",
+            f"| the file's blocks | {blocks:,.0f} | {blocks - base:,.0f} | {(blocks - base) / (fp32 - base):.2f} |",
+            f"| its fp32 decoding (safetensors folder) | {fp32:,.0f} | {fp32 - base:,.0f} | 1.00 |"]
+
+
 def read_probe() -> float:
     """GB/s of summing 1 GiB of fp32 (best of 5)."""
     big = torch.ones(2**28)
@@ -67,6 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--memory", action="store_true", help="also peak RSS of decoding the file and its fp32 decoding")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -96,6 +135,8 @@ def main() -> None:
              f"{total_b / total_t / 1e9:.1f} |", "",
              f"Read probe (sum of 1 GiB fp32, same run): {probe:.1f} GB/s; the products read at "
              f"{total_b / total_t / 1e9 / probe:.0%} of it."]
+    if args.memory:
+        lines += memory(Path(args.gguf), args.threads)
     emit("Native kernels: one decode token's products", lines, args.out)
 
 
