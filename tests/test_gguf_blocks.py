@@ -122,6 +122,10 @@ def test_qkv_and_gate_up_are_one_product_with_the_layers_results(tmp_path, monke
         project(x, (mlp.gate_proj, mlp.up_proj))
         handle.remove()
         assert seen == [1] and calls == []
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: seen.append(2))
+        project(x, (mlp.gate_proj, mlp.up_proj))
+        handle.remove()
+        assert seen == [1, 2, 2] and calls == []
 
 
 def test_adapters_train_over_kept_layers(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module  # the hooks registered for every module
 
 from .. import kernels
 from ..kernels.ggml_quants import FORMATS, TYPE_IDS, dequantize
@@ -126,7 +127,8 @@ def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor
     native kernels (no adapter wrapped round it, no hooks on it, no gradient asked for), one call computes them
     all: x rounded to 8-bit blocks once, as llama.cpp reuses it, and one pass of the threads over all the rows.
     The results are the ones the layers give one by one."""
-    fused = all(type(m) is GGUFLinear and not m._forward_hooks and not m._forward_pre_hooks for m in layers)
+    fused = all(type(m) is GGUFLinear and not m._forward_hooks and not m._forward_pre_hooks for m in layers) \
+        and not _module._global_forward_hooks and not _module._global_forward_pre_hooks
     if not fused or not all(m.blocks.is_cpu for m in layers) or (x.requires_grad and torch.is_grad_enabled()) \
             or not kernels.available():
         return [m(x) for m in layers]
