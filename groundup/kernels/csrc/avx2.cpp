@@ -215,6 +215,10 @@ AVX2 void dot_legacy_wrows(const uint8_t* w, int64_t w_stride, const uint8_t* a,
       off = _mm256_mullo_epi32(_mm256_set1_epi32(offset), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sum + b)));
     for (int r = 0; r < W_ROWS; ++r) {
       const uint8_t* blk = w + r * w_stride + b * bytes;
+      // the four rows are four streams from memory, which the hardware prefetchers follow poorly: ask for each
+      // row's next group while this one is multiplied (a prefetch never faults, even past the matrix's end)
+      for (int line = 0; line < 8 * bytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(blk + 8 * bytes + line), _MM_HINT_T0);
       __m256i p[8];
       for (int i = 0; i < 8; ++i) {
         const __m256i q = legacy_codes<T>(blk + i * bytes);
