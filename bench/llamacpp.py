@@ -1,7 +1,7 @@
 """groundup against llama.cpp on the same GGUF files, same threads: greedy decode and prefill tokens/s.
 
     python bench/llamacpp.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --llama-python /tmp/lcpp/bin/python
-                             [--prompt 128] [--new 64] [--repeats 3] [--compile] [--out docs/bench_llamacpp.md]
+                             [--prompt 128] [--new 64] [--repeats 5] [--compile] [--out docs/bench_llamacpp.md]
 
 llama.cpp runs through llama-cpp-python in the interpreter named by --llama-python (a venv of its own: the
 build is a bench dependency, never a groundup one). Built from the PyPI sdist; on CPUs where the native build
@@ -13,7 +13,9 @@ weights), which llama.cpp then loads too: every row reads one file in both progr
 file to float and runs it quantized to its own int8 (for Q8_0) or int4 groups of 32 (for Q4_x), the head
 included, and the shipped file also in fp32 and bf16; optionally also with --compile. A random 128-token
 prompt (ids in the vocabulary); decode rate is (new - 1) tokens over the time after the first token;
-prefill rate is prompt tokens over the time to the first token. Medians of --repeats. The last column:
+prefill rate is prompt tokens over the time to the first token. The fastest of --repeats runs, for both
+programs: on a shared machine whose speed swings by 1.5x within minutes, medians taken a minute apart compare
+different machines. The last column:
 how many of the first 16 greedy ids equal llama.cpp's, up to the first difference.
 """
 
@@ -64,7 +66,7 @@ pre, dec = [], []
 for _ in range(repeats):
     p, d, toks = run(new)
     pre.append(p); dec.append(d)
-pre, dec = sorted(pre)[repeats // 2], sorted(dec)[repeats // 2]
+pre, dec = min(pre), min(dec)
 print(json.dumps(dict(prefill=len(prompt) / pre, decode=(new - 1) / dec, ids=toks[:16])))
 """
 
@@ -99,7 +101,7 @@ def llama_cpp(python: str, path: Path, threads: int, prompt: list[int], new: int
 def groundup_rate(model, prompt: list[int], new: int, repeats: int, compile: bool) -> dict:
     """groundup's prefill and decode tokens/s (bench/quant.py's measurement) and its first 16 greedy ids."""
     ids = torch.tensor([prompt])
-    rate, prefill = decode_rate(lambda n: gu.generate(model, ids, n, compile=compile), 1, new, repeats)
+    rate, prefill = decode_rate(lambda n: gu.generate(model, ids, n, compile=compile), 1, new, repeats, best=True)
     out = gu.generate(model, ids, 16, compile=compile)
     return dict(prefill=len(prompt) / prefill, decode=rate, ids=out[0, len(prompt):].tolist())
 
@@ -134,7 +136,7 @@ def main() -> None:
     ap.add_argument("--llama-python", required=True, help="python of a venv with llama-cpp-python")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--compile", action="store_true", help="also groundup with compile=True")
     ap.add_argument("--text", default=None, help="held-out text: llama.cpp's logits on it against groundup's")
@@ -194,7 +196,8 @@ def main() -> None:
              f"`{source.name}` ({mix} as shipped)" + ("" if args.no_reencode else " and groundup's Q8_0 / Q4_0 "
                                                       "re-encodings of it") + ", each file run by both programs;"
              f" {args.threads} threads, greedy, {args.prompt}-token random prompt, {args.new} new "
-             f"tokens, batch 1, torch {torch.__version__}, groundup kernels: {kernels.variant()}. Ratios against "
+             f"tokens, batch 1, the fastest of {args.repeats} runs each, torch {torch.__version__}, groundup "
+             f"kernels: {kernels.variant()}. Ratios against "
              f"llama.cpp on the same file" + (f"; llama.cpp built with {args.llama_build}." if args.llama_build
                                                else "."), "",
              "| file | impl | computes in | prefill tok/s | vs llama.cpp | decode tok/s | vs llama.cpp | "

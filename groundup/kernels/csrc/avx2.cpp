@@ -162,7 +162,8 @@ AVX2 inline void legacy_group(const uint8_t* blk, const uint8_t* a, int64_t stri
 }
 
 // The blocks past the last group of eight, one at a time: each block's eight partial sums are scaled by its
-// own weight scale times activation scale (in `tail`, reduced with the rest at the end)
+// own weight scale times activation scale into `tail` (reduced with the groups' at the end); the offset and
+// minimum terms go to the scalar `mins`
 template <int T, int R>
 AVX2 inline void legacy_block(const uint8_t* blk, const uint8_t* a, int64_t stride, int64_t nb, int64_t b,
                               __m256* tail, float* mins) {
@@ -173,7 +174,7 @@ AVX2 inline void legacy_block(const uint8_t* blk, const uint8_t* a, int64_t stri
   for (int j = 0; j < R; ++j) {
     const A8View x(a + j * stride, nb);
     const __m256 s = _mm256_cvtepi32_ps(legacy_sums<T>(q, aq, x, b));
-    // the offset's share, offset * sum(a), spread over the eight lanes' total
+    // the offset's share, d_w d_a offset sum(a), comes off the scalar rest
     const float off = offset != 0 ? static_cast<float>(offset * x.sum[b]) : 0.f;
     tail[j] = _mm256_fmadd_ps(s, _mm256_set1_ps(wd * x.d[b]), tail[j]);
     mins[j] -= off * wd * x.d[b];
