@@ -71,6 +71,17 @@ def test_compiled_decode_step_has_no_graph_break(tmp_path):
     assert explained.graph_count == 1
 
 
+@pytest.mark.skipif(not kernels.available(), reason="native kernels not built")
+@pytest.mark.parametrize("family", ["qwen2", "gemma"])  # biases on q/k/v; Gemma's tied head and GELU MLP
+def test_compiled_steps_of_kept_blocks_give_the_eager_tokens(family, tmp_path):
+    """The fixed-shape step with the fused q/k/v and gate/up products in its graph, run through the cache
+    entry its first step chose, gives the eager loop's greedy tokens."""
+    model = gu.from_pretrained(_model(family).save_gguf(tmp_path / "a.gguf", dtype="q8_0"))
+    for ids in (IDS[:1], IDS):  # one row: the several-weight-rows decode kernels; two: the batch ones
+        want = gu.generate(model, ids, 12)
+        assert torch.equal(gu.generate(model, ids, 12, compile="eager"), want)
+
+
 def test_torch_path_when_the_kernels_are_off(tmp_path):
     """GROUNDUP_KERNELS=off: the ATen path, equal to the dequantized model to float rounding."""
     src = _model("llama").save_gguf(tmp_path / "a.gguf", dtype="q4_0")
