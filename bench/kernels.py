@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from quant import peak_mib
 from report import command, emit
 
 import groundup as gu
@@ -61,32 +62,14 @@ def product(x: torch.Tensor, layers: tuple[GGUFLinear, ...]) -> list[torch.Tenso
     return kernels.ggml_mm_many(x, [m.blocks for m in layers], [m.type_id for m in layers])
 
 
-CHILD = """
-import sys, torch, groundup as gu
-from groundup import kernels
-torch.set_num_threads(int(sys.argv[2]))
-kernels.available()
-if sys.argv[1]:
-    model = gu.from_pretrained(sys.argv[1]).eval()
-    ids = torch.randint(0, model.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0))
-    gu.generate(model, ids, 64)
-print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))
-"""
-
-
 def memory(path: Path, threads: int) -> list[str]:
-    """Rows: peak RSS over the import baseline, decoding the file's blocks and its fp32 decoding."""
-    import subprocess
+    """Rows: peak RSS over the import baseline, decoding the file's blocks and its fp32 decoding
+    (bench/quant.py's child process)."""
     import tempfile
-
-    def peak(target: str) -> float:
-        out = subprocess.run([sys.executable, "-c", CHILD, target, str(threads)], capture_output=True, text=True,
-                             check=True)
-        return int(out.stdout.split()[-1]) / 1024
 
     with tempfile.TemporaryDirectory() as tmp:
         gu.from_pretrained(path, dequantize=True).save_pretrained(Path(tmp) / "fp32")
-        base, blocks, fp32 = peak(""), peak(str(path)), peak(str(Path(tmp) / "fp32"))
+        base, blocks, fp32 = (peak_mib(p, 64, threads) for p in ("", str(path), str(Path(tmp) / "fp32")))
     size = path.stat().st_size / 2**20
     return ["", f"Peak resident memory (VmHWM, MiB) of a fresh process decoding 64 tokens, over one that only imports "
             f"torch and groundup and loads the kernels ({base:,.0f} MiB); the file is {size:,.0f} MiB:", "",

@@ -111,21 +111,32 @@ def speed(model_name: str, batches: list[int], prompt: int, new: int, repeats: i
 
 
 # VmHWM, the peak of this process's own address space: ru_maxrss would carry over the parent's peak from
-# the fork that started it
+# the fork that started it. An empty path: only the imports and the native kernels (the baseline).
 CHILD = """
 import sys, torch, groundup as gu
+from groundup import kernels
 torch.set_num_threads(int(sys.argv[3]))
-model = gu.from_pretrained(sys.argv[1]).eval()
-ids = torch.randint(0, model.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0))
-gu.generate(model, ids, int(sys.argv[2]))
+kernels.available()
+if sys.argv[1]:
+    model = gu.from_pretrained(sys.argv[1]).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0))
+    gu.generate(model, ids, int(sys.argv[2]))
 print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))
 """
 
 
-def memory(model_name: str, new: int) -> list[dict]:
-    """Peak RSS (MiB) of a fresh process that loads each format's folder and decodes `new` tokens."""
+def peak_mib(path: str, new: int, threads: int) -> float:
+    """Peak RSS (MiB) of a fresh process that loads ``path`` (a folder or a GGUF file; "" for none) and decodes
+    ``new`` tokens after a 128-token prompt at batch 1."""
     import subprocess
 
+    out = subprocess.run([sys.executable, "-c", CHILD, path, str(new), str(threads)], capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def memory(model_name: str, new: int) -> list[dict]:
+    """Peak RSS (MiB) of a fresh process that loads each format's folder and decodes `new` tokens."""
     ref = hf_model(model_name)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,9 +145,7 @@ def memory(model_name: str, new: int) -> list[dict]:
         for fmt, spec in FORMATS:
             folder = Path(tmp) / fmt.replace(" ", "_")
             variant(base, fmt, spec).save_pretrained(folder)
-            out = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(new), str(torch.get_num_threads())],
-                                 capture_output=True, text=True, check=True)
-            rows.append(dict(fmt=fmt, rss=int(out.stdout.split()[-1]) / 1024))
+            rows.append(dict(fmt=fmt, rss=peak_mib(str(folder), new, torch.get_num_threads())))
             print(rows[-1], flush=True)
     return rows
 

@@ -165,3 +165,14 @@ def test_gemma_rounded_embedding_scale_traces_without_a_break():
     torch._dynamo.reset()
     explained = torch._dynamo.explain(lambda ids: model(ids))(IDS[:1, :4])
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_gguf_spec_makes_the_layers_its_encoder_writes():
+    lin = torch.nn.Linear(64, 8)
+    for kind in ("Q8_0", "Q4_0", "Q4_1"):
+        layer = GGUFSpec(("proj",), types=(kind,)).make(lin)
+        assert layer.ggml_type == kind
+        w = lin.weight.detach()
+        assert (layer.dequantize() - w).abs().max() <= 0.2 * w.abs().max()  # 4- or 8-bit rounding
+    with pytest.raises(ValueError, match="writing ggml type Q4_K"):  # the encoder names what it writes
+        GGUFSpec(("proj",), types=("Q4_K",)).make(torch.nn.Linear(256, 8))

@@ -72,23 +72,25 @@ class GGUFLinear(_Blocks):
         return self.blocks.is_cpu and kernels.available()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # [M, in]
         blocks = self.blocks
         if x.requires_grad and torch.is_grad_enabled():
             y = frozen_linear(x2.float(), self)
         elif blocks.is_cpu and kernels.available():  # self.native, inline: this is the decode loop's hot path
-            if x2.dtype != torch.float32 or not x2.is_contiguous():
-                x2 = x2.float().contiguous()
-            y = kernels.ggml_mm(x2, blocks, self.type_id)  # [M, out] float32
+            y = kernels.ggml_mm(_rows(x2), blocks, self.type_id)  # [M, out] float32
         else:
             y = chunked_linear(x2.float(), self.dequantize, self.out_features, None)
+        return self._finish(y, x)
+
+    def _finish(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The product y [M, out] (float32) as the layer returns it for input x [..., in]: x's dtype and leading
+        shape, the bias added."""
         if x.dtype != torch.float32:
             y = y.to(x.dtype)
         bias = self.bias
         if bias is not None:
             y = y + bias.to(x.dtype)
-        return y.view(*lead, self.out_features)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         if not self.native:
@@ -129,17 +131,13 @@ def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor
     The results are the ones the layers give one by one."""
     fused = all(type(m) is GGUFLinear and not m._forward_hooks and not m._forward_pre_hooks for m in layers) \
         and not _module._global_forward_hooks and not _module._global_forward_pre_hooks
-    if not fused or not all(m.blocks.is_cpu for m in layers) or (x.requires_grad and torch.is_grad_enabled()) \
-            or not kernels.available():
+    if not fused or (x.requires_grad and torch.is_grad_enabled()) or not all(m.native for m in layers):
         return [m(x) for m in layers]
-    x2 = x.reshape(-1, x.shape[-1])  # [M, in]
-    if x2.dtype != torch.float32 or not x2.is_contiguous():
-        x2 = x2.float().contiguous()
-    ys = kernels.ggml_mm_many(x2, [m.blocks for m in layers], [m.type_id for m in layers])  # [M, out_i] each
-    out = []
-    for m, y in zip(layers, ys, strict=True):
-        y = y if x.dtype == torch.float32 else y.to(x.dtype)
-        if m.bias is not None:
-            y = y + m.bias.to(x.dtype)
-        out.append(y.view(*x.shape[:-1], m.out_features))
-    return out
+    ys = kernels.ggml_mm_many(_rows(x.reshape(-1, x.shape[-1])), [m.blocks for m in layers],
+                              [m.type_id for m in layers])  # [M, out_i] each
+    return [m._finish(y, x) for m, y in zip(layers, ys, strict=True)]
+
+
+def _rows(x2: torch.Tensor) -> torch.Tensor:
+    """x [M, in] as the kernels take it: contiguous float32 (no copy when it already is)."""
+    return x2 if x2.dtype == torch.float32 and x2.is_contiguous() else x2.float().contiguous()

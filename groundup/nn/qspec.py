@@ -163,9 +163,7 @@ class GGUFSpec(QuantSpec):
     def make(self, lin: nn.Module, convert: bool = True) -> nn.Module:
         kind = self.types[0] if self.types else "Q8_0"
         layer = GGUFLinear(lin.in_features, lin.out_features, kind, bias=lin.bias is not None, device=lin.weight.device)
-        if convert:
-            if kind not in ("Q8_0", "Q4_0", "F16", "BF16", "F32"):
-                raise ValueError(f"groundup encodes Q8_0, Q4_0, F16, BF16 and F32, not {kind}")
+        if convert:  # ggml_quants.quantize names the formats it writes when it is asked for another
             raw = quantize(lin.weight.detach().reshape(-1), TYPE_IDS[kind])
             layer.blocks.copy_(raw.view(lin.out_features, -1))
             if lin.bias is not None:

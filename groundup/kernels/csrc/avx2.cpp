@@ -130,31 +130,45 @@ AVX2 inline __m256i legacy_sums(__m256i q, __m256i aq, const A8View& x, int64_t 
   return sum_pairs(_mm256_maddubs_epi16(aq, y));
 }
 
+// One activation row's integer sums against eight blocks' codes (q; aq the codes as maddubs takes them): lane i
+// holds block b + i's sum(code * a), less the format's offset times sum(a)
+template <int T>
+AVX2 inline __m256i group_sums(const __m256i* q, const __m256i* aq, const A8View& x, int64_t b) {
+  constexpr int offset = legacy_offset<T>();
+  __m256i p[8];
+  for (int i = 0; i < 8; ++i) p[i] = legacy_sums<T>(q[i], aq[i], x, b + i);
+  const __m256i sums = reduce8(p);
+  if constexpr (offset == 0) return sums;
+  return _mm256_sub_epi32(sums, _mm256_mullo_epi32(_mm256_set1_epi32(offset),
+                                                   _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sum + b))));
+}
+
+// The codes of eight consecutive blocks, as they are and as maddubs takes them (signed codes: |w|, the sign
+// moved onto the activation)
+template <int T>
+AVX2 inline void group_codes(const uint8_t* blk, __m256i* q, __m256i* aq) {
+  for (int i = 0; i < 8; ++i) {
+    q[i] = legacy_codes<T>(blk + i * block_bytes(T));
+    aq[i] = T == Q8_0 ? _mm256_sign_epi8(q[i], q[i]) : q[i];
+  }
+}
+
 // Legacy formats, R activation rows: blocks go eight at a time, so their integer sums are gathered into one
 // vector (lane i: block i) and scaled by one vector of eight weight scales times eight activation scales.
 template <int T, int R>
 AVX2 inline void legacy_group(const uint8_t* blk, const uint8_t* a, int64_t stride, int64_t nb, int64_t b,
                               __m256* acc, __m256* mins) {
-  constexpr bool has_min = T == Q4_1 || T == Q5_1, is_signed = T == Q8_0;
+  constexpr bool has_min = T == Q4_1 || T == Q5_1;
   constexpr int bytes = block_bytes(T);
-  constexpr int offset = legacy_offset<T>();  // value = d (code - offset): sum(code a) - offset sum(a)
   __m256i q[8], aq[8];
-  for (int i = 0; i < 8; ++i) {
-    q[i] = legacy_codes<T>(blk + i * bytes);
-    aq[i] = is_signed ? _mm256_sign_epi8(q[i], q[i]) : q[i];  // signed codes: |w| times sign(w) a
-  }
+  group_codes<T>(blk, q, aq);
   const __m256 wd = halves8<bytes>(blk, 0);
   __m256 wm = _mm256_setzero_ps();
   if constexpr (has_min) wm = halves8<bytes>(blk, 2);
 #pragma GCC unroll 4
   for (int j = 0; j < R; ++j) {
     const A8View x(a + j * stride, nb);
-    __m256i p[8];
-    for (int i = 0; i < 8; ++i) p[i] = legacy_sums<T>(q[i], aq[i], x, b + i);
-    __m256i sums = reduce8(p);
-    if constexpr (offset != 0)
-      sums = _mm256_sub_epi32(sums, _mm256_mullo_epi32(_mm256_set1_epi32(offset),
-                                                       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sum + b))));
+    const __m256i sums = group_sums<T>(q, aq, x, b);
     const __m256 scale = _mm256_mul_ps(wd, _mm256_loadu_ps(x.d + b));
     acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[j]);
     if constexpr (has_min) mins[j] = _mm256_fmadd_ps(wm, _mm256_loadu_ps(x.s + b), mins[j]);
@@ -199,9 +213,8 @@ AVX2 void dot_legacy_rows(const uint8_t* w, const uint8_t* a, int64_t stride, in
 // are loaded once and each row's integer sums reduced as in legacy_group; the tail blocks go one at a time.
 template <int T>
 AVX2 void dot_legacy_wrows(const uint8_t* w, int64_t w_stride, const uint8_t* a, int64_t k, float* out) {
-  constexpr bool has_min = T == Q4_1 || T == Q5_1, is_signed = T == Q8_0;
+  constexpr bool has_min = T == Q4_1 || T == Q5_1;
   constexpr int bytes = block_bytes(T);
-  constexpr int offset = legacy_offset<T>();
   const int64_t nb = k / 32;
   const A8View x(a, nb);
   __m256 acc[W_ROWS], mins[W_ROWS];
@@ -211,22 +224,15 @@ AVX2 void dot_legacy_wrows(const uint8_t* w, int64_t w_stride, const uint8_t* a,
     const __m256 xd = _mm256_loadu_ps(x.d + b);
     __m256 xs = _mm256_setzero_ps();
     if constexpr (has_min) xs = _mm256_loadu_ps(x.s + b);
-    __m256i off = _mm256_setzero_si256();
-    if constexpr (offset != 0)
-      off = _mm256_mullo_epi32(_mm256_set1_epi32(offset), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sum + b)));
     for (int r = 0; r < W_ROWS; ++r) {
       const uint8_t* blk = w + r * w_stride + b * bytes;
       // the four rows are four streams from memory, which the hardware prefetchers follow poorly: ask for each
       // row's next group while this one is multiplied (a prefetch never faults, even past the matrix's end)
       for (int line = 0; line < 8 * bytes; line += 64)
         _mm_prefetch(reinterpret_cast<const char*>(blk + 8 * bytes + line), _MM_HINT_T0);
-      __m256i p[8];
-      for (int i = 0; i < 8; ++i) {
-        const __m256i q = legacy_codes<T>(blk + i * bytes);
-        p[i] = legacy_sums<T>(q, is_signed ? _mm256_sign_epi8(q, q) : q, x, b + i);
-      }
-      __m256i sums = reduce8(p);
-      if constexpr (offset != 0) sums = _mm256_sub_epi32(sums, off);
+      __m256i q[8], aq[8];
+      group_codes<T>(blk, q, aq);
+      const __m256i sums = group_sums<T>(q, aq, x, b);
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(halves8<bytes>(blk, 0), xd), acc[r]);
       if constexpr (has_min) mins[r] = _mm256_fmadd_ps(halves8<bytes>(blk, 2), xs, mins[r]);
     }
